@@ -1,0 +1,139 @@
+"""Group commit: many concurrent callers, one write.
+
+``await batcher.submit(item)`` returns once ``item`` has been written by ``write(batch)``
+(or raises what the write raised). A batch starts when the writer is idle (on the next loop
+tick, so callers of the same tick share it), when ``max_batch`` items wait, or when the oldest
+waiting item is ``max_wait_s`` old. At most ``max_pending`` items wait or are being written;
+further callers wait for room (backpressure instead of unbounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from .errors import RuntimeClosedError
+
+T = TypeVar("T")
+
+
+class GroupCommit(Generic[T]):
+    """Batches concurrent submissions into few ``write`` calls (see the module docstring)."""
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], Awaitable[None]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_pending: int,
+        max_concurrent_writes: int = 2,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._max_writes = max_concurrent_writes
+        self._room = asyncio.Semaphore(max_pending)
+        self._waiting: list[tuple[T, asyncio.Future[None], float]] = []
+        self._writes: set[asyncio.Task[None]] = set()
+        self._writing = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick_scheduled = False
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Items submitted and not yet written."""
+        return len(self._waiting) + self._writing
+
+    async def submit(self, item: T) -> None:
+        """Queue ``item`` and wait until it is written."""
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down")
+        await self._room.acquire()
+        if self._closed:
+            self._room.release()
+            raise RuntimeClosedError("the runtime is shut down")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future, time.monotonic()))
+        self._idle.clear()
+        self._kick()
+        await future
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is written."""
+        while self._waiting or self._writes:
+            self._flush_now()
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        """Write what waits, then refuse new items."""
+        self._closed = True
+        await self.drain()
+
+    def _kick(self) -> None:
+        if len(self._waiting) >= self._max_batch and len(self._writes) < self._max_writes:
+            self._start_write()
+        if not self._writes and not self._tick_scheduled:
+            self._tick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._on_tick)
+        if self._waiting and self._timer is None:
+            delay = self._waiting[0][2] + self._max_wait_s - time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._on_timer)
+
+    def _on_tick(self) -> None:
+        self._tick_scheduled = False
+        if self._waiting and not self._writes:
+            self._start_write()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._waiting and len(self._writes) < self._max_writes:
+            self._start_write()
+        elif self._waiting:
+            self._kick()
+
+    def _flush_now(self) -> None:
+        while self._waiting and len(self._writes) < self._max_writes:
+            self._start_write()
+
+    def _start_write(self) -> None:
+        batch = self._waiting[: self._max_batch]
+        del self._waiting[: self._max_batch]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._writing += len(batch)
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._writes.add(task)
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[None], float]]) -> None:
+        try:
+            await self._write([item for item, _, _ in batch])
+        except BaseException as exc:  # every waiter learns why its item was not written
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            self._writing -= len(batch)
+            for _ in batch:
+                self._room.release()
+            task = asyncio.current_task()
+            if task is not None:
+                self._writes.discard(task)
+            if self._waiting:
+                self._kick()
+                if not self._writes:
+                    self._start_write()
+            elif not self._writes:
+                self._idle.set()

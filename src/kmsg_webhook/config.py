@@ -1,0 +1,135 @@
+"""Runtime configuration, validated when built (a bad value fails here, not later)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .events import WebhookEventType
+from .signing import SignatureScheme
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{name} must be zero or more, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """When the dispatcher disables a failing endpoint (status ``error`` with a reason).
+
+    An endpoint is disabled after ``max_consecutive_failures`` deliveries in a row ended failed
+    or exhausted, or when it has had no success for ``max_failing_ms`` since its first failure.
+    ``None`` turns a rule off. A success resets both. A ``410 Gone`` always disables.
+    """
+
+    max_consecutive_failures: int | None = 20
+    max_failing_ms: int | None = 5 * 24 * 3600 * 1000
+
+    def __post_init__(self) -> None:
+        if self.max_consecutive_failures is not None:
+            _positive("health.max_consecutive_failures", self.max_consecutive_failures)
+        if self.max_failing_ms is not None:
+            _positive("health.max_failing_ms", self.max_failing_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Delivery settings. Field names and defaults follow the original's ``WebhookConfig``.
+
+    Retries: ``max_retries`` retries after the first attempt; the wait before retry *n* is
+    ``retry_delay_ms * backoff_multiplier**(n-1)``, capped at ``max_delay_ms``, and with
+    ``jitter`` scaled by a random factor in [0.5, 1]. A ``Retry-After`` answer lengthens the wait
+    (never beyond ``max_delay_ms``).
+
+    Intake: concurrent ``emit`` calls are written in one store call of up to ``batch_size``
+    events; a batch waits at most ``batch_timeout_ms`` for company, and not at all when the
+    writer is idle. At most ``intake_queue_size`` events wait; further emits wait for room.
+    """
+
+    max_retries: int = 3
+    retry_delay_ms: int = 1_000
+    max_delay_ms: int = 300_000
+    backoff_multiplier: float = 2.0
+    jitter: bool = True
+    timeout_ms: int = 30_000
+    enable_security: bool = True
+    #: Fallback signing secret for endpoints that have none.
+    secret_key: str | None = field(default=None, repr=False)
+    signature_scheme: SignatureScheme = SignatureScheme.STANDARD
+    enabled_events: frozenset[WebhookEventType] = frozenset(WebhookEventType)
+    batch_size: int = 10
+    batch_timeout_ms: int = 5_000
+    intake_queue_size: int = 10_000
+    #: Deliveries claimed per store round trip.
+    claim_batch_size: int = 100
+    #: How long a claim is owned; an expired lease is claimable by any worker.
+    lease_ms: int | None = None
+    #: Idle poll interval of the dispatcher (in-process emits wake it at once).
+    poll_interval_ms: int = 500
+    max_concurrency: int = 100
+    max_concurrency_per_endpoint: int = 10
+    max_response_body_bytes: int = 4_096
+    #: How long the runtime trusts its cached endpoint list (changes made through this runtime
+    #: apply at once; changes made by another process within this many milliseconds).
+    endpoint_cache_ttl_ms: int = 1_000
+    user_agent: str = "kmsg-webhook/0.1"
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise ConfigError(f"max_retries must be an integer, got {self.max_retries!r}")
+        _non_negative("max_retries", self.max_retries)
+        _non_negative("retry_delay_ms", self.retry_delay_ms)
+        _non_negative("max_delay_ms", self.max_delay_ms)
+        if self.max_delay_ms < self.retry_delay_ms:
+            raise ConfigError("max_delay_ms must be >= retry_delay_ms")
+        if not isinstance(self.backoff_multiplier, int | float) or self.backoff_multiplier < 1:
+            raise ConfigError(f"backoff_multiplier must be >= 1, got {self.backoff_multiplier!r}")
+        for name in (
+            "timeout_ms",
+            "batch_size",
+            "batch_timeout_ms",
+            "intake_queue_size",
+            "claim_batch_size",
+            "poll_interval_ms",
+            "max_concurrency",
+            "max_concurrency_per_endpoint",
+            "max_response_body_bytes",
+        ):
+            _positive(name, getattr(self, name))
+        _non_negative("endpoint_cache_ttl_ms", self.endpoint_cache_ttl_ms)
+        if self.lease_ms is not None:
+            _positive("lease_ms", self.lease_ms)
+            if self.lease_ms <= self.timeout_ms:
+                raise ConfigError("lease_ms must be longer than timeout_ms")
+        try:
+            scheme = SignatureScheme(self.signature_scheme)
+        except ValueError:
+            raise ConfigError(f"unknown signature_scheme {self.signature_scheme!r}") from None
+        object.__setattr__(self, "signature_scheme", scheme)
+        object.__setattr__(self, "enabled_events", _event_set(self.enabled_events))
+        if self.secret_key is not None and not self.secret_key:
+            raise ConfigError("secret_key must not be empty (use None for no fallback secret)")
+        if not isinstance(self.health, HealthPolicy):
+            raise ConfigError("health must be a HealthPolicy")
+
+    @property
+    def effective_lease_ms(self) -> int:
+        """Lease length: configured, or twice the timeout plus ten seconds of slack."""
+        return self.lease_ms if self.lease_ms is not None else 2 * self.timeout_ms + 10_000
+
+
+def _event_set(values: Iterable[WebhookEventType | str]) -> frozenset[WebhookEventType]:
+    if isinstance(values, str):
+        raise ConfigError("enabled_events must be a collection of event types, not a str")
+    try:
+        return frozenset(WebhookEventType.parse(v) for v in values)
+    except ValueError as exc:
+        raise ConfigError(f"enabled_events: {exc}") from None

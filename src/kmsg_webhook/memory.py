@@ -1,0 +1,299 @@
+"""In-memory persistence: the complete store protocol without durability.
+
+For tests, demos and single-process services that accept losing pending deliveries on restart.
+It follows the same rules as the durable backends (the conformance suite runs against it).
+Returned objects are immutable, so callers can never mutate stored state by accident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import Counter
+from collections.abc import Collection, Sequence
+from datetime import datetime
+
+from .errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
+from .models import (
+    AttemptOutcome,
+    DeliveryFilter,
+    DeliveryPage,
+    DeliveryStats,
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from .store import (
+    WebhookPersistence,
+    apply_outcome,
+    decode_cursor,
+    encode_cursor,
+    is_after_cursor,
+)
+
+DEFAULT_MAX_STORED_ATTEMPTS = 20
+
+
+class InMemoryEndpointStore:
+    """Endpoints in a dict, with a URL index enforcing uniqueness."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, WebhookEndpoint] = {}
+        self._by_url: dict[str, str] = {}
+
+    async def add(self, endpoint: WebhookEndpoint) -> None:
+        if endpoint.id in self._rows:
+            raise DuplicateEndpointError(
+                f"Webhook endpoint id {endpoint.id} already exists", field="id", value=endpoint.id
+            )
+        self._check_url(endpoint)
+        self._rows[endpoint.id] = endpoint
+        self._by_url[endpoint.url] = endpoint.id
+
+    async def update(self, endpoint: WebhookEndpoint) -> None:
+        current = self._rows.get(endpoint.id)
+        if current is None:
+            raise EndpointNotFoundError(endpoint.id)
+        self._check_url(endpoint)
+        del self._by_url[current.url]
+        self._rows[endpoint.id] = endpoint
+        self._by_url[endpoint.url] = endpoint.id
+
+    async def remove(self, endpoint_id: str) -> bool:
+        endpoint = self._rows.pop(endpoint_id, None)
+        if endpoint is None:
+            return False
+        del self._by_url[endpoint.url]
+        return True
+
+    async def get(self, endpoint_id: str) -> WebhookEndpoint | None:
+        return self._rows.get(endpoint_id)
+
+    async def list(self) -> list[WebhookEndpoint]:
+        return sorted(self._rows.values(), key=lambda e: (e.updated_at, e.id), reverse=True)
+
+    async def record_health(
+        self, endpoint_id: str, *, succeeded: bool, failures: int, at: datetime
+    ) -> WebhookEndpoint | None:
+        endpoint = self._rows.get(endpoint_id)
+        if endpoint is None:
+            return None
+        if succeeded:
+            endpoint = dataclasses.replace(
+                endpoint, consecutive_failures=0, failing_since=None, last_success_at=at
+            )
+        else:
+            endpoint = dataclasses.replace(
+                endpoint,
+                consecutive_failures=endpoint.consecutive_failures + failures,
+                failing_since=endpoint.failing_since or at,
+            )
+        self._rows[endpoint_id] = endpoint
+        return endpoint
+
+    def _check_url(self, endpoint: WebhookEndpoint) -> None:
+        owner = self._by_url.get(endpoint.url)
+        if owner is not None and owner != endpoint.id:
+            raise DuplicateEndpointError(
+                f"Webhook endpoint URL {endpoint.url} is already used by endpoint {owner}",
+                field="url",
+                value=endpoint.url,
+            )
+
+
+class InMemoryDeliveryStore:
+    """Deliveries in a dict plus a due-time heap, so claiming stays cheap with a deep backlog."""
+
+    def __init__(self, *, max_stored_attempts: int = DEFAULT_MAX_STORED_ATTEMPTS) -> None:
+        self._max_attempts = max_stored_attempts
+        self._rows: dict[str, WebhookDelivery] = {}
+        self._keys: set[tuple[str, str]] = set()
+        # (due timestamp, sequence, id); entries go stale when a row changes and are skipped.
+        self._due: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._leased: dict[str, datetime] = {}
+
+    async def insert_many(
+        self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
+    ) -> list[str]:
+        if connection is not None:
+            raise StoreError("the in-memory store cannot join a database transaction")
+        inserted: list[str] = []
+        for delivery in deliveries:
+            key = (delivery.endpoint_id, delivery.event_id)
+            if key in self._keys or delivery.id in self._rows:
+                continue
+            self._keys.add(key)
+            self._rows[delivery.id] = delivery
+            inserted.append(delivery.id)
+            if delivery.lease_expires_at is not None:
+                self._leased[delivery.id] = delivery.lease_expires_at
+            elif delivery.status is DeliveryStatus.PENDING:
+                self._push(delivery)
+        return inserted
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        exclude_endpoints: Collection[str] = (),
+    ) -> list[WebhookDelivery]:
+        self._reclaim_expired(now)
+        now_ts = now.timestamp()
+        claimed: list[WebhookDelivery] = []
+        skipped: list[WebhookDelivery] = []
+        while self._due and len(claimed) < limit and self._due[0][0] <= now_ts:
+            due_ts, _, delivery_id = heapq.heappop(self._due)
+            row = self._rows.get(delivery_id)
+            if not self._is_live_entry(row, due_ts):
+                continue
+            assert row is not None
+            if row.endpoint_id in exclude_endpoints:
+                skipped.append(row)
+                continue
+            leased = dataclasses.replace(row, lease_owner=worker_id, lease_expires_at=lease_until)
+            self._rows[delivery_id] = leased
+            self._leased[delivery_id] = lease_until
+            claimed.append(leased)
+        for row in skipped:
+            self._push(row)
+        return claimed
+
+    async def record(self, outcomes: Sequence[AttemptOutcome]) -> int:
+        applied = 0
+        for outcome in outcomes:
+            row = self._rows.get(outcome.delivery_id)
+            if row is None or row.lease_owner != outcome.worker_id:
+                continue
+            updated = apply_outcome(row, outcome, max_stored_attempts=self._max_attempts)
+            self._rows[row.id] = updated
+            self._leased.pop(row.id, None)
+            if updated.status is DeliveryStatus.PENDING:
+                self._push(updated)
+            applied += 1
+        return applied
+
+    async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
+        for delivery_id in delivery_ids:
+            row = self._rows.get(delivery_id)
+            if row is None or row.lease_owner != worker_id:
+                continue
+            released = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
+            self._rows[delivery_id] = released
+            self._leased.pop(delivery_id, None)
+            self._push(released)
+
+    async def get(self, delivery_id: str) -> WebhookDelivery | None:
+        return self._rows.get(delivery_id)
+
+    async def list(
+        self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> DeliveryPage:
+        rows = sorted(
+            (d for d in self._rows.values() if filter.matches(d)),
+            key=lambda d: (d.created_at, d.id),
+            reverse=True,
+        )
+        if cursor is not None:
+            position = decode_cursor(cursor)
+            rows = [d for d in rows if is_after_cursor(d, position)]
+        page = rows[: max(0, limit)]
+        more = len(rows) > len(page)
+        return DeliveryPage(
+            items=tuple(page), next_cursor=encode_cursor(page[-1]) if more and page else None
+        )
+
+    async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
+        statuses: Counter[DeliveryStatus] = Counter()
+        by_type: Counter[str] = Counter()
+        attempts = 0
+        latency_sum = 0.0
+        latency_n = 0
+        for delivery in self._rows.values():
+            if not filter.matches(delivery):
+                continue
+            statuses[delivery.status] += 1
+            by_type[delivery.event_type.value] += 1
+            attempts += delivery.attempt_count
+            last = delivery.last_attempt
+            if last is not None:
+                latency_sum += last.latency_ms
+                latency_n += 1
+        return DeliveryStats(
+            total=sum(statuses.values()),
+            pending=statuses[DeliveryStatus.PENDING],
+            success=statuses[DeliveryStatus.SUCCESS],
+            failed=statuses[DeliveryStatus.FAILED],
+            exhausted=statuses[DeliveryStatus.EXHAUSTED],
+            total_attempts=attempts,
+            average_latency_ms=latency_sum / latency_n if latency_n else 0.0,
+            by_event_type=dict(by_type),
+        )
+
+    async def requeue(
+        self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
+    ) -> int:
+        wanted = set(ids) if ids is not None else None
+        count = 0
+        for delivery in list(self._rows.values()):
+            if not delivery.status.terminal or not filter.matches(delivery):
+                continue
+            if wanted is not None and delivery.id not in wanted:
+                continue
+            queued = dataclasses.replace(
+                delivery,
+                status=DeliveryStatus.PENDING,
+                next_attempt_at=now,
+                completed_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            self._rows[delivery.id] = queued
+            self._push(queued)
+            count += 1
+        return count
+
+    async def purge(self, *, older_than: datetime) -> int:
+        doomed = [
+            d for d in self._rows.values() if d.status.terminal and d.created_at < older_than
+        ]
+        for delivery in doomed:
+            del self._rows[delivery.id]
+            self._keys.discard((delivery.endpoint_id, delivery.event_id))
+        return len(doomed)
+
+    def _push(self, delivery: WebhookDelivery) -> None:
+        assert delivery.next_attempt_at is not None
+        self._seq += 1
+        heapq.heappush(self._due, (delivery.next_attempt_at.timestamp(), self._seq, delivery.id))
+
+    def _is_live_entry(self, row: WebhookDelivery | None, due_ts: float) -> bool:
+        return (
+            row is not None
+            and row.status is DeliveryStatus.PENDING
+            and row.lease_owner is None
+            and row.next_attempt_at is not None
+            and row.next_attempt_at.timestamp() == due_ts
+        )
+
+    def _reclaim_expired(self, now: datetime) -> None:
+        expired = [i for i, until in self._leased.items() if until <= now]
+        for delivery_id in expired:
+            del self._leased[delivery_id]
+            row = self._rows[delivery_id]
+            released = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
+            self._rows[delivery_id] = released
+            self._push(released)
+
+
+def create_in_memory_persistence(
+    *, max_stored_attempts: int = DEFAULT_MAX_STORED_ATTEMPTS
+) -> WebhookPersistence:
+    """A fresh in-memory endpoint store and delivery store."""
+    return WebhookPersistence(
+        endpoint_store=InMemoryEndpointStore(),
+        delivery_store=InMemoryDeliveryStore(max_stored_attempts=max_stored_attempts),
+    )

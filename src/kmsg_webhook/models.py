@@ -1,0 +1,299 @@
+"""Stored records: endpoints, deliveries, attempts, and what listings and stats return."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from .errors import InvalidEndpointError
+from .events import WebhookEvent, WebhookEventType
+
+
+class EndpointStatus(StrEnum):
+    """Lifecycle of an endpoint. Only ``active`` endpoints receive events."""
+
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    #: Disabled automatically (410 Gone, health policy); see ``disabled_reason``.
+    ERROR = "error"
+    SUSPENDED = "suspended"
+
+
+class DeliveryStatus(StrEnum):
+    """``pending`` → ``success`` | ``failed`` (not retryable) | ``exhausted`` (retries used up)."""
+
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILED = "failed"
+    EXHAUSTED = "exhausted"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not DeliveryStatus.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Per-endpoint override of the runtime's retry settings (``None`` keeps the global value)."""
+
+    max_retries: int | None = None
+    retry_delay_ms: int | None = None
+    backoff_multiplier: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_retries is not None and not 0 <= self.max_retries <= 50:
+            raise InvalidEndpointError("retry_config.max_retries must be between 0 and 50")
+        if self.retry_delay_ms is not None and self.retry_delay_ms < 0:
+            raise InvalidEndpointError("retry_config.retry_delay_ms must be >= 0")
+        if self.backoff_multiplier is not None and self.backoff_multiplier < 1:
+            raise InvalidEndpointError("retry_config.backoff_multiplier must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFilters:
+    """Metadata filters. A non-empty list requires the event's value to be present and listed."""
+
+    provider_id: tuple[str, ...] = ()
+    channel_id: tuple[str, ...] = ()
+    template_id: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("provider_id", "channel_id", "template_id"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise InvalidEndpointError(f"filters.{name} must be a list of strings, not a str")
+            object.__setattr__(self, name, tuple(value))
+
+    def matches(self, event: WebhookEvent) -> bool:
+        meta = event.metadata
+        # Fail closed: a filtered endpoint never receives an event lacking the filtered key.
+        return all(
+            not allowed or (value is not None and value in allowed)
+            for allowed, value in (
+                (self.provider_id, meta.provider_id),
+                (self.channel_id, meta.channel_id),
+                (self.template_id, meta.template_id),
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredSecret:
+    """A previous secret that still signs until ``expires_at`` (secret rotation grace period)."""
+
+    secret: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"RetiredSecret(secret='***', expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """A registered receiver. ``secret`` signs; ``previous_secrets`` also sign until they expire."""
+
+    id: str
+    url: str
+    events: tuple[WebhookEventType, ...]
+    created_at: datetime
+    updated_at: datetime
+    status: EndpointStatus = EndpointStatus.ACTIVE
+    name: str | None = None
+    description: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    secret: str | None = field(default=None, repr=False)
+    previous_secrets: tuple[RetiredSecret, ...] = ()
+    retry_config: RetryConfig | None = None
+    filters: EndpointFilters | None = None
+    last_triggered_at: datetime | None = None
+    disabled_reason: str | None = None
+    #: Exhausted/failed deliveries since the last success (health policy input).
+    consecutive_failures: int = 0
+    #: First failed attempt since the last success.
+    failing_since: datetime | None = None
+    last_success_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        """True when the endpoint receives events (derived from ``status``, so never contradictory)."""
+        return self.status is EndpointStatus.ACTIVE
+
+    def matches(self, event: WebhookEvent) -> bool:
+        """Active, subscribed to the event type, and every metadata filter passes."""
+        return (
+            self.status is EndpointStatus.ACTIVE
+            and event.type in self.events
+            and (self.filters is None or self.filters.matches(event))
+        )
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The current secret first, then retired secrets still inside their grace period."""
+        secrets = [self.secret] if self.secret else []
+        secrets.extend(s.secret for s in self.previous_secrets if s.expires_at > now)
+        return secrets
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInput:
+    """What a caller gives to register an endpoint; the runtime fills ids, times and status."""
+
+    url: str
+    events: Sequence[WebhookEventType | str]
+    active: bool | None = None
+    status: EndpointStatus | None = None
+    id: str | None = None
+    name: str | None = None
+    description: str | None = None
+    headers: Mapping[str, str] | None = None
+    secret: str | None = field(default=None, repr=False)
+    retry_config: RetryConfig | None = None
+    filters: EndpointFilters | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One HTTP attempt. ``response_body`` is truncated to the configured limit."""
+
+    attempt_number: int
+    started_at: datetime
+    latency_ms: float
+    http_status: int | None = None
+    response_body: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.http_status is not None and 200 <= self.http_status < 300
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event bound for one endpoint: an outbox row, written before any send.
+
+    ``payload`` is the exact request body. Signatures and secrets are never stored here.
+    ``attempts`` keeps the most recent attempts (capped); ``attempt_count`` counts all of them.
+    """
+
+    id: str
+    endpoint_id: str
+    event_id: str
+    event_type: WebhookEventType
+    url: str
+    payload: str
+    status: DeliveryStatus
+    created_at: datetime
+    next_attempt_at: datetime | None
+    attempts: tuple[WebhookAttempt, ...] = ()
+    attempt_count: int = 0
+    completed_at: datetime | None = None
+    last_error: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    @property
+    def last_attempt(self) -> WebhookAttempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """What a worker learned from one attempt, recorded by :meth:`DeliveryStore.record`.
+
+    Recorded only while ``worker_id`` still holds the delivery's lease, so a worker whose lease
+    expired (and whose delivery was reclaimed) can never overwrite the newer owner's result.
+    ``attempt`` is ``None`` when the delivery was settled without a request (endpoint removed
+    or disabled); ``error`` then says why.
+    """
+
+    delivery_id: str
+    worker_id: str
+    attempt: WebhookAttempt | None
+    status: DeliveryStatus
+    next_attempt_at: datetime | None
+    completed_at: datetime | None
+    error: str | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        if self.attempt is None:
+            return self.error
+        if self.attempt.ok:
+            return None
+        if self.attempt.error:
+            return self.attempt.error
+        return f"HTTP {self.attempt.http_status}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries a listing, stats, replay or purge looks at (all conditions AND-ed)."""
+
+    endpoint_id: str | None = None
+    event_type: WebhookEventType | None = None
+    event_id: str | None = None
+    statuses: tuple[DeliveryStatus, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def matches(self, delivery: WebhookDelivery) -> bool:
+        return (
+            (self.endpoint_id is None or delivery.endpoint_id == self.endpoint_id)
+            and (self.event_type is None or delivery.event_type == self.event_type)
+            and (self.event_id is None or delivery.event_id == self.event_id)
+            and (not self.statuses or delivery.status in self.statuses)
+            and (self.created_after is None or delivery.created_at >= self.created_after)
+            and (self.created_before is None or delivery.created_at < self.created_before)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    """One page of a listing, newest first. Pass ``next_cursor`` back to get the next page."""
+
+    items: tuple[WebhookDelivery, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStats:
+    """Aggregates over the deliveries a :class:`DeliveryFilter` selects."""
+
+    total: int = 0
+    pending: int = 0
+    success: int = 0
+    failed: int = 0
+    exhausted: int = 0
+    total_attempts: int = 0
+    #: Mean latency of the last attempt over deliveries that have one.
+    average_latency_ms: float = 0.0
+    by_event_type: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        """Percent of terminal deliveries that succeeded (0 when none finished)."""
+        done = self.success + self.failed + self.exhausted
+        return 100.0 * self.success / done if done else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Outcome of :meth:`WebhookRuntimeService.probe_endpoint` (one attempt, no retries)."""
+
+    endpoint_id: str
+    url: str
+    success: bool
+    response_time_ms: float
+    tested_at: datetime
+    http_status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """Endpoint counts plus delivery aggregates."""
+
+    total_endpoints: int
+    active_endpoints: int
+    deliveries: DeliveryStats

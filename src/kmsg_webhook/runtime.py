@@ -1,0 +1,554 @@
+"""``WebhookRuntimeService``: endpoints, event intake into the outbox, and the dispatcher.
+
+event → validate → ``enabled_events`` → match endpoints → delivery rows stored (pending)
+→ dispatcher claims due rows → signed POST → attempt and new status recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from enum import Enum
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from .batcher import GroupCommit
+from .clock import Clock, SystemClock
+from .config import WebhookConfig
+from .dispatcher import Dispatcher
+from .endpoints import (
+    EndpointCache,
+    build_endpoint,
+    check_events,
+    check_headers,
+    check_secret,
+    resolve_status,
+)
+from .errors import (
+    ConfigError,
+    DeliveryNotFoundError,
+    EndpointNotFoundError,
+    InvalidEndpointError,
+    RuntimeClosedError,
+)
+from .events import EventMetadata, JSONObject, WebhookEvent, WebhookEventType
+from .ids import new_id
+from .memory import create_in_memory_persistence
+from .models import (
+    DeliveryFilter,
+    DeliveryPage,
+    DeliveryStatus,
+    EndpointFilters,
+    EndpointInput,
+    EndpointStatus,
+    ProbeResult,
+    RetiredSecret,
+    RetryConfig,
+    RuntimeStats,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from .sender import SecurityOptions, Sender, close_session_gracefully
+from .signing import generate_secret
+from .store import DeliveryStore, EndpointStore, WebhookPersistence
+from .urlguard import GuardedResolver, validate_endpoint_url
+
+logger = logging.getLogger("kmsg_webhook.runtime")
+
+
+class _Unset(Enum):
+    UNSET = "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+DEFAULT_SECRET_GRACE = timedelta(hours=24)
+
+
+class WebhookRuntimeService:
+    """Durable, signed webhook delivery for one service.
+
+    Start it with ``async with WebhookRuntimeService(...) as runtime:`` (or ``await start()`` /
+    ``await shutdown()``); any call starts it lazily too. ``persistence`` defaults to an
+    in-memory store. ``session`` and ``resolver`` are seams: pass your own aiohttp session (its
+    connector then decides DNS; our URL check still runs before each send) or a resolver that
+    the connect-time private-address guard wraps. ``dispatch=False`` makes an intake-only
+    runtime (deliveries are sent by workers elsewhere).
+    """
+
+    def __init__(
+        self,
+        config: WebhookConfig | None = None,
+        *,
+        persistence: WebhookPersistence | None = None,
+        endpoint_store: EndpointStore | None = None,
+        delivery_store: DeliveryStore | None = None,
+        security: SecurityOptions | None = None,
+        session: aiohttp.ClientSession | None = None,
+        resolver: AbstractResolver | None = None,
+        clock: Clock | None = None,
+        worker_id: str | None = None,
+        dispatch: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or WebhookConfig()
+        if not isinstance(self.config, WebhookConfig):
+            raise ConfigError("config must be a WebhookConfig")
+        self.persistence = _resolve_persistence(persistence, endpoint_store, delivery_store)
+        self.security = security or SecurityOptions()
+        self.clock: Clock = clock or SystemClock()
+        self.worker_id = worker_id or new_id("worker")
+        self._given_session = session
+        self._resolver = resolver
+        self._dispatch_enabled = dispatch
+        self._rng = rng
+        self._session: aiohttp.ClientSession | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._intake: GroupCommit[WebhookEvent] | None = None
+        self._endpoints = EndpointCache(
+            self.persistence.endpoint_store, ttl_s=self.config.endpoint_cache_ttl_ms / 1000
+        )
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Initialise persistence, open the HTTP session and start the dispatcher (idempotent)."""
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down")
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            if self.persistence.init is not None:
+                await self.persistence.init()
+            session = self._given_session or self._new_session()
+            self._session = session
+            sender = Sender(session, self.config, self.security, self.clock)
+            self._dispatcher = Dispatcher(
+                self.persistence,
+                sender,
+                self._endpoints,
+                self.config,
+                clock=self.clock,
+                worker_id=self.worker_id,
+                rng=self._rng,
+            )
+            self._intake = GroupCommit(
+                self._write_events,
+                max_batch=self.config.batch_size,
+                max_wait_s=self.config.batch_timeout_ms / 1000,
+                max_pending=self.config.intake_queue_size,
+            )
+            if self._dispatch_enabled:
+                self._dispatcher.start()
+            self._started = True
+
+    async def flush(self) -> None:
+        """Store everything emitted so far and send every delivery that is due now.
+
+        Retries scheduled for later stay scheduled (see :meth:`replay` / the worker).
+        """
+        await self.start()
+        assert self._intake is not None and self._dispatcher is not None
+        await self._intake.drain()
+        await self._dispatcher.drain()
+
+    async def shutdown(self) -> None:
+        """Flush intake, stop the dispatcher (in-flight attempts finish and are recorded),
+        close the HTTP session (if we opened it) and the store. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            assert self._intake is not None and self._dispatcher is not None
+            await self._intake.close()
+            await self._dispatcher.stop()
+            if self._given_session is None and self._session is not None:
+                await close_session_gracefully(self._session)
+        if self.persistence.close is not None:
+            await self.persistence.close()
+
+    async def __aenter__(self) -> WebhookRuntimeService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        resolver = GuardedResolver(
+            self._resolver, allow_private_hosts=self.security.allow_private_hosts
+        )
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_concurrency,
+            limit_per_host=0,
+            resolver=resolver,
+            ttl_dns_cache=None if self._resolver is None else 10,
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def add_endpoint(self, data: EndpointInput) -> WebhookEndpoint:
+        """Validate and store an endpoint. No request is sent (use :meth:`probe_endpoint`).
+
+        With signing on and no secret given, a ``whsec_`` secret is generated; it is on the
+        returned endpoint. A URL already registered is a :class:`DuplicateEndpointError`.
+        """
+        await self.start()
+        url = self._check_url(data.url)
+        secret = check_secret(data.secret, self.config.signature_scheme)
+        if secret is None and self.config.enable_security and not self.config.secret_key:
+            secret = generate_secret()
+        endpoint = build_endpoint(data, url=url, secret=secret, now=self.clock.now())
+        await self.persistence.endpoint_store.add(endpoint)
+        self._endpoints.put(endpoint)
+        return endpoint
+
+    async def add_endpoints(self, inputs: Iterable[EndpointInput]) -> list[WebhookEndpoint]:
+        """Add each in order; stops at the first error (earlier ones stay added)."""
+        return [await self.add_endpoint(data) for data in inputs]
+
+    async def update_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        url: str | _Unset = UNSET,
+        events: Sequence[WebhookEventType | str] | _Unset = UNSET,
+        status: EndpointStatus | str | _Unset = UNSET,
+        active: bool | _Unset = UNSET,
+        name: str | None | _Unset = UNSET,
+        description: str | None | _Unset = UNSET,
+        headers: Mapping[str, str] | None | _Unset = UNSET,
+        secret: str | _Unset = UNSET,
+        retry_config: RetryConfig | None | _Unset = UNSET,
+        filters: EndpointFilters | None | _Unset = UNSET,
+    ) -> WebhookEndpoint:
+        """Change the given fields. Re-enabling (status active) clears the health counters.
+
+        Changing ``secret`` replaces it at once; use :meth:`rotate_secret` for a grace period.
+        """
+        await self.start()
+        current = await self._require_endpoint(endpoint_id)
+        changes: dict[str, Any] = {"updated_at": self.clock.now()}
+        if not isinstance(url, _Unset) and url != current.url:
+            changes["url"] = self._check_url(url)
+        if not isinstance(events, _Unset):
+            changes["events"] = check_events(events)
+        if not isinstance(status, _Unset) or not isinstance(active, _Unset):
+            new_status = resolve_status(
+                None if isinstance(active, _Unset) else active,
+                None if isinstance(status, _Unset) else status,
+            )
+            changes["status"] = new_status
+            if new_status is EndpointStatus.ACTIVE and current.status is not new_status:
+                changes.update(disabled_reason=None, consecutive_failures=0, failing_since=None)
+        for field_name, value in (
+            ("name", name),
+            ("description", description),
+            ("retry_config", retry_config),
+            ("filters", filters),
+        ):
+            if not isinstance(value, _Unset):
+                changes[field_name] = value
+        if not isinstance(headers, _Unset):
+            changes["headers"] = check_headers(headers)
+        if not isinstance(secret, _Unset):
+            changes["secret"] = check_secret(secret, self.config.signature_scheme)
+        updated = dataclasses.replace(current, **changes)
+        await self.persistence.endpoint_store.update(updated)
+        self._endpoints.put(updated)
+        return updated
+
+    async def rotate_secret(
+        self,
+        endpoint_id: str,
+        *,
+        new_secret: str | None = None,
+        grace: timedelta = DEFAULT_SECRET_GRACE,
+    ) -> WebhookEndpoint:
+        """Make ``new_secret`` (generated if omitted) current; the old one keeps signing too
+        until ``now + grace``, so receivers holding either secret keep verifying."""
+        await self.start()
+        current = await self._require_endpoint(endpoint_id)
+        now = self.clock.now()
+        secret = check_secret(new_secret, self.config.signature_scheme) or generate_secret()
+        kept = tuple(s for s in current.previous_secrets if s.expires_at > now)
+        if current.secret:
+            kept = (*kept, RetiredSecret(secret=current.secret, expires_at=now + grace))
+        updated = dataclasses.replace(
+            current, secret=secret, previous_secrets=kept, updated_at=now
+        )
+        await self.persistence.endpoint_store.update(updated)
+        self._endpoints.put(updated)
+        return updated
+
+    async def remove_endpoint(self, endpoint_id: str) -> bool:
+        """Delete the endpoint; its pending deliveries end ``failed`` ("endpoint was removed")."""
+        await self.start()
+        removed = await self.persistence.endpoint_store.remove(endpoint_id)
+        self._endpoints.drop(endpoint_id)
+        return removed
+
+    async def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        await self.start()
+        return await self.persistence.endpoint_store.get(endpoint_id)
+
+    async def list_endpoints(self) -> list[WebhookEndpoint]:
+        await self.start()
+        return await self.persistence.endpoint_store.list()
+
+    async def probe_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        data: JSONObject | None = None,
+    ) -> ProbeResult:
+        """Send one signed ``system.maintenance`` test event now (one attempt, not stored).
+
+        Probes ignore subscriptions, filters and the endpoint's status.
+        """
+        await self.start()
+        endpoint = await self._require_endpoint(endpoint_id)
+        assert self._dispatcher is not None
+        now = self.clock.now()
+        event = WebhookEvent(
+            id=new_id("probe"),
+            type=WebhookEventType.SYSTEM_MAINTENANCE,
+            timestamp=now,
+            data=data if data is not None else {"test": True, "message": "Webhook endpoint probe"},
+            metadata=EventMetadata(correlation_id=f"probe_{endpoint.id}"),
+        )
+        delivery = self._new_delivery(event, endpoint, event.to_json(), now)
+        result = await self._dispatcher.probe(endpoint, delivery)
+        attempt = result.attempt
+        return ProbeResult(
+            endpoint_id=endpoint.id,
+            url=endpoint.url,
+            success=attempt.ok,
+            response_time_ms=attempt.latency_ms,
+            tested_at=now,
+            http_status=attempt.http_status,
+            error=attempt.error,
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def emit(self, event: WebhookEvent, *, connection: object | None = None) -> None:
+        """Store the event's deliveries (group-committed with concurrent emits), then return.
+
+        The dispatcher sends them in the background. Event types outside
+        ``config.enabled_events`` are dropped silently, as in the original.
+
+        Transactional outbox: pass ``connection`` (your open database connection, inside your
+        transaction) and the delivery rows are written in that transaction. Roll back and
+        nothing is ever sent; commit and the dispatcher sends. Such an emit is not batched.
+        """
+        if not isinstance(event, WebhookEvent):
+            raise TypeError("emit() takes a WebhookEvent (see WebhookEvent.from_wire)")
+        if event.type not in self.config.enabled_events:
+            return
+        await self.start()
+        if connection is not None:
+            await self._write_events([event], connection=connection)
+            return
+        assert self._intake is not None
+        await self._intake.submit(event)
+
+    async def emit_sync(self, event: WebhookEvent) -> list[WebhookDelivery]:
+        """Store the event's deliveries and make their first attempt now; return them.
+
+        Failed first attempts are retried later by the dispatcher like any other.
+        """
+        if not isinstance(event, WebhookEvent):
+            raise TypeError("emit_sync() takes a WebhookEvent (see WebhookEvent.from_wire)")
+        if event.type not in self.config.enabled_events:
+            return []
+        await self.start()
+        assert self._dispatcher is not None
+        now = self.clock.now()
+        lease_until = now + timedelta(milliseconds=self.config.effective_lease_ms)
+        payload = event.to_json()
+        rows = [
+            dataclasses.replace(
+                self._new_delivery(event, endpoint, payload, now),
+                lease_owner=self.worker_id,
+                lease_expires_at=lease_until,
+            )
+            for endpoint in await self._endpoints.all()
+            if endpoint.matches(event)
+        ]
+        inserted = set(await self.persistence.delivery_store.insert_many(rows))
+        return await self._dispatcher.send_now([r for r in rows if r.id in inserted])
+
+    async def _write_events(
+        self, events: Sequence[WebhookEvent], *, connection: object | None = None
+    ) -> None:
+        endpoints = await self._endpoints.all()
+        now = self.clock.now()
+        rows: list[WebhookDelivery] = []
+        for event in events:
+            payload: str | None = None
+            for endpoint in endpoints:
+                if endpoint.matches(event):
+                    payload = payload or event.to_json()
+                    rows.append(self._new_delivery(event, endpoint, payload, now))
+        if rows:
+            await self.persistence.delivery_store.insert_many(rows, connection=connection)
+            if self._dispatcher is not None:
+                self._dispatcher.wake()
+
+    def _new_delivery(
+        self, event: WebhookEvent, endpoint: WebhookEndpoint, payload: str, now: datetime
+    ) -> WebhookDelivery:
+        return WebhookDelivery(
+            id=new_id("dlv"),
+            endpoint_id=endpoint.id,
+            event_id=event.id,
+            event_type=event.type,
+            url=endpoint.url,
+            payload=payload,
+            status=DeliveryStatus.PENDING,
+            created_at=now,
+            next_attempt_at=now,
+        )
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    async def list_deliveries(
+        self,
+        filter: DeliveryFilter | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        """Newest first; pass ``page.next_cursor`` back for the next page."""
+        await self.start()
+        return await self.persistence.delivery_store.list(
+            filter or DeliveryFilter(), limit=max(0, int(limit)), cursor=cursor
+        )
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        await self.start()
+        return await self.persistence.delivery_store.get(delivery_id)
+
+    async def retry_delivery(self, delivery_id: str) -> WebhookDelivery:
+        """Queue a finished delivery (any terminal status) for another round of attempts now."""
+        await self.start()
+        store = self.persistence.delivery_store
+        if await store.get(delivery_id) is None:
+            raise DeliveryNotFoundError(delivery_id)
+        await store.requeue(DeliveryFilter(), now=self.clock.now(), ids=[delivery_id])
+        self._wake()
+        delivery = await store.get(delivery_id)
+        if delivery is None:
+            raise DeliveryNotFoundError(delivery_id)
+        return delivery
+
+    async def replay(
+        self,
+        since: datetime,
+        *,
+        until: datetime | None = None,
+        endpoint_id: str | None = None,
+    ) -> int:
+        """Re-queue failed and exhausted deliveries created in ``[since, until)``; returns how many."""
+        await self.start()
+        count = await self.persistence.delivery_store.requeue(
+            DeliveryFilter(
+                endpoint_id=endpoint_id,
+                statuses=(DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED),
+                created_after=since,
+                created_before=until,
+            ),
+            now=self.clock.now(),
+        )
+        self._wake()
+        return count
+
+    async def stats(self, filter: DeliveryFilter | None = None) -> RuntimeStats:
+        await self.start()
+        endpoints = await self.persistence.endpoint_store.list()
+        deliveries = await self.persistence.delivery_store.stats(filter or DeliveryFilter())
+        return RuntimeStats(
+            total_endpoints=len(endpoints),
+            active_endpoints=sum(e.active for e in endpoints),
+            deliveries=deliveries,
+        )
+
+    async def purge(self, *, older_than: datetime | timedelta) -> int:
+        """Delete finished deliveries created before ``older_than`` (a time, or an age)."""
+        await self.start()
+        cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
+        return await self.persistence.delivery_store.purge(older_than=cutoff)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
+
+    def _check_url(self, url: str) -> str:
+        if not isinstance(url, str):
+            raise InvalidEndpointError("url must be a string")
+        validate_endpoint_url(
+            url,
+            allow_private_hosts=self.security.allow_private_hosts,
+            allow_http_for_localhost=self.security.allow_http_for_localhost,
+        )
+        return url
+
+    async def _require_endpoint(self, endpoint_id: str) -> WebhookEndpoint:
+        endpoint = await self.persistence.endpoint_store.get(endpoint_id)
+        if endpoint is None:
+            raise EndpointNotFoundError(endpoint_id)
+        return endpoint
+
+
+def _resolve_persistence(
+    persistence: WebhookPersistence | None,
+    endpoint_store: EndpointStore | None,
+    delivery_store: DeliveryStore | None,
+) -> WebhookPersistence:
+    if persistence is not None:
+        return WebhookPersistence(
+            endpoint_store=endpoint_store or persistence.endpoint_store,
+            delivery_store=delivery_store or persistence.delivery_store,
+            init=persistence.init,
+            close=persistence.close,
+        )
+    if endpoint_store is not None and delivery_store is not None:
+        return WebhookPersistence(endpoint_store=endpoint_store, delivery_store=delivery_store)
+    if endpoint_store is not None or delivery_store is not None:
+        raise ConfigError("Both endpoint_store and delivery_store must be provided together")
+    return create_in_memory_persistence()
+
+
+async def add_endpoints(
+    runtime: WebhookRuntimeService, inputs: Iterable[EndpointInput]
+) -> list[WebhookEndpoint]:
+    """Module-level form of :meth:`WebhookRuntimeService.add_endpoints`."""
+    return await runtime.add_endpoints(inputs)
+
+
+async def probe_endpoint(
+    runtime: WebhookRuntimeService, endpoint_id: str, *, data: JSONObject | None = None
+) -> ProbeResult:
+    """Module-level form of :meth:`WebhookRuntimeService.probe_endpoint`."""
+    return await runtime.probe_endpoint(endpoint_id, data=data)
+

@@ -1,0 +1,180 @@
+"""One signed HTTP attempt: URL guard, headers, POST, truncated response, classified errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiohttp
+
+from .clock import Clock
+from .config import WebhookConfig
+from .errors import EndpointUrlError, SigningError
+from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from .signing import RESERVED_HEADERS, SignatureScheme, Signer
+from .urlguard import validate_endpoint_url
+
+_SIGNER_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityOptions:
+    """Endpoint URL policy, applied when an endpoint is saved and again before every send.
+
+    http is accepted only for localhost names and addresses, and only when private hosts are
+    allowed too (as in the original).
+    """
+
+    allow_private_hosts: bool = False
+    allow_http_for_localhost: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """An attempt plus what the response said about retrying."""
+
+    attempt: WebhookAttempt
+    #: The request was refused before it left (URL guard, signing); retrying cannot help.
+    refused: bool = False
+    retry_after: str | None = None
+
+
+class Sender:
+    """Sends one attempt of a delivery over a shared aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: WebhookConfig,
+        security: SecurityOptions,
+        clock: Clock,
+    ) -> None:
+        self._session = session
+        self._config = config
+        self._security = security
+        self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
+        self._signers: OrderedDict[tuple[str, ...], Signer] = OrderedDict()
+
+    async def send(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> SendResult:
+        """POST ``delivery.payload`` to the endpoint's current URL; never raises for I/O."""
+        started_at = self._clock.now()
+        attempt_number = delivery.attempt_count + 1
+        t0 = time.perf_counter()
+
+        def failed(error: str, *, refused: bool = False) -> SendResult:
+            attempt = WebhookAttempt(
+                attempt_number=attempt_number,
+                started_at=started_at,
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                error=error,
+            )
+            return SendResult(attempt=attempt, refused=refused)
+
+        try:
+            validate_endpoint_url(
+                endpoint.url,
+                allow_private_hosts=self._security.allow_private_hosts,
+                allow_http_for_localhost=self._security.allow_http_for_localhost,
+            )
+            body = delivery.payload.encode()
+            headers = self._headers(endpoint, delivery, body, started_at)
+        except (EndpointUrlError, SigningError) as exc:
+            return failed(f"refused: {exc}", refused=True)
+        try:
+            async with self._session.post(
+                endpoint.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as response:
+                raw = await response.content.read(self._config.max_response_body_bytes)
+                attempt = WebhookAttempt(
+                    attempt_number=attempt_number,
+                    started_at=started_at,
+                    latency_ms=(time.perf_counter() - t0) * 1000,
+                    http_status=response.status,
+                    response_body=raw.decode("utf-8", errors="replace"),
+                    error=None if 200 <= response.status < 300 else _status_text(response),
+                )
+                return SendResult(attempt=attempt, retry_after=response.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorDNSError as exc:
+            if isinstance(exc.os_error, EndpointUrlError):
+                return failed(f"refused: {exc.os_error}", refused=True)
+            return failed(f"DNS lookup failed: {exc.os_error}")
+        except TimeoutError:
+            return failed(f"timeout after {self._config.timeout_ms} ms")
+        except aiohttp.ClientError as exc:
+            return failed(f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return failed(f"{type(exc).__name__}: {exc}")
+
+    def _headers(
+        self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, body: bytes, now: datetime
+    ) -> dict[str, str]:
+        headers = {
+            name: value
+            for name, value in endpoint.headers.items()
+            if name.lower() not in RESERVED_HEADERS
+        }
+        headers["Content-Type"] = "application/json"
+        headers.setdefault("User-Agent", self._config.user_agent)
+        timestamp = int(now.timestamp())
+        config = self._config
+        if not config.enable_security:
+            headers.update(_unsigned_headers(config.signature_scheme, delivery, timestamp))
+            return headers
+        secrets = endpoint.signing_secrets(now)
+        if not secrets and config.secret_key:
+            secrets = [config.secret_key]
+        if not secrets:
+            raise SigningError(
+                f"signing is on but endpoint {endpoint.id} has no secret; refusing an unsigned send"
+            )
+        headers.update(
+            self._signer(tuple(secrets)).headers(
+                msg_id=delivery.event_id,
+                timestamp=timestamp,
+                body=body,
+                event_type=delivery.event_type.value,
+            )
+        )
+        return headers
+
+    def _signer(self, secrets: tuple[str, ...]) -> Signer:
+        signer = self._signers.get(secrets)
+        if signer is None:
+            signer = Signer(secrets, self._config.signature_scheme)
+            self._signers[secrets] = signer
+            if len(self._signers) > _SIGNER_CACHE_SIZE:
+                self._signers.popitem(last=False)
+        else:
+            self._signers.move_to_end(secrets)
+        return signer
+
+
+def _unsigned_headers(
+    scheme: SignatureScheme, delivery: WebhookDelivery, timestamp: int
+) -> dict[str, str]:
+    if scheme is SignatureScheme.KMSG:
+        return {
+            "X-Webhook-ID": delivery.event_id,
+            "X-Webhook-Event": delivery.event_type.value,
+            "X-Webhook-Timestamp": str(timestamp),
+        }
+    return {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp)}
+
+
+def _status_text(response: aiohttp.ClientResponse) -> str:
+    reason = response.reason or ""
+    return f"HTTP {response.status}: {reason}".rstrip(": ")
+
+
+async def close_session_gracefully(session: aiohttp.ClientSession) -> None:
+    """Close a session and give the transports a moment to finish closing (aiohttp advice)."""
+    await session.close()
+    await asyncio.sleep(0)

@@ -1,0 +1,187 @@
+"""The persistence protocol every backend implements, and small helpers backends share.
+
+A backend provides an :class:`EndpointStore` and a :class:`DeliveryStore`, bundled in a
+:class:`WebhookPersistence` with optional ``init``/``close``. The delivery store is a durable
+outbox: rows are inserted (``pending``) before any send, workers *claim* due rows under a lease,
+and *record* attempt results in bulk. Every backend passes ``tests/test_store_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from .errors import StoreError
+from .events import parse_timestamp
+from .models import (
+    AttemptOutcome,
+    DeliveryFilter,
+    DeliveryPage,
+    DeliveryStats,
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+
+
+class EndpointStore(Protocol):
+    """Endpoints by id. URLs are unique: a second endpoint with the same URL is an error."""
+
+    async def add(self, endpoint: WebhookEndpoint) -> None:
+        """Insert; raise :class:`~kmsg_webhook.errors.DuplicateEndpointError` on id or URL clash."""
+
+    async def update(self, endpoint: WebhookEndpoint) -> None:
+        """Replace the endpoint with ``endpoint.id``.
+
+        Raises :class:`~kmsg_webhook.errors.EndpointNotFoundError` when absent and
+        :class:`~kmsg_webhook.errors.DuplicateEndpointError` when the URL clashes with another.
+        """
+
+    async def remove(self, endpoint_id: str) -> bool:
+        """Delete; return whether it existed."""
+
+    async def get(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The endpoint, or ``None``."""
+
+    async def list(self) -> list[WebhookEndpoint]:
+        """All endpoints, most recently updated first."""
+
+    async def record_health(
+        self, endpoint_id: str, *, succeeded: bool, failures: int, at: datetime
+    ) -> WebhookEndpoint | None:
+        """Atomically fold delivery results into the endpoint's health counters.
+
+        ``succeeded``: reset ``consecutive_failures`` to 0, clear ``failing_since`` and set
+        ``last_success_at = at``. Otherwise add ``failures`` to ``consecutive_failures`` and set
+        ``failing_since = at`` when it is unset. Returns the updated endpoint (``None`` if gone).
+        """
+
+
+class DeliveryStore(Protocol):
+    """The outbox of deliveries."""
+
+    async def insert_many(
+        self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
+    ) -> list[str]:
+        """Insert in one operation; a row whose (endpoint_id, event_id) exists is skipped.
+
+        Returns the ids of the rows that were new, so re-emitting an event is idempotent.
+        A row may arrive already leased (``emit_sync`` sends it at once); it is then not
+        claimable until that lease expires.
+
+        ``connection`` is the caller's own open database connection (transactional outbox):
+        the rows are written inside the caller's current transaction and become visible, and
+        sendable, only if it commits. Backends that cannot join a caller's transaction raise
+        :class:`~kmsg_webhook.errors.StoreError` when it is given.
+        """
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        exclude_endpoints: Collection[str] = (),
+    ) -> list[WebhookDelivery]:
+        """Lease up to ``limit`` pending rows due at ``now`` (oldest due first).
+
+        A row is claimable when pending, ``next_attempt_at <= now`` and not leased or its lease
+        expired. Claimed rows carry ``lease_owner = worker_id`` and ``lease_expires_at``.
+        Rows of ``exclude_endpoints`` are left alone (their endpoints are saturated).
+        """
+
+    async def record(self, outcomes: Sequence[AttemptOutcome]) -> int:
+        """Apply attempt results in one operation; returns how many were applied.
+
+        An outcome applies only while its worker still holds the row's lease; the lease is
+        cleared, the attempt appended (keeping the newest ``max_stored_attempts``),
+        ``attempt_count`` incremented when there is an attempt, and status, ``next_attempt_at``,
+        ``completed_at`` and ``last_error`` set.
+        """
+
+    async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
+        """Give back leases held by ``worker_id`` without recording an attempt."""
+
+    async def get(self, delivery_id: str) -> WebhookDelivery | None:
+        """The delivery, or ``None``."""
+
+    async def list(
+        self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> DeliveryPage:
+        """Newest first (``created_at`` then ``id``, descending), keyset-paginated by cursor."""
+
+    async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
+        """Counts by status and event type, attempts and mean last-attempt latency."""
+
+    async def requeue(
+        self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
+    ) -> int:
+        """Put terminal deliveries back to ``pending`` due at ``now``; returns how many.
+
+        Only terminal rows are touched (a pending row is already queued). ``ids`` narrows the
+        selection to those ids. Attempt history is kept.
+        """
+
+    async def purge(self, *, older_than: datetime) -> int:
+        """Delete terminal deliveries created before ``older_than``; pending rows are kept."""
+
+
+@dataclass(slots=True)
+class WebhookPersistence:
+    """An endpoint store and a delivery store with optional ``init``/``close`` hooks."""
+
+    endpoint_store: EndpointStore
+    delivery_store: DeliveryStore
+    init: Callable[[], Awaitable[None]] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+def apply_outcome(
+    delivery: WebhookDelivery, outcome: AttemptOutcome, *, max_stored_attempts: int
+) -> WebhookDelivery:
+    """The delivery as it is after ``outcome`` is recorded (the rule every backend follows)."""
+    attempts = delivery.attempts
+    count = delivery.attempt_count
+    if outcome.attempt is not None:
+        attempts = (*attempts, outcome.attempt)[-max_stored_attempts:]
+        count += 1
+    return dataclasses.replace(
+        delivery,
+        attempts=attempts,
+        attempt_count=count,
+        status=outcome.status,
+        next_attempt_at=outcome.next_attempt_at if outcome.status is DeliveryStatus.PENDING else None,
+        completed_at=outcome.completed_at,
+        last_error=outcome.last_error,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+
+
+def encode_cursor(delivery: WebhookDelivery) -> str:
+    """Opaque keyset cursor: the (created_at, id) of the last row of a page."""
+    raw = f"{delivery.created_at.isoformat()}|{delivery.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of :func:`encode_cursor`; a tampered cursor is a :class:`StoreError`."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, delivery_id = raw.partition("|")
+        if not delivery_id:
+            raise ValueError("no id")
+        return parse_timestamp(stamp), delivery_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise StoreError(f"invalid delivery cursor: {cursor!r}") from exc
+
+
+def is_after_cursor(delivery: WebhookDelivery, cursor: tuple[datetime, str]) -> bool:
+    """True when ``delivery`` sorts after the cursor position in newest-first order."""
+    return (delivery.created_at, delivery.id) < cursor

@@ -1,0 +1,513 @@
+"""The store conformance suite: every backend must pass every case here.
+
+Backends are listed in ``conftest.BACKENDS``; the ``persistence`` fixture runs each test once
+per backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kmsg_webhook import (
+    AttemptOutcome,
+    DeliveryFilter,
+    DeliveryStatus,
+    DuplicateEndpointError,
+    EndpointFilters,
+    EndpointNotFoundError,
+    EndpointStatus,
+    RetiredSecret,
+    RetryConfig,
+    StoreError,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEventType,
+    WebhookPersistence,
+)
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
+W1, W2 = "worker-1", "worker-2"
+
+
+def endpoint(n: int = 1, **changes: object) -> WebhookEndpoint:
+    base = WebhookEndpoint(
+        id=f"ep_{n}",
+        url=f"https://hooks{n}.example.com/in",
+        events=(WebhookEventType.MESSAGE_SENT, WebhookEventType.MESSAGE_FAILED),
+        created_at=T0,
+        updated_at=T0 + timedelta(seconds=n),
+        secret=f"whsec_c2VjcmV0LXtufQ{n}==",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def delivery(
+    n: int,
+    *,
+    endpoint_id: str = "ep_1",
+    event_id: str | None = None,
+    created: datetime | None = None,
+    due: datetime | None = None,
+    event_type: WebhookEventType = WebhookEventType.MESSAGE_SENT,
+) -> WebhookDelivery:
+    created = created or T0 + timedelta(milliseconds=n)
+    return WebhookDelivery(
+        id=f"dlv_{n:04d}",
+        endpoint_id=endpoint_id,
+        event_id=event_id or f"evt_{n}",
+        event_type=event_type,
+        url="https://hooks1.example.com/in",
+        payload='{"id":"evt_%d","data":{"text":"안녕"}}' % n,
+        status=DeliveryStatus.PENDING,
+        created_at=created,
+        next_attempt_at=due or created,
+    )
+
+
+def attempt(n: int, status: int | None = 200, *, at: datetime = T0) -> WebhookAttempt:
+    return WebhookAttempt(
+        attempt_number=n,
+        started_at=at,
+        latency_ms=12.5,
+        http_status=status,
+        response_body="ok" if status else None,
+        error=None if status == 200 else ("HTTP %s" % status if status else "timeout"),
+    )
+
+
+def outcome(
+    d: WebhookDelivery | str,
+    worker: str,
+    status: DeliveryStatus,
+    *,
+    att: WebhookAttempt | None = None,
+    next_at: datetime | None = None,
+    done: datetime | None = None,
+) -> AttemptOutcome:
+    return AttemptOutcome(
+        delivery_id=d if isinstance(d, str) else d.id,
+        worker_id=worker,
+        attempt=att if att is not None else attempt(1),
+        status=status,
+        next_attempt_at=next_at,
+        completed_at=done if done else (None if status is DeliveryStatus.PENDING else T0),
+    )
+
+
+async def claim(
+    p: WebhookPersistence, worker: str, now: datetime, limit: int = 100, **kw: object
+) -> list[WebhookDelivery]:
+    return await p.delivery_store.claim(
+        worker_id=worker, now=now, lease_until=now + timedelta(seconds=30), limit=limit, **kw  # type: ignore[arg-type]
+    )
+
+
+# -- endpoints --------------------------------------------------------------------------------
+
+
+async def test_endpoint_round_trip_keeps_every_field(persistence: WebhookPersistence) -> None:
+    full = endpoint(
+        1,
+        name="CRM",
+        description="설명",
+        headers={"Authorization": "Bearer t"},
+        previous_secrets=(RetiredSecret("whsec_b2xk", T0 + timedelta(days=1)),),
+        retry_config=RetryConfig(max_retries=0, retry_delay_ms=1500, backoff_multiplier=1.5),
+        filters=EndpointFilters(provider_id=("iwinv", "aligo"), template_id=("t1",)),
+        status=EndpointStatus.SUSPENDED,
+        last_triggered_at=T0,
+        disabled_reason="manual",
+        consecutive_failures=3,
+        failing_since=T0,
+        last_success_at=T0 - timedelta(days=1),
+    )
+    await persistence.endpoint_store.add(full)
+    assert await persistence.endpoint_store.get("ep_1") == full
+    assert await persistence.endpoint_store.get("missing") is None
+
+
+async def test_endpoint_list_is_most_recently_updated_first(
+    persistence: WebhookPersistence,
+) -> None:
+    for n in (2, 1, 3):
+        await persistence.endpoint_store.add(endpoint(n))
+    assert [e.id for e in await persistence.endpoint_store.list()] == ["ep_3", "ep_2", "ep_1"]
+
+
+async def test_duplicate_id_and_url_are_errors_and_keep_the_original(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.endpoint_store
+    await store.add(endpoint(1))
+    with pytest.raises(DuplicateEndpointError) as by_id:
+        await store.add(endpoint(1, url="https://other.example.com/"))
+    assert by_id.value.field == "id"
+    with pytest.raises(DuplicateEndpointError) as by_url:
+        await store.add(endpoint(2, url=endpoint(1).url))
+    assert by_url.value.field == "url"
+    assert [e.id for e in await store.list()] == ["ep_1"]
+    assert (await store.get("ep_1")) == endpoint(1)
+
+
+async def test_update_replaces_and_checks_existence_and_url(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.endpoint_store
+    await store.add(endpoint(1))
+    await store.add(endpoint(2))
+    moved = endpoint(1, url="https://moved.example.com/", name="moved")
+    await store.update(moved)
+    assert await store.get("ep_1") == moved
+    with pytest.raises(EndpointNotFoundError):
+        await store.update(endpoint(9))
+    with pytest.raises(DuplicateEndpointError):
+        await store.update(endpoint(2, url=moved.url))
+    assert (await store.get("ep_2")) == endpoint(2)
+    # The freed URL can be taken by another endpoint.
+    await store.add(endpoint(3, url=endpoint(1).url))
+
+
+async def test_remove_reports_whether_it_existed(persistence: WebhookPersistence) -> None:
+    store = persistence.endpoint_store
+    await store.add(endpoint(1))
+    assert await store.remove("ep_1") is True
+    assert await store.remove("ep_1") is False
+    assert await store.list() == []
+    await store.add(endpoint(2, url=endpoint(1).url))
+
+
+async def test_record_health_folds_failures_and_success(persistence: WebhookPersistence) -> None:
+    store = persistence.endpoint_store
+    await store.add(endpoint(1))
+    first = await store.record_health("ep_1", succeeded=False, failures=0, at=T0)
+    assert first is not None
+    assert (first.consecutive_failures, first.failing_since) == (0, T0)
+    later = T0 + timedelta(minutes=5)
+    second = await store.record_health("ep_1", succeeded=False, failures=2, at=later)
+    assert second is not None
+    assert (second.consecutive_failures, second.failing_since) == (2, T0)
+    healed = await store.record_health("ep_1", succeeded=True, failures=0, at=later)
+    assert healed is not None
+    assert (healed.consecutive_failures, healed.failing_since) == (0, None)
+    assert healed.last_success_at == later
+    assert await store.get("ep_1") == healed
+    assert await store.record_health("nope", succeeded=True, failures=0, at=T0) is None
+
+
+# -- intake -----------------------------------------------------------------------------------
+
+
+async def test_insert_many_returns_new_ids_and_dedupes_per_endpoint_and_event(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    rows = [delivery(1), delivery(2), delivery(3, endpoint_id="ep_2", event_id="evt_1")]
+    assert sorted(await store.insert_many(rows)) == ["dlv_0001", "dlv_0002", "dlv_0003"]
+    again = [delivery(4, event_id="evt_1"), delivery(5)]
+    assert await store.insert_many(again) == ["dlv_0005"]
+    assert await store.get("dlv_0004") is None
+    assert await store.get("dlv_0001") == rows[0]
+    assert await store.insert_many([]) == []
+
+
+async def test_insert_many_handles_a_large_batch(persistence: WebhookPersistence) -> None:
+    rows = [delivery(n) for n in range(1, 1201)]
+    assert len(await persistence.delivery_store.insert_many(rows)) == 1200
+    claimed = await claim(persistence, W1, T0 + timedelta(seconds=5), limit=2000)
+    assert len(claimed) == 1200
+
+
+# -- claim, lease, record -----------------------------------------------------------------------
+
+
+async def test_claim_takes_only_due_rows_oldest_due_first_up_to_limit(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    await store.insert_many(
+        [
+            delivery(1, due=T0 + timedelta(seconds=3)),
+            delivery(2, due=T0 + timedelta(seconds=1)),
+            delivery(3, due=T0 + timedelta(seconds=2)),
+            delivery(4, due=T0 + timedelta(hours=1)),
+        ]
+    )
+    now = T0 + timedelta(seconds=10)
+    first = await claim(persistence, W1, now, limit=2)
+    assert [d.id for d in first] == ["dlv_0002", "dlv_0003"]
+    assert all(d.lease_owner == W1 and d.lease_expires_at == now + timedelta(seconds=30) for d in first)
+    rest = await claim(persistence, W2, now)
+    assert [d.id for d in rest] == ["dlv_0001"]
+    assert await claim(persistence, W2, now) == []
+
+
+async def test_leased_rows_return_after_the_lease_expires(persistence: WebhookPersistence) -> None:
+    await persistence.delivery_store.insert_many([delivery(1)])
+    now = T0 + timedelta(seconds=1)
+    taken = await claim(persistence, W1, now)
+    assert len(taken) == 1
+    assert await claim(persistence, W2, now + timedelta(seconds=29)) == []
+    again = await claim(persistence, W2, now + timedelta(seconds=31))
+    assert [(d.id, d.lease_owner) for d in again] == [("dlv_0001", W2)]
+    # The first worker lost its lease: its late result is ignored, the new owner's applies.
+    assert await persistence.delivery_store.record([outcome(taken[0], W1, DeliveryStatus.SUCCESS)]) == 0
+    assert await persistence.delivery_store.record([outcome(again[0], W2, DeliveryStatus.SUCCESS)]) == 1
+    stored = await persistence.delivery_store.get("dlv_0001")
+    assert stored is not None and stored.status is DeliveryStatus.SUCCESS
+    assert stored.attempt_count == 1
+
+
+async def test_claim_skips_excluded_endpoints(persistence: WebhookPersistence) -> None:
+    await persistence.delivery_store.insert_many(
+        [delivery(1, endpoint_id="ep_busy"), delivery(2, endpoint_id="ep_free")]
+    )
+    got = await claim(persistence, W1, T0 + timedelta(seconds=1), exclude_endpoints={"ep_busy"})
+    assert [d.id for d in got] == ["dlv_0002"]
+    later = await claim(persistence, W1, T0 + timedelta(seconds=1))
+    assert [d.id for d in later] == ["dlv_0001"]
+
+
+async def test_pre_leased_insert_is_not_claimable_until_expiry(
+    persistence: WebhookPersistence,
+) -> None:
+    row = dataclasses.replace(
+        delivery(1), lease_owner=W1, lease_expires_at=T0 + timedelta(seconds=30)
+    )
+    await persistence.delivery_store.insert_many([row])
+    assert await claim(persistence, W2, T0 + timedelta(seconds=1)) == []
+    assert await claim(persistence, W2, T0 + timedelta(seconds=29)) == []
+    applied = await persistence.delivery_store.record([outcome(row, W1, DeliveryStatus.SUCCESS)])
+    assert applied == 1
+
+
+async def test_record_schedules_retries_and_settles(persistence: WebhookPersistence) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1), delivery(2), delivery(3)])
+    a, b, c = await claim(persistence, W1, T0 + timedelta(seconds=1))
+    retry_at = T0 + timedelta(minutes=1)
+    applied = await store.record(
+        [
+            outcome(a, W1, DeliveryStatus.PENDING, att=attempt(1, 503), next_at=retry_at),
+            outcome(b, W1, DeliveryStatus.FAILED, att=attempt(1, 400)),
+            outcome(c, W1, DeliveryStatus.EXHAUSTED, att=attempt(1, None)),
+        ]
+    )
+    assert applied == 3
+    ra, rb, rc = [await store.get(d.id) for d in (a, b, c)]
+    assert ra is not None and rb is not None and rc is not None
+    assert (ra.status, ra.next_attempt_at, ra.attempt_count, ra.lease_owner) == (
+        DeliveryStatus.PENDING,
+        retry_at,
+        1,
+        None,
+    )
+    assert ra.last_error == "HTTP 503"
+    assert ra.attempts == (attempt(1, 503),)
+    assert (rb.status, rb.completed_at, rb.last_error) == (DeliveryStatus.FAILED, T0, "HTTP 400")
+    assert (rc.status, rc.last_error, rc.next_attempt_at) == (
+        DeliveryStatus.EXHAUSTED,
+        "timeout",
+        None,
+    )
+    assert await claim(persistence, W1, retry_at - timedelta(seconds=1)) == []
+    (a2,) = await claim(persistence, W1, retry_at)
+    assert a2.id == a.id
+    await store.record([outcome(a2, W1, DeliveryStatus.SUCCESS, att=attempt(2, 200))])
+    # A settled row is never claimed again.
+    assert await claim(persistence, W2, retry_at + timedelta(days=1)) == []
+
+
+async def test_record_without_attempt_settles_with_reason(persistence: WebhookPersistence) -> None:
+    await persistence.delivery_store.insert_many([delivery(1)])
+    (row,) = await claim(persistence, W1, T0 + timedelta(seconds=1))
+    gone = AttemptOutcome(
+        delivery_id=row.id,
+        worker_id=W1,
+        attempt=None,
+        status=DeliveryStatus.FAILED,
+        next_attempt_at=None,
+        completed_at=T0,
+        error="endpoint was removed",
+    )
+    assert await persistence.delivery_store.record([gone]) == 1
+    stored = await persistence.delivery_store.get(row.id)
+    assert stored is not None
+    assert (stored.status, stored.attempt_count, stored.attempts, stored.last_error) == (
+        DeliveryStatus.FAILED,
+        0,
+        (),
+        "endpoint was removed",
+    )
+
+
+async def test_stored_attempts_are_capped_but_counted(persistence: WebhookPersistence) -> None:
+    # The conformance backends are built with max_stored_attempts=5.
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1)])
+    now = T0
+    for n in range(1, 8):
+        now += timedelta(seconds=1)
+        (row,) = await claim(persistence, W1, now)
+        await store.record(
+            [outcome(row, W1, DeliveryStatus.PENDING, att=attempt(n, 500, at=now), next_at=now)]
+        )
+    stored = await store.get("dlv_0001")
+    assert stored is not None
+    assert stored.attempt_count == 7
+    assert [a.attempt_number for a in stored.attempts] == [3, 4, 5, 6, 7]
+
+
+async def test_record_ignores_unknown_and_unleased_rows(persistence: WebhookPersistence) -> None:
+    await persistence.delivery_store.insert_many([delivery(1)])
+    assert await persistence.delivery_store.record([outcome("dlv_none", W1, DeliveryStatus.SUCCESS)]) == 0
+    assert await persistence.delivery_store.record([outcome("dlv_0001", W1, DeliveryStatus.SUCCESS)]) == 0
+    stored = await persistence.delivery_store.get("dlv_0001")
+    assert stored is not None and stored.status is DeliveryStatus.PENDING
+
+
+async def test_release_gives_rows_back_only_for_the_owner(persistence: WebhookPersistence) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1), delivery(2)])
+    now = T0 + timedelta(seconds=1)
+    a, b = await claim(persistence, W1, now)
+    await store.release([a.id], worker_id=W2)  # not the owner: no effect
+    assert await claim(persistence, W2, now) == []
+    await store.release([a.id, b.id], worker_id=W1)
+    again = await claim(persistence, W2, now)
+    assert sorted(d.id for d in again) == [a.id, b.id]
+    stored = await store.get(a.id)
+    assert stored is not None and stored.attempt_count == 0
+
+
+# -- listing, stats, requeue, purge ---------------------------------------------------------
+
+
+async def _settled_mix(p: WebhookPersistence) -> None:
+    store = p.delivery_store
+    rows = [
+        delivery(1, endpoint_id="ep_1"),
+        delivery(2, endpoint_id="ep_2", event_type=WebhookEventType.MESSAGE_FAILED),
+        delivery(3, endpoint_id="ep_1"),
+        delivery(4, endpoint_id="ep_2"),
+        delivery(5, endpoint_id="ep_1", event_type=WebhookEventType.MESSAGE_FAILED),
+    ]
+    await store.insert_many(rows)
+    claimed = {d.id: d for d in await claim(p, W1, T0 + timedelta(seconds=1))}
+    await store.record(
+        [
+            outcome(claimed["dlv_0001"], W1, DeliveryStatus.SUCCESS, att=attempt(1, 200)),
+            outcome(claimed["dlv_0002"], W1, DeliveryStatus.FAILED, att=attempt(1, 404)),
+            outcome(claimed["dlv_0003"], W1, DeliveryStatus.EXHAUSTED, att=attempt(1, 500)),
+        ]
+    )
+    await store.release(["dlv_0004", "dlv_0005"], worker_id=W1)
+
+
+async def test_list_filters_and_orders_newest_first(persistence: WebhookPersistence) -> None:
+    await _settled_mix(persistence)
+    store = persistence.delivery_store
+
+    async def ids(f: DeliveryFilter, limit: int = 100) -> list[str]:
+        return [d.id for d in (await store.list(f, limit=limit)).items]
+
+    assert await ids(DeliveryFilter()) == ["dlv_0005", "dlv_0004", "dlv_0003", "dlv_0002", "dlv_0001"]
+    assert await ids(DeliveryFilter(endpoint_id="ep_1")) == ["dlv_0005", "dlv_0003", "dlv_0001"]
+    assert await ids(DeliveryFilter(event_type=WebhookEventType.MESSAGE_FAILED)) == [
+        "dlv_0005",
+        "dlv_0002",
+    ]
+    assert await ids(DeliveryFilter(event_id="evt_3")) == ["dlv_0003"]
+    assert await ids(
+        DeliveryFilter(statuses=(DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED))
+    ) == ["dlv_0003", "dlv_0002"]
+    window = DeliveryFilter(
+        created_after=T0 + timedelta(milliseconds=2), created_before=T0 + timedelta(milliseconds=4)
+    )
+    assert await ids(window) == ["dlv_0003", "dlv_0002"]
+    assert await ids(DeliveryFilter(endpoint_id="ep_1", statuses=(DeliveryStatus.PENDING,))) == [
+        "dlv_0005"
+    ]
+    assert await ids(DeliveryFilter(), limit=0) == []
+
+
+async def test_list_keyset_pagination_is_stable_with_equal_timestamps(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(n, created=T0) for n in range(1, 24)])
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await store.list(DeliveryFilter(), limit=5, cursor=cursor)
+        seen.extend(d.id for d in page.items)
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == 5
+    assert seen == sorted(seen, reverse=True)
+    assert len(set(seen)) == 23
+
+
+async def test_list_rejects_a_tampered_cursor(persistence: WebhookPersistence) -> None:
+    with pytest.raises(StoreError):
+        await persistence.delivery_store.list(DeliveryFilter(), cursor="not-a-cursor!!")
+
+
+async def test_stats_aggregate(persistence: WebhookPersistence) -> None:
+    await _settled_mix(persistence)
+    stats = await persistence.delivery_store.stats(DeliveryFilter())
+    assert (stats.total, stats.pending, stats.success, stats.failed, stats.exhausted) == (
+        5,
+        2,
+        1,
+        1,
+        1,
+    )
+    assert stats.total_attempts == 3
+    assert stats.average_latency_ms == pytest.approx(12.5)
+    assert dict(stats.by_event_type) == {"message.sent": 3, "message.failed": 2}
+    assert stats.success_rate == pytest.approx(100 / 3)
+    ep2 = await persistence.delivery_store.stats(DeliveryFilter(endpoint_id="ep_2"))
+    assert (ep2.total, ep2.failed, ep2.pending) == (2, 1, 1)
+    empty = await persistence.delivery_store.stats(DeliveryFilter(endpoint_id="none"))
+    assert (empty.total, empty.average_latency_ms, empty.success_rate) == (0, 0.0, 0.0)
+
+
+async def test_requeue_touches_only_terminal_rows(persistence: WebhookPersistence) -> None:
+    await _settled_mix(persistence)
+    store = persistence.delivery_store
+    later = T0 + timedelta(hours=1)
+    failed_only = DeliveryFilter(statuses=(DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED))
+    assert await store.requeue(failed_only, now=later) == 2
+    assert await store.requeue(failed_only, now=later) == 0
+    for delivery_id in ("dlv_0002", "dlv_0003"):
+        row = await store.get(delivery_id)
+        assert row is not None
+        assert (row.status, row.next_attempt_at, row.completed_at) == (
+            DeliveryStatus.PENDING,
+            later,
+            None,
+        )
+        assert len(row.attempts) == 1  # history kept
+    assert await store.requeue(DeliveryFilter(), now=later, ids=["dlv_0001", "dlv_0004"]) == 1
+    claimed = await claim(persistence, W1, later)
+    assert sorted(d.id for d in claimed) == [f"dlv_000{n}" for n in range(1, 6)]
+
+
+async def test_purge_deletes_only_old_terminal_rows(persistence: WebhookPersistence) -> None:
+    await _settled_mix(persistence)
+    store = persistence.delivery_store
+    assert await store.purge(older_than=T0 + timedelta(milliseconds=3)) == 2  # dlv 1, 2
+    assert await store.get("dlv_0001") is None
+    assert await store.get("dlv_0003") is not None
+    assert await store.purge(older_than=T0 + timedelta(days=1)) == 1  # dlv 3; 4 and 5 pending
+    remaining = (await store.list(DeliveryFilter())).items
+    assert sorted(d.id for d in remaining) == ["dlv_0004", "dlv_0005"]
+    # A purged (endpoint, event) pair may be written again.
+    assert await store.insert_many([delivery(9, event_id="evt_1")]) == ["dlv_0009"]
