@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from kmsg_webhook import WebhookPersistence, create_in_memory_persistence
+from kmsg_webhook import (
+    SecurityOptions,
+    WebhookConfig,
+    WebhookEvent,
+    WebhookEventType,
+    WebhookPersistence,
+    WebhookRuntimeService,
+    create_in_memory_persistence,
+)
 
 # Backends of the store conformance suite. Each entry builds a fresh, empty persistence;
 # SQL and D1 backends add themselves here.
@@ -95,3 +107,97 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield rec
     finally:
         await runner.cleanup()
+
+
+# --------------------------------------------------------------------------- runtime fixtures
+# Used by the runtime behaviour suite (tests/test_runtime_*.py); generally useful elsewhere too.
+
+RuntimeFactory = Callable[..., Awaitable[WebhookRuntimeService]]
+
+
+@pytest.fixture
+async def gate(receiver: Receiver) -> AsyncIterator[asyncio.Event]:
+    """An event slow receiver handlers wait on. It is opened at teardown, before the receiver
+    stops, so no handler outlives its test."""
+    event = asyncio.Event()
+    try:
+        yield event
+    finally:
+        event.set()
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def make_runtime(receiver: Receiver, gate: asyncio.Event) -> AsyncIterator[RuntimeFactory]:
+    """Build started runtimes; each is shut down at teardown (before the receiver stops).
+
+    Defaults: ``WebhookConfig(jitter=False)`` and ``SecurityOptions(allow_private_hosts=True)``
+    so the 127.0.0.1 ``receiver`` is reachable. Other keyword arguments go to the runtime.
+    """
+    made: list[WebhookRuntimeService] = []
+
+    async def make(
+        config: WebhookConfig | None = None,
+        *,
+        security: SecurityOptions | None = None,
+        **kwargs: Any,
+    ) -> WebhookRuntimeService:
+        runtime = WebhookRuntimeService(
+            config or WebhookConfig(jitter=False),
+            security=security or SecurityOptions(allow_private_hosts=True),
+            **kwargs,
+        )
+        made.append(runtime)
+        await runtime.start()
+        return runtime
+
+    try:
+        yield make
+    finally:
+        gate.set()
+        for runtime in reversed(made):
+            await asyncio.wait_for(runtime.shutdown(), 30)
+
+
+EventFactory = Callable[..., WebhookEvent]
+
+
+@pytest.fixture
+def make_event() -> EventFactory:
+    """``make_event(id=None, type="message.sent", **fields)``: a valid event, ids evt_1, evt_2..."""
+    counter = itertools.count(1)
+
+    def make(
+        event_id: str | None = None,
+        type: WebhookEventType | str = WebhookEventType.MESSAGE_SENT,
+        **fields: Any,
+    ) -> WebhookEvent:
+        fields.setdefault("timestamp", datetime(2026, 1, 1, 9, 30, tzinfo=UTC))
+        fields.setdefault("data", {"text": "안녕하세요", "n": 1})
+        return WebhookEvent(id=event_id or f"evt_{next(counter)}", type=type, **fields)
+
+    return make
+
+
+WaitUntil = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def wait_until() -> WaitUntil:
+    """``await wait_until(predicate, within=10)``: poll a (possibly async) predicate; a hang
+    guard, not a speed assertion."""
+
+    async def wait(predicate: Callable[[], Any], within: float = 10.0, what: str = "") -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            result = predicate()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"condition not reached within {within}s {what}".rstrip())
+            await asyncio.sleep(0.01)
+
+    return wait

@@ -61,7 +61,7 @@ def delivery(
         event_id=event_id or f"evt_{n}",
         event_type=event_type,
         url="https://hooks1.example.com/in",
-        payload='{"id":"evt_%d","data":{"text":"안녕"}}' % n,
+        payload=f'{{"id":"evt_{n}","data":{{"text":"안녕"}}}}',
         status=DeliveryStatus.PENDING,
         created_at=created,
         next_attempt_at=due or created,
@@ -75,7 +75,7 @@ def attempt(n: int, status: int | None = 200, *, at: datetime = T0) -> WebhookAt
         latency_ms=12.5,
         http_status=status,
         response_body="ok" if status else None,
-        error=None if status == 200 else ("HTTP %s" % status if status else "timeout"),
+        error=None if status == 200 else (f"HTTP {status}" if status else "timeout"),
     )
 
 
@@ -102,7 +102,11 @@ async def claim(
     p: WebhookPersistence, worker: str, now: datetime, limit: int = 100, **kw: object
 ) -> list[WebhookDelivery]:
     return await p.delivery_store.claim(
-        worker_id=worker, now=now, lease_until=now + timedelta(seconds=30), limit=limit, **kw  # type: ignore[arg-type]
+        worker_id=worker,
+        now=now,
+        lease_until=now + timedelta(seconds=30),
+        limit=limit,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -239,7 +243,9 @@ async def test_claim_takes_only_due_rows_oldest_due_first_up_to_limit(
     now = T0 + timedelta(seconds=10)
     first = await claim(persistence, W1, now, limit=2)
     assert [d.id for d in first] == ["dlv_0002", "dlv_0003"]
-    assert all(d.lease_owner == W1 and d.lease_expires_at == now + timedelta(seconds=30) for d in first)
+    assert all(
+        d.lease_owner == W1 and d.lease_expires_at == now + timedelta(seconds=30) for d in first
+    )
     rest = await claim(persistence, W2, now)
     assert [d.id for d in rest] == ["dlv_0001"]
     assert await claim(persistence, W2, now) == []
@@ -254,8 +260,14 @@ async def test_leased_rows_return_after_the_lease_expires(persistence: WebhookPe
     again = await claim(persistence, W2, now + timedelta(seconds=31))
     assert [(d.id, d.lease_owner) for d in again] == [("dlv_0001", W2)]
     # The first worker lost its lease: its late result is ignored, the new owner's applies.
-    assert await persistence.delivery_store.record([outcome(taken[0], W1, DeliveryStatus.SUCCESS)]) == 0
-    assert await persistence.delivery_store.record([outcome(again[0], W2, DeliveryStatus.SUCCESS)]) == 1
+    assert (
+        await persistence.delivery_store.record([outcome(taken[0], W1, DeliveryStatus.SUCCESS)])
+        == 0
+    )
+    assert (
+        await persistence.delivery_store.record([outcome(again[0], W2, DeliveryStatus.SUCCESS)])
+        == 1
+    )
     stored = await persistence.delivery_store.get("dlv_0001")
     assert stored is not None and stored.status is DeliveryStatus.SUCCESS
     assert stored.attempt_count == 1
@@ -363,8 +375,14 @@ async def test_stored_attempts_are_capped_but_counted(persistence: WebhookPersis
 
 async def test_record_ignores_unknown_and_unleased_rows(persistence: WebhookPersistence) -> None:
     await persistence.delivery_store.insert_many([delivery(1)])
-    assert await persistence.delivery_store.record([outcome("dlv_none", W1, DeliveryStatus.SUCCESS)]) == 0
-    assert await persistence.delivery_store.record([outcome("dlv_0001", W1, DeliveryStatus.SUCCESS)]) == 0
+    assert (
+        await persistence.delivery_store.record([outcome("dlv_none", W1, DeliveryStatus.SUCCESS)])
+        == 0
+    )
+    assert (
+        await persistence.delivery_store.record([outcome("dlv_0001", W1, DeliveryStatus.SUCCESS)])
+        == 0
+    )
     stored = await persistence.delivery_store.get("dlv_0001")
     assert stored is not None and stored.status is DeliveryStatus.PENDING
 
@@ -414,7 +432,13 @@ async def test_list_filters_and_orders_newest_first(persistence: WebhookPersiste
     async def ids(f: DeliveryFilter, limit: int = 100) -> list[str]:
         return [d.id for d in (await store.list(f, limit=limit)).items]
 
-    assert await ids(DeliveryFilter()) == ["dlv_0005", "dlv_0004", "dlv_0003", "dlv_0002", "dlv_0001"]
+    assert await ids(DeliveryFilter()) == [
+        "dlv_0005",
+        "dlv_0004",
+        "dlv_0003",
+        "dlv_0002",
+        "dlv_0001",
+    ]
     assert await ids(DeliveryFilter(endpoint_id="ep_1")) == ["dlv_0005", "dlv_0003", "dlv_0001"]
     assert await ids(DeliveryFilter(event_type=WebhookEventType.MESSAGE_FAILED)) == [
         "dlv_0005",

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 from .errors import RuntimeClosedError
 
 T = TypeVar("T")
+#: Called once per item after its batch was written, with the write's error or ``None``.
+Done: TypeAlias = Callable[[BaseException | None], None]
 
 
 class GroupCommit(Generic[T]):
@@ -36,7 +38,7 @@ class GroupCommit(Generic[T]):
         self._max_wait_s = max_wait_s
         self._max_writes = max_concurrent_writes
         self._room = asyncio.Semaphore(max_pending)
-        self._waiting: list[tuple[T, asyncio.Future[None], float]] = []
+        self._waiting: list[tuple[T, Done | None, float]] = []
         self._writes: set[asyncio.Task[None]] = set()
         self._writing = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -59,10 +61,32 @@ class GroupCommit(Generic[T]):
             self._room.release()
             raise RuntimeClosedError("the runtime is shut down")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future, time.monotonic()))
+
+        def done(error: BaseException | None) -> None:
+            self._room.release()
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        self._append(item, done)
+        await future
+
+    def enqueue(self, item: T, done: Done | None = None) -> None:
+        """Queue ``item`` without waiting; ``done`` is called once it is written (or failed).
+
+        For callers that bound their own backlog (no backpressure is applied here).
+        """
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down")
+        self._append(item, done)
+
+    def _append(self, item: T, done: Done | None) -> None:
+        self._waiting.append((item, done, time.monotonic()))
         self._idle.clear()
         self._kick()
-        await future
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is written."""
@@ -111,23 +135,19 @@ class GroupCommit(Generic[T]):
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._writes.add(task)
 
-    async def _run(self, batch: list[tuple[T, asyncio.Future[None], float]]) -> None:
+    async def _run(self, batch: list[tuple[T, Done | None, float]]) -> None:
+        error: BaseException | None = None
         try:
             await self._write([item for item, _, _ in batch])
         except BaseException as exc:  # every waiter learns why its item was not written
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            error = exc
             if not isinstance(exc, Exception):
                 raise
-        else:
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_result(None)
         finally:
             self._writing -= len(batch)
-            for _ in batch:
-                self._room.release()
+            for _, done, _ in batch:
+                if done is not None:
+                    done(error)
             task = asyncio.current_task()
             if task is not None:
                 self._writes.discard(task)

@@ -9,10 +9,11 @@ here: a failed attempt is recorded with ``next_attempt_at`` and claimed again wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,7 +48,13 @@ class _Settled:
 
 
 class Dispatcher:
-    """Runs the claim/send/record loop for one worker id."""
+    """Runs the claim/send/record loop for one worker id.
+
+    ``max_concurrency`` worker coroutines take deliveries from per-endpoint ready queues in
+    round-robin order, so a slow endpoint holds at most ``max_concurrency_per_endpoint``
+    workers and the rest keep serving everyone else. A claimer keeps the queues topped up,
+    claiming ahead in batches; what it claims beyond an endpoint's share goes straight back.
+    """
 
     def __init__(
         self,
@@ -68,12 +75,18 @@ class Dispatcher:
         self._clock = clock
         self.worker_id = worker_id
         self._rng = rng or random.Random()
-        self._in_flight = 0
-        self._per_endpoint: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._ready: dict[str, deque[WebhookDelivery]] = {}
+        self._runnable: deque[str] = deque()  # endpoints with ready work and a free slot
+        self._active: Counter[str] = Counter()  # attempts being sent, per endpoint
+        self._outstanding = 0  # claimed and not yet recorded
+        self._ready_count = 0  # claimed and waiting for a worker
+        # Below this much room, a claimer with queued work waits instead of making a small
+        # claim (each claim is a store round trip).
+        self._claim_threshold = max(1, min(config.claim_batch_size, config.max_concurrency) // 4)
+        self._work = asyncio.Condition()
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._recorder: GroupCommit[_Settled] = GroupCommit(
             self._write_results,
@@ -84,45 +97,64 @@ class Dispatcher:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run the loop in the background until :meth:`stop`."""
-        if self._loop_task is None:
-            self._stopping = False
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+    def start(self, *, claim: bool = True) -> None:
+        """Start the workers and, with ``claim``, the background claimer (until :meth:`stop`)."""
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._tasks = [
+            loop.create_task(self._worker()) for _ in range(self._config.max_concurrency)
+        ]
+        if claim:
+            self._tasks.append(loop.create_task(self._claimer()))
 
     def wake(self) -> None:
         """New rows may be due: claim now instead of at the next poll."""
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop claiming, let in-flight attempts finish and be recorded."""
+        """Stop claiming; in-flight attempts finish and are recorded; queued claims go back."""
         self._stopping = True
         self._wake.set()
-        if self._loop_task is not None:
-            task, self._loop_task = self._loop_task, None
-            await task
+        async with self._work:
+            self._work.notify_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+        leftovers = [d.id for queue in self._ready.values() for d in queue]
+        self._ready.clear()
+        self._ready_count = 0
+        self._runnable.clear()
+        if leftovers:
+            self._outstanding -= len(leftovers)
+            try:
+                await self._store.release(leftovers, worker_id=self.worker_id)
+            except Exception:
+                logger.exception(
+                    "releasing %d claimed deliveries failed; their leases will expire",
+                    len(leftovers),
+                )
         await self._recorder.close()
 
     async def drain(self) -> None:
         """Send every delivery due now, and the retries that become due meanwhile, then return.
 
-        Deliveries scheduled for later stay scheduled.
+        Deliveries scheduled for later stay scheduled. Needs :meth:`start`.
         """
         while True:
-            started = await self._claim_and_start()
-            if started:
-                continue
-            if self._in_flight == 0:
+            claimed = await self._claim()
+            while self._outstanding:
+                self._changed.clear()
+                await self._changed.wait()
+                if claimed:
+                    break  # claim again while the queues drain
+            if not claimed and not self._outstanding:
                 await self._recorder.drain()
-                if self._in_flight == 0 and not await self._has_due():
+                if not self._outstanding and not await self._claim():
                     return
-                continue
-            self._changed.clear()
-            await self._changed.wait()
 
-    # -- one-shot sends (emit_sync) ----------------------------------------------------------
+    # -- one-shot sends (emit_sync, probes) --------------------------------------------------
 
     async def send_now(self, deliveries: Sequence[WebhookDelivery]) -> list[WebhookDelivery]:
         """Attempt already-leased deliveries once, record, and return them as recorded."""
@@ -137,102 +169,138 @@ class Dispatcher:
         """One attempt that is neither stored nor retried (endpoint probes)."""
         return await self._sender.send(endpoint, delivery)
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- claiming ----------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _claimer(self) -> None:
         poll_s = self._config.poll_interval_ms / 1000
         while not self._stopping:
+            if self._ready_count and self._room() < self._claim_threshold:
+                # Plenty queued and little room: wait for recorded deliveries to free some.
+                self._changed.clear()
+                await self._wait(self._changed, poll_s)
+                continue
             try:
-                started = await self._claim_and_start()
+                claimed = await self._claim()
             except Exception:
                 logger.exception("claiming deliveries failed; retrying in %.1fs", poll_s)
-                started = 0
-            if started or self._stopping:
+                claimed = 0
+            if claimed or self._stopping:
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=poll_s)
-            except TimeoutError:
-                pass
+            await self._wait(self._wake, poll_s)  # nothing due: poll, or an emit wakes us
 
-    async def _has_due(self) -> bool:
-        now = self._clock.now()
-        probe = await self._store.claim(
-            worker_id=self.worker_id,
-            now=now,
-            lease_until=now + timedelta(milliseconds=self._config.effective_lease_ms),
-            limit=1,
-            exclude_endpoints=self._saturated(),
-        )
-        if probe:
-            self._start(probe)
-        return bool(probe)
+    @staticmethod
+    async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=timeout_s)
 
-    def _saturated(self) -> set[str]:
-        limit = self._config.max_concurrency_per_endpoint
-        return {e for e, n in self._per_endpoint.items() if n >= limit}
+    def _room(self) -> int:
+        """How many more rows to hold: enough for every worker plus one claim ahead."""
+        config = self._config
+        return config.max_concurrency + config.claim_batch_size - self._outstanding
 
-    async def _claim_and_start(self) -> int:
-        free = self._config.max_concurrency - self._in_flight
-        want = min(free, self._config.claim_batch_size)
-        # Small claims cost a round trip each; wait for room unless the pipe is nearly empty.
-        if want <= 0 or (self._in_flight and want < self._config.claim_batch_size // 2):
-            if self._in_flight:
-                self._changed.clear()
-                await self._changed.wait()
+    async def _claim(self) -> int:
+        """Claim due rows into the ready queues; returns how many were kept."""
+        config = self._config
+        want = min(self._room(), config.claim_batch_size)
+        if want <= 0:
             return 0
+        limit = config.max_concurrency_per_endpoint
+        full = {e for e, q in self._ready.items() if len(q) + self._active[e] >= limit}
         now = self._clock.now()
         claimed = await self._store.claim(
             worker_id=self.worker_id,
             now=now,
-            lease_until=now + timedelta(milliseconds=self._config.effective_lease_ms),
+            lease_until=now + timedelta(milliseconds=config.effective_lease_ms),
             limit=want,
-            exclude_endpoints=self._saturated(),
+            exclude_endpoints=full,
         )
-        if claimed:
-            await self._start_claimed(claimed)
-        return len(claimed)
-
-    async def _start_claimed(self, claimed: list[WebhookDelivery]) -> None:
-        limit = self._config.max_concurrency_per_endpoint
         overflow: list[str] = []
-        runnable: list[WebhookDelivery] = []
-        planned: Counter[str] = Counter()
+        kept = 0
         for delivery in claimed:
             endpoint_id = delivery.endpoint_id
-            if self._per_endpoint[endpoint_id] + planned[endpoint_id] >= limit:
+            queue = self._ready.get(endpoint_id)
+            if queue is None:
+                queue = self._ready[endpoint_id] = deque()
+            # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
+            # in the store (claimable by other workers) instead of aging here under a lease.
+            if len(queue) + self._active[endpoint_id] >= 2 * limit:
                 overflow.append(delivery.id)
-            else:
-                planned[endpoint_id] += 1
-                runnable.append(delivery)
+                continue
+            queue.append(delivery)
+            kept += 1
+            self._mark_runnable(endpoint_id)
+        for endpoint_id in [e for e, q in self._ready.items() if not q]:
+            del self._ready[endpoint_id]
+        self._outstanding += kept
+        self._ready_count += kept
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
-        self._start(runnable)
+        if kept:
+            async with self._work:
+                self._work.notify(kept)
+        return kept
 
-    def _start(self, deliveries: Sequence[WebhookDelivery]) -> None:
-        loop = asyncio.get_running_loop()
-        for delivery in deliveries:
-            self._in_flight += 1
-            self._per_endpoint[delivery.endpoint_id] += 1
-            task = loop.create_task(self._deliver(delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _mark_runnable(self, endpoint_id: str) -> None:
+        queue = self._ready.get(endpoint_id)
+        if (
+            queue
+            and self._active[endpoint_id] < self._config.max_concurrency_per_endpoint
+            and endpoint_id not in self._runnable
+        ):
+            self._runnable.append(endpoint_id)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            async with self._work:
+                while not self._runnable and not self._stopping:
+                    await self._work.wait()
+                if self._stopping:
+                    return
+                endpoint_id = self._runnable.popleft()
+                queue = self._ready[endpoint_id]
+                delivery = queue.popleft()
+                self._ready_count -= 1
+                if not queue:
+                    del self._ready[endpoint_id]
+                self._active[endpoint_id] += 1
+                self._mark_runnable(endpoint_id)  # round robin: back of the line
+            await self._deliver(delivery)
+            self._active[endpoint_id] -= 1
+            if not self._active[endpoint_id]:
+                del self._active[endpoint_id]
+            if endpoint_id in self._ready:
+                self._mark_runnable(endpoint_id)
+                async with self._work:
+                    self._work.notify()
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         try:
             settled = await self._attempt(delivery)
-            await self._recorder.submit(settled)
         except Exception:
             # The lease expires and another claim retries the delivery: nothing is lost.
-            logger.exception("delivery %s could not be recorded", delivery.id)
-        finally:
-            self._in_flight -= 1
-            self._per_endpoint[delivery.endpoint_id] -= 1
-            if not self._per_endpoint[delivery.endpoint_id]:
-                del self._per_endpoint[delivery.endpoint_id]
-            self._changed.set()
+            logger.exception("delivery %s failed unexpectedly; it will be retried", delivery.id)
+            self._settled()
+            return
 
-    # -- one attempt -------------------------------------------------------------------------
+        def recorded(error: BaseException | None) -> None:
+            if error is not None:
+                logger.error(
+                    "recording delivery %s failed (%s); its lease will expire and it will be "
+                    "sent again",
+                    delivery.id,
+                    error,
+                )
+            self._settled()
+
+        self._recorder.enqueue(settled, recorded)
+
+    def _settled(self) -> None:
+        """A claimed delivery is recorded (or abandoned): there is room for another."""
+        self._outstanding -= 1
+        self._changed.set()
 
     async def _attempt(self, delivery: WebhookDelivery) -> _Settled:
         endpoint = await self._endpoints.get(delivery.endpoint_id)
@@ -337,7 +405,14 @@ class Dispatcher:
             if succeeded and healthy:
                 continue  # nothing to reset: skip the write on the hot path
             if not succeeded and not failures and cached is not None and cached.failing_since:
-                continue  # a retry was scheduled; failing_since is already set
+                # A retry was scheduled and failing_since is already set: nothing to write,
+                # but the failing window may have run out meanwhile (checked on fresh data).
+                if self._policy_violation(cached, now):
+                    fresh = await self._endpoint_store.get(endpoint_id)
+                    reason = self._policy_violation(fresh, now) if fresh else None
+                    if reason:
+                        await self._disable(endpoint_id, reason)
+                continue
             updated = await self._endpoint_store.record_health(
                 endpoint_id, succeeded=succeeded, failures=failures, at=now
             )

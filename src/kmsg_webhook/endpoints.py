@@ -69,7 +69,9 @@ def check_secret(secret: str | None, scheme: SignatureScheme) -> str | None:
     return secret
 
 
-def build_endpoint(data: EndpointInput, *, url: str, secret: str | None, now: datetime) -> WebhookEndpoint:
+def build_endpoint(
+    data: EndpointInput, *, url: str, secret: str | None, now: datetime
+) -> WebhookEndpoint:
     """A new endpoint from validated input (``url`` and ``secret`` already checked)."""
     return WebhookEndpoint(
         id=data.id or new_id("ep"),

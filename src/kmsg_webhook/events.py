@@ -14,6 +14,7 @@ with millisecond precision and a ``Z`` suffix, as JavaScript's ``Date.toJSON()``
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,9 +24,12 @@ from typing import Any, TypeAlias
 from .errors import InvalidEventError, UnknownEventTypeError
 
 JSONValue: TypeAlias = (
-    "str | int | float | bool | None | Mapping[str, JSONValue] | list[JSONValue] | tuple[JSONValue, ...]"
+    "str | int | float | bool | Mapping[str, JSONValue] | list[JSONValue]"
+    " | tuple[JSONValue, ...] | None"
 )
 JSONObject: TypeAlias = Mapping[str, JSONValue]
+
+_PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
 
 
 class WebhookEventType(StrEnum):
@@ -123,8 +127,8 @@ class EventMetadata:
 
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z`` (JavaScript ``Date.toJSON()`` form)."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_timestamp(value: object) -> datetime:
@@ -133,6 +137,8 @@ def parse_timestamp(value: object) -> datetime:
     Naive datetimes are taken as UTC. Raises :class:`InvalidEventError` when unparsable.
     """
     if isinstance(value, datetime):
+        if value.tzinfo is UTC:
+            return value
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, bool):
         raise InvalidEventError("Event timestamp must be a valid Date")
@@ -172,12 +178,18 @@ class WebhookEvent:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise InvalidEventError("Event ID is required")
+        if len(self.id) > 255 or not _PRINTABLE_ID.fullmatch(self.id):
+            raise InvalidEventError(
+                "Event ID must be 1-255 visible ASCII characters (it is sent as a header)"
+            )
         if not self.type:
             raise InvalidEventError("Event type is required")
-        object.__setattr__(self, "type", WebhookEventType.parse(self.type))
+        if type(self.type) is not WebhookEventType:
+            object.__setattr__(self, "type", WebhookEventType.parse(self.type))
         if self.timestamp is None or self.timestamp == "":
             raise InvalidEventError("Event timestamp is required")
-        object.__setattr__(self, "timestamp", parse_timestamp(self.timestamp))
+        if not isinstance(self.timestamp, datetime) or self.timestamp.tzinfo is not UTC:
+            object.__setattr__(self, "timestamp", parse_timestamp(self.timestamp))
         if not isinstance(self.version, str) or not self.version:
             raise InvalidEventError("Event version is required")
         if not isinstance(self.data, Mapping):

@@ -257,9 +257,7 @@ class InMemoryDeliveryStore:
         return count
 
     async def purge(self, *, older_than: datetime) -> int:
-        doomed = [
-            d for d in self._rows.values() if d.status.terminal and d.created_at < older_than
-        ]
+        doomed = [d for d in self._rows.values() if d.status.terminal and d.created_at < older_than]
         for delivery in doomed:
             del self._rows[delivery.id]
             self._keys.discard((delivery.endpoint_id, delivery.event_id))

@@ -117,7 +117,7 @@ class WebhookEndpoint:
 
     @property
     def active(self) -> bool:
-        """True when the endpoint receives events (derived from ``status``, so never contradictory)."""
+        """Whether the endpoint receives events (derived from ``status``: never contradictory)."""
         return self.status is EndpointStatus.ACTIVE
 
     def matches(self, event: WebhookEvent) -> bool:

@@ -161,17 +161,23 @@ class WebhookRuntimeService:
         await self.start()
         assert self._intake is not None and self._dispatcher is not None
         await self._intake.drain()
-        await self._dispatcher.drain()
+        if self._dispatch_enabled:
+            await self._dispatcher.drain()
 
     async def shutdown(self) -> None:
-        """Flush intake, stop the dispatcher (in-flight attempts finish and are recorded),
-        close the HTTP session (if we opened it) and the store. Safe to call twice."""
+        """Flush (store what was emitted and, when this runtime dispatches, send what is due),
+        stop the dispatcher (in-flight attempts finish and are recorded), close the HTTP session
+        (if we opened it) and the store. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         if self._started:
             assert self._intake is not None and self._dispatcher is not None
             await self._intake.close()
+            if self._dispatch_enabled:
+                # Without this, rows emitted just before shutdown stay pending (and are lost
+                # with the in-memory store) although the runtime could still send them.
+                await self._dispatcher.drain()
             await self._dispatcher.stop()
             if self._given_session is None and self._session is not None:
                 await close_session_gracefully(self._session)
@@ -232,12 +238,12 @@ class WebhookRuntimeService:
         events: Sequence[WebhookEventType | str] | _Unset = UNSET,
         status: EndpointStatus | str | _Unset = UNSET,
         active: bool | _Unset = UNSET,
-        name: str | None | _Unset = UNSET,
-        description: str | None | _Unset = UNSET,
-        headers: Mapping[str, str] | None | _Unset = UNSET,
+        name: str | _Unset | None = UNSET,
+        description: str | _Unset | None = UNSET,
+        headers: Mapping[str, str] | _Unset | None = UNSET,
         secret: str | _Unset = UNSET,
-        retry_config: RetryConfig | None | _Unset = UNSET,
-        filters: EndpointFilters | None | _Unset = UNSET,
+        retry_config: RetryConfig | _Unset | None = UNSET,
+        filters: EndpointFilters | _Unset | None = UNSET,
     ) -> WebhookEndpoint:
         """Change the given fields. Re-enabling (status active) clears the health counters.
 
@@ -291,9 +297,7 @@ class WebhookRuntimeService:
         kept = tuple(s for s in current.previous_secrets if s.expires_at > now)
         if current.secret:
             kept = (*kept, RetiredSecret(secret=current.secret, expires_at=now + grace))
-        updated = dataclasses.replace(
-            current, secret=secret, previous_secrets=kept, updated_at=now
-        )
+        updated = dataclasses.replace(current, secret=secret, previous_secrets=kept, updated_at=now)
         await self.persistence.endpoint_store.update(updated)
         self._endpoints.put(updated)
         return updated
@@ -467,7 +471,7 @@ class WebhookRuntimeService:
         until: datetime | None = None,
         endpoint_id: str | None = None,
     ) -> int:
-        """Re-queue failed and exhausted deliveries created in ``[since, until)``; returns how many."""
+        """Re-queue failed/exhausted deliveries created in ``[since, until)``; return the count."""
         await self.start()
         count = await self.persistence.delivery_store.requeue(
             DeliveryFilter(
@@ -551,4 +555,3 @@ async def probe_endpoint(
 ) -> ProbeResult:
     """Module-level form of :meth:`WebhookRuntimeService.probe_endpoint`."""
     return await runtime.probe_endpoint(endpoint_id, data=data)
-

@@ -92,7 +92,7 @@ class Sender:
                 allow_redirects=False,
                 timeout=self._timeout,
             ) as response:
-                raw = await response.content.read(self._config.max_response_body_bytes)
+                raw = await _read_prefix(response.content, self._config.max_response_body_bytes)
                 attempt = WebhookAttempt(
                     attempt_number=attempt_number,
                     started_at=started_at,
@@ -167,6 +167,17 @@ def _unsigned_headers(
             "X-Webhook-Timestamp": str(timestamp),
         }
     return {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp)}
+
+
+async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body; one ``read(n)`` returns only what has arrived so far."""
+    raw = bytearray()
+    while len(raw) < limit:
+        chunk = await stream.read(limit - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 def _status_text(response: aiohttp.ClientResponse) -> str:

@@ -156,7 +156,9 @@ def apply_outcome(
         attempts=attempts,
         attempt_count=count,
         status=outcome.status,
-        next_attempt_at=outcome.next_attempt_at if outcome.status is DeliveryStatus.PENDING else None,
+        next_attempt_at=outcome.next_attempt_at
+        if outcome.status is DeliveryStatus.PENDING
+        else None,
         completed_at=outcome.completed_at,
         last_error=outcome.last_error,
         lease_owner=None,

@@ -1,0 +1,265 @@
+"""End-to-end throughput of the runtime against the raw aiohttp limit, in one run.
+
+    python benchmarks/throughput.py [--deliveries 20000] [--stores memory]
+
+A receiver runs in a child process pinned to one core (an aiohttp server that also measures
+latency); this process is pinned to the other. Reported:
+
+* raw limit: a bare aiohttp POST loop that builds the JSON body and the Standard Webhooks
+  HMAC signature per request, with the same concurrency the runtime uses;
+* the runtime end to end per store: ``emit`` → outbox → claim → signed POST → record;
+  deliveries/s and **the ratio** to the raw limit (the figure to compare run to run);
+* p50/p99 emit→receipt latency with events emitted at half the measured runtime capacity;
+* peak RSS of this process.
+
+Absolute numbers depend on the machine and its load; ratios are what compare across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from kmsg_webhook import (
+    DeliveryFilter,
+    DeliveryStatus,
+    EndpointFilters,
+    EndpointInput,
+    EventMetadata,
+    SecurityOptions,
+    WebhookConfig,
+    WebhookEvent,
+    WebhookEventType,
+    WebhookPersistence,
+    WebhookRuntimeService,
+    create_in_memory_persistence,
+    generate_secret,
+)
+
+HERE = Path(__file__).resolve().parent
+CONCURRENCY = 64
+ENDPOINTS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
+@asynccontextmanager
+async def receiver_process() -> AsyncIterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, str(HERE / "receiver.py"), str(port)]
+    if (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", "1", *cmd]
+    proc = subprocess.Popen(cmd)  # noqa: ASYNC220 - started once, before measuring
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"{base}/stats") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def receiver_stats(base: str, *, reset: bool = False) -> dict[str, float]:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{base}/stats") as r:
+            data: dict[str, float] = await r.json()
+        if reset:
+            async with s.post(f"{base}/reset") as r:
+                await r.read()
+    return data
+
+
+async def raw_limit(base: str, total: int) -> float:
+    """Deliveries/s of a bare signed POST loop: the ceiling for any sender in Python."""
+    key = base64.b64decode(generate_secret().removeprefix("whsec_"))
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY, limit_per_host=0)
+    counter = iter(range(total))
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for n in counter:
+                event = {
+                    "id": f"evt_{n}",
+                    "type": "message.sent",
+                    "timestamp": datetime.now(UTC).isoformat(),
+                    "data": {"n": n, "sent_at": time.time()},
+                    "metadata": {"providerId": f"p{n % ENDPOINTS}"},
+                    "version": "1.0",
+                }
+                body = json.dumps(event, separators=(",", ":")).encode()
+                ts = str(int(time.time()))
+                mac = hmac.new(key, f"evt_{n}.{ts}.".encode() + body, hashlib.sha256).digest()
+                headers = {
+                    "Content-Type": "application/json",
+                    "webhook-id": f"evt_{n}",
+                    "webhook-timestamp": ts,
+                    "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+                }
+                url = f"{base}/hooks/{n % ENDPOINTS}"
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return total / (time.perf_counter() - started)
+
+
+def _event(n: int) -> WebhookEvent:
+    return WebhookEvent(
+        id=f"evt_{n}",
+        type=WebhookEventType.MESSAGE_SENT,
+        timestamp=datetime.now(UTC),
+        data={"n": n, "sent_at": time.time()},
+        metadata=EventMetadata(provider_id=f"p{n % ENDPOINTS}"),
+    )
+
+
+async def _runtime(base: str, persistence: WebhookPersistence) -> WebhookRuntimeService:
+    config = WebhookConfig(
+        max_concurrency=CONCURRENCY,
+        max_concurrency_per_endpoint=CONCURRENCY,
+        batch_size=500,
+        batch_timeout_ms=20,
+        claim_batch_size=200,
+        intake_queue_size=20_000,
+        timeout_ms=10_000,
+    )
+    runtime = WebhookRuntimeService(
+        config, persistence=persistence, security=SecurityOptions(allow_private_hosts=True)
+    )
+    await runtime.start()
+    for i in range(ENDPOINTS):
+        await runtime.add_endpoint(
+            EndpointInput(
+                url=f"{base}/hooks/{i}",
+                events=[WebhookEventType.MESSAGE_SENT],
+                filters=EndpointFilters(provider_id=(f"p{i}",)),
+            )
+        )
+    return runtime
+
+
+async def runtime_throughput(base: str, persistence: WebhookPersistence, total: int) -> float:
+    runtime = await _runtime(base, persistence)
+    try:
+        counter = iter(range(total))
+
+        async def producer() -> None:  # like request handlers, each awaiting its emit
+            for n in counter:
+                await runtime.emit(_event(n))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(producer() for _ in range(CONCURRENCY)))
+        await runtime.flush()
+        elapsed = time.perf_counter() - started
+        stats = (await runtime.stats(DeliveryFilter())).deliveries
+        if stats.success != total:
+            raise SystemExit(f"runtime delivered {stats.success}/{total} ({stats})")
+        return total / elapsed
+    finally:
+        await runtime.shutdown()
+
+
+async def latency_at(
+    base: str, persistence: WebhookPersistence, rate: float, seconds: float
+) -> None:
+    """Emit open-loop at ``rate`` events/s; the receiver measures emit→receipt."""
+    runtime = await _runtime(base, persistence)
+    try:
+        await receiver_stats(base, reset=True)
+        total = int(rate * seconds)
+        started = time.perf_counter()
+        tasks = []
+        for n in range(total):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(runtime.emit(_event(10_000_000 + n))))
+        await asyncio.gather(*tasks)
+        await runtime.flush()
+        pending = (
+            await runtime.stats(DeliveryFilter(statuses=(DeliveryStatus.PENDING,)))
+        ).deliveries
+        assert pending.total == 0
+    finally:
+        await runtime.shutdown()
+
+
+def _persistence(name: str) -> WebhookPersistence:
+    if name == "memory":
+        return create_in_memory_persistence()
+    raise SystemExit(f"unknown store {name!r}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=20_000)
+    parser.add_argument("--stores", default="memory", help="comma-separated: memory")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/runtime rounds")
+    parser.add_argument("--latency-seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    _pin(0)
+    async with receiver_process() as base:
+        await raw_limit(base, 2_000)  # warm-up: connections, code paths
+        for name in args.stores.split(","):
+            # Alternate raw and runtime rounds so background load hits both alike; the median
+            # of the per-round ratios is the figure to compare across runs.
+            limits, rates = [], []
+            for _ in range(args.rounds):
+                limits.append(await raw_limit(base, args.deliveries))
+                rates.append(await runtime_throughput(base, _persistence(name), args.deliveries))
+            ratios = sorted(r / lim for r, lim in zip(rates, limits, strict=True))
+            limit, rate = statistics.median(limits), statistics.median(rates)
+            print(f"raw aiohttp signed POST loop       {limit:10,.0f} deliveries/s  (the limit)")
+            print(
+                f"runtime end to end [{name:8}]      {rate:10,.0f} deliveries/s  "
+                f"ratio {statistics.median(ratios):.2f}  (rounds: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + ")"
+            )
+            await latency_at(base, _persistence(name), rate / 2, args.latency_seconds)
+            lat = await receiver_stats(base, reset=True)
+            print(
+                f"  latency at half capacity ({rate / 2:,.0f}/s): "
+                f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms"
+            )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS (this process)            {peak_mb:10,.0f} MiB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,267 @@
+"""Signing outgoing webhooks: secret forms, key generation and the per-endpoint :class:`Signer`.
+
+Two schemes (:class:`SignatureScheme`):
+
+``STANDARD`` (default) — Standard Webhooks (https://www.standardwebhooks.com)::
+
+    webhook-id: <message id, the same on every retry>
+    webhook-timestamp: <integer epoch seconds of this attempt>
+    webhook-signature: v1,<base64 HMAC-SHA256> v1a,<base64 ed25519>   (one entry per key)
+
+    signed content: f"{msg_id}.{timestamp}.{body}"
+
+``KMSG`` — the original k-msg runtime's headers, for receivers built against k-msg::
+
+    X-Webhook-ID, X-Webhook-Event, X-Webhook-Timestamp (epoch seconds of this attempt)
+    X-Webhook-Signature: sha256=<lower-case hex HMAC-SHA256>   (space-separated if several keys;
+                                                                 k-msg's own verifier reads one)
+    signed content: f"{timestamp}.{body}"
+
+Secret forms (decoded in one place, :func:`decode_secret`):
+
+* ``whsec_<base64>`` — symmetric; the key is the decoded bytes (``STANDARD``). Under ``KMSG`` the
+  whole string's UTF-8 bytes are the key, exactly as a k-msg receiver uses its configured secret.
+* ``whsk_<base64>`` — ed25519 private key: 64 bytes (seed + public key, what Svix issues) or a
+  32-byte seed. ``STANDARD`` only.
+* ``whpk_<base64>`` — ed25519 public key (32 bytes); verifies, cannot sign. ``STANDARD`` only.
+* any other non-empty string — a raw symmetric secret used as its UTF-8 bytes (both schemes).
+  Official Standard Webhooks libraries would base64-decode such a string, so prefer ``whsec_``.
+
+Nothing here logs a secret or puts one in an exception message or ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets as _random
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import TypeAlias
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from .errors import InvalidSecretError, SigningError
+
+__all__ = [
+    "KMSG_EVENT",
+    "KMSG_ID",
+    "KMSG_SIGNATURE",
+    "KMSG_TIMESTAMP",
+    "PRIVATE_KEY_PREFIX",
+    "PUBLIC_KEY_PREFIX",
+    "RESERVED_HEADERS",
+    "SYMMETRIC_PREFIX",
+    "WEBHOOK_ID",
+    "WEBHOOK_SIGNATURE",
+    "WEBHOOK_TIMESTAMP",
+    "Key",
+    "SignatureScheme",
+    "Signer",
+    "decode_secret",
+    "generate_secret",
+    "generate_signing_keypair",
+]
+
+
+class SignatureScheme(StrEnum):
+    """Which headers and signed content a webhook carries."""
+
+    STANDARD = "standard"
+    KMSG = "kmsg"
+
+
+WEBHOOK_ID = "webhook-id"
+WEBHOOK_TIMESTAMP = "webhook-timestamp"
+WEBHOOK_SIGNATURE = "webhook-signature"
+KMSG_ID = "X-Webhook-ID"
+KMSG_EVENT = "X-Webhook-Event"
+KMSG_TIMESTAMP = "X-Webhook-Timestamp"
+KMSG_SIGNATURE = "X-Webhook-Signature"
+
+RESERVED_HEADERS: frozenset[str] = frozenset(
+    {
+        WEBHOOK_ID,
+        WEBHOOK_TIMESTAMP,
+        WEBHOOK_SIGNATURE,
+        KMSG_ID.lower(),
+        KMSG_EVENT.lower(),
+        KMSG_TIMESTAMP.lower(),
+        KMSG_SIGNATURE.lower(),
+        "content-type",
+        "content-length",
+        "host",
+        "transfer-encoding",
+    }
+)
+"""Lower-case names custom endpoint headers must never set (the dispatcher drops them)."""
+
+SYMMETRIC_PREFIX = "whsec_"
+PRIVATE_KEY_PREFIX = "whsk_"
+PUBLIC_KEY_PREFIX = "whpk_"
+
+Key: TypeAlias = bytes | Ed25519PrivateKey | Ed25519PublicKey
+"""A decoded secret: HMAC key bytes, an ed25519 private key, or an ed25519 public key."""
+
+
+def _b64decode(text: str, form: str) -> bytes:
+    """Strict standard base64 (missing padding tolerated); the error never quotes the text."""
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidSecretError(f"A {form} secret is not valid base64 after its prefix") from None
+
+
+def decode_secret(secret: str, scheme: SignatureScheme = SignatureScheme.STANDARD) -> Key:
+    """Decode one configured secret for ``scheme``; raise :class:`InvalidSecretError` if unusable.
+
+    Use it to validate a secret when an endpoint is configured.
+    """
+    if not isinstance(secret, str) or not secret:
+        raise InvalidSecretError("A webhook secret must be a non-empty string")
+    is_private = secret.startswith(PRIVATE_KEY_PREFIX)
+    if is_private or secret.startswith(PUBLIC_KEY_PREFIX):
+        if scheme is SignatureScheme.KMSG:
+            raise InvalidSecretError(
+                "ed25519 keys (whsk_/whpk_) need the standard scheme; the kmsg scheme is HMAC only"
+            )
+        raw = _b64decode(secret[5:], "whsk_" if is_private else "whpk_")
+        if not is_private:
+            if len(raw) != 32:
+                raise InvalidSecretError(
+                    f"An ed25519 public key (whpk_) must be 32 bytes, not {len(raw)}"
+                )
+            return Ed25519PublicKey.from_public_bytes(raw)
+        if len(raw) not in (32, 64):
+            raise InvalidSecretError(
+                "An ed25519 signing key (whsk_) must be 64 bytes (seed + public key) "
+                f"or a 32-byte seed, not {len(raw)}"
+            )
+        private = Ed25519PrivateKey.from_private_bytes(raw[:32])
+        if len(raw) == 64 and private.public_key().public_bytes_raw() != raw[32:]:
+            raise InvalidSecretError("An ed25519 signing key's (whsk_) public half does not match")
+        return private
+    if scheme is SignatureScheme.STANDARD and secret.startswith(SYMMETRIC_PREFIX):
+        raw = _b64decode(secret[len(SYMMETRIC_PREFIX) :], "whsec_")
+        if not raw:
+            raise InvalidSecretError("A whsec_ secret decodes to no bytes")
+        return raw
+    return secret.encode()
+
+
+def generate_secret(nbytes: int = 32) -> str:
+    """A new symmetric secret: ``whsec_`` + base64 of ``nbytes`` (24..64) random bytes."""
+    if not 24 <= nbytes <= 64:
+        raise ValueError("A webhook secret should have 24 to 64 random bytes")
+    return SYMMETRIC_PREFIX + base64.b64encode(_random.token_bytes(nbytes)).decode()
+
+
+def generate_signing_keypair() -> tuple[str, str]:
+    """A new ed25519 pair ``(whsk_..., whpk_...)``: keep the first, give receivers the second.
+
+    The private form is the 64-byte seed + public key, as Svix issues them.
+    """
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes_raw()
+    return (
+        PRIVATE_KEY_PREFIX + base64.b64encode(private.private_bytes_raw() + public).decode(),
+        PUBLIC_KEY_PREFIX + base64.b64encode(public).decode(),
+    )
+
+
+def _check_header_value(name: str, value: str) -> None:
+    # Printable ASCII without spaces: safe as a header value and byte-identical on every server.
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
+        raise SigningError(f"The {name} must be non-empty printable ASCII without spaces")
+
+
+class Signer:
+    """Signs webhooks for one endpoint; decode its keys once and reuse it for every attempt.
+
+    ``secrets`` holds one secret or several (rotation: every key signs, receivers holding any
+    one of them verify). Under ``KMSG`` several secrets give several space-separated
+    ``sha256=`` values, which k-msg's own verifier does not understand: give k-msg receivers one.
+    No secret at all is an error, never a silent unsigned send.
+    """
+
+    __slots__ = ("_ed25519", "_hmacs", "_scheme")
+
+    def __init__(
+        self,
+        secrets: str | Sequence[str],
+        scheme: SignatureScheme = SignatureScheme.STANDARD,
+    ) -> None:
+        self._scheme = SignatureScheme(scheme)
+        items = [secrets] if isinstance(secrets, str) else list(secrets)
+        if not items:
+            raise SigningError("The endpoint has no secret to sign with; refusing to send unsigned")
+        self._hmacs: list[hmac.HMAC] = []
+        self._ed25519: list[Ed25519PrivateKey] = []
+        for secret in items:
+            key = decode_secret(secret, self._scheme)
+            if isinstance(key, bytes):
+                self._hmacs.append(hmac.new(key, digestmod=hashlib.sha256))
+            elif isinstance(key, Ed25519PrivateKey):
+                self._ed25519.append(key)
+            else:
+                raise InvalidSecretError("A whpk_ public key can only verify; signing needs whsk_")
+
+    @property
+    def scheme(self) -> SignatureScheme:
+        return self._scheme
+
+    def headers(
+        self, *, msg_id: str, timestamp: int, body: bytes, event_type: str
+    ) -> dict[str, str]:
+        """The id, timestamp and signature headers of one attempt (nothing else).
+
+        ``msg_id`` stays the same across retries; ``timestamp`` is this attempt's epoch seconds.
+        """
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+            raise SigningError("The timestamp must be a non-negative integer of epoch seconds")
+        _check_header_value("message id", msg_id)
+        ts = str(timestamp)
+        if self._scheme is SignatureScheme.STANDARD:
+            if "." in msg_id:  # the spec forbids it: ids are '.'-delimited in the signed content
+                raise SigningError("A Standard Webhooks message id must not contain '.'")
+            prefix = f"{msg_id}.{ts}.".encode()
+            signatures = [f"v1,{_b64(_hmac(mac, prefix, body))}" for mac in self._hmacs]
+            signatures += [f"v1a,{_b64(key.sign(prefix + body))}" for key in self._ed25519]
+            return {
+                WEBHOOK_ID: msg_id,
+                WEBHOOK_TIMESTAMP: ts,
+                WEBHOOK_SIGNATURE: " ".join(signatures),
+            }
+        _check_header_value("event type", event_type)
+        prefix = f"{ts}.".encode()
+        return {
+            KMSG_ID: msg_id,
+            KMSG_EVENT: event_type,
+            KMSG_TIMESTAMP: ts,
+            KMSG_SIGNATURE: " ".join(
+                f"sha256={_hmac(mac, prefix, body).hex()}" for mac in self._hmacs
+            ),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Signer(scheme={self._scheme.value!r}, hmac_keys={len(self._hmacs)}, "
+            f"ed25519_keys={len(self._ed25519)})"
+        )
+
+
+def _hmac(mac: hmac.HMAC, prefix: bytes, body: bytes) -> bytes:
+    # Copying the keyed state skips re-deriving the padded key on every message.
+    mac = mac.copy()
+    mac.update(prefix)
+    mac.update(body)
+    return mac.digest()
+
+
+def _b64(raw: bytes) -> str:
+    return binascii.b2a_base64(raw, newline=False).decode()
