@@ -1,4 +1,5 @@
-"""``kmsg-webhook demo``: a local verifying receiver, a runtime, a handful of events, a report."""
+"""``kmsg-webhook demo``: a local verifying receiver, a runtime, a handful of events (one of
+them from a message sent through the mock provider), and a report."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from .config import WebhookConfig
+from .display import print_table
 from .errors import VerificationError
 from .events import EventMetadata, WebhookEvent, WebhookEventType
+from .messaging import KMsg, MockProvider, Ok
 from .models import DeliveryFilter, DeliveryStatus, EndpointInput, WebhookDelivery
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
@@ -50,7 +53,7 @@ class _Receiver:
         return web.json_response({"ok": True})
 
 
-async def run_demo(persistence: WebhookPersistence | None = None) -> int:
+async def run_demo(persistence: WebhookPersistence | str | None = None) -> int:
     """Run the demo and print its report; returns the process exit code."""
     secret = generate_secret()
     receiver = _Receiver(secret)
@@ -92,14 +95,27 @@ async def run_demo(persistence: WebhookPersistence | None = None) -> int:
                     for n, (event_type, data) in enumerate(_EVENTS, start=1)
                 )
             )
+            # The provider feed: a message sent through the mock provider arrives as a signed
+            # message.sent webhook (recipient masked, deterministic event id).
+            kmsg = KMsg([MockProvider()], webhooks=runtime)
+            try:
+                sent = await kmsg.send(
+                    {"to": "010-1234-5678", "from": "02-123-4567", "text": "인증번호 123456"}
+                )
+            finally:
+                await kmsg.aclose()
+            if isinstance(sent, Ok):
+                print(f"kmsg.send  {sent.value.message_id} via mock → {sent.value.status.value}")
+            else:
+                print(f"kmsg.send  failed: {sent.error}")
             deliveries = await _settle(runtime, endpoint.id)
     finally:
         await runner.cleanup()
     _print_deliveries(deliveries)
     print()
-    _print_table(("webhook-id", "receiver verdict"), receiver.verdicts)
+    print_table(("webhook-id", "receiver verdict"), receiver.verdicts)
     ok = all(d.status is DeliveryStatus.SUCCESS for d in deliveries)
-    ok = ok and len(deliveries) == len(_EVENTS)
+    ok = ok and len(deliveries) == len(_EVENTS) + 1
     elapsed = time.perf_counter() - started
     print(f"\n{len(deliveries)} deliveries, all succeeded: {ok}  ({elapsed:.2f}s)")
     return 0 if ok else 1
@@ -131,15 +147,4 @@ def _print_deliveries(deliveries: Sequence[WebhookDelivery]) -> None:
                 f"{last.latency_ms:.1f}" if last else "-",
             )
         )
-    _print_table(("delivery", "event", "status", "attempts", "responses", "latency ms"), rows)
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line)
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print_table(("delivery", "event", "status", "attempts", "responses", "latency ms"), rows)

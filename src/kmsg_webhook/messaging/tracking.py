@@ -1,0 +1,608 @@
+"""Delivery tracking: poll ``get_delivery_status`` after a send, report the outcome.
+
+After a successful send, :meth:`DeliveryTrackingService.record_send` stores a record;
+:meth:`~DeliveryTrackingService.run_once` polls every record that is due. Checks back off
+30 s → 2 min → 10 min → 30 min → 2 h (then every 2 h) and tracking gives up (status UNKNOWN)
+24 h after the send. The clock and sleep are injectable, so tests never wait.
+
+When a message becomes DELIVERED the service emits ``message.delivered``; when it becomes
+FAILED, ``message.failed`` (ids ``<message_id>:message.delivered`` / ``…:message.failed``).
+
+API-level fallback (ALIMTALK → SMS/LMS), at most once per message, only when all hold: the
+record is ALIMTALK and now FAILED; the send asked for failover (``failover.enabled``); the
+provider answered the send with ``FAILOVER_UNSUPPORTED_PROVIDER`` or
+``FAILOVER_PARTIAL_PROVIDER``; and the failure means "not a Kakao user" (SOLAPI status
+3104/3107 or a message containing 미사용자; IWINV text containing both 카카오 and 미사용;
+overridable per provider or with a classifier function). The fallback message id is
+``<message_id>:api-fallback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from ..events import WebhookEventType
+from .errors import KMsgError
+from .feed import MessageContext, WebhookFeed, WebhookSink, as_feed, delivery_event
+from .kmsg import HookContext, KMsgHooks
+from .provider import DeliveryStatusProvider, Provider, SleepFn, now_utc
+from .result import Fail, Ok
+from .types import (
+    TEMPLATE_MESSAGE_TYPES,
+    AlimTalkSendOptions,
+    DeliveryStatus,
+    DeliveryStatusQuery,
+    DeliveryStatusResult,
+    FailoverOptions,
+    FallbackChannel,
+    MessageType,
+    SendOutcome,
+    SendResult,
+    SendWarningCode,
+    SmsSendOptions,
+)
+
+logger = logging.getLogger("kmsg_webhook.messaging.tracking")
+
+
+class UnsupportedProviderStrategy(StrEnum):
+    SKIP = "skip"  # keep polling (backing off) until the tracking window ends
+    UNKNOWN = "unknown"  # give up at once with status UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class PollingConfig:
+    """Polling schedule (the original's defaults)."""
+
+    interval: float = 5.0
+    batch_size: int = 200
+    concurrency: int = 10
+    initial_delay: timedelta = timedelta(seconds=30)
+    scheduled_grace: timedelta = timedelta(minutes=2)
+    backoff: tuple[timedelta, ...] = (
+        timedelta(seconds=30),
+        timedelta(minutes=2),
+        timedelta(minutes=10),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+    )
+    max_tracking_duration: timedelta = timedelta(hours=24)
+    unsupported_provider: UnsupportedProviderStrategy = UnsupportedProviderStrategy.SKIP
+
+    def delay_after(self, attempt_count: int) -> timedelta:
+        if not self.backoff:
+            return timedelta(minutes=1)
+        index = min(max(0, attempt_count - 1), len(self.backoff) - 1)
+        return self.backoff[index]
+
+
+class ApiAttemptStatus(StrEnum):
+    NOT_ATTEMPTED = "not_attempted"
+    ATTEMPTING = "attempting"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverState:
+    """What the send asked for and what the API-level fallback did."""
+
+    request: FailoverOptions
+    send_warning_codes: tuple[str, ...] = ()
+    attempted: bool = False
+    status: ApiAttemptStatus = ApiAttemptStatus.NOT_ATTEMPTED
+    attempted_at: datetime | None = None
+    fallback_message_id: str | None = None
+    fallback_provider_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    warning_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingRecord:
+    message_id: str
+    provider_id: str
+    provider_message_id: str | None
+    type: MessageType
+    to: str
+    requested_at: datetime
+    status: DeliveryStatus
+    status_updated_at: datetime
+    next_check_at: datetime
+    from_: str | None = None
+    scheduled_at: datetime | None = None
+    template_id: str | None = None
+    correlation_id: str | None = None
+    attempt_count: int = 0
+    last_checked_at: datetime | None = None
+    sent_at: datetime | None = None
+    delivered_at: datetime | None = None
+    failed_at: datetime | None = None
+    provider_status_code: str | None = None
+    provider_status_message: str | None = None
+    last_error: TrackingError | None = None
+    custom_fields: Mapping[str, str] = field(default_factory=dict)
+    failover: FailoverState | None = None
+    raw: Any = field(default=None, compare=False, repr=False)
+
+
+class TrackingStore(Protocol):
+    """Where tracking records live."""
+
+    async def upsert(self, record: TrackingRecord) -> None: ...
+
+    async def get(self, message_id: str) -> TrackingRecord | None: ...
+
+    async def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]: ...
+
+
+class InMemoryTrackingStore:
+    """Process-local store (records are lost on restart)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, TrackingRecord] = {}
+
+    async def upsert(self, record: TrackingRecord) -> None:
+        self._records[record.message_id] = record
+
+    async def get(self, message_id: str) -> TrackingRecord | None:
+        return self._records.get(message_id)
+
+    async def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
+        due = [
+            r for r in self._records.values() if not r.status.is_terminal and r.next_check_at <= now
+        ]
+        due.sort(key=lambda r: r.next_check_at)
+        return due[:limit]
+
+    def all(self) -> list[TrackingRecord]:
+        return list(self._records.values())
+
+
+@dataclass(frozen=True, slots=True)
+class NonKakaoUserRule:
+    """Per-provider override: any listed status code, or any listed message fragment."""
+
+    status_codes: tuple[str, ...] = ()
+    message_includes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NonKakaoUserQuery:
+    record: TrackingRecord
+    status_code: str | None
+    status_message: str | None
+    raw: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackContext:
+    original_message_id: str
+    original_provider_id: str
+    original_provider_message_id: str | None
+    fallback_message_id: str
+    fallback_type: MessageType
+    record: TrackingRecord
+
+
+FallbackSender = Callable[[SmsSendOptions, FallbackContext], Awaitable[SendOutcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiFailoverConfig:
+    """``sender`` usually wraps ``kmsg.send`` (``lambda options, ctx: kmsg.send(options)``)."""
+
+    sender: FallbackSender | None = None
+    enabled: bool = True
+    classify_non_kakao_user: Callable[[NonKakaoUserQuery], bool] | None = None
+    rules_by_provider_id: Mapping[str, NonKakaoUserRule] = field(default_factory=dict)
+
+
+def is_non_kakao_user_failure(
+    provider_id: str,
+    status_code: str | None,
+    status_message: str | None,
+    rules: Mapping[str, NonKakaoUserRule] | None = None,
+) -> bool:
+    """The built-in (or per-provider) "recipient does not use KakaoTalk" test."""
+    code = (status_code or "").strip()
+    message = status_message or ""
+    rule = (rules or {}).get(provider_id)
+    if rule is not None and (
+        code in rule.status_codes or any(part in message for part in rule.message_includes)
+    ):
+        return True
+    if provider_id == "solapi":
+        return code in ("3104", "3107") or "미사용자" in message
+    if provider_id == "iwinv":
+        combined = f"{code} {message}"
+        return "카카오" in combined and "미사용" in combined
+    return False
+
+
+_FAILOVER_WARNINGS = frozenset(
+    {SendWarningCode.FAILOVER_UNSUPPORTED_PROVIDER, SendWarningCode.FAILOVER_PARTIAL_PROVIDER}
+)
+
+
+class DeliveryTrackingService:
+    """Pull-model delivery tracking with webhook events and the API-level fallback."""
+
+    def __init__(
+        self,
+        providers: Iterable[Provider],
+        *,
+        store: TrackingStore | None = None,
+        polling: PollingConfig | None = None,
+        api_failover: ApiFailoverConfig | None = None,
+        webhooks: WebhookSink | WebhookFeed | None = None,
+        clock: Callable[[], datetime] = now_utc,
+        sleep: SleepFn = asyncio.sleep,
+    ) -> None:
+        self._providers = {provider.id: provider for provider in providers}
+        self._store: TrackingStore = store or InMemoryTrackingStore()
+        self._polling = polling or PollingConfig()
+        self._failover = api_failover
+        self._feed = as_feed(webhooks)
+        self._clock = clock
+        self._sleep = sleep
+        self._current_run: asyncio.Task[int] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def store(self) -> TrackingStore:
+        return self._store
+
+    def hooks(self, *, on_error: Callable[[Exception], None] | None = None) -> KMsgHooks:
+        """KMsg hooks that record every accepted send (errors never break the send)."""
+
+        async def record(ctx: HookContext, result: SendResult) -> None:
+            try:
+                await self.record_send(ctx, result)
+            except Exception as exc:
+                logger.exception("Recording a send for tracking failed")
+                if on_error is not None:
+                    on_error(exc)
+
+        return KMsgHooks(on_success=record)
+
+    async def record_send(self, ctx: HookContext, result: SendResult) -> TrackingRecord:
+        """Start tracking one accepted message."""
+        now = ctx.timestamp
+        options = ctx.options
+        scheduled_at = options.scheduled_at if options is not None else None
+        if scheduled_at is not None:
+            status = DeliveryStatus.PENDING
+            next_check = scheduled_at + self._polling.scheduled_grace
+        else:
+            status = DeliveryStatus.SENT
+            next_check = now + self._polling.initial_delay
+        failover: FailoverState | None = None
+        if isinstance(options, AlimTalkSendOptions) and options.failover is not None:
+            failover = FailoverState(
+                request=options.failover,
+                send_warning_codes=tuple(w.code for w in result.warnings),
+            )
+        template_id = None
+        if options is not None and options.type in TEMPLATE_MESSAGE_TYPES:
+            template_id = getattr(options, "template_id", None)
+        record = TrackingRecord(
+            message_id=result.message_id,
+            provider_id=result.provider_id,
+            provider_message_id=result.provider_message_id,
+            type=result.type,
+            to=result.to,
+            from_=options.from_ if options is not None else None,
+            requested_at=now,
+            scheduled_at=scheduled_at,
+            status=status,
+            status_updated_at=now,
+            next_check_at=next_check,
+            template_id=template_id,
+            correlation_id=ctx.request_id,
+            custom_fields=dict(options.custom_fields) if options is not None else {},
+            failover=failover,
+        )
+        if not result.provider_message_id:
+            record = replace(
+                record,
+                status=DeliveryStatus.UNKNOWN,
+                next_check_at=now,
+                last_error=TrackingError(
+                    "MISSING_PROVIDER_MESSAGE_ID", "The provider returned no message id"
+                ),
+            )
+        await self._store.upsert(record)
+        return record
+
+    async def get_record(self, message_id: str) -> TrackingRecord | None:
+        return await self._store.get(message_id)
+
+    async def run_once(self) -> int:
+        """Check every due record once; returns how many were checked.
+
+        Concurrent callers share the run in progress.
+        """
+        if self._current_run is not None and not self._current_run.done():
+            return await asyncio.shield(self._current_run)
+        self._current_run = asyncio.get_running_loop().create_task(self._run())
+        return await asyncio.shield(self._current_run)
+
+    def start(self) -> None:
+        """Poll every ``polling.interval`` seconds in the background until :meth:`stop`."""
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                logger.exception("Delivery tracking run failed")
+            await self._sleep(self._polling.interval)
+
+    async def _run(self) -> int:
+        now = self._clock()
+        due = await self._store.list_due(now, self._polling.batch_size)
+        semaphore = asyncio.Semaphore(max(1, self._polling.concurrency))
+
+        async def one(record: TrackingRecord) -> None:
+            async with semaphore:
+                try:
+                    await self._check(record, now)
+                except Exception:
+                    logger.exception("Tracking check of %s failed", record.message_id)
+
+        await asyncio.gather(*(one(record) for record in due))
+        return len(due)
+
+    async def _check(self, record: TrackingRecord, now: datetime) -> None:
+        checked = replace(record, attempt_count=record.attempt_count + 1, last_checked_at=now)
+        updated = await self._reconcile(checked, now)
+        if updated.status.is_terminal:
+            updated = replace(updated, next_check_at=now)
+        await self._store.upsert(updated)
+        if updated.status is not record.status:
+            await self._emit_transition(updated)
+            if updated.status is DeliveryStatus.FAILED:
+                await self._maybe_fallback(updated)
+
+    def _backoff(self, record: TrackingRecord, now: datetime, **changes: Any) -> TrackingRecord:
+        return replace(
+            record, next_check_at=now + self._polling.delay_after(record.attempt_count), **changes
+        )
+
+    def _give_up(
+        self, record: TrackingRecord, now: datetime, code: str, message: str
+    ) -> TrackingRecord:
+        return replace(
+            record,
+            status=DeliveryStatus.UNKNOWN,
+            status_updated_at=now,
+            last_error=TrackingError(code, message),
+        )
+
+    async def _reconcile(self, record: TrackingRecord, now: datetime) -> TrackingRecord:
+        if not record.provider_message_id:
+            return self._give_up(
+                record, now, "MISSING_PROVIDER_MESSAGE_ID", "The provider returned no message id"
+            )
+        start = record.requested_at
+        if record.scheduled_at is not None:
+            start = record.scheduled_at + self._polling.scheduled_grace
+            if now < start:
+                return replace(record, next_check_at=start)
+        if now - start > self._polling.max_tracking_duration:
+            return self._give_up(record, now, "TRACKING_TIMEOUT", "Tracking window elapsed")
+        provider = self._providers.get(record.provider_id)
+        if provider is None:
+            return self._give_up(
+                record, now, "PROVIDER_NOT_FOUND", f"Provider {record.provider_id} not found"
+            )
+        if not isinstance(provider, DeliveryStatusProvider):
+            error = TrackingError(
+                "UNSUPPORTED_PROVIDER", f"{record.provider_id} cannot report delivery status"
+            )
+            if self._polling.unsupported_provider is UnsupportedProviderStrategy.UNKNOWN:
+                return self._give_up(record, now, error.code, error.message)
+            return self._backoff(record, now, last_error=error)
+        query = DeliveryStatusQuery(
+            provider_message_id=record.provider_message_id,
+            type=record.type,
+            to=record.to,
+            requested_at=record.requested_at,
+            scheduled_at=record.scheduled_at,
+        )
+        try:
+            answer = await provider.get_delivery_status(query)
+        except Exception as exc:  # a provider broke the never-raise contract
+            return self._backoff(record, now, last_error=TrackingError("UNKNOWN_ERROR", repr(exc)))
+        if isinstance(answer, Fail):
+            error = TrackingError(answer.error.code.value, answer.error.message)
+            if not answer.error.retryable:
+                return self._give_up(record, now, error.code, error.message)
+            return self._backoff(record, now, last_error=error)
+        assert isinstance(answer, Ok)
+        status: DeliveryStatusResult | None = answer.value
+        if status is None:
+            return self._backoff(record, now, last_error=None)
+        applied = replace(
+            record,
+            status=status.status,
+            status_updated_at=now
+            if status.status is not record.status
+            else record.status_updated_at,
+            provider_status_code=status.status_code,
+            provider_status_message=status.status_message,
+            sent_at=status.sent_at or record.sent_at,
+            delivered_at=status.delivered_at or record.delivered_at,
+            failed_at=status.failed_at or record.failed_at,
+            last_error=None,
+            raw=status.raw,
+        )
+        if applied.status.is_terminal:
+            return applied
+        return self._backoff(applied, now)
+
+    def _context(self, record: TrackingRecord) -> MessageContext:
+        return MessageContext(
+            message_id=record.message_id,
+            type=record.type,
+            to=record.to,
+            from_=record.from_,
+            provider_id=record.provider_id,
+            template_id=record.template_id,
+            correlation_id=record.correlation_id,
+        )
+
+    async def _emit_transition(self, record: TrackingRecord) -> None:
+        if self._feed is None:
+            return
+        if record.status is DeliveryStatus.DELIVERED:
+            event_type = WebhookEventType.MESSAGE_DELIVERED
+        elif record.status is DeliveryStatus.FAILED:
+            event_type = WebhookEventType.MESSAGE_FAILED
+        else:
+            return
+        extra: dict[str, Any] = {"providerMessageId": record.provider_message_id}
+        if record.provider_status_code is not None:
+            extra["statusCode"] = record.provider_status_code
+        if record.provider_status_message is not None:
+            extra["statusMessage"] = record.provider_status_message
+        await self._feed.publish(
+            delivery_event(
+                self._context(record),
+                event_type,
+                status=record.status.value,
+                timestamp=self._feed.clock(),
+                extra=extra,
+            )
+        )
+
+    def _is_non_kakao_user(self, record: TrackingRecord) -> bool:
+        config = self._failover
+        assert config is not None
+        if config.classify_non_kakao_user is not None:
+            try:
+                return bool(
+                    config.classify_non_kakao_user(
+                        NonKakaoUserQuery(
+                            record,
+                            record.provider_status_code,
+                            record.provider_status_message,
+                            record.raw,
+                        )
+                    )
+                )
+            except Exception:
+                logger.exception("classify_non_kakao_user raised; treated as False")
+                return False
+        return is_non_kakao_user_failure(
+            record.provider_id,
+            record.provider_status_code,
+            record.provider_status_message,
+            config.rules_by_provider_id,
+        )
+
+    async def _maybe_fallback(self, record: TrackingRecord) -> None:
+        config = self._failover
+        state = record.failover
+        if (
+            config is None
+            or not config.enabled
+            or record.type is not MessageType.ALIMTALK
+            or record.status is not DeliveryStatus.FAILED
+            or state is None
+            or state.request.enabled is not True
+            or state.attempted
+            or not _FAILOVER_WARNINGS.intersection(state.send_warning_codes)
+            or not self._is_non_kakao_user(record)
+        ):
+            return
+        now = self._clock()
+        state = replace(state, attempted=True, status=ApiAttemptStatus.ATTEMPTING, attempted_at=now)
+        await self._store.upsert(replace(record, failover=state))
+
+        content = (state.request.fallback_content or "").strip()
+        if config.sender is None:
+            state = replace(
+                state,
+                status=ApiAttemptStatus.SKIPPED,
+                warning_code=SendWarningCode.API_FAILOVER_SENDER_MISSING.value,
+            )
+        elif not content:
+            state = replace(
+                state,
+                status=ApiAttemptStatus.SKIPPED,
+                warning_code=SendWarningCode.FALLBACK_CONTENT_MISSING.value,
+            )
+        else:
+            lms = state.request.fallback_channel is FallbackChannel.LMS
+            fallback_id = f"{record.message_id}:api-fallback"
+            options = SmsSendOptions(
+                type=MessageType.LMS if lms else MessageType.SMS,
+                to=record.to,
+                from_=record.from_,
+                text=content,
+                subject=state.request.fallback_title if lms else None,
+                message_id=fallback_id,
+                request_id=record.correlation_id,
+            )
+            context = FallbackContext(
+                original_message_id=record.message_id,
+                original_provider_id=record.provider_id,
+                original_provider_message_id=record.provider_message_id,
+                fallback_message_id=fallback_id,
+                fallback_type=options.type,
+                record=record,
+            )
+            try:
+                outcome = await config.sender(options, context)
+            except Exception as exc:
+                logger.exception("API fallback sender raised")
+                state = replace(
+                    state,
+                    status=ApiAttemptStatus.FAILED,
+                    error_code="API_FAILOVER_SEND_EXCEPTION",
+                    error_message=repr(exc),
+                )
+            else:
+                if isinstance(outcome, Ok):
+                    state = replace(
+                        state,
+                        status=ApiAttemptStatus.SENT,
+                        fallback_message_id=outcome.value.message_id,
+                        fallback_provider_id=outcome.value.provider_id,
+                    )
+                else:
+                    error: KMsgError = outcome.error
+                    state = replace(
+                        state,
+                        status=ApiAttemptStatus.FAILED,
+                        error_code=error.code.value,
+                        error_message=error.message,
+                    )
+        latest = await self._store.get(record.message_id) or record
+        await self._store.upsert(replace(latest, failover=state))
