@@ -35,6 +35,7 @@ async def _memory() -> WebhookPersistence:
 BACKENDS["memory"] = _memory
 
 
+
 @pytest.fixture(params=sorted(BACKENDS))
 async def persistence(request: pytest.FixtureRequest) -> AsyncIterator[WebhookPersistence]:
     store = await BACKENDS[request.param]()

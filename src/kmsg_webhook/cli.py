@@ -1,74 +1,402 @@
-"""The ``kmsg-webhook`` command line."""
+"""The ``kmsg-webhook`` command line: demo, receiver, worker and store operations.
+
+Store commands take ``--store URL`` (default: ``$KMSG_WEBHOOK_STORE_URL``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from .errors import WebhookError
+from .config import WebhookConfig
+from .display import print_table
+from .errors import ConfigError, DeliveryNotFoundError, EndpointNotFoundError, WebhookError
+from .events import WebhookEventType
 from .middleware import AiohttpVerifyWebhookMiddleware
+from .models import DeliveryFilter, DeliveryStatus, EndpointInput, EndpointStatus
+from .runtime import WebhookRuntimeService
+from .sender import SecurityOptions
+from .signing import SignatureScheme
+
+STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kmsg-webhook", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    commands.add_parser(
-        "demo", help="send a few signed events to a local verifying receiver and report"
-    )
-
-    listen = commands.add_parser("listen", help="run a verifying receiver that prints each event")
-    listen.add_argument("--port", type=int, default=8787)
-    listen.add_argument("--host", default="127.0.0.1")
-    listen.add_argument(
-        "--secret",
-        action="append",
-        required=True,
-        help="a secret to verify with (repeat for several, e.g. during rotation)",
-    )
-    listen.add_argument("--path", default="/webhooks")
-    listen.add_argument("--tolerance", type=int, default=300, help="timestamp tolerance in s")
-
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            from .demo import run_demo
-
-            return asyncio.run(run_demo())
-        if args.command == "listen":
-            return _listen(args.host, args.port, args.path, args.secret, args.tolerance)
+        result: int = args.run(args)
+        return result
     except WebhookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    parser.error(f"unknown command {args.command}")
-    return 2
 
 
-def _listen(host: str, port: int, path: str, secrets: list[str], tolerance: int) -> int:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kmsg-webhook", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="signed events to a local verifying receiver")
+    demo.add_argument("--store", help="store URL (default: a temporary SQLite file)")
+    demo.set_defaults(run=_demo)
+
+    listen = commands.add_parser("listen", help="a verifying receiver that prints each event")
+    listen.add_argument("--port", type=int, default=8787)
+    listen.add_argument("--host", default="127.0.0.1")
+    listen.add_argument(
+        "--secret", action="append", required=True, help="verify with this (repeatable)"
+    )
+    listen.add_argument("--path", default="/webhooks")
+    listen.add_argument("--tolerance", type=int, default=300, help="timestamp tolerance, s")
+    listen.set_defaults(run=_listen)
+
+    worker = commands.add_parser("worker", help="run only the dispatcher against a store")
+    _store_arg(worker)
+    worker.add_argument("--concurrency", type=int, default=100)
+    worker.add_argument("--per-endpoint", type=int, default=10)
+    worker.add_argument("--worker-id")
+    worker.add_argument("--max-retries", type=int, default=3)
+    worker.add_argument("--retry-delay-ms", type=int, default=1_000)
+    worker.add_argument("--timeout-ms", type=int, default=30_000)
+    worker.add_argument("--lease-ms", type=int)
+    worker.add_argument("--poll-ms", type=int, default=500)
+    worker.add_argument("--scheme", choices=[s.value for s in SignatureScheme], default="standard")
+    worker.add_argument("--allow-private-hosts", action="store_true")
+    worker.set_defaults(run=_worker)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the store's schema")
+    _store_arg(migrate)
+    migrate.set_defaults(run=_migrate)
+
+    endpoints = commands.add_parser("endpoints", help="manage endpoints")
+    ep = endpoints.add_subparsers(dest="action", required=True)
+    add = ep.add_parser("add")
+    _store_arg(add)
+    add.add_argument("--url", required=True)
+    add.add_argument("--event", action="append", required=True, dest="events")
+    add.add_argument("--secret")
+    add.add_argument("--name")
+    add.add_argument("--header", action="append", default=[], help="Name=value (repeatable)")
+    add.add_argument("--allow-private-hosts", action="store_true")
+    add.set_defaults(run=_endpoints_add)
+    listing = ep.add_parser("list")
+    _store_arg(listing)
+    listing.set_defaults(run=_endpoints_list)
+    for action in ("remove", "disable", "enable"):
+        sub = ep.add_parser(action)
+        _store_arg(sub)
+        sub.add_argument("endpoint_id")
+        sub.set_defaults(run=_endpoints_change, action=action)
+
+    deliveries = commands.add_parser("deliveries", help="inspect and retry deliveries")
+    dl = deliveries.add_subparsers(dest="action", required=True)
+    dlist = dl.add_parser("list")
+    _store_arg(dlist)
+    dlist.add_argument("--endpoint")
+    dlist.add_argument("--status", action="append", choices=[s.value for s in DeliveryStatus])
+    dlist.add_argument("--event-type", choices=[t.value for t in WebhookEventType])
+    dlist.add_argument("--since", type=_moment, help="ISO time or age like 2h, 7d")
+    dlist.add_argument("--limit", type=int, default=50)
+    dlist.add_argument("--cursor")
+    dlist.set_defaults(run=_deliveries_list)
+    show = dl.add_parser("show")
+    _store_arg(show)
+    show.add_argument("delivery_id")
+    show.set_defaults(run=_deliveries_show)
+    retry = dl.add_parser("retry")
+    _store_arg(retry)
+    retry.add_argument("delivery_id")
+    retry.set_defaults(run=_deliveries_retry)
+
+    replay = commands.add_parser("replay", help="re-queue failed and exhausted deliveries")
+    _store_arg(replay)
+    replay.add_argument("--since", type=_moment, required=True, help="ISO time or age (2h, 7d)")
+    replay.add_argument("--until", type=_moment)
+    replay.add_argument("--endpoint")
+    replay.set_defaults(run=_replay)
+
+    purge = commands.add_parser("purge", help="delete finished deliveries older than an age")
+    _store_arg(purge)
+    purge.add_argument("--older-than", type=_moment, required=True, help="age like 30d")
+    purge.set_defaults(run=_purge)
+    return parser
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        required=STORE_ENV not in os.environ,
+        help=f"store URL (default: ${STORE_ENV})",
+    )
+
+
+def _moment(text: str) -> datetime:
+    """An ISO-8601 time, or an age (``90s``, ``15m``, ``2h``, ``7d``) counted back from now."""
+    match = _DURATION.match(text.strip())
+    if match:
+        amount, unit = match.groups()
+        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time or an age: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _admin(
+    args: argparse.Namespace,
+    action: Callable[[WebhookRuntimeService], Awaitable[int]],
+    *,
+    security: SecurityOptions | None = None,
+) -> int:
+    async def run() -> int:
+        async with WebhookRuntimeService(
+            persistence=args.store, dispatch=False, security=security
+        ) as runtime:
+            return await action(runtime)
+
+    return asyncio.run(run())
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(args.store))
+
+
+def _listen(args: argparse.Namespace) -> int:
     async def handle(request: web.Request) -> web.Response:
         event = request["webhook_event"]
-        print(
-            json.dumps(
-                {"verified": True, **event.to_wire()}, ensure_ascii=False, separators=(",", ":")
-            ),
-            flush=True,
-        )
+        line = json.dumps({"verified": True, **event.to_wire()}, ensure_ascii=False)
+        print(line, flush=True)
         return web.json_response({"ok": True})
 
     app = web.Application(
-        middlewares=[AiohttpVerifyWebhookMiddleware(secrets=secrets, tolerance_s=tolerance)]
+        middlewares=[
+            AiohttpVerifyWebhookMiddleware(secrets=args.secret, tolerance_s=args.tolerance)
+        ]
     )
-    app.router.add_post(path, handle)
-    print(f"listening on http://{host}:{port}{path} (Ctrl-C to stop)", flush=True)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    app.router.add_post(args.path, handle)
+    print(f"listening on http://{args.host}:{args.port}{args.path} (Ctrl-C to stop)", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    config = WebhookConfig(
+        max_concurrency=args.concurrency,
+        max_concurrency_per_endpoint=args.per_endpoint,
+        max_retries=args.max_retries,
+        retry_delay_ms=args.retry_delay_ms,
+        timeout_ms=args.timeout_ms,
+        lease_ms=args.lease_ms,
+        poll_interval_ms=args.poll_ms,
+        signature_scheme=SignatureScheme(args.scheme),
+    )
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runtime = WebhookRuntimeService(
+            config,
+            persistence=args.store,
+            worker_id=args.worker_id,
+            security=SecurityOptions(allow_private_hosts=args.allow_private_hosts),
+        )
+        await runtime.start()
+        print(f"worker {runtime.worker_id} dispatching (SIGTERM to stop)", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            # In-flight attempts finish and are recorded; unsent claims go back to the store.
+            await runtime.shutdown(drain=False)
+        print(f"worker {runtime.worker_id} stopped", flush=True)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from .store_url import migrate_url
+
+    version = asyncio.run(migrate_url(args.store))
+    print(f"schema is at version {version}")
+    return 0
+
+
+def _endpoints_add(args: argparse.Namespace) -> int:
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--header takes Name=value, got {item!r}")
+        headers[name.strip()] = value.strip()
+
+    async def action(runtime: WebhookRuntimeService) -> int:
+        endpoint = await runtime.add_endpoint(
+            EndpointInput(
+                url=args.url,
+                events=args.events,
+                secret=args.secret,
+                name=args.name,
+                headers=headers,
+            )
+        )
+        print(f"added {endpoint.id} {endpoint.url}")
+        if endpoint.secret and not args.secret:
+            print(f"secret {endpoint.secret}  (give it to the receiver; shown once)")
+        return 0
+
+    security = SecurityOptions(allow_private_hosts=args.allow_private_hosts)
+    return _admin(args, action, security=security)
+
+
+def _endpoints_list(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        rows = [
+            (
+                e.id,
+                e.status.value,
+                e.url,
+                ",".join(t.value for t in e.events),
+                str(e.consecutive_failures),
+                e.disabled_reason or "",
+            )
+            for e in await runtime.list_endpoints()
+        ]
+        print_table(("id", "status", "url", "events", "failures", "reason"), rows)
+        return 0
+
+    return _admin(args, action)
+
+
+def _endpoints_change(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        if args.action == "remove":
+            if not await runtime.remove_endpoint(args.endpoint_id):
+                raise EndpointNotFoundError(args.endpoint_id)
+        else:
+            status = EndpointStatus.ACTIVE if args.action == "enable" else EndpointStatus.INACTIVE
+            await runtime.update_endpoint(args.endpoint_id, status=status)
+        print(f"{args.action}d {args.endpoint_id}")
+        return 0
+
+    return _admin(args, action)
+
+
+def _deliveries_list(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        page = await runtime.list_deliveries(
+            DeliveryFilter(
+                endpoint_id=args.endpoint,
+                event_type=WebhookEventType(args.event_type) if args.event_type else None,
+                statuses=tuple(DeliveryStatus(s) for s in args.status or ()),
+                created_after=args.since,
+            ),
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+        rows = [
+            (
+                d.id,
+                d.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                d.event_type.value,
+                d.status.value,
+                str(d.attempt_count),
+                (d.last_error or "")[:60],
+            )
+            for d in page.items
+        ]
+        print_table(("id", "created (UTC)", "event", "status", "attempts", "last error"), rows)
+        if page.next_cursor:
+            print(f"more: --cursor {page.next_cursor}")
+        return 0
+
+    return _admin(args, action)
+
+
+def _deliveries_show(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        d = await runtime.get_delivery(args.delivery_id)
+        if d is None:
+            raise DeliveryNotFoundError(args.delivery_id)
+        for label, value in (
+            ("id", d.id),
+            ("endpoint", d.endpoint_id),
+            ("event", f"{d.event_id} ({d.event_type.value})"),
+            ("url", d.url),
+            ("status", d.status.value),
+            ("attempts", str(d.attempt_count)),
+            ("created", d.created_at.isoformat()),
+            ("next attempt", d.next_attempt_at.isoformat() if d.next_attempt_at else "-"),
+            ("completed", d.completed_at.isoformat() if d.completed_at else "-"),
+            ("last error", d.last_error or "-"),
+            ("payload", d.payload),
+        ):
+            print(f"{label:>13}  {value}")
+        print()
+        print_table(
+            ("#", "started (UTC)", "status", "latency ms", "error / response"),
+            [
+                (
+                    str(a.attempt_number),
+                    a.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    str(a.http_status or "-"),
+                    f"{a.latency_ms:.1f}",
+                    (a.error or a.response_body or "")[:60],
+                )
+                for a in d.attempts
+            ],
+        )
+        return 0
+
+    return _admin(args, action)
+
+
+def _deliveries_retry(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        d = await runtime.retry_delivery(args.delivery_id)
+        print(f"{d.id} is {d.status.value}, due {d.next_attempt_at}")
+        return 0
+
+    return _admin(args, action)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        count = await runtime.replay(args.since, until=args.until, endpoint_id=args.endpoint)
+        print(f"re-queued {count} deliveries")
+        return 0
+
+    return _admin(args, action)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        count = await runtime.purge(older_than=args.older_than)
+        print(f"purged {count} finished deliveries created before {args.older_than:%Y-%m-%d %H:%M}")
+        return 0
+
+    return _admin(args, action)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from .errors import (
 )
 from .events import EventMetadata, JSONObject, WebhookEvent, WebhookEventType
 from .ids import new_id
-from .memory import create_in_memory_persistence
 from .models import (
     DeliveryFilter,
     DeliveryPage,
@@ -75,8 +74,10 @@ class WebhookRuntimeService:
     """Durable, signed webhook delivery for one service.
 
     Start it with ``async with WebhookRuntimeService(...) as runtime:`` (or ``await start()`` /
-    ``await shutdown()``); any call starts it lazily too. ``persistence`` defaults to an
-    in-memory store. ``session`` and ``resolver`` are seams: pass your own aiohttp session (its
+    ``await shutdown()``); any call starts it lazily too. ``persistence`` is a
+    :class:`WebhookPersistence` or a store URL (``memory://``, ``sqlite:///path.db``,
+    ``postgresql://…``, ``d1://…``); when omitted, ``KMSG_WEBHOOK_STORE_URL`` decides, else
+    memory. ``session`` and ``resolver`` are seams: pass your own aiohttp session (its
     connector then decides DNS; our URL check still runs before each send) or a resolver that
     the connect-time private-address guard wraps. ``dispatch=False`` makes an intake-only
     runtime (deliveries are sent by workers elsewhere).
@@ -86,7 +87,7 @@ class WebhookRuntimeService:
         self,
         config: WebhookConfig | None = None,
         *,
-        persistence: WebhookPersistence | None = None,
+        persistence: WebhookPersistence | str | None = None,
         endpoint_store: EndpointStore | None = None,
         delivery_store: DeliveryStore | None = None,
         security: SecurityOptions | None = None,
@@ -164,17 +165,21 @@ class WebhookRuntimeService:
         if self._dispatch_enabled:
             await self._dispatcher.drain()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, drain: bool = True) -> None:
         """Flush (store what was emitted and, when this runtime dispatches, send what is due),
         stop the dispatcher (in-flight attempts finish and are recorded), close the HTTP session
-        (if we opened it) and the store. Safe to call twice."""
+        (if we opened it) and the store. Safe to call twice.
+
+        ``drain=False`` skips sending what is due (a worker stopping on SIGTERM with a backlog):
+        emitted events are still stored, and claimed but unsent deliveries are given back.
+        """
         if self._closed:
             return
         self._closed = True
         if self._started:
             assert self._intake is not None and self._dispatcher is not None
             await self._intake.close()
-            if self._dispatch_enabled:
+            if self._dispatch_enabled and drain:
                 # Without this, rows emitted just before shutdown stay pending (and are lost
                 # with the in-memory store) although the runtime could still send them.
                 await self._dispatcher.drain()
@@ -204,7 +209,7 @@ class WebhookRuntimeService:
             limit=self.config.max_concurrency,
             limit_per_host=0,
             resolver=resolver,
-            ttl_dns_cache=None if self._resolver is None else 10,
+            ttl_dns_cache=10,  # the guard re-checks every fresh answer
         )
         return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
 
@@ -365,6 +370,8 @@ class WebhookRuntimeService:
         """
         if not isinstance(event, WebhookEvent):
             raise TypeError("emit() takes a WebhookEvent (see WebhookEvent.from_wire)")
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down")
         if event.type not in self.config.enabled_events:
             return
         await self.start()
@@ -381,6 +388,8 @@ class WebhookRuntimeService:
         """
         if not isinstance(event, WebhookEvent):
             raise TypeError("emit_sync() takes a WebhookEvent (see WebhookEvent.from_wire)")
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down")
         if event.type not in self.config.enabled_events:
             return []
         await self.start()
@@ -525,10 +534,17 @@ class WebhookRuntimeService:
 
 
 def _resolve_persistence(
-    persistence: WebhookPersistence | None,
+    persistence: WebhookPersistence | str | None,
     endpoint_store: EndpointStore | None,
     delivery_store: DeliveryStore | None,
 ) -> WebhookPersistence:
+    if isinstance(persistence, str) or (
+        persistence is None and endpoint_store is None and delivery_store is None
+    ):
+        # A store URL, or KMSG_WEBHOOK_STORE_URL when nothing is given (memory if unset).
+        from .store_url import persistence_from_url
+
+        persistence = persistence_from_url(persistence)
     if persistence is not None:
         return WebhookPersistence(
             endpoint_store=endpoint_store or persistence.endpoint_store,
@@ -538,9 +554,7 @@ def _resolve_persistence(
         )
     if endpoint_store is not None and delivery_store is not None:
         return WebhookPersistence(endpoint_store=endpoint_store, delivery_store=delivery_store)
-    if endpoint_store is not None or delivery_store is not None:
-        raise ConfigError("Both endpoint_store and delivery_store must be provided together")
-    return create_in_memory_persistence()
+    raise ConfigError("Both endpoint_store and delivery_store must be provided together")
 
 
 async def add_endpoints(

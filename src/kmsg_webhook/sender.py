@@ -75,7 +75,7 @@ class Sender:
             return SendResult(attempt=attempt, refused=refused)
 
         try:
-            validate_endpoint_url(
+            url = validate_endpoint_url(
                 endpoint.url,
                 allow_private_hosts=self._security.allow_private_hosts,
                 allow_http_for_localhost=self._security.allow_http_for_localhost,
@@ -86,7 +86,7 @@ class Sender:
             return failed(f"refused: {exc}", refused=True)
         try:
             async with self._session.post(
-                endpoint.url,
+                url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
