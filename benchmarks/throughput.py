@@ -29,7 +29,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -52,6 +54,7 @@ from kmsg_webhook import (
     create_in_memory_persistence,
     generate_secret,
 )
+from kmsg_webhook.store_url import persistence_from_url
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = 64
@@ -148,7 +151,9 @@ def _event(n: int) -> WebhookEvent:
     )
 
 
-async def _runtime(base: str, persistence: WebhookPersistence) -> WebhookRuntimeService:
+async def _runtime(
+    base: str, persistence: WebhookPersistence, *, dispatch: bool = True
+) -> WebhookRuntimeService:
     config = WebhookConfig(
         max_concurrency=CONCURRENCY,
         max_concurrency_per_endpoint=CONCURRENCY,
@@ -159,7 +164,10 @@ async def _runtime(base: str, persistence: WebhookPersistence) -> WebhookRuntime
         timeout_ms=10_000,
     )
     runtime = WebhookRuntimeService(
-        config, persistence=persistence, security=SecurityOptions(allow_private_hosts=True)
+        config,
+        persistence=persistence,
+        security=SecurityOptions(allow_private_hosts=True),
+        dispatch=dispatch,
     )
     await runtime.start()
     for i in range(ENDPOINTS):
@@ -173,8 +181,15 @@ async def _runtime(base: str, persistence: WebhookPersistence) -> WebhookRuntime
     return runtime
 
 
+def _round_trips(persistence: WebhookPersistence) -> int | None:
+    """HTTP round trips so far, for stores that talk HTTP (D1)."""
+    client = getattr(persistence.delivery_store, "client", None)
+    return None if client is None else int(client.round_trips)
+
+
 async def runtime_throughput(base: str, persistence: WebhookPersistence, total: int) -> float:
     runtime = await _runtime(base, persistence)
+    trips_before = _round_trips(persistence)
     try:
         counter = iter(range(total))
 
@@ -189,6 +204,10 @@ async def runtime_throughput(base: str, persistence: WebhookPersistence, total: 
         stats = (await runtime.stats(DeliveryFilter())).deliveries
         if stats.success != total:
             raise SystemExit(f"runtime delivered {stats.success}/{total} ({stats})")
+        trips_after = _round_trips(persistence)
+        if trips_before is not None and trips_after is not None:
+            per = (trips_after - trips_before) / total
+            print(f"  HTTP round trips per delivery under load: {per:.3f}")
         return total / elapsed
     finally:
         await runtime.shutdown()
@@ -219,16 +238,148 @@ async def latency_at(
         await runtime.shutdown()
 
 
+POSTGRES_DSN = os.environ.get(
+    "KMSG_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_SCRATCH = tempfile.mkdtemp(prefix="kmsg-bench-")
+
+
+D1_WORKER = HERE.parent / "adapters" / "d1-worker"
+_d1_server: list[tuple[subprocess.Popen[str], str, str]] = []
+
+
+def _local_d1() -> tuple[str, str]:
+    """Start (once) the D1 Worker on miniflare, workerd's own D1 engine; (host:port, token)."""
+    if not _d1_server:
+        token = uuid.uuid4().hex
+        proc = subprocess.Popen(
+            ["node", "scripts/serve.mjs", "--port", "0", "--database-id", "bench"],
+            cwd=D1_WORKER,
+            env={**os.environ, "D1_WORKER_API_TOKEN": token, "NO_COLOR": "1"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("D1_WORKER_READY"):
+                host = line.split()[1].removeprefix("http://")
+                break
+        else:
+            raise SystemExit("the local D1 Worker did not start (npm ci in adapters/d1-worker)")
+        _d1_server.append((proc, host, token))
+    _, host, token = _d1_server[0]
+    return host, token
+
+
+def _stop_local_d1() -> None:
+    for proc, _, _ in _d1_server:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _store_url(name: str) -> str:
+    """A fresh, empty store of the named kind (new SQLite file, Postgres schema, D1 tables)."""
+    tag = uuid.uuid4().hex[:10]
+    if name == "memory":
+        return "memory://"
+    if name == "sqlite":
+        return f"sqlite:///{_SCRATCH}/bench-{tag}.db"
+    if name == "postgres":
+        return f"{POSTGRES_DSN}?schema=bench_{tag}"
+    if name == "d1":
+        host, token = _local_d1()
+        return (
+            f"d1+http://{host}/bench/bench?token={token}"
+            f"&endpoint_table=ep_{tag}&delivery_table=dlv_{tag}"
+        )
+    raise SystemExit(f"unknown store {name!r} (memory, sqlite, postgres, d1)")
+
+
 def _persistence(name: str) -> WebhookPersistence:
     if name == "memory":
         return create_in_memory_persistence()
-    raise SystemExit(f"unknown store {name!r}")
+    return persistence_from_url(_store_url(name))
+
+
+async def intake_rate(base: str, name: str, total: int) -> float:
+    """Rows/s written by an intake-only runtime (group-committed emits, nothing sent)."""
+    runtime = await _runtime(base, _persistence(name), dispatch=False)
+    try:
+        counter = iter(range(total))
+
+        async def producer() -> None:
+            for n in counter:
+                await runtime.emit(_event(20_000_000 + n))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(producer() for _ in range(CONCURRENCY)))
+        await runtime.flush()
+        return total / (time.perf_counter() - started)
+    finally:
+        await runtime.shutdown()
+
+
+async def worker_processes_rate(base: str, total: int, count: int) -> float:
+    """Deliveries/s when ``count`` worker processes drain a Postgres backlog of ``total``."""
+    url = _store_url("postgres")
+    runtime = await _runtime(base, persistence_from_url(url), dispatch=False)
+    try:
+        counter = iter(range(total))
+
+        async def producer() -> None:
+            for n in counter:
+                await runtime.emit(_event(30_000_000 + n))
+
+        await asyncio.gather(*(producer() for _ in range(CONCURRENCY)))
+        await runtime.flush()
+        before = (await receiver_stats(base))["count"]
+        procs = [
+            subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock matters
+                [
+                    *(["taskset", "-c", "0"] if (os.cpu_count() or 1) > 1 else []),
+                    sys.executable,
+                    "-m",
+                    "kmsg_webhook.cli",
+                    "worker",
+                    "--store",
+                    url,
+                    "--allow-private-hosts",
+                    "--poll-ms",
+                    "50",
+                    "--concurrency",
+                    str(CONCURRENCY),
+                    "--per-endpoint",
+                    str(CONCURRENCY),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            for _ in range(count)
+        ]
+        started = time.perf_counter()
+        try:
+            while (await receiver_stats(base))["count"] - before < total:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the receiver is another process: poll its count
+            elapsed = time.perf_counter() - started
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=30)
+        return total / elapsed
+    finally:
+        await runtime.shutdown()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=20_000)
-    parser.add_argument("--stores", default="memory", help="comma-separated: memory")
+    parser.add_argument(
+        "--stores",
+        default="memory,sqlite,postgres,d1",
+        help="comma-separated: memory,sqlite,postgres,d1",
+    )
+    parser.add_argument("--workers", action="store_true", help="also 1 vs 2 Postgres workers")
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/runtime rounds")
     parser.add_argument("--latency-seconds", type=float, default=4.0)
     args = parser.parse_args()
@@ -251,15 +402,28 @@ async def main() -> None:
                 + ", ".join(f"{r:.2f}" for r in ratios)
                 + ")"
             )
+            if name != "memory":
+                rows = await intake_rate(base, name, args.deliveries)
+                print(f"  intake (group commit, no sends): {rows:10,.0f} rows/s")
             await latency_at(base, _persistence(name), rate / 2, args.latency_seconds)
             lat = await receiver_stats(base, reset=True)
             print(
                 f"  latency at half capacity ({rate / 2:,.0f}/s): "
                 f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms"
             )
+        if args.workers:
+            one = await worker_processes_rate(base, args.deliveries, 1)
+            two = await worker_processes_rate(base, args.deliveries, 2)
+            print(
+                f"postgres, worker processes: 1 → {one:,.0f}/s, 2 → {two:,.0f}/s "
+                f"(×{two / one:.2f}; both pinned to the sender core)"
+            )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS (this process)            {peak_mb:10,.0f} MiB")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        _stop_local_d1()

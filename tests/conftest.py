@@ -34,6 +34,16 @@ async def _memory() -> WebhookPersistence:
 
 BACKENDS["memory"] = _memory
 
+# SQLite (temp file, WAL) and PostgreSQL (a schema per test) from tests/pg.py.
+from pg import postgres_persistence, sqlite_persistence  # noqa: E402
+
+BACKENDS["sqlite"] = sqlite_persistence
+BACKENDS["postgres"] = postgres_persistence
+
+# D1 on a local Worker (tests/d1_fixtures.py); its fixtures become available to every test.
+from d1_fixtures import d1_backend, fake_d1, faulty_d1, local_d1  # noqa: E402, F401
+
+BACKENDS["d1"] = d1_backend
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -82,7 +82,7 @@ class Dispatcher:
         self._ready_count = 0  # claimed and waiting for a worker
         # Below this much room, a claimer with queued work waits instead of making a small
         # claim (each claim is a store round trip).
-        self._claim_threshold = max(1, min(config.claim_batch_size, config.max_concurrency) // 4)
+        self._claim_threshold = max(1, config.claim_batch_size // 2)
         self._work = asyncio.Condition()
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -93,6 +93,8 @@ class Dispatcher:
             max_batch=config.claim_batch_size,
             max_wait_s=0.05,
             max_pending=max(config.max_concurrency * 4, config.claim_batch_size),
+            # One write at a time: outcomes that arrive meanwhile share the next round trip.
+            max_concurrent_writes=1,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from .errors import InvalidEndpointError
-from .events import WebhookEventType
+from .events import WebhookEvent, WebhookEventType
 from .ids import new_id
 from .models import EndpointInput, EndpointStatus, WebhookEndpoint
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
@@ -100,12 +100,30 @@ class EndpointCache:
         self._store = store
         self._ttl_s = ttl_s
         self._by_id: dict[str, WebhookEndpoint] = {}
+        # Active endpoints per subscribed event type, rebuilt lazily after any change.
+        self._by_type: dict[WebhookEventType, list[WebhookEndpoint]] | None = None
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
     async def all(self) -> list[WebhookEndpoint]:
         await self._refresh_if_stale()
         return list(self._by_id.values())
+
+    async def matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
+        """The endpoints that receive ``event`` (same rule as :meth:`WebhookEndpoint.matches`)."""
+        await self._refresh_if_stale()
+        if self._by_type is None:
+            by_type: dict[WebhookEventType, list[WebhookEndpoint]] = {}
+            for endpoint in self._by_id.values():
+                if endpoint.active:
+                    for event_type in endpoint.events:
+                        by_type.setdefault(event_type, []).append(endpoint)
+            self._by_type = by_type
+        return [
+            e
+            for e in self._by_type.get(event.type, ())
+            if e.filters is None or e.filters.matches(event)
+        ]
 
     async def get(self, endpoint_id: str) -> WebhookEndpoint | None:
         await self._refresh_if_stale()
@@ -114,14 +132,16 @@ class EndpointCache:
             # Created by another process since the last refresh: look it up directly.
             endpoint = await self._store.get(endpoint_id)
             if endpoint is not None:
-                self._by_id[endpoint_id] = endpoint
+                self.put(endpoint)
         return endpoint
 
     def put(self, endpoint: WebhookEndpoint) -> None:
         self._by_id[endpoint.id] = endpoint
+        self._by_type = None
 
     def drop(self, endpoint_id: str) -> None:
         self._by_id.pop(endpoint_id, None)
+        self._by_type = None
 
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")
@@ -134,4 +154,5 @@ class EndpointCache:
                 return
             endpoints = await self._store.list()
             self._by_id = {e.id: e for e in endpoints}
+            self._by_type = None
             self._loaded_at = time.monotonic()

@@ -67,15 +67,13 @@ class EndpointFilters:
             object.__setattr__(self, name, tuple(value))
 
     def matches(self, event: WebhookEvent) -> bool:
+        # Fail closed: a filtered endpoint never receives an event lacking the filtered key
+        # (``None in (...)`` is false). Straight-line: this runs for every event × endpoint.
         meta = event.metadata
-        # Fail closed: a filtered endpoint never receives an event lacking the filtered key.
-        return all(
-            not allowed or (value is not None and value in allowed)
-            for allowed, value in (
-                (self.provider_id, meta.provider_id),
-                (self.channel_id, meta.channel_id),
-                (self.template_id, meta.template_id),
-            )
+        return (
+            (not self.provider_id or meta.provider_id in self.provider_id)
+            and (not self.channel_id or meta.channel_id in self.channel_id)
+            and (not self.template_id or meta.template_id in self.template_id)
         )
 
 

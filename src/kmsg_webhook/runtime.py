@@ -403,8 +403,7 @@ class WebhookRuntimeService:
                 lease_owner=self.worker_id,
                 lease_expires_at=lease_until,
             )
-            for endpoint in await self._endpoints.all()
-            if endpoint.matches(event)
+            for endpoint in await self._endpoints.matching(event)
         ]
         inserted = set(await self.persistence.delivery_store.insert_many(rows))
         return await self._dispatcher.send_now([r for r in rows if r.id in inserted])
@@ -412,15 +411,13 @@ class WebhookRuntimeService:
     async def _write_events(
         self, events: Sequence[WebhookEvent], *, connection: object | None = None
     ) -> None:
-        endpoints = await self._endpoints.all()
         now = self.clock.now()
         rows: list[WebhookDelivery] = []
         for event in events:
-            payload: str | None = None
-            for endpoint in endpoints:
-                if endpoint.matches(event):
-                    payload = payload or event.to_json()
-                    rows.append(self._new_delivery(event, endpoint, payload, now))
+            endpoints = await self._endpoints.matching(event)
+            if endpoints:
+                payload = event.to_json()
+                rows.extend(self._new_delivery(event, e, payload, now) for e in endpoints)
         if rows:
             await self.persistence.delivery_store.insert_many(rows, connection=connection)
             if self._dispatcher is not None:

@@ -1,0 +1,158 @@
+"""Every SQL statement of the D1 backend, by name, with one line on what it does.
+
+``{e}`` and ``{d}`` stand for the (validated, quoted) endpoint and delivery tables; the store
+formats them once. D1 has no ``BEGIN`` and no ``SKIP LOCKED``: what must be atomic is one
+statement, or several sent as one batch (D1 runs a batch as a single transaction). Lists of
+values are bound as one JSON-array parameter and expanded with ``json_each`` so they never
+count against the 100-parameter limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .rows import DELIVERY_INSERT_COLUMNS, ENDPOINT_WRITE_COLUMNS
+
+# -- endpoints --------------------------------------------------------------------------------
+
+#: Rows that would clash with an endpoint being added: same id, or same URL.
+ENDPOINT_CLASHES = "SELECT * FROM {e} WHERE id = ?1 OR url = ?2"
+
+#: Add an endpoint unless its id or URL is taken; returns the id when it was added.
+ENDPOINT_INSERT = (
+    "INSERT OR IGNORE INTO {e} ("
+    + ", ".join(ENDPOINT_WRITE_COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" for _ in ENDPOINT_WRITE_COLUMNS)
+    + ") RETURNING id"
+)
+
+#: Does this endpoint id exist?
+ENDPOINT_EXISTS = "SELECT id FROM {e} WHERE id = ?1"
+
+#: Which other endpoint uses this URL?
+ENDPOINT_URL_OWNER = "SELECT id FROM {e} WHERE url = ?1 AND id <> ?2"
+
+#: Replace an endpoint's fields unless another endpoint holds its URL; returns the id if done.
+ENDPOINT_UPDATE = (
+    "UPDATE {e} SET "
+    + ", ".join(f"{c} = ?{i}" for i, c in enumerate(ENDPOINT_WRITE_COLUMNS, start=1) if c != "id")
+    + " WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM {e} AS other WHERE other.url = ?2"
+    " AND other.id <> ?1) RETURNING id"
+)
+
+#: Delete an endpoint; returns its id when it existed.
+ENDPOINT_DELETE = "DELETE FROM {e} WHERE id = ?1 RETURNING id"
+
+#: One endpoint.
+ENDPOINT_GET = "SELECT * FROM {e} WHERE id = ?1"
+
+#: All endpoints, most recently updated first.
+ENDPOINT_LIST = "SELECT * FROM {e} ORDER BY updated_at DESC, id DESC"
+
+#: A success heals the endpoint's health counters.
+ENDPOINT_HEALTH_SUCCESS = (
+    "UPDATE {e} SET consecutive_failures = 0, failing_since = NULL, last_success_at = ?2"
+    " WHERE id = ?1 RETURNING *"
+)
+
+#: Failures add up; the failing period starts at the first one.
+ENDPOINT_HEALTH_FAILURE = (
+    "UPDATE {e} SET consecutive_failures = consecutive_failures + ?2,"
+    " failing_since = COALESCE(failing_since, ?3) WHERE id = ?1 RETURNING *"
+)
+
+# -- deliveries -------------------------------------------------------------------------------
+
+#: Multi-row insert head; the store appends as many ``(?, ...)`` groups as fit the limits.
+#: Existing (endpoint_id, event_id) pairs and ids are skipped; returns the ids written.
+DELIVERY_INSERT_HEAD = (
+    "INSERT OR IGNORE INTO {d} (" + ", ".join(DELIVERY_INSERT_COLUMNS) + ") VALUES "
+)
+DELIVERY_INSERT_ROW = "(" + ", ".join("?" for _ in DELIVERY_INSERT_COLUMNS) + ")"
+DELIVERY_INSERT_TAIL = " RETURNING id"
+
+#: Which of these ids exist (reconciling an insert whose first attempt may have applied).
+DELIVERY_IDS_PRESENT = "SELECT id FROM {d} WHERE id IN (SELECT value FROM json_each(?1))"
+
+#: Lease up to ?5 due pending rows whose lease is free or expired, oldest due first, skipping
+#: the endpoints in the JSON array ?4. One statement, so no two workers take the same row.
+DELIVERY_CLAIM = (
+    "UPDATE {d} SET lease_owner = ?1, lease_expires_at = ?2"
+    " WHERE id IN ("
+    "SELECT id FROM {d} WHERE status = 'pending' AND next_attempt_at <= ?3"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)"
+    " AND endpoint_id NOT IN (SELECT value FROM json_each(?4))"
+    " ORDER BY next_attempt_at, id LIMIT ?5)"
+    " AND status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)"
+    " RETURNING *"
+)
+
+#: Apply one attempt outcome if worker ?2 still holds the lease: append the attempt ?3 (JSON,
+#: or NULL) keeping the newest ?4, count it, set status ?5, due time ?6, completion ?7 and
+#: error ?8, and clear the lease. A replay finds the lease cleared and changes nothing.
+DELIVERY_RECORD = (
+    "UPDATE {d} SET"
+    " attempts_json = CASE WHEN ?3 IS NULL THEN attempts_json ELSE ("
+    "SELECT json_group_array(json(value)) FROM ("
+    "SELECT key, value FROM json_each(json_insert(attempts_json, '$[#]', json(?3)))"
+    " WHERE key > json_array_length(attempts_json) - ?4 ORDER BY key)) END,"
+    " attempt_count = attempt_count + (CASE WHEN ?3 IS NULL THEN 0 ELSE 1 END),"
+    " last_latency_ms = CASE WHEN ?3 IS NULL THEN last_latency_ms"
+    " ELSE json_extract(?3, '$.latency_ms') END,"
+    " status = ?5, next_attempt_at = ?6, completed_at = ?7, last_error = ?8,"
+    " lease_owner = NULL, lease_expires_at = NULL"
+    " WHERE id = ?1 AND lease_owner = ?2 RETURNING id"
+)
+
+#: Give back leases worker ?1 holds on the ids in JSON array ?2.
+DELIVERY_RELEASE = (
+    "UPDATE {d} SET lease_owner = NULL, lease_expires_at = NULL"
+    " WHERE lease_owner = ?1 AND id IN (SELECT value FROM json_each(?2))"
+)
+
+#: One delivery.
+DELIVERY_GET = "SELECT * FROM {d} WHERE id = ?1"
+
+#: A page of deliveries, newest first (WHERE and LIMIT appended by the store).
+DELIVERY_LIST = "SELECT * FROM {d}{where} ORDER BY created_at DESC, id DESC LIMIT ?"
+
+#: Counts by status, attempts and mean last-attempt latency over a filter.
+DELIVERY_STATS = (
+    "SELECT COUNT(*) AS total,"
+    " COALESCE(SUM(status = 'pending'), 0) AS pending,"
+    " COALESCE(SUM(status = 'success'), 0) AS success,"
+    " COALESCE(SUM(status = 'failed'), 0) AS failed,"
+    " COALESCE(SUM(status = 'exhausted'), 0) AS exhausted,"
+    " COALESCE(SUM(attempt_count), 0) AS total_attempts,"
+    " AVG(last_latency_ms) AS average_latency_ms"
+    " FROM {d}{where}"
+)
+
+#: Counts by event type over a filter.
+DELIVERY_STATS_BY_TYPE = "SELECT event_type, COUNT(*) AS n FROM {d}{where} GROUP BY event_type"
+
+#: Put terminal rows matching a filter back to pending, due at ?1 (attempts kept).
+DELIVERY_REQUEUE = (
+    "UPDATE {d} SET status = 'pending', next_attempt_at = ?, completed_at = NULL,"
+    " lease_owner = NULL, lease_expires_at = NULL{where}"
+)
+
+#: Delete terminal rows created before ?1.
+DELIVERY_PURGE = "DELETE FROM {d} WHERE status <> 'pending' AND created_at < ?"
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """A WHERE clause (empty, or starting with `` WHERE``) and its parameters."""
+
+    sql: str
+    params: tuple[object, ...]
+
+    @staticmethod
+    def of(clauses: Sequence[tuple[str, Sequence[object]]]) -> Where:
+        if not clauses:
+            return Where("", ())
+        sql = " WHERE " + " AND ".join(c for c, _ in clauses)
+        return Where(sql, tuple(p for _, ps in clauses for p in ps))

@@ -1,0 +1,653 @@
+"""What the SQLite and Postgres backends share: the pool, schema setup, retries, and the stores.
+
+A :class:`SqlDatabase` owns one SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (one
+connection pool) used by both of its stores. Cold and dynamic queries (endpoints, listings with
+filters, stats, requeue, purge) are SQLAlchemy Core, one code path for both dialects. The three
+hot paths (``insert_many``, ``claim``, ``record``) run reviewed SQL from ``queries/<dialect>.sql``
+on the raw driver connection taken from the same pool: one statement per batch (SQLite inserts:
+one per 1000 rows, in one transaction). ``docs/sql-backends.md`` has the measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..errors import (
+    ConfigError,
+    DuplicateEndpointError,
+    EndpointNotFoundError,
+    StoreError,
+    WebhookError,
+)
+from ..models import (
+    AttemptOutcome,
+    DeliveryFilter,
+    DeliveryPage,
+    DeliveryStats,
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from ..store import WebhookPersistence, decode_cursor, encode_cursor
+from .codec import delivery_to_row, endpoint_to_row, row_to_delivery, row_to_endpoint
+from .faults import RetryPolicy, is_transient
+from .schema import Dialect, Migration, TableNames, migrations, queries, render
+from .schema import schema_version as known_version
+from .tables import Tables, Timestamp, build_tables
+
+T = TypeVar("T")
+Operation = Callable[[AsyncConnection, int], Awaitable[T]]
+
+DEFAULT_RETRY_TIMEOUT = 30.0
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a driver error (no SQL text, no parameters)."""
+    inner = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
+class SqlDatabase(ABC):
+    """One database holding the endpoint and delivery tables, and the two stores over it.
+
+    ``initialize_schema`` (default true) applies pending migrations when the database is first
+    used; when false the schema must already be current (``kmsg-webhook migrate``), otherwise
+    :class:`StoreError`. A database whose schema is newer than this code is always refused.
+    Transient failures (lost connection, busy database) are retried with exponential backoff
+    for up to ``retry_timeout`` seconds per operation.
+    """
+
+    dialect: ClassVar[Dialect]
+
+    def __init__(
+        self,
+        *,
+        display_url: str,
+        names: TableNames,
+        initialize_schema: bool,
+        max_stored_attempts: int,
+        retry_timeout: float,
+    ) -> None:
+        if max_stored_attempts < 1:
+            raise ConfigError("max_stored_attempts must be at least 1")
+        if retry_timeout < 0:
+            raise ConfigError("retry_timeout must be >= 0")
+        self.display_url = display_url
+        self.names = names
+        self.tables: Tables = build_tables(names)
+        self.initialize_schema = initialize_schema
+        self.max_stored_attempts = max_stored_attempts
+        self.retry = RetryPolicy(timeout=retry_timeout)
+        self.sql = {name: render(text, names) for name, text in queries(self.dialect).items()}
+        self._engine: AsyncEngine | None = None
+        self._ready = False
+        self._init_lock = asyncio.Lock()
+        self.endpoint_store = SqlEndpointStore(self)
+        self.delivery_store = SqlDeliveryStore(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.display_url!r})"
+
+    def persistence(self) -> WebhookPersistence:
+        """The two stores with this database's ``init``/``close``."""
+        return WebhookPersistence(
+            endpoint_store=self.endpoint_store,
+            delivery_store=self.delivery_store,
+            init=self.init,
+            close=self.close,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def init(self) -> None:
+        """Open the pool and check (or, with ``initialize_schema``, migrate) the schema.
+
+        Idempotent; every store operation calls it first. A database that stays unreachable for
+        ``retry_timeout`` seconds is a :class:`StoreError` naming the URL (password redacted).
+        """
+        if self._ready:
+            return
+        async with self._init_lock:
+            if self._ready:
+                return
+            await self._prepare(apply=self.initialize_schema)
+            self._ready = True
+
+    async def migrate(self) -> int:
+        """Apply pending migrations now (whatever ``initialize_schema`` says); the new version."""
+        async with self._init_lock:
+            version = await self._prepare(apply=True)
+            self._ready = True
+            return version
+
+    async def close(self) -> None:
+        """Close every pooled connection. A later operation opens the pool again."""
+        async with self._init_lock:
+            self._ready = False
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                await engine.dispose()
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database for these tables (0: none)."""
+        return await self.run(lambda conn, _: self._current_version(conn))
+
+    async def _prepare(self, *, apply: bool) -> int:
+        if self._engine is None:
+            self._engine = self._create_engine()
+        try:
+            async for attempt in self.retry.attempts():
+                with attempt:
+                    async with self.connect() as conn:
+                        return await self._migrate(conn, apply=apply)
+        except WebhookError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"cannot open the {self.dialect} store at {self.display_url}: {describe(exc)}"
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _migrate(self, conn: AsyncConnection, *, apply: bool) -> int:
+        """Bring the schema to the current version (or check it is there); returns it."""
+        latest = known_version(self.dialect)
+        current = await self._current_version(conn)
+        self._check_known(current)
+        if current == latest:
+            return current
+        if not apply:
+            raise StoreError(
+                f"the {self.dialect} store at {self.display_url} has schema version {current}, "
+                f"this code needs {latest}: run `kmsg-webhook migrate --store URL` "
+                "or open the store with initialize_schema=True"
+            )
+        return await self._apply_migrations(conn, migrations(self.dialect))
+
+    def _refuse_foreign_tables(self, existing: Sequence[str]) -> None:
+        """Before the first migration: our tables must not exist yet (no version says why)."""
+        if existing:
+            raise StoreError(
+                f"table(s) {', '.join(existing)} already exist in the {self.dialect} store at "
+                f"{self.display_url}, but no schema version is recorded for the table pair "
+                f"{self.names.scope!r}: something else created them (another store "
+                "configuration sharing a table, or the original TypeScript library). Use other "
+                "table names or another schema. Nothing was written."
+            )
+
+    def _check_known(self, current: int) -> None:
+        latest = known_version(self.dialect)
+        if current > latest:
+            raise StoreError(
+                f"the {self.dialect} store at {self.display_url} has schema version {current}, "
+                f"newer than this kmsg-webhook knows ({latest}); upgrade kmsg-webhook. "
+                "Nothing was written."
+            )
+
+    # -- running operations ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; a transient failure on it invalidates it."""
+        engine = self._engine
+        if engine is None:
+            raise StoreError(f"the {self.dialect} store at {self.display_url} is closed")
+        async with self._exclusive(), engine.connect() as conn:
+            try:
+                yield conn
+            except BaseException as exc:
+                if self._is_disconnect(exc) and not conn.invalidated:
+                    await conn.invalidate()
+                raise
+
+    async def run(self, operation: Operation[T]) -> T:
+        """Run ``operation(connection, attempt_number)``, retrying on transient failures."""
+        await self.init()
+        try:
+            async for attempt in self.retry.attempts():
+                with attempt:
+                    async with self.connect() as conn:
+                        return await operation(conn, attempt.retry_state.attempt_number)
+        except WebhookError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"{self.dialect} store at {self.display_url} failed: {describe(exc)}"
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def bound(self, value: datetime) -> datetime:
+        """A lower or strict upper time bound as the dialect compares it exactly (see SQLite)."""
+        return value
+
+    def _is_disconnect(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        yield
+
+    # -- dialect specifics -------------------------------------------------------------------
+
+    @abstractmethod
+    def _create_engine(self) -> AsyncEngine: ...
+
+    @abstractmethod
+    async def _current_version(self, conn: AsyncConnection) -> int: ...
+
+    @abstractmethod
+    async def _existing_tables(self, conn: AsyncConnection) -> list[str]:
+        """Which of the endpoint and delivery tables exist."""
+
+    @abstractmethod
+    async def _apply_migrations(
+        self, conn: AsyncConnection, all_migrations: Sequence[Migration]
+    ) -> int: ...
+
+    @abstractmethod
+    async def begin_write(self, conn: AsyncConnection) -> None:
+        """Start a write transaction on ``conn`` (SQLite takes the write lock up front)."""
+
+    @abstractmethod
+    def insert_statement(self, table: sa.Table) -> Any:
+        """The dialect's INSERT ... ON CONFLICT DO NOTHING construct for ``table``."""
+
+    @abstractmethod
+    async def insert_deliveries(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], *, retried: bool
+    ) -> set[str]:
+        """Insert on our own connection; the ids that are new (with ``retried``: that exist)."""
+
+    @abstractmethod
+    async def insert_on_caller_connection(
+        self, connection: object, rows: list[dict[str, Any]]
+    ) -> set[str]:
+        """Insert inside the caller's transaction on their own connection (checked first)."""
+
+    @abstractmethod
+    async def claim_deliveries(
+        self,
+        conn: AsyncConnection,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        exclude: list[str],
+    ) -> list[WebhookDelivery]: ...
+
+    @abstractmethod
+    async def record_outcomes(
+        self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
+    ) -> int: ...
+
+    async def insert_with_sqlalchemy(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> set[str]:
+        """Insert with SQLAlchemy Core on a caller's :class:`AsyncConnection` (any driver)."""
+        if conn.dialect.name != self.dialect:
+            raise StoreError(
+                f"the {self.dialect} store cannot write on a {conn.dialect.name} connection"
+            )
+        if not rows:
+            return set()
+        table = self.tables.deliveries
+        statement = self.insert_statement(table).on_conflict_do_nothing().returning(table.c.id)
+        result = await conn.execute(statement, rows)
+        return set(result.scalars().all())
+
+
+class SqlEndpointStore:
+    """Endpoints in ``<endpoint table>``; the unique index on ``url`` enforces unique URLs."""
+
+    def __init__(self, db: SqlDatabase) -> None:
+        self._db = db
+        self._t = db.tables.endpoints
+
+    async def add(self, endpoint: WebhookEndpoint) -> None:
+        t = self._t
+        row = endpoint_to_row(endpoint)
+
+        async def op(conn: AsyncConnection, attempt: int) -> None:
+            await self._db.begin_write(conn)
+            for _ in range(3):
+                insert = self._db.insert_statement(t).values(row).on_conflict_do_nothing()
+                if (await conn.execute(insert.returning(t.c.id))).first() is not None:
+                    await conn.commit()
+                    return
+                same_id = (await conn.execute(sa.select(t).where(t.c.id == endpoint.id))).first()
+                if same_id is not None:
+                    if attempt > 1 and row_to_endpoint(same_id._mapping) == endpoint:
+                        return  # our own insert, committed before the connection was lost
+                    raise DuplicateEndpointError(
+                        f"Webhook endpoint id {endpoint.id} already exists",
+                        field="id",
+                        value=endpoint.id,
+                    )
+                owner = (
+                    await conn.execute(sa.select(t.c.id).where(t.c.url == endpoint.url))
+                ).scalar()
+                if owner is not None:
+                    raise self._url_taken(endpoint, owner)
+                # The clashing row vanished in between: try the insert again.
+            raise StoreError(f"could not add endpoint {endpoint.id}: concurrent changes")
+
+        await self._db.run(op)
+
+    async def update(self, endpoint: WebhookEndpoint) -> None:
+        t = self._t
+        values = {k: v for k, v in endpoint_to_row(endpoint).items() if k != "id"}
+
+        async def op(conn: AsyncConnection, attempt: int) -> None:
+            await self._db.begin_write(conn)
+            exists = (await conn.execute(sa.select(t.c.id).where(t.c.id == endpoint.id))).first()
+            if exists is None:
+                raise EndpointNotFoundError(endpoint.id)
+            owner = (
+                await conn.execute(
+                    sa.select(t.c.id).where(t.c.url == endpoint.url, t.c.id != endpoint.id)
+                )
+            ).scalar()
+            if owner is not None:
+                raise self._url_taken(endpoint, owner)
+            try:
+                await conn.execute(sa.update(t).where(t.c.id == endpoint.id).values(values))
+            except sa.exc.IntegrityError as exc:  # another writer took the URL just now
+                raise self._url_taken(endpoint, "another endpoint") from exc
+            await conn.commit()
+
+        await self._db.run(op)
+
+    async def remove(self, endpoint_id: str) -> bool:
+        t = self._t
+
+        async def op(conn: AsyncConnection, attempt: int) -> bool:
+            await self._db.begin_write(conn)
+            deleted = await conn.execute(
+                sa.delete(t).where(t.c.id == endpoint_id).returning(t.c.id)
+            )
+            found = deleted.first() is not None
+            await conn.commit()
+            return found
+
+        return await self._db.run(op)
+
+    async def get(self, endpoint_id: str) -> WebhookEndpoint | None:
+        t = self._t
+
+        async def op(conn: AsyncConnection, attempt: int) -> WebhookEndpoint | None:
+            row = (await conn.execute(sa.select(t).where(t.c.id == endpoint_id))).first()
+            return None if row is None else row_to_endpoint(row._mapping)
+
+        return await self._db.run(op)
+
+    async def list(self) -> list[WebhookEndpoint]:
+        t = self._t
+
+        async def op(conn: AsyncConnection, attempt: int) -> list[WebhookEndpoint]:
+            query = sa.select(t).order_by(t.c.updated_at.desc(), t.c.id.desc())
+            return [row_to_endpoint(r._mapping) for r in await conn.execute(query)]
+
+        return await self._db.run(op)
+
+    async def record_health(
+        self, endpoint_id: str, *, succeeded: bool, failures: int, at: datetime
+    ) -> WebhookEndpoint | None:
+        t = self._t
+        stamp = sa.literal(at, Timestamp())
+        values: dict[str, Any] = (
+            {"consecutive_failures": 0, "failing_since": None, "last_success_at": stamp}
+            if succeeded
+            else {
+                "consecutive_failures": t.c.consecutive_failures + failures,
+                "failing_since": sa.func.coalesce(t.c.failing_since, stamp),
+            }
+        )
+
+        async def op(conn: AsyncConnection, attempt: int) -> WebhookEndpoint | None:
+            await self._db.begin_write(conn)
+            statement = sa.update(t).where(t.c.id == endpoint_id).values(values).returning(t)
+            row = (await conn.execute(statement)).first()
+            await conn.commit()
+            return None if row is None else row_to_endpoint(row._mapping)
+
+        return await self._db.run(op)
+
+    @staticmethod
+    def _url_taken(endpoint: WebhookEndpoint, owner: str) -> DuplicateEndpointError:
+        return DuplicateEndpointError(
+            f"Webhook endpoint URL {endpoint.url} is already used by endpoint {owner}",
+            field="url",
+            value=endpoint.url,
+        )
+
+
+class SqlDeliveryStore:
+    """The delivery outbox in ``<delivery table>``; the protocol is ``store.DeliveryStore``."""
+
+    def __init__(self, db: SqlDatabase) -> None:
+        self._db = db
+        self._t = db.tables.deliveries
+
+    async def insert_many(
+        self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
+    ) -> list[str]:
+        rows = [delivery_to_row(d) for d in deliveries]
+        if connection is not None:
+            await self._db.init()
+            try:
+                new = await self._db.insert_on_caller_connection(connection, rows)
+            except WebhookError:
+                raise
+            except Exception as exc:
+                raise StoreError(
+                    f"insert on the caller's connection failed: {describe(exc)}"
+                ) from exc
+        elif not rows:
+            return []
+        else:
+
+            async def op(conn: AsyncConnection, attempt: int) -> set[str]:
+                return await self._db.insert_deliveries(conn, rows, retried=attempt > 1)
+
+            new = await self._db.run(op)
+        ordered: list[str] = []
+        for delivery in deliveries:
+            if delivery.id in new:
+                ordered.append(delivery.id)
+                new.discard(delivery.id)
+        return ordered
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        exclude_endpoints: Collection[str] = (),
+    ) -> list[WebhookDelivery]:
+        if limit <= 0:
+            return []
+        exclude = sorted(exclude_endpoints)
+
+        async def op(conn: AsyncConnection, attempt: int) -> list[WebhookDelivery]:
+            return await self._db.claim_deliveries(
+                conn,
+                worker_id=worker_id,
+                now=now,
+                lease_until=lease_until,
+                limit=limit,
+                exclude=exclude,
+            )
+
+        claimed = await self._db.run(op)
+        # RETURNING has no order: give the rows oldest due first, as claimed.
+        claimed.sort(key=lambda d: (d.next_attempt_at or now, d.id))
+        return claimed
+
+    async def record(self, outcomes: Sequence[AttemptOutcome]) -> int:
+        if not outcomes:
+            return 0
+
+        async def op(conn: AsyncConnection, attempt: int) -> int:
+            return await self._db.record_outcomes(conn, outcomes)
+
+        return await self._db.run(op)
+
+    async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
+        if not delivery_ids:
+            return
+        t = self._t
+        statement = (
+            sa.update(t)
+            .where(t.c.id.in_(list(delivery_ids)), t.c.lease_owner == worker_id)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+
+        async def op(conn: AsyncConnection, attempt: int) -> None:
+            await self._db.begin_write(conn)
+            await conn.execute(statement)
+            await conn.commit()
+
+        await self._db.run(op)
+
+    async def get(self, delivery_id: str) -> WebhookDelivery | None:
+        t = self._t
+
+        async def op(conn: AsyncConnection, attempt: int) -> WebhookDelivery | None:
+            row = (await conn.execute(sa.select(t).where(t.c.id == delivery_id))).first()
+            return None if row is None else row_to_delivery(row._mapping)
+
+        return await self._db.run(op)
+
+    async def list(
+        self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> DeliveryPage:
+        t = self._t
+        position = decode_cursor(cursor) if cursor is not None else None
+        if limit <= 0:
+            return DeliveryPage(items=(), next_cursor=None)
+        query = sa.select(t).where(*self._conditions(filter))
+        if position is not None:
+            stamp, last_id = position
+            query = query.where(
+                sa.tuple_(t.c.created_at, t.c.id)
+                < sa.tuple_(sa.literal(stamp, Timestamp()), sa.literal(last_id, sa.Text()))
+            )
+        query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
+
+        async def op(conn: AsyncConnection, attempt: int) -> list[WebhookDelivery]:
+            return [row_to_delivery(r._mapping) for r in await conn.execute(query)]
+
+        rows = await self._db.run(op)
+        page = rows[:limit]
+        more = len(rows) > limit
+        return DeliveryPage(
+            items=tuple(page), next_cursor=encode_cursor(page[-1]) if more and page else None
+        )
+
+    async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
+        t = self._t
+        query = (
+            sa.select(
+                t.c.status,
+                t.c.event_type,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(t.c.attempt_count), 0),
+                sa.func.coalesce(sa.func.sum(t.c.last_latency_ms), 0.0),
+                sa.func.count(t.c.last_latency_ms),
+            )
+            .where(*self._conditions(filter))
+            .group_by(t.c.status, t.c.event_type)
+        )
+
+        async def op(conn: AsyncConnection, attempt: int) -> builtins.list[tuple[Any, ...]]:
+            return [tuple(row) for row in await conn.execute(query)]
+
+        statuses: Counter[str] = Counter()
+        by_type: Counter[str] = Counter()
+        attempts = 0
+        latency_sum = 0.0
+        latency_n = 0
+        groups = await self._db.run(op)
+        for status, event_type, count, attempt_sum, latency, latency_count in groups:
+            statuses[status] += count
+            by_type[event_type] += count
+            attempts += int(attempt_sum)
+            latency_sum += float(latency)
+            latency_n += latency_count
+        return DeliveryStats(
+            total=sum(statuses.values()),
+            pending=statuses[DeliveryStatus.PENDING.value],
+            success=statuses[DeliveryStatus.SUCCESS.value],
+            failed=statuses[DeliveryStatus.FAILED.value],
+            exhausted=statuses[DeliveryStatus.EXHAUSTED.value],
+            total_attempts=attempts,
+            average_latency_ms=latency_sum / latency_n if latency_n else 0.0,
+            by_event_type=dict(by_type),
+        )
+
+    async def requeue(
+        self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
+    ) -> int:
+        t = self._t
+        conditions = [t.c.status != DeliveryStatus.PENDING.value, *self._conditions(filter)]
+        if ids is not None:
+            conditions.append(t.c.id.in_(list(ids)))
+        statement = (
+            sa.update(t)
+            .where(*conditions)
+            .values(
+                status=DeliveryStatus.PENDING.value,
+                next_attempt_at=now,
+                completed_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        return await self._write_count(statement)
+
+    async def purge(self, *, older_than: datetime) -> int:
+        t = self._t
+        statement = sa.delete(t).where(
+            t.c.status != DeliveryStatus.PENDING.value,
+            t.c.created_at < self._db.bound(older_than),
+        )
+        return await self._write_count(statement)
+
+    async def _write_count(self, statement: sa.Executable) -> int:
+        async def op(conn: AsyncConnection, attempt: int) -> int:
+            await self._db.begin_write(conn)
+            result = await conn.execute(statement)
+            await conn.commit()
+            return int(result.rowcount)
+
+        return await self._db.run(op)
+
+    def _conditions(self, f: DeliveryFilter) -> builtins.list[sa.ColumnElement[bool]]:
+        t = self._t
+        conditions: builtins.list[sa.ColumnElement[bool]] = []
+        if f.endpoint_id is not None:
+            conditions.append(t.c.endpoint_id == f.endpoint_id)
+        if f.event_type is not None:
+            conditions.append(t.c.event_type == f.event_type.value)
+        if f.event_id is not None:
+            conditions.append(t.c.event_id == f.event_id)
+        if f.statuses:
+            conditions.append(t.c.status.in_([s.value for s in f.statuses]))
+        if f.created_after is not None:
+            conditions.append(t.c.created_at >= self._db.bound(f.created_after))
+        if f.created_before is not None:
+            conditions.append(t.c.created_at < self._db.bound(f.created_before))
+        return conditions

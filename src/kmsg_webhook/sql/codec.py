@@ -1,0 +1,235 @@
+"""Rows to records and back, for both dialects and both access paths.
+
+Writers produce *plain values*: aware UTC datetimes and JSON-ready Python objects. The SQLAlchemy
+column types (``tables.py``) turn those into what the dialect stores; the raw hot paths use
+:func:`to_millis` and :func:`dumps` themselves. Readers accept every shape a row can arrive in:
+datetimes or epoch milliseconds, JSON text or already-decoded JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..events import WebhookEventType, parse_timestamp
+from ..models import (
+    DeliveryStatus,
+    EndpointFilters,
+    EndpointStatus,
+    RetiredSecret,
+    RetryConfig,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+JsonValue = Any
+
+
+def dumps(value: JsonValue) -> str:
+    """Compact JSON text that keeps non-ASCII characters as they are."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(value: object) -> JsonValue:
+    """Decode JSON text; values a driver already decoded pass through."""
+    if isinstance(value, str | bytes):
+        return json.loads(value)
+    return value
+
+
+def to_millis(value: datetime) -> int:
+    """Epoch milliseconds, truncating sub-millisecond digits (exact integer arithmetic)."""
+    return (parse_timestamp(value) - EPOCH) // _MS
+
+
+def ceil_millis(value: datetime) -> int:
+    """Epoch milliseconds rounded up: ``t >= value`` holds exactly when ``ms >= ceil_millis``."""
+    return -((EPOCH - parse_timestamp(value)) // _MS)
+
+
+def from_millis(value: int) -> datetime:
+    return EPOCH + value * _MS
+
+
+def to_datetime(value: object) -> datetime | None:
+    """A stored timestamp (datetime, epoch ms or ISO text) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return from_millis(value)
+    return parse_timestamp(value)
+
+
+def _required_datetime(value: object) -> datetime:
+    result = to_datetime(value)
+    if result is None:
+        raise ValueError("a required timestamp is NULL")
+    return result
+
+
+# -- attempts ----------------------------------------------------------------------------------
+
+
+def attempt_to_json(attempt: WebhookAttempt) -> dict[str, JsonValue]:
+    return {
+        "attempt_number": attempt.attempt_number,
+        "started_at": attempt.started_at.isoformat(),
+        "latency_ms": attempt.latency_ms,
+        "http_status": attempt.http_status,
+        "response_body": attempt.response_body,
+        "error": attempt.error,
+    }
+
+
+def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
+    return WebhookAttempt(
+        attempt_number=int(data["attempt_number"]),
+        started_at=parse_timestamp(data["started_at"]),
+        latency_ms=float(data["latency_ms"]),
+        http_status=data.get("http_status"),
+        response_body=data.get("response_body"),
+        error=data.get("error"),
+    )
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+
+def endpoint_to_row(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """Column values of an endpoint (plain values: datetimes and JSON-ready objects)."""
+    retry = endpoint.retry_config
+    filters = endpoint.filters
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "name": endpoint.name,
+        "description": endpoint.description,
+        "status": endpoint.status.value,
+        "events_json": [event.value for event in endpoint.events],
+        "headers_json": dict(endpoint.headers),
+        "secret": endpoint.secret,
+        "previous_secrets_json": [
+            {"secret": s.secret, "expires_at": s.expires_at.isoformat()}
+            for s in endpoint.previous_secrets
+        ],
+        "retry_config_json": None
+        if retry is None
+        else {
+            "max_retries": retry.max_retries,
+            "retry_delay_ms": retry.retry_delay_ms,
+            "backoff_multiplier": retry.backoff_multiplier,
+        },
+        "filters_json": None
+        if filters is None
+        else {
+            "provider_id": list(filters.provider_id),
+            "channel_id": list(filters.channel_id),
+            "template_id": list(filters.template_id),
+        },
+        "created_at": endpoint.created_at,
+        "updated_at": endpoint.updated_at,
+        "last_triggered_at": endpoint.last_triggered_at,
+        "disabled_reason": endpoint.disabled_reason,
+        "consecutive_failures": endpoint.consecutive_failures,
+        "failing_since": endpoint.failing_since,
+        "last_success_at": endpoint.last_success_at,
+    }
+
+
+def row_to_endpoint(row: Mapping[Any, Any]) -> WebhookEndpoint:
+    retry = loads(row["retry_config_json"])
+    filters = loads(row["filters_json"])
+    return WebhookEndpoint(
+        id=row["id"],
+        url=row["url"],
+        events=tuple(WebhookEventType(e) for e in loads(row["events_json"])),
+        created_at=_required_datetime(row["created_at"]),
+        updated_at=_required_datetime(row["updated_at"]),
+        status=EndpointStatus(row["status"]),
+        name=row["name"],
+        description=row["description"],
+        headers=dict(loads(row["headers_json"]) or {}),
+        secret=row["secret"],
+        previous_secrets=tuple(
+            RetiredSecret(s["secret"], parse_timestamp(s["expires_at"]))
+            for s in loads(row["previous_secrets_json"]) or ()
+        ),
+        retry_config=None if retry is None else RetryConfig(**retry),
+        filters=None if filters is None else EndpointFilters(**filters),
+        last_triggered_at=to_datetime(row["last_triggered_at"]),
+        disabled_reason=row["disabled_reason"],
+        consecutive_failures=int(row["consecutive_failures"]),
+        failing_since=to_datetime(row["failing_since"]),
+        last_success_at=to_datetime(row["last_success_at"]),
+    )
+
+
+# -- deliveries --------------------------------------------------------------------------------
+
+DELIVERY_COLUMNS = (
+    "id",
+    "endpoint_id",
+    "event_id",
+    "event_type",
+    "url",
+    "payload",
+    "status",
+    "attempts_json",
+    "attempt_count",
+    "last_latency_ms",
+    "last_error",
+    "created_at",
+    "next_attempt_at",
+    "completed_at",
+    "lease_owner",
+    "lease_expires_at",
+)
+
+
+def delivery_to_row(delivery: WebhookDelivery) -> dict[str, Any]:
+    """Column values of a delivery (plain values), in :data:`DELIVERY_COLUMNS` order."""
+    last = delivery.last_attempt
+    return {
+        "id": delivery.id,
+        "endpoint_id": delivery.endpoint_id,
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type.value,
+        "url": delivery.url,
+        "payload": delivery.payload,
+        "status": delivery.status.value,
+        "attempts_json": [attempt_to_json(a) for a in delivery.attempts],
+        "attempt_count": delivery.attempt_count,
+        "last_latency_ms": None if last is None else last.latency_ms,
+        "last_error": delivery.last_error,
+        "created_at": delivery.created_at,
+        "next_attempt_at": delivery.next_attempt_at,
+        "completed_at": delivery.completed_at,
+        "lease_owner": delivery.lease_owner,
+        "lease_expires_at": delivery.lease_expires_at,
+    }
+
+
+def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row["id"],
+        endpoint_id=row["endpoint_id"],
+        event_id=row["event_id"],
+        event_type=WebhookEventType(row["event_type"]),
+        url=row["url"],
+        payload=row["payload"],
+        status=DeliveryStatus(row["status"]),
+        created_at=_required_datetime(row["created_at"]),
+        next_attempt_at=to_datetime(row["next_attempt_at"]),
+        attempts=tuple(attempt_from_json(a) for a in loads(row["attempts_json"]) or ()),
+        attempt_count=int(row["attempt_count"]),
+        completed_at=to_datetime(row["completed_at"]),
+        last_error=row["last_error"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=to_datetime(row["lease_expires_at"]),
+    )

@@ -1,0 +1,255 @@
+"""PostgreSQL persistence on asyncpg, through one SQLAlchemy connection pool.
+
+Claims use ``FOR UPDATE SKIP LOCKED`` inside a single ``UPDATE ... RETURNING`` statement, so any
+number of workers (processes, hosts) share the outbox without holding row locks between calls.
+Pooled connections are pinged on checkout and re-opened after the server drops them; an
+operation that fails on a lost connection is retried (see :mod:`kmsg_webhook.sql.faults`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..errors import ConfigError, StoreError
+from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
+from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
+from .codec import DELIVERY_COLUMNS, attempt_to_json, dumps, row_to_delivery
+from .faults import redact_url
+from .schema import (
+    DEFAULT_DELIVERY_TABLE,
+    DEFAULT_ENDPOINT_TABLE,
+    VERSION_TABLE,
+    Migration,
+    TableNames,
+    quote,
+    render,
+)
+
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+
+
+class PostgresDatabase(SqlDatabase):
+    """Endpoints and deliveries in a PostgreSQL database.
+
+    ``url`` is a ``postgresql://`` (or ``postgres://``, ``postgresql+asyncpg://``) URL; a
+    ``?schema=name`` query parameter (or the ``schema`` argument) puts the tables in that schema,
+    created on first use if missing. ``pool_size`` bounds the connections of this store;
+    ``connect_timeout`` bounds each connection attempt.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        initialize_schema: bool = True,
+        endpoint_table: str | None = None,
+        delivery_table: str | None = None,
+        max_stored_attempts: int = DEFAULT_MAX_STORED_ATTEMPTS,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+        application_name: str = "kmsg-webhook",
+    ) -> None:
+        display = redact_url(url)
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigError(f"invalid PostgreSQL URL {display}") from exc
+        if parsed.drivername not in POSTGRES_SCHEMES:
+            raise ConfigError(f"not a PostgreSQL URL: {display}")
+        query = dict(parsed.query)
+        url_schema = query.pop("schema", None)
+        if isinstance(url_schema, tuple):
+            raise ConfigError(f"the schema is given more than once in {display}")
+        if schema is not None and url_schema is not None and schema != url_schema:
+            raise ConfigError(f"schema={schema!r} contradicts the URL {display}")
+        if pool_size < 1:
+            raise ConfigError("pool_size must be at least 1")
+        self._url: URL = parsed.set(drivername="postgresql+asyncpg", query=query)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.application_name = application_name
+        names = TableNames(
+            DEFAULT_ENDPOINT_TABLE if endpoint_table is None else endpoint_table,
+            DEFAULT_DELIVERY_TABLE if delivery_table is None else delivery_table,
+            schema if schema is not None else url_schema,
+        )
+        super().__init__(
+            display_url=display,
+            names=names,
+            initialize_schema=initialize_schema,
+            max_stored_attempts=max_stored_attempts,
+            retry_timeout=retry_timeout,
+        )
+
+    # -- engine ---------------------------------------------------------------------------------
+
+    def _create_engine(self) -> AsyncEngine:
+        return create_async_engine(
+            self._url,
+            pool_size=self.pool_size,
+            max_overflow=0,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            json_serializer=dumps,
+            connect_args={
+                "timeout": self.connect_timeout,
+                "server_settings": {"application_name": self.application_name},
+            },
+        )
+
+    async def begin_write(self, conn: AsyncConnection) -> None:
+        """SQLAlchemy begins the transaction with the first statement; nothing to do."""
+
+    def insert_statement(self, table: sa.Table) -> Any:
+        return pg_insert(table)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    async def _current_version(self, conn: AsyncConnection) -> int:
+        driver = await _driver(conn)
+        version_table = self.names.qualified(VERSION_TABLE)
+        if not await driver.fetchval("SELECT to_regclass($1) IS NOT NULL", version_table):
+            return 0
+        found = await driver.fetchval(
+            f"SELECT coalesce(max(version), 0) FROM {version_table} WHERE scope = $1",
+            self.names.scope,
+        )
+        return int(found)
+
+    async def _existing_tables(self, conn: AsyncConnection) -> list[str]:
+        driver = await _driver(conn)
+        tables = (self.names.endpoints, self.names.deliveries)
+        found = [
+            table
+            for table in tables
+            if await driver.fetchval("SELECT to_regclass($1)", self.names.qualified(table))
+        ]
+        return found
+
+    async def _apply_migrations(
+        self, conn: AsyncConnection, all_migrations: Sequence[Migration]
+    ) -> int:
+        driver = await _driver(conn)
+        schema = self.names.schema
+        async with driver.transaction():
+            # One migrator per schema at a time; the others wait here, then find nothing to do.
+            await driver.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('kmsg_webhook:' || coalesce($1, "
+                "current_schema())))",
+                schema,
+            )
+            current = await self._current_version(conn)
+            self._check_known(current)
+            if current == 0:
+                self._refuse_foreign_tables(await self._existing_tables(conn))
+            if schema is not None and not await driver.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", schema
+            ):
+                await driver.execute(f"CREATE SCHEMA {quote(schema)}")
+            version_table = self.names.qualified(VERSION_TABLE)
+            for migration in all_migrations[current:]:
+                await driver.execute(render(migration.sql, self.names))
+                await driver.execute(
+                    f"INSERT INTO {version_table} (scope, version, description) "
+                    "VALUES ($1, $2, $3)",
+                    self.names.scope,
+                    migration.version,
+                    migration.description,
+                )
+        return all_migrations[-1].version
+
+    # -- hot paths (raw asyncpg) ---------------------------------------------------------------
+
+    async def insert_deliveries(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], *, retried: bool
+    ) -> set[str]:
+        driver = await _driver(conn)
+        new = await self._insert_raw(driver, rows)
+        if retried:
+            found = await driver.fetch(self.sql["existing_delivery_ids"], [r["id"] for r in rows])
+            new |= {r["id"] for r in found}
+        return new
+
+    async def insert_on_caller_connection(
+        self, connection: object, rows: list[dict[str, Any]]
+    ) -> set[str]:
+        if isinstance(connection, AsyncConnection):
+            return await self.insert_with_sqlalchemy(connection, rows)
+        if isinstance(connection, asyncpg.Connection):  # also pool connection proxies
+            if not connection.is_in_transaction():
+                raise StoreError(
+                    "the asyncpg connection is not inside a transaction: open one "
+                    "(async with connection.transaction()) so the deliveries commit or roll "
+                    "back with your writes"
+                )
+            return await self._insert_raw(connection, rows) if rows else set()
+        raise StoreError(
+            "the PostgreSQL store joins a caller's transaction on an asyncpg Connection or a "
+            f"SQLAlchemy AsyncConnection, not {type(connection).__module__}."
+            f"{type(connection).__qualname__}"
+        )
+
+    async def _insert_raw(self, driver: asyncpg.Connection, rows: list[dict[str, Any]]) -> set[str]:
+        columns: dict[str, list[Any]] = {name: [r[name] for r in rows] for name in DELIVERY_COLUMNS}
+        columns["attempts_json"] = [dumps(value) for value in columns["attempts_json"]]
+        found = await driver.fetch(
+            self.sql["insert_deliveries"], *(columns[name] for name in DELIVERY_COLUMNS)
+        )
+        return {r["id"] for r in found}
+
+    async def claim_deliveries(
+        self,
+        conn: AsyncConnection,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        exclude: list[str],
+    ) -> list[WebhookDelivery]:
+        driver = await _driver(conn)
+        found = await driver.fetch(
+            self.sql["claim_deliveries"], worker_id, lease_until, now, exclude, limit
+        )
+        return [row_to_delivery(dict(r.items())) for r in found]
+
+    async def record_outcomes(
+        self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
+    ) -> int:
+        driver = await _driver(conn)
+        found = await driver.fetch(
+            self.sql["record_outcomes"],
+            [o.delivery_id for o in outcomes],
+            [o.worker_id for o in outcomes],
+            [None if o.attempt is None else dumps(attempt_to_json(o.attempt)) for o in outcomes],
+            [o.status.value for o in outcomes],
+            [o.next_attempt_at if o.status is DeliveryStatus.PENDING else None for o in outcomes],
+            [o.completed_at for o in outcomes],
+            [o.last_error for o in outcomes],
+            [None if o.attempt is None else o.attempt.latency_ms for o in outcomes],
+            self.max_stored_attempts,
+        )
+        return len(found)
+
+
+async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    return driver
+
+
+__all__ = ["PostgresDatabase"]

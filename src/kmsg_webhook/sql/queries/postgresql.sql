@@ -1,0 +1,74 @@
+-- Hot-path queries of the PostgreSQL delivery store, run on the raw asyncpg connection.
+-- Each query sits under a "-- name: <name>" header; kmsg_webhook_* identifiers are replaced by
+-- the configured (validated, quoted, schema-qualified) names when the store loads this file.
+-- JSON values are passed as text and cast here, so a caller's own connection works whatever
+-- jsonb codec it has installed.
+
+-- name: insert_deliveries
+-- Insert a batch given as one array per column, in one statement. Rows whose id or
+-- (endpoint_id, event_id) already exists are skipped; the ids of new rows are returned.
+INSERT INTO kmsg_webhook_deliveries (
+    id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
+    last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
+    lease_expires_at)
+SELECT r.id, r.endpoint_id, r.event_id, r.event_type, r.url, r.payload, r.status,
+       r.attempts_json::jsonb, r.attempt_count, r.last_latency_ms, r.last_error, r.created_at,
+       r.next_attempt_at, r.completed_at, r.lease_owner, r.lease_expires_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::int4[], $10::float8[], $11::text[],
+            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::text[],
+            $16::timestamptz[])
+     AS r(id, endpoint_id, event_id, event_type, url, payload, status, attempts_json,
+          attempt_count, last_latency_ms, last_error, created_at, next_attempt_at,
+          completed_at, lease_owner, lease_expires_at)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: existing_delivery_ids
+-- Which of these ids are stored (used only when an insert is retried after a lost connection).
+SELECT id FROM kmsg_webhook_deliveries WHERE id = ANY ($1::text[]);
+
+-- name: claim_deliveries
+-- Lease up to $5 due pending rows (oldest due first) to worker $1 until $2. Expired leases are
+-- claimable; rows locked by a concurrent claim are skipped, and no lock outlives the statement.
+-- $3 is now, $4 the endpoints to leave alone. Row order of RETURNING is not guaranteed.
+UPDATE kmsg_webhook_deliveries AS d
+SET lease_owner = $1, lease_expires_at = $2
+WHERE d.id IN (
+    SELECT c.id
+    FROM kmsg_webhook_deliveries AS c
+    WHERE c.status = 'pending'
+      AND c.next_attempt_at <= $3
+      AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $3)
+      AND c.endpoint_id <> ALL ($4::text[])
+    ORDER BY c.next_attempt_at, c.id
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED)
+RETURNING d.*;
+
+-- name: record_outcomes
+-- Apply a batch of attempt outcomes (one array per field) where the worker still holds the
+-- lease: append the attempt keeping the newest $9, count it, set status and times, drop the
+-- lease. Returns the ids that were updated.
+UPDATE kmsg_webhook_deliveries AS d
+SET attempts_json = CASE
+        WHEN o.attempt IS NULL THEN d.attempts_json
+        ELSE (SELECT coalesce(jsonb_agg(a.value ORDER BY a.n), '[]'::jsonb)
+              FROM jsonb_array_elements(d.attempts_json || jsonb_build_array(o.attempt::jsonb))
+                   WITH ORDINALITY AS a(value, n)
+              WHERE a.n > jsonb_array_length(d.attempts_json) + 1 - $9)
+    END,
+    attempt_count = d.attempt_count + CASE WHEN o.attempt IS NULL THEN 0 ELSE 1 END,
+    last_latency_ms = coalesce(o.latency_ms, d.last_latency_ms),
+    status = o.status,
+    next_attempt_at = o.next_attempt_at,
+    completed_at = o.completed_at,
+    last_error = o.last_error,
+    lease_owner = NULL,
+    lease_expires_at = NULL
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[], $7::text[], $8::float8[])
+     AS o(id, worker_id, attempt, status, next_attempt_at, completed_at, last_error,
+          latency_ms)
+WHERE d.id = o.id AND d.lease_owner = o.worker_id
+RETURNING d.id;

@@ -1,0 +1,186 @@
+"""Table names, the packaged SQL files, and rendering them for configured names.
+
+The reviewed SQL lives in ``.sql`` files next to this module: ``migrations/<dialect>/NNNN_*.sql``
+(applied in order, recorded in the schema-version table), ``queries/<dialect>.sql`` (named hot-path
+queries) and ``schema*.sql`` (the full current schema, kept equal to what the migrations build).
+They are written with the default names; :func:`render` replaces every ``kmsg_webhook_*``
+identifier with the configured name, validated and quoted, so a name is never pasted raw.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+from ..errors import ConfigError, StoreError
+
+Dialect = Literal["postgresql", "sqlite"]
+
+DEFAULT_ENDPOINT_TABLE = "kmsg_webhook_endpoints"
+DEFAULT_DELIVERY_TABLE = "kmsg_webhook_deliveries"
+VERSION_TABLE = "kmsg_webhook_schema_version"
+
+# Index names are ``idx_<table>_<suffix>`` (the original's convention), so a table name must
+# leave room for the longest suffix inside Postgres' 63-byte identifier limit.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+_SCHEMA_FILES: dict[Dialect, str] = {"postgresql": "schema.sql", "sqlite": "schema.sqlite.sql"}
+
+
+def validate_table_name(name: str, *, what: str = "table name") -> str:
+    """Return ``name`` if it is a plain SQL identifier (letters, digits, ``_``; at most 48)."""
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid {what} {name!r}: use letters, digits and '_' (not first), at most 48"
+        )
+    return name
+
+
+def validate_schema_name(name: str) -> str:
+    """Return ``name`` if it is a plain Postgres schema identifier."""
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid schema name {name!r}: use letters, digits and '_' (not first), at most 63"
+        )
+    return name
+
+
+def quote(identifier: str) -> str:
+    """Double-quote an identifier (it has been validated, so it holds no quote)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class TableNames:
+    """Where a store keeps its rows: two table names and, in Postgres, an optional schema."""
+
+    endpoints: str = DEFAULT_ENDPOINT_TABLE
+    deliveries: str = DEFAULT_DELIVERY_TABLE
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_table_name(self.endpoints, what="endpoint table name")
+        validate_table_name(self.deliveries, what="delivery table name")
+        if self.endpoints == self.deliveries:
+            raise ConfigError("the endpoint and delivery tables must have different names")
+        if VERSION_TABLE in (self.endpoints, self.deliveries):
+            raise ConfigError(f"{VERSION_TABLE} is reserved for the schema-version table")
+        if self.schema is not None:
+            validate_schema_name(self.schema)
+
+    @property
+    def scope(self) -> str:
+        """The key of this table pair in the schema-version table."""
+        return f"{self.endpoints},{self.deliveries}"
+
+    def qualified(self, table: str) -> str:
+        """``table`` quoted, and schema-qualified when a schema is set."""
+        return f"{quote(self.schema)}.{quote(table)}" if self.schema else quote(table)
+
+
+_DEFAULT_SCOPE = TableNames().scope
+_IDENTIFIERS = re.compile(
+    r"'(?P<scope>" + re.escape(_DEFAULT_SCOPE) + r")'"
+    r"|\bidx_kmsg_webhook_(?P<indexed>endpoints|deliveries)_(?P<suffix>\w+)\b"
+    r"|\b(?P<table>kmsg_webhook_(?:endpoints|deliveries|schema_version))\b"
+)
+
+
+def render(sql: str, names: TableNames) -> str:
+    """``sql`` with the default identifiers replaced by ``names`` (quoted, schema-qualified)."""
+    tables = {
+        DEFAULT_ENDPOINT_TABLE: names.endpoints,
+        DEFAULT_DELIVERY_TABLE: names.deliveries,
+        VERSION_TABLE: VERSION_TABLE,
+    }
+
+    def replace(match: re.Match[str]) -> str:
+        if match["scope"]:
+            return f"'{names.scope}'"
+        if match["indexed"]:
+            table = tables[f"kmsg_webhook_{match['indexed']}"]
+            return quote(f"idx_{table}_{match['suffix']}")
+        return names.qualified(tables[match["table"]])
+
+    return _IDENTIFIERS.sub(replace, sql)
+
+
+def _read(*parts: str) -> str:
+    return resources.files(__package__).joinpath(*parts).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema change: ``migrations/<dialect>/<version>_<name>.sql``."""
+
+    version: int
+    description: str
+    sql: str
+
+
+@cache
+def migrations(dialect: Dialect) -> tuple[Migration, ...]:
+    """The dialect's migrations in version order (numbers must run 1, 2, 3, ... without gaps)."""
+    folder = resources.files(__package__).joinpath("migrations", dialect)
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise StoreError(f"packaged {dialect} migrations are not numbered 1..n: {found}")
+    return tuple(found)
+
+
+def schema_version(dialect: Dialect) -> int:
+    """The newest schema version this code knows."""
+    return migrations(dialect)[-1].version
+
+
+@cache
+def queries(dialect: Dialect) -> dict[str, str]:
+    """Named queries from ``queries/<dialect>.sql`` (``-- name: x`` headers)."""
+    text = _read("queries", f"{dialect}.sql")
+    found: dict[str, str] = {}
+    for match in re.finditer(r"^-- name: (\w+)\n(.*?)(?=^-- name:|\Z)", text, re.S | re.M):
+        found[match[1]] = match[2].strip().rstrip(";")
+    return found
+
+
+def schema_sql(
+    dialect: Dialect,
+    *,
+    endpoint_table: str | None = None,
+    delivery_table: str | None = None,
+    schema: str | None = None,
+) -> str:
+    """The full current schema as one script, for the given names.
+
+    This is the packaged ``schema.sql`` (Postgres) or ``schema.sqlite.sql``: apply it yourself
+    when you manage DDL with your own tooling, then run stores with ``initialize_schema=False``.
+    """
+    if dialect == "sqlite" and schema is not None:
+        raise ConfigError("SQLite has no schemas")
+    names = TableNames(
+        DEFAULT_ENDPOINT_TABLE if endpoint_table is None else endpoint_table,
+        DEFAULT_DELIVERY_TABLE if delivery_table is None else delivery_table,
+        schema,
+    )
+    return render(_read(_SCHEMA_FILES[dialect]), names)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a script of ``;``-terminated statements (no ``;`` inside literals, by convention)."""
+    statements = []
+    for chunk in re.split(r";[ \t]*(?:\n|\Z)", script):
+        body = "\n".join(
+            line for line in chunk.splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        if body:
+            statements.append(body)
+    return statements

@@ -1,0 +1,82 @@
+-- kmsg-webhook schema, PostgreSQL: the reviewed source of truth (schema version 1).
+--
+-- The same tables the numbered migrations in src/kmsg_webhook/sql/migrations/postgresql/ build;
+-- a test applies both to empty databases and compares the results. Apply this file yourself
+-- (psql -f schema.sql) when you manage DDL with your own tooling, then open stores with
+-- initialize_schema=False; otherwise the store (or `kmsg-webhook migrate`) applies the
+-- migrations. Timestamps are timestamptz, nested values jsonb.
+--
+-- Names are the defaults. kmsg_webhook.sql.schema_sql("postgresql", endpoint_table=...,
+-- delivery_table=..., schema=...) renders this file for other names.
+
+CREATE TABLE IF NOT EXISTS kmsg_webhook_schema_version (
+    scope       text        NOT NULL,
+    version     integer     NOT NULL,
+    description text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, version)
+);
+
+CREATE TABLE kmsg_webhook_endpoints (
+    id                    text        NOT NULL PRIMARY KEY,
+    url                   text        NOT NULL,
+    name                  text,
+    description           text,
+    status                text        NOT NULL
+        CHECK (status IN ('active', 'inactive', 'error', 'suspended')),
+    events_json           jsonb       NOT NULL,
+    headers_json          jsonb       NOT NULL DEFAULT '{}',
+    secret                text,
+    previous_secrets_json jsonb       NOT NULL DEFAULT '[]',
+    retry_config_json     jsonb,
+    filters_json          jsonb,
+    created_at            timestamptz NOT NULL,
+    updated_at            timestamptz NOT NULL,
+    last_triggered_at     timestamptz,
+    disabled_reason       text,
+    consecutive_failures  integer     NOT NULL DEFAULT 0,
+    failing_since         timestamptz,
+    last_success_at       timestamptz
+);
+
+CREATE UNIQUE INDEX idx_kmsg_webhook_endpoints_url ON kmsg_webhook_endpoints (url);
+
+CREATE TABLE kmsg_webhook_deliveries (
+    id               text             NOT NULL PRIMARY KEY,
+    endpoint_id      text             NOT NULL,
+    event_id         text             NOT NULL,
+    event_type       text             NOT NULL,
+    url              text             NOT NULL,
+    payload          text             NOT NULL,
+    status           text             NOT NULL
+        CHECK (status IN ('pending', 'success', 'failed', 'exhausted')),
+    attempts_json    jsonb            NOT NULL DEFAULT '[]',
+    attempt_count    integer          NOT NULL DEFAULT 0,
+    last_latency_ms  double precision,
+    last_error       text,
+    created_at       timestamptz      NOT NULL,
+    next_attempt_at  timestamptz,
+    completed_at     timestamptz,
+    lease_owner      text,
+    lease_expires_at timestamptz
+);
+
+-- One delivery per (endpoint, event): re-emitting an event is a no-op.
+CREATE UNIQUE INDEX idx_kmsg_webhook_deliveries_endpoint_event
+    ON kmsg_webhook_deliveries (endpoint_id, event_id);
+-- The claim query: due pending rows, oldest due first.
+CREATE INDEX idx_kmsg_webhook_deliveries_due
+    ON kmsg_webhook_deliveries (next_attempt_at, id) WHERE status = 'pending';
+-- Listings, newest first, overall and per endpoint / status / event type; purge by age.
+CREATE INDEX idx_kmsg_webhook_deliveries_created_at
+    ON kmsg_webhook_deliveries (created_at DESC, id DESC);
+CREATE INDEX idx_kmsg_webhook_deliveries_endpoint_id
+    ON kmsg_webhook_deliveries (endpoint_id, created_at DESC, id DESC);
+CREATE INDEX idx_kmsg_webhook_deliveries_status
+    ON kmsg_webhook_deliveries (status, created_at DESC, id DESC);
+CREATE INDEX idx_kmsg_webhook_deliveries_event_type
+    ON kmsg_webhook_deliveries (event_type, created_at DESC, id DESC);
+
+-- The version row a fresh database gets (scope: "<endpoint table>,<delivery table>").
+INSERT INTO kmsg_webhook_schema_version (scope, version, description)
+VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial');

@@ -1,0 +1,328 @@
+"""SQLite persistence on aiosqlite: one file (WAL mode), or ``:memory:`` for throwaway use.
+
+The store keeps a single connection and runs one operation at a time on it (SQLite has one
+writer anyway). Writes take the write lock up front (``BEGIN IMMEDIATE``), so ``busy_timeout``
+covers contention with other processes; a still-busy database is retried, never surfaced until
+``retry_timeout`` runs out. Timestamps are stored as integer epoch milliseconds, so
+sub-millisecond digits are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from ..errors import ConfigError, StoreError
+from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
+from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
+from .codec import (
+    DELIVERY_COLUMNS,
+    attempt_to_json,
+    ceil_millis,
+    dumps,
+    from_millis,
+    row_to_delivery,
+    to_millis,
+)
+from .schema import (
+    DEFAULT_DELIVERY_TABLE,
+    DEFAULT_ENDPOINT_TABLE,
+    VERSION_TABLE,
+    Migration,
+    TableNames,
+    render,
+    split_statements,
+)
+
+MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING (3.35) and UPDATE ... FROM (3.33)
+MEMORY = ":memory:"
+# Rows per INSERT statement: 16 parameters each stays far below SQLite's 32766-variable limit.
+INSERT_CHUNK = 1000
+_ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_COLUMNS)) + ")"
+_TIMESTAMP_INDEXES = [
+    DELIVERY_COLUMNS.index(name)
+    for name in ("created_at", "next_attempt_at", "completed_at", "lease_expires_at")
+]
+_ATTEMPTS_INDEX = DELIVERY_COLUMNS.index("attempts_json")
+
+
+class SQLiteDatabase(SqlDatabase):
+    """Endpoints and deliveries in one SQLite database file.
+
+    ``path`` is a file path (created if missing) or ``":memory:"`` (one connection, lost on
+    close). ``busy_timeout`` is how long SQLite itself waits for another process's write lock.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        initialize_schema: bool = True,
+        endpoint_table: str | None = None,
+        delivery_table: str | None = None,
+        max_stored_attempts: int = DEFAULT_MAX_STORED_ATTEMPTS,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        if not self.path:
+            raise ConfigError("the SQLite store needs a file path or ':memory:'")
+        if busy_timeout < 0:
+            raise ConfigError("busy_timeout must be >= 0")
+        self.busy_timeout = busy_timeout
+        names = TableNames(
+            DEFAULT_ENDPOINT_TABLE if endpoint_table is None else endpoint_table,
+            DEFAULT_DELIVERY_TABLE if delivery_table is None else delivery_table,
+        )
+        super().__init__(
+            display_url=f"sqlite:///{self.path}",
+            names=names,
+            initialize_schema=initialize_schema,
+            max_stored_attempts=max_stored_attempts,
+            retry_timeout=retry_timeout,
+        )
+        self._lock = asyncio.Lock()
+
+    # -- engine ---------------------------------------------------------------------------------
+
+    def _create_engine(self) -> AsyncEngine:
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise StoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old: the store needs "
+                f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer"
+            )
+        engine = create_async_engine(
+            sa.engine.URL.create("sqlite+aiosqlite", database=self.path),
+            poolclass=StaticPool,
+            hide_parameters=True,
+        )
+        file_backed = self.path != MEMORY
+        busy_ms = int(self.busy_timeout * 1000)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def configure(dbapi_connection: Any, record: Any) -> None:
+            # Autocommit at the driver: the store issues BEGIN IMMEDIATE / COMMIT itself.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
+            if file_backed:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.close()
+
+        return engine
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        async with self._lock:
+            yield
+
+    def _is_disconnect(self, exc: BaseException) -> bool:
+        return False  # a busy or failed SQLite statement leaves the connection usable
+
+    def bound(self, value: datetime) -> datetime:
+        # Rows hold whole milliseconds: `ms >= ceil(t)` is exactly `row >= t` (and `<` alike).
+        return from_millis(ceil_millis(value))
+
+    async def begin_write(self, conn: AsyncConnection) -> None:
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def insert_statement(self, table: sa.Table) -> Any:
+        return sqlite_insert(table)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    async def _current_version(self, conn: AsyncConnection) -> int:
+        driver = await _driver(conn)
+        cursor = await driver.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VERSION_TABLE,)
+        )
+        if await cursor.fetchone() is None:
+            return 0
+        cursor = await driver.execute(
+            f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE} WHERE scope = ?",
+            (self.names.scope,),
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _existing_tables(self, conn: AsyncConnection) -> list[str]:
+        driver = await _driver(conn)
+        found = []
+        for table in (self.names.endpoints, self.names.deliveries):
+            cursor = await driver.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            )
+            if await cursor.fetchone() is not None:
+                found.append(table)
+        return found
+
+    async def _apply_migrations(
+        self, conn: AsyncConnection, all_migrations: Sequence[Migration]
+    ) -> int:
+        driver = await _driver(conn)
+        await driver.execute("BEGIN IMMEDIATE")
+        try:
+            current = await self._current_version(conn)  # again, now under the write lock
+            self._check_known(current)
+            if current == 0:
+                self._refuse_foreign_tables(await self._existing_tables(conn))
+            for migration in all_migrations[current:]:
+                for statement in split_statements(render(migration.sql, self.names)):
+                    await driver.execute(statement)
+                await driver.execute(
+                    f"INSERT INTO {VERSION_TABLE} (scope, version, description) VALUES (?, ?, ?)",
+                    (self.names.scope, migration.version, migration.description),
+                )
+            await driver.commit()
+        except BaseException:
+            await driver.rollback()
+            raise
+        return all_migrations[-1].version
+
+    # -- hot paths (raw aiosqlite) -------------------------------------------------------------
+
+    async def insert_deliveries(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], *, retried: bool
+    ) -> set[str]:
+        driver = await _driver(conn)
+        if len(rows) <= INSERT_CHUNK and not retried:
+            return await self._insert_raw(driver, rows)  # one statement: atomic by itself
+        async with _write_transaction(driver):
+            new = await self._insert_raw(driver, rows)
+            if retried:
+                cursor = await driver.execute(
+                    self.sql["existing_delivery_ids"], {"ids": dumps([r["id"] for r in rows])}
+                )
+                new |= {r[0] for r in await cursor.fetchall()}
+        return new
+
+    async def insert_on_caller_connection(
+        self, connection: object, rows: list[dict[str, Any]]
+    ) -> set[str]:
+        if isinstance(connection, AsyncConnection):
+            return await self.insert_with_sqlalchemy(connection, rows)
+        if isinstance(connection, aiosqlite.Connection):
+            if connection.isolation_level is None and not connection.in_transaction:
+                raise StoreError(
+                    "the aiosqlite connection is in autocommit mode outside a transaction: "
+                    "BEGIN first so the deliveries commit or roll back with your writes"
+                )
+            return await self._insert_raw(connection, rows) if rows else set()
+        raise StoreError(
+            "the SQLite store joins a caller's transaction on an aiosqlite.Connection or a "
+            f"SQLAlchemy AsyncConnection, not {type(connection).__module__}."
+            f"{type(connection).__qualname__}"
+        )
+
+    async def _insert_raw(
+        self, driver: aiosqlite.Connection, rows: list[dict[str, Any]]
+    ) -> set[str]:
+        new: set[str] = set()
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start : start + INSERT_CHUNK]
+            groups = ", ".join([_ROW_PLACEHOLDERS] * len(chunk))
+            values = [value for row in chunk for value in _raw_values(row)]
+            query = self.sql["insert_deliveries"].replace("{rows}", groups)
+            cursor = await driver.execute(query, values)
+            new.update(r[0] for r in await cursor.fetchall())
+        return new
+
+    async def claim_deliveries(
+        self,
+        conn: AsyncConnection,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        exclude: list[str],
+    ) -> list[WebhookDelivery]:
+        driver = await _driver(conn)
+        params = {
+            "worker_id": worker_id,
+            "lease_until": to_millis(lease_until),
+            "now": to_millis(now),
+            "exclude": dumps(exclude),
+            "limit": limit,
+        }
+        async with _write_transaction(driver):
+            cursor = await driver.execute(self.sql["claim_deliveries"], params)
+            rows = await cursor.fetchall()
+            names = [d[0] for d in cursor.description]
+        return [row_to_delivery(dict(zip(names, row, strict=True))) for row in rows]
+
+    async def record_outcomes(
+        self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
+    ) -> int:
+        driver = await _driver(conn)
+        payload = dumps(
+            [
+                {
+                    "id": o.delivery_id,
+                    "worker_id": o.worker_id,
+                    "attempt": None if o.attempt is None else attempt_to_json(o.attempt),
+                    "status": o.status.value,
+                    "next_attempt_at": _millis(o.next_attempt_at)
+                    if o.status is DeliveryStatus.PENDING
+                    else None,
+                    "completed_at": _millis(o.completed_at),
+                    "last_error": o.last_error,
+                    "latency_ms": None if o.attempt is None else o.attempt.latency_ms,
+                }
+                for o in outcomes
+            ]
+        )
+        params = {"outcomes": payload, "max_attempts": self.max_stored_attempts}
+        async with _write_transaction(driver):
+            cursor = await driver.execute(self.sql["record_outcomes"], params)
+            applied = len(list(await cursor.fetchall()))
+        return applied
+
+
+@asynccontextmanager
+async def _write_transaction(driver: aiosqlite.Connection) -> AsyncIterator[None]:
+    await driver.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        await driver.rollback()
+        raise
+    await driver.commit()
+
+
+async def _driver(conn: AsyncConnection) -> aiosqlite.Connection:
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, aiosqlite.Connection)
+    return driver
+
+
+def _millis(value: datetime | None) -> int | None:
+    return None if value is None else to_millis(value)
+
+
+def _raw_values(row: dict[str, Any]) -> list[Any]:
+    """A delivery row as the insert binds it: column order, ms timestamps, JSON as text."""
+    values = [row[name] for name in DELIVERY_COLUMNS]
+    for index in _TIMESTAMP_INDEXES:
+        values[index] = _millis(values[index])
+    values[_ATTEMPTS_INDEX] = dumps(values[_ATTEMPTS_INDEX])
+    return values
+
+
+__all__ = ["SQLiteDatabase"]

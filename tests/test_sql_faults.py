@@ -1,0 +1,330 @@
+"""Faults, for real: a database that is down, connections killed mid-flight, a server restart,
+a busy SQLite file. Operations retry transient failures and never record a result twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import pytest
+import sqlalchemy.exc
+
+from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError
+from kmsg_webhook.sql.base import SqlDatabase
+from kmsg_webhook.sql.codec import delivery_to_row
+from kmsg_webhook.sql.faults import is_transient, redact_url
+from kmsg_webhook.sql.postgres import PostgresDatabase
+from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.store_url import persistence_from_url
+from pg import (
+    ThrowawayCluster,
+    drop_schema,
+    free_port,
+    new_schema,
+    postgres_database,
+    server_dsn,
+    temporary_postgres,
+    temporary_sqlite,
+    terminate_backends,
+    unavailable,
+)
+from test_store_conformance import T0, W1, attempt, delivery, endpoint, outcome
+
+NOW = T0 + timedelta(seconds=5)
+R = TypeVar("R")
+
+
+async def _claim(db: SqlDatabase, limit: int = 100) -> list[str]:
+    claimed = await db.delivery_store.claim(
+        worker_id=W1, now=NOW, lease_until=NOW + timedelta(seconds=30), limit=limit
+    )
+    return [d.id for d in claimed]
+
+
+# -- classification and redaction ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("database table is locked"), True),
+        (sqlite3.OperationalError("no such table: x"), False),
+        (sqlite3.IntegrityError("UNIQUE constraint failed"), False),
+        (ConnectionRefusedError(111, "refused"), True),
+        (TimeoutError(), True),
+        (FileNotFoundError("no dir"), False),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection"), True),
+        (asyncpg.exceptions.CannotConnectNowError("starting up"), True),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock"), True),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-operation"), True),
+        (asyncpg.exceptions.UniqueViolationError("duplicate key"), False),
+        (asyncpg.exceptions.UndefinedTableError("no such relation"), False),
+        (asyncpg.exceptions.InterfaceError("connection is closed"), True),
+        (asyncpg.exceptions.InterfaceError("another operation is in progress"), False),
+        (ValueError("bad"), False),
+    ],
+)
+def test_only_transient_errors_are_retried(error: Exception, transient: bool) -> None:
+    assert is_transient(error) is transient
+    wrapped = sqlalchemy.exc.OperationalError("SELECT 1", None, error)
+    assert is_transient(wrapped) is transient
+
+
+def test_redact_url_hides_passwords() -> None:
+    assert redact_url("postgresql://app:s3cret@db:5432/x?schema=a") == (
+        "postgresql://app:***@db:5432/x?schema=a"
+    )
+    assert redact_url("postgresql://db/x?user=a&password=s3cret") == (
+        "postgresql://db/x?user=a&password=***"
+    )
+    assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+
+async def test_postgres_down_at_start_is_a_store_error_naming_the_redacted_url() -> None:
+    url = f"postgresql://kmsg:s3cret-pw@127.0.0.1:{free_port()}/app"
+    started = time.monotonic()
+    db = PostgresDatabase(url, retry_timeout=0.5)
+    with pytest.raises(StoreError) as caught:
+        await db.init()
+    assert time.monotonic() - started < 5  # retried, within a bounded time
+    message = str(caught.value)
+    assert "kmsg:***@127.0.0.1" in message and "s3cret-pw" not in message
+    assert "ConnectionRefusedError" in message
+    # The same through a URL, on the first operation (lazy init).
+    persistence = persistence_from_url(url, retry_timeout=0.2)
+    with pytest.raises(StoreError, match=r"kmsg:\*\*\*@") as again:
+        await persistence.endpoint_store.list()
+    assert "s3cret-pw" not in str(again.value)
+    await db.close()
+
+
+async def test_postgres_recovers_when_its_connections_are_terminated() -> None:
+    async with temporary_postgres() as db:
+        dsn = await server_dsn()
+        await db.endpoint_store.add(endpoint(1))
+        await db.delivery_store.insert_many([delivery(1), delivery(2)])
+        assert await terminate_backends(dsn, db.application_name) >= 1
+        # Every kind of operation finds its pooled connection dead and carries on.
+        await db.endpoint_store.add(endpoint(2))
+        assert await terminate_backends(dsn, db.application_name) >= 1
+        assert await db.delivery_store.insert_many([delivery(3)]) == ["dlv_0003"]
+        assert await terminate_backends(dsn, db.application_name) >= 1
+        claimed = await _claim(db)
+        assert claimed == ["dlv_0001", "dlv_0002", "dlv_0003"]
+        assert await terminate_backends(dsn, db.application_name) >= 1
+        done = [outcome(i, W1, DeliveryStatus.SUCCESS) for i in claimed]
+        assert await db.delivery_store.record(done) == 3
+        assert await terminate_backends(dsn, db.application_name) >= 1
+        stats = await db.delivery_store.stats(DeliveryFilter())
+        assert (stats.success, stats.total_attempts) == (3, 3)
+        assert [e.id for e in await db.endpoint_store.list()] == ["ep_2", "ep_1"]
+
+
+@pytest.fixture
+async def locked_pg() -> AsyncIterator[tuple[PostgresDatabase, str]]:
+    async with temporary_postgres() as db:
+        await db.init()
+        yield db, await server_dsn()
+
+
+async def _kill_while_waiting_on_a_lock(
+    db: PostgresDatabase, dsn: str, operation: Awaitable[R]
+) -> R:
+    """Run ``operation`` while another session holds the delivery table locked; terminate the
+    store's backend while the operation waits, then release the lock. Returns its result."""
+    blocker = await asyncpg.connect(dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute(
+            f"LOCK TABLE {db.names.qualified(db.names.deliveries)} IN ACCESS EXCLUSIVE MODE"
+        )
+        task = asyncio.ensure_future(operation)
+        for _ in range(200):
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock'",
+                db.application_name,
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the operation never waited on the lock")
+        assert await terminate_backends(dsn, db.application_name) >= 1
+        await asyncio.sleep(0.1)
+        await tx.rollback()
+        return await asyncio.wait_for(task, 20)
+    finally:
+        await blocker.close()
+
+
+async def test_postgres_insert_killed_mid_flight_is_retried(
+    locked_pg: tuple[PostgresDatabase, str],
+) -> None:
+    db, dsn = locked_pg
+    rows = [delivery(1), delivery(2)]
+    result = await _kill_while_waiting_on_a_lock(db, dsn, db.delivery_store.insert_many(rows))
+    assert result == ["dlv_0001", "dlv_0002"]
+    assert (await db.delivery_store.stats(DeliveryFilter())).total == 2
+
+
+async def test_postgres_claim_and_record_killed_mid_flight_are_retried_once(
+    locked_pg: tuple[PostgresDatabase, str],
+) -> None:
+    db, dsn = locked_pg
+    await db.delivery_store.insert_many([delivery(1), delivery(2)])
+    claimed = await _kill_while_waiting_on_a_lock(
+        db,
+        dsn,
+        db.delivery_store.claim(
+            worker_id=W1, now=NOW, lease_until=NOW + timedelta(seconds=30), limit=10
+        ),
+    )
+    assert [d.id for d in claimed] == ["dlv_0001", "dlv_0002"]
+    outcomes = [
+        outcome("dlv_0001", W1, DeliveryStatus.SUCCESS, att=attempt(1, 200)),
+        outcome("dlv_0002", W1, DeliveryStatus.FAILED, att=attempt(1, 400)),
+    ]
+    applied = await _kill_while_waiting_on_a_lock(db, dsn, db.delivery_store.record(outcomes))
+    assert applied == 2
+    first = await db.delivery_store.get("dlv_0001")
+    assert first is not None
+    assert (first.status, first.attempt_count, len(first.attempts)) == (
+        DeliveryStatus.SUCCESS,
+        1,
+        1,
+    )
+    # A replayed batch (what a retry after a lost acknowledgement sends) changes nothing.
+    assert await db.delivery_store.record(outcomes) == 0
+    again = await db.delivery_store.get("dlv_0001")
+    assert again is not None and again.attempt_count == 1
+
+
+async def test_postgres_server_restart_during_operations() -> None:
+    try:
+        cluster = await asyncio.to_thread(ThrowawayCluster)
+        await asyncio.to_thread(cluster.start)
+    except Exception as exc:
+        unavailable(f"cannot start a throwaway PostgreSQL cluster: {exc}")
+        raise AssertionError("unreachable") from exc
+    schema = new_schema()
+    db = postgres_database(cluster.dsn, schema, retry_timeout=30)
+    try:
+        await db.delivery_store.insert_many([delivery(1), delivery(2)])
+        claimed = await _claim(db)
+        await asyncio.to_thread(cluster.stop)
+        # The server is gone: these wait and retry until it is back.
+        recording = asyncio.ensure_future(
+            db.delivery_store.record([outcome(i, W1, DeliveryStatus.SUCCESS) for i in claimed])
+        )
+        inserting = asyncio.ensure_future(db.delivery_store.insert_many([delivery(3)]))
+        await asyncio.sleep(1.0)
+        assert not recording.done() and not inserting.done()
+        await asyncio.to_thread(cluster.start)
+        assert await asyncio.wait_for(recording, 30) == 2
+        assert await asyncio.wait_for(inserting, 30) == ["dlv_0003"]
+        stats = await db.delivery_store.stats(DeliveryFilter())
+        assert (stats.success, stats.pending, stats.total_attempts) == (2, 1, 2)
+    finally:
+        await db.close()
+        await asyncio.to_thread(cluster.remove)
+
+
+async def test_postgres_gives_up_after_the_retry_timeout() -> None:
+    async with temporary_postgres(retry_timeout=0.5) as db:
+        await db.init()
+        db._url = db._url.set(port=free_port())  # the server "moves away"
+        await db.close()
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="cannot open"):
+            await db.delivery_store.get("x")
+        assert time.monotonic() - started < 5
+
+
+# -- SQLite ----------------------------------------------------------------------------------------
+
+
+async def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "wal.db")
+    await db.init()
+    await db.close()
+    conn = sqlite3.connect(tmp_path / "wal.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+async def test_sqlite_busy_database_is_retried_not_surfaced(tmp_path: Path) -> None:
+    # busy_timeout=0: SQLite gives up at once, so the store's own retries do the waiting.
+    db = SQLiteDatabase(tmp_path / "busy.db", busy_timeout=0, retry_timeout=20)
+    await db.delivery_store.insert_many([delivery(1)])
+    blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        writes = [
+            asyncio.ensure_future(db.delivery_store.insert_many([delivery(2)])),
+            asyncio.ensure_future(_claim(db)),
+        ]
+        await asyncio.sleep(0.5)
+        assert not any(w.done() for w in writes)
+        blocker.execute("COMMIT")
+        inserted, claimed = await asyncio.wait_for(asyncio.gather(*writes), 20)
+    finally:
+        blocker.close()
+        await db.close()
+    assert inserted == ["dlv_0002"]
+    assert set(claimed) <= {"dlv_0001", "dlv_0002"} and "dlv_0001" in claimed
+
+
+async def test_sqlite_readers_are_not_blocked_by_a_writer(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "read.db", busy_timeout=0, retry_timeout=1)
+    await db.delivery_store.insert_many([delivery(1)])
+    blocker = sqlite3.connect(tmp_path / "read.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        blocker.execute("DELETE FROM kmsg_webhook_deliveries")
+        assert await db.delivery_store.get("dlv_0001") == delivery(1)  # WAL: the old snapshot
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+        await db.close()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_an_insert_retried_after_a_lost_commit_reports_its_rows(dialect: str) -> None:
+    rows = [delivery(1), delivery(2)]
+    maker = temporary_sqlite if dialect == "sqlite" else temporary_postgres
+    async with maker() as db:
+        await db.delivery_store.insert_many(rows[:1])  # the "lost" attempt wrote this one
+        async with db.connect() as conn:
+            new = await db.insert_deliveries(conn, [delivery_to_row(d) for d in rows], retried=True)
+        assert new == {"dlv_0001", "dlv_0002"}
+        first_try_only = await db.delivery_store.insert_many([delivery(9, event_id="evt_1")])
+        assert first_try_only == []  # a genuine duplicate is still skipped
+
+
+async def test_postgres_schema_is_dropped_by_the_helpers() -> None:
+    dsn = await server_dsn()
+    schema = new_schema()
+    db = postgres_database(dsn, schema)
+    await db.init()
+    await db.close()
+    await drop_schema(dsn, schema)
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema) is None
+    finally:
+        await conn.close()

@@ -1,0 +1,246 @@
+"""The transactional outbox: ``insert_many(..., connection=caller_connection)``.
+
+Deliveries written on the caller's own connection commit or roll back with the caller's
+business rows. Every connection kind each backend accepts is exercised: asyncpg and SQLAlchemy
+for PostgreSQL, aiosqlite and SQLAlchemy for SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+
+import aiosqlite
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from kmsg_webhook import DeliveryFilter, StoreError, create_in_memory_persistence
+from kmsg_webhook.sql.base import SqlDatabase
+from kmsg_webhook.sql.postgres import PostgresDatabase
+from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from pg import server_dsn, temporary_postgres, temporary_sqlite
+from test_store_conformance import T0, W1, delivery
+
+NOW = T0 + timedelta(seconds=5)
+
+# A caller's transaction: run(write) executes `write(connection)` after inserting a business
+# row, then commits or rolls back; orders() counts the business rows afterwards.
+Transaction = Callable[[Callable[[object], Awaitable[None]], bool], Awaitable[None]]
+
+
+async def _claimable(db: SqlDatabase) -> list[str]:
+    claimed = await db.delivery_store.claim(
+        worker_id=W1, now=NOW, lease_until=NOW + timedelta(seconds=30), limit=10
+    )
+    return [d.id for d in claimed]
+
+
+async def _check_outbox(
+    db: SqlDatabase, transaction: Transaction, count_orders: Callable[[], Awaitable[int]]
+) -> None:
+    rows = [delivery(1), delivery(2), delivery(3, event_id="evt_1")]  # the third is a duplicate
+
+    async def write(connection: object) -> None:
+        assert await db.delivery_store.insert_many(rows, connection=connection) == [
+            "dlv_0001",
+            "dlv_0002",
+        ]
+        # Not visible outside the caller's transaction yet.
+        assert await db.delivery_store.get("dlv_0001") is None
+
+    await transaction(write, False)
+    assert await db.delivery_store.get("dlv_0001") is None
+    assert await _claimable(db) == []
+    assert await count_orders() == 0
+
+    await transaction(write, True)
+    assert await db.delivery_store.get("dlv_0002") == rows[1]
+    assert await _claimable(db) == ["dlv_0001", "dlv_0002"]
+    assert await count_orders() == 1
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[PostgresDatabase]:
+    async with temporary_postgres() as db:
+        await db.init()
+        async with db.connect() as conn:
+            await conn.exec_driver_sql(
+                f"CREATE TABLE {db.names.qualified('orders')} (id text PRIMARY KEY)"
+            )
+            await conn.commit()
+        yield db
+
+
+async def _pg_orders(db: PostgresDatabase) -> int:
+    async with db.connect() as conn:
+        return int(
+            (
+                await conn.exec_driver_sql(f"SELECT count(*) FROM {db.names.qualified('orders')}")
+            ).scalar_one()
+        )
+
+
+async def test_postgres_outbox_on_an_asyncpg_connection(pg: PostgresDatabase) -> None:
+    dsn = await server_dsn()
+    conn = await asyncpg.connect(dsn)
+    orders = pg.names.qualified("orders")
+
+    async def transaction(write: Callable[[object], Awaitable[None]], commit: bool) -> None:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(f"INSERT INTO {orders} VALUES ('order-1')")
+        await write(conn)
+        await (tx.commit() if commit else tx.rollback())
+
+    try:
+        await _check_outbox(pg, transaction, lambda: _pg_orders(pg))
+    finally:
+        await conn.close()
+
+
+async def test_postgres_outbox_on_an_asyncpg_pool_connection(pg: PostgresDatabase) -> None:
+    pool = await asyncpg.create_pool(await server_dsn(), min_size=1, max_size=1)
+    assert pool is not None
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            assert await pg.delivery_store.insert_many([delivery(7)], connection=conn) == [
+                "dlv_0007"
+            ]
+        assert await _claimable(pg) == ["dlv_0007"]
+    finally:
+        await pool.close()
+
+
+async def test_postgres_outbox_on_a_sqlalchemy_connection(pg: PostgresDatabase) -> None:
+    dsn = await server_dsn()
+    engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    orders = pg.names.qualified("orders")
+
+    async def transaction(write: Callable[[object], Awaitable[None]], commit: bool) -> None:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(f"INSERT INTO {orders} VALUES ('order-1')"))
+            await write(conn)
+            await (conn.commit() if commit else conn.rollback())
+
+    try:
+        await _check_outbox(pg, transaction, lambda: _pg_orders(pg))
+    finally:
+        await engine.dispose()
+
+
+async def test_postgres_asyncpg_connection_outside_a_transaction_is_refused(
+    pg: PostgresDatabase,
+) -> None:
+    conn = await asyncpg.connect(await server_dsn())
+    try:
+        with pytest.raises(StoreError, match="not inside a transaction"):
+            await pg.delivery_store.insert_many([delivery(1)], connection=conn)
+    finally:
+        await conn.close()
+    assert await pg.delivery_store.get("dlv_0001") is None
+
+
+# -- SQLite ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def lite() -> AsyncIterator[SQLiteDatabase]:
+    async with temporary_sqlite() as db:
+        await db.init()
+        async with db.connect() as conn:
+            await conn.exec_driver_sql("CREATE TABLE orders (id TEXT PRIMARY KEY)")
+            await conn.commit()
+        yield db
+
+
+async def _lite_orders(db: SQLiteDatabase) -> int:
+    async with db.connect() as conn:
+        return int((await conn.exec_driver_sql("SELECT count(*) FROM orders")).scalar_one())
+
+
+async def test_sqlite_outbox_on_an_aiosqlite_connection(lite: SQLiteDatabase) -> None:
+    async with aiosqlite.connect(lite.path) as conn:
+
+        async def transaction(write: Callable[[object], Awaitable[None]], commit: bool) -> None:
+            await conn.execute("INSERT INTO orders VALUES ('order-1')")  # implicit BEGIN
+            await write(conn)
+            await (conn.commit() if commit else conn.rollback())
+
+        await _check_outbox(lite, transaction, lambda: _lite_orders(lite))
+
+
+async def test_sqlite_outbox_on_an_autocommit_aiosqlite_connection_with_begin(
+    lite: SQLiteDatabase,
+) -> None:
+    async with aiosqlite.connect(lite.path, isolation_level=None) as conn:
+        with pytest.raises(StoreError, match="autocommit"):
+            await lite.delivery_store.insert_many([delivery(1)], connection=conn)
+        await conn.execute("BEGIN")
+        await lite.delivery_store.insert_many([delivery(1)], connection=conn)
+        await conn.execute("ROLLBACK")
+    assert await lite.delivery_store.get("dlv_0001") is None
+
+
+async def test_sqlite_outbox_on_a_sqlalchemy_connection(lite: SQLiteDatabase) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{lite.path}")
+
+    async def transaction(write: Callable[[object], Awaitable[None]], commit: bool) -> None:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("INSERT INTO orders VALUES ('order-1')"))
+            await write(conn)
+            await (conn.commit() if commit else conn.rollback())
+
+    try:
+        await _check_outbox(lite, transaction, lambda: _lite_orders(lite))
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_outbox_keeps_a_large_batch_in_the_callers_transaction(
+    lite: SQLiteDatabase,
+) -> None:
+    rows = [delivery(n) for n in range(1, 2501)]  # more than one INSERT statement
+    async with aiosqlite.connect(lite.path) as conn:
+        assert len(await lite.delivery_store.insert_many(rows, connection=conn)) == 2500
+        await conn.rollback()
+    assert (await lite.delivery_store.stats(DeliveryFilter())).total == 0
+
+
+# -- wrong connections -----------------------------------------------------------------------------
+
+
+async def test_each_backend_refuses_a_connection_it_cannot_join(
+    pg: PostgresDatabase, lite: SQLiteDatabase
+) -> None:
+    dsn = await server_dsn()
+    pg_conn = await asyncpg.connect(dsn)
+    lite_engine = create_async_engine(f"sqlite+aiosqlite:///{lite.path}")
+    try:
+        async with aiosqlite.connect(lite.path) as lite_conn:
+            with pytest.raises(StoreError, match="asyncpg Connection or a SQLAlchemy"):
+                await pg.delivery_store.insert_many([delivery(1)], connection=lite_conn)
+        with pytest.raises(StoreError, match=r"aiosqlite\.Connection or a SQLAlchemy"):
+            await lite.delivery_store.insert_many([delivery(1)], connection=pg_conn)
+        for store in (pg.delivery_store, lite.delivery_store):
+            with pytest.raises(StoreError, match=r"builtins\.object"):
+                await store.insert_many([], connection=object())
+        async with lite_engine.connect() as sa_conn:
+            with pytest.raises(StoreError, match="cannot write on a sqlite connection"):
+                await pg.delivery_store.insert_many([delivery(1)], connection=sa_conn)
+    finally:
+        await pg_conn.close()
+        await lite_engine.dispose()
+    assert await pg.delivery_store.get("dlv_0001") is None
+    assert await lite.delivery_store.get("dlv_0001") is None
+
+
+async def test_memory_store_still_refuses_a_connection() -> None:
+    with pytest.raises(StoreError):
+        await create_in_memory_persistence().delivery_store.insert_many(
+            [delivery(1)], connection=object()
+        )

@@ -1,0 +1,334 @@
+"""schema.sql is the truth: the packaged copies match it, and the code builds exactly it.
+
+Also: versioned migrations, identifier validation and quoting, custom table names, and refusing
+a database whose schema is newer than the code.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from kmsg_webhook import ConfigError, StoreError
+from kmsg_webhook.sql import TableNames, schema_sql, schema_version
+from kmsg_webhook.sql.schema import migrations, queries, render, split_statements
+from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.store_url import migrate
+from pg import drop_schema, new_schema, postgres_database, server_dsn, temporary_sqlite
+from test_store_conformance import delivery, endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGED = resources.files("kmsg_webhook.sql")
+
+
+@pytest.fixture
+async def dsn() -> str:
+    return await server_dsn()
+
+
+@pytest.fixture
+async def schemas(dsn: str) -> AsyncIterator[list[str]]:
+    """Names of throwaway Postgres schemas; every one is dropped afterwards."""
+    made: list[str] = []
+    yield made
+    for schema in made:
+        await drop_schema(dsn, schema)
+
+
+def _fresh(schemas: list[str]) -> str:
+    schema = new_schema()
+    schemas.append(schema)
+    return schema
+
+
+# -- the files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["schema.sql", "schema.sqlite.sql"])
+def test_root_schema_files_equal_the_packaged_copies(name: str) -> None:
+    root = (ROOT / name).read_text(encoding="utf-8")
+    assert PACKAGED.joinpath(name).read_text(encoding="utf-8") == root
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
+    found = migrations(dialect)
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    assert schema_version(dialect) == found[-1].version == 1
+    assert found[0].description == "initial"
+    assert set(queries(dialect)) >= {
+        "insert_deliveries",
+        "existing_delivery_ids",
+        "claim_deliveries",
+        "record_outcomes",
+    }
+
+
+def test_render_quotes_and_qualifies_every_identifier() -> None:
+    names = TableNames("hooks", "outbox", "tenant_a")
+    sql = render(migrations("postgresql")[0].sql, names)
+    assert '"tenant_a"."hooks"' in sql and '"tenant_a"."outbox"' in sql
+    assert '"tenant_a"."kmsg_webhook_schema_version"' in sql
+    assert 'CREATE UNIQUE INDEX "idx_hooks_url"' in sql
+    assert 'CREATE INDEX "idx_outbox_due"' in sql
+    assert not re.search(r"kmsg_webhook_(endpoints|deliveries)", sql)
+    scripted = schema_sql("sqlite", endpoint_table="hooks", delivery_table="outbox")
+    assert "'hooks,outbox'" in scripted  # the version row's scope is a literal, not identifiers
+    assert '"outbox"' in scripted and "kmsg_webhook_deliveries" not in scripted
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "1abc",
+        "a-b",
+        "bad name",
+        'x"; DROP TABLE y; --',
+        "x" * 49,
+        "kmsg_webhook_schema_version",
+    ],
+)
+def test_table_names_are_validated(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        TableNames(endpoints=bad)
+    with pytest.raises(ConfigError):
+        SQLiteDatabase(":memory:", delivery_table=bad)
+
+
+def test_schema_names_are_validated_and_tables_distinct() -> None:
+    with pytest.raises(ConfigError):
+        TableNames(schema="public; drop")
+    with pytest.raises(ConfigError):
+        TableNames("same", "same")
+    with pytest.raises(ConfigError):
+        schema_sql("sqlite", schema="x")
+
+
+def test_split_statements_drops_comments_and_blank_chunks() -> None:
+    script = (
+        "-- a comment; with semicolon\nCREATE TABLE a (x int);\n\n-- c\nCREATE INDEX i ON a (x);\n"
+    )
+    assert split_statements(script) == ["CREATE TABLE a (x int)", "CREATE INDEX i ON a (x)"]
+
+
+# -- the live schema equals schema.sql -------------------------------------------------------------
+
+
+async def _pg_shape(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
+    columns = await conn.fetch(
+        "SELECT table_name, column_name, data_type, is_nullable, column_default "
+        "FROM information_schema.columns WHERE table_schema = $1 "
+        "ORDER BY table_name, ordinal_position",
+        schema,
+    )
+    indexes = await conn.fetch(
+        "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = $1 "
+        "ORDER BY indexname",
+        schema,
+    )
+    constraints = await conn.fetch(
+        "SELECT c.relname, con.contype, pg_get_constraintdef(con.oid) AS def "
+        "FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
+        "ORDER BY c.relname, def",
+        schema,
+    )
+    versions = await conn.fetch(
+        f'SELECT scope, version, description FROM "{schema}".kmsg_webhook_schema_version '
+        "ORDER BY scope, version"
+    )
+    return {
+        "columns": [tuple(r) for r in columns],
+        "indexes": [(r[0], r[1], r[2].replace(f"{schema}.", "")) for r in indexes],
+        "constraints": [tuple(r) for r in constraints],
+        "versions": [tuple(r) for r in versions],
+    }
+
+
+async def test_postgres_schema_built_by_the_code_equals_schema_sql(
+    dsn: str, schemas: list[str]
+) -> None:
+    by_code, by_file = _fresh(schemas), _fresh(schemas)
+    db = postgres_database(dsn, by_code)
+    try:
+        await db.init()
+    finally:
+        await db.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{by_file}"')
+        async with conn.transaction():
+            await conn.execute(f'SET LOCAL search_path TO "{by_file}"')
+            await conn.execute((ROOT / "schema.sql").read_text(encoding="utf-8"))
+        built, written = await _pg_shape(conn, by_code), await _pg_shape(conn, by_file)
+    finally:
+        await conn.close()
+    assert built["columns"] and built["indexes"] and built["versions"]
+    assert built == written
+    partial = [d for _, name, d in built["indexes"] if name.endswith("_due")]
+    assert partial and "WHERE (status = 'pending'::text)" in partial[0]
+
+
+def _sqlite_shape(path: str) -> dict[str, Any]:
+    conn = sqlite3.connect(path)
+    try:
+        objects = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+        ).fetchall()
+        shape: dict[str, Any] = {
+            "objects": [
+                (kind, name, table, " ".join((sql or "").replace('"', "").split()))
+                for kind, name, table, sql in objects
+            ]
+        }
+        for kind, name, *_ in objects:
+            if kind == "table":
+                shape[f"columns {name}"] = conn.execute(f"PRAGMA table_info('{name}')").fetchall()
+            else:
+                shape[f"index {name}"] = conn.execute(f"PRAGMA index_xinfo('{name}')").fetchall()
+        shape["versions"] = conn.execute(
+            "SELECT scope, version, description FROM kmsg_webhook_schema_version"
+        ).fetchall()
+        return shape
+    finally:
+        conn.close()
+
+
+async def test_sqlite_schema_built_by_the_code_equals_schema_sqlite_sql(tmp_path: Path) -> None:
+    by_code, by_file = str(tmp_path / "code.db"), str(tmp_path / "file.db")
+    db = SQLiteDatabase(by_code)
+    try:
+        await db.init()
+    finally:
+        await db.close()
+    conn = sqlite3.connect(by_file)
+    conn.executescript((ROOT / "schema.sqlite.sql").read_text(encoding="utf-8"))
+    conn.close()
+    built, written = _sqlite_shape(by_code), _sqlite_shape(by_file)
+    assert len(built["objects"]) == 13  # 3 tables, their 3 primary-key indexes, 7 declared
+    assert built == written
+
+
+# -- versions -------------------------------------------------------------------------------
+
+
+async def test_migrate_is_idempotent_and_initialize_schema_false_requires_it(
+    dsn: str, schemas: list[str]
+) -> None:
+    schema = _fresh(schemas)
+    url = f"{dsn}?schema={schema}"
+    unmanaged = postgres_database(dsn, schema, initialize_schema=False, retry_timeout=0)
+    with pytest.raises(StoreError, match=r"schema version 0.*kmsg-webhook migrate"):
+        await unmanaged.endpoint_store.list()
+    assert await migrate(url) == 1
+    assert await migrate(url) == 1
+    await unmanaged.endpoint_store.add(endpoint(1))
+    assert [e.id for e in await unmanaged.endpoint_store.list()] == ["ep_1"]
+    assert await unmanaged.schema_version() == 1
+    await unmanaged.close()
+
+
+async def test_postgres_refuses_a_newer_schema_and_writes_nothing(
+    dsn: str, schemas: list[str]
+) -> None:
+    schema = _fresh(schemas)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE "{schema}".kmsg_webhook_schema_version (scope text, version int, '
+            "description text, applied_at timestamptz DEFAULT now())"
+        )
+        await conn.execute(
+            f'INSERT INTO "{schema}".kmsg_webhook_schema_version VALUES ($1, 7, $2)',
+            TableNames().scope,
+            "from the future",
+        )
+        db = postgres_database(dsn, schema, retry_timeout=0)
+        with pytest.raises(StoreError, match="version 7, newer than this kmsg-webhook knows"):
+            await db.init()
+        with pytest.raises(StoreError, match="newer"):
+            await db.delivery_store.insert_many([delivery(1)])
+        await db.close()
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+        )
+        assert [r[0] for r in tables] == ["kmsg_webhook_schema_version"]
+    finally:
+        await conn.close()
+
+
+async def test_sqlite_refuses_a_newer_schema_and_writes_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "future.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE kmsg_webhook_schema_version (scope, version, description)")
+    conn.execute(
+        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 2, 'x')", (TableNames().scope,)
+    )
+    conn.commit()
+    db = SQLiteDatabase(path, retry_timeout=0)
+    with pytest.raises(StoreError, match="version 2, newer"):
+        await db.init()
+    await db.close()
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    conn.close()
+    assert names == ["kmsg_webhook_schema_version"]
+
+
+async def test_custom_table_names_share_a_schema_with_the_defaults(
+    dsn: str, schemas: list[str]
+) -> None:
+    schema = _fresh(schemas)
+    default = postgres_database(dsn, schema)
+    custom = postgres_database(dsn, schema, endpoint_table="Hooks", delivery_table="outbox_2")
+    try:
+        await default.endpoint_store.add(endpoint(1))
+        await custom.endpoint_store.add(endpoint(2))
+        await custom.delivery_store.insert_many([delivery(1)])
+        assert [e.id for e in await default.endpoint_store.list()] == ["ep_1"]
+        assert [e.id for e in await custom.endpoint_store.list()] == ["ep_2"]
+        assert await default.delivery_store.get("dlv_0001") is None
+        assert await custom.delivery_store.get("dlv_0001") == delivery(1)
+    finally:
+        await default.close()
+        await custom.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
+            "ORDER BY table_name",
+            schema,
+        )
+        versions = await conn.fetch(
+            f'SELECT scope, version FROM "{schema}".kmsg_webhook_schema_version ORDER BY scope'
+        )
+    finally:
+        await conn.close()
+    assert [r[0] for r in tables] == [
+        "Hooks",
+        "kmsg_webhook_deliveries",
+        "kmsg_webhook_endpoints",
+        "kmsg_webhook_schema_version",
+        "outbox_2",
+    ]
+    assert [tuple(r) for r in versions] == [
+        ("Hooks,outbox_2", 1),
+        ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 1),
+    ]
+
+
+async def test_sqlite_custom_table_names() -> None:
+    async with temporary_sqlite(endpoint_table="hooks", delivery_table="outbox") as db:
+        await db.endpoint_store.add(endpoint(1))
+        await db.delivery_store.insert_many([delivery(1)])
+        assert await db.delivery_store.get("dlv_0001") == delivery(1)
+        assert [e.id for e in await db.endpoint_store.list()] == ["ep_1"]
+        assert await db.schema_version() == 1
