@@ -4,6 +4,7 @@ them from a message sent through the mock provider), and a report."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,12 @@ class _Receiver:
 
 
 async def run_demo(persistence: WebhookPersistence | str | None = None) -> int:
-    """Run the demo and print its report; returns the process exit code."""
+    """Run the demo and print its report; returns the process exit code.
+
+    Without ``persistence`` the outbox is an embedded SQLite file in a temporary directory.
+    """
+    if persistence is None:
+        persistence = f"sqlite:///{tempfile.mkdtemp(prefix='kmsg-demo-')}/outbox.db"
     secret = generate_secret()
     receiver = _Receiver(secret)
     app = web.Application()
@@ -78,6 +84,7 @@ async def run_demo(persistence: WebhookPersistence | str | None = None) -> int:
                     url=url, events=[t for t, _ in _EVENTS], secret=secret, name="demo receiver"
                 )
             )
+            print(f"store      {persistence if isinstance(persistence, str) else 'custom'}")
             print(f"receiver   {url}")
             print(f"endpoint   {endpoint.id}  (Standard Webhooks signatures, whsec_ secret)")
             now = datetime.now(UTC)
