@@ -100,26 +100,37 @@ class GroupCommit(Generic[T]):
         await self.drain()
 
     def _kick(self) -> None:
-        if len(self._waiting) >= self._max_batch and len(self._writes) < self._max_writes:
-            self._start_write()
-        if not self._writes and not self._tick_scheduled:
-            self._tick_scheduled = True
-            asyncio.get_running_loop().call_soon(self._on_tick)
-        if self._waiting and self._timer is None:
-            delay = self._waiting[0][2] + self._max_wait_s - time.monotonic()
-            self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._on_timer)
+        """Start the writes that are due; otherwise make sure something starts them later.
+
+        While every write slot is busy nothing is scheduled: a finishing write kicks again.
+        """
+        loop = asyncio.get_running_loop()
+        while self._waiting and len(self._writes) < self._max_writes:
+            if not self._writes:
+                # Idle writer: write on the next tick, so callers of this tick share the batch.
+                if not self._tick_scheduled:
+                    self._tick_scheduled = True
+                    loop.call_soon(self._on_tick)
+                return
+            if len(self._waiting) >= self._max_batch:
+                self._start_write()
+                continue
+            if self._timer is None:
+                delay = self._waiting[0][2] + self._max_wait_s - time.monotonic()
+                self._timer = loop.call_later(max(0.0, delay), self._on_timer)
+            return
 
     def _on_tick(self) -> None:
         self._tick_scheduled = False
-        if self._waiting and not self._writes:
+        if self._waiting and len(self._writes) < self._max_writes:
             self._start_write()
+        self._kick()
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._waiting and len(self._writes) < self._max_writes:
             self._start_write()
-        elif self._waiting:
-            self._kick()
+        self._kick()
 
     def _flush_now(self) -> None:
         while self._waiting and len(self._writes) < self._max_writes:
@@ -153,7 +164,5 @@ class GroupCommit(Generic[T]):
                 self._writes.discard(task)
             if self._waiting:
                 self._kick()
-                if not self._writes:
-                    self._start_write()
             elif not self._writes:
                 self._idle.set()

@@ -1,0 +1,143 @@
+"""The group commit behind intake and recording."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from kmsg_webhook.batcher import GroupCommit
+from kmsg_webhook.errors import RuntimeClosedError, StoreError
+
+
+class Writer:
+    """Records each batch; optionally blocks until released or fails."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail: BaseException | None = None
+        self.calls = 0
+
+    async def __call__(self, batch: Sequence[int]) -> None:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.batches.append(list(batch))
+
+
+def commit(writer: Writer, **kw: float) -> GroupCommit[int]:
+    options: dict[str, float] = {"max_batch": 10, "max_wait_s": 60, "max_pending": 100}
+    options.update(kw)
+    return GroupCommit(
+        writer,
+        max_batch=int(options["max_batch"]),
+        max_wait_s=options["max_wait_s"],
+        max_pending=int(options["max_pending"]),
+        max_concurrent_writes=int(options.get("writes", 2)),
+    )
+
+
+async def test_callers_of_one_tick_share_a_write_and_light_load_never_waits() -> None:
+    writer = Writer()
+    batcher = commit(writer)
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(n) for n in range(5))), 5)
+    assert writer.batches == [[0, 1, 2, 3, 4]]
+    # A lone item is written at once although max_wait_s is a minute.
+    await asyncio.wait_for(batcher.submit(99), 5)
+    assert writer.batches[-1] == [99]
+
+
+async def test_a_full_batch_starts_a_second_write_while_one_is_running() -> None:
+    writer = Writer()
+    writer.gate = asyncio.Event()
+    batcher = commit(writer, max_batch=3)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the first write is running and blocked
+    rest = [asyncio.ensure_future(batcher.submit(n)) for n in range(1, 4)]
+    await asyncio.sleep(0.01)
+    assert writer.calls == 2  # three waiting items filled a batch: a concurrent write began
+    writer.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert sorted(map(sorted, writer.batches)) == [[0], [1, 2, 3]]
+
+
+async def test_the_oldest_item_waits_at_most_max_wait_while_the_writer_is_busy() -> None:
+    writer = Writer()
+    writer.gate = asyncio.Event()
+    batcher = commit(writer, max_batch=100, max_wait_s=0.05)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.2)
+    assert writer.calls == 2  # started by the timer, not by the first write finishing
+    writer.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+
+
+async def test_no_busy_loop_while_every_write_slot_is_taken() -> None:
+    writer = Writer()
+    writer.gate = asyncio.Event()
+    batcher = commit(writer, max_batch=100, max_wait_s=0.0, writes=1)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.ensure_future(batcher.submit(n)) for n in range(1, 6)]
+    # While the only slot is busy the loop must idle (an expired timer re-armed over and over
+    # would burn a core): the finishing write starts the next one.
+    cpu = time.process_time()
+    await asyncio.sleep(0.3)
+    assert time.process_time() - cpu < 0.1
+    assert writer.calls == 1
+    writer.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), 5)
+    assert writer.batches == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_a_failed_write_fails_every_item_of_its_batch() -> None:
+    writer = Writer()
+    writer.fail = StoreError("database down")
+    batcher = commit(writer)
+    results = await asyncio.gather(*(batcher.submit(n) for n in range(3)), return_exceptions=True)
+    assert all(isinstance(r, StoreError) for r in results)
+    writer.fail = None
+    await batcher.submit(7)  # the batcher keeps working afterwards
+    assert writer.batches == [[7]]
+
+
+async def test_backpressure_bounds_waiting_items() -> None:
+    writer = Writer()
+    writer.gate = asyncio.Event()
+    batcher = commit(writer, max_pending=3)
+    tasks = [asyncio.ensure_future(batcher.submit(n)) for n in range(5)]
+    await asyncio.sleep(0.05)
+    assert batcher.pending == 3  # two callers wait for room
+    writer.gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert sorted(n for batch in writer.batches for n in batch) == [0, 1, 2, 3, 4]
+
+
+async def test_enqueue_calls_back_after_the_write_and_drain_waits_for_it() -> None:
+    writer = Writer()
+    batcher = commit(writer)
+    done: list[BaseException | None] = []
+    for n in range(4):
+        batcher.enqueue(n, done.append)
+    await batcher.drain()
+    assert done == [None] * 4
+    assert writer.batches == [[0, 1, 2, 3]]
+
+
+async def test_close_writes_what_waits_then_refuses() -> None:
+    writer = Writer()
+    batcher = commit(writer)
+    batcher.enqueue(1)
+    await batcher.close()
+    assert writer.batches == [[1]]
+    with pytest.raises(RuntimeClosedError):
+        await batcher.submit(2)
+    with pytest.raises(RuntimeClosedError):
+        batcher.enqueue(3)
