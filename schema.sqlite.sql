@@ -1,4 +1,4 @@
--- kmsg-webhook schema, SQLite: the reviewed source of truth (schema version 1).
+-- kmsg-webhook schema, SQLite: the reviewed source of truth (schema version 2).
 --
 -- The same tables the numbered migrations in src/kmsg_webhook/sql/migrations/sqlite/ build;
 -- a test applies both to empty databases and compares the results. Apply this file yourself
@@ -59,7 +59,9 @@ CREATE TABLE kmsg_webhook_deliveries (
     next_attempt_at  INTEGER,
     completed_at     INTEGER,
     lease_owner      TEXT,
-    lease_expires_at INTEGER
+    lease_expires_at INTEGER,
+    to_hash          TEXT,
+    from_hash        TEXT
 );
 
 -- One delivery per (endpoint, event): re-emitting an event is a no-op.
@@ -77,7 +79,13 @@ CREATE INDEX idx_kmsg_webhook_deliveries_status
     ON kmsg_webhook_deliveries (status, created_at DESC, id DESC);
 CREATE INDEX idx_kmsg_webhook_deliveries_event_type
     ON kmsg_webhook_deliveries (event_type, created_at DESC, id DESC);
+-- Field crypto lookups by keyed recipient / sender hash (docs/field-crypto.md); NULL otherwise.
+CREATE INDEX idx_kmsg_webhook_deliveries_to_hash
+    ON kmsg_webhook_deliveries (to_hash) WHERE to_hash IS NOT NULL;
+CREATE INDEX idx_kmsg_webhook_deliveries_from_hash
+    ON kmsg_webhook_deliveries (from_hash) WHERE from_hash IS NOT NULL;
 
--- The version row a fresh database gets (scope: "<endpoint table>,<delivery table>").
+-- The version rows a fresh database gets (scope: "<endpoint table>,<delivery table>").
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
-VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial');
+VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 2, 'lookup_hashes');

@@ -1,6 +1,6 @@
 """End-to-end throughput of the runtime against the raw aiohttp limit, in one run.
 
-    python benchmarks/throughput.py [--deliveries 20000] [--stores memory]
+    python benchmarks/throughput.py [--deliveries 20000] [--stores memory] [--crypto]
 
 A receiver runs in a child process pinned to one core (an aiohttp server that also measures
 latency); this process is pinned to the other. Reported:
@@ -10,7 +10,11 @@ latency); this process is pinned to the other. Reported:
 * the runtime end to end per store: ``emit`` → outbox → claim → signed POST → record;
   deliveries/s and **the ratio** to the raw limit (the figure to compare run to run);
 * p50/p99 emit→receipt latency with events emitted at half the measured runtime capacity;
-* peak RSS of this process.
+* peak RSS of this process;
+* with ``--crypto``: for memory and SQLite (among ``--stores``), the runtime with field crypto
+  off and on (``FieldCryptoConfig`` defaults: payload encrypted, ``to``/``from`` hashed),
+  alternating rounds on the same events (which carry a phone number), and the cost of "on"
+  as the median of the per-round throughput drops.
 
 Absolute numbers depend on the machine and its load; ratios are what compare across runs.
 """
@@ -54,6 +58,7 @@ from kmsg_webhook import (
     create_in_memory_persistence,
     generate_secret,
 )
+from kmsg_webhook.crypto import FieldCryptoConfig, StaticKeyProvider, generate_key
 from kmsg_webhook.store_url import persistence_from_url
 
 HERE = Path(__file__).resolve().parent
@@ -141,18 +146,31 @@ async def raw_limit(base: str, total: int) -> float:
         return total / (time.perf_counter() - started)
 
 
-def _event(n: int) -> WebhookEvent:
+def _event(n: int, *, recipient: bool = False) -> WebhookEvent:
+    data: dict[str, object] = {"n": n, "sent_at": time.time()}
+    if recipient:  # what the provider feed emits (with full numbers, for field crypto)
+        data.update(to=f"010-{n % 10_000:04d}-5678", **{"from": "02-555-0199"}, status="SENT")
     return WebhookEvent(
         id=f"evt_{n}",
         type=WebhookEventType.MESSAGE_SENT,
         timestamp=datetime.now(UTC),
-        data={"n": n, "sent_at": time.time()},
+        data=data,
         metadata=EventMetadata(provider_id=f"p{n % ENDPOINTS}"),
     )
 
 
+def _field_crypto() -> FieldCryptoConfig:
+    """The secure defaults: secrets and payloads encrypted, to/from encrypted and hashed."""
+    keys = StaticKeyProvider({"bench": generate_key()}, hash_key=generate_key())
+    return FieldCryptoConfig(keys=keys)
+
+
 async def _runtime(
-    base: str, persistence: WebhookPersistence, *, dispatch: bool = True
+    base: str,
+    persistence: WebhookPersistence,
+    *,
+    dispatch: bool = True,
+    field_crypto: FieldCryptoConfig | None = None,
 ) -> WebhookRuntimeService:
     config = WebhookConfig(
         max_concurrency=CONCURRENCY,
@@ -168,6 +186,7 @@ async def _runtime(
         persistence=persistence,
         security=SecurityOptions(allow_private_hosts=True),
         dispatch=dispatch,
+        field_crypto=field_crypto,
     )
     await runtime.start()
     for i in range(ENDPOINTS):
@@ -187,15 +206,22 @@ def _round_trips(persistence: WebhookPersistence) -> int | None:
     return None if client is None else int(client.round_trips)
 
 
-async def runtime_throughput(base: str, persistence: WebhookPersistence, total: int) -> float:
-    runtime = await _runtime(base, persistence)
+async def runtime_throughput(
+    base: str,
+    persistence: WebhookPersistence,
+    total: int,
+    *,
+    field_crypto: FieldCryptoConfig | None = None,
+    recipient: bool = False,
+) -> float:
+    runtime = await _runtime(base, persistence, field_crypto=field_crypto)
     trips_before = _round_trips(persistence)
     try:
         counter = iter(range(total))
 
         async def producer() -> None:  # like request handlers, each awaiting its emit
             for n in counter:
-                await runtime.emit(_event(n))
+                await runtime.emit(_event(n, recipient=recipient))
 
         started = time.perf_counter()
         await asyncio.gather(*(producer() for _ in range(CONCURRENCY)))
@@ -371,6 +397,37 @@ async def worker_processes_rate(base: str, total: int, count: int) -> float:
         await runtime.shutdown()
 
 
+async def crypto_cost(base: str, name: str, total: int, rounds: int) -> None:
+    """Field crypto off and on, alternating rounds: the median throughput drop of "on", and
+    the sender's CPU time per delivery (steadier than wall time on a shared machine)."""
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for crypto in (False, True):
+            started = time.process_time()
+            rates[crypto].append(
+                await runtime_throughput(
+                    base,
+                    _persistence(name),
+                    total,
+                    field_crypto=_field_crypto() if crypto else None,
+                    recipient=True,
+                )
+            )
+            cpu[crypto].append((time.process_time() - started) / total * 1e6)
+    costs = sorted(1 - on / off for off, on in zip(rates[False], rates[True], strict=True))
+    off_cpu, on_cpu = statistics.median(cpu[False]), statistics.median(cpu[True])
+    print(
+        f"field crypto [{name:8}]  off {statistics.median(rates[False]):8,.0f}/s  "
+        f"on {statistics.median(rates[True]):8,.0f}/s  cost {statistics.median(costs):6.1%}  "
+        f"(rounds: {', '.join(f'{c:.1%}' for c in costs)})"
+    )
+    print(
+        f"  sender CPU per delivery: off {off_cpu:.0f} µs, on {on_cpu:.0f} µs "
+        f"(+{on_cpu / off_cpu - 1:.1%})"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=20_000)
@@ -382,11 +439,20 @@ async def main() -> None:
     parser.add_argument("--workers", action="store_true", help="also 1 vs 2 Postgres workers")
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/runtime rounds")
     parser.add_argument("--latency-seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--crypto",
+        action="store_true",
+        help="also field crypto off vs on for memory and sqlite (among --stores)",
+    )
+    parser.add_argument(
+        "--crypto-only", action="store_true", help="only the field crypto comparison"
+    )
     args = parser.parse_args()
+    stores = args.stores.split(",")
     _pin(0)
     async with receiver_process() as base:
         await raw_limit(base, 2_000)  # warm-up: connections, code paths
-        for name in args.stores.split(","):
+        for name in [] if args.crypto_only else stores:
             # Alternate raw and runtime rounds so background load hits both alike; the median
             # of the per-round ratios is the figure to compare across runs.
             limits, rates = [], []
@@ -411,6 +477,9 @@ async def main() -> None:
                 f"  latency at half capacity ({rate / 2:,.0f}/s): "
                 f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms"
             )
+        if args.crypto or args.crypto_only:
+            for name in [s for s in ("memory", "sqlite") if s in stores]:
+                await crypto_cost(base, name, args.deliveries, args.rounds)
         if args.workers:
             one = await worker_processes_rate(base, args.deliveries, 1)
             two = await worker_processes_rate(base, args.deliveries, 2)

@@ -45,6 +45,24 @@ from d1_fixtures import d1_backend, fake_d1, faulty_d1, local_d1  # noqa: E402, 
 
 BACKENDS["d1"] = d1_backend
 
+# Every backend once more with field crypto on (tests/crypto_keys.py): the same suite must pass
+# through the wrappers, reading back exactly what was written.
+from crypto_keys import conformance_crypto  # noqa: E402
+from kmsg_webhook.crypto import with_field_crypto  # noqa: E402
+
+
+def _with_crypto(
+    make: Callable[[], Awaitable[WebhookPersistence]],
+) -> Callable[[], Awaitable[WebhookPersistence]]:
+    async def build() -> WebhookPersistence:
+        return with_field_crypto(await make(), conformance_crypto())
+
+    return build
+
+
+for _name in list(BACKENDS):
+    BACKENDS[f"{_name}+crypto"] = _with_crypto(BACKENDS[_name])
+
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def persistence(request: pytest.FixtureRequest) -> AsyncIterator[WebhookPersistence]:

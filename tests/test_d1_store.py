@@ -46,9 +46,7 @@ from kmsg_webhook.d1 import (
 from kmsg_webhook.d1.store import D1DeliveryStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SQLITE_SCHEMA = (
-    Path(__file__).resolve().parents[1] / "src/kmsg_webhook/sql/migrations/sqlite/0001_initial.sql"
-)
+SQLITE_SCHEMA = Path(__file__).resolve().parents[1] / "src/kmsg_webhook/sql/schema.sqlite.sql"
 
 
 def delivery(n: int, *, endpoint_id: str = "ep_1", payload: str = "{}") -> WebhookDelivery:
@@ -143,6 +141,32 @@ def test_schema_matches_the_sqlite_backend_column_for_column() -> None:
         ours.execute(statement)
     for table in ("kmsg_webhook_endpoints", "kmsg_webhook_deliveries"):
         assert describe(ours, table) == describe(theirs, table), table
+
+
+async def test_tables_of_an_earlier_version_get_the_new_columns(local_d1: LocalD1) -> None:
+    """Tables written before the lookup-hash columns existed are brought up to date."""
+    endpoints, deliveries = fresh_tables()
+    current = build_webhook_schema_sql(
+        endpoint_table_name=endpoints, delivery_table_name=deliveries
+    )
+    older = [
+        "\n".join(line for line in statement.splitlines() if "_hash" not in line).replace(
+            "INTEGER,\n)", "INTEGER\n)"
+        )
+        for statement in current
+        if "_hash" not in statement.splitlines()[0]
+    ]
+    async with local_d1.client() as client:
+        await client.batch([D1Statement(sql) for sql in older])
+        columns = await client.query("SELECT name FROM pragma_table_info(?)", [deliveries])
+        assert "to_hash" not in {r["name"] for r in columns.rows}
+        persistence = create_d1_persistence(
+            client, endpoint_table_name=endpoints, delivery_table_name=deliveries
+        )
+        await persistence.delivery_store.insert_many([delivery(1)])
+        assert await persistence.delivery_store.get("dlv_00001") == delivery(1)
+        columns = await client.query("SELECT name FROM pragma_table_info(?)", [deliveries])
+        assert {"to_hash", "from_hash"} <= {r["name"] for r in columns.rows}
 
 
 async def test_init_is_one_round_trip_and_idempotent(local_d1: LocalD1) -> None:

@@ -69,6 +69,14 @@ async def _claim(db: SqlDatabase, limit: int = 100) -> list[str]:
         (asyncpg.exceptions.UndefinedTableError("no such relation"), False),
         (asyncpg.exceptions.InterfaceError("connection is closed"), True),
         (asyncpg.exceptions.InterfaceError("another operation is in progress"), False),
+        # What asyncpg raises when a kill lands while it introspects a statement's types.
+        (
+            asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 11; another operation (2) is in progress"
+            ),
+            True,
+        ),
+        (asyncpg.exceptions.InternalClientError("could not resolve query result"), False),
         (ValueError("bad"), False),
     ],
 )

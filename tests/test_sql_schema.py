@@ -61,8 +61,8 @@ def test_root_schema_files_equal_the_packaged_copies(name: str) -> None:
 def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
     found = migrations(dialect)
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert schema_version(dialect) == found[-1].version == 1
-    assert found[0].description == "initial"
+    assert schema_version(dialect) == found[-1].version == 2
+    assert [m.description for m in found] == ["initial", "lookup_hashes"]
     assert set(queries(dialect)) >= {
         "insert_deliveries",
         "existing_delivery_ids",
@@ -177,6 +177,12 @@ async def test_postgres_schema_built_by_the_code_equals_schema_sql(
     assert partial and "WHERE (status = 'pending'::text)" in partial[0]
 
 
+def _normalised(sql: str | None) -> str:
+    """DDL text without quotes and spacing (ALTER TABLE ADD COLUMN re-spaces a table's)."""
+    text = " ".join((sql or "").replace('"', "").split())
+    return re.sub(r"\s*([(),])\s*", r"\1", text)
+
+
 def _sqlite_shape(path: str) -> dict[str, Any]:
     conn = sqlite3.connect(path)
     try:
@@ -184,10 +190,7 @@ def _sqlite_shape(path: str) -> dict[str, Any]:
             "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
         ).fetchall()
         shape: dict[str, Any] = {
-            "objects": [
-                (kind, name, table, " ".join((sql or "").replace('"', "").split()))
-                for kind, name, table, sql in objects
-            ]
+            "objects": [(kind, name, table, _normalised(sql)) for kind, name, table, sql in objects]
         }
         for kind, name, *_ in objects:
             if kind == "table":
@@ -213,7 +216,7 @@ async def test_sqlite_schema_built_by_the_code_equals_schema_sqlite_sql(tmp_path
     conn.executescript((ROOT / "schema.sqlite.sql").read_text(encoding="utf-8"))
     conn.close()
     built, written = _sqlite_shape(by_code), _sqlite_shape(by_file)
-    assert len(built["objects"]) == 13  # 3 tables, their 3 primary-key indexes, 7 declared
+    assert len(built["objects"]) == 15  # 3 tables, their 3 primary-key indexes, 9 declared
     assert built == written
 
 
@@ -228,11 +231,11 @@ async def test_migrate_is_idempotent_and_initialize_schema_false_requires_it(
     unmanaged = postgres_database(dsn, schema, initialize_schema=False, retry_timeout=0)
     with pytest.raises(StoreError, match=r"schema version 0.*kmsg-webhook migrate"):
         await unmanaged.endpoint_store.list()
-    assert await migrate(url) == 1
-    assert await migrate(url) == 1
+    assert await migrate(url) == 2
+    assert await migrate(url) == 2
     await unmanaged.endpoint_store.add(endpoint(1))
     assert [e.id for e in await unmanaged.endpoint_store.list()] == ["ep_1"]
-    assert await unmanaged.schema_version() == 1
+    assert await unmanaged.schema_version() == 2
     await unmanaged.close()
 
 
@@ -271,11 +274,11 @@ async def test_sqlite_refuses_a_newer_schema_and_writes_nothing(tmp_path: Path) 
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE kmsg_webhook_schema_version (scope, version, description)")
     conn.execute(
-        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 2, 'x')", (TableNames().scope,)
+        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 3, 'x')", (TableNames().scope,)
     )
     conn.commit()
     db = SQLiteDatabase(path, retry_timeout=0)
-    with pytest.raises(StoreError, match="version 2, newer"):
+    with pytest.raises(StoreError, match="version 3, newer"):
         await db.init()
     await db.close()
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
@@ -308,7 +311,8 @@ async def test_custom_table_names_share_a_schema_with_the_defaults(
             schema,
         )
         versions = await conn.fetch(
-            f'SELECT scope, version FROM "{schema}".kmsg_webhook_schema_version ORDER BY scope'
+            f'SELECT scope, version FROM "{schema}".kmsg_webhook_schema_version '
+            "ORDER BY scope, version"
         )
     finally:
         await conn.close()
@@ -321,7 +325,9 @@ async def test_custom_table_names_share_a_schema_with_the_defaults(
     ]
     assert [tuple(r) for r in versions] == [
         ("Hooks,outbox_2", 1),
+        ("Hooks,outbox_2", 2),
         ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 1),
+        ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 2),
     ]
 
 
@@ -331,4 +337,72 @@ async def test_sqlite_custom_table_names() -> None:
         await db.delivery_store.insert_many([delivery(1)])
         assert await db.delivery_store.get("dlv_0001") == delivery(1)
         assert [e.id for e in await db.endpoint_store.list()] == ["ep_1"]
-        assert await db.schema_version() == 1
+        assert await db.schema_version() == 2
+
+
+# -- upgrading a version-1 database -------------------------------------------------------------
+
+
+async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = str(tmp_path / "v1.db")
+    db = SQLiteDatabase(path)
+    await db.endpoint_store.add(endpoint(1))
+    await db.delivery_store.insert_many([delivery(1), delivery(2)])
+    await db.close()
+    conn = sqlite3.connect(path)  # turn it back into what migration 0001 left
+    for statement in (
+        "DROP INDEX idx_kmsg_webhook_deliveries_to_hash",
+        "DROP INDEX idx_kmsg_webhook_deliveries_from_hash",
+        "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN to_hash",
+        "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN from_hash",
+        "DELETE FROM kmsg_webhook_schema_version WHERE version = 2",
+    ):
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    reopened = SQLiteDatabase(path)
+    try:
+        assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
+        assert await reopened.schema_version() == 2
+        assert [e.id for e in await reopened.endpoint_store.list()] == ["ep_1"]
+    finally:
+        await reopened.close()
+    fresh = str(tmp_path / "fresh.db")
+    built = SQLiteDatabase(fresh)
+    await built.init()
+    await built.close()
+    upgraded, current = _sqlite_shape(path), _sqlite_shape(fresh)
+    upgraded.pop("versions"), current.pop("versions")
+    assert upgraded == current
+
+
+async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
+    dsn: str, schemas: list[str]
+) -> None:
+    schema = _fresh(schemas)
+    db = postgres_database(dsn, schema)
+    await db.delivery_store.insert_many([delivery(1)])
+    await db.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            f'ALTER TABLE "{schema}".kmsg_webhook_deliveries DROP COLUMN to_hash, '
+            "DROP COLUMN from_hash"
+        )
+        await conn.execute(f'DELETE FROM "{schema}".kmsg_webhook_schema_version WHERE version = 2')
+        reopened = postgres_database(dsn, schema)
+        try:
+            assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
+            assert await reopened.schema_version() == 2
+        finally:
+            await reopened.close()
+        indexes = await conn.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND indexname LIKE '%hash'",
+            schema,
+        )
+    finally:
+        await conn.close()
+    assert sorted(r[0] for r in indexes) == [
+        "idx_kmsg_webhook_deliveries_from_hash",
+        "idx_kmsg_webhook_deliveries_to_hash",
+    ]

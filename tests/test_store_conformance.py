@@ -19,6 +19,7 @@ from kmsg_webhook import (
     EndpointFilters,
     EndpointNotFoundError,
     EndpointStatus,
+    PayloadRewrite,
     RetiredSecret,
     RetryConfig,
     StoreError,
@@ -28,6 +29,7 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookPersistence,
 )
+from kmsg_webhook.crypto import stored_view
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 W1, W2 = "worker-1", "worker-2"
@@ -535,3 +537,84 @@ async def test_purge_deletes_only_old_terminal_rows(persistence: WebhookPersiste
     assert sorted(d.id for d in remaining) == ["dlv_0004", "dlv_0005"]
     # A purged (endpoint, event) pair may be written again.
     assert await store.insert_many([delivery(9, event_id="evt_1")]) == ["dlv_0009"]
+
+
+# -- lookup hashes and maintenance walks (field crypto's rekey) ------------------------------
+
+
+async def test_lookup_hashes_round_trip_and_filter(persistence: WebhookPersistence) -> None:
+    store = persistence.delivery_store
+    hashed = dataclasses.replace(delivery(1), to_hash="a" * 64, from_hash="b" * 64)
+    await store.insert_many([hashed, delivery(2), dataclasses.replace(delivery(3), to_hash="c")])
+    assert await store.get("dlv_0001") == hashed
+    (claimed, *_) = await claim(persistence, W1, T0 + timedelta(seconds=1))
+    assert (claimed.to_hash, claimed.from_hash) == ("a" * 64, "b" * 64)
+
+    async def ids(f: DeliveryFilter) -> list[str]:
+        return [d.id for d in (await store.list(f)).items]
+
+    assert await ids(DeliveryFilter(to_hash="a" * 64)) == ["dlv_0001"]
+    assert await ids(DeliveryFilter(from_hash="b" * 64)) == ["dlv_0001"]
+    assert await ids(DeliveryFilter(to_hash="c")) == ["dlv_0003"]
+    assert await ids(DeliveryFilter(to_hash="nope")) == []
+    assert (await store.stats(DeliveryFilter(to_hash="a" * 64))).total == 1
+
+
+async def test_scan_walks_every_row_in_id_order(persistence: WebhookPersistence) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(n) for n in (5, 3, 1, 4, 2)])
+    first = await store.scan(limit=2)
+    assert [d.id for d in first] == ["dlv_0001", "dlv_0002"]
+    rest = await store.scan(after=first[-1].id, limit=10)
+    assert [d.id for d in rest] == ["dlv_0003", "dlv_0004", "dlv_0005"]
+    assert await store.scan(after="dlv_0005") == []
+    assert await store.scan(limit=0) == []
+
+
+async def test_rewrite_payloads_is_compare_and_set(persistence: WebhookPersistence) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1), delivery(2)])
+    (raw1, raw2) = await store.scan()
+    applied = await store.rewrite_payloads(
+        [
+            PayloadRewrite(raw1.id, raw1.payload, "p1", "t1", None),
+            PayloadRewrite(raw2.id, "not what is stored", "p2", None, None),
+            PayloadRewrite("dlv_none", "x", "y", None, None),
+        ]
+    )
+    assert applied == 1
+    (new1, new2) = await store.scan()
+    assert (new1.payload, new1.to_hash, new1.from_hash) == ("p1", "t1", None)
+    assert new1.status is raw1.status and new1.created_at == raw1.created_at
+    assert new2 == raw2
+    assert await store.rewrite_payloads([]) == 0
+
+
+async def test_rewrite_sealed_is_compare_and_set(persistence: WebhookPersistence) -> None:
+    store = persistence.endpoint_store
+    await store.add(endpoint(1, headers={"Authorization": "Bearer a"}))
+    await store.record_health("ep_1", succeeded=False, failures=2, at=T0)
+    (stored,) = [e for e in await _stored_endpoints(persistence)]
+    replacement = dataclasses.replace(
+        stored,
+        secret="whsec_bmV3",
+        previous_secrets=(RetiredSecret("whsec_b2xk", T0),),
+        headers={"Authorization": "Bearer b"},
+    )
+    changed = dataclasses.replace(stored, secret="something else")
+    assert not await store.rewrite_sealed("ep_1", expected=changed, replacement=replacement)
+    assert not await store.rewrite_sealed("ep_9", expected=stored, replacement=replacement)
+    assert await store.rewrite_sealed("ep_1", expected=stored, replacement=replacement)
+    (now,) = await _stored_endpoints(persistence)
+    assert (now.secret, now.previous_secrets, dict(now.headers)) == (
+        "whsec_bmV3",
+        (RetiredSecret("whsec_b2xk", T0),),
+        {"Authorization": "Bearer b"},
+    )
+    assert now.consecutive_failures == 2 and now.failing_since == T0  # untouched
+    assert not await store.rewrite_sealed("ep_1", expected=stored, replacement=replacement)
+
+
+async def _stored_endpoints(p: WebhookPersistence) -> list[WebhookEndpoint]:
+    """Endpoints as stored (below any field-crypto wrapper): what ``rewrite_sealed`` compares."""
+    return list(await stored_view(p).endpoint_store.list())

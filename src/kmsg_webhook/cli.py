@@ -1,6 +1,8 @@
 """The ``kmsg-webhook`` command line: demo, receiver, worker and store operations.
 
-Store commands take ``--store URL`` (default: ``$KMSG_WEBHOOK_STORE_URL``).
+Store commands take ``--store URL`` (default: ``$KMSG_WEBHOOK_STORE_URL``). With
+``KMSG_WEBHOOK_KEYS`` set they apply field crypto (``docs/field-crypto.md``): values are
+sealed when written and opened when read; ``rekey`` re-seals what is stored.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from .config import WebhookConfig
+from .crypto import FieldCryptoConfig, RekeyReport, generate_key, rekey
 from .display import print_table
 from .errors import ConfigError, DeliveryNotFoundError, EndpointNotFoundError, WebhookError
 from .events import WebhookEventType
@@ -135,6 +138,20 @@ def _parser() -> argparse.ArgumentParser:
     _store_arg(purge)
     purge.add_argument("--older-than", type=_moment, required=True, help="age like 30d")
     purge.set_defaults(run=_purge)
+
+    rekey_cmd = commands.add_parser(
+        "rekey",
+        help="re-encrypt stored values under the active key (keys from KMSG_WEBHOOK_KEYS)",
+    )
+    _store_arg(rekey_cmd)
+    rekey_cmd.add_argument("--batch-size", type=int, default=500, help="deliveries per batch")
+    rekey_cmd.add_argument("--after", help="resume after this delivery id (printed as it goes)")
+    rekey_cmd.add_argument("--skip-endpoints", action="store_true", help="deliveries only")
+    rekey_cmd.add_argument("--dry-run", action="store_true", help="count, write nothing")
+    rekey_cmd.set_defaults(run=_rekey)
+
+    keygen = commands.add_parser("keygen", help="print a new random key (base64, 32 bytes)")
+    keygen.set_defaults(run=_keygen)
     return parser
 
 
@@ -168,7 +185,10 @@ def _admin(
 ) -> int:
     async def run() -> int:
         async with WebhookRuntimeService(
-            persistence=args.store, dispatch=False, security=security
+            persistence=args.store,
+            dispatch=False,
+            security=security,
+            field_crypto=FieldCryptoConfig.from_env(),
         ) as runtime:
             return await action(runtime)
 
@@ -224,6 +244,7 @@ def _worker(args: argparse.Namespace) -> int:
             persistence=args.store,
             worker_id=args.worker_id,
             security=SecurityOptions(allow_private_hosts=args.allow_private_hosts),
+            field_crypto=FieldCryptoConfig.from_env(),
         )
         await runtime.start()
         print(f"worker {runtime.worker_id} dispatching (SIGTERM to stop)", flush=True)
@@ -275,6 +296,7 @@ def _endpoints_add(args: argparse.Namespace) -> int:
 
 def _endpoints_list(args: argparse.Namespace) -> int:
     async def action(runtime: WebhookRuntimeService) -> int:
+        endpoints = await runtime.list_endpoints()
         rows = [
             (
                 e.id,
@@ -284,9 +306,11 @@ def _endpoints_list(args: argparse.Namespace) -> int:
                 str(e.consecutive_failures),
                 e.disabled_reason or "",
             )
-            for e in await runtime.list_endpoints()
+            for e in endpoints
         ]
         print_table(("id", "status", "url", "events", "failures", "reason"), rows)
+        for problem in endpoints.errors:
+            print(f"unreadable: {problem.error}")
         return 0
 
     return _admin(args, action)
@@ -330,6 +354,8 @@ def _deliveries_list(args: argparse.Namespace) -> int:
             for d in page.items
         ]
         print_table(("id", "created (UTC)", "event", "status", "attempts", "last error"), rows)
+        for problem in page.errors:
+            print(f"unreadable: {problem.error}")
         if page.next_cursor:
             print(f"more: --cursor {page.next_cursor}")
         return 0
@@ -400,6 +426,59 @@ def _purge(args: argparse.Namespace) -> int:
         return 0
 
     return _admin(args, action)
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    from .store_url import persistence_from_url
+
+    config = FieldCryptoConfig.from_env()
+    if config is None:
+        raise ConfigError(
+            "rekey needs the keys in KMSG_WEBHOOK_KEYS (and KMSG_WEBHOOK_ACTIVE_KID, "
+            "KMSG_WEBHOOK_HASH_KEY); see docs/field-crypto.md"
+        )
+    verb = "would rewrite" if args.dry_run else "rewrote"
+
+    def progress(report: RekeyReport) -> None:
+        print(
+            f"deliveries: checked {report.deliveries_checked}, {verb} "
+            f"{report.deliveries_rewritten}; resume with --after {report.last_id}",
+            flush=True,
+        )
+
+    async def run() -> RekeyReport:
+        persistence = persistence_from_url(args.store)
+        try:
+            if persistence.init is not None:
+                await persistence.init()
+            return await rekey(
+                persistence,
+                config,
+                batch_size=args.batch_size,
+                after=args.after,
+                endpoints=not args.skip_endpoints,
+                dry_run=args.dry_run,
+                on_batch=progress,
+            )
+        finally:
+            if persistence.close is not None:
+                await persistence.close()
+
+    report = asyncio.run(run())
+    print(
+        f"done: endpoints {verb} {report.endpoints_rewritten}/{report.endpoints_checked}, "
+        f"deliveries {verb} {report.deliveries_rewritten}/{report.deliveries_checked}, "
+        f"skipped {report.skipped} (changed meanwhile: run again), "
+        f"unreadable {report.failed}; active key {config.keys.active_kid}"
+    )
+    for problem in report.failures:
+        print(f"unreadable: {problem.error}")
+    return 1 if report.failed else 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    print(generate_key())
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ from datetime import datetime, timedelta
 from .batcher import GroupCommit
 from .clock import Clock
 from .config import WebhookConfig
+from .crypto.envelope import is_sealed
+from .crypto.fields import FieldCrypto
+from .crypto.store import unreadable_outcome
 from .endpoints import EndpointCache
+from .errors import FieldCryptoError
 from .models import (
     AttemptOutcome,
     DeliveryStatus,
@@ -34,6 +38,7 @@ from .sender import Sender, SendResult
 from .store import WebhookPersistence, apply_outcome
 
 logger = logging.getLogger("kmsg_webhook.dispatcher")
+_OPENED_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,11 @@ class Dispatcher:
     round-robin order, so a slow endpoint holds at most ``max_concurrency_per_endpoint``
     workers and the rest keep serving everyone else. A claimer keeps the queues topped up,
     claiming ahead in batches; what it claims beyond an endpoint's share goes straight back.
+
+    With field crypto (``crypto``) the persistence and the endpoint cache hold values as
+    stored; an endpoint's secrets and headers and a delivery's payload are opened just before
+    the attempt, kept in local variables only, and never logged. A delivery whose values do not
+    open is settled ``failed`` with the reason, without a request.
     """
 
     def __init__(
@@ -66,7 +76,12 @@ class Dispatcher:
         clock: Clock,
         worker_id: str,
         rng: random.Random | None = None,
+        crypto: FieldCrypto | None = None,
     ) -> None:
+        self._crypto = crypto
+        # Endpoints opened for sending, by id, with the stored form they were opened from
+        # (the Sender keeps signers keyed by plaintext secrets anyway).
+        self._opened: dict[str, tuple[WebhookEndpoint, WebhookEndpoint]] = {}
         self._store = persistence.delivery_store
         self._endpoint_store = persistence.endpoint_store
         self._sender = sender
@@ -159,8 +174,11 @@ class Dispatcher:
     # -- one-shot sends (emit_sync, probes) --------------------------------------------------
 
     async def send_now(self, deliveries: Sequence[WebhookDelivery]) -> list[WebhookDelivery]:
-        """Attempt already-leased deliveries once, record, and return them as recorded."""
-        results = await asyncio.gather(*(self._attempt(d) for d in deliveries))
+        """Attempt already-leased deliveries once, record, and return them as recorded.
+
+        ``deliveries`` are the rows as built in memory (plaintext payloads), not as stored.
+        """
+        results = await asyncio.gather(*(self._attempt(d, stored=False) for d in deliveries))
         await self._write_results(results)
         return [
             apply_outcome(d, r.outcome, max_stored_attempts=len(d.attempts) + 1)
@@ -304,7 +322,7 @@ class Dispatcher:
         self._outstanding -= 1
         self._changed.set()
 
-    async def _attempt(self, delivery: WebhookDelivery) -> _Settled:
+    async def _attempt(self, delivery: WebhookDelivery, *, stored: bool = True) -> _Settled:
         endpoint = await self._endpoints.get(delivery.endpoint_id)
         if endpoint is None or not endpoint.active:
             reason = (
@@ -325,7 +343,13 @@ class Dispatcher:
             )
             return _Settled(outcome, delivery.endpoint_id, False, False, False)
 
-        result = await self._sender.send(endpoint, delivery)
+        try:
+            endpoint, payload = self._open(endpoint, delivery, stored=stored)
+        except FieldCryptoError as exc:
+            logger.error("delivery %s not sent: %s", delivery.id, exc)
+            outcome = unreadable_outcome(delivery.id, self.worker_id, exc, self._clock.now())
+            return _Settled(outcome, delivery.endpoint_id, False, False, False)
+        result = await self._sender.send(endpoint, delivery, payload=payload)
         attempt = result.attempt
         now = self._clock.now()
         verdict = judge(attempt.http_status)
@@ -356,6 +380,37 @@ class Dispatcher:
             final_failure=status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED),
             gone=verdict.disable_endpoint,
         )
+
+    def _open(
+        self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, *, stored: bool
+    ) -> tuple[WebhookEndpoint, str | None]:
+        """The endpoint with its sealed values opened, and the payload decrypted (``None``:
+        send it as it is); raises :class:`FieldCryptoError`. Without crypto, sealed values are
+        refused, never sent."""
+        crypto = self._crypto
+        if crypto is not None:
+            cached = self._opened.get(endpoint.id)
+            if cached is not None and cached[0] is endpoint:
+                endpoint = cached[1]
+            else:
+                opened = crypto.open_endpoint(endpoint, strict=True)
+                if len(self._opened) >= _OPENED_CACHE_SIZE:
+                    self._opened.clear()
+                self._opened[endpoint.id] = (endpoint, opened)
+                endpoint = opened
+            return endpoint, crypto.open_payload(delivery) if stored else None
+        sealed = (
+            (stored and is_sealed(delivery.payload))
+            or (endpoint.secret is not None and is_sealed(endpoint.secret))
+            or any(is_sealed(s.secret) for s in endpoint.previous_secrets)
+            or any(is_sealed(v) for v in endpoint.headers.values())
+        )
+        if sealed:
+            raise FieldCryptoError(
+                f"delivery {delivery.id} or its endpoint {endpoint.id} holds encrypted values "
+                "and this runtime has no field crypto configured (field_crypto=...)"
+            )
+        return endpoint, None
 
     def _max_retries(self, endpoint: WebhookEndpoint) -> int:
         override = endpoint.retry_config.max_retries if endpoint.retry_config else None

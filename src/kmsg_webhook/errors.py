@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class WebhookError(Exception):
     """Base class of all kmsg-webhook errors."""
@@ -118,3 +120,50 @@ class RuntimeClosedError(WebhookError, RuntimeError):
 
 class IntakeFullError(WebhookError):
     """The bounded intake buffer is full and the caller asked not to wait."""
+
+
+class FieldCryptoError(WebhookError):
+    """Field crypto failed for one stored value. Messages never contain plaintext or keys."""
+
+
+class DecryptionFailure(StrEnum):
+    """Why a stored value could not be opened."""
+
+    #: Not an envelope this code can parse (truncated, bad base64, unknown version/algorithm).
+    MALFORMED = "malformed"
+    #: Sealed under a key id the key provider does not know (removed too early, wrong env).
+    UNKNOWN_KID = "unknown_kid"
+    #: Sealed for another row, column, table or tenant (a ciphertext moved between rows).
+    WRONG_AAD = "wrong_aad"
+    #: The authentication tag does not match: the ciphertext, nonce or tag was altered.
+    TAMPERED = "tampered"
+    #: Plaintext where an envelope is required (``accept_plaintext=False``).
+    PLAINTEXT = "plaintext"
+
+
+class DecryptionError(FieldCryptoError):
+    """A stored value cannot be decrypted; ``kind`` says why, the rest says where.
+
+    Raised for that one record only: listings report it next to the rows that could be read,
+    and the dispatcher settles the delivery ``failed`` with this message as the reason.
+    """
+
+    def __init__(
+        self,
+        kind: DecryptionFailure,
+        *,
+        table: str,
+        column: str,
+        record_id: str,
+        kid: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        where = f"{table}.{column} of {record_id}"
+        key = f" (key id {kid})" if kid else ""
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"cannot decrypt {where}{key}: {kind.value}{extra}")
+        self.kind = kind
+        self.table = table
+        self.column = column
+        self.record_id = record_id
+        self.kid = kid

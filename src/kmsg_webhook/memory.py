@@ -7,6 +7,7 @@ Returned objects are immutable, so callers can never mutate stored state by acci
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import heapq
 from collections import Counter
@@ -20,6 +21,7 @@ from .models import (
     DeliveryPage,
     DeliveryStats,
     DeliveryStatus,
+    PayloadRewrite,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -29,6 +31,7 @@ from .store import (
     decode_cursor,
     encode_cursor,
     is_after_cursor,
+    sealed_fields,
 )
 
 DEFAULT_MAX_STORED_ATTEMPTS = 20
@@ -90,6 +93,20 @@ class InMemoryEndpointStore:
             )
         self._rows[endpoint_id] = endpoint
         return endpoint
+
+    async def rewrite_sealed(
+        self, endpoint_id: str, *, expected: WebhookEndpoint, replacement: WebhookEndpoint
+    ) -> bool:
+        current = self._rows.get(endpoint_id)
+        if current is None or sealed_fields(current) != sealed_fields(expected):
+            return False
+        self._rows[endpoint_id] = dataclasses.replace(
+            current,
+            secret=replacement.secret,
+            previous_secrets=replacement.previous_secrets,
+            headers=dict(replacement.headers),
+        )
+        return True
 
     def _check_url(self, endpoint: WebhookEndpoint) -> None:
         owner = self._by_url.get(endpoint.url)
@@ -262,6 +279,24 @@ class InMemoryDeliveryStore:
             del self._rows[delivery.id]
             self._keys.discard((delivery.endpoint_id, delivery.event_id))
         return len(doomed)
+
+    async def scan(
+        self, *, after: str | None = None, limit: int = 500
+    ) -> builtins.list[WebhookDelivery]:
+        ids = sorted(i for i in self._rows if after is None or i > after)
+        return [self._rows[i] for i in ids[: max(0, limit)]]
+
+    async def rewrite_payloads(self, rewrites: Sequence[PayloadRewrite]) -> int:
+        applied = 0
+        for rewrite in rewrites:
+            row = self._rows.get(rewrite.delivery_id)
+            if row is None or row.payload != rewrite.expected_payload:
+                continue
+            self._rows[row.id] = dataclasses.replace(
+                row, payload=rewrite.payload, to_hash=rewrite.to_hash, from_hash=rewrite.from_hash
+            )
+            applied += 1
+        return applied
 
     def _push(self, delivery: WebhookDelivery) -> None:
         assert delivery.next_attempt_at is not None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from .errors import InvalidEndpointError
+from .errors import FieldCryptoError, InvalidEndpointError
 from .events import WebhookEvent, WebhookEventType
 
 
@@ -172,6 +172,8 @@ class WebhookDelivery:
 
     ``payload`` is the exact request body. Signatures and secrets are never stored here.
     ``attempts`` keeps the most recent attempts (capped); ``attempt_count`` counts all of them.
+    ``to_hash``/``from_hash`` are keyed hashes of the recipient and sender numbers in the
+    payload (field crypto ``encrypt+hash``), for lookups that never decrypt anything.
     """
 
     id: str
@@ -189,6 +191,8 @@ class WebhookDelivery:
     last_error: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    to_hash: str | None = None
+    from_hash: str | None = None
 
     @property
     def last_attempt(self) -> WebhookAttempt | None:
@@ -234,10 +238,15 @@ class DeliveryFilter:
     statuses: tuple[DeliveryStatus, ...] = ()
     created_after: datetime | None = None
     created_before: datetime | None = None
+    #: Keyed hashes (``FieldCrypto.recipient_hash``) of the payload's ``to`` / ``from``.
+    to_hash: str | None = None
+    from_hash: str | None = None
 
     def matches(self, delivery: WebhookDelivery) -> bool:
         return (
             (self.endpoint_id is None or delivery.endpoint_id == self.endpoint_id)
+            and (self.to_hash is None or delivery.to_hash == self.to_hash)
+            and (self.from_hash is None or delivery.from_hash == self.from_hash)
             and (self.event_type is None or delivery.event_type == self.event_type)
             and (self.event_id is None or delivery.event_id == self.event_id)
             and (not self.statuses or delivery.status in self.statuses)
@@ -247,11 +256,53 @@ class DeliveryFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordError:
+    """A record a listing could not return as stored (its field crypto failed)."""
+
+    record_id: str
+    error: FieldCryptoError
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryPage:
-    """One page of a listing, newest first. Pass ``next_cursor`` back to get the next page."""
+    """One page of a listing, newest first. Pass ``next_cursor`` back to get the next page.
+
+    ``errors`` names rows of this page whose fields could not be decrypted; with
+    ``fail_mode="closed"`` they are left out of ``items``, with ``"open"`` they are in ``items``
+    with the unreadable value replaced by a redaction marker.
+    """
 
     items: tuple[WebhookDelivery, ...]
     next_cursor: str | None
+    errors: tuple[RecordError, ...] = ()
+
+
+class EndpointList(list[WebhookEndpoint]):
+    """A list of endpoints that also names the endpoints that could not be decrypted.
+
+    It is a plain ``list`` (compares equal to one); ``errors`` is empty without field crypto.
+    """
+
+    def __init__(
+        self, items: Iterable[WebhookEndpoint] = (), errors: Iterable[RecordError] = ()
+    ) -> None:
+        super().__init__(items)
+        self.errors: tuple[RecordError, ...] = tuple(errors)
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadRewrite:
+    """One delivery row rewritten by a maintenance walk (``rekey``), compare-and-set.
+
+    Applied only while the stored payload still equals ``expected_payload``; sets ``payload``,
+    ``to_hash`` and ``from_hash``. Nothing else of the row changes.
+    """
+
+    delivery_id: str
+    expected_payload: str
+    payload: str
+    to_hash: str | None
+    from_hash: str | None
 
 
 @dataclass(frozen=True, slots=True)

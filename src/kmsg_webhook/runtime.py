@@ -22,6 +22,9 @@ from aiohttp.abc import AbstractResolver
 from .batcher import GroupCommit
 from .clock import Clock, SystemClock
 from .config import WebhookConfig
+from .crypto.config import FieldCryptoConfig, FieldMode
+from .crypto.fields import FieldCrypto, event_numbers
+from .crypto.store import field_crypto_of, stored_view, with_field_crypto
 from .dispatcher import Dispatcher
 from .endpoints import (
     EndpointCache,
@@ -46,6 +49,7 @@ from .models import (
     DeliveryStatus,
     EndpointFilters,
     EndpointInput,
+    EndpointList,
     EndpointStatus,
     ProbeResult,
     RetiredSecret,
@@ -81,6 +85,12 @@ class WebhookRuntimeService:
     connector then decides DNS; our URL check still runs before each send) or a resolver that
     the connect-time private-address guard wraps. ``dispatch=False`` makes an intake-only
     runtime (deliveries are sent by workers elsewhere).
+
+    ``field_crypto`` (a :class:`~kmsg_webhook.crypto.FieldCryptoConfig`) protects what is
+    stored: endpoint secrets and header values, payloads, phone numbers in payloads (see
+    ``docs/field-crypto.md``). A persistence already wrapped with ``with_field_crypto`` works
+    the same without it. ``self.persistence`` reads and writes plaintext; the dispatcher works
+    on values as stored and opens them only for the attempt.
     """
 
     def __init__(
@@ -97,11 +107,19 @@ class WebhookRuntimeService:
         worker_id: str | None = None,
         dispatch: bool = True,
         rng: random.Random | None = None,
+        field_crypto: FieldCryptoConfig | FieldCrypto | None = None,
     ) -> None:
         self.config = config or WebhookConfig()
         if not isinstance(self.config, WebhookConfig):
             raise ConfigError("config must be a WebhookConfig")
-        self.persistence = _resolve_persistence(persistence, endpoint_store, delivery_store)
+        resolved = _resolve_persistence(persistence, endpoint_store, delivery_store)
+        if field_crypto is not None:
+            resolved = with_field_crypto(resolved, field_crypto)
+        self.persistence = resolved
+        #: What field crypto applies (``None``: off).
+        self.field_crypto: FieldCrypto | None = field_crypto_of(resolved)
+        # Values as stored: the dispatcher, the endpoint cache and read-modify-write paths.
+        self._stored = stored_view(resolved)
         self.security = security or SecurityOptions()
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or new_id("worker")
@@ -113,7 +131,7 @@ class WebhookRuntimeService:
         self._dispatcher: Dispatcher | None = None
         self._intake: GroupCommit[WebhookEvent] | None = None
         self._endpoints = EndpointCache(
-            self.persistence.endpoint_store, ttl_s=self.config.endpoint_cache_ttl_ms / 1000
+            self._stored.endpoint_store, ttl_s=self.config.endpoint_cache_ttl_ms / 1000
         )
         self._start_lock = asyncio.Lock()
         self._started = False
@@ -136,13 +154,14 @@ class WebhookRuntimeService:
             self._session = session
             sender = Sender(session, self.config, self.security, self.clock)
             self._dispatcher = Dispatcher(
-                self.persistence,
+                self._stored,
                 sender,
                 self._endpoints,
                 self.config,
                 clock=self.clock,
                 worker_id=self.worker_id,
                 rng=self._rng,
+                crypto=self.field_crypto,
             )
             self._intake = GroupCommit(
                 self._write_events,
@@ -227,8 +246,9 @@ class WebhookRuntimeService:
         if secret is None and self.config.enable_security and not self.config.secret_key:
             secret = generate_secret()
         endpoint = build_endpoint(data, url=url, secret=secret, now=self.clock.now())
-        await self.persistence.endpoint_store.add(endpoint)
-        self._endpoints.put(endpoint)
+        stored = self._seal(endpoint)
+        await self._stored.endpoint_store.add(stored)
+        self._endpoints.put(stored)
         return endpoint
 
     async def add_endpoints(self, inputs: Iterable[EndpointInput]) -> list[WebhookEndpoint]:
@@ -282,8 +302,7 @@ class WebhookRuntimeService:
         if not isinstance(secret, _Unset):
             changes["secret"] = check_secret(secret, self.config.signature_scheme)
         updated = dataclasses.replace(current, **changes)
-        await self.persistence.endpoint_store.update(updated)
-        self._endpoints.put(updated)
+        await self._store_update(updated)
         return updated
 
     async def rotate_secret(
@@ -303,8 +322,7 @@ class WebhookRuntimeService:
         if current.secret:
             kept = (*kept, RetiredSecret(secret=current.secret, expires_at=now + grace))
         updated = dataclasses.replace(current, secret=secret, previous_secrets=kept, updated_at=now)
-        await self.persistence.endpoint_store.update(updated)
-        self._endpoints.put(updated)
+        await self._store_update(updated)
         return updated
 
     async def remove_endpoint(self, endpoint_id: str) -> bool:
@@ -315,12 +333,17 @@ class WebhookRuntimeService:
         return removed
 
     async def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The endpoint; with field crypto, a value that does not decrypt raises
+        :class:`~kmsg_webhook.errors.DecryptionError` (``fail_mode="open"``: reads as a marker)."""
         await self.start()
         return await self.persistence.endpoint_store.get(endpoint_id)
 
-    async def list_endpoints(self) -> list[WebhookEndpoint]:
+    async def list_endpoints(self) -> EndpointList:
+        """Every endpoint, most recently updated first. With field crypto, endpoints that do not
+        decrypt are named in ``.errors`` instead (``fail_mode="open"``: listed with markers)."""
         await self.start()
-        return await self.persistence.endpoint_store.list()
+        endpoints = await self.persistence.endpoint_store.list()
+        return endpoints if isinstance(endpoints, EndpointList) else EndpointList(endpoints)
 
     async def probe_endpoint(
         self,
@@ -396,6 +419,7 @@ class WebhookRuntimeService:
         assert self._dispatcher is not None
         now = self.clock.now()
         lease_until = now + timedelta(milliseconds=self.config.effective_lease_ms)
+        event = self._prepare(event)
         payload = event.to_json()
         rows = [
             dataclasses.replace(
@@ -405,7 +429,13 @@ class WebhookRuntimeService:
             )
             for endpoint in await self._endpoints.matching(event)
         ]
-        inserted = set(await self.persistence.delivery_store.insert_many(rows))
+        crypto = self.field_crypto
+        stored = rows
+        if crypto is not None:
+            numbers = event_numbers(event)
+            stored = [crypto.seal_delivery(row, numbers=numbers) for row in rows]
+        inserted = set(await self._stored.delivery_store.insert_many(stored))
+        # The rows as built (plaintext, in memory) are what is sent.
         return await self._dispatcher.send_now([r for r in rows if r.id in inserted])
 
     async def _write_events(
@@ -416,18 +446,37 @@ class WebhookRuntimeService:
         for event in events:
             endpoints = await self._endpoints.matching(event)
             if endpoints:
+                event = self._prepare(event)
                 payload = event.to_json()
-                rows.extend(self._new_delivery(event, e, payload, now) for e in endpoints)
+                rows.extend(
+                    self._new_delivery(event, endpoint, payload, now, seal=True)
+                    for endpoint in endpoints
+                )
         if rows:
-            await self.persistence.delivery_store.insert_many(rows, connection=connection)
+            await self._stored.delivery_store.insert_many(rows, connection=connection)
             if self._dispatcher is not None:
                 self._dispatcher.wake()
 
     def _new_delivery(
-        self, event: WebhookEvent, endpoint: WebhookEndpoint, payload: str, now: datetime
+        self,
+        event: WebhookEvent,
+        endpoint: WebhookEndpoint,
+        payload: str,
+        now: datetime,
+        *,
+        seal: bool = False,
     ) -> WebhookDelivery:
+        """A new outbox row; with ``seal`` (and field crypto) as it is stored."""
+        delivery_id = new_id("dlv")
+        to_hash = from_hash = None
+        crypto = self.field_crypto
+        if seal and crypto is not None:
+            # The lookup hashes come from the event's data: no parsing of the payload.
+            payload, to_hash, from_hash = crypto.seal_payload(
+                delivery_id, payload, event_numbers(event)
+            )
         return WebhookDelivery(
-            id=new_id("dlv"),
+            id=delivery_id,
             endpoint_id=endpoint.id,
             event_id=event.id,
             event_type=event.type,
@@ -436,6 +485,8 @@ class WebhookRuntimeService:
             status=DeliveryStatus.PENDING,
             created_at=now,
             next_attempt_at=now,
+            to_hash=to_hash,
+            from_hash=from_hash,
         )
 
     # -- deliveries --------------------------------------------------------------------------
@@ -447,25 +498,50 @@ class WebhookRuntimeService:
         limit: int = 100,
         cursor: str | None = None,
     ) -> DeliveryPage:
-        """Newest first; pass ``page.next_cursor`` back for the next page."""
+        """Newest first; pass ``page.next_cursor`` back for the next page.
+
+        With field crypto, rows that do not decrypt are named in ``page.errors`` (and left out
+        of ``items``, or listed with a marker payload under ``fail_mode="open"``).
+        """
         await self.start()
         return await self.persistence.delivery_store.list(
             filter or DeliveryFilter(), limit=max(0, int(limit)), cursor=cursor
         )
 
+    async def list_deliveries_for_recipient(
+        self,
+        to: str,
+        filter: DeliveryFilter | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        """Deliveries whose payload was sent to the phone number ``to``, found by its keyed
+        hash (field crypto ``to="encrypt+hash"``): no payload is decrypted to search."""
+        crypto = self.field_crypto
+        if crypto is None or crypto.config.to is not FieldMode.ENCRYPT_HASH:
+            raise ConfigError("recipient lookups need field crypto with to='encrypt+hash'")
+        digest = crypto.recipient_hash(to)
+        if digest is None:
+            raise ConfigError("not a phone number (masked, or no digits)")
+        narrowed = dataclasses.replace(filter or DeliveryFilter(), to_hash=digest)
+        return await self.list_deliveries(narrowed, limit=limit, cursor=cursor)
+
     async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        """The delivery; with field crypto, a payload that does not decrypt raises
+        :class:`~kmsg_webhook.errors.DecryptionError` (``fail_mode="open"``: a marker)."""
         await self.start()
         return await self.persistence.delivery_store.get(delivery_id)
 
     async def retry_delivery(self, delivery_id: str) -> WebhookDelivery:
         """Queue a finished delivery (any terminal status) for another round of attempts now."""
         await self.start()
-        store = self.persistence.delivery_store
+        store = self._stored.delivery_store
         if await store.get(delivery_id) is None:
             raise DeliveryNotFoundError(delivery_id)
         await store.requeue(DeliveryFilter(), now=self.clock.now(), ids=[delivery_id])
         self._wake()
-        delivery = await store.get(delivery_id)
+        delivery = await self.persistence.delivery_store.get(delivery_id)
         if delivery is None:
             raise DeliveryNotFoundError(delivery_id)
         return delivery
@@ -493,8 +569,8 @@ class WebhookRuntimeService:
 
     async def stats(self, filter: DeliveryFilter | None = None) -> RuntimeStats:
         await self.start()
-        endpoints = await self.persistence.endpoint_store.list()
-        deliveries = await self.persistence.delivery_store.stats(filter or DeliveryFilter())
+        endpoints = await self._stored.endpoint_store.list()  # counted, not opened
+        deliveries = await self._stored.delivery_store.stats(filter or DeliveryFilter())
         return RuntimeStats(
             total_endpoints=len(endpoints),
             active_endpoints=sum(e.active for e in endpoints),
@@ -524,10 +600,26 @@ class WebhookRuntimeService:
         return url
 
     async def _require_endpoint(self, endpoint_id: str) -> WebhookEndpoint:
-        endpoint = await self.persistence.endpoint_store.get(endpoint_id)
+        """The endpoint opened strictly: what is written back or sent is never a marker."""
+        endpoint = await self._stored.endpoint_store.get(endpoint_id)
         if endpoint is None:
             raise EndpointNotFoundError(endpoint_id)
+        if self.field_crypto is not None:
+            endpoint = self.field_crypto.open_endpoint(endpoint, strict=True)
         return endpoint
+
+    def _seal(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        crypto = self.field_crypto
+        return endpoint if crypto is None else crypto.seal_endpoint(endpoint)
+
+    async def _store_update(self, endpoint: WebhookEndpoint) -> None:
+        stored = self._seal(endpoint)
+        await self._stored.endpoint_store.update(stored)
+        self._endpoints.put(stored)
+
+    def _prepare(self, event: WebhookEvent) -> WebhookEvent:
+        crypto = self.field_crypto
+        return event if crypto is None else crypto.prepare_event(event)
 
 
 def _resolve_persistence(

@@ -59,8 +59,11 @@ class Sender:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
         self._signers: OrderedDict[tuple[str, ...], Signer] = OrderedDict()
 
-    async def send(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> SendResult:
-        """POST ``delivery.payload`` to the endpoint's current URL; never raises for I/O."""
+    async def send(
+        self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, *, payload: str | None = None
+    ) -> SendResult:
+        """POST ``delivery.payload`` (or ``payload``: the same, decrypted) to the endpoint's
+        current URL; never raises for I/O."""
         started_at = self._clock.now()
         attempt_number = delivery.attempt_count + 1
         t0 = time.perf_counter()
@@ -80,7 +83,7 @@ class Sender:
                 allow_private_hosts=self._security.allow_private_hosts,
                 allow_http_for_localhost=self._security.allow_http_for_localhost,
             )
-            body = delivery.payload.encode()
+            body = (delivery.payload if payload is None else payload).encode()
             headers = self._headers(endpoint, delivery, body, started_at)
         except (EndpointUrlError, SigningError) as exc:
             return failed(f"refused: {exc}", refused=True)

@@ -4,17 +4,22 @@ A backend provides an :class:`EndpointStore` and a :class:`DeliveryStore`, bundl
 :class:`WebhookPersistence` with optional ``init``/``close``. The delivery store is a durable
 outbox: rows are inserted (``pending``) before any send, workers *claim* due rows under a lease,
 and *record* attempt results in bulk. Every backend passes ``tests/test_store_conformance.py``.
+
+Two maintenance operations serve field crypto's ``rekey`` (and any tool that rewrites stored
+values): ``EndpointStore.rewrite_sealed`` and ``DeliveryStore.scan``/``rewrite_payloads``. They
+work on values *as stored* and are compare-and-set, so they never undo a concurrent change.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import dataclasses
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import StoreError
 from .events import parse_timestamp
@@ -24,6 +29,8 @@ from .models import (
     DeliveryPage,
     DeliveryStats,
     DeliveryStatus,
+    PayloadRewrite,
+    RetiredSecret,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -59,6 +66,16 @@ class EndpointStore(Protocol):
         ``succeeded``: reset ``consecutive_failures`` to 0, clear ``failing_since`` and set
         ``last_success_at = at``. Otherwise add ``failures`` to ``consecutive_failures`` and set
         ``failing_since = at`` when it is unset. Returns the updated endpoint (``None`` if gone).
+        """
+
+    async def rewrite_sealed(
+        self, endpoint_id: str, *, expected: WebhookEndpoint, replacement: WebhookEndpoint
+    ) -> bool:
+        """Compare-and-set of the endpoint's sealed fields: ``secret``, ``previous_secrets``
+        and ``headers``, as stored.
+
+        Sets them to ``replacement``'s only while the stored ones still equal ``expected``'s
+        (see :func:`sealed_fields`); nothing else of the row changes. Returns whether it did.
         """
 
 
@@ -131,6 +148,17 @@ class DeliveryStore(Protocol):
     async def purge(self, *, older_than: datetime) -> int:
         """Delete terminal deliveries created before ``older_than``; pending rows are kept."""
 
+    async def scan(
+        self, *, after: str | None = None, limit: int = 500
+    ) -> builtins.list[WebhookDelivery]:
+        """Up to ``limit`` deliveries with ``id > after`` in ascending id order, as stored.
+
+        For maintenance walks that must visit every row once and resume where they stopped.
+        """
+
+    async def rewrite_payloads(self, rewrites: Sequence[PayloadRewrite]) -> int:
+        """Apply each rewrite whose row still stores ``expected_payload``; returns how many."""
+
 
 @dataclass(slots=True)
 class WebhookPersistence:
@@ -140,6 +168,32 @@ class WebhookPersistence:
     delivery_store: DeliveryStore
     init: Callable[[], Awaitable[None]] | None = None
     close: Callable[[], Awaitable[None]] | None = None
+
+
+SealedFields = tuple[str | None, tuple[RetiredSecret, ...], tuple[tuple[str, str], ...]]
+
+
+def sealed_fields(endpoint: WebhookEndpoint) -> SealedFields:
+    """The fields field crypto seals, in a form that compares by value."""
+    return (endpoint.secret, endpoint.previous_secrets, tuple(endpoint.headers.items()))
+
+
+#: Delivery columns that hold the keyed lookup hashes (schema version 2).
+LOOKUP_HASH_COLUMNS = ("to_hash", "from_hash")
+
+
+def with_lookup_hashes(delivery: WebhookDelivery, row: Mapping[Any, Any]) -> WebhookDelivery:
+    """Set, on a delivery *just decoded* from ``row``, the lookup hashes the row carries.
+
+    ``delivery`` must be a fresh object no one else holds (it is completed in place, as
+    ``__post_init__`` would): this runs for every row a claim or a listing reads.
+    """
+    to_hash, from_hash = row.get("to_hash"), row.get("from_hash")
+    if to_hash is not None:
+        object.__setattr__(delivery, "to_hash", to_hash)
+    if from_hash is not None:
+        object.__setattr__(delivery, "from_hash", from_hash)
+    return delivery
 
 
 def apply_outcome(

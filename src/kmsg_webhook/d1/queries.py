@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..store import LOOKUP_HASH_COLUMNS
 from .rows import DELIVERY_INSERT_COLUMNS, ENDPOINT_WRITE_COLUMNS
+
+#: Delivery columns an insert binds: the row codec's, then the lookup hashes (schema v2).
+DELIVERY_WRITE_COLUMNS: tuple[str, ...] = (*DELIVERY_INSERT_COLUMNS, *LOOKUP_HASH_COLUMNS)
 
 # -- endpoints --------------------------------------------------------------------------------
 
@@ -42,6 +46,14 @@ ENDPOINT_UPDATE = (
     " AND other.id <> ?1) RETURNING id"
 )
 
+#: Compare-and-set of an endpoint's sealed fields (?2-?4 new; ?5-?7 expected, JSON compared
+#: after json() normalisation); returns the id when it applied.
+ENDPOINT_REWRITE_SEALED = (
+    "UPDATE {e} SET secret = ?2, previous_secrets_json = ?3, headers_json = ?4"
+    " WHERE id = ?1 AND secret IS ?5 AND json(previous_secrets_json) = json(?6)"
+    " AND json(headers_json) = json(?7) RETURNING id"
+)
+
 #: Delete an endpoint; returns its id when it existed.
 ENDPOINT_DELETE = "DELETE FROM {e} WHERE id = ?1 RETURNING id"
 
@@ -68,9 +80,9 @@ ENDPOINT_HEALTH_FAILURE = (
 #: Multi-row insert head; the store appends as many ``(?, ...)`` groups as fit the limits.
 #: Existing (endpoint_id, event_id) pairs and ids are skipped; returns the ids written.
 DELIVERY_INSERT_HEAD = (
-    "INSERT OR IGNORE INTO {d} (" + ", ".join(DELIVERY_INSERT_COLUMNS) + ") VALUES "
+    "INSERT OR IGNORE INTO {d} (" + ", ".join(DELIVERY_WRITE_COLUMNS) + ") VALUES "
 )
-DELIVERY_INSERT_ROW = "(" + ", ".join("?" for _ in DELIVERY_INSERT_COLUMNS) + ")"
+DELIVERY_INSERT_ROW = "(" + ", ".join("?" for _ in DELIVERY_WRITE_COLUMNS) + ")"
 DELIVERY_INSERT_TAIL = " RETURNING id"
 
 #: Which of these ids exist (reconciling an insert whose first attempt may have applied).
@@ -141,6 +153,15 @@ DELIVERY_REQUEUE = (
 
 #: Delete terminal rows created before ?1.
 DELIVERY_PURGE = "DELETE FROM {d} WHERE status <> 'pending' AND created_at < ?"
+
+#: Up to ?2 rows with an id after ?1 ('' for the start), in id order (maintenance walks).
+DELIVERY_SCAN = "SELECT * FROM {d} WHERE id > ?1 ORDER BY id LIMIT ?2"
+
+#: Set payload ?3 and lookup hashes ?4/?5 while the stored payload is still ?2.
+DELIVERY_REWRITE_PAYLOAD = (
+    "UPDATE {d} SET payload = ?3, to_hash = ?4, from_hash = ?5 WHERE id = ?1 AND payload = ?2"
+    " RETURNING id"
+)
 
 
 @dataclass(frozen=True, slots=True)

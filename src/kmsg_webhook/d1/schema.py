@@ -44,8 +44,8 @@ def quote_identifier(name: str) -> str:
 
 
 # (column, declaration) in table order: column for column the SQLite backend's schema
-# (src/kmsg_webhook/sql/migrations/sqlite/0001_initial.sql), so a database moves between
-# SQLite and D1 (``wrangler d1 export``/``execute --file``) as it is.
+# (schema.sqlite.sql: its migrations 0001 and 0002), so a database moves between SQLite and D1
+# (``wrangler d1 export``/``execute --file``) as it is.
 ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "TEXT NOT NULL PRIMARY KEY"),
     ("url", "TEXT NOT NULL"),
@@ -84,6 +84,9 @@ DELIVERY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("completed_at", "INTEGER"),
     ("lease_owner", "TEXT"),
     ("lease_expires_at", "INTEGER"),
+    # Field crypto's keyed lookup hashes (SQLite migration 0002); added to older tables.
+    ("to_hash", "TEXT"),
+    ("from_hash", "TEXT"),
 )
 
 
@@ -136,6 +139,11 @@ def _index_statements(t: D1Tables) -> list[str]:
         f"ON {d} (status, created_at DESC, id DESC)",
         f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'event_type')} "
         f"ON {d} (event_type, created_at DESC, id DESC)",
+        # Field crypto lookups by keyed recipient / sender hash.
+        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'to_hash')} "
+        f"ON {d} (to_hash) WHERE to_hash IS NOT NULL",
+        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'from_hash')} "
+        f"ON {d} (from_hash) WHERE from_hash IS NOT NULL",
     ]
 
 
@@ -166,7 +174,9 @@ async def initialize_webhook_schema(
     """Create the tables and indexes if missing, in one atomic batch (one round trip).
 
     Every statement is idempotent, so running it again (or from two processes at once) is
-    harmless. Tables created by the original TypeScript adapter are detected: they are
+    harmless. Tables created by an earlier version of this library get the columns added since
+    (the lookup-hash columns), in the same batch as the indexes on them. Tables created by the
+    original TypeScript adapter are detected: they are
     upgraded in place when ``upgrade_original`` is true (this renames ``next_retry_at`` and
     drops ``deliveries.http_method``, ``deliveries.headers_json`` and ``endpoints.active``),
     otherwise a :class:`~kmsg_webhook.d1.errors.D1SchemaError` says so and nothing changes.
@@ -190,8 +200,14 @@ async def initialize_webhook_schema(
     except D1QueryError:
         # An index on a column an older table lacks fails the whole (atomic) batch.
         endpoint_cols, delivery_cols = await _columns(client, probe)
-        if not _is_original(endpoint_cols, delivery_cols):
+        if not _is_original(endpoint_cols, delivery_cols) and not _missing(
+            endpoint_cols, delivery_cols
+        ):
             raise
+        if not _is_original(endpoint_cols, delivery_cols):
+            added = _add_missing_columns(t, endpoint_cols, delivery_cols)
+            await client.batch([D1Statement(sql) for sql in [*added, *(c.sql for c in create)]])
+            return
     if _is_original(endpoint_cols, delivery_cols):
         if not upgrade_original:
             raise D1SchemaError(
@@ -201,6 +217,32 @@ async def initialize_webhook_schema(
             )
         upgrade = _upgrade_statements(t, endpoint_cols, delivery_cols)
         await client.batch([D1Statement(sql) for sql in [*upgrade, *(c.sql for c in create)]])
+
+
+def _missing(endpoint_cols: set[str], delivery_cols: set[str]) -> bool:
+    """Whether existing tables lack a column of the current schema (created by an older
+    version of this library)."""
+    return bool(
+        (endpoint_cols and {n for n, _ in ENDPOINT_COLUMNS} - endpoint_cols)
+        or (delivery_cols and {n for n, _ in DELIVERY_COLUMNS} - delivery_cols)
+    )
+
+
+def _add_missing_columns(
+    t: D1Tables, endpoint_cols: set[str], delivery_cols: set[str]
+) -> list[str]:
+    out: list[str] = []
+    for quoted, columns, present in (
+        (t.endpoints, ENDPOINT_COLUMNS, endpoint_cols),
+        (t.deliveries, DELIVERY_COLUMNS, delivery_cols),
+    ):
+        if present:
+            out += [
+                f"ALTER TABLE {quoted} ADD COLUMN {name} {_addable(decl)}"
+                for name, decl in columns
+                if name not in present
+            ]
+    return out
 
 
 def _names(rows: list[dict[str, object]]) -> set[str]:

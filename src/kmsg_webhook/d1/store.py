@@ -13,7 +13,7 @@ its rows leased (they come back when the lease expires, never to two workers at 
 from __future__ import annotations
 
 import asyncio
-import json
+import builtins
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,21 +25,21 @@ from ..models import (
     DeliveryPage,
     DeliveryStats,
     DeliveryStatus,
+    PayloadRewrite,
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..store import WebhookPersistence, decode_cursor, encode_cursor
+from ..sql.codec import attempt_to_json, dumps, to_millis
+from ..store import WebhookPersistence, decode_cursor, encode_cursor, with_lookup_hashes
 from . import queries as q
 from .client import D1Client, D1Statement, D1Value
 from .rows import (
-    DELIVERY_INSERT_COLUMNS,
-    attempt_json,
+    ENDPOINT_WRITE_COLUMNS,
     delivery_from_row,
     delivery_params,
     endpoint_from_row,
     endpoint_params,
     opt_ms,
-    to_ms,
 )
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
@@ -91,8 +91,18 @@ def _params(values: Sequence[object]) -> tuple[D1Value, ...]:
     return tuple(out)
 
 
+def _delivery(row: dict[str, Any]) -> WebhookDelivery:
+    """A stored delivery row as a model, lookup hashes included."""
+    return with_lookup_hashes(delivery_from_row(row), row)
+
+
+def _delivery_params(delivery: WebhookDelivery) -> tuple[D1Value, ...]:
+    """Insert parameters in :data:`queries.DELIVERY_WRITE_COLUMNS` order."""
+    return (*delivery_params(delivery), delivery.to_hash, delivery.from_hash)
+
+
 def _json_list(values: Collection[str]) -> str:
-    return json.dumps(sorted(values), ensure_ascii=False, separators=(",", ":"))
+    return dumps(sorted(values))
 
 
 class D1EndpointStore:
@@ -179,11 +189,21 @@ class D1EndpointStore:
         await self._gate.ready()
         params: tuple[D1Value, ...]
         if succeeded:
-            sql, params = q.ENDPOINT_HEALTH_SUCCESS, (endpoint_id, to_ms(at))
+            sql, params = q.ENDPOINT_HEALTH_SUCCESS, (endpoint_id, to_millis(at))
         else:
-            sql, params = q.ENDPOINT_HEALTH_FAILURE, (endpoint_id, failures, to_ms(at))
+            sql, params = q.ENDPOINT_HEALTH_FAILURE, (endpoint_id, failures, to_millis(at))
         result = await self._client.query(_fmt(sql, self._t), params)
         return endpoint_from_row(result.rows[0]) if result.rows else None
+
+    async def rewrite_sealed(
+        self, endpoint_id: str, *, expected: WebhookEndpoint, replacement: WebhookEndpoint
+    ) -> bool:
+        await self._gate.ready()
+        result = await self._client.query(
+            _fmt(q.ENDPOINT_REWRITE_SEALED, self._t),
+            (endpoint_id, *_sealed_params(replacement), *_sealed_params(expected)),
+        )
+        return bool(result.rows)
 
 
 class D1DeliveryStore:
@@ -237,7 +257,7 @@ class D1DeliveryStore:
     def _insert_statements(self, deliveries: Sequence[WebhookDelivery]) -> list[D1Statement]:
         """Multi-row INSERTs, each within D1's bound-parameter and statement-length limits."""
         limits = self._client.limits
-        per_row = len(DELIVERY_INSERT_COLUMNS)
+        per_row = len(q.DELIVERY_WRITE_COLUMNS)
         head = _fmt(q.DELIVERY_INSERT_HEAD, self._t)
         tail = q.DELIVERY_INSERT_TAIL
         rows_per_statement = max(1, limits.max_params // per_row)
@@ -250,7 +270,7 @@ class D1DeliveryStore:
         for start in range(0, len(deliveries), rows_per_statement):
             chunk = deliveries[start : start + rows_per_statement]
             sql = head + ", ".join(q.DELIVERY_INSERT_ROW for _ in chunk) + tail
-            params = tuple(p for d in chunk for p in delivery_params(d))
+            params = tuple(p for d in chunk for p in _delivery_params(d))
             out.append(D1Statement(sql, params))
         return out
 
@@ -274,15 +294,15 @@ class D1DeliveryStore:
                     _fmt(q.DELIVERY_CLAIM, self._t),
                     (
                         worker_id,
-                        to_ms(lease_until),
-                        to_ms(now),
+                        to_millis(lease_until),
+                        to_millis(now),
                         _json_list(exclude_endpoints),
                         limit,
                     ),
                 )
             ]
         )
-        claimed = [delivery_from_row(row) for row in result.rows]
+        claimed = [_delivery(row) for row in result.rows]
         # RETURNING has no defined order; hand rows out oldest due first, like the query.
         claimed.sort(key=lambda d: (d.next_attempt_at or d.created_at, d.id))
         return claimed
@@ -298,7 +318,7 @@ class D1DeliveryStore:
                 (
                     o.delivery_id,
                     o.worker_id,
-                    attempt_json(o.attempt) if o.attempt is not None else None,
+                    dumps(attempt_to_json(o.attempt)) if o.attempt is not None else None,
                     self._max_attempts,
                     o.status.value,
                     opt_ms(o.next_attempt_at) if o.status is DeliveryStatus.PENDING else None,
@@ -324,7 +344,7 @@ class D1DeliveryStore:
     async def get(self, delivery_id: str) -> WebhookDelivery | None:
         await self._gate.ready()
         result = await self._client.query(_fmt(q.DELIVERY_GET, self._t), (delivery_id,))
-        return delivery_from_row(result.rows[0]) if result.rows else None
+        return _delivery(result.rows[0]) if result.rows else None
 
     async def list(
         self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
@@ -332,7 +352,7 @@ class D1DeliveryStore:
         clauses = _filter_clauses(filter)
         if cursor is not None:
             created, last_id = decode_cursor(cursor)
-            stamp = to_ms(created)
+            stamp = to_millis(created)
             clauses.append(
                 ("(created_at < ? OR (created_at = ? AND id < ?))", (stamp, stamp, last_id))
             )
@@ -343,7 +363,7 @@ class D1DeliveryStore:
         result = await self._client.query(
             _fmt(q.DELIVERY_LIST, self._t, where.sql), _params((*where.params, limit + 1))
         )
-        rows = [delivery_from_row(row) for row in result.rows]
+        rows = [_delivery(row) for row in result.rows]
         page = rows[:limit]
         more = len(rows) > limit
         return DeliveryPage(
@@ -387,14 +407,44 @@ class D1DeliveryStore:
             clauses.append(("id IN (SELECT value FROM json_each(?))", (_json_list(ids),)))
         where = q.Where.of(clauses)
         result = await self._client.query(
-            _fmt(q.DELIVERY_REQUEUE, self._t, where.sql), _params((to_ms(now), *where.params))
+            _fmt(q.DELIVERY_REQUEUE, self._t, where.sql), _params((to_millis(now), *where.params))
         )
         return result.changes
 
     async def purge(self, *, older_than: datetime) -> int:
         await self._gate.ready()
-        result = await self._client.query(_fmt(q.DELIVERY_PURGE, self._t), (to_ms(older_than),))
+        result = await self._client.query(_fmt(q.DELIVERY_PURGE, self._t), (to_millis(older_than),))
         return result.changes
+
+    async def scan(
+        self, *, after: str | None = None, limit: int = 500
+    ) -> builtins.list[WebhookDelivery]:
+        if limit <= 0:
+            return []
+        await self._gate.ready()
+        result = await self._client.query(_fmt(q.DELIVERY_SCAN, self._t), (after or "", limit))
+        return [_delivery(row) for row in result.rows]
+
+    async def rewrite_payloads(self, rewrites: Sequence[PayloadRewrite]) -> int:
+        if not rewrites:
+            return 0
+        await self._gate.ready()
+        sql = _fmt(q.DELIVERY_REWRITE_PAYLOAD, self._t)
+        results = await self._client.batch(
+            [
+                D1Statement(
+                    sql, (r.delivery_id, r.expected_payload, r.payload, r.to_hash, r.from_hash)
+                )
+                for r in rewrites
+            ]
+        )
+        return sum(len(r.rows) for r in results)
+
+
+def _sealed_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
+    """An endpoint's sealed fields as stored: ``secret``, then the two JSON columns."""
+    params = dict(zip(ENDPOINT_WRITE_COLUMNS, endpoint_params(endpoint), strict=True))
+    return tuple(params[c] for c in ("secret", "previous_secrets_json", "headers_json"))
 
 
 def _filter_clauses(f: DeliveryFilter) -> list[tuple[str, Sequence[object]]]:
@@ -409,9 +459,13 @@ def _filter_clauses(f: DeliveryFilter) -> list[tuple[str, Sequence[object]]]:
         statuses = [s.value for s in f.statuses]
         clauses.append(("status IN (SELECT value FROM json_each(?))", (_json_list(statuses),)))
     if f.created_after is not None:
-        clauses.append(("created_at >= ?", (to_ms(f.created_after),)))
+        clauses.append(("created_at >= ?", (to_millis(f.created_after),)))
     if f.created_before is not None:
-        clauses.append(("created_at < ?", (to_ms(f.created_before),)))
+        clauses.append(("created_at < ?", (to_millis(f.created_before),)))
+    if f.to_hash is not None:
+        clauses.append(("to_hash = ?", (f.to_hash,)))
+    if f.from_hash is not None:
+        clauses.append(("from_hash = ?", (f.from_hash,)))
     return clauses
 
 

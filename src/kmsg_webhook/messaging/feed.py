@@ -9,7 +9,9 @@ Rules:
   send carried an ``attempt`` number), so emitting the same outcome twice is idempotent in
   the runtime, which dedupes deliveries by (endpoint, event id).
 * Phone numbers in event data are masked (:func:`~kmsg_webhook.messaging.phone.mask_phone`,
-  e.g. ``010-****-5678``); message text is never included.
+  e.g. ``010-****-5678``); message text is never included. With
+  ``WebhookFeedConfig(mask_recipients=False)`` the numbers are emitted in full, for a runtime
+  whose field crypto protects them (``to``/``from`` modes, ``docs/field-crypto.md``).
 * A sink failure never fails the send: the event goes to a bounded in-memory retry buffer
   and a background task re-emits it with exponential backoff. Failures are logged and
   reported through ``on_emit_error``; events that are given up on (buffer full, attempts
@@ -106,21 +108,23 @@ def _error_data(error: KMsgError) -> dict[str, Any]:
     return data
 
 
-def _base_data(ctx: MessageContext, status: str) -> dict[str, Any]:
+def _base_data(ctx: MessageContext, status: str, *, mask: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "messageId": ctx.message_id,
         "status": status,
         "type": ctx.type.value,
-        "to": mask_phone(ctx.to),
+        "to": mask_phone(ctx.to) if mask else ctx.to,
     }
     if ctx.from_:
-        data["from"] = mask_phone(ctx.from_)
+        data["from"] = mask_phone(ctx.from_) if mask else ctx.from_
     return data
 
 
-def sent_event(ctx: MessageContext, result: SendResult, *, timestamp: datetime) -> WebhookEvent:
+def sent_event(
+    ctx: MessageContext, result: SendResult, *, timestamp: datetime, mask_recipients: bool = True
+) -> WebhookEvent:
     """``message.sent`` for a successful send."""
-    data = _base_data(ctx, result.status.value)
+    data = _base_data(ctx, result.status.value, mask=mask_recipients)
     data["providerId"] = result.provider_id
     if result.provider_message_id is not None:
         data["providerMessageId"] = result.provider_message_id
@@ -134,10 +138,12 @@ def sent_event(ctx: MessageContext, result: SendResult, *, timestamp: datetime) 
     )
 
 
-def failed_event(ctx: MessageContext, error: KMsgError, *, timestamp: datetime) -> WebhookEvent:
+def failed_event(
+    ctx: MessageContext, error: KMsgError, *, timestamp: datetime, mask_recipients: bool = True
+) -> WebhookEvent:
     """``message.failed`` for a send that failed (validation, routing or vendor)."""
     provider_id = error.provider_id or ctx.provider_id
-    data = _base_data(ctx, "FAILED")
+    data = _base_data(ctx, "FAILED", mask=mask_recipients)
     if provider_id is not None:
         data["providerId"] = provider_id
     data["error"] = _error_data(error)
@@ -174,9 +180,10 @@ def delivery_event(
     status: str,
     timestamp: datetime,
     extra: Mapping[str, Any] | None = None,
+    mask_recipients: bool = True,
 ) -> WebhookEvent:
     """``message.delivered`` / ``message.failed`` from delivery tracking."""
-    data = _base_data(ctx, status)
+    data = _base_data(ctx, status, mask=mask_recipients)
     if ctx.provider_id is not None:
         data["providerId"] = ctx.provider_id
     data.update(extra or {})
@@ -202,6 +209,8 @@ class WebhookFeedConfig:
     initial_backoff: float = 1.0
     max_backoff: float = 60.0
     emit_timeout: float = 5.0
+    #: ``False``: phone numbers go into event data in full (protect them with field crypto).
+    mask_recipients: bool = True
 
     def __post_init__(self) -> None:
         if self.max_buffer < 1 or self.max_attempts < 1:
@@ -259,6 +268,10 @@ class WebhookFeed:
         self._failed_attempts = 0
         self._retried = 0
         self._dropped = 0
+
+    @property
+    def config(self) -> WebhookFeedConfig:
+        return self._config
 
     @property
     def stats(self) -> FeedStats:

@@ -555,7 +555,14 @@ class KMsg:
             "on_final", ctx, FinalOutcome(FinalOutcomeKind.SUCCESS, result=result)
         )
         await self._publish(
-            lambda feed: [sent_event(self._message_context(ctx), result, timestamp=feed.clock())]
+            lambda feed: [
+                sent_event(
+                    self._message_context(ctx),
+                    result,
+                    timestamp=feed.clock(),
+                    mask_recipients=feed.config.mask_recipients,
+                )
+            ]
         )
         return Ok(result)
 
@@ -571,7 +578,8 @@ class KMsg:
             events = []
             if error.code in UNREACHABLE_CODES and error.provider_id is not None:
                 events.append(provider_error_event(message, error, timestamp=now))
-            events.append(failed_event(message, error, timestamp=now))
+            mask = feed.config.mask_recipients
+            events.append(failed_event(message, error, timestamp=now, mask_recipients=mask))
             return events
 
         await self._publish(build)

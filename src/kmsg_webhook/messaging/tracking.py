@@ -498,6 +498,7 @@ class DeliveryTrackingService:
                 status=record.status.value,
                 timestamp=self._feed.clock(),
                 extra=extra,
+                mask_recipients=self._feed.config.mask_recipients,
             )
         )
 

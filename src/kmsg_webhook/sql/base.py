@@ -14,7 +14,7 @@ import asyncio
 import builtins
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
@@ -35,10 +35,17 @@ from ..models import (
     DeliveryPage,
     DeliveryStats,
     DeliveryStatus,
+    PayloadRewrite,
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..store import WebhookPersistence, decode_cursor, encode_cursor
+from ..store import (
+    WebhookPersistence,
+    decode_cursor,
+    encode_cursor,
+    sealed_fields,
+    with_lookup_hashes,
+)
 from .codec import delivery_to_row, endpoint_to_row, row_to_delivery, row_to_endpoint
 from .faults import RetryPolicy, is_transient
 from .schema import Dialect, Migration, TableNames, migrations, queries, render
@@ -49,6 +56,19 @@ T = TypeVar("T")
 Operation = Callable[[AsyncConnection, int], Awaitable[T]]
 
 DEFAULT_RETRY_TIMEOUT = 30.0
+
+
+def delivery_row(delivery: WebhookDelivery) -> dict[str, Any]:
+    """The codec's column values plus the lookup-hash columns (schema version 2)."""
+    row = delivery_to_row(delivery)
+    row["to_hash"] = delivery.to_hash
+    row["from_hash"] = delivery.from_hash
+    return row
+
+
+def read_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
+    """A stored delivery row (any access path) as a model, lookup hashes included."""
+    return with_lookup_hashes(row_to_delivery(row), row)
 
 
 def describe(exc: BaseException) -> str:
@@ -423,6 +443,30 @@ class SqlEndpointStore:
 
         return await self._db.run(op)
 
+    async def rewrite_sealed(
+        self, endpoint_id: str, *, expected: WebhookEndpoint, replacement: WebhookEndpoint
+    ) -> bool:
+        t = self._t
+        new = endpoint_to_row(replacement)
+        values = {k: new[k] for k in ("secret", "previous_secrets_json", "headers_json")}
+        select = sa.select(t).where(t.c.id == endpoint_id)
+        if self._db.dialect == "postgresql":
+            select = select.with_for_update()
+
+        async def op(conn: AsyncConnection, attempt: int) -> bool:
+            # Under the write lock (SQLite) or the row lock (Postgres): compare, then set.
+            await self._db.begin_write(conn)
+            row = (await conn.execute(select)).first()
+            current = None if row is None else row_to_endpoint(row._mapping)
+            if current is None or sealed_fields(current) != sealed_fields(expected):
+                await conn.rollback()
+                return False
+            await conn.execute(sa.update(t).where(t.c.id == endpoint_id).values(values))
+            await conn.commit()
+            return True
+
+        return await self._db.run(op)
+
     @staticmethod
     def _url_taken(endpoint: WebhookEndpoint, owner: str) -> DuplicateEndpointError:
         return DuplicateEndpointError(
@@ -442,7 +486,7 @@ class SqlDeliveryStore:
     async def insert_many(
         self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
     ) -> list[str]:
-        rows = [delivery_to_row(d) for d in deliveries]
+        rows = [delivery_row(d) for d in deliveries]
         if connection is not None:
             await self._db.init()
             try:
@@ -527,7 +571,7 @@ class SqlDeliveryStore:
 
         async def op(conn: AsyncConnection, attempt: int) -> WebhookDelivery | None:
             row = (await conn.execute(sa.select(t).where(t.c.id == delivery_id))).first()
-            return None if row is None else row_to_delivery(row._mapping)
+            return None if row is None else read_delivery(row._mapping)
 
         return await self._db.run(op)
 
@@ -548,7 +592,7 @@ class SqlDeliveryStore:
         query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
 
         async def op(conn: AsyncConnection, attempt: int) -> list[WebhookDelivery]:
-            return [row_to_delivery(r._mapping) for r in await conn.execute(query)]
+            return [read_delivery(r._mapping) for r in await conn.execute(query)]
 
         rows = await self._db.run(op)
         page = rows[:limit]
@@ -626,6 +670,55 @@ class SqlDeliveryStore:
         )
         return await self._write_count(statement)
 
+    async def scan(
+        self, *, after: str | None = None, limit: int = 500
+    ) -> builtins.list[WebhookDelivery]:
+        t = self._t
+        if limit <= 0:
+            return []
+        query = sa.select(t).order_by(t.c.id).limit(limit)
+        if after is not None:
+            query = query.where(t.c.id > after)
+
+        async def op(conn: AsyncConnection, attempt: int) -> builtins.list[WebhookDelivery]:
+            return [read_delivery(r._mapping) for r in await conn.execute(query)]
+
+        return await self._db.run(op)
+
+    async def rewrite_payloads(self, rewrites: Sequence[PayloadRewrite]) -> int:
+        if not rewrites:
+            return 0
+        t = self._t
+        statement = (
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("b_id"), t.c.payload == sa.bindparam("b_expected"))
+            .values(
+                payload=sa.bindparam("b_payload"),
+                to_hash=sa.bindparam("b_to_hash"),
+                from_hash=sa.bindparam("b_from_hash"),
+            )
+        )
+        params = [
+            {
+                "b_id": r.delivery_id,
+                "b_expected": r.expected_payload,
+                "b_payload": r.payload,
+                "b_to_hash": r.to_hash,
+                "b_from_hash": r.from_hash,
+            }
+            for r in rewrites
+        ]
+
+        async def op(conn: AsyncConnection, attempt: int) -> int:
+            await self._db.begin_write(conn)
+            applied = 0
+            for one in params:  # one statement each: rowcount is per row on every driver
+                applied += int((await conn.execute(statement, one)).rowcount)
+            await conn.commit()
+            return applied
+
+        return await self._db.run(op)
+
     async def _write_count(self, statement: sa.Executable) -> int:
         async def op(conn: AsyncConnection, attempt: int) -> int:
             await self._db.begin_write(conn)
@@ -650,4 +743,8 @@ class SqlDeliveryStore:
             conditions.append(t.c.created_at >= self._db.bound(f.created_after))
         if f.created_before is not None:
             conditions.append(t.c.created_at < self._db.bound(f.created_before))
+        if f.to_hash is not None:
+            conditions.append(t.c.to_hash == f.to_hash)
+        if f.from_hash is not None:
+            conditions.append(t.c.from_hash == f.from_hash)
         return conditions

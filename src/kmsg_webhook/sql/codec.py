@@ -100,9 +100,30 @@ def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
 
 # -- endpoints ---------------------------------------------------------------------------------
 
+ENDPOINT_COLUMNS = (
+    "id",
+    "url",
+    "name",
+    "description",
+    "status",
+    "events_json",
+    "headers_json",
+    "secret",
+    "previous_secrets_json",
+    "retry_config_json",
+    "filters_json",
+    "created_at",
+    "updated_at",
+    "last_triggered_at",
+    "disabled_reason",
+    "consecutive_failures",
+    "failing_since",
+    "last_success_at",
+)
+
 
 def endpoint_to_row(endpoint: WebhookEndpoint) -> dict[str, Any]:
-    """Column values of an endpoint (plain values: datetimes and JSON-ready objects)."""
+    """Column values of an endpoint (plain values), in :data:`ENDPOINT_COLUMNS` order."""
     retry = endpoint.retry_config
     filters = endpoint.filters
     return {

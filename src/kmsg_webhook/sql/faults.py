@@ -69,6 +69,10 @@ def _is_transient_here(exc: BaseException) -> bool:
             return exc.sqlstate in _TRANSIENT_SQLSTATES or exc.sqlstate.startswith("08")
         if isinstance(exc, asyncpg.InterfaceError):
             return any(text in str(exc) for text in _CLOSED_MESSAGES)
+        if isinstance(exc, asyncpg.InternalClientError):
+            # The protocol lost track of an operation the server cut off: the connection is
+            # unusable, a fresh one is not.
+            return str(exc).startswith("cannot switch to state")
     message = str(exc).lower()
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and any(
         text in message for text in (*_CLOSED_MESSAGES, *_SQLITE_BUSY)

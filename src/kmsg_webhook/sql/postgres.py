@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .codec import DELIVERY_COLUMNS, attempt_to_json, dumps, row_to_delivery
+from ..store import LOOKUP_HASH_COLUMNS
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase, read_delivery
+from .codec import DELIVERY_COLUMNS, attempt_to_json, dumps
 from .faults import redact_url
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
@@ -35,6 +36,8 @@ from .schema import (
 )
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+# The columns the raw insert binds, one array each, in the order of queries/postgresql.sql.
+_INSERT_COLUMNS = (*DELIVERY_COLUMNS, *LOOKUP_HASH_COLUMNS)
 
 
 class PostgresDatabase(SqlDatabase):
@@ -203,10 +206,10 @@ class PostgresDatabase(SqlDatabase):
         )
 
     async def _insert_raw(self, driver: asyncpg.Connection, rows: list[dict[str, Any]]) -> set[str]:
-        columns: dict[str, list[Any]] = {name: [r[name] for r in rows] for name in DELIVERY_COLUMNS}
+        columns = {name: [r.get(name) for r in rows] for name in _INSERT_COLUMNS}
         columns["attempts_json"] = [dumps(value) for value in columns["attempts_json"]]
         found = await driver.fetch(
-            self.sql["insert_deliveries"], *(columns[name] for name in DELIVERY_COLUMNS)
+            self.sql["insert_deliveries"], *(columns[name] for name in _INSERT_COLUMNS)
         )
         return {r["id"] for r in found}
 
@@ -224,7 +227,7 @@ class PostgresDatabase(SqlDatabase):
         found = await driver.fetch(
             self.sql["claim_deliveries"], worker_id, lease_until, now, exclude, limit
         )
-        return [row_to_delivery(dict(r.items())) for r in found]
+        return [read_delivery(dict(r.items())) for r in found]
 
     async def record_outcomes(
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]

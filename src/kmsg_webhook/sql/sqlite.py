@@ -27,14 +27,14 @@ from sqlalchemy.pool import StaticPool
 from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
+from ..store import LOOKUP_HASH_COLUMNS
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase, read_delivery
 from .codec import (
     DELIVERY_COLUMNS,
     attempt_to_json,
     ceil_millis,
     dumps,
     from_millis,
-    row_to_delivery,
     to_millis,
 )
 from .schema import (
@@ -49,14 +49,16 @@ from .schema import (
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING (3.35) and UPDATE ... FROM (3.33)
 MEMORY = ":memory:"
-# Rows per INSERT statement: 16 parameters each stays far below SQLite's 32766-variable limit.
+# The columns the raw insert binds, in the order of queries/sqlite.sql.
+_INSERT_COLUMNS = (*DELIVERY_COLUMNS, *LOOKUP_HASH_COLUMNS)
+# Rows per INSERT statement: 18 parameters each stays far below SQLite's 32766-variable limit.
 INSERT_CHUNK = 1000
-_ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_COLUMNS)) + ")"
+_ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(_INSERT_COLUMNS)) + ")"
 _TIMESTAMP_INDEXES = [
-    DELIVERY_COLUMNS.index(name)
+    _INSERT_COLUMNS.index(name)
     for name in ("created_at", "next_attempt_at", "completed_at", "lease_expires_at")
 ]
-_ATTEMPTS_INDEX = DELIVERY_COLUMNS.index("attempts_json")
+_ATTEMPTS_INDEX = _INSERT_COLUMNS.index("attempts_json")
 
 
 class SQLiteDatabase(SqlDatabase):
@@ -264,7 +266,7 @@ class SQLiteDatabase(SqlDatabase):
             cursor = await driver.execute(self.sql["claim_deliveries"], params)
             rows = await cursor.fetchall()
             names = [d[0] for d in cursor.description]
-        return [row_to_delivery(dict(zip(names, row, strict=True))) for row in rows]
+        return [read_delivery(dict(zip(names, row, strict=True))) for row in rows]
 
     async def record_outcomes(
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
@@ -318,7 +320,7 @@ def _millis(value: datetime | None) -> int | None:
 
 def _raw_values(row: dict[str, Any]) -> list[Any]:
     """A delivery row as the insert binds it: column order, ms timestamps, JSON as text."""
-    values = [row[name] for name in DELIVERY_COLUMNS]
+    values = [row.get(name) for name in _INSERT_COLUMNS]
     for index in _TIMESTAMP_INDEXES:
         values[index] = _millis(values[index])
     values[_ATTEMPTS_INDEX] = dumps(values[_ATTEMPTS_INDEX])

@@ -116,5 +116,7 @@ def build_tables(names: TableNames) -> Tables:
         sa.Column("completed_at", Timestamp),
         sa.Column("lease_owner", sa.Text),
         sa.Column("lease_expires_at", Timestamp),
+        sa.Column("to_hash", sa.Text),
+        sa.Column("from_hash", sa.Text),
     )
     return Tables(endpoints=endpoints, deliveries=deliveries)

@@ -10,17 +10,18 @@
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
     last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
-    lease_expires_at)
+    lease_expires_at, to_hash, from_hash)
 SELECT r.id, r.endpoint_id, r.event_id, r.event_type, r.url, r.payload, r.status,
        r.attempts_json::jsonb, r.attempt_count, r.last_latency_ms, r.last_error, r.created_at,
-       r.next_attempt_at, r.completed_at, r.lease_owner, r.lease_expires_at
+       r.next_attempt_at, r.completed_at, r.lease_owner, r.lease_expires_at, r.to_hash,
+       r.from_hash
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::int4[], $10::float8[], $11::text[],
             $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::text[],
-            $16::timestamptz[])
+            $16::timestamptz[], $17::text[], $18::text[])
      AS r(id, endpoint_id, event_id, event_type, url, payload, status, attempts_json,
           attempt_count, last_latency_ms, last_error, created_at, next_attempt_at,
-          completed_at, lease_owner, lease_expires_at)
+          completed_at, lease_owner, lease_expires_at, to_hash, from_hash)
 ON CONFLICT DO NOTHING
 RETURNING id;
 

@@ -5,14 +5,14 @@
 -- milliseconds.
 
 -- name: insert_deliveries
--- Insert a batch; {rows} stands for one "(?, ... 16 ...)" group per row, in column order (the
+-- Insert a batch; {rows} stands for one "(?, ... 18 ...)" group per row, in column order (the
 -- store sends at most 1000 rows per statement). Rows whose id or (endpoint_id, event_id)
 -- already exists are skipped; the ids of new rows are returned. Binding parameters measured
 -- faster than reading one JSON document with json_each (which re-parses per column).
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
     last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
-    lease_expires_at)
+    lease_expires_at, to_hash, from_hash)
 VALUES {rows}
 ON CONFLICT DO NOTHING
 RETURNING id;
