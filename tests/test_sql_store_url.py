@@ -89,6 +89,13 @@ def test_postgres_urls_and_schema_option(scheme: str) -> None:
     assert repr(db).count("***") == 1 and "pw@" not in repr(db)
 
 
+def test_postgres_application_name_from_the_url_is_a_server_setting() -> None:
+    db = database_from_url("postgresql://app@db/hooks?application_name=billing-web")
+    assert isinstance(db, PostgresDatabase)
+    assert db.application_name == "billing-web"
+    assert "application_name" not in db._url.query  # asyncpg refuses it as a connect argument
+
+
 def test_postgres_url_errors() -> None:
     with pytest.raises(ConfigError, match="contradicts"):
         PostgresDatabase("postgresql://h/db?schema=a", schema="b")

@@ -618,3 +618,15 @@ async def test_rewrite_sealed_is_compare_and_set(persistence: WebhookPersistence
 async def _stored_endpoints(p: WebhookPersistence) -> list[WebhookEndpoint]:
     """Endpoints as stored (below any field-crypto wrapper): what ``rewrite_sealed`` compares."""
     return list(await stored_view(p).endpoint_store.list())
+
+
+async def test_time_range_bounds_are_exact_below_a_millisecond(
+    persistence: WebhookPersistence,
+) -> None:
+    # Stores that keep whole milliseconds must still honour `>=` and `<` exactly.
+    await persistence.delivery_store.insert_many([delivery(1), delivery(2)])
+    half = timedelta(microseconds=500)
+    after = DeliveryFilter(created_after=T0 + timedelta(milliseconds=1) + half)
+    assert [d.id for d in (await persistence.delivery_store.list(after)).items] == ["dlv_0002"]
+    before = DeliveryFilter(created_before=T0 + timedelta(milliseconds=1) + half)
+    assert [d.id for d in (await persistence.delivery_store.list(before)).items] == ["dlv_0001"]

@@ -217,8 +217,15 @@ def _listen(args: argparse.Namespace) -> int:
         ]
     )
     app.router.add_post(args.path, handle)
-    print(f"listening on http://{args.host}:{args.port}{args.path} (Ctrl-C to stop)", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    banner = f"listening on http://{args.host}:{args.port}{args.path} (Ctrl-C to stop)"
+    # run_app calls `print` once the socket is bound, so the banner means "ready".
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=lambda _: print(banner, flush=True),
+    )
     return 0
 
 

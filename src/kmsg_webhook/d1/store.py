@@ -29,7 +29,7 @@ from ..models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..sql.codec import attempt_to_json, dumps, to_millis
+from ..sql.codec import attempt_to_json, ceil_millis, dumps, to_millis
 from ..store import WebhookPersistence, decode_cursor, encode_cursor, with_lookup_hashes
 from . import queries as q
 from .client import D1Client, D1Statement, D1Value
@@ -459,9 +459,9 @@ def _filter_clauses(f: DeliveryFilter) -> list[tuple[str, Sequence[object]]]:
         statuses = [s.value for s in f.statuses]
         clauses.append(("status IN (SELECT value FROM json_each(?))", (_json_list(statuses),)))
     if f.created_after is not None:
-        clauses.append(("created_at >= ?", (to_millis(f.created_after),)))
+        clauses.append(("created_at >= ?", (ceil_millis(f.created_after),)))
     if f.created_before is not None:
-        clauses.append(("created_at < ?", (to_millis(f.created_before),)))
+        clauses.append(("created_at < ?", (ceil_millis(f.created_before),)))
     if f.to_hash is not None:
         clauses.append(("to_hash = ?", (f.to_hash,)))
     if f.from_hash is not None:

@@ -74,6 +74,8 @@ class PostgresDatabase(SqlDatabase):
             raise ConfigError(f"not a PostgreSQL URL: {display}")
         query = dict(parsed.query)
         url_schema = query.pop("schema", None)
+        # asyncpg takes the application name as a server setting, not a connect argument.
+        url_app = query.pop("application_name", None)
         if isinstance(url_schema, tuple):
             raise ConfigError(f"the schema is given more than once in {display}")
         if schema is not None and url_schema is not None and schema != url_schema:
@@ -83,7 +85,7 @@ class PostgresDatabase(SqlDatabase):
         self._url: URL = parsed.set(drivername="postgresql+asyncpg", query=query)
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self.application_name = application_name
+        self.application_name = url_app if isinstance(url_app, str) else application_name
         names = TableNames(
             DEFAULT_ENDPOINT_TABLE if endpoint_table is None else endpoint_table,
             DEFAULT_DELIVERY_TABLE if delivery_table is None else delivery_table,
