@@ -109,9 +109,15 @@ class EndpointCache:
         await self._refresh_if_stale()
         return list(self._by_id.values())
 
-    async def matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
-        """The endpoints that receive ``event`` (same rule as :meth:`WebhookEndpoint.matches`)."""
+    async def refresh(self) -> None:
+        """Re-read the endpoints if the cached list is older than the TTL."""
         await self._refresh_if_stale()
+
+    def matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
+        """The endpoints that receive ``event`` (same rule as :meth:`WebhookEndpoint.matches`).
+
+        Synchronous (it runs for every event of a batch): call :meth:`refresh` first.
+        """
         if self._by_type is None:
             by_type: dict[WebhookEventType, list[WebhookEndpoint]] = {}
             for endpoint in self._by_id.values():

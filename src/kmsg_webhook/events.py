@@ -29,6 +29,8 @@ JSONValue: TypeAlias = (
 )
 JSONObject: TypeAlias = Mapping[str, JSONValue]
 
+# Reused: json.dumps with non-default options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
 
 
@@ -211,7 +213,7 @@ class WebhookEvent:
     def to_json(self) -> str:
         """The exact request body: compact JSON, UTF-8 characters kept as they are."""
         try:
-            return json.dumps(self.to_wire(), separators=(",", ":"), ensure_ascii=False)
+            return _ENCODER.encode(self.to_wire())
         except (TypeError, ValueError) as exc:
             raise InvalidEventError(f"Event data is not JSON-serialisable: {exc}") from exc
 

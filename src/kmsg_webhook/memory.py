@@ -24,6 +24,7 @@ from .models import (
     PayloadRewrite,
     WebhookDelivery,
     WebhookEndpoint,
+    evolve_delivery,
 )
 from .store import (
     WebhookPersistence,
@@ -171,7 +172,7 @@ class InMemoryDeliveryStore:
             if row.endpoint_id in exclude_endpoints:
                 skipped.append(row)
                 continue
-            leased = dataclasses.replace(row, lease_owner=worker_id, lease_expires_at=lease_until)
+            leased = evolve_delivery(row, lease_owner=worker_id, lease_expires_at=lease_until)
             self._rows[delivery_id] = leased
             self._leased[delivery_id] = lease_until
             claimed.append(leased)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from .errors import FieldCryptoError, InvalidEndpointError
 from .events import WebhookEvent, WebhookEventType
@@ -346,3 +348,15 @@ class RuntimeStats:
     total_endpoints: int
     active_endpoints: int
     deliveries: DeliveryStats
+
+
+_DELIVERY_FIELDS = tuple(f.name for f in dataclasses.fields(WebhookDelivery))
+
+
+def evolve_delivery(delivery: WebhookDelivery, **changes: Any) -> WebhookDelivery:
+    """``dataclasses.replace`` for deliveries, about twice as fast (claim and record call it
+    for every delivery; :class:`WebhookDelivery` has no ``__post_init__`` to run)."""
+    new = object.__new__(WebhookDelivery)
+    for name in _DELIVERY_FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(delivery, name))
+    return new

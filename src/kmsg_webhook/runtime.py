@@ -397,7 +397,8 @@ class WebhookRuntimeService:
             raise RuntimeClosedError("the runtime is shut down")
         if event.type not in self.config.enabled_events:
             return
-        await self.start()
+        if not self._started:
+            await self.start()
         if connection is not None:
             await self._write_events([event], connection=connection)
             return
@@ -427,7 +428,7 @@ class WebhookRuntimeService:
                 lease_owner=self.worker_id,
                 lease_expires_at=lease_until,
             )
-            for endpoint in await self._endpoints.matching(event)
+            for endpoint in await self._matching(event)
         ]
         crypto = self.field_crypto
         stored = rows
@@ -438,13 +439,18 @@ class WebhookRuntimeService:
         # The rows as built (plaintext, in memory) are what is sent.
         return await self._dispatcher.send_now([r for r in rows if r.id in inserted])
 
+    async def _matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
+        await self._endpoints.refresh()
+        return self._endpoints.matching(event)
+
     async def _write_events(
         self, events: Sequence[WebhookEvent], *, connection: object | None = None
     ) -> None:
         now = self.clock.now()
         rows: list[WebhookDelivery] = []
+        await self._endpoints.refresh()
         for event in events:
-            endpoints = await self._endpoints.matching(event)
+            endpoints = self._endpoints.matching(event)
             if endpoints:
                 event = self._prepare(event)
                 payload = event.to_json()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,7 +16,7 @@ from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
 from .urlguard import validate_endpoint_url
 
-_SIGNER_CACHE_SIZE = 1024
+_PREPARED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,7 @@ class Sender:
         self._security = security
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
-        self._signers: OrderedDict[tuple[str, ...], Signer] = OrderedDict()
+        self._prepared: dict[str, _Prepared] = {}
 
     async def send(
         self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, *, payload: str | None = None
@@ -95,7 +94,12 @@ class Sender:
                 allow_redirects=False,
                 timeout=self._timeout,
             ) as response:
-                raw = await _read_prefix(response.content, self._config.max_response_body_bytes)
+                limit = self._config.max_response_body_bytes
+                length = response.content_length
+                if length is not None and length <= limit:
+                    raw = await response.read()  # the usual small answer: one read
+                else:
+                    raw = await _read_prefix(response.content, limit)
                 attempt = WebhookAttempt(
                     attempt_number=attempt_number,
                     started_at=started_at,
@@ -119,45 +123,65 @@ class Sender:
     def _headers(
         self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, body: bytes, now: datetime
     ) -> dict[str, str]:
-        headers = {
+        prepared = self._prepared.get(endpoint.id)
+        if prepared is None or not prepared.fits(endpoint, now):
+            prepared = self._prepare(endpoint, now)
+        headers = dict(prepared.base)
+        timestamp = int(now.timestamp())
+        if prepared.signer is None:
+            headers.update(_unsigned_headers(self._config.signature_scheme, delivery, timestamp))
+        else:
+            headers.update(
+                prepared.signer.headers(
+                    msg_id=delivery.event_id,
+                    timestamp=timestamp,
+                    body=body,
+                    event_type=delivery.event_type.value,
+                )
+            )
+        return headers
+
+    def _prepare(self, endpoint: WebhookEndpoint, now: datetime) -> _Prepared:
+        """Everything about an endpoint's headers that does not change per attempt."""
+        config = self._config
+        base = {
             name: value
             for name, value in endpoint.headers.items()
             if name.lower() not in RESERVED_HEADERS
         }
-        headers["Content-Type"] = "application/json"
-        headers.setdefault("User-Agent", self._config.user_agent)
-        timestamp = int(now.timestamp())
-        config = self._config
-        if not config.enable_security:
-            headers.update(_unsigned_headers(config.signature_scheme, delivery, timestamp))
-            return headers
-        secrets = endpoint.signing_secrets(now)
-        if not secrets and config.secret_key:
-            secrets = [config.secret_key]
-        if not secrets:
-            raise SigningError(
-                f"signing is on but endpoint {endpoint.id} has no secret; refusing an unsigned send"
-            )
-        headers.update(
-            self._signer(tuple(secrets)).headers(
-                msg_id=delivery.event_id,
-                timestamp=timestamp,
-                body=body,
-                event_type=delivery.event_type.value,
-            )
-        )
-        return headers
+        base["Content-Type"] = "application/json"
+        base.setdefault("User-Agent", config.user_agent)
+        signer: Signer | None = None
+        if config.enable_security:
+            secrets = endpoint.signing_secrets(now)
+            if not secrets and config.secret_key:
+                secrets = [config.secret_key]
+            if not secrets:
+                raise SigningError(
+                    f"signing is on but endpoint {endpoint.id} has no secret; "
+                    "refusing an unsigned send"
+                )
+            signer = Signer(secrets, config.signature_scheme)
+        expiries = [s.expires_at for s in endpoint.previous_secrets if s.expires_at > now]
+        prepared = _Prepared(endpoint, base, signer, min(expiries) if expiries else None)
+        if len(self._prepared) >= _PREPARED_CACHE_SIZE:
+            self._prepared.clear()
+        self._prepared[endpoint.id] = prepared
+        return prepared
 
-    def _signer(self, secrets: tuple[str, ...]) -> Signer:
-        signer = self._signers.get(secrets)
-        if signer is None:
-            signer = Signer(secrets, self._config.signature_scheme)
-            self._signers[secrets] = signer
-            if len(self._signers) > _SIGNER_CACHE_SIZE:
-                self._signers.popitem(last=False)
-        else:
-            self._signers.move_to_end(secrets)
-        return signer
+
+@dataclass(slots=True)
+class _Prepared:
+    """An endpoint's fixed headers and signer, valid while the endpoint object is the same
+    (endpoints are immutable: any change makes a new one) and no retired secret has expired."""
+
+    endpoint: WebhookEndpoint
+    base: dict[str, str]
+    signer: Signer | None
+    valid_until: datetime | None
+
+    def fits(self, endpoint: WebhookEndpoint, now: datetime) -> bool:
+        return self.endpoint is endpoint and (self.valid_until is None or now < self.valid_until)
 
 
 def _unsigned_headers(

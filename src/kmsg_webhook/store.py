@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +32,7 @@ from .models import (
     RetiredSecret,
     WebhookDelivery,
     WebhookEndpoint,
+    evolve_delivery,
 )
 
 
@@ -205,7 +205,7 @@ def apply_outcome(
     if outcome.attempt is not None:
         attempts = (*attempts, outcome.attempt)[-max_stored_attempts:]
         count += 1
-    return dataclasses.replace(
+    return evolve_delivery(
         delivery,
         attempts=attempts,
         attempt_count=count,

@@ -54,6 +54,9 @@ RETURNING d.*;
 UPDATE kmsg_webhook_deliveries AS d
 SET attempts_json = CASE
         WHEN o.attempt IS NULL THEN d.attempts_json
+        -- Below the cap (the usual case) append in place; rebuild only to drop the oldest.
+        WHEN jsonb_array_length(d.attempts_json) < $9
+            THEN d.attempts_json || jsonb_build_array(o.attempt::jsonb)
         ELSE (SELECT coalesce(jsonb_agg(a.value ORDER BY a.n), '[]'::jsonb)
               FROM jsonb_array_elements(d.attempts_json || jsonb_build_array(o.attempt::jsonb))
                    WITH ORDINALITY AS a(value, n)

@@ -45,6 +45,9 @@ RETURNING *;
 UPDATE kmsg_webhook_deliveries AS d
 SET attempts_json = CASE
         WHEN o.attempt IS NULL THEN d.attempts_json
+        -- Below the cap (the usual case) append in place; rebuild only to drop the oldest.
+        WHEN json_array_length(d.attempts_json) < :max_attempts
+            THEN json_insert(d.attempts_json, '$[#]', json(o.attempt))
         ELSE (SELECT json_group_array(json(a.value))
               FROM json_each(json_insert(d.attempts_json, '$[#]', json(o.attempt))) AS a
               WHERE a.key > json_array_length(d.attempts_json) - :max_attempts)
