@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,28 +25,17 @@ from kmsg_webhook.messaging import (
     MessageType,
     Ok,
     ProviderConfigError,
-    RetryPolicy,
     SendWarningCode,
     SmsSendOptions,
 )
 from messaging_fakes.aligo import FakeAligo
 from messaging_fakes.base import Reply
+from messaging_fakes.fixtures import provider_fixtures
 from messaging_fakes.util import RecordingSleep
 
 SMS = "/sms/send/"
 ALIMTALK = "/kakao/akv10/alimtalk/send/"
 FRIENDTALK = "/kakao/akv10/friendtalk/send/"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAligo]:
-    async with FakeAligo() as server:
-        yield server
-
-
-@pytest.fixture
-def sleep() -> RecordingSleep:
-    return RecordingSleep()
 
 
 def make(fake: FakeAligo, sleep: RecordingSleep, **overrides: Any) -> AligoProvider:
@@ -64,18 +52,7 @@ def make(fake: FakeAligo, sleep: RecordingSleep, **overrides: Any) -> AligoProvi
     return AligoProvider(AligoConfig(**settings), sleep=sleep)
 
 
-@pytest.fixture
-async def provider(fake: FakeAligo, sleep: RecordingSleep) -> AsyncIterator[AligoProvider]:
-    p = make(fake, sleep)
-    yield p
-    await p.aclose()
-
-
-@pytest.fixture
-async def once(fake: FakeAligo, sleep: RecordingSleep) -> AsyncIterator[AligoProvider]:
-    p = make(fake, sleep, retry=RetryPolicy.never())
-    yield p
-    await p.aclose()
+fake, sleep, provider, once = provider_fixtures(FakeAligo, make)
 
 
 async def test_sms_form_fields(fake: FakeAligo, provider: AligoProvider) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,22 +30,12 @@ from kmsg_webhook.messaging import (
     SmsSendOptions,
 )
 from messaging_fakes.base import Reply
+from messaging_fakes.fixtures import provider_fixtures
 from messaging_fakes.iwinv import FakeIwinv
 from messaging_fakes.util import RecordingSleep
 
 SEND = "/alimtalk/api/v2/send/"
 SMS_SEND = "/sms/api/v2/send/"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeIwinv]:
-    async with FakeIwinv() as server:
-        yield server
-
-
-@pytest.fixture
-def sleep() -> RecordingSleep:
-    return RecordingSleep()
 
 
 def make(fake: FakeIwinv, sleep: RecordingSleep, **overrides: Any) -> IWINVProvider:
@@ -63,18 +52,7 @@ def make(fake: FakeIwinv, sleep: RecordingSleep, **overrides: Any) -> IWINVProvi
     return IWINVProvider(IWINVConfig(**settings), sleep=sleep)
 
 
-@pytest.fixture
-async def provider(fake: FakeIwinv, sleep: RecordingSleep) -> AsyncIterator[IWINVProvider]:
-    p = make(fake, sleep)
-    yield p
-    await p.aclose()
-
-
-@pytest.fixture
-async def once(fake: FakeIwinv, sleep: RecordingSleep) -> AsyncIterator[IWINVProvider]:
-    p = make(fake, sleep, retry=RetryPolicy.never())
-    yield p
-    await p.aclose()
+fake, sleep, provider, once = provider_fixtures(FakeIwinv, make)
 
 
 def alimtalk(**kw: Any) -> AlimTalkSendOptions:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from kmsg_webhook.messaging import (
     RcsOptions,
     RcsTemplateSendOptions,
     RcsTextSendOptions,
-    RetryPolicy,
     SendOptions,
     SendWarningCode,
     SmsSendOptions,
@@ -45,21 +43,11 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.solapi import map_solapi_delivery_status
 from messaging_fakes.base import Reply
+from messaging_fakes.fixtures import provider_fixtures
 from messaging_fakes.solapi import FakeSolapi
 from messaging_fakes.util import RecordingSleep
 
 SEND = "/messages/v4/send"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSolapi]:
-    async with FakeSolapi() as server:
-        yield server
-
-
-@pytest.fixture
-def sleep() -> RecordingSleep:
-    return RecordingSleep()
 
 
 def make(fake: FakeSolapi, sleep: RecordingSleep, **overrides: Any) -> SolapiProvider:
@@ -75,18 +63,7 @@ def make(fake: FakeSolapi, sleep: RecordingSleep, **overrides: Any) -> SolapiPro
     return SolapiProvider(SolapiConfig(**settings), sleep=sleep, **extra)
 
 
-@pytest.fixture
-async def provider(fake: FakeSolapi, sleep: RecordingSleep) -> AsyncIterator[SolapiProvider]:
-    p = make(fake, sleep)
-    yield p
-    await p.aclose()
-
-
-@pytest.fixture
-async def once(fake: FakeSolapi, sleep: RecordingSleep) -> AsyncIterator[SolapiProvider]:
-    p = make(fake, sleep, retry=RetryPolicy.never())
-    yield p
-    await p.aclose()
+fake, sleep, provider, once = provider_fixtures(FakeSolapi, make)
 
 
 def test_signature_is_hex_hmac_of_date_and_salt() -> None:

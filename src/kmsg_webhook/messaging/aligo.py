@@ -22,7 +22,7 @@ from datetime import datetime
 
 import aiohttp
 
-from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, invalid_request
+from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, fail_invalid_request
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
 from .provider import (
     HttpProviderBase,
@@ -221,10 +221,8 @@ class AligoProvider(HttpProviderBase):
                 return await self._send_alimtalk(options)
             if isinstance(options, FriendTalkSendOptions):
                 return await self._send_friendtalk(options)
-            return Fail(
-                invalid_request(
-                    f"Aligo does not support type {options.type.value}", provider_id=PROVIDER_ID
-                )
+            return fail_invalid_request(
+                f"Aligo does not support type {options.type.value}", provider_id=PROVIDER_ID
             )
         except Exception as exc:
             return Fail(unexpected_error(PROVIDER_ID, exc))
@@ -248,12 +246,10 @@ class AligoProvider(HttpProviderBase):
             return Ok(None)
         if image.ref:
             return Ok(image.ref)
-        return Fail(
-            invalid_request(
-                "Aligo MMS/FriendTalk image needs options.image_url or options.media.image.ref "
-                "(a URL or path)",
-                provider_id=PROVIDER_ID,
-            )
+        return fail_invalid_request(
+            "Aligo MMS/FriendTalk image needs options.image_url or options.media.image.ref "
+            "(a URL or path)",
+            provider_id=PROVIDER_ID,
         )
 
     @staticmethod
@@ -336,11 +332,9 @@ class AligoProvider(HttpProviderBase):
     async def _send_sms(self, options: SmsSendOptions) -> Result[SendResult, KMsgError]:
         sender = self._sender(options)
         if sender is None:
-            return Fail(
-                invalid_request(
-                    "from is required for SMS/LMS/MMS (options.from or config.sender)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "from is required for SMS/LMS/MMS (options.from or config.sender)",
+                provider_id=PROVIDER_ID,
             )
         fields: dict[str, str] = {
             "key": self._config.api_key,
@@ -361,11 +355,9 @@ class AligoProvider(HttpProviderBase):
             if isinstance(image, Fail):
                 return image
             if image.value is None:
-                return Fail(
-                    invalid_request(
-                        "image is required for MMS (options.image_url or options.media.image.ref)",
-                        provider_id=PROVIDER_ID,
-                    )
+                return fail_invalid_request(
+                    "image is required for MMS (options.image_url or options.media.image.ref)",
+                    provider_id=PROVIDER_ID,
                 )
             fields["image"] = image.value
         return await self._post(
@@ -383,10 +375,8 @@ class AligoProvider(HttpProviderBase):
             return Ok("\n".join(stringify_variable(value) for value in variables.values()))
         missing = missing_variables(template, variables)
         if missing:
-            return Fail(
-                invalid_request(
-                    f"missing template variables: {', '.join(missing)}", provider_id=PROVIDER_ID
-                )
+            return fail_invalid_request(
+                f"missing template variables: {', '.join(missing)}", provider_id=PROVIDER_ID
             )
         return Ok(interpolate(template, variables))
 
@@ -395,18 +385,14 @@ class AligoProvider(HttpProviderBase):
     ) -> Result[dict[str, str], KMsgError]:
         sender_key = self._sender_key(options)
         if sender_key is None:
-            return Fail(
-                invalid_request(
-                    "kakao profileId is required (options.kakao.profile_id or config.sender_key)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "kakao profileId is required (options.kakao.profile_id or config.sender_key)",
+                provider_id=PROVIDER_ID,
             )
         sender = self._sender(options)
         if sender is None:
-            return Fail(
-                invalid_request(
-                    "from is required (options.from or config.sender)", provider_id=PROVIDER_ID
-                )
+            return fail_invalid_request(
+                "from is required (options.from or config.sender)", provider_id=PROVIDER_ID
             )
         fields = {
             "apikey": self._config.api_key,
@@ -427,8 +413,8 @@ class AligoProvider(HttpProviderBase):
         if isinstance(base, Fail):
             return base
         if not options.template_id.strip():
-            return Fail(
-                invalid_request("templateId is required for ALIMTALK", provider_id=PROVIDER_ID)
+            return fail_invalid_request(
+                "templateId is required for ALIMTALK", provider_id=PROVIDER_ID
             )
         text = self.render_alimtalk_text(options)
         if isinstance(text, Fail):
@@ -479,7 +465,7 @@ class AligoProvider(HttpProviderBase):
         if isinstance(base, Fail):
             return base
         if not options.text.strip():
-            return Fail(invalid_request("text is required for FRIENDTALK", provider_id=PROVIDER_ID))
+            return fail_invalid_request("text is required for FRIENDTALK", provider_id=PROVIDER_ID)
         fields = dict(base.value)
         fields["subject_1"] = "친구톡"
         fields["message_1"] = options.text

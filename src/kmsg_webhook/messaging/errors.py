@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError, WebhookError
+from .result import Fail
 
 
 class KMsgErrorCode(StrEnum):
@@ -215,3 +216,8 @@ class ProviderConfigError(KMsgError, ConfigError):
 def invalid_request(message: str, *, provider_id: str | None = None) -> KMsgError:
     """Shorthand for the most common validation failure."""
     return KMsgError(KMsgErrorCode.INVALID_REQUEST, message, provider_id=provider_id)
+
+
+def fail_invalid_request(message: str, *, provider_id: str) -> Fail[KMsgError]:
+    """:func:`invalid_request` as the failed ``Result`` a provider returns (never raises)."""
+    return Fail(invalid_request(message, provider_id=provider_id))

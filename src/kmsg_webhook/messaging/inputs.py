@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from ..errors import InvalidEventError
 from ..events import parse_timestamp
@@ -72,30 +72,31 @@ def _pick(raw: Mapping[str, Any], *keys: str) -> Any:
     return None
 
 
-def _str(raw: Mapping[str, Any], *keys: str) -> str | None:
+def _typed(raw: Mapping[str, Any], keys: tuple[str, ...], kind: type, what: str) -> Any:
+    """The first present value under ``keys``, which must be a ``kind``; errors name the
+    first (documented) key."""
     value = _pick(raw, *keys)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _InputError(f"{keys[0]} must be a string")
+    if value is not None and not isinstance(value, kind):
+        raise _InputError(f"{keys[0]} must be {what}")
     return value
+
+
+def _str(raw: Mapping[str, Any], *keys: str) -> str | None:
+    return cast("str | None", _typed(raw, keys, str, "a string"))
 
 
 def _bool(raw: Mapping[str, Any], *keys: str) -> bool | None:
-    value = _pick(raw, *keys)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise _InputError(f"{keys[0]} must be a boolean")
-    return value
+    return cast("bool | None", _typed(raw, keys, bool, "a boolean"))
 
 
 def _mapping(raw: Mapping[str, Any], *keys: str) -> Mapping[str, Any] | None:
-    value = _pick(raw, *keys)
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise _InputError(f"{keys[0]} must be an object")
+    return cast("Mapping[str, Any] | None", _typed(raw, keys, Mapping, "an object"))
+
+
+def _int(value: Any, name: str) -> int | None:
+    # bool is an int subclass, but ``true`` is not a count
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _InputError(f"{name} must be an integer")
     return value
 
 
@@ -226,11 +227,7 @@ def _voice(value: Any) -> VoiceOptions | None:
     if not isinstance(value, Mapping):
         raise _InputError("voice must be an object")
     voice_type = _str(value, "voiceType", "voice_type")
-    reply_range = _pick(value, "replyRange", "reply_range")
-    if reply_range is not None and (
-        isinstance(reply_range, bool) or not isinstance(reply_range, int)
-    ):
-        raise _InputError("voice.replyRange must be an integer")
+    reply_range = _int(_pick(value, "replyRange", "reply_range"), "voice.replyRange")
     return VoiceOptions(
         voice_type=VoiceType.MALE if (voice_type or "").upper() == "MALE" else VoiceType.FEMALE,
         header_message=_str(value, "headerMessage", "header_message"),
@@ -293,9 +290,7 @@ def _common(raw: Mapping[str, Any]) -> dict[str, Any]:
         raw, "customFields", "custom_fields"
     )
     provider_options = _mapping(raw, "providerOptions", "provider_options") or {}
-    attempt = _pick(raw, "attempt")
-    if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)):
-        raise _InputError("attempt must be an integer")
+    attempt = _int(_pick(raw, "attempt"), "attempt")
     return {
         "to": _str(raw, "to") or "",
         "from_": _str(raw, "from", "from_"),
@@ -325,16 +320,17 @@ def _parse(raw: Mapping[str, Any]) -> ParsedInput:
     image_url = _str(raw, "imageUrl", "image_url")
     variables = _variables(raw, "variables")
     template_id = _str(raw, "templateId", "template_id", "templateCode")
+    # the body SMS/LMS/MMS and RCS text messages share
+    body: dict[str, Any] = {
+        "text": text or "",
+        "subject": subject,
+        "media": media,
+        "image_url": image_url,
+        "variables": variables,
+    }
 
     if type_value is None:
-        options: SendOptions = SmsSendOptions(
-            **common,
-            text=text or "",
-            subject=subject,
-            media=media,
-            image_url=image_url,
-            variables=variables,
-        )
+        options: SendOptions = SmsSendOptions(**common, **body)
         return ParsedInput(options, auto_type=True)
 
     if isinstance(type_value, MessageType):
@@ -345,15 +341,7 @@ def _parse(raw: Mapping[str, Any]) -> ParsedInput:
         raise _InputError(f"Unknown message type: {type_value!r}")
 
     if msg_type in SmsSendOptions.ALLOWED_TYPES:
-        options = SmsSendOptions(
-            **common,
-            type=msg_type,
-            text=text or "",
-            subject=subject,
-            media=media,
-            image_url=image_url,
-            variables=variables,
-        )
+        options = SmsSendOptions(**common, type=msg_type, **body)
     elif msg_type is MessageType.ALIMTALK:
         if variables is None:
             raise _InputError("variables is required for ALIMTALK")
@@ -388,16 +376,7 @@ def _parse(raw: Mapping[str, Any]) -> ParsedInput:
     elif msg_type is MessageType.FAX:
         options = FaxSendOptions(**common, fax=_fax(_pick(raw, "fax")))
     elif msg_type in RcsTextSendOptions.ALLOWED_TYPES:
-        options = RcsTextSendOptions(
-            **common,
-            type=msg_type,
-            text=text or "",
-            subject=subject,
-            media=media,
-            image_url=image_url,
-            variables=variables,
-            rcs=_rcs(_pick(raw, "rcs")),
-        )
+        options = RcsTextSendOptions(**common, type=msg_type, **body, rcs=_rcs(_pick(raw, "rcs")))
     else:
         options = RcsTemplateSendOptions(
             **common,

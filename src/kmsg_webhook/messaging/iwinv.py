@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, invalid_request
+from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, fail_invalid_request
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
 from .phone import digits_only
 from .provider import (
@@ -365,17 +365,13 @@ class IWINVProvider(HttpProviderBase):
                 return await self._send_alimtalk(options)
             if isinstance(options, SmsSendOptions) and options.type in _SMS_TYPES:
                 if not self._sms_secret:
-                    return Fail(
-                        invalid_request(
-                            "SMS v2 configuration missing (sms_api_key/sms_auth_key)",
-                            provider_id=PROVIDER_ID,
-                        )
+                    return fail_invalid_request(
+                        "SMS v2 configuration missing (sms_api_key/sms_auth_key)",
+                        provider_id=PROVIDER_ID,
                     )
                 return await self._send_sms(options)
-            return Fail(
-                invalid_request(
-                    f"IWINV does not support type {options.type.value}", provider_id=PROVIDER_ID
-                )
+            return fail_invalid_request(
+                f"IWINV does not support type {options.type.value}", provider_id=PROVIDER_ID
             )
         except Exception as exc:  # never raise out of send
             return Fail(unexpected_error(PROVIDER_ID, exc))
@@ -396,12 +392,12 @@ class IWINVProvider(HttpProviderBase):
     ) -> Result[dict[str, Any], KMsgError]:
         """The AlimTalk request body (exposed for inspection and tests)."""
         if not options.template_id.strip():
-            return Fail(
-                invalid_request("templateId is required for ALIMTALK", provider_id=PROVIDER_ID)
+            return fail_invalid_request(
+                "templateId is required for ALIMTALK", provider_id=PROVIDER_ID
             )
         phone = digits_only(options.to)
         if not phone:
-            return Fail(invalid_request("to is required", provider_id=PROVIDER_ID))
+            return fail_invalid_request("to is required", provider_id=PROVIDER_ID)
         extra = options.provider_options
         custom_params = extra.get("templateParam")
         if isinstance(custom_params, list | tuple):
@@ -431,12 +427,10 @@ class IWINVProvider(HttpProviderBase):
         callback_option = _opt_str(extra, "resendCallback")
         callback = digits_only(callback_option) if callback_option else sender
         if re_send == "Y" and not callback:
-            return Fail(
-                invalid_request(
-                    "resendCallback is required when reSend is 'Y' "
-                    "(options.from, config.sender_number or providerOptions.resendCallback)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "resendCallback is required when reSend is 'Y' "
+                "(options.from, config.sender_number or providerOptions.resendCallback)",
+                provider_id=PROVIDER_ID,
             )
         if callback:
             body["resendCallback"] = callback
@@ -445,8 +439,8 @@ class IWINVProvider(HttpProviderBase):
         if resend_type_option is not None:
             resend_type = _yn(resend_type_option)
             if resend_type is None:
-                return Fail(
-                    invalid_request("resendType must be 'Y' or 'N'", provider_id=PROVIDER_ID)
+                return fail_invalid_request(
+                    "resendType must be 'Y' or 'N'", provider_id=PROVIDER_ID
                 )
             body["resendType"] = resend_type
         elif failover is not None and failover.fallback_channel is not None:
@@ -544,18 +538,14 @@ class IWINVProvider(HttpProviderBase):
     def _sms_common(self, options: SmsSendOptions) -> Result[dict[str, str], KMsgError]:
         phone = digits_only(options.to)
         if not phone:
-            return Fail(invalid_request("to is required", provider_id=PROVIDER_ID))
+            return fail_invalid_request("to is required", provider_id=PROVIDER_ID)
         if not options.text.strip():
-            return Fail(
-                invalid_request("text is required for SMS/LMS/MMS", provider_id=PROVIDER_ID)
-            )
+            return fail_invalid_request("text is required for SMS/LMS/MMS", provider_id=PROVIDER_ID)
         sender = self._sender(options, sms_first=True)
         if not sender:
-            return Fail(
-                invalid_request(
-                    "from is required for SMS/LMS/MMS (options.from or config.sms_sender_number)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "from is required for SMS/LMS/MMS (options.from or config.sms_sender_number)",
+                provider_id=PROVIDER_ID,
             )
         fields = {"to": phone, "from": sender}
         if options.type is not MessageType.SMS:
@@ -578,9 +568,9 @@ class IWINVProvider(HttpProviderBase):
                     message = "IWINV MMS needs the image bytes in options.media.image.data"
                 else:
                     message = "image is required for MMS (options.media.image.data)"
-                return Fail(invalid_request(message, provider_id=PROVIDER_ID))
+                return fail_invalid_request(message, provider_id=PROVIDER_ID)
             if len(image.data) > MAX_MMS_IMAGE_BYTES:
-                return Fail(invalid_request("MMS image must be <= 100KB", provider_id=PROVIDER_ID))
+                return fail_invalid_request("MMS image must be <= 100KB", provider_id=PROVIDER_ID)
             filename = image.filename or "image"
             if "." not in filename:
                 filename += _image_extension(image.content_type)
@@ -688,11 +678,9 @@ class IWINVProvider(HttpProviderBase):
                 return await self._alimtalk_status(query)
             if query.type in _SMS_TYPES:
                 return await self._sms_status(query)
-            return Fail(
-                invalid_request(
-                    f"IWINV delivery status does not support type {query.type.value}",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                f"IWINV delivery status does not support type {query.type.value}",
+                provider_id=PROVIDER_ID,
             )
         except Exception as exc:
             return Fail(unexpected_error(PROVIDER_ID, exc))
@@ -764,19 +752,17 @@ class IWINVProvider(HttpProviderBase):
         self, query: DeliveryStatusQuery
     ) -> Result[DeliveryStatusResult | None, KMsgError]:
         if not self._config.sms_company_id:
-            return Fail(
-                invalid_request(
-                    "sms_company_id required for history (IWINV_SMS_COMPANY_ID)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "sms_company_id required for history (IWINV_SMS_COMPANY_ID)",
+                provider_id=PROVIDER_ID,
             )
         if not self._sms_secret:
-            return Fail(invalid_request("SMS v2 configuration missing", provider_id=PROVIDER_ID))
+            return fail_invalid_request("SMS v2 configuration missing", provider_id=PROVIDER_ID)
         start = to_kst(query.requested_at - timedelta(days=1))
         end = to_kst(now_utc())
         if end - start > timedelta(days=90):
-            return Fail(
-                invalid_request("IWINV SMS history covers at most 90 days", provider_id=PROVIDER_ID)
+            return fail_invalid_request(
+                "IWINV SMS history covers at most 90 days", provider_id=PROVIDER_ID
             )
         body = {
             "version": "1.0",
@@ -855,11 +841,9 @@ class IWINVProvider(HttpProviderBase):
                 )
             if channel in _SMS_TYPES:
                 if not (self._config.sms_api_key and self._config.sms_auth_key):
-                    return Fail(
-                        invalid_request(
-                            "sms_api_key and sms_auth_key are required for the SMS balance",
-                            provider_id=PROVIDER_ID,
-                        )
+                    return fail_invalid_request(
+                        "sms_api_key and sms_auth_key are required for the SMS balance",
+                        provider_id=PROVIDER_ID,
                     )
                 return await self._balance(
                     channel,
@@ -868,11 +852,8 @@ class IWINVProvider(HttpProviderBase):
                     {"version": "1.0"},
                     success=lambda data: _as_int(data.get("code", data.get("resultCode"))) == 0,
                 )
-            return Fail(
-                invalid_request(
-                    f"IWINV balance does not support channel {channel.value}",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                f"IWINV balance does not support channel {channel.value}", provider_id=PROVIDER_ID
             )
         except Exception as exc:
             return Fail(unexpected_error(PROVIDER_ID, exc))

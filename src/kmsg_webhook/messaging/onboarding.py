@@ -107,6 +107,15 @@ class ProviderOnboardingSpec:
 
 _TEMPLATE_METHODS = ("list_templates", "get_template", "create_template")
 
+# IWINV and Aligo run the very same probe; one object keeps their doctor output identical.
+_TEMPLATE_LIST_PROBE = OnboardingCheck(
+    "template_list_probe",
+    "Template list can be read",
+    CheckKind.API_PROBE,
+    CheckSeverity.WARNING,
+    probe_operation=ProbeOperation.LIST_TEMPLATES,
+)
+
 _SPECS: dict[str, ProviderOnboardingSpec] = {
     spec.provider_id: spec
     for spec in (
@@ -139,13 +148,7 @@ _SPECS: dict[str, ProviderOnboardingSpec] = {
                     CheckSeverity.WARNING,
                     capability_methods=(*_TEMPLATE_METHODS, "update_template", "delete_template"),
                 ),
-                OnboardingCheck(
-                    "template_list_probe",
-                    "Template list can be read",
-                    CheckKind.API_PROBE,
-                    CheckSeverity.WARNING,
-                    probe_operation=ProbeOperation.LIST_TEMPLATES,
-                ),
+                _TEMPLATE_LIST_PROBE,
             ),
             notes=(
                 "Channels are added and authorised in the IWINV console only.",
@@ -186,13 +189,7 @@ _SPECS: dict[str, ProviderOnboardingSpec] = {
                     CheckSeverity.WARNING,
                     probe_operation=ProbeOperation.LIST_KAKAO_CHANNELS,
                 ),
-                OnboardingCheck(
-                    "template_list_probe",
-                    "Template list can be read",
-                    CheckKind.API_PROBE,
-                    CheckSeverity.WARNING,
-                    probe_operation=ProbeOperation.LIST_TEMPLATES,
-                ),
+                _TEMPLATE_LIST_PROBE,
             ),
         ),
         ProviderOnboardingSpec(

@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from ..events import format_timestamp, parse_timestamp
-from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, invalid_request
+from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, fail_invalid_request
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
 from .phone import normalize_keep_plus
 from .provider import (
@@ -168,10 +168,8 @@ def _variables_with_hash_keys(variables: Variables | None) -> Result[dict[str, s
     for key, value in (variables or {}).items():
         name = key[2:-1] if key.startswith("#{") and key.endswith("}") else key
         if "." in name:
-            return Fail(
-                invalid_request(
-                    f"SOLAPI variable names cannot contain '.': {key!r}", provider_id=PROVIDER_ID
-                )
+            return fail_invalid_request(
+                f"SOLAPI variable names cannot contain '.': {key!r}", provider_id=PROVIDER_ID
             )
         out[f"#{{{name}}}"] = stringify_variable(value)
     return Ok(out)
@@ -337,7 +335,7 @@ class SolapiProvider(HttpProviderBase):
             return Ok((source.data, source.filename))
         ref = (source.ref or "").strip()
         if not ref:
-            return Fail(invalid_request("file reference is empty", provider_id=PROVIDER_ID))
+            return fail_invalid_request("file reference is empty", provider_id=PROVIDER_ID)
         if ref.startswith(("http://", "https://")):
             fetched = await self._transport.request("GET", ref)
             if isinstance(fetched, Fail):
@@ -355,8 +353,8 @@ class SolapiProvider(HttpProviderBase):
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
-            return Fail(
-                invalid_request(f"Cannot read file {ref}: {exc.strerror}", provider_id=PROVIDER_ID)
+            return fail_invalid_request(
+                f"Cannot read file {ref}: {exc.strerror}", provider_id=PROVIDER_ID
             )
         return Ok((data, source.filename or path.name))
 
@@ -406,11 +404,9 @@ class SolapiProvider(HttpProviderBase):
         profile = options.kakao.profile_id if options.kakao else None
         pf_id = (profile or self._config.kakao_pf_id or "").strip()
         if not pf_id:
-            return Fail(
-                invalid_request(
-                    "kakao profileId is required (options.kakao.profile_id or config.kakao_pf_id)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "kakao profileId is required (options.kakao.profile_id or config.kakao_pf_id)",
+                provider_id=PROVIDER_ID,
             )
         return Ok(pf_id)
 
@@ -420,7 +416,7 @@ class SolapiProvider(HttpProviderBase):
         """The ``message`` object for ``/messages/v4/send`` and any warnings (uploads files)."""
         to = normalize_keep_plus(options.to)
         if not to.lstrip("+"):
-            return Fail(invalid_request("to is required", provider_id=PROVIDER_ID))
+            return fail_invalid_request("to is required", provider_id=PROVIDER_ID)
         solapi_type = options.type.value
         if isinstance(options, AlimTalkSendOptions):
             solapi_type = "ATA"
@@ -436,11 +432,8 @@ class SolapiProvider(HttpProviderBase):
         if sender:
             message["from"] = sender
         elif options.type in _SENDER_REQUIRED:
-            return Fail(
-                invalid_request(
-                    "from is required (options.from or config.default_from)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "from is required (options.from or config.default_from)", provider_id=PROVIDER_ID
             )
         if options.scheduled_at is not None:
             message["scheduledDate"] = format_timestamp(options.scheduled_at)
@@ -483,14 +476,14 @@ class SolapiProvider(HttpProviderBase):
         self, options: SmsSendOptions, message: dict[str, Any]
     ) -> Result[None, KMsgError]:
         if not options.text:
-            return Fail(invalid_request("text is required", provider_id=PROVIDER_ID))
+            return fail_invalid_request("text is required", provider_id=PROVIDER_ID)
         message["text"] = options.text
         if options.subject and options.type is not MessageType.SMS:
             message["subject"] = options.subject
         if options.type is MessageType.MMS:
             source = self._image_source(options)
             if source is None:
-                return Fail(invalid_request("image is required for MMS", provider_id=PROVIDER_ID))
+                return fail_invalid_request("image is required for MMS", provider_id=PROVIDER_ID)
             uploaded = await self.upload_file(source, "MMS")
             if isinstance(uploaded, Fail):
                 return uploaded
@@ -504,8 +497,8 @@ class SolapiProvider(HttpProviderBase):
         if isinstance(pf_id, Fail):
             return pf_id
         if not options.template_id.strip():
-            return Fail(
-                invalid_request("templateId is required for ALIMTALK", provider_id=PROVIDER_ID)
+            return fail_invalid_request(
+                "templateId is required for ALIMTALK", provider_id=PROVIDER_ID
             )
         variables = _variables_with_hash_keys(options.variables)
         if isinstance(variables, Fail):
@@ -540,7 +533,7 @@ class SolapiProvider(HttpProviderBase):
         self, options: FriendTalkSendOptions, message: dict[str, Any]
     ) -> Result[None, KMsgError]:
         if not options.text:
-            return Fail(invalid_request("text is required for FRIENDTALK", provider_id=PROVIDER_ID))
+            return fail_invalid_request("text is required for FRIENDTALK", provider_id=PROVIDER_ID)
         pf_id = self._pf_id(options)
         if isinstance(pf_id, Fail):
             return pf_id
@@ -558,11 +551,9 @@ class SolapiProvider(HttpProviderBase):
                 buttons[0].get("linkMo") if buttons else None
             )
             if not link:
-                return Fail(
-                    invalid_request(
-                        "FriendTalk images need kakao.image_link (or a button with a mobile URL)",
-                        provider_id=PROVIDER_ID,
-                    )
+                return fail_invalid_request(
+                    "FriendTalk images need kakao.image_link (or a button with a mobile URL)",
+                    provider_id=PROVIDER_ID,
                 )
             uploaded = await self.upload_file(source, "KAKAO", link=link)
             if isinstance(uploaded, Fail):
@@ -589,11 +580,9 @@ class SolapiProvider(HttpProviderBase):
         naver = options.naver
         talk_id = ((naver.talk_id if naver else None) or self._config.naver_talk_id or "").strip()
         if not talk_id:
-            return Fail(
-                invalid_request(
-                    "naver talkId is required (options.naver.talk_id or config.naver_talk_id)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "naver talkId is required (options.naver.talk_id or config.naver_talk_id)",
+                provider_id=PROVIDER_ID,
             )
         variables = {**_plain_variables(options.variables)}
         if naver and naver.variables:
@@ -613,7 +602,7 @@ class SolapiProvider(HttpProviderBase):
         self, options: VoiceSendOptions, message: dict[str, Any]
     ) -> Result[None, KMsgError]:
         if not options.text:
-            return Fail(invalid_request("text is required for VOICE", provider_id=PROVIDER_ID))
+            return fail_invalid_request("text is required for VOICE", provider_id=PROVIDER_ID)
         message["text"] = options.text
         voice = options.voice
         message["voiceOptions"] = _drop_none(
@@ -635,10 +624,8 @@ class SolapiProvider(HttpProviderBase):
         file_ids = list(options.fax.file_ids)
         if not file_ids:
             if not options.fax.file_urls:
-                return Fail(
-                    invalid_request(
-                        "fax.fileIds or fax.fileUrls is required", provider_id=PROVIDER_ID
-                    )
+                return fail_invalid_request(
+                    "fax.fileIds or fax.fileUrls is required", provider_id=PROVIDER_ID
                 )
             for url in options.fax.file_urls:
                 uploaded = await self.upload_file(BinaryInput(ref=url), "FAX")
@@ -654,11 +641,9 @@ class SolapiProvider(HttpProviderBase):
         rcs = options.rcs
         brand_id = ((rcs.brand_id if rcs else None) or self._config.rcs_brand_id or "").strip()
         if not brand_id:
-            return Fail(
-                invalid_request(
-                    "rcs brandId is required (options.rcs.brand_id or config.rcs_brand_id)",
-                    provider_id=PROVIDER_ID,
-                )
+            return fail_invalid_request(
+                "rcs brandId is required (options.rcs.brand_id or config.rcs_brand_id)",
+                provider_id=PROVIDER_ID,
             )
         variables = _plain_variables(options.variables)
         if rcs and rcs.variables:
@@ -677,11 +662,11 @@ class SolapiProvider(HttpProviderBase):
         if isinstance(options, RcsTemplateSendOptions):
             template_id = ((rcs.template_id if rcs else None) or options.template_id).strip()
             if not template_id:
-                return Fail(invalid_request("templateId is required", provider_id=PROVIDER_ID))
+                return fail_invalid_request("templateId is required", provider_id=PROVIDER_ID)
             rcs_options["templateId"] = template_id
         else:
             if not options.text:
-                return Fail(invalid_request("text is required", provider_id=PROVIDER_ID))
+                return fail_invalid_request("text is required", provider_id=PROVIDER_ID)
             message["text"] = options.text
             if options.subject:
                 message["subject"] = options.subject
