@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from kmsg_webhook.batcher import GroupCommit
+from kmsg_webhook.batcher import GroupCommit, Written
 from kmsg_webhook.errors import RuntimeClosedError, StoreError
 
 
@@ -30,7 +30,9 @@ class Writer:
         self.batches.append(list(batch))
 
 
-def commit(writer: Writer, **kw: float) -> GroupCommit[int]:
+def commit(
+    writer: Writer, *, on_written: Written[int] | None = None, **kw: float
+) -> GroupCommit[int]:
     options: dict[str, float] = {"max_batch": 10, "max_wait_s": 60, "max_pending": 100}
     options.update(kw)
     return GroupCommit(
@@ -39,6 +41,7 @@ def commit(writer: Writer, **kw: float) -> GroupCommit[int]:
         max_wait_s=options["max_wait_s"],
         max_pending=int(options["max_pending"]),
         max_concurrent_writes=int(options.get("writes", 2)),
+        on_written=on_written,
     )
 
 
@@ -120,15 +123,39 @@ async def test_backpressure_bounds_waiting_items() -> None:
     assert sorted(n for batch in writer.batches for n in batch) == [0, 1, 2, 3, 4]
 
 
-async def test_enqueue_calls_back_after_the_write_and_drain_waits_for_it() -> None:
+async def test_enqueue_reports_each_written_batch_and_drain_waits_for_it() -> None:
     writer = Writer()
-    batcher = commit(writer)
-    done: list[BaseException | None] = []
+    written: list[tuple[list[int], BaseException | None]] = []
+    batcher = commit(writer, on_written=lambda items, error: written.append((list(items), error)))
     for n in range(4):
-        batcher.enqueue(n, done.append)
+        batcher.enqueue(n)
     await batcher.drain()
-    assert done == [None] * 4
+    assert written == [([0, 1, 2, 3], None)]
     assert writer.batches == [[0, 1, 2, 3]]
+
+
+async def test_a_failed_write_reports_its_error_to_on_written() -> None:
+    writer = Writer()
+    writer.fail = StoreError("database down")
+    written: list[tuple[list[int], BaseException | None]] = []
+    batcher = commit(writer, on_written=lambda items, error: written.append((list(items), error)))
+    batcher.enqueue(1)
+    await batcher.drain()
+    assert written == [([1], writer.fail)]
+
+
+async def test_a_cancelled_caller_waiting_for_room_does_not_block_the_others() -> None:
+    writer = Writer()
+    writer.gate = asyncio.Event()
+    batcher = commit(writer, max_pending=1)
+    first = asyncio.ensure_future(batcher.submit(0))
+    blocked = asyncio.ensure_future(batcher.submit(1))
+    waiting = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.01)
+    blocked.cancel()
+    writer.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, waiting), 5)
+    assert sorted(n for batch in writer.batches for n in batch) == [0, 2]
 
 
 async def test_close_writes_what_waits_then_refuses() -> None:

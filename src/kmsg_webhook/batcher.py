@@ -3,22 +3,27 @@
 ``await batcher.submit(item)`` returns once ``item`` has been written by ``write(batch)``
 (or raises what the write raised). A batch starts when the writer is idle (on the next loop
 tick, so callers of the same tick share it), when ``max_batch`` items wait, or when the oldest
-waiting item is ``max_wait_s`` old. At most ``max_pending`` items wait or are being written;
-further callers wait for room (backpressure instead of unbounded memory).
+waiting item is ``max_wait_s`` old. At most ``max_pending`` submitted items wait or are being
+written; further callers wait for room (backpressure instead of unbounded memory).
+
+It runs for every event and every attempt, so it keeps per-item costs down: items, their
+waiters and arrival times sit in parallel lists (no tuple or closure per item), and room is a
+counter rather than a semaphore.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeAlias, TypeVar
 
 from .errors import RuntimeClosedError
 
 T = TypeVar("T")
-#: Called once per item after its batch was written, with the write's error or ``None``.
-Done: TypeAlias = Callable[[BaseException | None], None]
+#: Called after each write with the batch's items and the write's error (or ``None``).
+Written: TypeAlias = Callable[[Sequence[T], BaseException | None], None]
 
 
 class GroupCommit(Generic[T]):
@@ -32,13 +37,21 @@ class GroupCommit(Generic[T]):
         max_wait_s: float,
         max_pending: int,
         max_concurrent_writes: int = 2,
+        on_written: Written[T] | None = None,
     ) -> None:
         self._write = write
+        self._on_written = on_written
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._max_writes = max_concurrent_writes
-        self._room = asyncio.Semaphore(max_pending)
-        self._waiting: list[tuple[T, Done | None, float]] = []
+        self._max_pending = max_pending
+        self._admitted = 0  # submitted items waiting or being written
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        # Items waiting for a write, with (in the same positions) the future of a submit
+        # (None for an enqueue) and the arrival time.
+        self._items: list[T] = []
+        self._futures: list[asyncio.Future[None] | None] = []
+        self._arrived: list[float] = []
         self._writes: set[asyncio.Task[None]] = set()
         self._writing = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -50,53 +63,64 @@ class GroupCommit(Generic[T]):
     @property
     def pending(self) -> int:
         """Items submitted and not yet written."""
-        return len(self._waiting) + self._writing
+        return len(self._items) + self._writing
 
     async def submit(self, item: T) -> None:
         """Queue ``item`` and wait until it is written."""
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down")
-        await self._room.acquire()
-        if self._closed:
-            self._room.release()
-            raise RuntimeClosedError("the runtime is shut down")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def done(error: BaseException | None) -> None:
-            self._room.release()
-            if future.done():
-                return
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-
-        self._append(item, done)
+        loop = asyncio.get_running_loop()
+        while self._admitted >= self._max_pending:
+            room = loop.create_future()
+            self._room_waiters.append(room)
+            try:
+                await room
+            except asyncio.CancelledError:
+                if room.done() and not room.cancelled():
+                    self._pass_room()  # the wake-up this caller no longer uses
+                raise
+            if self._closed:
+                raise RuntimeClosedError("the runtime is shut down")
+        self._admitted += 1
+        future: asyncio.Future[None] = loop.create_future()
+        self._append(item, future)
         await future
 
-    def enqueue(self, item: T, done: Done | None = None) -> None:
-        """Queue ``item`` without waiting; ``done`` is called once it is written (or failed).
+    def enqueue(self, item: T) -> None:
+        """Queue ``item`` without waiting; ``on_written`` hears of it once it is written.
 
         For callers that bound their own backlog (no backpressure is applied here).
         """
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down")
-        self._append(item, done)
+        self._append(item, None)
 
-    def _append(self, item: T, done: Done | None) -> None:
-        self._waiting.append((item, done, time.monotonic()))
+    def _append(self, item: T, future: asyncio.Future[None] | None) -> None:
+        self._items.append(item)
+        self._futures.append(future)
+        self._arrived.append(time.monotonic())
         self._idle.clear()
         self._kick()
 
+    def _pass_room(self) -> None:
+        while self._room_waiters:
+            room = self._room_waiters.popleft()
+            if not room.done():
+                room.set_result(None)
+                return
+
     async def drain(self) -> None:
         """Wait until everything submitted so far is written."""
-        while self._waiting or self._writes:
+        while self._items or self._writes:
             self._flush_now()
             await self._idle.wait()
 
     async def close(self) -> None:
         """Write what waits, then refuse new items."""
         self._closed = True
+        for room in self._room_waiters:  # callers waiting for room learn of the shutdown
+            if not room.done():
+                room.set_result(None)
         await self.drain()
 
     def _kick(self) -> None:
@@ -105,64 +129,84 @@ class GroupCommit(Generic[T]):
         While every write slot is busy nothing is scheduled: a finishing write kicks again.
         """
         loop = asyncio.get_running_loop()
-        while self._waiting and len(self._writes) < self._max_writes:
+        while self._items and len(self._writes) < self._max_writes:
             if not self._writes:
                 # Idle writer: write on the next tick, so callers of this tick share the batch.
                 if not self._tick_scheduled:
                     self._tick_scheduled = True
                     loop.call_soon(self._on_tick)
                 return
-            if len(self._waiting) >= self._max_batch:
+            if len(self._items) >= self._max_batch:
                 self._start_write()
                 continue
             if self._timer is None:
-                delay = self._waiting[0][2] + self._max_wait_s - time.monotonic()
+                delay = self._arrived[0] + self._max_wait_s - time.monotonic()
                 self._timer = loop.call_later(max(0.0, delay), self._on_timer)
             return
 
     def _on_tick(self) -> None:
         self._tick_scheduled = False
-        if self._waiting and len(self._writes) < self._max_writes:
+        if self._items and len(self._writes) < self._max_writes:
             self._start_write()
         self._kick()
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._waiting and len(self._writes) < self._max_writes:
+        if self._items and len(self._writes) < self._max_writes:
             self._start_write()
         self._kick()
 
     def _flush_now(self) -> None:
-        while self._waiting and len(self._writes) < self._max_writes:
+        while self._items and len(self._writes) < self._max_writes:
             self._start_write()
 
     def _start_write(self) -> None:
-        batch = self._waiting[: self._max_batch]
-        del self._waiting[: self._max_batch]
+        n = self._max_batch
+        items, futures = self._items[:n], self._futures[:n]
+        del self._items[:n], self._futures[:n], self._arrived[:n]
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._writing += len(batch)
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._writing += len(items)
+        task = asyncio.get_running_loop().create_task(self._run(items, futures))
         self._writes.add(task)
 
-    async def _run(self, batch: list[tuple[T, Done | None, float]]) -> None:
+    async def _run(self, items: list[T], futures: list[asyncio.Future[None] | None]) -> None:
         error: BaseException | None = None
         try:
-            await self._write([item for item, _, _ in batch])
+            await self._write(items)
         except BaseException as exc:  # every waiter learns why its item was not written
             error = exc
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._writing -= len(batch)
-            for _, done, _ in batch:
-                if done is not None:
-                    done(error)
+            self._writing -= len(items)
+            self._settle(futures, error)
+            if self._on_written is not None:
+                self._on_written(items, error)
             task = asyncio.current_task()
             if task is not None:
                 self._writes.discard(task)
-            if self._waiting:
+            if self._items:
                 self._kick()
             elif not self._writes:
                 self._idle.set()
+
+    def _settle(
+        self, futures: list[asyncio.Future[None] | None], error: BaseException | None
+    ) -> None:
+        for future in futures:
+            if future is None:
+                continue
+            self._admitted -= 1
+            if not future.done():  # its caller may have been cancelled meanwhile
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+        free = self._max_pending - self._admitted
+        while free > 0 and self._room_waiters:
+            room = self._room_waiters.popleft()
+            if not room.done():
+                room.set_result(None)
+                free -= 1

@@ -98,7 +98,9 @@ class Dispatcher:
         # Below this much room, a claimer with queued work waits instead of making a small
         # claim (each claim is a store round trip).
         self._claim_threshold = max(1, config.claim_batch_size // 2)
-        self._work = asyncio.Condition()
+        self._idle_workers: deque[asyncio.Future[None]] = deque()
+        # Endpoints already checked to hold no sealed values (no field crypto configured).
+        self._plain: dict[str, WebhookEndpoint] = {}
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -110,6 +112,7 @@ class Dispatcher:
             max_pending=max(config.max_concurrency * 4, config.claim_batch_size),
             # One write at a time: outcomes that arrive meanwhile share the next round trip.
             max_concurrent_writes=1,
+            on_written=self._recorded,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -134,8 +137,7 @@ class Dispatcher:
         """Stop claiming; in-flight attempts finish and are recorded; queued claims go back."""
         self._stopping = True
         self._wake.set()
-        async with self._work:
-            self._work.notify_all()
+        self._wake_workers(len(self._idle_workers))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
@@ -256,9 +258,7 @@ class Dispatcher:
         self._ready_count += kept
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
-        if kept:
-            async with self._work:
-                self._work.notify(kept)
+        self._wake_workers(kept)
         return kept
 
     def _mark_runnable(self, endpoint_id: str) -> None:
@@ -272,29 +272,39 @@ class Dispatcher:
 
     # -- workers -----------------------------------------------------------------------------
 
+    def _wake_workers(self, count: int) -> None:
+        while count > 0 and self._idle_workers:
+            waiter = self._idle_workers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        runnable = self._runnable
         while True:
-            async with self._work:
-                while not self._runnable and not self._stopping:
-                    await self._work.wait()
-                if self._stopping:
-                    return
-                endpoint_id = self._runnable.popleft()
-                queue = self._ready[endpoint_id]
-                delivery = queue.popleft()
-                self._ready_count -= 1
-                if not queue:
-                    del self._ready[endpoint_id]
-                self._active[endpoint_id] += 1
-                self._mark_runnable(endpoint_id)  # round robin: back of the line
+            while not runnable and not self._stopping:
+                waiter = loop.create_future()
+                self._idle_workers.append(waiter)
+                await waiter
+            if self._stopping:
+                return
+            endpoint_id = runnable.popleft()
+            queue = self._ready[endpoint_id]
+            delivery = queue.popleft()
+            self._ready_count -= 1
+            if not queue:
+                del self._ready[endpoint_id]
+            self._active[endpoint_id] += 1
+            self._mark_runnable(endpoint_id)  # round robin: back of the line
             await self._deliver(delivery)
             self._active[endpoint_id] -= 1
             if not self._active[endpoint_id]:
                 del self._active[endpoint_id]
             if endpoint_id in self._ready:
                 self._mark_runnable(endpoint_id)
-                async with self._work:
-                    self._work.notify()
+                if len(runnable) > 1:  # this worker takes one; another may take the next
+                    self._wake_workers(1)
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         try:
@@ -302,28 +312,27 @@ class Dispatcher:
         except Exception:
             # The lease expires and another claim retries the delivery: nothing is lost.
             logger.exception("delivery %s failed unexpectedly; it will be retried", delivery.id)
-            self._settled()
+            self._outstanding -= 1
+            self._changed.set()
             return
+        self._recorder.enqueue(settled)
 
-        def recorded(error: BaseException | None) -> None:
-            if error is not None:
-                logger.error(
-                    "recording delivery %s failed (%s); its lease will expire and it will be "
-                    "sent again",
-                    delivery.id,
-                    error,
-                )
-            self._settled()
-
-        self._recorder.enqueue(settled, recorded)
-
-    def _settled(self) -> None:
-        """A claimed delivery is recorded (or abandoned): there is room for another."""
-        self._outstanding -= 1
+    def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
+        """Recorded (or abandoned): there is room for as many more claimed deliveries."""
+        if error is not None:
+            logger.error(
+                "recording %d deliveries failed (%s); their leases will expire and they will "
+                "be sent again",
+                len(results),
+                error,
+            )
+        self._outstanding -= len(results)
         self._changed.set()
 
     async def _attempt(self, delivery: WebhookDelivery, *, stored: bool = True) -> _Settled:
-        endpoint = await self._endpoints.get(delivery.endpoint_id)
+        endpoint = self._endpoints.cached(delivery.endpoint_id)
+        if endpoint is None:
+            endpoint = await self._endpoints.get(delivery.endpoint_id)
         if endpoint is None or not endpoint.active:
             reason = (
                 "endpoint was removed"
@@ -399,13 +408,19 @@ class Dispatcher:
                 self._opened[endpoint.id] = (endpoint, opened)
                 endpoint = opened
             return endpoint, crypto.open_payload(delivery) if stored else None
-        sealed = (
-            (stored and is_sealed(delivery.payload))
-            or (endpoint.secret is not None and is_sealed(endpoint.secret))
-            or any(is_sealed(s.secret) for s in endpoint.previous_secrets)
-            or any(is_sealed(v) for v in endpoint.headers.values())
-        )
-        if sealed:
+        if self._plain.get(endpoint.id) is not endpoint:
+            sealed = (
+                (endpoint.secret is not None and is_sealed(endpoint.secret))
+                or any(is_sealed(s.secret) for s in endpoint.previous_secrets)
+                or any(is_sealed(v) for v in endpoint.headers.values())
+            )
+            if not sealed:
+                if len(self._plain) >= _OPENED_CACHE_SIZE:
+                    self._plain.clear()
+                self._plain[endpoint.id] = endpoint
+        else:
+            sealed = False
+        if sealed or (stored and is_sealed(delivery.payload)):
             raise FieldCryptoError(
                 f"delivery {delivery.id} or its endpoint {endpoint.id} holds encrypted values "
                 "and this runtime has no field crypto configured (field_crypto=...)"

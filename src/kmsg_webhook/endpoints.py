@@ -131,6 +131,13 @@ class EndpointCache:
             if e.filters is None or e.filters.matches(event)
         ]
 
+    def cached(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The endpoint if the cache is fresh and holds it, without awaiting; else ``None``
+        (then :meth:`get` refreshes or looks it up)."""
+        if time.monotonic() - self._loaded_at < self._ttl_s:
+            return self._by_id.get(endpoint_id)
+        return None
+
     async def get(self, endpoint_id: str) -> WebhookEndpoint | None:
         await self._refresh_if_stale()
         endpoint = self._by_id.get(endpoint_id)

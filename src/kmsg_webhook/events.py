@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeAlias
 
+import orjson
+
 from .errors import InvalidEventError, UnknownEventTypeError
 
 JSONValue: TypeAlias = (
@@ -29,7 +31,9 @@ JSONValue: TypeAlias = (
 )
 JSONObject: TypeAlias = Mapping[str, JSONValue]
 
-# Reused: json.dumps with non-default options builds a new encoder on every call.
+# orjson writes the same compact UTF-8 JSON as the standard library, about ten times faster
+# (every event is encoded once). Values it refuses, such as integers beyond 64 bits, fall
+# back to the standard library encoder (reused: json.dumps with options builds a new one).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
 
@@ -130,7 +134,7 @@ class EventMetadata:
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z`` (JavaScript ``Date.toJSON()`` form)."""
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return utc.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" → "Z"
 
 
 def parse_timestamp(value: object) -> datetime:
@@ -211,9 +215,18 @@ class WebhookEvent:
         }
 
     def to_json(self) -> str:
-        """The exact request body: compact JSON, UTF-8 characters kept as they are."""
+        """The exact request body: compact JSON, UTF-8 characters kept as they are.
+
+        Non-finite floats are written as ``null`` (JSON has no NaN); non-string keys of
+        ``data`` are written as strings.
+        """
+        wire = self.to_wire()
         try:
-            return _ENCODER.encode(self.to_wire())
+            return orjson.dumps(wire, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:
+            pass
+        try:
+            return _ENCODER.encode(wire)
         except (TypeError, ValueError) as exc:
             raise InvalidEventError(f"Event data is not JSON-serialisable: {exc}") from exc
 

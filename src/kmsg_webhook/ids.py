@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 
 
 def new_id(prefix: str) -> str:
     """``<prefix>_<12 hex ms timestamp><20 hex random>``; sorts by creation time."""
-    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"

@@ -350,13 +350,36 @@ class RuntimeStats:
     deliveries: DeliveryStats
 
 
-_DELIVERY_FIELDS = tuple(f.name for f in dataclasses.fields(WebhookDelivery))
+_DELIVERY_FIELDS = frozenset(f.name for f in dataclasses.fields(WebhookDelivery))
+_new = object.__new__
+_set = object.__setattr__
 
 
 def evolve_delivery(delivery: WebhookDelivery, **changes: Any) -> WebhookDelivery:
-    """``dataclasses.replace`` for deliveries, about twice as fast (claim and record call it
-    for every delivery; :class:`WebhookDelivery` has no ``__post_init__`` to run)."""
-    new = object.__new__(WebhookDelivery)
-    for name in _DELIVERY_FIELDS:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(delivery, name))
+    """``dataclasses.replace`` for deliveries, about three times as fast (claim and record call
+    it for every delivery; :class:`WebhookDelivery` has no ``__post_init__`` to run).
+
+    Spelled out field by field, which is what makes it fast; a test checks every field is here.
+    """
+    if not changes.keys() <= _DELIVERY_FIELDS:
+        raise TypeError(f"not WebhookDelivery fields: {sorted(changes.keys() - _DELIVERY_FIELDS)}")
+    new = _new(WebhookDelivery)
+    get = changes.get
+    _set(new, "id", get("id", delivery.id))
+    _set(new, "endpoint_id", get("endpoint_id", delivery.endpoint_id))
+    _set(new, "event_id", get("event_id", delivery.event_id))
+    _set(new, "event_type", get("event_type", delivery.event_type))
+    _set(new, "url", get("url", delivery.url))
+    _set(new, "payload", get("payload", delivery.payload))
+    _set(new, "status", get("status", delivery.status))
+    _set(new, "created_at", get("created_at", delivery.created_at))
+    _set(new, "next_attempt_at", get("next_attempt_at", delivery.next_attempt_at))
+    _set(new, "attempts", get("attempts", delivery.attempts))
+    _set(new, "attempt_count", get("attempt_count", delivery.attempt_count))
+    _set(new, "completed_at", get("completed_at", delivery.completed_at))
+    _set(new, "last_error", get("last_error", delivery.last_error))
+    _set(new, "lease_owner", get("lease_owner", delivery.lease_owner))
+    _set(new, "lease_expires_at", get("lease_expires_at", delivery.lease_expires_at))
+    _set(new, "to_hash", get("to_hash", delivery.to_hash))
+    _set(new, "from_hash", get("from_hash", delivery.from_hash))
     return new

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
+from yarl import URL
 
 from .clock import Clock
 from .config import WebhookConfig
@@ -66,29 +67,17 @@ class Sender:
         started_at = self._clock.now()
         attempt_number = delivery.attempt_count + 1
         t0 = time.perf_counter()
-
-        def failed(error: str, *, refused: bool = False) -> SendResult:
-            attempt = WebhookAttempt(
-                attempt_number=attempt_number,
-                started_at=started_at,
-                latency_ms=(time.perf_counter() - t0) * 1000,
-                error=error,
-            )
-            return SendResult(attempt=attempt, refused=refused)
-
         try:
-            url = validate_endpoint_url(
-                endpoint.url,
-                allow_private_hosts=self._security.allow_private_hosts,
-                allow_http_for_localhost=self._security.allow_http_for_localhost,
-            )
+            prepared = self._prepared.get(endpoint.id)
+            if prepared is None or not prepared.fits(endpoint, started_at):
+                prepared = self._prepare(endpoint, started_at)
             body = (delivery.payload if payload is None else payload).encode()
-            headers = self._headers(endpoint, delivery, body, started_at)
+            headers = self._headers(prepared, delivery, body, started_at)
         except (EndpointUrlError, SigningError) as exc:
-            return failed(f"refused: {exc}", refused=True)
+            return _failed(attempt_number, started_at, t0, f"refused: {exc}", refused=True)
         try:
             async with self._session.post(
-                url,
+                prepared.url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
@@ -100,32 +89,32 @@ class Sender:
                     raw = await response.read()  # the usual small answer: one read
                 else:
                     raw = await _read_prefix(response.content, limit)
+                status = response.status
                 attempt = WebhookAttempt(
                     attempt_number=attempt_number,
                     started_at=started_at,
                     latency_ms=(time.perf_counter() - t0) * 1000,
-                    http_status=response.status,
+                    http_status=status,
                     response_body=raw.decode("utf-8", errors="replace"),
-                    error=None if 200 <= response.status < 300 else _status_text(response),
+                    error=None if 200 <= status < 300 else _status_text(response),
                 )
                 return SendResult(attempt=attempt, retry_after=response.headers.get("Retry-After"))
         except aiohttp.ClientConnectorDNSError as exc:
             if isinstance(exc.os_error, EndpointUrlError):
-                return failed(f"refused: {exc.os_error}", refused=True)
-            return failed(f"DNS lookup failed: {exc.os_error}")
+                return _failed(
+                    attempt_number, started_at, t0, f"refused: {exc.os_error}", refused=True
+                )
+            return _failed(attempt_number, started_at, t0, f"DNS lookup failed: {exc.os_error}")
         except TimeoutError:
-            return failed(f"timeout after {self._config.timeout_ms} ms")
-        except aiohttp.ClientError as exc:
-            return failed(f"{type(exc).__name__}: {exc}")
-        except OSError as exc:
-            return failed(f"{type(exc).__name__}: {exc}")
+            return _failed(
+                attempt_number, started_at, t0, f"timeout after {self._config.timeout_ms} ms"
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            return _failed(attempt_number, started_at, t0, f"{type(exc).__name__}: {exc}")
 
     def _headers(
-        self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, body: bytes, now: datetime
+        self, prepared: _Prepared, delivery: WebhookDelivery, body: bytes, now: datetime
     ) -> dict[str, str]:
-        prepared = self._prepared.get(endpoint.id)
-        if prepared is None or not prepared.fits(endpoint, now):
-            prepared = self._prepare(endpoint, now)
         headers = dict(prepared.base)
         timestamp = int(now.timestamp())
         if prepared.signer is None:
@@ -142,8 +131,14 @@ class Sender:
         return headers
 
     def _prepare(self, endpoint: WebhookEndpoint, now: datetime) -> _Prepared:
-        """Everything about an endpoint's headers that does not change per attempt."""
+        """Everything about an endpoint's request that does not change per attempt: its URL
+        (checked by the URL guard), fixed headers and signer."""
         config = self._config
+        url = validate_endpoint_url(
+            endpoint.url,
+            allow_private_hosts=self._security.allow_private_hosts,
+            allow_http_for_localhost=self._security.allow_http_for_localhost,
+        )
         base = {
             name: value
             for name, value in endpoint.headers.items()
@@ -163,7 +158,7 @@ class Sender:
                 )
             signer = Signer(secrets, config.signature_scheme)
         expiries = [s.expires_at for s in endpoint.previous_secrets if s.expires_at > now]
-        prepared = _Prepared(endpoint, base, signer, min(expiries) if expiries else None)
+        prepared = _Prepared(endpoint, url, base, signer, min(expiries) if expiries else None)
         if len(self._prepared) >= _PREPARED_CACHE_SIZE:
             self._prepared.clear()
         self._prepared[endpoint.id] = prepared
@@ -172,16 +167,30 @@ class Sender:
 
 @dataclass(slots=True)
 class _Prepared:
-    """An endpoint's fixed headers and signer, valid while the endpoint object is the same
-    (endpoints are immutable: any change makes a new one) and no retired secret has expired."""
+    """An endpoint's checked URL, fixed headers and signer, valid while the endpoint object is
+    the same (endpoints are immutable: any change makes a new one) and no retired secret has
+    expired."""
 
     endpoint: WebhookEndpoint
+    url: URL
     base: dict[str, str]
     signer: Signer | None
     valid_until: datetime | None
 
     def fits(self, endpoint: WebhookEndpoint, now: datetime) -> bool:
         return self.endpoint is endpoint and (self.valid_until is None or now < self.valid_until)
+
+
+def _failed(
+    attempt_number: int, started_at: datetime, t0: float, error: str, *, refused: bool = False
+) -> SendResult:
+    attempt = WebhookAttempt(
+        attempt_number=attempt_number,
+        started_at=started_at,
+        latency_ms=(time.perf_counter() - t0) * 1000,
+        error=error,
+    )
+    return SendResult(attempt=attempt, refused=refused)
 
 
 def _unsigned_headers(

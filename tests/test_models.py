@@ -1,0 +1,50 @@
+"""Model helpers that the hot path relies on."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kmsg_webhook import DeliveryStatus, WebhookEventType
+from kmsg_webhook.models import WebhookAttempt, WebhookDelivery, evolve_delivery
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _every_field_set() -> WebhookDelivery:
+    return WebhookDelivery(
+        id="dlv_1",
+        endpoint_id="ep_1",
+        event_id="evt_1",
+        event_type=WebhookEventType.MESSAGE_FAILED,
+        url="https://example.com/hook",
+        payload="{}",
+        status=DeliveryStatus.EXHAUSTED,
+        created_at=NOW,
+        next_attempt_at=NOW + timedelta(seconds=1),
+        attempts=(WebhookAttempt(attempt_number=1, started_at=NOW, latency_ms=1.0),),
+        attempt_count=1,
+        completed_at=NOW + timedelta(seconds=2),
+        last_error="HTTP 500",
+        lease_owner="worker",
+        lease_expires_at=NOW + timedelta(seconds=3),
+        to_hash="to",
+        from_hash="from",
+    )
+
+
+def test_evolve_delivery_copies_every_field_and_applies_changes() -> None:
+    original = _every_field_set()
+    assert evolve_delivery(original) == original
+    for field in dataclasses.fields(WebhookDelivery):
+        marker = object()
+        changed = evolve_delivery(original, **{field.name: marker})
+        assert getattr(changed, field.name) is marker, field.name
+        assert changed == dataclasses.replace(original, **{field.name: marker})
+
+
+def test_evolve_delivery_refuses_unknown_fields() -> None:
+    with pytest.raises(TypeError, match="not WebhookDelivery fields"):
+        evolve_delivery(_every_field_set(), lease="x")
