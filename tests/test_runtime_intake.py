@@ -178,6 +178,13 @@ async def test_endpoint_matching_by_status_event_type_and_fail_closed_filters(
             filters=EndpointFilters(provider_id=["aligo"], channel_id=["ch_1"]),
         )
     )
+    two = await add(
+        EndpointInput(
+            url=receiver.url("/two"),
+            events=["message.sent"],
+            filters=EndpointFilters(provider_id=["iwinv", "aligo", "aligo"]),
+        )
+    )
 
     await runtime.emit(make_event("no_meta"))
     await runtime.emit(make_event("aligo", metadata=EventMetadata(provider_id="aligo")))
@@ -194,10 +201,12 @@ async def test_endpoint_matching_by_status_event_type_and_fail_closed_filters(
 
     # Missing metadata never passes a filter (fail closed); inactive/suspended get nothing.
     assert await targets("no_meta") == {plain.id}
-    assert await targets("aligo") == {plain.id, by_provider.id}
-    assert await targets("aligo_ch1") == {plain.id, by_provider.id, by_both.id}
-    assert await targets("aligo_ch2") == {plain.id, by_provider.id}
-    assert await targets("other") == {plain.id}
+    assert await targets("aligo") == {plain.id, by_provider.id, two.id}
+    assert await targets("aligo_ch1") == {plain.id, by_provider.id, by_both.id, two.id}
+    assert await targets("aligo_ch2") == {plain.id, by_provider.id, two.id}
+    assert await targets("other") == {plain.id, two.id}
+    # Each event is stored once per matching endpoint (a provider listed twice is one match).
+    assert len(await all_deliveries(runtime, event_id="aligo")) == 3
     assert receiver.received == []  # an intake-only runtime sends nothing by itself
 
 

@@ -96,10 +96,18 @@ class GroupCommit(Generic[T]):
         self._append(item, None)
 
     def _append(self, item: T, future: asyncio.Future[None] | None) -> None:
-        self._items.append(item)
+        items = self._items
+        items.append(item)
         self._futures.append(future)
         self._arrived.append(time.monotonic())
         self._idle.clear()
+        writes = len(self._writes)
+        # Skip the kick when it would change nothing: a tick or a timer is already due, or
+        # every write slot is busy (a finishing write kicks again).
+        if writes >= self._max_writes or (writes == 0 and self._tick_scheduled):
+            return
+        if writes and self._timer is not None and len(items) < self._max_batch:
+            return
         self._kick()
 
     def _pass_room(self) -> None:

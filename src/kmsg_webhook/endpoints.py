@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from .errors import InvalidEndpointError
@@ -101,7 +101,7 @@ class EndpointCache:
         self._ttl_s = ttl_s
         self._by_id: dict[str, WebhookEndpoint] = {}
         # Active endpoints per subscribed event type, rebuilt lazily after any change.
-        self._by_type: dict[WebhookEventType, list[WebhookEndpoint]] | None = None
+        self._routes: dict[WebhookEventType, _Route] | None = None
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -118,18 +118,21 @@ class EndpointCache:
 
         Synchronous (it runs for every event of a batch): call :meth:`refresh` first.
         """
-        if self._by_type is None:
-            by_type: dict[WebhookEventType, list[WebhookEndpoint]] = {}
-            for endpoint in self._by_id.values():
-                if endpoint.active:
-                    for event_type in endpoint.events:
-                        by_type.setdefault(event_type, []).append(endpoint)
-            self._by_type = by_type
-        return [
-            e
-            for e in self._by_type.get(event.type, ())
-            if e.filters is None or e.filters.matches(event)
-        ]
+        if self._routes is None:
+            self._routes = _build_routes(self._by_id.values())
+        route = self._routes.get(event.type)
+        if route is None:
+            return []
+        provider_id = event.metadata.provider_id
+        keyed = route.by_provider.get(provider_id) if provider_id is not None else None
+        if not keyed:
+            candidates = route.unkeyed
+        elif not route.unkeyed:
+            candidates = keyed
+        else:  # both kinds match: keep the endpoints' own order
+            position = route.position
+            candidates = sorted((*route.unkeyed, *keyed), key=lambda e: position[e.id])
+        return [e for e in candidates if e.filters is None or e.filters.matches(event)]
 
     def cached(self, endpoint_id: str) -> WebhookEndpoint | None:
         """The endpoint if the cache is fresh and holds it, without awaiting; else ``None``
@@ -150,11 +153,11 @@ class EndpointCache:
 
     def put(self, endpoint: WebhookEndpoint) -> None:
         self._by_id[endpoint.id] = endpoint
-        self._by_type = None
+        self._routes = None
 
     def drop(self, endpoint_id: str) -> None:
         self._by_id.pop(endpoint_id, None)
-        self._by_type = None
+        self._routes = None
 
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")
@@ -167,5 +170,33 @@ class EndpointCache:
                 return
             endpoints = await self._store.list()
             self._by_id = {e.id: e for e in endpoints}
-            self._by_type = None
+            self._routes = None
             self._loaded_at = time.monotonic()
+
+
+class _Route:
+    """The active endpoints subscribed to one event type, split by their provider filter so
+    an event is checked only against endpoints that can match its provider."""
+
+    __slots__ = ("by_provider", "position", "unkeyed")
+
+    def __init__(self) -> None:
+        self.unkeyed: list[WebhookEndpoint] = []  # no provider filter
+        self.by_provider: dict[str, list[WebhookEndpoint]] = {}
+        self.position: dict[str, int] = {}  # endpoint id → order of the endpoints
+
+
+def _build_routes(endpoints: Iterable[WebhookEndpoint]) -> dict[WebhookEventType, _Route]:
+    routes: dict[WebhookEventType, _Route] = {}
+    for n, endpoint in enumerate(e for e in endpoints if e.active):
+        for event_type in endpoint.events:
+            route = routes.get(event_type)
+            if route is None:
+                route = routes[event_type] = _Route()
+            route.position[endpoint.id] = n
+            providers = endpoint.filters.provider_id if endpoint.filters else ()
+            if not providers:
+                route.unkeyed.append(endpoint)
+            for provider_id in dict.fromkeys(providers):
+                route.by_provider.setdefault(provider_id, []).append(endpoint)
+    return routes

@@ -20,6 +20,12 @@ class Verdict:
     disable_endpoint: bool = False
 
 
+_SUCCESS = Verdict(success=True, retryable=False)
+_RETRY = Verdict(success=False, retryable=True)
+_FAIL = Verdict(success=False, retryable=False)
+_GONE = Verdict(success=False, retryable=False, disable_endpoint=True)
+
+
 def judge(http_status: int | None) -> Verdict:
     """Classify an attempt by its HTTP status (``None`` = network error or timeout: retried).
 
@@ -27,14 +33,14 @@ def judge(http_status: int | None) -> Verdict:
     status fails at once, including 3xx because redirects are never followed.
     """
     if http_status is None:
-        return Verdict(success=False, retryable=True)
+        return _RETRY
     if 200 <= http_status < 300:
-        return Verdict(success=True, retryable=False)
+        return _SUCCESS
     if http_status == 410:
-        return Verdict(success=False, retryable=False, disable_endpoint=True)
+        return _GONE
     if http_status in RETRYABLE_STATUSES or http_status >= 500:
-        return Verdict(success=False, retryable=True)
-    return Verdict(success=False, retryable=False)
+        return _RETRY
+    return _FAIL
 
 
 def backoff_ms(

@@ -1,0 +1,57 @@
+"""Which endpoints an event goes to: the endpoint cache's routing index."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from kmsg_webhook import EndpointFilters, EndpointInput, EventMetadata, WebhookEvent
+from kmsg_webhook.endpoints import EndpointCache, build_endpoint
+from kmsg_webhook.memory import InMemoryEndpointStore
+
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+async def _cache(*specs: tuple[str, tuple[str, ...]]) -> EndpointCache:
+    store = InMemoryEndpointStore()
+    for name, providers in specs:
+        data = EndpointInput(
+            id=name,
+            url=f"https://example.com/{name}",
+            events=["message.sent", "message.failed"],
+            filters=EndpointFilters(provider_id=providers) if providers else None,
+        )
+        await store.add(build_endpoint(data, url=data.url, secret="s", now=NOW))
+    cache = EndpointCache(store, ttl_s=60)
+    await cache.refresh()
+    return cache
+
+
+def _event(provider_id: str | None, type: str = "message.sent") -> WebhookEvent:
+    return WebhookEvent(
+        id="evt_1",
+        type=type,  # type: ignore[arg-type]
+        timestamp=NOW,
+        metadata=EventMetadata(provider_id=provider_id),
+    )
+
+
+async def test_filtered_and_unfiltered_endpoints_come_back_in_the_store_order() -> None:
+    cache = await _cache(("a", ()), ("b", ("aligo",)), ("c", ()), ("d", ("iwinv", "aligo")))
+    order = [e.id for e in await cache.all()]
+
+    def ids(event: WebhookEvent) -> list[str]:
+        found = [e.id for e in cache.matching(event)]
+        assert found == sorted(found, key=order.index)
+        return sorted(found)
+
+    assert ids(_event("aligo")) == ["a", "b", "c", "d"]
+    assert ids(_event("iwinv", "message.failed")) == ["a", "c", "d"]
+    assert ids(_event(None)) == ["a", "c"]
+    assert ids(_event("solapi")) == ["a", "c"]
+
+
+async def test_changes_through_the_cache_rebuild_the_routes() -> None:
+    cache = await _cache(("a", ("aligo",)))
+    assert [e.id for e in cache.matching(_event("aligo"))] == ["a"]
+    cache.drop("a")
+    assert cache.matching(_event("aligo")) == []
