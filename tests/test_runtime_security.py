@@ -121,6 +121,23 @@ async def test_webhook_id_is_stable_across_retries_and_the_timestamp_is_the_atte
     assert [a.started_at for a in delivery.attempts] == [t0, t0 + timedelta(seconds=7)]
 
 
+async def test_cookies_a_receiver_sets_are_never_sent_back(receiver, make_runtime, make_event):
+    async def set_cookie(request: web.Request, n: int) -> web.StreamResponse:
+        response = web.json_response({"ok": True})
+        response.set_cookie("session", f"s{n}")
+        return response
+
+    # A name, not an IP address: aiohttp's default jar keeps cookies only for names.
+    url = receiver.on("/cookie", set_cookie).replace("127.0.0.1", "localhost")
+    runtime = await make_runtime()
+    await runtime.add_endpoint(EndpointInput(url=url, events=["message.sent"]))
+    for n in range(3):
+        await runtime.emit(make_event(f"evt_cookie_{n}"))
+        await settle(runtime)
+    assert len(receiver.at("/cookie")) == 3
+    assert all("Cookie" not in r.headers for r in receiver.at("/cookie"))
+
+
 async def test_kmsg_scheme_headers(receiver, make_runtime, make_event):
     runtime = await make_runtime(WebhookConfig(jitter=False, signature_scheme="kmsg"))
     endpoint = await runtime.add_endpoint(

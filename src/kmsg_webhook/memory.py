@@ -125,7 +125,7 @@ class InMemoryDeliveryStore:
     def __init__(self, *, max_stored_attempts: int = DEFAULT_MAX_STORED_ATTEMPTS) -> None:
         self._max_attempts = max_stored_attempts
         self._rows: dict[str, WebhookDelivery] = {}
-        self._keys: set[tuple[str, str]] = set()
+        self._keys: set[str] = set()  # endpoint id + event id (a str: the GC skips it)
         # (due timestamp, sequence, id); entries go stale when a row changes and are skipped.
         self._due: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -138,7 +138,7 @@ class InMemoryDeliveryStore:
             raise StoreError("the in-memory store cannot join a database transaction")
         inserted: list[str] = []
         for delivery in deliveries:
-            key = (delivery.endpoint_id, delivery.event_id)
+            key = _key(delivery.endpoint_id, delivery.event_id)
             if key in self._keys or delivery.id in self._rows:
                 continue
             self._keys.add(key)
@@ -278,7 +278,7 @@ class InMemoryDeliveryStore:
         doomed = [d for d in self._rows.values() if d.status.terminal and d.created_at < older_than]
         for delivery in doomed:
             del self._rows[delivery.id]
-            self._keys.discard((delivery.endpoint_id, delivery.event_id))
+            self._keys.discard(_key(delivery.endpoint_id, delivery.event_id))
         return len(doomed)
 
     async def scan(
@@ -321,6 +321,10 @@ class InMemoryDeliveryStore:
             released = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
             self._rows[delivery_id] = released
             self._push(released)
+
+
+def _key(endpoint_id: str, event_id: str) -> str:
+    return f"{endpoint_id}\x00{event_id}"
 
 
 def create_in_memory_persistence(

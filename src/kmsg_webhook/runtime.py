@@ -230,7 +230,13 @@ class WebhookRuntimeService:
             resolver=resolver,
             ttl_dns_cache=10,  # the guard re-checks every fresh answer
         )
-        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
+        # No cookie jar: a receiver's cookies are never sent back with later deliveries.
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            auto_decompress=True,
+        )
 
     # -- endpoints ---------------------------------------------------------------------------
 
