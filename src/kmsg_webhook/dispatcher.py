@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections import Counter, defaultdict, deque
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -92,7 +92,8 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._ready: dict[str, deque[WebhookDelivery]] = {}
         self._runnable: deque[str] = deque()  # endpoints with ready work and a free slot
-        self._active: Counter[str] = Counter()  # attempts being sent, per endpoint
+        self._queued: set[str] = set()  # the same endpoints, for O(1) membership
+        self._active: dict[str, int] = {}  # attempts being sent, per endpoint
         self._outstanding = 0  # claimed and not yet recorded
         self._ready_count = 0  # claimed and waiting for a worker
         # Below this much room, a claimer with queued work waits instead of making a small
@@ -145,6 +146,7 @@ class Dispatcher:
         self._ready.clear()
         self._ready_count = 0
         self._runnable.clear()
+        self._queued.clear()
         if leftovers:
             self._outstanding -= len(leftovers)
             try:
@@ -228,7 +230,7 @@ class Dispatcher:
         if want <= 0:
             return 0
         limit = config.max_concurrency_per_endpoint
-        full = {e for e, q in self._ready.items() if len(q) + self._active[e] >= limit}
+        full = {e for e, q in self._ready.items() if len(q) + self._active.get(e, 0) >= limit}
         now = self._clock.now()
         claimed = await self._store.claim(
             worker_id=self.worker_id,
@@ -246,7 +248,7 @@ class Dispatcher:
                 queue = self._ready[endpoint_id] = deque()
             # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
             # in the store (claimable by other workers) instead of aging here under a lease.
-            if len(queue) + self._active[endpoint_id] >= 2 * limit:
+            if len(queue) + self._active.get(endpoint_id, 0) >= 2 * limit:
                 overflow.append(delivery.id)
                 continue
             queue.append(delivery)
@@ -265,10 +267,11 @@ class Dispatcher:
         queue = self._ready.get(endpoint_id)
         if (
             queue
-            and self._active[endpoint_id] < self._config.max_concurrency_per_endpoint
-            and endpoint_id not in self._runnable
+            and endpoint_id not in self._queued
+            and self._active.get(endpoint_id, 0) < self._config.max_concurrency_per_endpoint
         ):
             self._runnable.append(endpoint_id)
+            self._queued.add(endpoint_id)
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -290,32 +293,31 @@ class Dispatcher:
             if self._stopping:
                 return
             endpoint_id = runnable.popleft()
+            self._queued.discard(endpoint_id)
             queue = self._ready[endpoint_id]
             delivery = queue.popleft()
             self._ready_count -= 1
             if not queue:
                 del self._ready[endpoint_id]
-            self._active[endpoint_id] += 1
+            active = self._active
+            active[endpoint_id] = active.get(endpoint_id, 0) + 1
             self._mark_runnable(endpoint_id)  # round robin: back of the line
-            await self._deliver(delivery)
-            self._active[endpoint_id] -= 1
-            if not self._active[endpoint_id]:
-                del self._active[endpoint_id]
+            try:
+                self._recorder.enqueue(await self._attempt(delivery))
+            except Exception:
+                # The lease expires and another claim retries the delivery: nothing is lost.
+                logger.exception("delivery %s failed unexpectedly; it will be retried", delivery.id)
+                self._outstanding -= 1
+                self._changed.set()
+            left = active[endpoint_id] - 1
+            if left:
+                active[endpoint_id] = left
+            else:
+                del active[endpoint_id]
             if endpoint_id in self._ready:
                 self._mark_runnable(endpoint_id)
                 if len(runnable) > 1:  # this worker takes one; another may take the next
                     self._wake_workers(1)
-
-    async def _deliver(self, delivery: WebhookDelivery) -> None:
-        try:
-            settled = await self._attempt(delivery)
-        except Exception:
-            # The lease expires and another claim retries the delivery: nothing is lost.
-            logger.exception("delivery %s failed unexpectedly; it will be retried", delivery.id)
-            self._outstanding -= 1
-            self._changed.set()
-            return
-        self._recorder.enqueue(settled)
 
     def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
         """Recorded (or abandoned): there is room for as many more claimed deliveries."""
