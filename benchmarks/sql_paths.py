@@ -38,8 +38,8 @@ import sqlalchemy as sa
 
 from kmsg_webhook import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEventType
 from kmsg_webhook.models import AttemptOutcome
-from kmsg_webhook.sql.base import SqlDatabase
-from kmsg_webhook.sql.codec import attempt_to_json, delivery_to_row, to_millis
+from kmsg_webhook.sql.base import SqlDatabase, delivery_row
+from kmsg_webhook.sql.codec import attempt_to_json, to_millis
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
 from kmsg_webhook.sql.tables import Timestamp
@@ -56,22 +56,20 @@ INSERT_ROWS = 1000
 BATCH = 100
 
 
-def delivery_rows(count: int) -> list[Row]:
-    """``count`` pending delivery rows due at T0 + i ms, spread over ten endpoints."""
+def new_deliveries(count: int) -> list[WebhookDelivery]:
+    """``count`` pending deliveries due at T0 + i ms, spread over ten endpoints."""
     tag = uuid.uuid4().hex[:8]
     return [
-        delivery_to_row(
-            WebhookDelivery(
-                id=f"dlv_{tag}_{i}",
-                endpoint_id=f"ep_{i % 10}",
-                event_id=f"evt_{tag}_{i}",
-                event_type=WebhookEventType.MESSAGE_SENT,
-                url="https://example.com/hook",
-                payload='{"id":"evt","data":{"text":"hello"}}' * 4,
-                status=DeliveryStatus.PENDING,
-                created_at=T0 + timedelta(milliseconds=i),
-                next_attempt_at=T0 + timedelta(milliseconds=i),
-            )
+        WebhookDelivery(
+            id=f"dlv_{tag}_{i}",
+            endpoint_id=f"ep_{i % 10}",
+            event_id=f"evt_{tag}_{i}",
+            event_type=WebhookEventType.MESSAGE_SENT,
+            url="https://example.com/hook",
+            payload='{"id":"evt","data":{"text":"hello"}}' * 4,
+            status=DeliveryStatus.PENDING,
+            created_at=T0 + timedelta(milliseconds=i),
+            next_attempt_at=T0 + timedelta(milliseconds=i),
         )
         for i in range(count)
     ]
@@ -112,7 +110,8 @@ async def timed(
 # -- SQLAlchemy Core, the natural way --------------------------------------------------------------
 
 
-async def core_insert(db: SqlDatabase, rows: list[Row]) -> None:
+async def core_insert(db: SqlDatabase, deliveries: list[WebhookDelivery]) -> None:
+    rows = [delivery_row(d) for d in deliveries]
     table = db.tables.deliveries
     statement = db.insert_statement(table).on_conflict_do_nothing().returning(table.c.id)
     async with db.connect() as conn:
@@ -226,9 +225,9 @@ async def same_sql_claim(db: SqlDatabase, now: datetime) -> None:
 # -- raw: the stores' own hot paths ----------------------------------------------------------------
 
 
-async def raw_insert(db: SqlDatabase, rows: list[Row]) -> None:
+async def raw_insert(db: SqlDatabase, deliveries: list[WebhookDelivery]) -> None:
     async with db.connect() as conn:
-        await db.insert_deliveries(conn, rows, retried=False)
+        await db.insert_deliveries(conn, deliveries, retried=False)
 
 
 async def raw_claim(db: SqlDatabase, now: datetime) -> list[WebhookDelivery]:
@@ -272,7 +271,7 @@ async def reset(db: SqlDatabase) -> None:
 
 # -- the run ---------------------------------------------------------------------------------------
 
-Insert = Callable[[SqlDatabase, list[Row]], Awaitable[object]]
+Insert = Callable[[SqlDatabase, list[WebhookDelivery]], Awaitable[object]]
 Claim = Callable[[SqlDatabase, datetime], Awaitable[object]]
 Record = Callable[[SqlDatabase, list[AttemptOutcome]], Awaitable[object]]
 
@@ -293,7 +292,7 @@ async def bench(db: SqlDatabase, rounds: int) -> dict[str, float]:
         for _ in range(rounds):
             for variant, insert in INSERTS:
                 await clear(db)
-                rows = delivery_rows(INSERT_ROWS)
+                rows = new_deliveries(INSERT_ROWS)
                 samples[f"insert {INSERT_ROWS}: {variant}"].append(await timed(insert, db, rows))
             # The last insert left INSERT_ROWS due rows: claim and record work on those.
             for variant, claim in CLAIMS:

@@ -5,6 +5,8 @@ a busy SQLite file. Operations retry transient failures and never record a resul
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -18,8 +20,7 @@ import sqlalchemy.exc
 
 from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError
 from kmsg_webhook.sql.base import SqlDatabase
-from kmsg_webhook.sql.codec import delivery_to_row
-from kmsg_webhook.sql.faults import is_transient, redact_url
+from kmsg_webhook.sql.faults import RetryPolicy, is_transient, redact_url
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
 from kmsg_webhook.store_url import persistence_from_url
@@ -84,6 +85,61 @@ def test_only_transient_errors_are_retried(error: Exception, transient: bool) ->
     assert is_transient(error) is transient
     wrapped = sqlalchemy.exc.OperationalError("SELECT 1", None, error)
     assert is_transient(wrapped) is transient
+
+
+async def test_retry_policy_retries_transient_failures_with_growing_waits() -> None:
+    policy = RetryPolicy(timeout=5.0, initial=0.01, maximum=0.04)
+    calls: list[tuple[int, float]] = []
+
+    async def flaky(attempt: int) -> str:
+        calls.append((attempt, time.monotonic()))
+        if attempt < 4:
+            raise ConnectionRefusedError(111, "refused")
+        return "ok"
+
+    assert await policy.call(flaky) == "ok"
+    assert [n for n, _ in calls] == [1, 2, 3, 4]
+    waits = [b - a for (_, a), (_, b) in itertools.pairwise(calls)]
+    # at least 0.01, 0.02, 0.04 (capped); jitter and a busy machine only add to them
+    for wait, floor in zip(waits, (0.01, 0.02, 0.04), strict=True):
+        assert floor <= wait < floor + 1.0
+
+
+async def test_retry_policy_raises_other_errors_at_once_and_gives_up_at_the_timeout() -> None:
+    attempts: list[int] = []
+
+    async def broken(attempt: int) -> None:
+        attempts.append(attempt)
+        raise ValueError("bad query")
+
+    with pytest.raises(ValueError):
+        await RetryPolicy(timeout=5.0, initial=0.01).call(broken)
+    assert attempts == [1]
+
+    async def down(attempt: int) -> None:
+        attempts.append(attempt)
+        raise ConnectionRefusedError(111, "refused")
+
+    attempts.clear()
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        await RetryPolicy(timeout=0.2, initial=0.02, maximum=0.05).call(down)
+    assert len(attempts) >= 2
+    assert time.monotonic() - started < 0.2 + 1.0  # gave up instead of retrying on
+
+
+async def test_a_call_that_succeeds_leaves_no_cyclic_garbage() -> None:
+    async def fine(attempt: int) -> int:
+        return attempt
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            assert await RetryPolicy().call(fine) == 1
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_redact_url_hides_passwords() -> None:
@@ -318,7 +374,7 @@ async def test_an_insert_retried_after_a_lost_commit_reports_its_rows(dialect: s
     async with maker() as db:
         await db.delivery_store.insert_many(rows[:1])  # the "lost" attempt wrote this one
         async with db.connect() as conn:
-            new = await db.insert_deliveries(conn, [delivery_to_row(d) for d in rows], retried=True)
+            new = await db.insert_deliveries(conn, rows, retried=True)
         assert new == {"dlv_0001", "dlv_0002"}
         first_try_only = await db.delivery_store.insert_many([delivery(9, event_id="evt_1")])
         assert first_try_only == []  # a genuine duplicate is still skipped

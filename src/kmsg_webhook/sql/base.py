@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -166,18 +167,18 @@ class SqlDatabase(ABC):
     async def _prepare(self, *, apply: bool) -> int:
         if self._engine is None:
             self._engine = self._create_engine()
+
+        async def migrate(conn: AsyncConnection, attempt: int) -> int:
+            return await self._migrate(conn, apply=apply)
+
         try:
-            async for attempt in self.retry.attempts():
-                with attempt:
-                    async with self.connect() as conn:
-                        return await self._migrate(conn, apply=apply)
+            return await self.retry.call(partial(self._on_connection, migrate))
         except WebhookError:
             raise
         except Exception as exc:
             raise StoreError(
                 f"cannot open the {self.dialect} store at {self.display_url}: {describe(exc)}"
             ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _migrate(self, conn: AsyncConnection, *, apply: bool) -> int:
         """Bring the schema to the current version (or check it is there); returns it."""
@@ -234,17 +235,17 @@ class SqlDatabase(ABC):
         """Run ``operation(connection, attempt_number)``, retrying on transient failures."""
         await self.init()
         try:
-            async for attempt in self.retry.attempts():
-                with attempt:
-                    async with self.connect() as conn:
-                        return await operation(conn, attempt.retry_state.attempt_number)
+            return await self.retry.call(partial(self._on_connection, operation))
         except WebhookError:
             raise
         except Exception as exc:
             raise StoreError(
                 f"{self.dialect} store at {self.display_url} failed: {describe(exc)}"
             ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _on_connection(self, operation: Operation[T], attempt: int) -> T:
+        async with self.connect() as conn:
+            return await operation(conn, attempt)
 
     def bound(self, value: datetime) -> datetime:
         """A lower or strict upper time bound as the dialect compares it exactly (see SQLite)."""
@@ -284,13 +285,13 @@ class SqlDatabase(ABC):
 
     @abstractmethod
     async def insert_deliveries(
-        self, conn: AsyncConnection, rows: list[dict[str, Any]], *, retried: bool
+        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery], *, retried: bool
     ) -> set[str]:
         """Insert on our own connection; the ids that are new (with ``retried``: that exist)."""
 
     @abstractmethod
     async def insert_on_caller_connection(
-        self, connection: object, rows: list[dict[str, Any]]
+        self, connection: object, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         """Insert inside the caller's transaction on their own connection (checked first)."""
 
@@ -312,18 +313,18 @@ class SqlDatabase(ABC):
     ) -> int: ...
 
     async def insert_with_sqlalchemy(
-        self, conn: AsyncConnection, rows: list[dict[str, Any]]
+        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         """Insert with SQLAlchemy Core on a caller's :class:`AsyncConnection` (any driver)."""
         if conn.dialect.name != self.dialect:
             raise StoreError(
                 f"the {self.dialect} store cannot write on a {conn.dialect.name} connection"
             )
-        if not rows:
+        if not deliveries:
             return set()
         table = self.tables.deliveries
         statement = self.insert_statement(table).on_conflict_do_nothing().returning(table.c.id)
-        result = await conn.execute(statement, rows)
+        result = await conn.execute(statement, [delivery_row(d) for d in deliveries])
         return set(result.scalars().all())
 
 
@@ -486,23 +487,22 @@ class SqlDeliveryStore:
     async def insert_many(
         self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
     ) -> list[str]:
-        rows = [delivery_row(d) for d in deliveries]
         if connection is not None:
             await self._db.init()
             try:
-                new = await self._db.insert_on_caller_connection(connection, rows)
+                new = await self._db.insert_on_caller_connection(connection, deliveries)
             except WebhookError:
                 raise
             except Exception as exc:
                 raise StoreError(
                     f"insert on the caller's connection failed: {describe(exc)}"
                 ) from exc
-        elif not rows:
+        elif not deliveries:
             return []
         else:
 
             async def op(conn: AsyncConnection, attempt: int) -> set[str]:
-                return await self._db.insert_deliveries(conn, rows, retried=attempt > 1)
+                return await self._db.insert_deliveries(conn, deliveries, retried=attempt > 1)
 
             new = await self._db.run(op)
         ordered: list[str] = []

@@ -9,7 +9,7 @@ datetimes or epoch milliseconds, JSON text or already-decoded JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from ..store import LOOKUP_HASH_COLUMNS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -31,9 +32,13 @@ _MS = timedelta(milliseconds=1)
 JsonValue = Any
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(value: JsonValue) -> str:
     """Compact JSON text that keeps non-ASCII characters as they are."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def loads(value: object) -> JsonValue:
@@ -45,7 +50,9 @@ def loads(value: object) -> JsonValue:
 
 def to_millis(value: datetime) -> int:
     """Epoch milliseconds, truncating sub-millisecond digits (exact integer arithmetic)."""
-    return (parse_timestamp(value) - EPOCH) // _MS
+    if value.tzinfo is not UTC:
+        value = parse_timestamp(value)
+    return (value - EPOCH) // _MS
 
 
 def ceil_millis(value: datetime) -> int:
@@ -61,6 +68,11 @@ def to_datetime(value: object) -> datetime | None:
     """A stored timestamp (datetime, epoch ms or ISO text) as an aware UTC datetime."""
     if value is None:
         return None
+    # The two shapes the drivers give, checked first: SQLite's ms, asyncpg's UTC datetimes.
+    if type(value) is int:
+        return EPOCH + value * _MS
+    if type(value) is datetime and value.tzinfo is UTC:
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         return from_millis(value)
     return parse_timestamp(value)
@@ -85,6 +97,18 @@ def attempt_to_json(attempt: WebhookAttempt) -> dict[str, JsonValue]:
         "response_body": attempt.response_body,
         "error": attempt.error,
     }
+
+
+def attempts_to_text(attempts: Sequence[WebhookAttempt]) -> str:
+    """Attempts as stored JSON text; most rows have none."""
+    return dumps([attempt_to_json(a) for a in attempts]) if attempts else "[]"
+
+
+def attempts_from_json(value: object) -> tuple[WebhookAttempt, ...]:
+    """Stored attempts (JSON text or decoded); ``'[]'``, what new rows hold, is not parsed."""
+    if value == "[]" or value is None:
+        return ()
+    return tuple(attempt_from_json(a) for a in loads(value))
 
 
 def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
@@ -236,21 +260,73 @@ def delivery_to_row(delivery: WebhookDelivery) -> dict[str, Any]:
     }
 
 
+#: The delivery columns with the lookup hashes (schema version 2): the order in which the raw
+#: insert binds and the claim returns them (``queries/*.sql``).
+DELIVERY_ROW_COLUMNS = (*DELIVERY_COLUMNS, *LOOKUP_HASH_COLUMNS)
+
+# Enum members by stored value: a dict lookup per row instead of an Enum call.
+_EVENT_TYPES = {member.value: member for member in WebhookEventType}
+_STATUSES = {member.value: member for member in DeliveryStatus}
+
+
 def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
     return WebhookDelivery(
         id=row["id"],
         endpoint_id=row["endpoint_id"],
         event_id=row["event_id"],
-        event_type=WebhookEventType(row["event_type"]),
+        event_type=_EVENT_TYPES.get(row["event_type"]) or WebhookEventType(row["event_type"]),
         url=row["url"],
         payload=row["payload"],
-        status=DeliveryStatus(row["status"]),
+        status=_STATUSES.get(row["status"]) or DeliveryStatus(row["status"]),
         created_at=_required_datetime(row["created_at"]),
         next_attempt_at=to_datetime(row["next_attempt_at"]),
-        attempts=tuple(attempt_from_json(a) for a in loads(row["attempts_json"]) or ()),
+        attempts=attempts_from_json(row["attempts_json"]),
         attempt_count=int(row["attempt_count"]),
         completed_at=to_datetime(row["completed_at"]),
         last_error=row["last_error"],
         lease_owner=row["lease_owner"],
         lease_expires_at=to_datetime(row["lease_expires_at"]),
+    )
+
+
+def values_to_delivery(values: Sequence[Any]) -> WebhookDelivery:
+    """A row given as values in :data:`DELIVERY_ROW_COLUMNS` order (no mapping built per row)."""
+    (
+        id,
+        endpoint_id,
+        event_id,
+        event_type,
+        url,
+        payload,
+        status,
+        attempts,
+        attempt_count,
+        _,  # last_latency_ms: derived from the attempts
+        last_error,
+        created_at,
+        next_attempt_at,
+        completed_at,
+        lease_owner,
+        lease_expires_at,
+        to_hash,
+        from_hash,
+    ) = values
+    return WebhookDelivery(
+        id=id,
+        endpoint_id=endpoint_id,
+        event_id=event_id,
+        event_type=_EVENT_TYPES.get(event_type) or WebhookEventType(event_type),
+        url=url,
+        payload=payload,
+        status=_STATUSES.get(status) or DeliveryStatus(status),
+        created_at=_required_datetime(created_at),
+        next_attempt_at=to_datetime(next_attempt_at),
+        attempts=attempts_from_json(attempts),
+        attempt_count=int(attempt_count),
+        completed_at=to_datetime(completed_at),
+        last_error=last_error,
+        lease_owner=lease_owner,
+        lease_expires_at=to_datetime(lease_expires_at),
+        to_hash=to_hash,
+        from_hash=from_hash,
     )

@@ -9,8 +9,13 @@ keys); see ``docs/sql-backends.md``.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sqlite3
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy.exc
@@ -35,6 +40,8 @@ _CLOSED_MESSAGES = ("connection is closed", "connection was closed", "underlying
 # OS errors about local files (a SQLite path) do not heal by waiting; network ones may.
 _LOCAL_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database schema is locked")
+
+T = TypeVar("T")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -81,21 +88,46 @@ def _is_transient_here(exc: BaseException) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with jitter on transient errors, within ``timeout`` seconds in all."""
+    """Exponential backoff with jitter on transient errors, within ``timeout`` seconds in all.
+
+    After failure *n* it waits ``initial * 2**(n-1)`` capped at ``maximum``, plus a random
+    ``[0, initial]``, and gives up (raising the failure) when that wait would end ``timeout``
+    seconds or more after the first attempt.
+    """
 
     timeout: float = 30.0
     initial: float = 0.05
     maximum: float = 2.0
 
-    def attempts(self) -> AsyncRetrying:
-        """``async for attempt in policy.attempts(): with attempt: ...`` (reraises the last)."""
-        return AsyncRetrying(
+    async def call(self, operation: Callable[[int], Awaitable[T]]) -> T:
+        """``await operation(attempt_number)``, again after each transient failure."""
+        # The first attempt runs bare: every store call comes through here, and tenacity's
+        # retry state is a reference cycle (~35 objects) that only the cyclic garbage
+        # collector frees. Only a call that failed pays for it.
+        start = time.monotonic()
+        try:
+            return await operation(1)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            first_wait = self.initial + random.uniform(0, self.initial)
+            if time.monotonic() - start + first_wait >= self.timeout:
+                raise
+        await asyncio.sleep(first_wait)
+        retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_before_delay(self.timeout),
-            wait=wait_exponential(multiplier=self.initial, max=self.maximum)
+            stop=stop_before_delay(max(0.0, self.timeout - (time.monotonic() - start))),
+            # tenacity counts from the second attempt: its n-th failure is our (n+1)-th
+            wait=wait_exponential(multiplier=2 * self.initial, max=self.maximum)
             + wait_random(0, self.initial),
             reraise=True,
         )
+        number = 1
+        async for attempt in retrying:
+            with attempt:
+                number += 1
+                return await operation(number)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
 
 
 def redact_url(url: str) -> str:

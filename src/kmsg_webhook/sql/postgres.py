@@ -21,9 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
-from ..store import LOOKUP_HASH_COLUMNS
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase, read_delivery
-from .codec import DELIVERY_COLUMNS, attempt_to_json, dumps
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
+from .codec import attempt_to_json, attempts_to_text, dumps, values_to_delivery
 from .faults import redact_url
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
@@ -36,8 +35,6 @@ from .schema import (
 )
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
-# The columns the raw insert binds, one array each, in the order of queries/postgresql.sql.
-_INSERT_COLUMNS = (*DELIVERY_COLUMNS, *LOOKUP_HASH_COLUMNS)
 
 
 class PostgresDatabase(SqlDatabase):
@@ -179,20 +176,20 @@ class PostgresDatabase(SqlDatabase):
     # -- hot paths (raw asyncpg) ---------------------------------------------------------------
 
     async def insert_deliveries(
-        self, conn: AsyncConnection, rows: list[dict[str, Any]], *, retried: bool
+        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery], *, retried: bool
     ) -> set[str]:
         driver = await _driver(conn)
-        new = await self._insert_raw(driver, rows)
+        new = await self._insert_raw(driver, deliveries)
         if retried:
-            found = await driver.fetch(self.sql["existing_delivery_ids"], [r["id"] for r in rows])
-            new |= {r["id"] for r in found}
+            ids = [d.id for d in deliveries]
+            new |= {r[0] for r in await driver.fetch(self.sql["existing_delivery_ids"], ids)}
         return new
 
     async def insert_on_caller_connection(
-        self, connection: object, rows: list[dict[str, Any]]
+        self, connection: object, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         if isinstance(connection, AsyncConnection):
-            return await self.insert_with_sqlalchemy(connection, rows)
+            return await self.insert_with_sqlalchemy(connection, deliveries)
         if isinstance(connection, asyncpg.Connection):  # also pool connection proxies
             if not connection.is_in_transaction():
                 raise StoreError(
@@ -200,20 +197,20 @@ class PostgresDatabase(SqlDatabase):
                     "(async with connection.transaction()) so the deliveries commit or roll "
                     "back with your writes"
                 )
-            return await self._insert_raw(connection, rows) if rows else set()
+            return await self._insert_raw(connection, deliveries) if deliveries else set()
         raise StoreError(
             "the PostgreSQL store joins a caller's transaction on an asyncpg Connection or a "
             f"SQLAlchemy AsyncConnection, not {type(connection).__module__}."
             f"{type(connection).__qualname__}"
         )
 
-    async def _insert_raw(self, driver: asyncpg.Connection, rows: list[dict[str, Any]]) -> set[str]:
-        columns = {name: [r.get(name) for r in rows] for name in _INSERT_COLUMNS}
-        columns["attempts_json"] = [dumps(value) for value in columns["attempts_json"]]
-        found = await driver.fetch(
-            self.sql["insert_deliveries"], *(columns[name] for name in _INSERT_COLUMNS)
-        )
-        return {r["id"] for r in found}
+    async def _insert_raw(
+        self, driver: asyncpg.Connection, deliveries: Sequence[WebhookDelivery]
+    ) -> set[str]:
+        # One array per column (DELIVERY_ROW_COLUMNS order), transposed from per-row tuples.
+        columns = zip(*map(_insert_values, deliveries), strict=True)
+        found = await driver.fetch(self.sql["insert_deliveries"], *columns)
+        return {r[0] for r in found}
 
     async def claim_deliveries(
         self,
@@ -229,7 +226,7 @@ class PostgresDatabase(SqlDatabase):
         found = await driver.fetch(
             self.sql["claim_deliveries"], worker_id, lease_until, now, exclude, limit
         )
-        return [read_delivery(dict(r.items())) for r in found]
+        return [values_to_delivery(r) for r in found]
 
     async def record_outcomes(
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
@@ -248,6 +245,31 @@ class PostgresDatabase(SqlDatabase):
             self.max_stored_attempts,
         )
         return len(found)
+
+
+def _insert_values(d: WebhookDelivery) -> tuple[Any, ...]:
+    """A delivery's column values as the insert binds them, attempts as JSON text."""
+    attempts = d.attempts
+    return (
+        d.id,
+        d.endpoint_id,
+        d.event_id,
+        d.event_type.value,
+        d.url,
+        d.payload,
+        d.status.value,
+        attempts_to_text(attempts),
+        d.attempt_count,
+        attempts[-1].latency_ms if attempts else None,
+        d.last_error,
+        d.created_at,
+        d.next_attempt_at,
+        d.completed_at,
+        d.lease_owner,
+        d.lease_expires_at,
+        d.to_hash,
+        d.from_hash,
+    )
 
 
 async def _driver(conn: AsyncConnection) -> asyncpg.Connection:

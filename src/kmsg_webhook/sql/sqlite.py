@@ -27,15 +27,16 @@ from sqlalchemy.pool import StaticPool
 from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
-from ..store import LOOKUP_HASH_COLUMNS
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase, read_delivery
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .codec import (
-    DELIVERY_COLUMNS,
+    DELIVERY_ROW_COLUMNS,
     attempt_to_json,
+    attempts_to_text,
     ceil_millis,
     dumps,
     from_millis,
     to_millis,
+    values_to_delivery,
 )
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
@@ -49,16 +50,10 @@ from .schema import (
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING (3.35) and UPDATE ... FROM (3.33)
 MEMORY = ":memory:"
-# The columns the raw insert binds, in the order of queries/sqlite.sql.
-_INSERT_COLUMNS = (*DELIVERY_COLUMNS, *LOOKUP_HASH_COLUMNS)
 # Rows per INSERT statement: 18 parameters each stays far below SQLite's 32766-variable limit.
 INSERT_CHUNK = 1000
-_ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(_INSERT_COLUMNS)) + ")"
-_TIMESTAMP_INDEXES = [
-    _INSERT_COLUMNS.index(name)
-    for name in ("created_at", "next_attempt_at", "completed_at", "lease_expires_at")
-]
-_ATTEMPTS_INDEX = _INSERT_COLUMNS.index("attempts_json")
+# One group per row: the insert binds DELIVERY_ROW_COLUMNS in order (queries/sqlite.sql).
+_ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_ROW_COLUMNS)) + ")"
 
 
 class SQLiteDatabase(SqlDatabase):
@@ -197,34 +192,37 @@ class SQLiteDatabase(SqlDatabase):
         return all_migrations[-1].version
 
     # -- hot paths (raw aiosqlite) -------------------------------------------------------------
+    # Each hot statement is a single UPDATE/INSERT ... RETURNING run in autocommit mode: SQLite
+    # makes it a transaction of its own, taking the write lock when it starts (as BEGIN
+    # IMMEDIATE would), and execute_fetchall runs it in one hop to aiosqlite's thread instead
+    # of four (BEGIN, execute, fetch, COMMIT).
 
     async def insert_deliveries(
-        self, conn: AsyncConnection, rows: list[dict[str, Any]], *, retried: bool
+        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery], *, retried: bool
     ) -> set[str]:
         driver = await _driver(conn)
-        if len(rows) <= INSERT_CHUNK and not retried:
-            return await self._insert_raw(driver, rows)  # one statement: atomic by itself
+        if len(deliveries) <= INSERT_CHUNK and not retried:
+            return await self._insert_raw(driver, deliveries)
         async with _write_transaction(driver):
-            new = await self._insert_raw(driver, rows)
+            new = await self._insert_raw(driver, deliveries)
             if retried:
-                cursor = await driver.execute(
-                    self.sql["existing_delivery_ids"], {"ids": dumps([r["id"] for r in rows])}
-                )
-                new |= {r[0] for r in await cursor.fetchall()}
+                ids = {"ids": dumps([d.id for d in deliveries])}
+                found = await driver.execute_fetchall(self.sql["existing_delivery_ids"], ids)
+                new |= {r[0] for r in found}
         return new
 
     async def insert_on_caller_connection(
-        self, connection: object, rows: list[dict[str, Any]]
+        self, connection: object, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         if isinstance(connection, AsyncConnection):
-            return await self.insert_with_sqlalchemy(connection, rows)
+            return await self.insert_with_sqlalchemy(connection, deliveries)
         if isinstance(connection, aiosqlite.Connection):
             if connection.isolation_level is None and not connection.in_transaction:
                 raise StoreError(
                     "the aiosqlite connection is in autocommit mode outside a transaction: "
                     "BEGIN first so the deliveries commit or roll back with your writes"
                 )
-            return await self._insert_raw(connection, rows) if rows else set()
+            return await self._insert_raw(connection, deliveries) if deliveries else set()
         raise StoreError(
             "the SQLite store joins a caller's transaction on an aiosqlite.Connection or a "
             f"SQLAlchemy AsyncConnection, not {type(connection).__module__}."
@@ -232,16 +230,15 @@ class SQLiteDatabase(SqlDatabase):
         )
 
     async def _insert_raw(
-        self, driver: aiosqlite.Connection, rows: list[dict[str, Any]]
+        self, driver: aiosqlite.Connection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         new: set[str] = set()
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start : start + INSERT_CHUNK]
+        for start in range(0, len(deliveries), INSERT_CHUNK):
+            chunk = deliveries[start : start + INSERT_CHUNK]
             groups = ", ".join([_ROW_PLACEHOLDERS] * len(chunk))
-            values = [value for row in chunk for value in _raw_values(row)]
+            values = [value for delivery in chunk for value in _insert_values(delivery)]
             query = self.sql["insert_deliveries"].replace("{rows}", groups)
-            cursor = await driver.execute(query, values)
-            new.update(r[0] for r in await cursor.fetchall())
+            new.update(r[0] for r in await driver.execute_fetchall(query, values))
         return new
 
     async def claim_deliveries(
@@ -262,38 +259,32 @@ class SQLiteDatabase(SqlDatabase):
             "exclude": dumps(exclude),
             "limit": limit,
         }
-        async with _write_transaction(driver):
-            cursor = await driver.execute(self.sql["claim_deliveries"], params)
-            rows = await cursor.fetchall()
-            names = [d[0] for d in cursor.description]
-        return [read_delivery(dict(zip(names, row, strict=True))) for row in rows]
+        rows = await driver.execute_fetchall(self.sql["claim_deliveries"], params)
+        return [values_to_delivery(row) for row in rows]
 
     async def record_outcomes(
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
     ) -> int:
         driver = await _driver(conn)
+        # One JSON array per outcome, in the order queries/sqlite.sql reads them.
         payload = dumps(
             [
-                {
-                    "id": o.delivery_id,
-                    "worker_id": o.worker_id,
-                    "attempt": None if o.attempt is None else attempt_to_json(o.attempt),
-                    "status": o.status.value,
-                    "next_attempt_at": _millis(o.next_attempt_at)
-                    if o.status is DeliveryStatus.PENDING
-                    else None,
-                    "completed_at": _millis(o.completed_at),
-                    "last_error": o.last_error,
-                    "latency_ms": None if o.attempt is None else o.attempt.latency_ms,
-                }
+                [
+                    o.delivery_id,
+                    o.worker_id,
+                    None if o.attempt is None else attempt_to_json(o.attempt),
+                    o.status.value,
+                    _millis(o.next_attempt_at) if o.status is DeliveryStatus.PENDING else None,
+                    _millis(o.completed_at),
+                    o.last_error,
+                    None if o.attempt is None else o.attempt.latency_ms,
+                ]
                 for o in outcomes
             ]
         )
         params = {"outcomes": payload, "max_attempts": self.max_stored_attempts}
-        async with _write_transaction(driver):
-            cursor = await driver.execute(self.sql["record_outcomes"], params)
-            applied = len(list(await cursor.fetchall()))
-        return applied
+        applied = await driver.execute_fetchall(self.sql["record_outcomes"], params)
+        return len(list(applied))
 
 
 @asynccontextmanager
@@ -318,13 +309,29 @@ def _millis(value: datetime | None) -> int | None:
     return None if value is None else to_millis(value)
 
 
-def _raw_values(row: dict[str, Any]) -> list[Any]:
-    """A delivery row as the insert binds it: column order, ms timestamps, JSON as text."""
-    values = [row.get(name) for name in _INSERT_COLUMNS]
-    for index in _TIMESTAMP_INDEXES:
-        values[index] = _millis(values[index])
-    values[_ATTEMPTS_INDEX] = dumps(values[_ATTEMPTS_INDEX])
-    return values
+def _insert_values(d: WebhookDelivery) -> tuple[Any, ...]:
+    """A delivery as the insert binds it: column order, ms timestamps, attempts as JSON text."""
+    attempts = d.attempts
+    return (
+        d.id,
+        d.endpoint_id,
+        d.event_id,
+        d.event_type.value,
+        d.url,
+        d.payload,
+        d.status.value,
+        attempts_to_text(attempts),
+        d.attempt_count,
+        attempts[-1].latency_ms if attempts else None,
+        d.last_error,
+        to_millis(d.created_at),
+        _millis(d.next_attempt_at),
+        _millis(d.completed_at),
+        d.lease_owner,
+        _millis(d.lease_expires_at),
+        d.to_hash,
+        d.from_hash,
+    )
 
 
 __all__ = ["SQLiteDatabase"]

@@ -32,7 +32,9 @@ SELECT id FROM kmsg_webhook_deliveries WHERE id = ANY ($1::text[]);
 -- name: claim_deliveries
 -- Lease up to $5 due pending rows (oldest due first) to worker $1 until $2. Expired leases are
 -- claimable; rows locked by a concurrent claim are skipped, and no lock outlives the statement.
--- $3 is now, $4 the endpoints to leave alone. Row order of RETURNING is not guaranteed.
+-- $3 is now, $4 the endpoints to leave alone. Row order of RETURNING is not guaranteed; the
+-- columns come in the order the store decodes them (codec.DELIVERY_ROW_COLUMNS), the attempts
+-- as text (new rows hold '[]', which the store then does not parse).
 UPDATE kmsg_webhook_deliveries AS d
 SET lease_owner = $1, lease_expires_at = $2
 WHERE d.id IN (
@@ -45,7 +47,10 @@ WHERE d.id IN (
     ORDER BY c.next_attempt_at, c.id
     LIMIT $5
     FOR UPDATE SKIP LOCKED)
-RETURNING d.*;
+RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.status,
+          d.attempts_json::text, d.attempt_count, d.last_latency_ms, d.last_error, d.created_at,
+          d.next_attempt_at, d.completed_at, d.lease_owner, d.lease_expires_at, d.to_hash,
+          d.from_hash;
 
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes (one array per field) where the worker still holds the

@@ -23,7 +23,9 @@ SELECT id FROM kmsg_webhook_deliveries WHERE id IN (SELECT value FROM json_each(
 
 -- name: claim_deliveries
 -- Lease up to :limit due pending rows (oldest due first) to :worker_id until :lease_until.
--- Expired leases are claimable. Run inside BEGIN IMMEDIATE. Row order is not guaranteed.
+-- Expired leases are claimable. Run as a statement of its own (autocommit): SQLite takes the
+-- write lock when it starts. Row order is not guaranteed; the columns come in the order the
+-- store decodes them (codec.DELIVERY_ROW_COLUMNS).
 -- INDEXED BY: without ANALYZE statistics the planner prefers the status index and sorts.
 UPDATE kmsg_webhook_deliveries
 SET lease_owner = :worker_id, lease_expires_at = :lease_until
@@ -36,12 +38,16 @@ WHERE id IN (
       AND endpoint_id NOT IN (SELECT value FROM json_each(:exclude))
     ORDER BY next_attempt_at, id
     LIMIT :limit)
-RETURNING *;
+RETURNING id, endpoint_id, event_id, event_type, url, payload, status, attempts_json,
+          attempt_count, last_latency_ms, last_error, created_at, next_attempt_at, completed_at,
+          lease_owner, lease_expires_at, to_hash, from_hash;
 
 -- name: record_outcomes
--- Apply a batch of attempt outcomes (a JSON array of objects) where the worker still holds
--- the lease: append the attempt keeping the newest :max_attempts, count it, set status and
--- times, drop the lease. Returns the ids that were updated.
+-- Apply a batch of attempt outcomes where the worker still holds the lease: append the attempt
+-- keeping the newest :max_attempts, count it, set status and times, drop the lease. :outcomes
+-- is a JSON array with one array per outcome: [id, worker_id, attempt (an object or null),
+-- status, next_attempt_at, completed_at, last_error, latency_ms]. Run as a statement of its
+-- own (autocommit), like the claim. Returns the ids that were updated.
 UPDATE kmsg_webhook_deliveries AS d
 SET attempts_json = CASE
         WHEN o.attempt IS NULL THEN d.attempts_json
@@ -60,14 +66,14 @@ SET attempts_json = CASE
     last_error = o.last_error,
     lease_owner = NULL,
     lease_expires_at = NULL
-FROM (SELECT json_extract(value, '$.id') AS id,
-             json_extract(value, '$.worker_id') AS worker_id,
-             json_extract(value, '$.attempt') AS attempt,
-             json_extract(value, '$.status') AS status,
-             json_extract(value, '$.next_attempt_at') AS next_attempt_at,
-             json_extract(value, '$.completed_at') AS completed_at,
-             json_extract(value, '$.last_error') AS last_error,
-             json_extract(value, '$.latency_ms') AS latency_ms
+FROM (SELECT json_extract(value, '$[0]') AS id,
+             json_extract(value, '$[1]') AS worker_id,
+             json_extract(value, '$[2]') AS attempt,
+             json_extract(value, '$[3]') AS status,
+             json_extract(value, '$[4]') AS next_attempt_at,
+             json_extract(value, '$[5]') AS completed_at,
+             json_extract(value, '$[6]') AS last_error,
+             json_extract(value, '$[7]') AS latency_ms
       FROM json_each(:outcomes)) AS o
 WHERE d.id = o.id AND d.lease_owner = o.worker_id
 RETURNING id;
