@@ -17,6 +17,7 @@ from typing import TypeVar
 import asyncpg
 import pytest
 import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError
 from kmsg_webhook.sql.base import SqlDatabase
@@ -193,6 +194,25 @@ async def test_postgres_recovers_when_its_connections_are_terminated() -> None:
         stats = await db.delivery_store.stats(DeliveryFilter())
         assert (stats.success, stats.total_attempts) == (3, 3)
         assert [e.id for e in await db.endpoint_store.list()] == ["ep_2", "ep_1"]
+
+
+async def test_postgres_replaces_every_dead_pooled_connection_after_one_failure() -> None:
+    async with temporary_postgres() as db:
+        dsn = await server_dsn()
+        # Four connections in the pool, all recently used, then all killed.
+        await asyncio.gather(*(db.delivery_store.stats(DeliveryFilter()) for _ in range(4)))
+        assert await terminate_backends(dsn, db.application_name) >= 4
+        attempts: list[int] = []
+
+        async def select_one(conn: AsyncConnection, attempt: int) -> int:
+            attempts.append(attempt)
+            raw = await conn.get_raw_connection()
+            return int(await raw.driver_connection.fetchval("SELECT 1"))  # the raw hot path
+
+        assert await db.run(select_one) == 1
+        # The first attempt met a dead connection; the retry's checkout found the rest stale
+        # and recycled them all instead of trying them one by one.
+        assert attempts == [1, 2]
 
 
 @pytest.fixture

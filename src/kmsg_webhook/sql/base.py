@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -114,6 +115,9 @@ class SqlDatabase(ABC):
         self._engine: AsyncEngine | None = None
         self._ready = False
         self._init_lock = asyncio.Lock()
+        #: When an operation last lost its connection (``time.monotonic()``): pooled
+        #: connections idle since before then are checked before reuse (see postgres.py).
+        self.disconnect_seen_at = float("-inf")
         self.endpoint_store = SqlEndpointStore(self)
         self.delivery_store = SqlDeliveryStore(self)
 
@@ -227,8 +231,10 @@ class SqlDatabase(ABC):
             try:
                 yield conn
             except BaseException as exc:
-                if self._is_disconnect(exc) and not conn.invalidated:
-                    await conn.invalidate()
+                if self._is_disconnect(exc):
+                    self.disconnect_seen_at = time.monotonic()
+                    if not conn.invalidated:
+                        await conn.invalidate()
                 raise
 
     async def run(self, operation: Operation[T]) -> T:
