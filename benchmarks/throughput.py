@@ -2,8 +2,10 @@
 
     python benchmarks/throughput.py [--deliveries 20000] [--stores memory] [--crypto]
 
-A receiver runs in a child process pinned to one core (an aiohttp server that also measures
-latency); this process is pinned to the other. Reported:
+The receiver runs pinned to one core: nginx when it is installed (it answers 200 and does
+almost no work, so what is measured is the sender), else an aiohttp server; an aiohttp server
+that records emit→receipt latency, on the same core, serves the latency measurement. This
+process is pinned to the other core; a database server is not pinned. Reported:
 
 * raw limit: a bare aiohttp POST loop that builds the JSON body and the Standard Webhooks
   HMAC signature per request, with the same concurrency the runtime uses;
@@ -29,6 +31,7 @@ import hmac
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -75,6 +78,66 @@ def _free_port() -> int:
 def _pin(cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {cpu})
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_buffer_size 64k;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+    }}
+}}
+"""
+
+
+@asynccontextmanager
+async def nginx_receiver(wanted: str) -> AsyncIterator[str | None]:
+    """nginx answering 200 to every request, pinned to core 1; ``None`` without nginx."""
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if wanted == "aiohttp" or nginx is None:
+        if wanted == "nginx":
+            raise SystemExit("--receiver nginx: nginx is not installed")
+        yield None
+        return
+    port = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="kmsg-bench-nginx-"))
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+    cmd = [nginx, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")]
+    if (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", "1", *cmd]
+    proc = subprocess.Popen(cmd)  # noqa: ASYNC220 - started once, before measuring
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.post(f"{base}/ready", data=b"{}") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise SystemExit(f"nginx did not start: {(workdir / 'error.log').read_text()}")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @asynccontextmanager
@@ -447,10 +510,18 @@ async def main() -> None:
     parser.add_argument(
         "--crypto-only", action="store_true", help="only the field crypto comparison"
     )
+    parser.add_argument(
+        "--receiver",
+        choices=("auto", "nginx", "aiohttp"),
+        default="auto",
+        help="what answers the throughput runs (auto: nginx when installed)",
+    )
     args = parser.parse_args()
     stores = args.stores.split(",")
     _pin(0)
-    async with receiver_process() as base:
+    async with receiver_process() as recorder, nginx_receiver(args.receiver) as fast:
+        base = fast or recorder
+        print(f"receiver: {'nginx' if fast else 'aiohttp'} (pinned to core 1)")
         await raw_limit(base, 2_000)  # warm-up: connections, code paths
         for name in [] if args.crypto_only else stores:
             # Alternate raw and runtime rounds so background load hits both alike; the median
@@ -471,8 +542,8 @@ async def main() -> None:
             if name != "memory":
                 rows = await intake_rate(base, name, args.deliveries)
                 print(f"  intake (group commit, no sends): {rows:10,.0f} rows/s")
-            await latency_at(base, _persistence(name), rate / 2, args.latency_seconds)
-            lat = await receiver_stats(base, reset=True)
+            await latency_at(recorder, _persistence(name), rate / 2, args.latency_seconds)
+            lat = await receiver_stats(recorder, reset=True)
             print(
                 f"  latency at half capacity ({rate / 2:,.0f}/s): "
                 f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms"
@@ -481,8 +552,8 @@ async def main() -> None:
             for name in [s for s in ("memory", "sqlite") if s in stores]:
                 await crypto_cost(base, name, args.deliveries, args.rounds)
         if args.workers:
-            one = await worker_processes_rate(base, args.deliveries, 1)
-            two = await worker_processes_rate(base, args.deliveries, 2)
+            one = await worker_processes_rate(recorder, args.deliveries, 1)
+            two = await worker_processes_rate(recorder, args.deliveries, 2)
             print(
                 f"postgres, worker processes: 1 → {one:,.0f}/s, 2 → {two:,.0f}/s "
                 f"(×{two / one:.2f}; both pinned to the sender core)"
