@@ -65,10 +65,25 @@ class GroupCommit(Generic[T]):
         """Items submitted and not yet written."""
         return len(self._items) + self._writing
 
-    async def submit(self, item: T) -> None:
-        """Queue ``item`` and wait until it is written."""
+    def submit(self, item: T) -> Awaitable[None]:
+        """Queue ``item``; await the result to wait until it is written.
+
+        With room, the item is queued at once and the awaitable is its future (no coroutine
+        per item: this runs for every event).
+        """
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down")
+        if self._admitted >= self._max_pending:
+            return self._submit_when_room(item)
+        return self._admit(item)
+
+    def _admit(self, item: T) -> asyncio.Future[None]:
+        self._admitted += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._append(item, future)
+        return future
+
+    async def _submit_when_room(self, item: T) -> None:
         loop = asyncio.get_running_loop()
         while self._admitted >= self._max_pending:
             room = loop.create_future()
@@ -81,10 +96,7 @@ class GroupCommit(Generic[T]):
                 raise
             if self._closed:
                 raise RuntimeClosedError("the runtime is shut down")
-        self._admitted += 1
-        future: asyncio.Future[None] = loop.create_future()
-        self._append(item, future)
-        await future
+        await self._admit(item)
 
     def enqueue(self, item: T) -> None:
         """Queue ``item`` without waiting; ``on_written`` hears of it once it is written.

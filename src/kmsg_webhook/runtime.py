@@ -460,10 +460,8 @@ class WebhookRuntimeService:
             if endpoints:
                 event = self._prepare(event)
                 payload = event.to_json()
-                rows.extend(
-                    self._new_delivery(event, endpoint, payload, now, seal=True)
-                    for endpoint in endpoints
-                )
+                for endpoint in endpoints:
+                    rows.append(self._new_delivery(event, endpoint, payload, now, seal=True))
         if rows:
             await self._stored.delivery_store.insert_many(rows, connection=connection)
             if self._dispatcher is not None:

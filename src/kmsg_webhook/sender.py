@@ -115,20 +115,17 @@ class Sender:
     def _headers(
         self, prepared: _Prepared, delivery: WebhookDelivery, body: bytes, now: datetime
     ) -> dict[str, str]:
-        headers = dict(prepared.base)
         timestamp = int(now.timestamp())
         if prepared.signer is None:
-            headers.update(_unsigned_headers(self._config.signature_scheme, delivery, timestamp))
+            signed = _unsigned_headers(self._config.signature_scheme, delivery, timestamp)
         else:
-            headers.update(
-                prepared.signer.headers(
-                    msg_id=delivery.event_id,
-                    timestamp=timestamp,
-                    body=body,
-                    event_type=delivery.event_type.value,
-                )
+            signed = prepared.signer.headers(
+                msg_id=delivery.event_id,
+                timestamp=timestamp,
+                body=body,
+                event_type=delivery.event_type.value,
             )
-        return headers
+        return {**prepared.base, **signed}
 
     def _prepare(self, endpoint: WebhookEndpoint, now: datetime) -> _Prepared:
         """Everything about an endpoint's request that does not change per attempt: its URL
