@@ -4,8 +4,10 @@
 
 The receiver runs pinned to one core: nginx when it is installed (it answers 200 and does
 almost no work, so what is measured is the sender), else an aiohttp server; an aiohttp server
-that records emit→receipt latency, on the same core, serves the latency measurement. This
-process is pinned to the other core; a database server is not pinned. Reported:
+that records emit→receipt latency, on the same core, serves the latency measurement. The
+sender (this process, with its threads) and a database server are not pinned, as in a
+deployment; ``--pin-sender`` pins this process and the worker processes to the other core.
+Reported:
 
 * raw limit: a bare aiohttp POST loop that builds the JSON body and the Standard Webhooks
   HMAC signature per request, with the same concurrency the runtime uses;
@@ -74,6 +76,9 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+PIN_SENDER = [False]  # set from --pin-sender
 
 
 def _pin(cpu: int) -> None:
@@ -451,7 +456,7 @@ async def worker_processes_rate(base: str, total: int, count: int) -> float:
         procs = [
             subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock matters
                 [
-                    *(["taskset", "-c", "0"] if (os.cpu_count() or 1) > 1 else []),
+                    *(["taskset", "-c", "0"] if PIN_SENDER[0] else []),
                     sys.executable,
                     "-m",
                     "kmsg_webhook.cli",
@@ -536,6 +541,11 @@ async def main() -> None:
         "--crypto-only", action="store_true", help="only the field crypto comparison"
     )
     parser.add_argument(
+        "--pin-sender",
+        action="store_true",
+        help="pin this process (and worker processes) to core 0; the receiver is on core 1",
+    )
+    parser.add_argument(
         "--gc-threshold",
         type=int,
         default=None,
@@ -553,10 +563,15 @@ async def main() -> None:
     if args.gc_threshold is not None:
         gc.set_threshold(args.gc_threshold, 20, 20)
         print(f"gc thresholds: {gc.get_threshold()}")
-    _pin(0)
+    if args.pin_sender and (os.cpu_count() or 1) > 1:
+        PIN_SENDER[0] = True
+        _pin(0)
     async with receiver_process() as recorder, nginx_receiver(args.receiver) as fast:
         base = fast or recorder
-        print(f"receiver: {'nginx' if fast else 'aiohttp'} (pinned to core 1)")
+        print(
+            f"receiver: {'nginx' if fast else 'aiohttp'} (pinned to core 1); sender "
+            + ("pinned to core 0" if PIN_SENDER[0] else "not pinned")
+        )
         await raw_limit(base, 2_000)  # warm-up: connections, code paths
         for name in [] if args.crypto_only else stores:
             # Alternate raw and runtime rounds so background load hits both alike; the median
@@ -601,7 +616,8 @@ async def main() -> None:
             two = await worker_processes_rate(recorder, args.deliveries, 2)
             print(
                 f"postgres, worker processes: 1 → {one:,.0f}/s, 2 → {two:,.0f}/s "
-                f"(×{two / one:.2f}; both pinned to the sender core)"
+                f"(×{two / one:.2f}"
+                + ("; both pinned to the sender core)" if PIN_SENDER[0] else ")")
             )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS (this process)            {peak_mb:10,.0f} MiB")
