@@ -204,6 +204,25 @@ async def test_record_health_folds_failures_and_success(persistence: WebhookPers
     assert await store.record_health("nope", succeeded=True, failures=0, at=T0) is None
 
 
+async def test_update_keeps_health_recorded_meanwhile_unless_resetting(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.endpoint_store
+    await store.add(endpoint(1))
+    stale = await store.get("ep_1")  # read for an edit...
+    assert stale is not None
+    await store.record_health("ep_1", succeeded=False, failures=3, at=T0)  # ...failures land...
+    renamed = dataclasses.replace(stale, name="renamed", consecutive_failures=0)
+    await store.update(renamed)  # ...and the edit does not undo them
+    kept = await store.get("ep_1")
+    assert kept is not None
+    assert (kept.name, kept.consecutive_failures, kept.failing_since) == ("renamed", 3, T0)
+    await store.update(dataclasses.replace(kept, name="again"), reset_health=True)
+    reset = await store.get("ep_1")
+    assert reset is not None
+    assert (reset.name, reset.consecutive_failures, reset.failing_since) == ("again", 0, None)
+
+
 # -- intake -----------------------------------------------------------------------------------
 
 

@@ -54,11 +54,18 @@ class InMemoryEndpointStore:
         self._rows[endpoint.id] = endpoint
         self._by_url[endpoint.url] = endpoint.id
 
-    async def update(self, endpoint: WebhookEndpoint) -> None:
+    async def update(self, endpoint: WebhookEndpoint, *, reset_health: bool = False) -> None:
         current = self._rows.get(endpoint.id)
         if current is None:
             raise EndpointNotFoundError(endpoint.id)
         self._check_url(endpoint)
+        endpoint = dataclasses.replace(
+            endpoint,
+            consecutive_failures=0 if reset_health else current.consecutive_failures,
+            failing_since=None if reset_health else current.failing_since,
+            last_success_at=current.last_success_at,
+            last_triggered_at=current.last_triggered_at,
+        )
         del self._by_url[current.url]
         self._rows[endpoint.id] = endpoint
         self._by_url[endpoint.url] = endpoint.id

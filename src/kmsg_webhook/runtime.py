@@ -283,6 +283,7 @@ class WebhookRuntimeService:
         await self.start()
         current = await self._require_endpoint(endpoint_id)
         changes: dict[str, Any] = {"updated_at": self.clock.now()}
+        reset_health = False
         if not isinstance(url, _Unset) and url != current.url:
             changes["url"] = self._check_url(url)
         if not isinstance(events, _Unset):
@@ -293,7 +294,8 @@ class WebhookRuntimeService:
                 None if isinstance(status, _Unset) else status,
             )
             changes["status"] = new_status
-            if new_status is EndpointStatus.ACTIVE and current.status is not new_status:
+            reset_health = new_status is EndpointStatus.ACTIVE and current.status is not new_status
+            if reset_health:
                 changes.update(disabled_reason=None, consecutive_failures=0, failing_since=None)
         for field_name, value in (
             ("name", name),
@@ -308,8 +310,7 @@ class WebhookRuntimeService:
         if not isinstance(secret, _Unset):
             changes["secret"] = check_secret(secret, self.config.signature_scheme)
         updated = dataclasses.replace(current, **changes)
-        await self._store_update(updated)
-        return updated
+        return await self._store_update(updated, reset_health=reset_health)
 
     async def rotate_secret(
         self,
@@ -328,8 +329,7 @@ class WebhookRuntimeService:
         if current.secret:
             kept = (*kept, RetiredSecret(secret=current.secret, expires_at=now + grace))
         updated = dataclasses.replace(current, secret=secret, previous_secrets=kept, updated_at=now)
-        await self._store_update(updated)
-        return updated
+        return await self._store_update(updated)
 
     async def remove_endpoint(self, endpoint_id: str) -> bool:
         """Delete the endpoint; its pending deliveries end ``failed`` ("endpoint was removed")."""
@@ -622,10 +622,25 @@ class WebhookRuntimeService:
         crypto = self.field_crypto
         return endpoint if crypto is None else crypto.seal_endpoint(endpoint)
 
-    async def _store_update(self, endpoint: WebhookEndpoint) -> None:
-        stored = self._seal(endpoint)
-        await self._stored.endpoint_store.update(stored)
-        self._endpoints.put(stored)
+    async def _store_update(
+        self, endpoint: WebhookEndpoint, *, reset_health: bool = False
+    ) -> WebhookEndpoint:
+        """Write ``endpoint``; returns it with the health fields as stored (the store keeps
+        its own: failures recorded since ``endpoint`` was read are not undone)."""
+        store = self._stored.endpoint_store
+        await store.update(self._seal(endpoint), reset_health=reset_health)
+        fresh = await store.get(endpoint.id)
+        if fresh is None:  # removed meanwhile
+            self._endpoints.drop(endpoint.id)
+            return endpoint
+        self._endpoints.put(fresh)
+        return dataclasses.replace(
+            endpoint,
+            consecutive_failures=fresh.consecutive_failures,
+            failing_since=fresh.failing_since,
+            last_success_at=fresh.last_success_at,
+            last_triggered_at=fresh.last_triggered_at,
+        )
 
     def _prepare(self, event: WebhookEvent) -> WebhookEvent:
         crypto = self.field_crypto

@@ -42,8 +42,12 @@ class EndpointStore(Protocol):
     async def add(self, endpoint: WebhookEndpoint) -> None:
         """Insert; raise :class:`~kmsg_webhook.errors.DuplicateEndpointError` on id or URL clash."""
 
-    async def update(self, endpoint: WebhookEndpoint) -> None:
-        """Replace the endpoint with ``endpoint.id``.
+    async def update(self, endpoint: WebhookEndpoint, *, reset_health: bool = False) -> None:
+        """Replace the endpoint with ``endpoint.id``, except its health fields
+        (``consecutive_failures``, ``failing_since``, ``last_success_at``,
+        ``last_triggered_at``), which only :meth:`record_health` writes; with ``reset_health``
+        the failure counters are cleared too (``consecutive_failures`` 0, ``failing_since``
+        ``None``).
 
         Raises :class:`~kmsg_webhook.errors.EndpointNotFoundError` when absent and
         :class:`~kmsg_webhook.errors.DuplicateEndpointError` when the URL clashes with another.

@@ -59,8 +59,8 @@ class CryptoEndpointStore:
     async def add(self, endpoint: WebhookEndpoint) -> None:
         await self.inner.add(self.crypto.seal_endpoint(endpoint))
 
-    async def update(self, endpoint: WebhookEndpoint) -> None:
-        await self.inner.update(self.crypto.seal_endpoint(endpoint))
+    async def update(self, endpoint: WebhookEndpoint, *, reset_health: bool = False) -> None:
+        await self.inner.update(self.crypto.seal_endpoint(endpoint), reset_health=reset_health)
 
     async def remove(self, endpoint_id: str) -> bool:
         return await self.inner.remove(endpoint_id)

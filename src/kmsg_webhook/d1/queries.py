@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..store import LOOKUP_HASH_COLUMNS
-from .rows import DELIVERY_INSERT_COLUMNS, ENDPOINT_WRITE_COLUMNS
+from .rows import DELIVERY_INSERT_COLUMNS, ENDPOINT_UPDATE_COLUMNS, ENDPOINT_WRITE_COLUMNS
 
 #: Delivery columns an insert binds: the row codec's, then the lookup hashes (schema v2).
 DELIVERY_WRITE_COLUMNS: tuple[str, ...] = (*DELIVERY_INSERT_COLUMNS, *LOOKUP_HASH_COLUMNS)
@@ -39,11 +39,21 @@ ENDPOINT_EXISTS = "SELECT id FROM {e} WHERE id = ?1"
 ENDPOINT_URL_OWNER = "SELECT id FROM {e} WHERE url = ?1 AND id <> ?2"
 
 #: Replace an endpoint's fields unless another endpoint holds its URL; returns the id if done.
-ENDPOINT_UPDATE = (
-    "UPDATE {e} SET "
-    + ", ".join(f"{c} = ?{i}" for i, c in enumerate(ENDPOINT_WRITE_COLUMNS, start=1) if c != "id")
-    + " WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM {e} AS other WHERE other.url = ?2"
+# The health columns are left as stored (only record_health writes them; see codec.py).
+_ENDPOINT_SET = ", ".join(
+    f"{c} = ?{i}" for i, c in enumerate(ENDPOINT_UPDATE_COLUMNS, start=1) if c != "id"
+)
+_ENDPOINT_UPDATE_WHERE = (
+    " WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM {e} AS other WHERE other.url = ?2"
     " AND other.id <> ?1) RETURNING id"
+)
+ENDPOINT_UPDATE = "UPDATE {e} SET " + _ENDPOINT_SET + _ENDPOINT_UPDATE_WHERE
+#: The same, clearing the failure counters (re-enabling an endpoint).
+ENDPOINT_UPDATE_RESETTING_HEALTH = (
+    "UPDATE {e} SET "
+    + _ENDPOINT_SET
+    + ", consecutive_failures = 0, failing_since = NULL"
+    + _ENDPOINT_UPDATE_WHERE
 )
 
 #: Compare-and-set of an endpoint's sealed fields (?2-?4 new; ?5-?7 expected, JSON compared

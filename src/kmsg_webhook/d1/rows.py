@@ -21,6 +21,7 @@ from ..models import EndpointStatus, WebhookDelivery, WebhookEndpoint
 from ..sql.codec import (
     DELIVERY_COLUMNS,
     ENDPOINT_COLUMNS,
+    ENDPOINT_HEALTH_COLUMNS,
     delivery_to_row,
     dumps,
     endpoint_to_row,
@@ -35,6 +36,11 @@ DELIVERY_INSERT_COLUMNS: tuple[str, ...] = DELIVERY_COLUMNS
 
 #: Endpoint columns in the order :func:`endpoint_params` yields them.
 ENDPOINT_WRITE_COLUMNS: tuple[str, ...] = ENDPOINT_COLUMNS
+#: What an update writes, in the order :func:`endpoint_update_params` yields them (``id`` and
+#: ``url`` first): not the health columns, which only ``record_health`` writes.
+ENDPOINT_UPDATE_COLUMNS: tuple[str, ...] = tuple(
+    c for c in ENDPOINT_COLUMNS if c not in ENDPOINT_HEALTH_COLUMNS
+)
 
 _ENDPOINT_STATUSES = frozenset(s.value for s in EndpointStatus)
 
@@ -60,6 +66,11 @@ def _param(value: object) -> D1Value:
 def endpoint_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
     row = endpoint_to_row(endpoint)
     return tuple(_param(row[name]) for name in ENDPOINT_WRITE_COLUMNS)
+
+
+def endpoint_update_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
+    row = endpoint_to_row(endpoint)
+    return tuple(_param(row[name]) for name in ENDPOINT_UPDATE_COLUMNS)
 
 
 def delivery_params(delivery: WebhookDelivery) -> tuple[D1Value, ...]:

@@ -39,6 +39,7 @@ from .rows import (
     delivery_params,
     endpoint_from_row,
     endpoint_params,
+    endpoint_update_params,
     opt_ms,
 )
 from .schema import (
@@ -148,13 +149,14 @@ class D1EndpointStore:
                 )
         raise StoreError(f"endpoint {endpoint.id} was neither added nor found clashing")
 
-    async def update(self, endpoint: WebhookEndpoint) -> None:
+    async def update(self, endpoint: WebhookEndpoint, *, reset_health: bool = False) -> None:
         await self._gate.ready()
+        query = q.ENDPOINT_UPDATE_RESETTING_HEALTH if reset_health else q.ENDPOINT_UPDATE
         exists, owner, updated = await self._client.batch(
             [
                 D1Statement(_fmt(q.ENDPOINT_EXISTS, self._t), (endpoint.id,)),
                 D1Statement(_fmt(q.ENDPOINT_URL_OWNER, self._t), (endpoint.url, endpoint.id)),
-                D1Statement(_fmt(q.ENDPOINT_UPDATE, self._t), endpoint_params(endpoint)),
+                D1Statement(_fmt(query, self._t), endpoint_update_params(endpoint)),
             ]
         )
         if updated.rows:

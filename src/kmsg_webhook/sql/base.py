@@ -48,7 +48,13 @@ from ..store import (
     sealed_fields,
     with_lookup_hashes,
 )
-from .codec import delivery_to_row, endpoint_to_row, row_to_delivery, row_to_endpoint
+from .codec import (
+    ENDPOINT_HEALTH_COLUMNS,
+    delivery_to_row,
+    endpoint_to_row,
+    row_to_delivery,
+    row_to_endpoint,
+)
 from .faults import RetryPolicy, is_transient
 from .schema import Dialect, Migration, TableNames, migrations, queries, render
 from .schema import schema_version as known_version
@@ -371,9 +377,15 @@ class SqlEndpointStore:
 
         await self._db.run(op)
 
-    async def update(self, endpoint: WebhookEndpoint) -> None:
+    async def update(self, endpoint: WebhookEndpoint, *, reset_health: bool = False) -> None:
         t = self._t
-        values = {k: v for k, v in endpoint_to_row(endpoint).items() if k != "id"}
+        values = {
+            k: v
+            for k, v in endpoint_to_row(endpoint).items()
+            if k != "id" and k not in ENDPOINT_HEALTH_COLUMNS
+        }
+        if reset_health:
+            values.update(consecutive_failures=0, failing_since=None)
 
         async def op(conn: AsyncConnection, attempt: int) -> None:
             await self._db.begin_write(conn)

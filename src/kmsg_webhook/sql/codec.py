@@ -122,6 +122,15 @@ def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
 
 # -- endpoints ---------------------------------------------------------------------------------
 
+#: Written by ``record_health`` only: an endpoint update leaves them as stored, so a change made
+#: from a stale read never undoes failures or successes recorded meanwhile.
+ENDPOINT_HEALTH_COLUMNS = (
+    "consecutive_failures",
+    "failing_since",
+    "last_success_at",
+    "last_triggered_at",
+)
+
 ENDPOINT_COLUMNS = (
     "id",
     "url",
