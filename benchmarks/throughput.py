@@ -112,6 +112,30 @@ http {{
 
 
 @asynccontextmanager
+async def _server_on_core_1(cmd: list[str], port: int, what: str) -> AsyncIterator[str]:
+    """Run ``cmd`` (a server on ``port``) pinned to core 1 until it answers; its base URL."""
+    if (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", "1", *cmd]
+    proc = subprocess.Popen(cmd)  # noqa: ASYNC220 - started once, before measuring
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.get(f"{base}/stats") as r:
+                        await r.read()
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise SystemExit(f"{what} did not start")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@asynccontextmanager
 async def nginx_receiver(wanted: str) -> AsyncIterator[str | None]:
     """nginx answering 200 to every request, pinned to core 1; ``None`` without nginx."""
     nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
@@ -125,48 +149,17 @@ async def nginx_receiver(wanted: str) -> AsyncIterator[str | None]:
     conf = workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
     cmd = [nginx, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")]
-    if (os.cpu_count() or 1) > 1:
-        cmd = ["taskset", "-c", "1", *cmd]
-    proc = subprocess.Popen(cmd)  # noqa: ASYNC220 - started once, before measuring
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.post(f"{base}/ready", data=b"{}") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
-            else:
-                raise SystemExit(f"nginx did not start: {(workdir / 'error.log').read_text()}")
+    async with _server_on_core_1(cmd, port, f"nginx (see {workdir}/error.log)") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @asynccontextmanager
 async def receiver_process() -> AsyncIterator[str]:
+    """The aiohttp receiver that records emit→receipt latency, pinned to core 1."""
     port = _free_port()
     cmd = [sys.executable, str(HERE / "receiver.py"), str(port)]
-    if (os.cpu_count() or 1) > 1:
-        cmd = ["taskset", "-c", "1", *cmd]
-    proc = subprocess.Popen(cmd)  # noqa: ASYNC220 - started once, before measuring
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(f"{base}/stats") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+    async with _server_on_core_1(cmd, port, "the aiohttp receiver") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def receiver_stats(base: str, *, reset: bool = False) -> dict[str, float]:

@@ -8,7 +8,7 @@ datetimes or epoch milliseconds, JSON text or already-decoded JSON.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -293,6 +293,32 @@ def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
         last_error=row["last_error"],
         lease_owner=row["lease_owner"],
         lease_expires_at=to_datetime(row["lease_expires_at"]),
+    )
+
+
+def delivery_values(d: WebhookDelivery, when: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+    """A delivery's values in :data:`DELIVERY_ROW_COLUMNS` order, as the raw inserts bind
+    them: attempts as JSON text, timestamps as ``when`` encodes them for the driver."""
+    attempts = d.attempts
+    return (
+        d.id,
+        d.endpoint_id,
+        d.event_id,
+        d.event_type.value,
+        d.url,
+        d.payload,
+        d.status.value,
+        attempts_to_text(attempts),
+        d.attempt_count,
+        attempts[-1].latency_ms if attempts else None,
+        d.last_error,
+        when(d.created_at),
+        when(d.next_attempt_at),
+        when(d.completed_at),
+        d.lease_owner,
+        when(d.lease_expires_at),
+        d.to_hash,
+        d.from_hash,
     )
 
 

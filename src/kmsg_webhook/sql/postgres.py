@@ -24,7 +24,7 @@ from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
 from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .codec import attempt_to_json, attempts_to_text, dumps, values_to_delivery
+from .codec import attempt_to_json, delivery_values, dumps, values_to_delivery
 from .faults import redact_url
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
@@ -236,7 +236,7 @@ class PostgresDatabase(SqlDatabase):
         self, driver: asyncpg.Connection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         # One array per column (DELIVERY_ROW_COLUMNS order), transposed from per-row tuples.
-        columns = zip(*map(_insert_values, deliveries), strict=True)
+        columns = zip(*(delivery_values(d, _as_is) for d in deliveries), strict=True)
         found = await driver.fetch(self.sql["insert_deliveries"], *columns)
         return {r[0] for r in found}
 
@@ -275,36 +275,15 @@ class PostgresDatabase(SqlDatabase):
         return len(found)
 
 
-def _insert_values(d: WebhookDelivery) -> tuple[Any, ...]:
-    """A delivery's column values as the insert binds them, attempts as JSON text."""
-    attempts = d.attempts
-    return (
-        d.id,
-        d.endpoint_id,
-        d.event_id,
-        d.event_type.value,
-        d.url,
-        d.payload,
-        d.status.value,
-        attempts_to_text(attempts),
-        d.attempt_count,
-        attempts[-1].latency_ms if attempts else None,
-        d.last_error,
-        d.created_at,
-        d.next_attempt_at,
-        d.completed_at,
-        d.lease_owner,
-        d.lease_expires_at,
-        d.to_hash,
-        d.from_hash,
-    )
-
-
 async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     assert isinstance(driver, asyncpg.Connection)
     return driver
+
+
+def _as_is(value: datetime | None) -> datetime | None:
+    return value  # asyncpg binds datetimes itself
 
 
 __all__ = ["PostgresDatabase"]

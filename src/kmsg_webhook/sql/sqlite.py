@@ -31,8 +31,8 @@ from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .codec import (
     DELIVERY_ROW_COLUMNS,
     attempt_to_json,
-    attempts_to_text,
     ceil_millis,
+    delivery_values,
     dumps,
     from_millis,
     to_millis,
@@ -236,7 +236,7 @@ class SQLiteDatabase(SqlDatabase):
         for start in range(0, len(deliveries), INSERT_CHUNK):
             chunk = deliveries[start : start + INSERT_CHUNK]
             groups = ", ".join([_ROW_PLACEHOLDERS] * len(chunk))
-            values = [value for delivery in chunk for value in _insert_values(delivery)]
+            values = [value for delivery in chunk for value in delivery_values(delivery, _millis)]
             query = self.sql["insert_deliveries"].replace("{rows}", groups)
             new.update(r[0] for r in await driver.execute_fetchall(query, values))
         return new
@@ -307,31 +307,6 @@ async def _driver(conn: AsyncConnection) -> aiosqlite.Connection:
 
 def _millis(value: datetime | None) -> int | None:
     return None if value is None else to_millis(value)
-
-
-def _insert_values(d: WebhookDelivery) -> tuple[Any, ...]:
-    """A delivery as the insert binds it: column order, ms timestamps, attempts as JSON text."""
-    attempts = d.attempts
-    return (
-        d.id,
-        d.endpoint_id,
-        d.event_id,
-        d.event_type.value,
-        d.url,
-        d.payload,
-        d.status.value,
-        attempts_to_text(attempts),
-        d.attempt_count,
-        attempts[-1].latency_ms if attempts else None,
-        d.last_error,
-        to_millis(d.created_at),
-        _millis(d.next_attempt_at),
-        _millis(d.completed_at),
-        d.lease_owner,
-        _millis(d.lease_expires_at),
-        d.to_hash,
-        d.from_hash,
-    )
 
 
 __all__ = ["SQLiteDatabase"]
