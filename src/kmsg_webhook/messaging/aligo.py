@@ -268,17 +268,19 @@ class AligoProvider(HttpProviderBase):
         options: SendOptions,
         warnings: tuple[SendWarning, ...] = (),
     ) -> Result[SendResult, KMsgError]:
-        async def attempt() -> Result[SendResult, KMsgError]:
-            # Single-use, so rebuilt per attempt; Aligo expects multipart even without files.
+        def form() -> aiohttp.FormData:
+            # Aligo expects multipart even without files.
             form = aiohttp.FormData(default_to_multipart=True)
             for key, value in fields.items():
                 form.add_field(key, value)
-            sent = await self._transport.request("POST", url, form=form)
-            if isinstance(sent, Fail):
-                return sent
-            return self._result(sent.value, success_code, options, warnings)
+            return form
 
-        return await self._with_retry(attempt)
+        return await self._request(
+            "POST",
+            url,
+            lambda response: self._result(response, success_code, options, warnings),
+            form=form,
+        )
 
     def _result(
         self,

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -465,15 +466,13 @@ class IWINVProvider(HttpProviderBase):
         body = built.value
         url = join_url(self._base_url, self._send_endpoint)
 
-        async def attempt() -> Result[SendResult, KMsgError]:
-            sent = await self._transport.request(
-                "POST", url, headers=self._alimtalk_headers(), json_body=body
-            )
-            if isinstance(sent, Fail):
-                return sent
-            return self._alimtalk_result(options, sent.value)
-
-        return await self._with_retry(attempt)
+        return await self._request(
+            "POST",
+            url,
+            lambda response: self._alimtalk_result(options, response),
+            headers=self._alimtalk_headers,
+            json_body=body,
+        )
 
     def _alimtalk_payload(self, response: HttpResponse) -> Result[dict[str, Any], KMsgError]:
         parsed = parse_json(response.text)
@@ -577,8 +576,7 @@ class IWINVProvider(HttpProviderBase):
             image_data = image.data
             content_type = image.content_type or "image/jpeg"
 
-            async def attempt_mms() -> Result[SendResult, KMsgError]:
-                # FormData is single-use, so each attempt builds its own.
+            def mms_form() -> aiohttp.FormData:
                 form = aiohttp.FormData()
                 form.add_field("version", "1.0")
                 form.add_field("from", fields["from"])
@@ -588,14 +586,15 @@ class IWINVProvider(HttpProviderBase):
                 if "date" in fields:
                     form.add_field("date", fields["date"])
                 form.add_field("image", image_data, filename=filename, content_type=content_type)
-                sent = await self._transport.request(
-                    "POST", url, headers=self._sms_headers(multipart=True), form=form
-                )
-                if isinstance(sent, Fail):
-                    return sent
-                return self._sms_result(options, sent.value)
+                return form
 
-            return await self._with_retry(attempt_mms)
+            return await self._request(
+                "POST",
+                url,
+                lambda response: self._sms_result(options, response),
+                headers=partial(self._sms_headers, multipart=True),
+                form=mms_form,
+            )
 
         body: dict[str, Any] = {
             "version": "1.0",
@@ -610,15 +609,13 @@ class IWINVProvider(HttpProviderBase):
         if "date" in fields:
             body["date"] = fields["date"]
 
-        async def attempt() -> Result[SendResult, KMsgError]:
-            sent = await self._transport.request(
-                "POST", url, headers=self._sms_headers(), json_body=body
-            )
-            if isinstance(sent, Fail):
-                return sent
-            return self._sms_result(options, sent.value)
-
-        return await self._with_retry(attempt)
+        return await self._request(
+            "POST",
+            url,
+            lambda response: self._sms_result(options, response),
+            headers=self._sms_headers,
+            json_body=body,
+        )
 
     def _sms_result(
         self, options: SmsSendOptions, response: HttpResponse
@@ -702,18 +699,13 @@ class IWINVProvider(HttpProviderBase):
             body["reserve"] = "Y"
         url = join_url(self._base_url, "/api/history/")
 
-        async def attempt() -> Result[DeliveryStatusResult | None, KMsgError]:
-            sent = await self._transport.request(
-                "POST", url, headers=self._alimtalk_headers(), json_body=body
-            )
-            if isinstance(sent, Fail):
-                return sent
-            payload = self._alimtalk_payload(sent.value)
+        def read(response: HttpResponse) -> Result[DeliveryStatusResult | None, KMsgError]:
+            payload = self._alimtalk_payload(response)
             if isinstance(payload, Fail):
                 return payload
             data = payload.value
             if _as_int(data.get("code")) != 200:
-                return Fail(self._alimtalk_error(data, sent.value))
+                return Fail(self._alimtalk_error(data, response))
             items = [item for item in data.get("list") or [] if isinstance(item, dict)]
             if not items:
                 return Ok(None)
@@ -746,7 +738,9 @@ class IWINVProvider(HttpProviderBase):
                 )
             )
 
-        return await self._with_retry(attempt)
+        return await self._request(
+            "POST", url, read, headers=self._alimtalk_headers, json_body=body
+        )
 
     async def _sms_status(
         self, query: DeliveryStatusQuery
@@ -776,13 +770,8 @@ class IWINVProvider(HttpProviderBase):
         }
         url = join_url(self._sms_base_url, "/api/history/")
 
-        async def attempt() -> Result[DeliveryStatusResult | None, KMsgError]:
-            sent = await self._transport.request(
-                "POST", url, headers=self._sms_headers(), json_body=body
-            )
-            if isinstance(sent, Fail):
-                return sent
-            parsed = parse_json(sent.value.text)
+        def read(response: HttpResponse) -> Result[DeliveryStatusResult | None, KMsgError]:
+            parsed = parse_json(response.text)
             if not isinstance(parsed, dict) or _as_int(parsed.get("resultCode")) != 0:
                 message = (
                     str(parsed.get("message"))
@@ -794,7 +783,7 @@ class IWINVProvider(HttpProviderBase):
                         KMsgErrorCode.PROVIDER_ERROR,
                         message,
                         provider_id=PROVIDER_ID,
-                        http_status=sent.value.status,
+                        http_status=response.status,
                     )
                 )
             items = [item for item in parsed.get("list") or [] if isinstance(item, dict)]
@@ -822,7 +811,7 @@ class IWINVProvider(HttpProviderBase):
                 )
             )
 
-        return await self._with_retry(attempt)
+        return await self._request("POST", url, read, headers=self._sms_headers, json_body=body)
 
     # balance -----------------------------------------------------------------------------
 
@@ -835,7 +824,7 @@ class IWINVProvider(HttpProviderBase):
                 return await self._balance(
                     channel,
                     join_url(self._base_url, "/api/charge/"),
-                    self._alimtalk_headers(),
+                    self._alimtalk_headers,
                     {},
                     success=lambda data: _as_int(data.get("code")) == 200,
                 )
@@ -848,7 +837,7 @@ class IWINVProvider(HttpProviderBase):
                 return await self._balance(
                     channel,
                     join_url(self._sms_base_url, "/api/charge/"),
-                    self._sms_headers(),
+                    self._sms_headers,
                     {"version": "1.0"},
                     success=lambda data: _as_int(data.get("code", data.get("resultCode"))) == 0,
                 )
@@ -862,16 +851,12 @@ class IWINVProvider(HttpProviderBase):
         self,
         channel: MessageType,
         url: str,
-        headers: dict[str, str],
+        headers: Callable[[], dict[str, str]],
         body: dict[str, Any],
         *,
         success: Callable[[Mapping[str, Any]], bool],
     ) -> Result[BalanceResult, KMsgError]:
-        async def attempt() -> Result[BalanceResult, KMsgError]:
-            sent = await self._transport.request("POST", url, headers=headers, json_body=body)
-            if isinstance(sent, Fail):
-                return sent
-            response = sent.value
+        def read(response: HttpResponse) -> Result[BalanceResult, KMsgError]:
             parsed = parse_json(response.text)
             if not isinstance(parsed, dict):
                 return Fail(malformed_response_error(PROVIDER_ID, response))
@@ -897,7 +882,7 @@ class IWINVProvider(HttpProviderBase):
                 )
             return Ok(BalanceResult(PROVIDER_ID, amount, channel=channel, raw=parsed))
 
-        return await self._with_retry(attempt)
+        return await self._request("POST", url, read, headers=headers, json_body=body)
 
 
 def _as_float(value: Any) -> float | None:

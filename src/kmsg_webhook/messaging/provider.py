@@ -411,10 +411,35 @@ class HttpProviderBase:
         self._retry = retry
         self._sleep = sleep
 
-    async def _with_retry(
-        self, operation: Callable[[], Awaitable[Result[T, KMsgError]]]
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        read: Callable[[HttpResponse], Result[T, KMsgError]],
+        *,
+        headers: Callable[[], Mapping[str, str]] | None = None,
+        json_body: Any = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> Result[T, KMsgError]:
-        return await call_with_retry(self._retry, operation, sleep=self._sleep)
+        """``method url`` under the retry policy, each response turned into a result by
+        ``read``; a transport failure is returned as it is. ``headers`` and ``form`` are built
+        for each attempt (signatures carry a time and a salt; FormData is single-use)."""
+
+        async def attempt() -> Result[T, KMsgError]:
+            sent = await self._transport.request(
+                method,
+                url,
+                headers=None if headers is None else headers(),
+                json_body=json_body,
+                form=None if form is None else form(),
+                params=params,
+            )
+            if isinstance(sent, Fail):
+                return sent
+            return read(sent.value)
+
+        return await call_with_retry(self._retry, attempt, sleep=self._sleep)
 
     async def aclose(self) -> None:
         """Close the provider's HTTP session (if it created it)."""

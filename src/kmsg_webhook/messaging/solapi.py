@@ -314,13 +314,7 @@ class SolapiProvider(HttpProviderBase):
         """One API call with retries; a JSON object on success."""
         url = join_url(self._base_url, path)
 
-        async def attempt() -> Result[dict[str, Any], KMsgError]:
-            sent = await self._transport.request(
-                method, url, headers=self._headers(), json_body=body, params=params
-            )
-            if isinstance(sent, Fail):
-                return sent
-            response = sent.value
+        def read(response: HttpResponse) -> Result[dict[str, Any], KMsgError]:
             payload = parse_json(response.text)
             if not response.ok:
                 return Fail(self._http_error(response, payload))
@@ -328,7 +322,9 @@ class SolapiProvider(HttpProviderBase):
                 return Fail(malformed_response_error(PROVIDER_ID, response))
             return Ok(payload)
 
-        return await self._with_retry(attempt)
+        return await self._request(
+            method, url, read, headers=self._headers, json_body=body, params=params
+        )
 
     async def _read_file(self, source: BinaryInput) -> Result[tuple[bytes, str | None], KMsgError]:
         if source.data is not None:
