@@ -123,6 +123,7 @@ class GroupCommit(Generic[T]):
         self._kick()
 
     def _pass_room(self) -> None:
+        """Wake the longest-waiting caller still waiting for room."""
         while self._room_waiters:
             room = self._room_waiters.popleft()
             if not room.done():
@@ -138,9 +139,8 @@ class GroupCommit(Generic[T]):
     async def close(self) -> None:
         """Write what waits, then refuse new items."""
         self._closed = True
-        for room in self._room_waiters:  # callers waiting for room learn of the shutdown
-            if not room.done():
-                room.set_result(None)
+        while self._room_waiters:  # callers waiting for room learn of the shutdown
+            self._pass_room()
         await self.drain()
 
     def _kick(self) -> None:
@@ -224,9 +224,7 @@ class GroupCommit(Generic[T]):
                     future.set_result(None)
                 else:
                     future.set_exception(error)
-        free = self._max_pending - self._admitted
-        while free > 0 and self._room_waiters:
-            room = self._room_waiters.popleft()
-            if not room.done():
-                room.set_result(None)
-                free -= 1
+        for _ in range(self._max_pending - self._admitted):
+            if not self._room_waiters:
+                break
+            self._pass_room()
