@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -94,8 +94,14 @@ class Dispatcher:
         self._runnable: deque[str] = deque()  # endpoints with ready work and a free slot
         self._queued: set[str] = set()  # the same endpoints, for O(1) membership
         self._active: dict[str, int] = {}  # attempts being sent, per endpoint
-        self._outstanding = 0  # claimed and not yet recorded
+        self._outstanding = 0  # claimed (or taken at intake) and not yet recorded
         self._ready_count = 0  # claimed and waiting for a worker
+        # New rows promised to this worker by an intake write in progress, per endpoint.
+        self._taking: dict[str, int] = {}
+        # The store may hold due rows this worker has not claimed: new rows then go to the
+        # store like everyone else's, so the backlog is served oldest first.
+        self._backlog = True
+        self._left_to_store = 0  # counts rows take() refused, so a claim knows what it missed
         # Below this much room, a claimer with queued work waits instead of making a small
         # claim (each claim is a store round trip).
         self._claim_threshold = max(1, config.claim_batch_size // 2)
@@ -193,6 +199,67 @@ class Dispatcher:
         """One attempt that is neither stored nor retried (endpoint probes)."""
         return await self._sender.send(endpoint, delivery)
 
+    # -- taking new rows at intake ------------------------------------------------------------
+
+    def intake_lease(self) -> datetime | None:
+        """The lease for new rows this worker could send at once, or ``None`` (not running,
+        stopping, or the store may hold older due rows that should go first).
+
+        Rows written already leased to this worker skip the claim: :meth:`take` reserves room
+        for each, :meth:`adopt` queues the ones the store accepted. Should this process die
+        between the two, the leases expire and any worker claims the rows, as after a crash
+        mid-send.
+        """
+        if not self._tasks or self._stopping or self._backlog or self._room() <= 0:
+            return None
+        return self._clock.now() + timedelta(milliseconds=self._config.effective_lease_ms)
+
+    def take(self, endpoint_id: str) -> bool:
+        """Reserve room for one new row to ``endpoint_id`` (within the same limits a claim
+        keeps); ``False``: leave it to the store and the claimer."""
+        if self._room() <= 0:
+            return self._leave_to_store()
+        taking = self._taking.get(endpoint_id, 0)
+        queue = self._ready.get(endpoint_id)
+        held = taking + self._active.get(endpoint_id, 0) + (len(queue) if queue else 0)
+        if held >= 2 * self._config.max_concurrency_per_endpoint:
+            return self._leave_to_store()
+        self._taking[endpoint_id] = taking + 1
+        self._outstanding += 1
+        return True
+
+    def _leave_to_store(self) -> bool:
+        self._backlog = True
+        self._left_to_store += 1
+        return False
+
+    def adopt(self, taken: Sequence[WebhookDelivery], inserted: Collection[str] | None) -> None:
+        """Queue the taken rows the store accepted (``inserted``: their ids; ``None``: all of
+        them); the room kept for the rest (duplicates, or all when the write failed) is given
+        back."""
+        kept = 0
+        taking = self._taking
+        for delivery in taken:
+            endpoint_id = delivery.endpoint_id
+            left = taking[endpoint_id] - 1
+            if left:
+                taking[endpoint_id] = left
+            else:
+                del taking[endpoint_id]
+            if inserted is not None and delivery.id not in inserted:
+                self._outstanding -= 1
+                continue
+            queue = self._ready.get(endpoint_id)
+            if queue is None:
+                queue = self._ready[endpoint_id] = deque()
+            queue.append(delivery)
+            kept += 1
+            self._mark_runnable(endpoint_id)
+        self._ready_count += kept
+        if kept < len(taken):
+            self._changed.set()
+        self._wake_workers(kept)
+
     # -- claiming ----------------------------------------------------------------------------
 
     async def _claimer(self) -> None:
@@ -232,6 +299,7 @@ class Dispatcher:
         limit = config.max_concurrency_per_endpoint
         full = {e for e, q in self._ready.items() if len(q) + self._active.get(e, 0) >= limit}
         now = self._clock.now()
+        left_before = self._left_to_store
         claimed = await self._store.claim(
             worker_id=self.worker_id,
             now=now,
@@ -239,6 +307,9 @@ class Dispatcher:
             limit=want,
             exclude_endpoints=full,
         )
+        # A short claim with nothing excluded found every row due now (unless rows were left
+        # to the store while it ran: the wake-up that follows claims again).
+        self._backlog = len(claimed) >= want or bool(full) or self._left_to_store != left_before
         overflow: list[str] = []
         kept = 0
         for delivery in claimed:

@@ -429,11 +429,7 @@ class WebhookRuntimeService:
         event = self._prepare(event)
         payload = event.to_json()
         rows = [
-            dataclasses.replace(
-                self._new_delivery(event, endpoint, payload, now),
-                lease_owner=self.worker_id,
-                lease_expires_at=lease_until,
-            )
+            self._new_delivery(event, endpoint, payload, now, lease_until=lease_until)
             for endpoint in await self._matching(event)
         ]
         crypto = self.field_crypto
@@ -454,6 +450,11 @@ class WebhookRuntimeService:
     ) -> None:
         now = self.clock.now()
         rows: list[WebhookDelivery] = []
+        # Rows this process can send at once are written leased to it and queued directly,
+        # with no claim; rows in a caller's transaction may never commit, so they wait for one.
+        dispatcher = self._dispatcher if connection is None else None
+        lease_until = dispatcher.intake_lease() if dispatcher is not None else None
+        taken: list[WebhookDelivery] = []
         await self._endpoints.refresh()
         for event in events:
             endpoints = self._endpoints.matching(event)
@@ -461,11 +462,30 @@ class WebhookRuntimeService:
                 event = self._prepare(event)
                 payload = event.to_json()
                 for endpoint in endpoints:
+                    if lease_until is not None and dispatcher is not None:
+                        if dispatcher.take(endpoint.id):
+                            row = self._new_delivery(
+                                event, endpoint, payload, now, seal=True, lease_until=lease_until
+                            )
+                            taken.append(row)
+                            rows.append(row)
+                            continue
+                        lease_until = None  # no room left: the rest of the batch goes to the store
                     rows.append(self._new_delivery(event, endpoint, payload, now, seal=True))
-        if rows:
-            await self._stored.delivery_store.insert_many(rows, connection=connection)
-            if self._dispatcher is not None:
-                self._dispatcher.wake()
+        if not rows:
+            return
+        try:
+            inserted = await self._stored.delivery_store.insert_many(rows, connection=connection)
+        except BaseException:
+            if taken and dispatcher is not None:
+                dispatcher.adopt(taken, ())
+            raise
+        if self._dispatcher is None:
+            return
+        if taken:
+            self._dispatcher.adopt(taken, None if len(inserted) == len(rows) else set(inserted))
+        if len(taken) < len(rows):
+            self._dispatcher.wake()
 
     def _new_delivery(
         self,
@@ -475,8 +495,10 @@ class WebhookRuntimeService:
         now: datetime,
         *,
         seal: bool = False,
+        lease_until: datetime | None = None,
     ) -> WebhookDelivery:
-        """A new outbox row; with ``seal`` (and field crypto) as it is stored."""
+        """A new outbox row; with ``seal`` (and field crypto) as it is stored; with
+        ``lease_until``, leased to this runtime's worker."""
         delivery_id = new_id("dlv")
         to_hash = from_hash = None
         crypto = self.field_crypto
@@ -495,6 +517,8 @@ class WebhookRuntimeService:
             status=DeliveryStatus.PENDING,
             created_at=now,
             next_attempt_at=now,
+            lease_owner=None if lease_until is None else self.worker_id,
+            lease_expires_at=lease_until,
             to_hash=to_hash,
             from_hash=from_hash,
         )
