@@ -387,6 +387,31 @@ async def test_sqlite_readers_are_not_blocked_by_a_writer(tmp_path: Path) -> Non
         await db.close()
 
 
+async def test_sqlite_connection_back_in_the_pool_has_no_open_transaction(
+    tmp_path: Path,
+) -> None:
+    # The pool does not roll back on every return (that is a hop to aiosqlite's thread per
+    # operation); it rolls back only a transaction left open, here one begun on the driver
+    # connection (as the hot paths do), which SQLAlchemy never saw.
+    db = SQLiteDatabase(tmp_path / "reset.db", busy_timeout=0, retry_timeout=1)
+    await db.delivery_store.insert_many([delivery(1)])
+    with pytest.raises(RuntimeError):
+        async with db.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN IMMEDIATE")
+            await driver.execute("DELETE FROM kmsg_webhook_deliveries")
+            raise RuntimeError("the operation failed mid-transaction")
+    other = sqlite3.connect(tmp_path / "reset.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the write lock was released
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert await db.delivery_store.get("dlv_0001") == delivery(1)
+    assert await db.delivery_store.insert_many([delivery(2)]) == ["dlv_0002"]
+    await db.close()
+
+
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 async def test_an_insert_retried_after_a_lost_commit_reports_its_rows(dialect: str) -> None:
     rows = [delivery(1), delivery(2)]

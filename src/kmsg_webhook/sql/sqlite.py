@@ -107,6 +107,9 @@ class SQLiteDatabase(SqlDatabase):
             sa.engine.URL.create("sqlite+aiosqlite", database=self.path),
             poolclass=StaticPool,
             hide_parameters=True,
+            # The default rolls back on every return to the pool: a round trip to aiosqlite's
+            # thread even when nothing is open (the hot paths run in autocommit).
+            pool_reset_on_return=None,
         )
         file_backed = self.path != MEMORY
         busy_ms = int(self.busy_timeout * 1000)
@@ -120,6 +123,11 @@ class SQLiteDatabase(SqlDatabase):
             if file_backed:
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "reset")
+        def roll_back_if_open(dbapi_connection: Any, record: Any, state: Any) -> None:
+            if dbapi_connection.driver_connection.in_transaction:
+                dbapi_connection.rollback()
 
         return engine
 
@@ -238,7 +246,14 @@ class SQLiteDatabase(SqlDatabase):
             groups = ", ".join([_ROW_PLACEHOLDERS] * len(chunk))
             values = [value for delivery in chunk for value in delivery_values(delivery, _millis)]
             query = self.sql["insert_deliveries"].replace("{rows}", groups)
-            new.update(r[0] for r in await driver.execute_fetchall(query, values))
+            cursor = await driver.execute(query, values)
+            count, last = cursor.rowcount, cursor.lastrowid
+            if count == len(chunk):
+                new.update(d.id for d in chunk)
+            elif count > 0 and last is not None:
+                params = {"last": last, "count": count}
+                found = await driver.execute_fetchall(self.sql["inserted_delivery_ids"], params)
+                new.update(r[0] for r in found)
         return new
 
     async def claim_deliveries(
@@ -283,8 +298,8 @@ class SQLiteDatabase(SqlDatabase):
             ]
         )
         params = {"outcomes": payload, "max_attempts": self.max_stored_attempts}
-        applied = await driver.execute_fetchall(self.sql["record_outcomes"], params)
-        return len(list(applied))
+        cursor = await driver.execute(self.sql["record_outcomes"], params)
+        return cursor.rowcount
 
 
 @asynccontextmanager

@@ -7,15 +7,23 @@
 -- name: insert_deliveries
 -- Insert a batch; {rows} stands for one "(?, ... 18 ...)" group per row, in column order (the
 -- store sends at most 1000 rows per statement). Rows whose id or (endpoint_id, event_id)
--- already exists are skipped; the ids of new rows are returned. Binding parameters measured
--- faster than reading one JSON document with json_each (which re-parses per column).
+-- already exists are skipped. Binding parameters measured faster than reading one JSON
+-- document with json_each (which re-parses per column).
+-- No RETURNING: every returned row is a step of its own, and each step hands Python's GIL
+-- from the event loop's thread to aiosqlite's and back, which under load costs milliseconds.
+-- The store reads the change count instead; when rows were skipped, inserted_delivery_ids
+-- names the new ones.
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
     last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
     lease_expires_at, to_hash, from_hash)
 VALUES {rows}
-ON CONFLICT DO NOTHING
-RETURNING id;
+ON CONFLICT DO NOTHING;
+
+-- name: inserted_delivery_ids
+-- The ids the last insert_deliveries statement stored: it ran under the write lock, and SQLite
+-- gives each row it inserts the next rowid, so they are the last :count rowids up to :last.
+SELECT id FROM kmsg_webhook_deliveries WHERE rowid > :last - :count AND rowid <= :last;
 
 -- name: existing_delivery_ids
 -- Which of these ids are stored (used only when an insert is retried after a failure).
@@ -47,7 +55,8 @@ RETURNING id, endpoint_id, event_id, event_type, url, payload, status, attempts_
 -- keeping the newest :max_attempts, count it, set status and times, drop the lease. :outcomes
 -- is a JSON array with one array per outcome: [id, worker_id, attempt (an object or null),
 -- status, next_attempt_at, completed_at, last_error, latency_ms]. Run as a statement of its
--- own (autocommit), like the claim. Returns the ids that were updated.
+-- own (autocommit), like the claim. The store reads the change count (no RETURNING, as for
+-- insert_deliveries).
 UPDATE kmsg_webhook_deliveries AS d
 SET attempts_json = CASE
         WHEN o.attempt IS NULL THEN d.attempts_json
@@ -75,5 +84,4 @@ FROM (SELECT json_extract(value, '$[0]') AS id,
              json_extract(value, '$[6]') AS last_error,
              json_extract(value, '$[7]') AS latency_ms
       FROM json_each(:outcomes)) AS o
-WHERE d.id = o.id AND d.lease_owner = o.worker_id
-RETURNING id;
+WHERE d.id = o.id AND d.lease_owner = o.worker_id;
