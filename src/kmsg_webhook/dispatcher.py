@@ -220,9 +220,7 @@ class Dispatcher:
         if self._room() <= 0:
             return self._leave_to_store()
         taking = self._taking.get(endpoint_id, 0)
-        queue = self._ready.get(endpoint_id)
-        held = taking + self._active.get(endpoint_id, 0) + (len(queue) if queue else 0)
-        if held >= 2 * self._config.max_concurrency_per_endpoint:
+        if taking + self._held(endpoint_id) >= 2 * self._config.max_concurrency_per_endpoint:
             return self._leave_to_store()
         self._taking[endpoint_id] = taking + 1
         self._outstanding += 1
@@ -297,7 +295,7 @@ class Dispatcher:
         if want <= 0:
             return 0
         limit = config.max_concurrency_per_endpoint
-        full = {e for e, q in self._ready.items() if len(q) + self._active.get(e, 0) >= limit}
+        full = {e for e in self._ready if self._held(e) >= limit}
         now = self._clock.now()
         left_before = self._left_to_store
         claimed = await self._store.claim(
@@ -319,7 +317,7 @@ class Dispatcher:
                 queue = self._ready[endpoint_id] = deque()
             # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
             # in the store (claimable by other workers) instead of aging here under a lease.
-            if len(queue) + self._active.get(endpoint_id, 0) >= 2 * limit:
+            if self._held(endpoint_id) >= 2 * limit:
                 overflow.append(delivery.id)
                 continue
             queue.append(delivery)
@@ -333,6 +331,11 @@ class Dispatcher:
             await self._store.release(overflow, worker_id=self.worker_id)
         self._wake_workers(kept)
         return kept
+
+    def _held(self, endpoint_id: str) -> int:
+        """Deliveries to the endpoint this worker holds: queued plus being sent."""
+        queue = self._ready.get(endpoint_id)
+        return (len(queue) if queue else 0) + self._active.get(endpoint_id, 0)
 
     def _mark_runnable(self, endpoint_id: str) -> None:
         queue = self._ready.get(endpoint_id)

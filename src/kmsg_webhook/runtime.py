@@ -450,10 +450,11 @@ class WebhookRuntimeService:
     ) -> None:
         now = self.clock.now()
         rows: list[WebhookDelivery] = []
+        dispatcher = self._dispatcher
+        assert dispatcher is not None  # built by start(), before any write
         # Rows this process can send at once are written leased to it and queued directly,
         # with no claim; rows in a caller's transaction may never commit, so they wait for one.
-        dispatcher = self._dispatcher if connection is None else None
-        lease_until = dispatcher.intake_lease() if dispatcher is not None else None
+        lease_until = dispatcher.intake_lease() if connection is None else None
         taken: list[WebhookDelivery] = []
         await self._endpoints.refresh()
         for event in events:
@@ -462,30 +463,25 @@ class WebhookRuntimeService:
                 event = self._prepare(event)
                 payload = event.to_json()
                 for endpoint in endpoints:
-                    if lease_until is not None and dispatcher is not None:
-                        if dispatcher.take(endpoint.id):
-                            row = self._new_delivery(
-                                event, endpoint, payload, now, seal=True, lease_until=lease_until
-                            )
-                            taken.append(row)
-                            rows.append(row)
-                            continue
+                    if lease_until is not None and not dispatcher.take(endpoint.id):
                         lease_until = None  # no room left: the rest of the batch goes to the store
-                    rows.append(self._new_delivery(event, endpoint, payload, now, seal=True))
+                    row = self._new_delivery(
+                        event, endpoint, payload, now, seal=True, lease_until=lease_until
+                    )
+                    rows.append(row)
+                    if lease_until is not None:
+                        taken.append(row)
         if not rows:
             return
         try:
             inserted = await self._stored.delivery_store.insert_many(rows, connection=connection)
         except BaseException:
-            if taken and dispatcher is not None:
-                dispatcher.adopt(taken, ())
+            dispatcher.adopt(taken, ())  # gives their room back
             raise
-        if self._dispatcher is None:
-            return
         if taken:
-            self._dispatcher.adopt(taken, None if len(inserted) == len(rows) else set(inserted))
+            dispatcher.adopt(taken, None if len(inserted) == len(rows) else set(inserted))
         if len(taken) < len(rows):
-            self._dispatcher.wake()
+            dispatcher.wake()
 
     def _new_delivery(
         self,
