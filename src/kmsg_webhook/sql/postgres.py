@@ -260,7 +260,7 @@ class PostgresDatabase(SqlDatabase):
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
     ) -> int:
         driver = await _driver(conn)
-        found = await driver.fetch(
+        tag = await driver.execute(
             self.sql["record_outcomes"],
             [o.delivery_id for o in outcomes],
             [o.worker_id for o in outcomes],
@@ -272,7 +272,7 @@ class PostgresDatabase(SqlDatabase):
             [None if o.attempt is None else o.attempt.latency_ms for o in outcomes],
             self.max_stored_attempts,
         )
-        return len(found)
+        return int(tag.rsplit(" ", 1)[1])  # the command tag, "UPDATE <rows>"
 
 
 async def _driver(conn: AsyncConnection) -> asyncpg.Connection:

@@ -55,7 +55,8 @@ RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.sta
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes (one array per field) where the worker still holds the
 -- lease: append the attempt keeping the newest $9, count it, set status and times, drop the
--- lease. Returns the ids that were updated.
+-- lease. No RETURNING: the store reads the count from the command tag ("UPDATE n"), which
+-- spares a result row per outcome on the server, the wire and the Python side.
 UPDATE kmsg_webhook_deliveries AS d
 SET attempts_json = CASE
         WHEN o.attempt IS NULL THEN d.attempts_json
@@ -79,5 +80,4 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
             $6::timestamptz[], $7::text[], $8::float8[])
      AS o(id, worker_id, attempt, status, next_attempt_at, completed_at, last_error,
           latency_ms)
-WHERE d.id = o.id AND d.lease_owner = o.worker_id
-RETURNING d.id;
+WHERE d.id = o.id AND d.lease_owner = o.worker_id;
