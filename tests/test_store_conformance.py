@@ -239,11 +239,21 @@ async def test_insert_many_returns_new_ids_and_dedupes_per_endpoint_and_event(
     assert await store.insert_many([]) == []
 
 
-async def test_insert_many_handles_a_large_batch(persistence: WebhookPersistence) -> None:
+async def test_large_batches_insert_claim_and_record(persistence: WebhookPersistence) -> None:
+    # Beyond the SQL stores' 1000 rows per statement: several statements, one outcome each.
+    store = persistence.delivery_store
     rows = [delivery(n) for n in range(1, 1201)]
-    assert len(await persistence.delivery_store.insert_many(rows)) == 1200
+    assert len(await store.insert_many(rows)) == 1200
     claimed = await claim(persistence, W1, T0 + timedelta(seconds=5), limit=2000)
     assert len(claimed) == 1200
+    done = T0 + timedelta(seconds=6)
+    outcomes = [outcome(d, W1, DeliveryStatus.SUCCESS, done=done) for d in claimed]
+    outcomes.append(outcome("dlv_9999", W1, DeliveryStatus.SUCCESS, done=done))  # unknown
+    assert await store.record(outcomes) == 1200
+    stats = await store.stats(DeliveryFilter())
+    assert (stats.success, stats.pending, stats.total_attempts) == (1200, 0, 1200)
+    last = await store.get("dlv_1200")
+    assert last is not None and last.attempt_count == 1 and last.completed_at == done
 
 
 # -- claim, lease, record -----------------------------------------------------------------------

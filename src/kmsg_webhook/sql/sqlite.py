@@ -54,6 +54,9 @@ MEMORY = ":memory:"
 INSERT_CHUNK = 1000
 # One group per row: the insert binds DELIVERY_ROW_COLUMNS in order (queries/sqlite.sql).
 _ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_ROW_COLUMNS)) + ")"
+# Outcomes per record statement (8 parameters each), and the group each one binds.
+RECORD_CHUNK = 1000
+_OUTCOME_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class SQLiteDatabase(SqlDatabase):
@@ -281,25 +284,36 @@ class SQLiteDatabase(SqlDatabase):
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
     ) -> int:
         driver = await _driver(conn)
-        # One JSON array per outcome, in the order queries/sqlite.sql reads them.
-        payload = dumps(
-            [
-                [
+        if len(outcomes) <= RECORD_CHUNK:
+            return await self._record_raw(driver, outcomes)
+        async with _write_transaction(driver):
+            return await self._record_raw(driver, outcomes)
+
+    async def _record_raw(
+        self, driver: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]
+    ) -> int:
+        applied = 0
+        for start in range(0, len(outcomes), RECORD_CHUNK):
+            chunk = outcomes[start : start + RECORD_CHUNK]
+            # ?1 is the cap; the groups follow in the order queries/sqlite.sql binds them.
+            values: list[object] = [self.max_stored_attempts]
+            for o in chunk:
+                attempt = o.attempt
+                values += (
                     o.delivery_id,
                     o.worker_id,
-                    None if o.attempt is None else attempt_to_json(o.attempt),
+                    None if attempt is None else dumps(attempt_to_json(attempt)),
                     o.status.value,
                     _millis(o.next_attempt_at) if o.status is DeliveryStatus.PENDING else None,
                     _millis(o.completed_at),
                     o.last_error,
-                    None if o.attempt is None else o.attempt.latency_ms,
-                ]
-                for o in outcomes
-            ]
-        )
-        params = {"outcomes": payload, "max_attempts": self.max_stored_attempts}
-        cursor = await driver.execute(self.sql["record_outcomes"], params)
-        return cursor.rowcount
+                    None if attempt is None else attempt.latency_ms,
+                )
+            groups = ", ".join([_OUTCOME_PLACEHOLDERS] * len(chunk))
+            query = self.sql["record_outcomes"].replace("{rows}", groups)
+            cursor = await driver.execute(query, values)
+            applied += cursor.rowcount
+        return applied
 
 
 @asynccontextmanager

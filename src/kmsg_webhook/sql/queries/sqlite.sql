@@ -52,20 +52,24 @@ RETURNING id, endpoint_id, event_id, event_type, url, payload, status, attempts_
 
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes where the worker still holds the lease: append the attempt
--- keeping the newest :max_attempts, count it, set status and times, drop the lease. :outcomes
--- is a JSON array with one array per outcome: [id, worker_id, attempt (an object or null),
--- status, next_attempt_at, completed_at, last_error, latency_ms]. Run as a statement of its
--- own (autocommit), like the claim. The store reads the change count (no RETURNING, as for
--- insert_deliveries).
+-- keeping the newest ?1, count it, set status and times, drop the lease. {rows} stands for one
+-- "(?, ?, ?, ?, ?, ?, ?, ?)" group per outcome: id, worker_id, attempt (JSON text or NULL),
+-- status, next_attempt_at, completed_at, last_error, latency_ms (the store sends at most 1000
+-- per statement). ?1, the cap, comes first in the text, so each unnumbered ? after it takes
+-- the next number: the groups bind from ?2 on. Binding measured a third faster per row than
+-- reading one JSON array with json_each, which re-parses the element for every column. The
+-- statement starts with UPDATE (no WITH) so the driver reports its change count, which the
+-- store reads instead of RETURNING rows (as for insert_deliveries). Run as a statement of its
+-- own (autocommit), like the claim.
 UPDATE kmsg_webhook_deliveries AS d
 SET attempts_json = CASE
         WHEN o.attempt IS NULL THEN d.attempts_json
         -- Below the cap (the usual case) append in place; rebuild only to drop the oldest.
-        WHEN json_array_length(d.attempts_json) < :max_attempts
+        WHEN json_array_length(d.attempts_json) < ?1
             THEN json_insert(d.attempts_json, '$[#]', json(o.attempt))
         ELSE (SELECT json_group_array(json(a.value))
               FROM json_each(json_insert(d.attempts_json, '$[#]', json(o.attempt))) AS a
-              WHERE a.key > json_array_length(d.attempts_json) - :max_attempts)
+              WHERE a.key > json_array_length(d.attempts_json) - ?1)
     END,
     attempt_count = d.attempt_count + (o.attempt IS NOT NULL),
     last_latency_ms = coalesce(o.latency_ms, d.last_latency_ms),
@@ -75,13 +79,8 @@ SET attempts_json = CASE
     last_error = o.last_error,
     lease_owner = NULL,
     lease_expires_at = NULL
-FROM (SELECT json_extract(value, '$[0]') AS id,
-             json_extract(value, '$[1]') AS worker_id,
-             json_extract(value, '$[2]') AS attempt,
-             json_extract(value, '$[3]') AS status,
-             json_extract(value, '$[4]') AS next_attempt_at,
-             json_extract(value, '$[5]') AS completed_at,
-             json_extract(value, '$[6]') AS last_error,
-             json_extract(value, '$[7]') AS latency_ms
-      FROM json_each(:outcomes)) AS o
+FROM (SELECT column1 AS id, column2 AS worker_id, column3 AS attempt, column4 AS status,
+             column5 AS next_attempt_at, column6 AS completed_at, column7 AS last_error,
+             column8 AS latency_ms
+      FROM (VALUES {rows})) AS o
 WHERE d.id = o.id AND d.lease_owner = o.worker_id;
