@@ -607,3 +607,24 @@ async def test_listen_verifies_and_prints_each_event(
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     assert await proc.stdout.read() == b""  # the refused request printed nothing
+
+
+@pytest.mark.parametrize(
+    ("extra", "note"),
+    [((), "gc threshold 20000"), (("--gc-threshold", "0"), "Python's gc settings")],
+)
+async def test_worker_tunes_its_own_collector_unless_told_not_to(
+    tmp_path: Path, extra: tuple[str, ...], note: str
+) -> None:
+    # The worker process is only the dispatcher: it sets its own collector after start-up.
+    store = f"sqlite:///{tmp_path / 'worker.db'}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-u", "-m", "kmsg_webhook.cli", "worker", "--store", store,
+        "--worker-id", "w1", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    banner = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert banner.decode() == f"worker w1 dispatching ({note}; SIGTERM to stop)\n"
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
