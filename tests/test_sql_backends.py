@@ -9,11 +9,12 @@ import dataclasses
 import random
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiosqlite
 import asyncpg
+import orjson
 import pytest
 
 from conftest import EventFactory, Receiver, RuntimeFactory, WaitUntil
@@ -22,9 +23,11 @@ from kmsg_webhook import (
     DeliveryStatus,
     EndpointInput,
     StoreError,
+    WebhookAttempt,
     WebhookDelivery,
 )
 from kmsg_webhook.sql.base import SqlDatabase
+from kmsg_webhook.sql.codec import attempt_to_json, batch_json
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
 from pg import postgres_database, server_dsn, temporary_postgres, temporary_sqlite
@@ -116,6 +119,26 @@ async def test_large_batches_keep_input_order_and_dedupe_across_statements(
     expected = [d.id for d in rows if d.id not in ("dlv_0005", "dlv_9001")]
     assert inserted == expected
     assert (await db.delivery_store.stats(DeliveryFilter())).total == 2599
+
+
+def test_postgres_batch_json_writes_attempts_as_the_codec_stores_them() -> None:
+    # The Postgres insert sends deliveries as one JSON parameter written by orjson; an attempt
+    # inside must be what attempt_to_json stores, or rows would differ by the path they took.
+    made = WebhookAttempt(
+        attempt_number=2,
+        started_at=T0 + timedelta(microseconds=123),
+        latency_ms=4.5,
+        http_status=503,
+        response_body="busy 안녕",
+        error="HTTP 503",
+    )
+    row = dataclasses.replace(delivery(1), attempts=(made,), attempt_count=2)
+    [written] = orjson.loads(batch_json([row]))
+    assert written["attempts"] == [attempt_to_json(made)]
+    assert written["status"] == "pending" and written["event_type"] == "message.sent"
+    assert orjson.loads(batch_json([datetime(2026, 1, 2, 3, 4, 5)])) == [
+        "2026-01-02T03:04:05+00:00"  # naive: UTC
+    ]
 
 
 async def test_timestamps_round_trip_at_the_dialects_precision(db: SqlDatabase) -> None:

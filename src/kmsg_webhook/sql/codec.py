@@ -39,6 +39,14 @@ def dumps(value: JsonValue) -> str:
     return orjson.dumps(value).decode()
 
 
+def batch_json(value: object) -> str:
+    """JSON text for the Postgres hot paths' parameters (a batch of deliveries, an attempt):
+    orjson writes dataclasses by field name, enums by value and datetimes in RFC 3339, a naive
+    one as UTC. An attempt comes out exactly as :func:`attempt_to_json` writes it (a test
+    checks)."""
+    return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC).decode()
+
+
 def loads(value: object) -> JsonValue:
     """Decode JSON text; values a driver already decoded pass through."""
     if isinstance(value, str | bytes):
