@@ -27,7 +27,7 @@ from kmsg_webhook import (
     WebhookDelivery,
 )
 from kmsg_webhook.sql.base import SqlDatabase
-from kmsg_webhook.sql.codec import attempt_to_json, batch_json
+from kmsg_webhook.sql.codec import attempt_to_json, dumps
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
 from pg import postgres_database, server_dsn, temporary_postgres, temporary_sqlite
@@ -121,7 +121,7 @@ async def test_large_batches_keep_input_order_and_dedupe_across_statements(
     assert (await db.delivery_store.stats(DeliveryFilter())).total == 2599
 
 
-def test_postgres_batch_json_writes_attempts_as_the_codec_stores_them() -> None:
+def test_json_of_a_delivery_holds_attempts_as_the_codec_stores_them() -> None:
     # The Postgres insert sends deliveries as one JSON parameter written by orjson; an attempt
     # inside must be what attempt_to_json stores, or rows would differ by the path they took.
     made = WebhookAttempt(
@@ -133,10 +133,10 @@ def test_postgres_batch_json_writes_attempts_as_the_codec_stores_them() -> None:
         error="HTTP 503",
     )
     row = dataclasses.replace(delivery(1), attempts=(made,), attempt_count=2)
-    [written] = orjson.loads(batch_json([row]))
+    [written] = orjson.loads(dumps([row]))
     assert written["attempts"] == [attempt_to_json(made)]
     assert written["status"] == "pending" and written["event_type"] == "message.sent"
-    assert orjson.loads(batch_json([datetime(2026, 1, 2, 3, 4, 5)])) == [
+    assert orjson.loads(dumps([datetime(2026, 1, 2, 3, 4, 5)])) == [
         "2026-01-02T03:04:05+00:00"  # naive: UTC
     ]
 

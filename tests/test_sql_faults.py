@@ -79,6 +79,9 @@ async def _claim(db: SqlDatabase, limit: int = 100) -> list[str]:
             True,
         ),
         (asyncpg.exceptions.InternalClientError("could not resolve query result"), False),
+        # SQLAlchemy's own words for a connection a kill invalidated mid-operation.
+        (sqlalchemy.exc.InvalidRequestError("This connection is closed"), True),
+        (sqlalchemy.exc.InvalidRequestError("A value is required for bind parameter 'x'"), False),
         (ValueError("bad"), False),
     ],
 )

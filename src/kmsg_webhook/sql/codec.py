@@ -33,17 +33,12 @@ _MS = timedelta(milliseconds=1)
 JsonValue = Any
 
 
-def dumps(value: JsonValue) -> str:
-    """Compact JSON text that keeps non-ASCII characters as they are (orjson: the column
-    values are our own plain data, and this runs for every recorded attempt)."""
-    return orjson.dumps(value).decode()
-
-
-def batch_json(value: object) -> str:
-    """JSON text for the Postgres hot paths' parameters (a batch of deliveries, an attempt):
-    orjson writes dataclasses by field name, enums by value and datetimes in RFC 3339, a naive
-    one as UTC. An attempt comes out exactly as :func:`attempt_to_json` writes it (a test
-    checks)."""
+def dumps(value: object) -> str:
+    """Compact JSON text that keeps non-ASCII characters as they are (orjson: the values are
+    our own plain data, and this runs for every recorded attempt). Dataclasses come out by
+    field name (a batch of deliveries for the Postgres insert; an attempt exactly as
+    :func:`attempt_to_json` writes it, which a test checks), enums by value, datetimes in
+    RFC 3339 with a naive one taken as UTC."""
     return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC).decode()
 
 

@@ -81,6 +81,10 @@ def _is_transient_here(exc: BaseException) -> bool:
             # unusable, a fresh one is not.
             return str(exc).startswith("cannot switch to state")
     message = str(exc).lower()
+    if isinstance(exc, sqlalchemy.exc.InvalidRequestError):
+        # "This connection is closed": a kill invalidated the pooled connection mid-operation
+        # (seen under load); the next attempt checks out a fresh one.
+        return "connection is closed" in message
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and any(
         text in message for text in (*_CLOSED_MESSAGES, *_SQLITE_BUSY)
     )

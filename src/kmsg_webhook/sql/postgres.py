@@ -24,7 +24,7 @@ from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
 from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .codec import batch_json, dumps, values_to_delivery
+from .codec import dumps, values_to_delivery
 from .faults import redact_url
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
@@ -235,7 +235,7 @@ class PostgresDatabase(SqlDatabase):
     async def _insert_raw(
         self, driver: asyncpg.Connection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
-        found = await driver.fetch(self.sql["insert_deliveries"], batch_json(deliveries))
+        found = await driver.fetch(self.sql["insert_deliveries"], dumps(deliveries))
         return {r[0] for r in found}
 
     async def claim_deliveries(
@@ -262,7 +262,7 @@ class PostgresDatabase(SqlDatabase):
             self.sql["record_outcomes"],
             [o.delivery_id for o in outcomes],
             [o.worker_id for o in outcomes],
-            [None if o.attempt is None else batch_json(o.attempt) for o in outcomes],
+            [None if o.attempt is None else dumps(o.attempt) for o in outcomes],
             [o.status.value for o in outcomes],
             [o.next_attempt_at if o.status is DeliveryStatus.PENDING else None for o in outcomes],
             [o.completed_at for o in outcomes],
