@@ -31,12 +31,15 @@ HANG_GUARD = 15
 
 
 class CountingDeliveryStore:
-    """Wraps a real delivery store: counts the rows claims return and can fail inserts."""
+    """Wraps a real delivery store: counts the rows claims return, can fail inserts, and with
+    ``hold`` keeps a claim that leased rows from returning until the event is set."""
 
-    def __init__(self, inner: DeliveryStore) -> None:
+    def __init__(self, inner: DeliveryStore, *, hold: asyncio.Event | None = None) -> None:
         self.inner = inner
         self.claimed = 0
         self.failing_inserts = 0
+        self.hold = hold
+        self.holding = False
 
     async def claim(
         self,
@@ -55,6 +58,9 @@ class CountingDeliveryStore:
             exclude_endpoints=exclude_endpoints,
         )
         self.claimed += len(rows)
+        if rows and self.hold is not None:
+            self.holding = True
+            await self.hold.wait()
         return rows
 
     async def insert_many(
@@ -222,3 +228,29 @@ async def test_re_emitting_an_event_gives_the_room_back(receiver, make_runtime, 
         await runtime.emit(other)
     await asyncio.wait_for(runtime.flush(), HANG_GUARD)
     assert sorted(_event_ids(receiver, "/a")) == sorted([event.id, *(e.id for e in others)])
+
+
+async def test_flush_waits_for_a_claim_still_on_its_way_back(
+    receiver, make_runtime, make_event, store, gate, wait_until
+):
+    # The claimer's claim has leased the stored rows but not yet returned them: a claim by
+    # flush() finds nothing, yet flush must not return before those rows are sent and recorded.
+    writer = await make_runtime(WebhookConfig(jitter=False), persistence=store, dispatch=False)
+    await writer.add_endpoint(_endpoint(receiver.url("/a")))
+    for _ in range(5):
+        await writer.emit(make_event())
+    await writer.flush()
+
+    counting = CountingDeliveryStore(store.delivery_store, hold=gate)
+    runtime = await make_runtime(
+        WebhookConfig(jitter=False), persistence=store, delivery_store=counting
+    )
+    await runtime.start()
+    await wait_until(lambda: counting.holding)
+    flushing = asyncio.create_task(runtime.flush())
+    await asyncio.sleep(0.2)
+    assert not flushing.done(), "flush returned while a claim still held leased rows"
+    gate.set()
+    await asyncio.wait_for(flushing, HANG_GUARD)
+    assert len(receiver.at("/a")) == 5
+    assert (await runtime.stats(DeliveryFilter())).deliveries.success == 5

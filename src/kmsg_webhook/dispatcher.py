@@ -95,6 +95,7 @@ class Dispatcher:
         self._queued: set[str] = set()  # the same endpoints, for O(1) membership
         self._active: dict[str, int] = {}  # attempts being sent, per endpoint
         self._outstanding = 0  # claimed (or taken at intake) and not yet recorded
+        self._claims_running = 0
         self._ready_count = 0  # claimed and waiting for a worker
         # New rows promised to this worker by an intake write in progress, per endpoint.
         self._taking: dict[str, int] = {}
@@ -171,15 +172,20 @@ class Dispatcher:
         """
         while True:
             claimed = await self._claim()
-            while self._outstanding:
+            while self._busy():
                 self._changed.clear()
                 await self._changed.wait()
                 if claimed:
                     break  # claim again while the queues drain
-            if not claimed and not self._outstanding:
+            if not claimed and not self._busy():
                 await self._recorder.drain()
-                if not self._outstanding and not await self._claim():
+                if not await self._claim() and not self._busy():
                     return
+
+    def _busy(self) -> bool:
+        """Deliveries held and not yet recorded, or a claim on its way back: the claimer's
+        rows are leased to this worker before they are counted, and no other claim sees them."""
+        return bool(self._outstanding or self._claims_running)
 
     # -- one-shot sends (emit_sync, probes) --------------------------------------------------
 
@@ -298,13 +304,18 @@ class Dispatcher:
         full = {e for e in self._ready if self._held(e) >= limit}
         now = self._clock.now()
         left_before = self._left_to_store
-        claimed = await self._store.claim(
-            worker_id=self.worker_id,
-            now=now,
-            lease_until=now + timedelta(milliseconds=config.effective_lease_ms),
-            limit=want,
-            exclude_endpoints=full,
-        )
+        self._claims_running += 1
+        try:
+            claimed = await self._store.claim(
+                worker_id=self.worker_id,
+                now=now,
+                lease_until=now + timedelta(milliseconds=config.effective_lease_ms),
+                limit=want,
+                exclude_endpoints=full,
+            )
+        finally:
+            self._claims_running -= 1
+            self._changed.set()  # a drain waiting for this claim looks again
         # A short claim with nothing excluded found every row due now (unless rows were left
         # to the store while it ran: the wake-up that follows claims again).
         self._backlog = len(claimed) >= want or bool(full) or self._left_to_store != left_before
