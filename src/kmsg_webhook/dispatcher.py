@@ -253,12 +253,8 @@ class Dispatcher:
             if inserted is not None and delivery.id not in inserted:
                 self._outstanding -= 1
                 continue
-            queue = self._ready.get(endpoint_id)
-            if queue is None:
-                queue = self._ready[endpoint_id] = deque()
-            queue.append(delivery)
+            self._queue(delivery)
             kept += 1
-            self._mark_runnable(endpoint_id)
         self._ready_count += kept
         if kept < len(taken):
             self._changed.set()
@@ -322,26 +318,28 @@ class Dispatcher:
         overflow: list[str] = []
         kept = 0
         for delivery in claimed:
-            endpoint_id = delivery.endpoint_id
-            queue = self._ready.get(endpoint_id)
-            if queue is None:
-                queue = self._ready[endpoint_id] = deque()
             # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
             # in the store (claimable by other workers) instead of aging here under a lease.
-            if self._held(endpoint_id) >= 2 * limit:
+            if self._held(delivery.endpoint_id) >= 2 * limit:
                 overflow.append(delivery.id)
                 continue
-            queue.append(delivery)
+            self._queue(delivery)
             kept += 1
-            self._mark_runnable(endpoint_id)
-        for endpoint_id in [e for e, q in self._ready.items() if not q]:
-            del self._ready[endpoint_id]
         self._outstanding += kept
         self._ready_count += kept
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
         self._wake_workers(kept)
         return kept
+
+    def _queue(self, delivery: WebhookDelivery) -> None:
+        """Put a claimed or taken delivery in its endpoint's ready queue."""
+        endpoint_id = delivery.endpoint_id
+        queue = self._ready.get(endpoint_id)
+        if queue is None:
+            queue = self._ready[endpoint_id] = deque()
+        queue.append(delivery)
+        self._mark_runnable(endpoint_id)
 
     def _held(self, endpoint_id: str) -> int:
         """Deliveries to the endpoint this worker holds: queued plus being sent."""

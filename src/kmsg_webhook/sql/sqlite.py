@@ -50,12 +50,12 @@ from .schema import (
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING (3.35) and UPDATE ... FROM (3.33)
 MEMORY = ":memory:"
-# Rows per INSERT statement: 18 parameters each stays far below SQLite's 32766-variable limit.
-INSERT_CHUNK = 1000
+# Rows (inserts) or outcomes (records) per statement: 18 or 8 parameters each stays far below
+# SQLite's 32766-variable limit.
+STATEMENT_ROWS = 1000
 # One group per row: the insert binds DELIVERY_ROW_COLUMNS in order (queries/sqlite.sql).
 _ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_ROW_COLUMNS)) + ")"
-# Outcomes per record statement (8 parameters each), and the group each one binds.
-RECORD_CHUNK = 1000
+# One group per outcome: the record binds these in the order queries/sqlite.sql names.
 _OUTCOME_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -212,7 +212,7 @@ class SQLiteDatabase(SqlDatabase):
         self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery], *, retried: bool
     ) -> set[str]:
         driver = await _driver(conn)
-        if len(deliveries) <= INSERT_CHUNK and not retried:
+        if len(deliveries) <= STATEMENT_ROWS and not retried:
             return await self._insert_raw(driver, deliveries)
         async with _write_transaction(driver):
             new = await self._insert_raw(driver, deliveries)
@@ -244,11 +244,10 @@ class SQLiteDatabase(SqlDatabase):
         self, driver: aiosqlite.Connection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         new: set[str] = set()
-        for start in range(0, len(deliveries), INSERT_CHUNK):
-            chunk = deliveries[start : start + INSERT_CHUNK]
-            groups = ", ".join([_ROW_PLACEHOLDERS] * len(chunk))
+        for start in range(0, len(deliveries), STATEMENT_ROWS):
+            chunk = deliveries[start : start + STATEMENT_ROWS]
             values = [value for delivery in chunk for value in delivery_values(delivery, _millis)]
-            query = self.sql["insert_deliveries"].replace("{rows}", groups)
+            query = self._multi_row("insert_deliveries", _ROW_PLACEHOLDERS, len(chunk))
             cursor = await driver.execute(query, values)
             count, last = cursor.rowcount, cursor.lastrowid
             if count == len(chunk):
@@ -284,17 +283,21 @@ class SQLiteDatabase(SqlDatabase):
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
     ) -> int:
         driver = await _driver(conn)
-        if len(outcomes) <= RECORD_CHUNK:
+        if len(outcomes) <= STATEMENT_ROWS:
             return await self._record_raw(driver, outcomes)
         async with _write_transaction(driver):
             return await self._record_raw(driver, outcomes)
+
+    def _multi_row(self, name: str, group: str, count: int) -> str:
+        """The named query with its ``{rows}`` standing for ``count`` parameter groups."""
+        return self.sql[name].replace("{rows}", ", ".join([group] * count))
 
     async def _record_raw(
         self, driver: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]
     ) -> int:
         applied = 0
-        for start in range(0, len(outcomes), RECORD_CHUNK):
-            chunk = outcomes[start : start + RECORD_CHUNK]
+        for start in range(0, len(outcomes), STATEMENT_ROWS):
+            chunk = outcomes[start : start + STATEMENT_ROWS]
             # ?1 is the cap; the groups follow in the order queries/sqlite.sql binds them.
             values: list[object] = [self.max_stored_attempts]
             for o in chunk:
@@ -309,8 +312,7 @@ class SQLiteDatabase(SqlDatabase):
                     o.last_error,
                     None if attempt is None else attempt.latency_ms,
                 )
-            groups = ", ".join([_OUTCOME_PLACEHOLDERS] * len(chunk))
-            query = self.sql["record_outcomes"].replace("{rows}", groups)
+            query = self._multi_row("record_outcomes", _OUTCOME_PLACEHOLDERS, len(chunk))
             cursor = await driver.execute(query, values)
             applied += cursor.rowcount
         return applied
