@@ -8,7 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kmsg_webhook import DeliveryStatus, WebhookEventType
-from kmsg_webhook.models import WebhookAttempt, WebhookDelivery, evolve_delivery
+from kmsg_webhook.models import (
+    AttemptDraft,
+    AttemptOutcome,
+    DeliveryDraft,
+    OutcomeDraft,
+    WebhookAttempt,
+    WebhookDelivery,
+    evolve_delivery,
+    frozen,
+)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -48,3 +57,45 @@ def test_evolve_delivery_copies_every_field_and_applies_changes() -> None:
 def test_evolve_delivery_refuses_unknown_fields() -> None:
     with pytest.raises(TypeError, match="not WebhookDelivery fields"):
         evolve_delivery(_every_field_set(), lease="x")
+
+
+@pytest.mark.parametrize(
+    ("draft", "record"),
+    [
+        (DeliveryDraft, WebhookDelivery),
+        (AttemptDraft, WebhookAttempt),
+        (OutcomeDraft, AttemptOutcome),
+    ],
+)
+def test_a_draft_has_its_records_fields_and_defaults(draft: type, record: type) -> None:
+    def spec(cls: type) -> list[tuple[str, object, object]]:
+        return [(f.name, f.default, f.default_factory) for f in dataclasses.fields(cls)]
+
+    assert spec(draft) == spec(record)
+    assert draft.__slots__ == record.__slots__  # what lets frozen() switch the class
+
+
+def test_a_frozen_draft_is_the_same_as_a_record_built_by_its_constructor() -> None:
+    original = _every_field_set()
+    built = frozen(
+        DeliveryDraft(**{f.name: getattr(original, f.name) for f in dataclasses.fields(original)})
+    )
+    assert type(built) is WebhookDelivery
+    assert built == original and hash(built) == hash(original)
+    assert repr(built) == repr(original)
+    assert (
+        dataclasses.replace(built, status=DeliveryStatus.SUCCESS).status is DeliveryStatus.SUCCESS
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.status = DeliveryStatus.SUCCESS  # type: ignore[misc]
+    attempt = frozen(AttemptDraft(attempt_number=2, started_at=NOW, latency_ms=3.0))
+    assert attempt == WebhookAttempt(attempt_number=2, started_at=NOW, latency_ms=3.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        attempt.error = "x"  # type: ignore[misc]
+
+
+def test_evolve_delivery_returns_a_frozen_delivery() -> None:
+    changed = evolve_delivery(_every_field_set(), status=DeliveryStatus.SUCCESS)
+    assert type(changed) is WebhookDelivery
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.status = DeliveryStatus.PENDING  # type: ignore[misc]

@@ -30,8 +30,10 @@ from .models import (
     AttemptOutcome,
     DeliveryStatus,
     EndpointStatus,
+    OutcomeDraft,
     WebhookDelivery,
     WebhookEndpoint,
+    frozen,
 )
 from .retry import backoff_ms, judge, parse_retry_after
 from .sender import Sender, SendResult
@@ -459,13 +461,15 @@ class Dispatcher:
             status = DeliveryStatus.EXHAUSTED
         else:
             status = DeliveryStatus.FAILED
-        outcome = AttemptOutcome(
-            delivery_id=delivery.id,
-            worker_id=self.worker_id,
-            attempt=attempt,
-            status=status,
-            next_attempt_at=next_at,
-            completed_at=None if status is DeliveryStatus.PENDING else now,
+        outcome = frozen(
+            OutcomeDraft(
+                delivery_id=delivery.id,
+                worker_id=self.worker_id,
+                attempt=attempt,
+                status=status,
+                next_attempt_at=next_at,
+                completed_at=None if status is DeliveryStatus.PENDING else now,
+            )
         )
         return _Settled(
             outcome,

@@ -44,6 +44,7 @@ from .errors import (
 from .events import EventMetadata, JSONObject, WebhookEvent, WebhookEventType
 from .ids import new_id
 from .models import (
+    DeliveryDraft,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStatus,
@@ -57,6 +58,7 @@ from .models import (
     RuntimeStats,
     WebhookDelivery,
     WebhookEndpoint,
+    frozen,
 )
 from .sender import SecurityOptions, Sender, close_session_gracefully
 from .signing import generate_secret
@@ -503,20 +505,22 @@ class WebhookRuntimeService:
             payload, to_hash, from_hash = crypto.seal_payload(
                 delivery_id, payload, event_numbers(event)
             )
-        return WebhookDelivery(
-            id=delivery_id,
-            endpoint_id=endpoint.id,
-            event_id=event.id,
-            event_type=event.type,
-            url=endpoint.url,
-            payload=payload,
-            status=DeliveryStatus.PENDING,
-            created_at=now,
-            next_attempt_at=now,
-            lease_owner=None if lease_until is None else self.worker_id,
-            lease_expires_at=lease_until,
-            to_hash=to_hash,
-            from_hash=from_hash,
+        return frozen(
+            DeliveryDraft(
+                id=delivery_id,
+                endpoint_id=endpoint.id,
+                event_id=event.id,
+                event_type=event.type,
+                url=endpoint.url,
+                payload=payload,
+                status=DeliveryStatus.PENDING,
+                created_at=now,
+                next_attempt_at=now,
+                lease_owner=None if lease_until is None else self.worker_id,
+                lease_expires_at=lease_until,
+                to_hash=to_hash,
+                from_hash=from_hash,
+            )
         )
 
     # -- deliveries --------------------------------------------------------------------------

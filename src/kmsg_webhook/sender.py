@@ -13,7 +13,7 @@ from yarl import URL
 from .clock import Clock
 from .config import WebhookConfig
 from .errors import EndpointUrlError, SigningError
-from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from .models import AttemptDraft, WebhookAttempt, WebhookDelivery, WebhookEndpoint, frozen
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
 from .urlguard import validate_endpoint_url
 
@@ -90,13 +90,15 @@ class Sender:
                 else:
                     raw = await _read_prefix(response.content, limit)
                 status = response.status
-                attempt = WebhookAttempt(
-                    attempt_number=attempt_number,
-                    started_at=started_at,
-                    latency_ms=(time.perf_counter() - t0) * 1000,
-                    http_status=status,
-                    response_body=raw.decode("utf-8", errors="replace"),
-                    error=None if 200 <= status < 300 else _status_text(response),
+                attempt = frozen(
+                    AttemptDraft(
+                        attempt_number=attempt_number,
+                        started_at=started_at,
+                        latency_ms=(time.perf_counter() - t0) * 1000,
+                        http_status=status,
+                        response_body=raw.decode("utf-8", errors="replace"),
+                        error=None if 200 <= status < 300 else _status_text(response),
+                    )
                 )
                 return SendResult(attempt=attempt, retry_after=response.headers.get("Retry-After"))
         except aiohttp.ClientConnectorDNSError as exc:
@@ -181,11 +183,13 @@ class _Prepared:
 def _failed(
     attempt_number: int, started_at: datetime, t0: float, error: str, *, refused: bool = False
 ) -> SendResult:
-    attempt = WebhookAttempt(
-        attempt_number=attempt_number,
-        started_at=started_at,
-        latency_ms=(time.perf_counter() - t0) * 1000,
-        error=error,
+    attempt = frozen(
+        AttemptDraft(
+            attempt_number=attempt_number,
+            started_at=started_at,
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            error=error,
+        )
     )
     return SendResult(attempt=attempt, refused=refused)
 
