@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kmsg_webhook import DeliveryStatus, WebhookEventType
+from kmsg_webhook import DeliveryStatus, EventMetadata, WebhookEventType
+from kmsg_webhook.events import _METADATA_KEYS
 from kmsg_webhook.models import (
     AttemptDraft,
     AttemptOutcome,
@@ -99,3 +100,14 @@ def test_evolve_delivery_returns_a_frozen_delivery() -> None:
     assert type(changed) is WebhookDelivery
     with pytest.raises(dataclasses.FrozenInstanceError):
         changed.status = DeliveryStatus.PENDING  # type: ignore[misc]
+
+
+def test_event_metadata_wire_names_every_field_once() -> None:
+    values = {attr: f"v-{attr}" for attr, _ in _METADATA_KEYS}
+    values["retry_count"] = 3  # type: ignore[assignment]
+    wire = EventMetadata(**values).to_wire()  # type: ignore[arg-type]
+    assert wire == {key: values[attr] for attr, key in _METADATA_KEYS}
+    assert [attr for attr, _ in _METADATA_KEYS] == [
+        f.name for f in dataclasses.fields(EventMetadata)
+    ]
+    assert EventMetadata().to_wire() == {}

@@ -125,7 +125,7 @@ class Sender:
                 msg_id=delivery.event_id,
                 timestamp=timestamp,
                 body=body,
-                event_type=delivery.event_type.value,
+                event_type=delivery.event_type._value_,
             )
         return {**prepared.base, **signed}
 
