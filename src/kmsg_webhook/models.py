@@ -366,7 +366,8 @@ _R = TypeVar("_R")
 def _draft_of(cls: type[Any]) -> type[Any]:
     """A mutable slots dataclass with ``cls``'s fields and defaults (``cls`` has no
     ``__post_init__``: a draft would skip it)."""
-    assert "__post_init__" not in vars(cls), cls
+    if "__post_init__" in vars(cls):
+        raise TypeError(f"{cls.__name__} has a __post_init__, which a draft would skip")
     fields = []
     for f in dataclasses.fields(cls):
         spec: dict[str, Any] = {}
