@@ -225,13 +225,10 @@ class Dispatcher:
     def take(self, endpoint_id: str) -> bool:
         """Reserve room for one new row to ``endpoint_id`` (within the same limits a claim
         keeps); ``False``: leave it to the store and the claimer."""
-        config = self._config  # _room() and _held() spelled out: this runs for every row
-        if self._outstanding >= config.max_concurrency + config.claim_batch_size:
+        if self._room() <= 0:
             return self._leave_to_store()
         taking = self._taking.get(endpoint_id, 0)
-        queue = self._ready.get(endpoint_id)
-        held = (len(queue) if queue else 0) + self._active.get(endpoint_id, 0)
-        if taking + held >= 2 * config.max_concurrency_per_endpoint:
+        if taking + self._held(endpoint_id) >= 2 * self._config.max_concurrency_per_endpoint:
             return self._leave_to_store()
         self._taking[endpoint_id] = taking + 1
         self._outstanding += 1

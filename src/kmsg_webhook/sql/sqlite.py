@@ -30,7 +30,6 @@ from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
 from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .codec import (
     DELIVERY_ROW_COLUMNS,
-    attempt_to_json,
     ceil_millis,
     delivery_values,
     dumps,
@@ -305,7 +304,7 @@ class SQLiteDatabase(SqlDatabase):
                 values += (
                     o.delivery_id,
                     o.worker_id,
-                    None if attempt is None else dumps(attempt_to_json(attempt)),
+                    None if attempt is None else dumps(attempt),
                     o.status.value,
                     _millis(o.next_attempt_at) if o.status is DeliveryStatus.PENDING else None,
                     _millis(o.completed_at),
