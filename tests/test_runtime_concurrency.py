@@ -197,3 +197,40 @@ async def test_a_saturated_slow_endpoint_does_not_starve_a_fast_one(
     await asyncio.wait_for(runtime.flush(), HANG_GUARD)
     assert await statuses(runtime, endpoint_id=slow_endpoint.id) == [DeliveryStatus.SUCCESS] * 5
     assert slow_counts.most == 2
+
+
+class StalledRecordStore(YieldingDeliveryStore):
+    """Records wait until ``opened`` is set, like a slow database round trip."""
+
+    def __init__(self, inner: DeliveryStore, opened: asyncio.Event) -> None:
+        super().__init__(inner)
+        self.opened = opened
+
+    async def record(self, outcomes: Sequence[Any]) -> int:
+        await self.opened.wait()
+        return await self.inner.record(outcomes)
+
+
+async def test_sending_goes_on_while_records_wait_but_only_so_far(
+    receiver, make_runtime, make_event, wait_until
+):
+    # Rows already sent and waiting for their record do not hold claim room, up to two
+    # record batches: with max_concurrency + claim_batch_size = 4 and records stalled, 4 + 2 * 2
+    # = 8 deliveries are sent, and no more until the records go through.
+    persistence = create_in_memory_persistence()
+    recorded = asyncio.Event()
+    runtime = await make_runtime(
+        WebhookConfig(jitter=False, max_concurrency=2, claim_batch_size=2),
+        persistence=persistence,
+        delivery_store=StalledRecordStore(persistence.delivery_store, recorded),
+    )
+    await runtime.add_endpoint(EndpointInput(url=receiver.url("/a"), events=["message.sent"]))
+    await asyncio.gather(*(runtime.emit(make_event(f"evt_{i}")) for i in range(20)))
+    await wait_until(lambda: len(receiver.received) >= 8, what="8 sends while records stall")
+    for _ in range(20):  # a few loop passes: nothing more goes out
+        await asyncio.sleep(0.01)
+    assert len(receiver.received) == 8
+    recorded.set()
+    await runtime.flush()
+    assert len(receiver.received) == 20
+    assert await statuses(runtime) == [DeliveryStatus.SUCCESS] * 20

@@ -97,6 +97,7 @@ class Dispatcher:
         self._queued: set[str] = set()  # the same endpoints, for O(1) membership
         self._active: dict[str, int] = {}  # attempts being sent, per endpoint
         self._outstanding = 0  # claimed (or taken at intake) and not yet recorded
+        self._recording = 0  # of those, sent and waiting for the recorder
         self._claims_running = 0
         self._ready_count = 0  # claimed and waiting for a worker
         # New rows promised to this worker by an intake write in progress, per endpoint.
@@ -288,9 +289,12 @@ class Dispatcher:
             await asyncio.wait_for(event.wait(), timeout=timeout_s)
 
     def _room(self) -> int:
-        """How many more rows to hold: enough for every worker plus one claim ahead."""
+        """How many more rows to hold: enough for every worker plus one claim ahead, not
+        counting sent rows that wait for their record (up to two record batches)."""
         config = self._config
-        return config.max_concurrency + config.claim_batch_size - self._outstanding
+        # Recording is a store round trip: the workers keep sending meanwhile, not idling.
+        unsent = self._outstanding - min(self._recording, 2 * config.claim_batch_size)
+        return config.max_concurrency + config.claim_batch_size - unsent
 
     async def _claim(self) -> int:
         """Claim due rows into the ready queues; returns how many were kept."""
@@ -331,7 +335,10 @@ class Dispatcher:
         self._ready_count += kept
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
-        self._wake_workers(kept)
+        # One worker now; each worker that takes a delivery wakes the next (_worker). Waking a
+        # whole claim at once starts all its requests in one loop pass, and the collector then
+        # runs several times inside that burst (see docs/performance.md).
+        self._wake_workers(min(kept, 1))
         return kept
 
     def _queue(self, delivery: WebhookDelivery) -> None:
@@ -387,8 +394,11 @@ class Dispatcher:
             active = self._active
             active[endpoint_id] = active.get(endpoint_id, 0) + 1
             self._mark_runnable(endpoint_id)  # round robin: back of the line
+            if runnable:
+                self._wake_workers(1)  # the next one, if idle (see _claim)
             try:
                 self._recorder.enqueue(await self._attempt(delivery))
+                self._recording += 1
             except Exception:
                 # The lease expires and another claim retries the delivery: nothing is lost.
                 logger.exception("delivery %s failed unexpectedly; it will be retried", delivery.id)
@@ -400,9 +410,7 @@ class Dispatcher:
             else:
                 del active[endpoint_id]
             if endpoint_id in self._ready:
-                self._mark_runnable(endpoint_id)
-                if len(runnable) > 1:  # this worker takes one; another may take the next
-                    self._wake_workers(1)
+                self._mark_runnable(endpoint_id)  # this worker takes it (or the next) now
 
     def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
         """Recorded (or abandoned): there is room for as many more claimed deliveries."""
@@ -414,6 +422,7 @@ class Dispatcher:
                 error,
             )
         self._outstanding -= len(results)
+        self._recording -= len(results)
         self._changed.set()
 
     async def _attempt(self, delivery: WebhookDelivery, *, stored: bool = True) -> _Settled:

@@ -235,8 +235,7 @@ class PostgresDatabase(SqlDatabase):
     async def _insert_raw(
         self, driver: asyncpg.Connection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
-        found = await driver.fetch(self.sql["insert_deliveries"], dumps(deliveries))
-        return {r[0] for r in found}
+        return set(await driver.fetchval(self.sql["insert_deliveries"], dumps(deliveries)))
 
     async def claim_deliveries(
         self,

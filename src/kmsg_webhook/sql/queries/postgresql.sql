@@ -13,6 +13,7 @@
 -- (record_outcomes keeps its 8 arrays: as JSON it cost the server more than it saved here.)
 -- Rows whose id or (endpoint_id, event_id) already exists are skipped; the ids of new rows are
 -- returned.
+WITH inserted AS (
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
     last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
@@ -27,7 +28,8 @@ FROM json_to_recordset($1::json)
           created_at timestamptz, next_attempt_at timestamptz, completed_at timestamptz,
           lease_owner text, lease_expires_at timestamptz, to_hash text, from_hash text)
 ON CONFLICT DO NOTHING
-RETURNING id;
+RETURNING id)
+SELECT coalesce(array_agg(id), '{}') FROM inserted;
 
 -- name: existing_delivery_ids
 -- Which of these ids are stored (used only when an insert is retried after a lost connection).
