@@ -335,10 +335,7 @@ class Dispatcher:
         self._ready_count += kept
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
-        # One worker now; each worker that takes a delivery wakes the next (_worker). Waking a
-        # whole claim at once starts all its requests in one loop pass, and the collector then
-        # runs several times inside that burst (see docs/performance.md).
-        self._wake_workers(min(kept, 1))
+        self._wake_workers(kept)
         return kept
 
     def _queue(self, delivery: WebhookDelivery) -> None:
@@ -394,8 +391,6 @@ class Dispatcher:
             active = self._active
             active[endpoint_id] = active.get(endpoint_id, 0) + 1
             self._mark_runnable(endpoint_id)  # round robin: back of the line
-            if runnable:
-                self._wake_workers(1)  # the next one, if idle (see _claim)
             try:
                 self._recorder.enqueue(await self._attempt(delivery))
                 self._recording += 1
@@ -410,7 +405,9 @@ class Dispatcher:
             else:
                 del active[endpoint_id]
             if endpoint_id in self._ready:
-                self._mark_runnable(endpoint_id)  # this worker takes it (or the next) now
+                self._mark_runnable(endpoint_id)
+                if len(runnable) > 1:  # this worker takes one; another may take the next
+                    self._wake_workers(1)
 
     def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
         """Recorded (or abandoned): there is room for as many more claimed deliveries."""
