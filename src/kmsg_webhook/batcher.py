@@ -112,8 +112,9 @@ class GroupCommit(Generic[T]):
         items.append(item)
         self._futures.append(future)
         self._arrived.append(time.monotonic())
-        self._idle.clear()
         writes = len(self._writes)
+        if not writes and len(items) == 1:  # the only state in which the batcher may be idle
+            self._idle.clear()
         # Skip the kick when it would change nothing: a tick or a timer is already due, or
         # every write slot is busy (a finishing write kicks again).
         if writes >= self._max_writes or (writes == 0 and self._tick_scheduled):
