@@ -11,8 +11,8 @@
 -- collections.abc classes, which for 18 columns cost the sender about 80 k instructions per
 -- delivery (benchmarks/instructions.py), far more than parsing the JSON costs the server.
 -- (record_outcomes keeps its 8 arrays: as JSON it cost the server more than it saved here.)
--- Rows whose id or (endpoint_id, event_id) already exists are skipped; the ids of new rows are
--- returned.
+-- Rows whose id or (endpoint_id, event_id) already exists are skipped; the ids of new rows come
+-- back as one array (one value, not a result row per delivery for the driver to build).
 WITH inserted AS (
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
