@@ -16,6 +16,7 @@ import aiosqlite
 import asyncpg
 import orjson
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conftest import EventFactory, Receiver, RuntimeFactory, WaitUntil
 from kmsg_webhook import (
@@ -26,7 +27,7 @@ from kmsg_webhook import (
     WebhookAttempt,
     WebhookDelivery,
 )
-from kmsg_webhook.sql.base import SqlDatabase
+from kmsg_webhook.sql.base import Operation, SqlDatabase
 from kmsg_webhook.sql.codec import attempt_to_json, dumps
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
@@ -233,6 +234,83 @@ async def test_sqlite_in_memory_database_serves_concurrent_callers() -> None:
         ]
     finally:
         await db.close()
+
+
+# -- SQLite's one connection ---------------------------------------------------------------------
+
+
+def _holding(held: asyncio.Event, release: asyncio.Event) -> Operation[None]:
+    """An operation that keeps its hold on the connection until ``release`` is set."""
+
+    async def op(conn: AsyncConnection, attempt: int) -> None:
+        held.set()
+        await release.wait()
+
+    return op
+
+
+async def test_sqlite_single_statements_share_the_connection_in_arrival_order() -> None:
+    async with temporary_sqlite() as db:
+        await db.init()
+        held, release = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(db.run(_holding(held, release), single_statement=True))
+        await held.wait()
+        # An insert is one statement: it runs beside the other instead of waiting for it.
+        inserted = await asyncio.wait_for(db.delivery_store.insert_many([delivery(1)]), 5)
+        assert inserted == ["dlv_0001"]
+        alone = asyncio.create_task(db.endpoint_store.list())  # needs the connection alone
+        later = asyncio.create_task(db.delivery_store.insert_many([delivery(2)]))
+        await asyncio.sleep(0.05)
+        # First come, first served: the later statement waits behind the waiting operation.
+        assert not alone.done() and not later.done()
+        release.set()
+        await first
+        assert await alone == []
+        assert await later == ["dlv_0002"]
+
+
+async def test_sqlite_statements_never_run_inside_another_operations_transaction() -> None:
+    async with temporary_sqlite() as db:
+        await db.init()
+        await db.delivery_store.insert_many([delivery(1)])
+        inside, release = asyncio.Event(), asyncio.Event()
+
+        async def rolled_back(conn: AsyncConnection, attempt: int) -> None:
+            await db.begin_write(conn)
+            await conn.exec_driver_sql("DELETE FROM kmsg_webhook_deliveries")
+            inside.set()
+            await release.wait()
+            raise RuntimeError("the caller gives up: roll back")
+
+        transaction = asyncio.create_task(db.run(rolled_back))
+        await inside.wait()
+        insert = asyncio.create_task(db.delivery_store.insert_many([delivery(2)]))
+        await asyncio.sleep(0.05)
+        assert not insert.done()  # it would have joined the open transaction
+        release.set()
+        with pytest.raises(StoreError, match="roll back"):
+            await transaction
+        assert await insert == ["dlv_0002"]
+        # The rollback undid only the transaction's own delete; the insert committed after it.
+        assert await db.delivery_store.get("dlv_0001") is not None
+        assert await db.delivery_store.get("dlv_0002") is not None
+
+
+async def test_sqlite_a_cancelled_waiter_lets_the_statements_behind_it_through() -> None:
+    async with temporary_sqlite() as db:
+        await db.init()
+        held, release = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(db.run(_holding(held, release), single_statement=True))
+        await held.wait()
+        alone = asyncio.create_task(db.endpoint_store.list())
+        later = asyncio.create_task(db.delivery_store.insert_many([delivery(2)]))
+        await asyncio.sleep(0.01)
+        alone.cancel()
+        assert await asyncio.wait_for(later, 5) == ["dlv_0002"]  # the first still holds
+        assert not first.done()
+        release.set()
+        await first
+        assert await db.endpoint_store.list() == []  # nothing left held
 
 
 # -- the runtime on SQL stores ------------------------------------------------------------------

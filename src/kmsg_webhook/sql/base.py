@@ -228,12 +228,14 @@ class SqlDatabase(ABC):
     # -- running operations ------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection; a transient failure on it invalidates it."""
+    async def connect(self, *, shared: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; a transient failure on it invalidates it. ``shared``: the
+        operation is one autocommit statement, which a dialect with a single connection may
+        run beside others (SQLite); here every operation has a connection of its own."""
         engine = self._engine
         if engine is None:
             raise StoreError(f"the {self.dialect} store at {self.display_url} is closed")
-        async with self._exclusive(), engine.connect() as conn:
+        async with engine.connect() as conn:
             try:
                 yield conn
             except BaseException as exc:
@@ -243,11 +245,16 @@ class SqlDatabase(ABC):
                         await conn.invalidate()
                 raise
 
-    async def run(self, operation: Operation[T]) -> T:
-        """Run ``operation(connection, attempt_number)``, retrying on transient failures."""
+    async def run(self, operation: Operation[T], *, single_statement: bool = False) -> T:
+        """Run ``operation(connection, attempt_number)``, retrying on transient failures.
+
+        ``single_statement``: the operation's first attempt is one autocommit statement (see
+        :meth:`connect`); a retry may need a transaction, so it always runs alone.
+        """
         await self.init()
         try:
-            return await self.retry.call(partial(self._on_connection, operation))
+            run = partial(self._on_connection, operation, single_statement=single_statement)
+            return await self.retry.call(run)
         except WebhookError:
             raise
         except Exception as exc:
@@ -255,8 +262,10 @@ class SqlDatabase(ABC):
                 f"{self.dialect} store at {self.display_url} failed: {describe(exc)}"
             ) from exc
 
-    async def _on_connection(self, operation: Operation[T], attempt: int) -> T:
-        async with self.connect() as conn:
+    async def _on_connection(
+        self, operation: Operation[T], attempt: int, *, single_statement: bool = False
+    ) -> T:
+        async with self.connect(shared=single_statement and attempt == 1) as conn:
             return await operation(conn, attempt)
 
     def bound(self, value: datetime) -> datetime:
@@ -265,10 +274,6 @@ class SqlDatabase(ABC):
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         return is_transient(exc)
-
-    @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[None]:
-        yield
 
     # -- dialect specifics -------------------------------------------------------------------
 
@@ -323,6 +328,11 @@ class SqlDatabase(ABC):
     async def record_outcomes(
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
     ) -> int: ...
+
+    def single_statement(self, rows: int) -> bool:
+        """Whether :meth:`insert_deliveries` (first attempt) or :meth:`record_outcomes` writes
+        ``rows`` rows in one autocommit statement."""
+        return True
 
     async def insert_with_sqlalchemy(
         self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery]
@@ -522,7 +532,9 @@ class SqlDeliveryStore:
             async def op(conn: AsyncConnection, attempt: int) -> set[str]:
                 return await self._db.insert_deliveries(conn, deliveries, retried=attempt > 1)
 
-            new = await self._db.run(op)
+            new = await self._db.run(
+                op, single_statement=self._db.single_statement(len(deliveries))
+            )
         ordered: list[str] = []
         for delivery in deliveries:
             if delivery.id in new:
@@ -553,7 +565,7 @@ class SqlDeliveryStore:
                 exclude=exclude,
             )
 
-        claimed = await self._db.run(op)
+        claimed = await self._db.run(op, single_statement=True)
         # RETURNING has no order: give the rows oldest due first, as claimed.
         claimed.sort(key=lambda d: (d.next_attempt_at or now, d.id))
         return claimed
@@ -565,7 +577,7 @@ class SqlDeliveryStore:
         async def op(conn: AsyncConnection, attempt: int) -> int:
             return await self._db.record_outcomes(conn, outcomes)
 
-        return await self._db.run(op)
+        return await self._db.run(op, single_statement=self._db.single_statement(len(outcomes)))
 
     async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
         if not delivery_ids:

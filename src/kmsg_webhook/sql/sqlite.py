@@ -1,8 +1,10 @@
 """SQLite persistence on aiosqlite: one file (WAL mode), or ``:memory:`` for throwaway use.
 
-The store keeps a single connection and runs one operation at a time on it (SQLite has one
-writer anyway). Writes take the write lock up front (``BEGIN IMMEDIATE``), so ``busy_timeout``
-covers contention with other processes; a still-busy database is retried, never surfaced until
+The store keeps a single connection (SQLite has one writer anyway). Operations that are one
+autocommit statement (inserting, claiming and recording deliveries) share it: aiosqlite runs
+them in order on its thread, each its own transaction. Anything else has the connection alone.
+Writes take the write lock up front (``BEGIN IMMEDIATE``), so ``busy_timeout`` covers
+contention with other processes; a still-busy database is retried, never surfaced until
 ``retry_timeout`` runs out. Timestamps are stored as integer epoch milliseconds, so
 sub-millisecond digits are dropped.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -95,7 +98,9 @@ class SQLiteDatabase(SqlDatabase):
             max_stored_attempts=max_stored_attempts,
             retry_timeout=retry_timeout,
         )
-        self._lock = asyncio.Lock()
+        self._gate = _Gate()
+        self._conn: AsyncConnection | None = None  # the one connection, open until close()
+        self._opening = asyncio.Lock()
 
     # -- engine ---------------------------------------------------------------------------------
 
@@ -134,9 +139,37 @@ class SQLiteDatabase(SqlDatabase):
         return engine
 
     @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[None]:
-        async with self._lock:
-            yield
+    async def connect(self, *, shared: bool = False) -> AsyncIterator[AsyncConnection]:
+        """The store's one connection. ``shared`` (one autocommit statement): others may run
+        beside it. Otherwise the operation has it alone and leaves no transaction open."""
+        async with self._gate.hold(shared=shared):
+            conn = await self._connection()
+            if shared:
+                yield conn
+                return
+            try:
+                yield conn
+            finally:
+                await _end_transaction(conn)
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None:
+            async with self._opening:
+                if self._conn is None:
+                    if self._engine is None:
+                        raise StoreError(f"the sqlite store at {self.display_url} is closed")
+                    self._conn = await self._engine.connect()
+        return self._conn
+
+    async def close(self) -> None:
+        async with self._gate.hold(shared=False):
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+        await super().close()
+
+    def single_statement(self, rows: int) -> bool:
+        return rows <= STATEMENT_ROWS
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         return False  # a busy or failed SQLite statement leaves the connection usable
@@ -326,6 +359,72 @@ async def _write_transaction(driver: aiosqlite.Connection) -> AsyncIterator[None
         await driver.rollback()
         raise
     await driver.commit()
+
+
+class _Gate:
+    """Who may use the store's one connection: any number of single autocommit statements at
+    once, or one operation alone (statements of others must not land inside its transaction).
+    First come, first served, so neither kind waits forever behind the other."""
+
+    def __init__(self) -> None:
+        self._shared = 0
+        self._alone = False
+        self._waiting: deque[tuple[bool, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, *, shared: bool) -> AsyncIterator[None]:
+        if self._waiting or not self._fits(shared):
+            entry = (shared, asyncio.get_running_loop().create_future())
+            self._waiting.append(entry)
+            try:
+                await entry[1]
+            except asyncio.CancelledError:
+                if entry[1].cancelled():
+                    if entry in self._waiting:
+                        self._waiting.remove(entry)
+                    self._admit()  # whoever waited behind it may fit now
+                else:
+                    self._release(shared)  # admitted as the cancellation came
+                raise
+        else:
+            self._take(shared)
+        try:
+            yield
+        finally:
+            self._release(shared)
+
+    def _fits(self, shared: bool) -> bool:
+        return not self._alone and (shared or not self._shared)
+
+    def _take(self, shared: bool) -> None:
+        if shared:
+            self._shared += 1
+        else:
+            self._alone = True
+
+    def _release(self, shared: bool) -> None:
+        if shared:
+            self._shared -= 1
+        else:
+            self._alone = False
+        self._admit()
+
+    def _admit(self) -> None:
+        waiting = self._waiting
+        while waiting and (waiting[0][1].done() or self._fits(waiting[0][0])):
+            shared, future = waiting.popleft()
+            if not future.done():  # a cancelled waiter takes nothing
+                self._take(shared)
+                future.set_result(None)
+
+
+async def _end_transaction(conn: AsyncConnection) -> None:
+    """Roll back what an operation left open, as returning a pooled connection would."""
+    if conn.in_transaction():
+        await conn.rollback()
+    driver = await _driver(conn)
+    if driver.in_transaction:
+        await driver.rollback()
 
 
 async def _driver(conn: AsyncConnection) -> aiosqlite.Connection:
