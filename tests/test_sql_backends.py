@@ -313,6 +313,26 @@ async def test_sqlite_a_cancelled_waiter_lets_the_statements_behind_it_through()
         assert await db.endpoint_store.list() == []  # nothing left held
 
 
+async def test_sqlite_close_waits_for_statements_and_a_later_call_opens_again() -> None:
+    async with temporary_sqlite() as db:
+        # Closing while the first call opens the store neither deadlocks nor loses the call.
+        first_call = db.delivery_store.insert_many([delivery(1)])
+        assert (await asyncio.wait_for(asyncio.gather(first_call, db.close()), 5))[0] == [
+            "dlv_0001"
+        ]
+        held, release = asyncio.Event(), asyncio.Event()
+        holding = asyncio.create_task(db.run(_holding(held, release), single_statement=True))
+        await held.wait()
+        closing = asyncio.create_task(db.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # the statement in progress finishes on the open connection
+        release.set()
+        await holding
+        await closing
+        assert await db.delivery_store.insert_many([delivery(2)]) == ["dlv_0002"]
+        assert await db.delivery_store.get("dlv_0001") is not None
+
+
 # -- the runtime on SQL stores ------------------------------------------------------------------
 
 

@@ -166,6 +166,7 @@ class SqlDatabase(ABC):
         """Close every pooled connection. A later operation opens the pool again."""
         async with self._init_lock:
             self._ready = False
+            await self._hand_back_connection()
             engine, self._engine = self._engine, None
             if engine is not None:
                 await engine.dispose()
@@ -274,6 +275,11 @@ class SqlDatabase(ABC):
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         return is_transient(exc)
+
+    async def _hand_back_connection(self) -> None:
+        """Return a connection the database object holds between operations (SQLite). A
+        pooled dialect holds none: disposing of the engine closes its pool."""
+        return None
 
     # -- dialect specifics -------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ sub-millisecond digits are dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections import deque
@@ -150,7 +151,14 @@ class SQLiteDatabase(SqlDatabase):
             try:
                 yield conn
             finally:
-                await _end_transaction(conn)
+                try:
+                    await _end_transaction(conn)
+                except Exception:
+                    # Never lend out a connection that may still hold a transaction.
+                    self._conn = None
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
+                    raise
 
     async def _connection(self) -> AsyncConnection:
         if self._conn is None:
@@ -161,12 +169,11 @@ class SQLiteDatabase(SqlDatabase):
                     self._conn = await self._engine.connect()
         return self._conn
 
-    async def close(self) -> None:
-        async with self._gate.hold(shared=False):
+    async def _hand_back_connection(self) -> None:
+        async with self._gate.hold(shared=False):  # after the operations holding it
             conn, self._conn = self._conn, None
             if conn is not None:
                 await conn.close()
-        await super().close()
 
     def single_statement(self, rows: int) -> bool:
         return rows <= STATEMENT_ROWS
