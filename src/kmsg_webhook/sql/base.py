@@ -235,7 +235,7 @@ class SqlDatabase(ABC):
         run beside others (SQLite); here every operation has a connection of its own."""
         engine = self._engine
         if engine is None:
-            raise StoreError(f"the {self.dialect} store at {self.display_url} is closed")
+            raise self.closed_error()
         async with engine.connect() as conn:
             try:
                 yield conn
@@ -275,6 +275,9 @@ class SqlDatabase(ABC):
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         return is_transient(exc)
+
+    def closed_error(self) -> StoreError:
+        return StoreError(f"the {self.dialect} store at {self.display_url} is closed")
 
     async def _hand_back_connection(self) -> None:
         """Return a connection the database object holds between operations (SQLite). A

@@ -165,7 +165,7 @@ class SQLiteDatabase(SqlDatabase):
             async with self._opening:
                 if self._conn is None:
                     if self._engine is None:
-                        raise StoreError(f"the sqlite store at {self.display_url} is closed")
+                        raise self.closed_error()
                     self._conn = await self._engine.connect()
         return self._conn
 
