@@ -27,7 +27,7 @@ from kmsg_webhook import (
     WebhookAttempt,
     WebhookDelivery,
 )
-from kmsg_webhook.sql.base import Operation, SqlDatabase
+from kmsg_webhook.sql.base import SqlDatabase
 from kmsg_webhook.sql.codec import attempt_to_json, dumps
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
@@ -239,22 +239,24 @@ async def test_sqlite_in_memory_database_serves_concurrent_callers() -> None:
 # -- SQLite's one connection ---------------------------------------------------------------------
 
 
-def _holding(held: asyncio.Event, release: asyncio.Event) -> Operation[None]:
-    """An operation that keeps its hold on the connection until ``release`` is set."""
+async def _hold_a_statement(db: SqlDatabase) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """Start a single-statement operation that keeps its hold on the connection until the
+    returned event is set; returns once it holds it."""
+    held, release = asyncio.Event(), asyncio.Event()
 
     async def op(conn: AsyncConnection, attempt: int) -> None:
         held.set()
         await release.wait()
 
-    return op
+    task = asyncio.create_task(db.run(op, single_statement=True))
+    await held.wait()
+    return task, release
 
 
 async def test_sqlite_single_statements_share_the_connection_in_arrival_order() -> None:
     async with temporary_sqlite() as db:
         await db.init()
-        held, release = asyncio.Event(), asyncio.Event()
-        first = asyncio.create_task(db.run(_holding(held, release), single_statement=True))
-        await held.wait()
+        first, release = await _hold_a_statement(db)
         # An insert is one statement: it runs beside the other instead of waiting for it.
         inserted = await asyncio.wait_for(db.delivery_store.insert_many([delivery(1)]), 5)
         assert inserted == ["dlv_0001"]
@@ -299,9 +301,7 @@ async def test_sqlite_statements_never_run_inside_another_operations_transaction
 async def test_sqlite_a_cancelled_waiter_lets_the_statements_behind_it_through() -> None:
     async with temporary_sqlite() as db:
         await db.init()
-        held, release = asyncio.Event(), asyncio.Event()
-        first = asyncio.create_task(db.run(_holding(held, release), single_statement=True))
-        await held.wait()
+        first, release = await _hold_a_statement(db)
         alone = asyncio.create_task(db.endpoint_store.list())
         later = asyncio.create_task(db.delivery_store.insert_many([delivery(2)]))
         await asyncio.sleep(0.01)
@@ -320,9 +320,7 @@ async def test_sqlite_close_waits_for_statements_and_a_later_call_opens_again() 
         assert (await asyncio.wait_for(asyncio.gather(first_call, db.close()), 5))[0] == [
             "dlv_0001"
         ]
-        held, release = asyncio.Event(), asyncio.Event()
-        holding = asyncio.create_task(db.run(_holding(held, release), single_statement=True))
-        await held.wait()
+        holding, release = await _hold_a_statement(db)
         closing = asyncio.create_task(db.close())
         await asyncio.sleep(0.05)
         assert not closing.done()  # the statement in progress finishes on the open connection
