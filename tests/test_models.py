@@ -19,6 +19,7 @@ from kmsg_webhook.models import (
     evolve_delivery,
     frozen,
 )
+from kmsg_webhook.store import apply_outcome
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -100,6 +101,50 @@ def test_evolve_delivery_returns_a_frozen_delivery() -> None:
     assert type(changed) is WebhookDelivery
     with pytest.raises(dataclasses.FrozenInstanceError):
         changed.status = DeliveryStatus.PENDING  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt"),
+    [
+        (DeliveryStatus.SUCCESS, WebhookAttempt(attempt_number=2, started_at=NOW, latency_ms=2.0)),
+        (DeliveryStatus.PENDING, WebhookAttempt(attempt_number=2, started_at=NOW, latency_ms=2.0)),
+        (DeliveryStatus.FAILED, None),
+    ],
+)
+def test_apply_outcome_keeps_every_field_it_does_not_set(
+    status: DeliveryStatus, attempt: WebhookAttempt | None
+) -> None:
+    # apply_outcome builds the row whole: a field added to WebhookDelivery must reach it too.
+    original = _every_field_set()
+    assert all(  # so a new field is noticed: the helper must set it
+        getattr(original, f.name) != f.default for f in dataclasses.fields(WebhookDelivery)
+    )
+    outcome = AttemptOutcome(
+        delivery_id=original.id,
+        worker_id="worker",
+        attempt=attempt,
+        status=status,
+        next_attempt_at=NOW + timedelta(minutes=1),
+        completed_at=None if status is DeliveryStatus.PENDING else NOW,
+        error="endpoint was removed",
+    )
+    attempts = original.attempts if attempt is None else (*original.attempts, attempt)
+    expected = dataclasses.replace(
+        original,
+        attempts=attempts,
+        attempt_count=original.attempt_count + (attempt is not None),
+        status=status,
+        next_attempt_at=outcome.next_attempt_at if status is DeliveryStatus.PENDING else None,
+        completed_at=outcome.completed_at,
+        last_error=outcome.last_error,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+    recorded = apply_outcome(original, outcome, max_stored_attempts=5)
+    assert type(recorded) is WebhookDelivery
+    assert recorded == expected
+    capped = apply_outcome(original, outcome, max_stored_attempts=1)
+    assert capped.attempts == attempts[-1:]
 
 
 def test_event_metadata_wire_names_every_field_once() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -226,6 +227,36 @@ def test_event_validation_uses_the_original_messages(fields, message):
     with pytest.raises(InvalidEventError) as parsed:
         WebhookEvent.from_wire(raw)
     assert str(parsed.value) == message
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    ["evt 1", "evt\t1", "evt\x7f", "évt", "e" * 256, "evt\n1"],
+)
+def test_event_ids_outside_visible_ascii_are_refused(event_id):
+    # A well-typed event takes the one-line check; these must still fall to the detailed one.
+    with pytest.raises(InvalidEventError, match="visible ASCII"):
+        WebhookEvent(id=event_id, type=WebhookEventType.MESSAGE_SENT, timestamp=T0)
+
+
+def test_events_outside_the_usual_types_are_still_checked_and_normalised():
+    class Id(str):
+        pass
+
+    kst = timezone(timedelta(hours=9))
+    event = WebhookEvent(
+        id=Id("e" * 255),
+        type="message.sent",
+        timestamp=datetime(2026, 1, 1, 9, tzinfo=kst),
+        data=MappingProxyType({"n": 1}),
+    )
+    assert event.type is WebhookEventType.MESSAGE_SENT
+    assert event.timestamp == datetime(2026, 1, 1, tzinfo=UTC)
+    assert event.timestamp.tzinfo is UTC
+    with pytest.raises(InvalidEventError, match="data must be an object"):
+        WebhookEvent(id="e", type=WebhookEventType.MESSAGE_SENT, timestamp=T0, data=[1])
+    with pytest.raises(InvalidEventError, match="metadata must be an EventMetadata"):
+        WebhookEvent(id="e", type=WebhookEventType.MESSAGE_SENT, timestamp=T0, metadata={"x": 1})
 
 
 def test_missing_wire_fields_use_the_original_messages():

@@ -24,6 +24,7 @@ from .errors import StoreError
 from .events import parse_timestamp
 from .models import (
     AttemptOutcome,
+    DeliveryDraft,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStats,
@@ -32,7 +33,7 @@ from .models import (
     RetiredSecret,
     WebhookDelivery,
     WebhookEndpoint,
-    evolve_delivery,
+    frozen,
 )
 
 
@@ -209,18 +210,29 @@ def apply_outcome(
     if outcome.attempt is not None:
         attempts = (*attempts, outcome.attempt)[-max_stored_attempts:]
         count += 1
-    return evolve_delivery(
-        delivery,
-        attempts=attempts,
-        attempt_count=count,
-        status=outcome.status,
-        next_attempt_at=outcome.next_attempt_at
-        if outcome.status is DeliveryStatus.PENDING
-        else None,
-        completed_at=outcome.completed_at,
-        last_error=outcome.last_error,
-        lease_owner=None,
-        lease_expires_at=None,
+    status = outcome.status
+    # Built whole rather than through evolve_delivery: nine of the seventeen fields change,
+    # and this runs for every recorded attempt.
+    return frozen(
+        DeliveryDraft(
+            id=delivery.id,
+            endpoint_id=delivery.endpoint_id,
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            url=delivery.url,
+            payload=delivery.payload,
+            status=status,
+            created_at=delivery.created_at,
+            next_attempt_at=outcome.next_attempt_at if status is DeliveryStatus.PENDING else None,
+            attempts=attempts,
+            attempt_count=count,
+            completed_at=outcome.completed_at,
+            last_error=outcome.last_error,
+            lease_owner=None,
+            lease_expires_at=None,
+            to_hash=delivery.to_hash,
+            from_hash=delivery.from_hash,
+        )
     )
 
 
