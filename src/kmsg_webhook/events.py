@@ -213,9 +213,9 @@ class WebhookEvent:
             and type(self.metadata) is EventMetadata
         ):
             return
-        self._check()
+        self._check_each_field()
 
-    def _check(self) -> None:
+    def _check_each_field(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise InvalidEventError("Event ID is required")
         if len(self.id) > 255 or not _PRINTABLE_ID.fullmatch(self.id):

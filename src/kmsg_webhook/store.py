@@ -211,7 +211,7 @@ def apply_outcome(
         attempts = (*attempts, outcome.attempt)[-max_stored_attempts:]
         count += 1
     status = outcome.status
-    # Built whole rather than through evolve_delivery: nine of the seventeen fields change,
+    # Built whole rather than through evolve_delivery: eight of the seventeen fields change,
     # and this runs for every recorded attempt.
     return frozen(
         DeliveryDraft(
