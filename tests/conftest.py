@@ -81,6 +81,12 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: Every header line as sent, in order (``headers`` keeps one value per name).
+    header_lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, name: str) -> list[str]:
+        """Every value sent for ``name`` (any case)."""
+        return [v for k, v in self.header_lines if k.lower() == name.lower()]
 
 
 Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
@@ -119,7 +125,8 @@ async def receiver() -> AsyncIterator[Receiver]:
         body = await request.read()
         path = request.path
         rec.hits[path] = rec.hits.get(path, 0) + 1
-        rec.received.append(Received(path, dict(request.headers), body))
+        lines = [(k.decode(), v.decode()) for k, v in request.raw_headers]
+        rec.received.append(Received(path, dict(request.headers), body, lines))
         rec.arrived.set()
         behaviour = rec.routes.get(path, _ok)
         return await behaviour(request, rec.hits[path])

@@ -152,6 +152,52 @@ async def test_a_given_session_is_used_and_left_open(receiver, make_event):
         assert len(receiver.at("/hook")) == 1
 
 
+async def test_every_delivery_carries_json_content_type_and_our_user_agent(receiver, make_event):
+    config = WebhookConfig(user_agent="acme-hooks/2")
+    async with WebhookRuntimeService(config, security=LOOPBACK) as runtime:
+        await runtime.add_endpoint(
+            EndpointInput(url=receiver.url("/hook"), events=["message.sent"])
+        )
+        await runtime.emit(make_event("evt_plain"))
+        await settle(runtime)
+    [request] = receiver.at("/hook")
+    assert request.all("Content-Type") == ["application/json"]
+    assert request.all("User-Agent") == ["acme-hooks/2"]
+
+
+async def test_a_given_sessions_own_default_headers_do_not_replace_ours(receiver, make_event):
+    defaults = {"Content-Type": "text/plain", "User-Agent": "theirs/1", "X-Team": "billing"}
+    session = aiohttp.ClientSession(headers=defaults)
+    async with session, WebhookRuntimeService(session=session, security=LOOPBACK) as runtime:
+        await runtime.add_endpoint(
+            EndpointInput(url=receiver.url("/hook"), events=["message.sent"])
+        )
+        await runtime.emit(make_event("evt_given"))
+        await settle(runtime)
+    [request] = receiver.at("/hook")
+    assert request.all("Content-Type") == ["application/json"]
+    assert request.all("User-Agent") == [WebhookConfig().user_agent]
+    assert request.headers["X-Team"] == "billing"  # the session's other defaults still apply
+
+
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("name", ["User-Agent", "user-agent"])
+async def test_an_endpoints_own_user_agent_replaces_ours(receiver, make_event, name, given):
+    session = aiohttp.ClientSession()
+    runtime = WebhookRuntimeService(session=session if given else None, security=LOOPBACK)
+    async with session, runtime:
+        await runtime.add_endpoint(
+            EndpointInput(
+                url=receiver.url("/hook"), events=["message.sent"], headers={name: "crm/9"}
+            )
+        )
+        await runtime.emit(make_event("evt_agent"))
+        await settle(runtime)
+    [request] = receiver.at("/hook")
+    assert request.all("User-Agent") == ["crm/9"]
+    assert request.all("Content-Type") == ["application/json"]
+
+
 # --------------------------------------------------------------------------- crash recovery
 
 

@@ -60,7 +60,7 @@ from .models import (
     WebhookEndpoint,
     frozen,
 )
-from .sender import SecurityOptions, Sender, close_session_gracefully
+from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
 from .store import DeliveryStore, EndpointStore, WebhookPersistence
 from .urlguard import GuardedResolver, validate_endpoint_url
@@ -235,6 +235,7 @@ class WebhookRuntimeService:
         # No cookie jar: a receiver's cookies are never sent back with later deliveries.
         return aiohttp.ClientSession(
             connector=connector,
+            headers=fixed_headers(self.config),
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             auto_decompress=True,

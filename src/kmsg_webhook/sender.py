@@ -58,6 +58,12 @@ class Sender:
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
         self._prepared: dict[str, _Prepared] = {}
+        # The fixed headers every request needs that the session does not already send
+        # (our own session sends both: aiohttp merges per-request headers one by one in Python).
+        given = session.headers
+        self._fixed = {
+            name: value for name, value in fixed_headers(config).items() if given.get(name) != value
+        }
 
     async def send(
         self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, *, payload: str | None = None
@@ -127,7 +133,8 @@ class Sender:
                 body=body,
                 event_type=delivery.event_type._value_,
             )
-        return {**prepared.base, **signed}
+        base = prepared.base
+        return {**base, **signed} if base else signed
 
     def _prepare(self, endpoint: WebhookEndpoint, now: datetime) -> _Prepared:
         """Everything about an endpoint's request that does not change per attempt: its URL
@@ -138,13 +145,12 @@ class Sender:
             allow_private_hosts=self._security.allow_private_hosts,
             allow_http_for_localhost=self._security.allow_http_for_localhost,
         )
-        base = {
-            name: value
-            for name, value in endpoint.headers.items()
-            if name.lower() not in RESERVED_HEADERS
-        }
-        base["Content-Type"] = "application/json"
-        base.setdefault("User-Agent", config.user_agent)
+        base = dict(self._fixed)
+        for name, value in endpoint.headers.items():
+            if name.lower() not in RESERVED_HEADERS:
+                # After ours: aiohttp lets a later header replace an earlier one of the same
+                # name in any case, so an endpoint's own User-Agent wins (tested).
+                base[name] = value
         signer: Signer | None = None
         if config.enable_security:
             secrets = endpoint.signing_secrets(now)
@@ -164,9 +170,14 @@ class Sender:
         return prepared
 
 
+def fixed_headers(config: WebhookConfig) -> dict[str, str]:
+    """Headers every delivery carries whatever the endpoint (before its custom headers)."""
+    return {"Content-Type": "application/json", "User-Agent": config.user_agent}
+
+
 @dataclass(slots=True)
 class _Prepared:
-    """An endpoint's checked URL, fixed headers and signer, valid while the endpoint object is
+    """An endpoint's checked URL, extra headers and signer, valid while the endpoint object is
     the same (endpoints are immutable: any change makes a new one) and no retired secret has
     expired."""
 
