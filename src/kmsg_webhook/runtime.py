@@ -154,7 +154,13 @@ class WebhookRuntimeService:
                 await self.persistence.init()
             session = self._given_session or self._new_session()
             self._session = session
-            sender = Sender(session, self.config, self.security, self.clock)
+            sender = Sender(
+                session,
+                self.config,
+                self.security,
+                self.clock,
+                session_sends_fixed_headers=self._given_session is None,
+            )
             self._dispatcher = Dispatcher(
                 self._stored,
                 sender,

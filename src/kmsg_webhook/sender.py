@@ -51,6 +51,8 @@ class Sender:
         config: WebhookConfig,
         security: SecurityOptions,
         clock: Clock,
+        *,
+        session_sends_fixed_headers: bool = False,
     ) -> None:
         self._session = session
         self._config = config
@@ -58,12 +60,10 @@ class Sender:
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
         self._prepared: dict[str, _Prepared] = {}
-        # The fixed headers every request needs that the session does not already send
-        # (our own session sends both: aiohttp merges per-request headers one by one in Python).
-        given = session.headers
-        self._fixed = {
-            name: value for name, value in fixed_headers(config).items() if given.get(name) != value
-        }
+        # Our own session sends the fixed headers as its defaults: aiohttp merges per-request
+        # headers one by one in Python. A caller's session, whose defaults may change, gets
+        # them with every request.
+        self._fixed = {} if session_sends_fixed_headers else fixed_headers(config)
 
     async def send(
         self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, *, payload: str | None = None
