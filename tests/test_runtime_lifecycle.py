@@ -155,12 +155,7 @@ async def test_a_given_session_is_used_and_left_open(receiver, make_event):
 async def test_every_delivery_carries_json_content_type_and_our_user_agent(receiver, make_event):
     config = WebhookConfig(user_agent="acme-hooks/2")
     async with WebhookRuntimeService(config, security=LOOPBACK) as runtime:
-        await runtime.add_endpoint(
-            EndpointInput(url=receiver.url("/hook"), events=["message.sent"])
-        )
-        await runtime.emit(make_event("evt_plain"))
-        await settle(runtime)
-    [request] = receiver.at("/hook")
+        request = await _one_delivery(runtime, receiver, make_event("evt_plain"))
     assert request.all("Content-Type") == ["application/json"]
     assert request.all("User-Agent") == ["acme-hooks/2"]
 
@@ -169,12 +164,7 @@ async def test_a_given_sessions_own_default_headers_do_not_replace_ours(receiver
     defaults = {"Content-Type": "text/plain", "User-Agent": "theirs/1", "X-Team": "billing"}
     session = aiohttp.ClientSession(headers=defaults)
     async with session, WebhookRuntimeService(session=session, security=LOOPBACK) as runtime:
-        await runtime.add_endpoint(
-            EndpointInput(url=receiver.url("/hook"), events=["message.sent"])
-        )
-        await runtime.emit(make_event("evt_given"))
-        await settle(runtime)
-    [request] = receiver.at("/hook")
+        request = await _one_delivery(runtime, receiver, make_event("evt_given"))
     assert request.all("Content-Type") == ["application/json"]
     assert request.all("User-Agent") == [WebhookConfig().user_agent]
     assert request.headers["X-Team"] == "billing"  # the session's other defaults still apply
@@ -186,16 +176,28 @@ async def test_an_endpoints_own_user_agent_replaces_ours(receiver, make_event, n
     session = aiohttp.ClientSession()
     runtime = WebhookRuntimeService(session=session if given else None, security=LOOPBACK)
     async with session, runtime:
-        await runtime.add_endpoint(
-            EndpointInput(
-                url=receiver.url("/hook"), events=["message.sent"], headers={name: "crm/9"}
-            )
+        request = await _one_delivery(
+            runtime, receiver, make_event("evt_agent"), headers={name: "crm/9"}
         )
-        await runtime.emit(make_event("evt_agent"))
-        await settle(runtime)
-    [request] = receiver.at("/hook")
     assert request.all("User-Agent") == ["crm/9"]
     assert request.all("Content-Type") == ["application/json"]
+
+
+async def _one_delivery(
+    runtime: WebhookRuntimeService,
+    receiver: Any,
+    event: WebhookEvent,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """Register one endpoint (with ``headers``), emit ``event`` to it and return the one
+    request the receiver got."""
+    await runtime.add_endpoint(
+        EndpointInput(url=receiver.url("/hook"), events=["message.sent"], headers=headers or {})
+    )
+    await runtime.emit(event)
+    await settle(runtime)
+    [request] = receiver.at("/hook")
+    return request
 
 
 # --------------------------------------------------------------------------- crash recovery
