@@ -1,8 +1,9 @@
 """D1 test fixtures: the Worker on a real local D1 engine, and a fault-injecting fake.
 
 ``local_d1``: ``adapters/d1-worker`` served by miniflare (workerd + its D1), started once per
-test session by ``adapters/d1-worker/scripts/serve.mjs`` (``npm ci`` there first). Without node
-or ``node_modules`` the D1 tests skip, except under ``CI=true`` where they fail. Tests get empty
+test session by ``adapters/d1-worker/scripts/serve.mjs``. When its ``node_modules`` are missing
+and npm is installed, the first D1 test installs them (``npm ci``, once). Without node or npm
+the D1 tests skip with one line, except under ``CI=true`` where they fail. Tests get empty
 tables by using fresh table names (``fresh_tables``), so the one database never needs a reset.
 
 ``fake_d1``: an aiohttp server on 127.0.0.1 speaking the same contract that answers from a
@@ -77,12 +78,42 @@ def fresh_tables() -> tuple[str, str]:
     return f"{prefix}_endpoints", f"{prefix}_deliveries"
 
 
+_INSTALL_LOCK = threading.Lock()
+_install_error: str | None = None
+
+
 def unavailable_reason() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed (the local D1 engine runs on node + miniflare)"
     if not (WORKER_DIR / "node_modules" / "miniflare").is_dir():
-        return f"miniflare is not installed: run `npm ci` in {WORKER_DIR}"
+        return _install_engine()
     return None
+
+
+def _install_engine() -> str | None:
+    """Install the Worker's packages (miniflare) once per test session, so a fresh checkout's
+    test command runs the D1 tests too; the reason when it cannot."""
+    global _install_error
+    with _INSTALL_LOCK:
+        if (WORKER_DIR / "node_modules" / "miniflare").is_dir():
+            return None
+        if _install_error is not None:
+            return _install_error
+        npm = shutil.which("npm")
+        if npm is None:
+            _install_error = f"npm is not installed: the D1 engine cannot be set up in {WORKER_DIR}"
+            return _install_error
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=WORKER_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            _install_error = f"`npm ci` in {WORKER_DIR} failed: {done.stderr.strip()[-500:]}"
+        return _install_error
 
 
 class _WorkerProcess:
