@@ -37,6 +37,13 @@ class FakeIwinv(FakeServer):
         self.route("POST", "/alimtalk/api/v2/send/", self._alimtalk_send)
         self.route("POST", "/alimtalk/api/history/", self._alimtalk_history)
         self.route("POST", "/alimtalk/api/charge/", self._alimtalk_charge)
+        #: templateCode -> the template as IWINV lists it
+        self.templates: dict[str, dict[str, Any]] = {}
+        self._tpl = itertools.count(1)
+        self.route("POST", "/alimtalk/api/template/", self._template_list)
+        self.route("POST", "/alimtalk/api/template/add/", self._template_add)
+        self.route("POST", "/alimtalk/api/template/modify/", self._template_modify)
+        self.route("POST", "/alimtalk/api/template/delete/", self._template_delete)
         self.route("POST", "/sms/api/v2/send/", self._sms_send)
         self.route("POST", "/sms/api/history/", self._sms_history)
         self.route("POST", "/sms/api/charge/", self._sms_charge)
@@ -117,6 +124,87 @@ class FakeIwinv(FakeServer):
         if error is not None:
             return error
         return Reply(200, {"code": 200, "message": "조회 성공", "charge": self.charge})
+
+    # templates --------------------------------------------------------------------------
+
+    @staticmethod
+    def _template_shape_error(body: dict[str, Any]) -> Reply | None:
+        name, content = body.get("templateName"), body.get("templateContent")
+        if not isinstance(name, str) or not 0 < len(name) <= 15:
+            return Reply(200, {"code": 502, "message": "templateName 오류"})
+        if not isinstance(content, str) or not 0 < len(content) <= 1000:
+            return Reply(200, {"code": 503, "message": "templateContent 오류"})
+        buttons = body.get("buttons", [])
+        if not isinstance(buttons, list) or not all(
+            isinstance(b, dict)
+            and b.get("type") in ("WL", "AL", "DS", "BK", "MD")
+            and b.get("name")
+            for b in buttons
+        ):
+            return Reply(200, {"code": 504, "message": "buttons 오류"})
+        return None
+
+    def _template_add(self, req: Recorded) -> Reply:
+        error = self._alimtalk_auth_error(req) or self._template_shape_error(req.json)
+        if error is not None:
+            return error
+        code = f"IW{next(self._tpl):04d}"
+        self.templates[code] = {
+            "templateCode": code,
+            "templateName": req.json["templateName"],
+            "templateContent": req.json["templateContent"],
+            "status": "I",
+            "buttons": req.json.get("buttons", []),
+            "createDate": "2026-03-02 10:00:00",
+        }
+        return Reply(200, {"code": 200, "message": "등록 성공", "templateCode": code})
+
+    def _template_modify(self, req: Recorded) -> Reply:
+        error = self._alimtalk_auth_error(req) or self._template_shape_error(req.json)
+        if error is not None:
+            return error
+        current = self.templates.get(req.json.get("templateCode", ""))
+        if current is None:
+            return Reply(200, {"code": 404, "message": "템플릿 없음"})
+        current.update(
+            templateName=req.json["templateName"],
+            templateContent=req.json["templateContent"],
+            buttons=req.json.get("buttons", []),
+            status="I",
+        )
+        return Reply(200, {"code": 200, "message": "수정 성공"})
+
+    def _template_delete(self, req: Recorded) -> Reply:
+        error = self._alimtalk_auth_error(req)
+        if error is not None:
+            return error
+        if self.templates.pop(req.json.get("templateCode", ""), None) is None:
+            return Reply(200, {"code": 404, "message": "템플릿 없음"})
+        return Reply(200, {"code": 200, "message": "삭제 성공"})
+
+    def _template_list(self, req: Recorded) -> Reply:
+        error = self._alimtalk_auth_error(req)
+        if error is not None:
+            return error
+        body = req.json
+        page, size = body.get("pageNum"), body.get("pageSize")
+        if not (
+            isinstance(page, str) and page.isdigit() and isinstance(size, str) and size.isdigit()
+        ):
+            return Reply(200, {"code": 502, "message": "pageNum/pageSize는 문자열 숫자"})
+        if not 1 <= int(size) <= 1000:
+            return Reply(200, {"code": 502, "message": "pageSize 범위 오류"})
+        items = [
+            t
+            for t in self.templates.values()
+            if body.get("templateCode") in (None, t["templateCode"])
+            and body.get("templateStatus") in (None, t["status"])
+        ]
+        start = (int(page) - 1) * int(size)
+        chosen = items[start : start + int(size)]
+        return Reply(
+            200, {"code": 200, "message": "조회 성공", "totalCount": len(items), "list": chosen}
+        )
 
     # SMS v2 -----------------------------------------------------------------------------
 

@@ -13,7 +13,20 @@ Typical use::
 """
 
 from .aligo import AligoConfig, AligoProvider
-from .errors import RETRYABLE_CODES, KMsgError, KMsgErrorCode, ProviderConfigError
+from .channels import (
+    ChannelBinding,
+    ChannelBindings,
+    KakaoChannel,
+    KakaoChannelCategories,
+    KakaoChannelCategory,
+)
+from .errors import (
+    RETRYABLE_CODES,
+    KMsgError,
+    KMsgErrorCode,
+    ProviderConfigError,
+    UnsupportedOperationError,
+)
 from .feed import (
     FeedStats,
     MessageContext,
@@ -35,6 +48,7 @@ from .kmsg import (
     RoutingConfig,
     RoutingStrategy,
 )
+from .management import ProviderManager
 from .mock import MockOutcome, MockProvider, MockStep, TrackableMockProvider
 from .onboarding import (
     PROVIDER_ONBOARDING_SPECS,
@@ -48,11 +62,27 @@ from .provider import (
     BalanceProvider,
     DeliveryStatusProvider,
     HealthCheckProvider,
+    KakaoChannelProvider,
     Provider,
     RetryPolicy,
+    TemplateInspectionProvider,
+    TemplateProvider,
 )
 from .result import Fail, Ok, Result, fail, ok
 from .solapi import SolapiConfig, SolapiProvider, solapi_authorization
+from .template_watch import TemplateStatusWatcher
+from .templates import (
+    Template,
+    TemplateButton,
+    TemplateInput,
+    TemplateLimits,
+    TemplateStatus,
+    TemplateUpdate,
+    placeholders,
+    render,
+    template_problems,
+    validate_template,
+)
 from .tracking import (
     ApiAttemptStatus,
     ApiFailoverConfig,
@@ -117,6 +147,8 @@ __all__ = [
     "BalanceResult",
     "BatchSendResult",
     "BinaryInput",
+    "ChannelBinding",
+    "ChannelBindings",
     "DeliveryStatus",
     "DeliveryStatusProvider",
     "DeliveryStatusQuery",
@@ -144,6 +176,10 @@ __all__ = [
     "KMsgErrorCode",
     "KMsgHealth",
     "KMsgHooks",
+    "KakaoChannel",
+    "KakaoChannelCategories",
+    "KakaoChannelCategory",
+    "KakaoChannelProvider",
     "KakaoOptions",
     "MessageButton",
     "MessageContext",
@@ -163,6 +199,7 @@ __all__ = [
     "Provider",
     "ProviderConfigError",
     "ProviderHealth",
+    "ProviderManager",
     "ProviderOnboardingSpec",
     "RcsOptions",
     "RcsTemplateSendOptions",
@@ -180,9 +217,19 @@ __all__ = [
     "SmsSendOptions",
     "SolapiConfig",
     "SolapiProvider",
+    "Template",
+    "TemplateButton",
+    "TemplateInput",
+    "TemplateInspectionProvider",
+    "TemplateLimits",
+    "TemplateProvider",
+    "TemplateStatus",
+    "TemplateStatusWatcher",
+    "TemplateUpdate",
     "TrackableMockProvider",
     "TrackingRecord",
     "TrackingStore",
+    "UnsupportedOperationError",
     "VoiceOptions",
     "VoiceSendOptions",
     "WebhookFeed",
@@ -198,5 +245,9 @@ __all__ = [
     "mask_phone",
     "ok",
     "parse_send_input",
+    "placeholders",
+    "render",
     "solapi_authorization",
+    "template_problems",
+    "validate_template",
 ]

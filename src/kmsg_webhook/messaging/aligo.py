@@ -16,12 +16,19 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, TypeVar
 
 import aiohttp
 
+from .channels import (
+    KakaoChannel,
+    KakaoChannelCategories,
+    KakaoChannelCategory,
+    normalize_plus_id,
+)
 from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, fail_invalid_request
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
 from .provider import (
@@ -33,15 +40,28 @@ from .provider import (
     env_value,
     join_url,
     malformed_response_error,
+    now_utc,
     parse_env_bool,
     parse_json,
+    parse_kst,
     require_env,
     to_kst,
     unexpected_error,
     validate_base_url,
 )
 from .result import Fail, Ok, Result
-from .templates import interpolate, missing_variables, stringify_variable
+from .templates import (
+    Template,
+    TemplateButton,
+    TemplateInput,
+    TemplateLimits,
+    TemplateStatus,
+    TemplateUpdate,
+    placeholders,
+    render,
+    stringify_variable,
+    validate_template,
+)
 from .types import (
     AlimTalkSendOptions,
     FriendTalkSendOptions,
@@ -57,6 +77,8 @@ from .types import (
 )
 
 logger = logging.getLogger("kmsg_webhook.messaging")
+
+T = TypeVar("T")
 
 PROVIDER_ID = "aligo"
 PROVIDER_NAME = "Aligo Smart SMS"
@@ -375,12 +397,10 @@ class AligoProvider(HttpProviderBase):
         template = options.provider_options.get("templateContent")
         if not isinstance(template, str):
             return Ok("\n".join(stringify_variable(value) for value in variables.values()))
-        missing = missing_variables(template, variables)
-        if missing:
-            return fail_invalid_request(
-                f"missing template variables: {', '.join(missing)}", provider_id=PROVIDER_ID
-            )
-        return Ok(interpolate(template, variables))
+        rendered = render(template, variables)
+        if isinstance(rendered, Fail):
+            return Fail(rendered.error.with_provider(PROVIDER_ID))
+        return rendered
 
     def _kakao_base(
         self, options: AlimTalkSendOptions | FriendTalkSendOptions
@@ -485,3 +505,386 @@ class AligoProvider(HttpProviderBase):
             success_code="0",
             options=options,
         )
+
+    # Kakao management (templates and channels) -------------------------------------------
+    # Every call: multipart POST to kakaoapi.aligo.in with apikey/userid, success is code 0.
+
+    async def _manage(
+        self,
+        path: str,
+        fields: Mapping[str, str],
+        read: Callable[[dict[str, Any]], Result[T, KMsgError]],
+    ) -> Result[T, KMsgError]:
+        def form() -> aiohttp.FormData:
+            data = aiohttp.FormData(default_to_multipart=True)
+            data.add_field("apikey", self._config.api_key)
+            data.add_field("userid", self._config.user_id)
+            for key, value in fields.items():
+                data.add_field(key, value)
+            return data
+
+        def parse(response: HttpResponse) -> Result[T, KMsgError]:
+            if not response.ok:
+                return Fail(
+                    KMsgError(
+                        KMsgErrorCode.NETWORK_ERROR,
+                        f"HTTP error! status: {response.status}",
+                        provider_id=PROVIDER_ID,
+                        http_status=response.status,
+                        retry_after_ms=response.retry_after_ms(),
+                    )
+                )
+            parsed = parse_json(response.text)
+            if isinstance(parsed, MalformedResponse) or not isinstance(parsed, dict):
+                return Fail(malformed_response_error(PROVIDER_ID, response))
+            raw_code = parsed.get("code", parsed.get("result_code"))
+            code = str(raw_code).strip() if raw_code is not None else "UNKNOWN"
+            if code == "0":
+                return read(parsed)
+            text = str(parsed.get("message") or "Aligo request failed")
+            return Fail(
+                KMsgError(
+                    map_aligo_management_code(code),
+                    f"{text} (code: {code})",
+                    provider_id=PROVIDER_ID,
+                    provider_error_code=code,
+                    provider_error_text=text,
+                    http_status=response.status,
+                    details={"originalCode": code},
+                )
+            )
+
+        try:
+            return await self._request(
+                "POST", join_url(self._kakao_base_url, path), parse, form=form
+            )
+        except Exception as exc:
+            return Fail(unexpected_error(PROVIDER_ID, exc))
+
+    def _template_sender_key(self, sender_key: str | None) -> Result[str, KMsgError]:
+        key = (sender_key or self._config.sender_key or "").strip()
+        if not key:
+            return fail_invalid_request(
+                "a Kakao channel sender key is required (sender_key= or config.sender_key)",
+                provider_id=PROVIDER_ID,
+            )
+        return Ok(key)
+
+    async def create_template(
+        self, template: TemplateInput, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        key = self._template_sender_key(sender_key)
+        if isinstance(key, Fail):
+            return key
+        checked = validate_template(template, ALIGO_TEMPLATE_LIMITS, provider_id=PROVIDER_ID)
+        if isinstance(checked, Fail):
+            return checked
+        fields = {
+            "senderkey": key.value,
+            "tpl_name": template.name,
+            "tpl_content": template.content,
+        }
+        if template.buttons:
+            fields["tpl_button"] = _template_button_json(template.buttons)
+
+        def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
+            item = data.get("data")
+            if not isinstance(item, dict) or not item.get("templtCode"):
+                return Fail(
+                    KMsgError(
+                        KMsgErrorCode.PROVIDER_ERROR,
+                        "Aligo accepted the template but returned no templtCode",
+                        provider_id=PROVIDER_ID,
+                        retryable=False,
+                    )
+                )
+            merged = {
+                "templtName": template.name,
+                "templtContent": template.content,
+                "buttons": json.loads(fields.get("tpl_button", '{"button": []}'))["button"],
+                **item,
+            }
+            return Ok(_aligo_template(merged, category=template.category))
+
+        return await self._manage("/akv10/template/add/", fields, read)
+
+    async def update_template(
+        self, code: str, update: TemplateUpdate, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        current = await self.get_template(code, sender_key=sender_key)
+        if isinstance(current, Fail):
+            return current
+        merged = update.apply(current.value)
+        checked = validate_template(merged, ALIGO_TEMPLATE_LIMITS, provider_id=PROVIDER_ID)
+        if isinstance(checked, Fail):
+            return checked
+        key = self._template_sender_key(sender_key)
+        if isinstance(key, Fail):
+            return key
+        fields = {
+            "senderkey": key.value,
+            "tpl_code": code,
+            "tpl_name": merged.name,
+            "tpl_content": merged.content,
+            "tpl_button": _template_button_json(merged.buttons),
+        }
+
+        def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
+            return Ok(
+                replace(
+                    current.value,
+                    name=merged.name,
+                    content=merged.content,
+                    category=merged.category,
+                    buttons=merged.buttons,
+                    variables=placeholders(merged.content),
+                    status=TemplateStatus.PENDING,
+                    updated_at=now_utc(),
+                )
+            )
+
+        return await self._manage("/akv10/template/modify/", fields, read)
+
+    async def delete_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[None, KMsgError]:
+        return await self._template_command("/akv10/template/del/", code, sender_key)
+
+    async def request_template_inspection(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[None, KMsgError]:
+        return await self._template_command("/akv10/template/request/", code, sender_key)
+
+    async def _template_command(
+        self, path: str, code: str, sender_key: str | None
+    ) -> Result[None, KMsgError]:
+        if not code.strip():
+            return fail_invalid_request("template code is required", provider_id=PROVIDER_ID)
+        key = self._template_sender_key(sender_key)
+        if isinstance(key, Fail):
+            return key
+        return await self._manage(
+            path, {"senderkey": key.value, "tpl_code": code}, lambda data: Ok(None)
+        )
+
+    async def get_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        if not code.strip():
+            return fail_invalid_request("template code is required", provider_id=PROVIDER_ID)
+        listed = await self._templates(code, sender_key)
+        if isinstance(listed, Fail):
+            return listed
+        match = next((t for t in listed.value if t.code == code), None)
+        if match is None:
+            return Fail(
+                KMsgError(
+                    KMsgErrorCode.TEMPLATE_NOT_FOUND,
+                    f"Aligo has no template {code!r}",
+                    provider_id=PROVIDER_ID,
+                )
+            )
+        return Ok(match)
+
+    async def list_templates(
+        self,
+        *,
+        status: TemplateStatus | None = None,
+        page: int = 1,
+        limit: int = 15,
+        sender_key: str | None = None,
+    ) -> Result[tuple[Template, ...], KMsgError]:
+        """Aligo returns the channel's whole list: status and paging are applied here."""
+        if page < 1 or limit < 1:
+            return fail_invalid_request("page and limit must be >= 1", provider_id=PROVIDER_ID)
+        listed = await self._templates(None, sender_key)
+        if isinstance(listed, Fail):
+            return listed
+        chosen = [t for t in listed.value if status is None or t.status is status]
+        return Ok(tuple(chosen[(page - 1) * limit : page * limit]))
+
+    async def _templates(
+        self, code: str | None, sender_key: str | None
+    ) -> Result[tuple[Template, ...], KMsgError]:
+        key = self._template_sender_key(sender_key)
+        if isinstance(key, Fail):
+            return key
+        fields = {"senderkey": key.value}
+        if code:
+            fields["tpl_code"] = code
+
+        def read(data: dict[str, Any]) -> Result[tuple[Template, ...], KMsgError]:
+            items = data.get("list") or []
+            return Ok(tuple(_aligo_template(i) for i in items if isinstance(i, dict)))
+
+        return await self._manage("/akv10/template/list/", fields, read)
+
+    async def list_kakao_channels(
+        self, *, plus_id: str | None = None, sender_key: str | None = None
+    ) -> Result[tuple[KakaoChannel, ...], KMsgError]:
+        fields = {}
+        if plus_id:
+            fields["plusid"] = normalize_plus_id(plus_id)
+        if sender_key:
+            fields["senderkey"] = sender_key
+
+        def read(data: dict[str, Any]) -> Result[tuple[KakaoChannel, ...], KMsgError]:
+            items = data.get("list") or []
+            return Ok(tuple(_aligo_channel(i) for i in items if isinstance(i, dict)))
+
+        return await self._manage("/akv10/profile/list/", fields, read)
+
+    async def list_kakao_channel_categories(self) -> Result[KakaoChannelCategories, KMsgError]:
+        def level(items: Any) -> tuple[KakaoChannelCategory, ...]:
+            return tuple(
+                KakaoChannelCategory(
+                    code=str(item.get("code") or ""),
+                    name=str(item.get("name") or ""),
+                    parent_code=str(item["parentCode"]) if item.get("parentCode") else None,
+                )
+                for item in items or []
+                if isinstance(item, dict)
+            )
+
+        def read(data: dict[str, Any]) -> Result[KakaoChannelCategories, KMsgError]:
+            body = data.get("data")
+            if not isinstance(body, dict):
+                return Fail(
+                    KMsgError(
+                        KMsgErrorCode.PROVIDER_ERROR,
+                        "Aligo category answer has no data object",
+                        provider_id=PROVIDER_ID,
+                        retryable=False,
+                    )
+                )
+            return Ok(
+                KakaoChannelCategories(
+                    first=level(body.get("firstBusinessType")),
+                    second=level(body.get("secondBusinessType")),
+                    third=level(body.get("thirdBusinessType")),
+                )
+            )
+
+        return await self._manage("/akv10/category/", {}, read)
+
+    async def request_kakao_channel_auth(
+        self, plus_id: str, phone_number: str
+    ) -> Result[None, KMsgError]:
+        if not plus_id.strip() or not phone_number.strip():
+            return fail_invalid_request(
+                "plus_id and phone_number are required", provider_id=PROVIDER_ID
+            )
+        fields = {"plusid": normalize_plus_id(plus_id), "phonenumber": phone_number.strip()}
+        return await self._manage("/akv10/profile/auth/", fields, lambda data: Ok(None))
+
+    async def add_kakao_channel(
+        self, plus_id: str, auth_num: str, phone_number: str, category_code: str
+    ) -> Result[KakaoChannel, KMsgError]:
+        values = (plus_id, auth_num, phone_number, category_code)
+        if not all(value.strip() for value in values):
+            return fail_invalid_request(
+                "plus_id, auth_num, phone_number and category_code are required",
+                provider_id=PROVIDER_ID,
+            )
+        fields = {
+            "plusid": normalize_plus_id(plus_id),
+            "authnum": auth_num.strip(),
+            "phonenumber": phone_number.strip(),
+            "categorycode": category_code.strip(),
+        }
+
+        def read(data: dict[str, Any]) -> Result[KakaoChannel, KMsgError]:
+            item = data.get("data")
+            if isinstance(item, list):
+                item = item[0] if item else None
+            if not isinstance(item, dict) or not item.get("senderKey"):
+                return Fail(
+                    KMsgError(
+                        KMsgErrorCode.PROVIDER_ERROR,
+                        "Aligo added the channel but returned no senderKey",
+                        provider_id=PROVIDER_ID,
+                        retryable=False,
+                    )
+                )
+            return Ok(_aligo_channel({"uuid": fields["plusid"], **item}))
+
+        return await self._manage("/akv10/profile/add/", fields, read)
+
+
+#: Aligo's template limits (Kakao's own: a 1000-character body, names up to 50 characters).
+ALIGO_TEMPLATE_LIMITS = TemplateLimits(max_name=50)
+
+_ALIGO_STATUS = {
+    "APR": TemplateStatus.APPROVED,
+    "REJ": TemplateStatus.REJECTED,
+    "REQ": TemplateStatus.INSPECTION,
+    "REG": TemplateStatus.INSPECTION,
+}
+
+
+def map_aligo_management_code(code: str) -> KMsgErrorCode:
+    """A Kakao management ``code`` → KMsgErrorCode (509 and -99 are input errors)."""
+    if code in ("509", "-99"):
+        return KMsgErrorCode.INVALID_REQUEST
+    return map_aligo_result_code(code)
+
+
+def _template_button_json(buttons: tuple[TemplateButton, ...]) -> str:
+    items = []
+    for order, button in enumerate(buttons, 1):
+        item = {"ordering": str(order), "name": button.name, "linkType": button.type}
+        for key, value in (
+            ("linkMo", button.url_mobile),
+            ("linkPc", button.url_pc),
+            ("linkIos", button.scheme_ios),
+            ("linkAnd", button.scheme_android),
+        ):
+            if value:
+                item[key] = value
+        items.append(item)
+    return json.dumps({"button": items}, ensure_ascii=False)
+
+
+def _aligo_template(item: Mapping[str, Any], *, category: str | None = None) -> Template:
+    code = str(item.get("templtCode") or "")
+    content = str(item.get("templtContent") or "")
+    buttons = tuple(
+        TemplateButton(
+            name=str(b.get("name") or ""),
+            type=str(b.get("linkType") or "WL"),
+            url_mobile=b.get("linkMo") or None,
+            url_pc=b.get("linkPc") or None,
+            scheme_ios=b.get("linkIos") or None,
+            scheme_android=b.get("linkAnd") or None,
+        )
+        for b in item.get("buttons") or []
+        if isinstance(b, dict)
+    )
+    status = str(item.get("inspStatus") or "").strip().upper()
+    return Template(
+        id=code,
+        code=code,
+        name=str(item.get("templtName") or ""),
+        content=content,
+        status=_ALIGO_STATUS.get(status, TemplateStatus.PENDING),
+        provider_id=PROVIDER_ID,
+        category=category,
+        buttons=buttons,
+        variables=placeholders(content),
+        created_at=parse_kst(item.get("cdate")),
+        updated_at=parse_kst(item.get("udate")),
+        raw=dict(item),
+    )
+
+
+def _aligo_channel(item: Mapping[str, Any]) -> KakaoChannel:
+    return KakaoChannel(
+        provider_id=PROVIDER_ID,
+        sender_key=str(item.get("senderKey") or ""),
+        plus_id=str(item["uuid"]) if item.get("uuid") else None,
+        name=str(item["name"]) if item.get("name") else None,
+        status=str(item["status"]) if item.get("status") else None,
+        created_at=parse_kst(item.get("cdate")),
+        updated_at=parse_kst(item.get("udate")),
+        raw=dict(item),
+    )

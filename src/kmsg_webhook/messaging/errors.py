@@ -213,6 +213,23 @@ class ProviderConfigError(KMsgError, ConfigError):
         self.missing = missing
 
 
+class UnsupportedOperationError(KMsgError):
+    """The provider has no API for this operation (e.g. SOLAPI templates, IWINV channels).
+
+    An INVALID_REQUEST that is never retried; ``operation`` names the method refused.
+    """
+
+    def __init__(self, provider_id: str, operation: str, reason: str | None = None) -> None:
+        super().__init__(
+            KMsgErrorCode.INVALID_REQUEST,
+            f"{provider_id} does not support {operation}" + (f": {reason}" if reason else ""),
+            provider_id=provider_id,
+            retryable=False,
+            details={"operation": operation},
+        )
+        self.operation = operation
+
+
 def invalid_request(message: str, *, provider_id: str | None = None) -> KMsgError:
     """Shorthand for the most common validation failure."""
     return KMsgError(KMsgErrorCode.INVALID_REQUEST, message, provider_id=provider_id)

@@ -1,4 +1,5 @@
-"""The webhook feed: turns send and delivery outcomes into :class:`WebhookEvent` s.
+"""The webhook feed: turns send and delivery outcomes, and template, Kakao channel and sender
+number changes, into :class:`WebhookEvent` s.
 
 The feed depends only on :class:`WebhookSink` (``await sink.emit(event)``), which
 ``kmsg_webhook.runtime.WebhookRuntimeService`` satisfies.
@@ -33,9 +34,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..events import EventMetadata, WebhookEvent, WebhookEventType
+from .channels import KakaoChannel
 from .errors import KMsgError, KMsgErrorCode
-from .phone import mask_phone
+from .phone import digits_only, mask_phone
 from .provider import SleepFn
+from .templates import Template, TemplateStatus
 from .types import MessageType, SendResult
 
 logger = logging.getLogger("kmsg_webhook.messaging.feed")
@@ -193,6 +196,86 @@ def delivery_event(
         timestamp=timestamp,
         data=data,
         metadata=_metadata(ctx, ctx.provider_id),
+    )
+
+
+def template_event(
+    event_type: WebhookEventType,
+    template: Template,
+    *,
+    timestamp: datetime,
+    sender_key: str | None = None,
+    previous_status: TemplateStatus | None = None,
+) -> WebhookEvent:
+    """``template.*`` for a template operation or a review result.
+
+    The id is ``tpl:<provider>:<code>[@<updated at>]:<type>``: re-emitting the same change is
+    idempotent, while a later update or a second review of an edited template is a new event.
+    Template content is left out, as message text is.
+    """
+    key = f"tpl:{template.provider_id}:{template.code}"
+    if template.updated_at is not None and event_type is not WebhookEventType.TEMPLATE_DELETED:
+        key += "@" + template.updated_at.strftime("%Y%m%dT%H%M%S.%f")
+    data: dict[str, Any] = {
+        "providerId": template.provider_id,
+        "templateCode": template.code,
+        "name": template.name,
+        "status": template.status.value,
+        "variables": list(template.variables),
+    }
+    if previous_status is not None:
+        data["previousStatus"] = previous_status.value
+    if template.category is not None:
+        data["category"] = template.category
+    if sender_key is not None:
+        data["senderKey"] = sender_key
+    return WebhookEvent(
+        id=event_id(key, event_type),
+        type=event_type,
+        timestamp=timestamp,
+        data=data,
+        metadata=EventMetadata(
+            provider_id=template.provider_id, template_id=template.code, channel_id=sender_key
+        ),
+    )
+
+
+def channel_event(
+    event_type: WebhookEventType, channel: KakaoChannel, *, timestamp: datetime
+) -> WebhookEvent:
+    """``channel.created`` / ``channel.verified`` for a Kakao channel (id by sender key)."""
+    data: dict[str, Any] = {"providerId": channel.provider_id, "senderKey": channel.sender_key}
+    for name, value in (
+        ("plusId", channel.plus_id),
+        ("name", channel.name),
+        ("status", channel.status),
+    ):
+        if value is not None:
+            data[name] = value
+    return WebhookEvent(
+        id=event_id(f"ch:{channel.provider_id}:{channel.sender_key}", event_type),
+        type=event_type,
+        timestamp=timestamp,
+        data=data,
+        metadata=EventMetadata(provider_id=channel.provider_id, channel_id=channel.sender_key),
+    )
+
+
+def sender_number_event(
+    event_type: WebhookEventType,
+    provider_id: str,
+    number: str,
+    *,
+    timestamp: datetime,
+    mask: bool = True,
+) -> WebhookEvent:
+    """``sender_number.added`` / ``sender_number.verified``; the number is masked like ``to``."""
+    return WebhookEvent(
+        id=event_id(f"sn:{provider_id}:{digits_only(number) or number}", event_type),
+        type=event_type,
+        timestamp=timestamp,
+        data={"providerId": provider_id, "senderNumber": mask_phone(number) if mask else number},
+        metadata=EventMetadata(provider_id=provider_id),
     )
 
 

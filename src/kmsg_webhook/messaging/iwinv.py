@@ -21,10 +21,10 @@ import asyncio
 import base64
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -32,7 +32,6 @@ from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, fail_invalid_
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
 from .phone import digits_only
 from .provider import (
-    KST,
     HttpProviderBase,
     HttpResponse,
     MalformedResponse,
@@ -43,13 +42,23 @@ from .provider import (
     malformed_response_error,
     now_utc,
     parse_json,
+    parse_kst,
     require_env,
     to_kst,
     unexpected_error,
     validate_base_url,
 )
 from .result import Fail, Ok, Result
-from .templates import stringify_variable
+from .templates import (
+    Template,
+    TemplateButton,
+    TemplateInput,
+    TemplateStatus,
+    TemplateUpdate,
+    placeholders,
+    stringify_variable,
+    validate_template,
+)
 from .types import (
     AlimTalkSendOptions,
     BalanceQuery,
@@ -73,6 +82,8 @@ DEFAULT_SMS_BASE_URL = "https://sms.bizservice.iwinv.kr"
 MAX_MMS_IMAGE_BYTES = 100 * 1024
 
 _SMS_TYPES = frozenset({MessageType.SMS, MessageType.LMS, MessageType.MMS})
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,17 +203,6 @@ def _format_kst(moment: datetime) -> str:
     return to_kst(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _parse_kst(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y%m%d%H%M%S"):
-        try:
-            return datetime.strptime(value.strip(), fmt).replace(tzinfo=KST)
-        except ValueError:
-            continue
-    return None
-
-
 def _yn(value: Any) -> str | None:
     if isinstance(value, str) and value.strip().upper() in ("Y", "N"):
         return value.strip().upper()
@@ -226,6 +226,68 @@ def _image_extension(content_type: str | None) -> str:
     if "webp" in kind:
         return ".webp"
     return ".jpg"
+
+
+# --------------------------------------------------------------------------- templates
+_IWINV_STATUS = {
+    "Y": TemplateStatus.APPROVED,
+    "I": TemplateStatus.INSPECTION,
+    "R": TemplateStatus.REJECTED,
+}
+_IWINV_STATUS_FILTER = {
+    TemplateStatus.APPROVED: "Y",
+    TemplateStatus.INSPECTION: "I",
+    TemplateStatus.PENDING: "I",
+    TemplateStatus.REJECTED: "R",
+}
+MAX_TEMPLATE_PAGE_SIZE = 1000
+
+
+def _iwinv_buttons(buttons: tuple[TemplateButton, ...]) -> list[dict[str, str]]:
+    out = []
+    for button in buttons:
+        item = {"type": button.type, "name": button.name}
+        for key, value in (
+            ("linkMo", button.url_mobile),
+            ("linkPc", button.url_pc),
+            ("linkIos", button.scheme_ios),
+            ("linkAnd", button.scheme_android),
+        ):
+            if value:
+                item[key] = value
+        out.append(item)
+    return out
+
+
+def _iwinv_template(item: Mapping[str, Any]) -> Template:
+    code = str(item.get("templateCode") or "")
+    content = str(item.get("templateContent") or "")
+    status_code = str(item.get("templateStatus") or item.get("status") or "").strip().upper()
+    buttons = tuple(
+        TemplateButton(
+            name=str(b.get("name") or ""),
+            type=str(b.get("type") or b.get("linkType") or "WL"),
+            url_mobile=b.get("linkMo") or None,
+            url_pc=b.get("linkPc") or None,
+            scheme_ios=b.get("linkIos") or None,
+            scheme_android=b.get("linkAnd") or None,
+        )
+        for b in item.get("buttons") or []
+        if isinstance(b, dict)
+    )
+    return Template(
+        id=code,
+        code=code,
+        name=str(item.get("templateName") or ""),
+        content=content,
+        status=_IWINV_STATUS.get(status_code, TemplateStatus.PENDING),
+        provider_id=PROVIDER_ID,
+        buttons=buttons,
+        variables=placeholders(content),
+        created_at=parse_kst(item.get("createDate") or item.get("regDate")),
+        updated_at=parse_kst(item.get("updateDate") or item.get("modDate")),
+        raw=item,
+    )
 
 
 # --------------------------------------------------------------------------- provider
@@ -714,8 +776,8 @@ class IWINVProvider(HttpProviderBase):
             )
             status_code = str(item.get("statusCode") or "")
             status_name = str(item.get("statusCodeName") or "")
-            send_date = _parse_kst(item.get("sendDate"))
-            receive_date = _parse_kst(item.get("receiveDate"))
+            send_date = parse_kst(item.get("sendDate"))
+            receive_date = parse_kst(item.get("receiveDate"))
             if status_code == "OK" or "성공" in status_name:
                 status = DeliveryStatus.DELIVERED
             elif send_date is not None:
@@ -796,7 +858,7 @@ class IWINVProvider(HttpProviderBase):
             code = str(item.get("sendStatusCode") or "").strip()
             message = str(item.get("sendStatusMsg") or item.get("sendStatus") or "").strip()
             status = _sms_delivery_status(code, message)
-            send_date = _parse_kst(item.get("sendDate"))
+            send_date = parse_kst(item.get("sendDate"))
             return Ok(
                 DeliveryStatusResult(
                     provider_id=PROVIDER_ID,
@@ -883,6 +945,185 @@ class IWINVProvider(HttpProviderBase):
             return Ok(BalanceResult(PROVIDER_ID, amount, channel=channel, raw=parsed))
 
         return await self._request("POST", url, read, headers=headers, json_body=body)
+
+    # templates (``/api/template/...``; IWINV has no inspection request: a created or
+    # modified template goes to review by itself) ----------------------------------------
+
+    async def create_template(
+        self, template: TemplateInput, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        try:
+            checked = validate_template(template, provider_id=PROVIDER_ID)
+            if isinstance(checked, Fail):
+                return checked
+            body: dict[str, Any] = {
+                "templateName": template.name,
+                "templateContent": template.content,
+            }
+            if template.buttons:
+                body["buttons"] = _iwinv_buttons(template.buttons)
+
+            def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
+                code = data.get("templateCode")
+                if not isinstance(code, str) or not code:
+                    return Fail(
+                        KMsgError(
+                            KMsgErrorCode.PROVIDER_ERROR,
+                            "IWINV accepted the template but returned no templateCode",
+                            provider_id=PROVIDER_ID,
+                            retryable=False,  # the vendor may have acted: never resend
+                        )
+                    )
+                now = now_utc()
+                return Ok(
+                    Template(
+                        id=code,
+                        code=code,
+                        name=template.name,
+                        content=template.content,
+                        status=TemplateStatus.INSPECTION,
+                        provider_id=PROVIDER_ID,
+                        category=template.category,
+                        buttons=template.buttons,
+                        variables=placeholders(template.content),
+                        created_at=now,
+                        updated_at=now,
+                        raw=data,
+                    )
+                )
+
+            return await self._template_call("/api/template/add/", body, read)
+        except Exception as exc:
+            return Fail(unexpected_error(PROVIDER_ID, exc))
+
+    async def update_template(
+        self, code: str, update: TemplateUpdate, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        try:
+            current = await self.get_template(code)
+            if isinstance(current, Fail):
+                return current
+            merged = update.apply(current.value)
+            checked = validate_template(merged, provider_id=PROVIDER_ID)
+            if isinstance(checked, Fail):
+                return checked
+            body: dict[str, Any] = {
+                "templateCode": code,
+                "templateName": merged.name,
+                "templateContent": merged.content,
+            }
+            if merged.buttons:
+                body["buttons"] = _iwinv_buttons(merged.buttons)
+
+            def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
+                return Ok(
+                    replace(
+                        current.value,
+                        name=merged.name,
+                        content=merged.content,
+                        category=merged.category,
+                        buttons=merged.buttons,
+                        variables=placeholders(merged.content),
+                        status=TemplateStatus.INSPECTION,
+                        updated_at=now_utc(),
+                        raw=data,
+                    )
+                )
+
+            return await self._template_call("/api/template/modify/", body, read)
+        except Exception as exc:
+            return Fail(unexpected_error(PROVIDER_ID, exc))
+
+    async def delete_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[None, KMsgError]:
+        try:
+            if not code.strip():
+                return fail_invalid_request("template code is required", provider_id=PROVIDER_ID)
+            return await self._template_call(
+                "/api/template/delete/", {"templateCode": code}, lambda data: Ok(None)
+            )
+        except Exception as exc:
+            return Fail(unexpected_error(PROVIDER_ID, exc))
+
+    async def get_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        if not code.strip():
+            return fail_invalid_request("template code is required", provider_id=PROVIDER_ID)
+        listed = await self._list(code=code)
+        if isinstance(listed, Fail):
+            return listed
+        match = next((t for t in listed.value if t.code == code), None)
+        if match is None:
+            return Fail(
+                KMsgError(
+                    KMsgErrorCode.TEMPLATE_NOT_FOUND,
+                    f"IWINV has no template {code!r}",
+                    provider_id=PROVIDER_ID,
+                )
+            )
+        return Ok(match)
+
+    async def list_templates(
+        self,
+        *,
+        status: TemplateStatus | None = None,
+        page: int = 1,
+        limit: int = 15,
+        sender_key: str | None = None,
+    ) -> Result[tuple[Template, ...], KMsgError]:
+        if page < 1 or not 1 <= limit <= MAX_TEMPLATE_PAGE_SIZE:
+            return fail_invalid_request(
+                f"page must be >= 1 and limit 1-{MAX_TEMPLATE_PAGE_SIZE}", provider_id=PROVIDER_ID
+            )
+        return await self._list(status=status, page=page, limit=limit)
+
+    async def _list(
+        self,
+        *,
+        code: str | None = None,
+        status: TemplateStatus | None = None,
+        page: int = 1,
+        limit: int = 15,
+    ) -> Result[tuple[Template, ...], KMsgError]:
+        try:
+            body: dict[str, Any] = {"pageNum": str(page), "pageSize": str(limit)}
+            if code:
+                body["templateCode"] = code
+            if status is not None:
+                body["templateStatus"] = _IWINV_STATUS_FILTER[status]
+
+            def read(data: dict[str, Any]) -> Result[tuple[Template, ...], KMsgError]:
+                items = data.get("list") or []
+                return Ok(tuple(_iwinv_template(i) for i in items if isinstance(i, dict)))
+
+            return await self._template_call("/api/template/", body, read)
+        except Exception as exc:
+            return Fail(unexpected_error(PROVIDER_ID, exc))
+
+    async def _template_call(
+        self,
+        path: str,
+        body: dict[str, Any],
+        read: Callable[[dict[str, Any]], Result[T, KMsgError]],
+    ) -> Result[T, KMsgError]:
+        def parse(response: HttpResponse) -> Result[T, KMsgError]:
+            payload = self._alimtalk_payload(response)
+            if isinstance(payload, Fail):
+                return payload
+            data = payload.value
+            if not (response.ok and _as_int(data.get("code")) == 200):
+                return Fail(self._alimtalk_error(data, response))
+            return read(data)
+
+        return await self._request(
+            "POST",
+            join_url(self._base_url, path),
+            parse,
+            headers=self._alimtalk_headers,
+            json_body=body,
+        )
 
 
 def _as_float(value: Any) -> float | None:

@@ -18,6 +18,9 @@ Behaviour worth knowing (and where it differs from the original, on purpose):
   ``on_queued`` runs, before ``on_success``, when the provider accepted the message but has
   not sent it yet (status PENDING: scheduled sends, Aligo). ``on_final`` runs exactly once
   per message.
+* With ``channels=`` (:class:`~kmsg_webhook.messaging.channels.ChannelBindings`), a Kakao
+  send may name its channel by alias or plusId in ``kakao.profile_id`` / ``kakao.plus_id``:
+  the provider gets the bound sender key (and the bound provider, unless one is named).
 * With ``webhooks=``, every send emits ``message.sent`` or ``message.failed`` (plus
   ``system.provider_error`` when the provider was unreachable) after the hooks; see
   :mod:`kmsg_webhook.messaging.feed`.
@@ -37,6 +40,7 @@ from typing import Any, overload
 
 from ..errors import ConfigError
 from ..events import WebhookEvent
+from .channels import ChannelBindings
 from .errors import KMsgError, KMsgErrorCode, invalid_request
 from .feed import (
     UNREACHABLE_CODES,
@@ -53,7 +57,7 @@ from .onboarding import ProviderOnboardingSpec, find_provider_onboarding_spec
 from .phone import estimate_sms_bytes, is_valid_phone, mask_phone
 from .provider import ClosableProvider, HealthCheckProvider, Provider, now_utc
 from .result import Fail, Ok, Result
-from .templates import interpolate, missing_variables
+from .templates import render
 from .types import (
     TEMPLATE_MESSAGE_TYPES,
     TEXT_INTERPOLATED_TYPES,
@@ -175,6 +179,7 @@ class KMsg:
         defaults: KMsgDefaults | None = None,
         hooks: KMsgHooks | Sequence[KMsgHooks] | None = None,
         webhooks: WebhookSink | WebhookFeed | None = None,
+        channels: ChannelBindings | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         clock: Callable[[], datetime] = now_utc,
         id_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
@@ -203,6 +208,7 @@ class KMsg:
         self._clock = clock
         self._new_id = id_factory
         self._round_robin: dict[str, int] = {}
+        self._channels = channels or ChannelBindings()
 
     @property
     def providers(self) -> tuple[Provider, ...]:
@@ -393,10 +399,10 @@ class KMsg:
         ):
             if not options.text or not options.text.strip():
                 return Fail(invalid_request(f"text is required for {options.type.value}"))
-            missing = missing_variables(options.text, options.variables)
-            if missing:
-                return Fail(invalid_request(f"missing template variables: {', '.join(missing)}"))
-            text = interpolate(options.text, options.variables)
+            rendered = render(options.text, options.variables)
+            if isinstance(rendered, Fail):
+                return rendered
+            text = rendered.value
             if isinstance(options, SmsSendOptions) and auto_type:
                 limit = self._defaults.auto_lms_bytes
                 if limit <= 0:
@@ -417,6 +423,12 @@ class KMsg:
                 profile_id=(kakao.profile_id or "").strip() or defaults.kakao_profile_id,
                 plus_id=(kakao.plus_id or "").strip() or defaults.kakao_plus_id,
             )
+            binding = self._channels.resolve(filled.profile_id or filled.plus_id or "")
+            if binding is not None:
+                # An alias or plusId names the channel; the provider gets its sender key.
+                filled = replace(filled, profile_id=binding.sender_key, plus_id=binding.plus_id)
+                if options.provider_id is None and binding.provider_id is not None:
+                    options = replace(options, provider_id=binding.provider_id)
             return replace(options, kakao=filled)
         if isinstance(options, NsaSendOptions) and defaults.naver_talk_id:
             naver = options.naver or NaverOptions()

@@ -1,5 +1,9 @@
 """``MockProvider``: an in-memory provider you can script (succeed, fail with a code, delay).
 
+It also keeps AlimTalk templates and Kakao channels in memory (seeded with ``MOCK_TPL_SEED``
+"Hello #{name}", approved, and the channel ``@mock`` / ``mock-sender-seed``);
+``set_template_status`` scripts Kakao's review.
+
 It ships inside the package so applications can test their own send paths against it.
 :class:`TrackableMockProvider` adds a scriptable ``get_delivery_status`` for tracking tests
 (the original mock had none).
@@ -12,18 +16,32 @@ import string
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from secrets import choice
 
-from .errors import KMsgError, KMsgErrorCode
+from .channels import (
+    KakaoChannel,
+    KakaoChannelCategories,
+    KakaoChannelCategory,
+    normalize_plus_id,
+)
+from .errors import KMsgError, KMsgErrorCode, fail_invalid_request
 from .onboarding import (
     ProviderOnboardingSpec,
     find_provider_onboarding_spec,
     get_provider_onboarding_spec,
 )
-from .provider import SleepFn
+from .provider import SleepFn, now_utc
 from .result import Fail, Ok, Result
+from .templates import (
+    Template,
+    TemplateInput,
+    TemplateStatus,
+    TemplateUpdate,
+    placeholders,
+    validate_template,
+)
 from .types import (
     KMSG_MESSAGE_TYPES,
     AlimTalkSendOptions,
@@ -46,6 +64,16 @@ _CRYPTO_CODES = frozenset(
         KMsgErrorCode.CRYPTO_HASH_FAILED,
         KMsgErrorCode.CRYPTO_POLICY_VIOLATION,
     }
+)
+
+
+#: The auth number the mock's Kakao channel auth "sends" to the admin phone.
+MOCK_AUTH_NUMBER = "123456"
+
+MOCK_CATEGORIES = KakaoChannelCategories(
+    first=(KakaoChannelCategory("001", "Services"),),
+    second=(KakaoChannelCategory("001001", "Delivery", "001"),),
+    third=(KakaoChannelCategory("001001001", "Parcel delivery", "001001"),),
 )
 
 
@@ -124,6 +152,28 @@ class MockProvider:
         self._pending_failures = 0
         self.calls: list[SendOptions] = []
         self.max_batch_size = max_batch_size
+        seeded = now_utc()
+        self._templates: dict[str, Template] = {
+            "MOCK_TPL_SEED": Template(
+                id="MOCK_TPL_SEED",
+                code="MOCK_TPL_SEED",
+                name="Seed",
+                content="Hello #{name}",
+                status=TemplateStatus.APPROVED,
+                provider_id=id,
+                variables=("name",),
+                created_at=seeded,
+                updated_at=seeded,
+            )
+        }
+        self._template_seq = 0
+        self._channels: dict[str, KakaoChannel] = {
+            "mock-sender-seed": KakaoChannel(
+                provider_id=id, sender_key="mock-sender-seed", plus_id="@mock", status="A"
+            )
+        }
+        self._channel_seq = 0
+        self._channel_auth: dict[str, str] = {}
 
     @property
     def id(self) -> str:
@@ -214,6 +264,155 @@ class MockProvider:
 
     async def health_check(self) -> ProviderHealth:
         return ProviderHealth(healthy=True, data={"provider": self._id})
+
+    # templates and Kakao channels (in memory) ------------------------------------------
+
+    def set_template_status(self, code: str, status: TemplateStatus) -> None:
+        """Script Kakao's review: the template's status as later reads will report it."""
+        template = self._templates[code]
+        self._templates[code] = replace(template, status=status, updated_at=now_utc())
+
+    def _template_missing(self, code: str) -> Fail[KMsgError]:
+        return Fail(
+            KMsgError(
+                KMsgErrorCode.TEMPLATE_NOT_FOUND, f"no template {code!r}", provider_id=self._id
+            )
+        )
+
+    async def create_template(
+        self, template: TemplateInput, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        checked = validate_template(template, provider_id=self._id)
+        if isinstance(checked, Fail):
+            return checked
+        self._template_seq += 1
+        code = f"MOCK_TPL_{self._template_seq}"
+        now = now_utc()
+        created = Template(
+            id=code,
+            code=code,
+            name=template.name,
+            content=template.content,
+            status=TemplateStatus.PENDING,
+            provider_id=self._id,
+            category=template.category,
+            buttons=template.buttons,
+            variables=placeholders(template.content),
+            created_at=now,
+            updated_at=now,
+        )
+        self._templates[code] = created
+        return Ok(created)
+
+    async def update_template(
+        self, code: str, update: TemplateUpdate, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        current = self._templates.get(code)
+        if current is None:
+            return self._template_missing(code)
+        merged = update.apply(current)
+        checked = validate_template(merged, provider_id=self._id)
+        if isinstance(checked, Fail):
+            return checked
+        updated = replace(
+            current,
+            name=merged.name,
+            content=merged.content,
+            category=merged.category,
+            buttons=merged.buttons,
+            variables=placeholders(merged.content),
+            status=TemplateStatus.PENDING,
+            updated_at=now_utc(),
+        )
+        self._templates[code] = updated
+        return Ok(updated)
+
+    async def delete_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[None, KMsgError]:
+        if self._templates.pop(code, None) is None:
+            return self._template_missing(code)
+        return Ok(None)
+
+    async def get_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]:
+        template = self._templates.get(code)
+        return Ok(template) if template is not None else self._template_missing(code)
+
+    async def list_templates(
+        self,
+        *,
+        status: TemplateStatus | None = None,
+        page: int = 1,
+        limit: int = 15,
+        sender_key: str | None = None,
+    ) -> Result[tuple[Template, ...], KMsgError]:
+        if page < 1 or limit < 1:
+            return fail_invalid_request("page and limit must be >= 1", provider_id=self._id)
+        chosen = [t for t in self._templates.values() if status is None or t.status is status]
+        return Ok(tuple(chosen[(page - 1) * limit : page * limit]))
+
+    async def request_template_inspection(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[None, KMsgError]:
+        if code not in self._templates:
+            return self._template_missing(code)
+        self.set_template_status(code, TemplateStatus.INSPECTION)
+        return Ok(None)
+
+    async def list_kakao_channels(
+        self, *, plus_id: str | None = None, sender_key: str | None = None
+    ) -> Result[tuple[KakaoChannel, ...], KMsgError]:
+        wanted = normalize_plus_id(plus_id) if plus_id else None
+        return Ok(
+            tuple(
+                c
+                for c in self._channels.values()
+                if (wanted is None or c.plus_id == wanted)
+                and (sender_key is None or c.sender_key == sender_key)
+            )
+        )
+
+    async def list_kakao_channel_categories(self) -> Result[KakaoChannelCategories, KMsgError]:
+        return Ok(MOCK_CATEGORIES)
+
+    async def request_kakao_channel_auth(
+        self, plus_id: str, phone_number: str
+    ) -> Result[None, KMsgError]:
+        if not plus_id.strip() or not phone_number.strip():
+            return fail_invalid_request(
+                "plus_id and phone_number are required", provider_id=self._id
+            )
+        self._channel_auth[normalize_plus_id(plus_id)] = MOCK_AUTH_NUMBER
+        return Ok(None)
+
+    async def add_kakao_channel(
+        self, plus_id: str, auth_num: str, phone_number: str, category_code: str
+    ) -> Result[KakaoChannel, KMsgError]:
+        wanted = normalize_plus_id(plus_id)
+        if self._channel_auth.get(wanted) != auth_num.strip():
+            return fail_invalid_request(
+                f"no matching auth request for {wanted} (request_kakao_channel_auth first)",
+                provider_id=self._id,
+            )
+        if category_code not in {c.code for c in MOCK_CATEGORIES.third}:
+            return fail_invalid_request(
+                f"unknown category code {category_code!r}", provider_id=self._id
+            )
+        del self._channel_auth[wanted]
+        self._channel_seq += 1
+        now = now_utc()
+        channel = KakaoChannel(
+            provider_id=self._id,
+            sender_key=f"mock-sender-{self._channel_seq}",
+            plus_id=wanted,
+            status="A",
+            created_at=now,
+            updated_at=now,
+        )
+        self._channels[channel.sender_key] = channel
+        return Ok(channel)
 
     def get_onboarding_spec(self) -> ProviderOnboardingSpec:
         # A mock standing in for a real vendor (id "solapi", ...) follows that vendor's policy.

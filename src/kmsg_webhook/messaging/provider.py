@@ -23,8 +23,10 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 
+from .channels import KakaoChannel, KakaoChannelCategories
 from .errors import KMsgError, KMsgErrorCode, ProviderConfigError
 from .result import Fail, Ok, Result
+from .templates import Template, TemplateInput, TemplateStatus, TemplateUpdate
 from .types import (
     BalanceQuery,
     BalanceResult,
@@ -78,6 +80,68 @@ class BalanceProvider(Protocol):
     async def get_balance(
         self, query: BalanceQuery | None = None
     ) -> Result[BalanceResult, KMsgError]: ...
+
+
+@runtime_checkable
+class TemplateProvider(Protocol):
+    """Optional capability: manage AlimTalk templates (IWINV, Aligo, the mock).
+
+    ``sender_key`` names the Kakao channel for vendors that keep templates per channel
+    (Aligo); it defaults to the provider's configured sender key.
+    """
+
+    async def create_template(
+        self, template: TemplateInput, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]: ...
+
+    async def update_template(
+        self, code: str, update: TemplateUpdate, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]: ...
+
+    async def delete_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[None, KMsgError]: ...
+
+    async def get_template(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[Template, KMsgError]: ...
+
+    async def list_templates(
+        self,
+        *,
+        status: TemplateStatus | None = None,
+        page: int = 1,
+        limit: int = 15,
+        sender_key: str | None = None,
+    ) -> Result[tuple[Template, ...], KMsgError]: ...
+
+
+@runtime_checkable
+class TemplateInspectionProvider(Protocol):
+    """Optional capability: ask Kakao to review a template (Aligo, the mock)."""
+
+    async def request_template_inspection(
+        self, code: str, *, sender_key: str | None = None
+    ) -> Result[None, KMsgError]: ...
+
+
+@runtime_checkable
+class KakaoChannelProvider(Protocol):
+    """Optional capability: list and register Kakao channels (Aligo, the mock)."""
+
+    async def list_kakao_channels(
+        self, *, plus_id: str | None = None, sender_key: str | None = None
+    ) -> Result[tuple[KakaoChannel, ...], KMsgError]: ...
+
+    async def list_kakao_channel_categories(self) -> Result[KakaoChannelCategories, KMsgError]: ...
+
+    async def request_kakao_channel_auth(
+        self, plus_id: str, phone_number: str
+    ) -> Result[None, KMsgError]: ...
+
+    async def add_kakao_channel(
+        self, plus_id: str, auth_num: str, phone_number: str, category_code: str
+    ) -> Result[KakaoChannel, KMsgError]: ...
 
 
 @runtime_checkable
@@ -342,6 +406,18 @@ def to_kst(moment: datetime) -> datetime:
     """A schedule time in KST; naive datetimes are taken as UTC (as everywhere in the package)."""
     aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
     return aware.astimezone(KST)
+
+
+def parse_kst(value: Any) -> datetime | None:
+    """A vendor's local ``yyyy-MM-dd HH:mm[:ss]`` or ``yyyyMMddHHmmss`` time, read as KST."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y%m%d%H%M%S"):
+        try:
+            return datetime.strptime(value.strip(), fmt).replace(tzinfo=KST)
+        except ValueError:
+            continue
+    return None
 
 
 def now_utc() -> datetime:
