@@ -604,7 +604,7 @@ class AligoProvider(HttpProviderBase):
                 "buttons": json.loads(fields.get("tpl_button", '{"button": []}'))["button"],
                 **item,
             }
-            return Ok(_aligo_template(merged, category=template.category))
+            return Ok(_aligo_template(merged, key.value, category=template.category))
 
         return await self._manage("/akv10/template/add/", fields, read)
 
@@ -715,7 +715,7 @@ class AligoProvider(HttpProviderBase):
 
         def read(data: dict[str, Any]) -> Result[tuple[Template, ...], KMsgError]:
             items = data.get("list") or []
-            return Ok(tuple(_aligo_template(i) for i in items if isinstance(i, dict)))
+            return Ok(tuple(_aligo_template(i, key.value) for i in items if isinstance(i, dict)))
 
         return await self._manage("/akv10/template/list/", fields, read)
 
@@ -845,7 +845,9 @@ def _template_button_json(buttons: tuple[TemplateButton, ...]) -> str:
     return json.dumps({"button": items}, ensure_ascii=False)
 
 
-def _aligo_template(item: Mapping[str, Any], *, category: str | None = None) -> Template:
+def _aligo_template(
+    item: Mapping[str, Any], sender_key: str, *, category: str | None = None
+) -> Template:
     code = str(item.get("templtCode") or "")
     content = str(item.get("templtContent") or "")
     buttons = tuple(
@@ -873,6 +875,7 @@ def _aligo_template(item: Mapping[str, Any], *, category: str | None = None) -> 
         variables=placeholders(content),
         created_at=parse_kst(item.get("cdate")),
         updated_at=parse_kst(item.get("udate")),
+        sender_key=sender_key,
         raw=dict(item),
     )
 

@@ -227,6 +227,7 @@ def template_event(
         data["previousStatus"] = previous_status.value
     if template.category is not None:
         data["category"] = template.category
+    sender_key = sender_key or template.sender_key
     if sender_key is not None:
         data["senderKey"] = sender_key
     return WebhookEvent(

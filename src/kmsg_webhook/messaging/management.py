@@ -121,9 +121,12 @@ class ProviderManager:
             )
         )
 
-    async def _review_finished(self, template: Template, previous: TemplateStatus) -> None:
-        # The watcher does not know which channel a template belongs to beyond its own table.
-        await self._template_changed(_REVIEW_EVENTS[template.status], template, None, previous)
+    async def _review_finished(
+        self, template: Template, previous: TemplateStatus, sender_key: str | None
+    ) -> None:
+        await self._template_changed(
+            _REVIEW_EVENTS[template.status], template, sender_key, previous
+        )
 
     def _follow(self, template: Template, sender_key: str | None) -> None:
         if self.watcher is not None:

@@ -300,6 +300,7 @@ class MockProvider:
             variables=placeholders(template.content),
             created_at=now,
             updated_at=now,
+            sender_key=sender_key,
         )
         self._templates[code] = created
         return Ok(created)

@@ -15,8 +15,8 @@ from .templates import Template, TemplateStatus
 
 logger = logging.getLogger("kmsg_webhook.messaging.template_watch")
 
-#: Called with the template as now reported and the status it had before.
-StatusChange = Callable[[Template, TemplateStatus], Awaitable[None]]
+#: Called with the template as now reported, the status it had before and its channel's key.
+StatusChange = Callable[[Template, TemplateStatus, str | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ class TemplateStatusWatcher:
             if self._pending.pop(code, None) is None:
                 continue  # forgotten while we read it
             try:
-                await self._on_change(template, watched.status)
+                await self._on_change(template, watched.status, watched.sender_key)
             except Exception:
                 logger.exception("Template status callback failed for %s", code)
 

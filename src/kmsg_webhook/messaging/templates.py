@@ -123,6 +123,8 @@ class Template:
     variables: tuple[str, ...] = ()
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: The Kakao channel the template belongs to, for vendors that keep templates per channel.
+    sender_key: str | None = None
     raw: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
