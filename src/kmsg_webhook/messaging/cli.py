@@ -566,6 +566,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--from", dest="sender")
         if name == "send":
             sub.add_argument("--type", help="SMS, LMS, MMS, ALIMTALK, FRIENDTALK, ...")
+        else:
+            sub.set_defaults(type=None)
         if name != "alimtalk":
             sub.add_argument("--text", required=name == "sms")
             sub.add_argument("--subject")
@@ -624,8 +626,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace) -> int:
-    setup = load_setup(args.config, os.environ)
+async def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    setup = load_setup(args.config, environ)
     try:
         result: int = await args.run(args, setup, Output(args.json))
         return result
@@ -633,10 +635,11 @@ async def _run(args: argparse.Namespace) -> int:
         await setup.aclose()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; ``environ`` replaces ``os.environ`` as the configuration source."""
     args = _parser().parse_args(argv)
     try:
-        return asyncio.run(_run(args))
+        return asyncio.run(_run(args, os.environ if environ is None else environ))
     except WebhookError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": {"message": str(exc)}}, ensure_ascii=False))
