@@ -325,3 +325,25 @@ async def test_network_waits_show_progress_on_a_terminal(aligo: FakeAligoKakao) 
     assert process.returncode == 0
     assert "list on aligo..." in shown  # the spinner, on the terminal only
     assert "list on aligo" not in out.decode()  # never mixed into the output
+
+
+async def test_health_and_balance() -> None:
+    async with FakeIwinv() as iwinv:
+        env = {
+            "IWINV_API_KEY": iwinv.api_key,
+            "IWINV_BASE_URL": iwinv.alimtalk_url,
+            "KMSG_PROVIDERS": "iwinv,mock",
+        }
+        balance = await kmsg("providers", "balance", env=env)
+        assert balance.code == 0, balance.err
+        rows = {line.split()[0]: line for line in balance.out.splitlines()[2:]}
+        assert "12,345 KRW" in rows["iwinv"]
+        assert "no balance API" in rows["mock"]
+        iwinv.charge = "not a number"
+        failed = await kmsg("providers", "balance", "--provider", "iwinv", "--json", env=env)
+        assert failed.code == 1
+        assert "numeric" in failed.json()[0]["error"]
+        health = await kmsg("providers", "health", "--json", env=env)
+        assert health.code == 0
+        assert set(health.json()["providers"]) == {"iwinv", "mock"}
+        assert health.json()["healthy"] is True

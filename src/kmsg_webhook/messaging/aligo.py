@@ -57,9 +57,13 @@ from .templates import (
     TemplateLimits,
     TemplateStatus,
     TemplateUpdate,
+    button_links,
+    buttons_from_wire,
+    find_template,
     placeholders,
     render,
     stringify_variable,
+    template_page,
     validate_template,
 )
 from .types import (
@@ -126,6 +130,17 @@ def map_aligo_result_code(code: str) -> KMsgErrorCode:
     if code == "-501":
         return KMsgErrorCode.TEMPLATE_NOT_FOUND
     return KMsgErrorCode.PROVIDER_ERROR
+
+
+def _http_error(response: HttpResponse) -> KMsgError:
+    """A non-2xx answer: Aligo's API answers 200 for its own errors, so this is transport."""
+    return KMsgError(
+        KMsgErrorCode.NETWORK_ERROR,
+        f"HTTP error! status: {response.status}",
+        provider_id=PROVIDER_ID,
+        http_status=response.status,
+        retry_after_ms=response.retry_after_ms(),
+    )
 
 
 def _button_json(buttons: tuple[MessageButton, ...]) -> str:
@@ -312,15 +327,7 @@ class AligoProvider(HttpProviderBase):
         warnings: tuple[SendWarning, ...],
     ) -> Result[SendResult, KMsgError]:
         if not response.ok:
-            return Fail(
-                KMsgError(
-                    KMsgErrorCode.NETWORK_ERROR,
-                    f"HTTP error! status: {response.status}",
-                    provider_id=PROVIDER_ID,
-                    http_status=response.status,
-                    retry_after_ms=response.retry_after_ms(),
-                )
-            )
+            return Fail(_http_error(response))
         parsed = parse_json(response.text)
         if isinstance(parsed, MalformedResponse) or not isinstance(parsed, dict):
             return Fail(malformed_response_error(PROVIDER_ID, response))
@@ -525,15 +532,7 @@ class AligoProvider(HttpProviderBase):
 
         def parse(response: HttpResponse) -> Result[T, KMsgError]:
             if not response.ok:
-                return Fail(
-                    KMsgError(
-                        KMsgErrorCode.NETWORK_ERROR,
-                        f"HTTP error! status: {response.status}",
-                        provider_id=PROVIDER_ID,
-                        http_status=response.status,
-                        retry_after_ms=response.retry_after_ms(),
-                    )
-                )
+                return Fail(_http_error(response))
             parsed = parse_json(response.text)
             if isinstance(parsed, MalformedResponse) or not isinstance(parsed, dict):
                 return Fail(malformed_response_error(PROVIDER_ID, response))
@@ -675,16 +674,7 @@ class AligoProvider(HttpProviderBase):
         listed = await self._templates(code, sender_key)
         if isinstance(listed, Fail):
             return listed
-        match = next((t for t in listed.value if t.code == code), None)
-        if match is None:
-            return Fail(
-                KMsgError(
-                    KMsgErrorCode.TEMPLATE_NOT_FOUND,
-                    f"Aligo has no template {code!r}",
-                    provider_id=PROVIDER_ID,
-                )
-            )
-        return Ok(match)
+        return find_template(listed.value, code, PROVIDER_ID)
 
     async def list_templates(
         self,
@@ -695,13 +685,12 @@ class AligoProvider(HttpProviderBase):
         sender_key: str | None = None,
     ) -> Result[tuple[Template, ...], KMsgError]:
         """Aligo returns the channel's whole list: status and paging are applied here."""
-        if page < 1 or limit < 1:
-            return fail_invalid_request("page and limit must be >= 1", provider_id=PROVIDER_ID)
         listed = await self._templates(None, sender_key)
         if isinstance(listed, Fail):
             return listed
-        chosen = [t for t in listed.value if status is None or t.status is status]
-        return Ok(tuple(chosen[(page - 1) * limit : page * limit]))
+        return template_page(
+            listed.value, status=status, page=page, limit=limit, provider_id=PROVIDER_ID
+        )
 
     async def _templates(
         self, code: str | None, sender_key: str | None
@@ -830,18 +819,10 @@ def map_aligo_management_code(code: str) -> KMsgErrorCode:
 
 
 def _template_button_json(buttons: tuple[TemplateButton, ...]) -> str:
-    items = []
-    for order, button in enumerate(buttons, 1):
-        item = {"ordering": str(order), "name": button.name, "linkType": button.type}
-        for key, value in (
-            ("linkMo", button.url_mobile),
-            ("linkPc", button.url_pc),
-            ("linkIos", button.scheme_ios),
-            ("linkAnd", button.scheme_android),
-        ):
-            if value:
-                item[key] = value
-        items.append(item)
+    items = [
+        {"ordering": str(order), "name": b.name, "linkType": b.type, **button_links(b)}
+        for order, b in enumerate(buttons, 1)
+    ]
     return json.dumps({"button": items}, ensure_ascii=False)
 
 
@@ -850,18 +831,7 @@ def _aligo_template(
 ) -> Template:
     code = str(item.get("templtCode") or "")
     content = str(item.get("templtContent") or "")
-    buttons = tuple(
-        TemplateButton(
-            name=str(b.get("name") or ""),
-            type=str(b.get("linkType") or "WL"),
-            url_mobile=b.get("linkMo") or None,
-            url_pc=b.get("linkPc") or None,
-            scheme_ios=b.get("linkIos") or None,
-            scheme_android=b.get("linkAnd") or None,
-        )
-        for b in item.get("buttons") or []
-        if isinstance(b, dict)
-    )
+    buttons = buttons_from_wire(item.get("buttons"), "linkType")
     status = str(item.get("inspStatus") or "").strip().upper()
     return Template(
         id=code,

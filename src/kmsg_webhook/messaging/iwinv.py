@@ -55,6 +55,9 @@ from .templates import (
     TemplateInput,
     TemplateStatus,
     TemplateUpdate,
+    button_links,
+    buttons_from_wire,
+    find_template,
     placeholders,
     stringify_variable,
     validate_template,
@@ -244,37 +247,14 @@ MAX_TEMPLATE_PAGE_SIZE = 1000
 
 
 def _iwinv_buttons(buttons: tuple[TemplateButton, ...]) -> list[dict[str, str]]:
-    out = []
-    for button in buttons:
-        item = {"type": button.type, "name": button.name}
-        for key, value in (
-            ("linkMo", button.url_mobile),
-            ("linkPc", button.url_pc),
-            ("linkIos", button.scheme_ios),
-            ("linkAnd", button.scheme_android),
-        ):
-            if value:
-                item[key] = value
-        out.append(item)
-    return out
+    return [{"type": b.type, "name": b.name, **button_links(b)} for b in buttons]
 
 
 def _iwinv_template(item: Mapping[str, Any]) -> Template:
     code = str(item.get("templateCode") or "")
     content = str(item.get("templateContent") or "")
     status_code = str(item.get("templateStatus") or item.get("status") or "").strip().upper()
-    buttons = tuple(
-        TemplateButton(
-            name=str(b.get("name") or ""),
-            type=str(b.get("type") or b.get("linkType") or "WL"),
-            url_mobile=b.get("linkMo") or None,
-            url_pc=b.get("linkPc") or None,
-            scheme_ios=b.get("linkIos") or None,
-            scheme_android=b.get("linkAnd") or None,
-        )
-        for b in item.get("buttons") or []
-        if isinstance(b, dict)
-    )
+    buttons = buttons_from_wire(item.get("buttons"), "type")
     return Template(
         id=code,
         code=code,
@@ -1054,16 +1034,7 @@ class IWINVProvider(HttpProviderBase):
         listed = await self._list(code=code)
         if isinstance(listed, Fail):
             return listed
-        match = next((t for t in listed.value if t.code == code), None)
-        if match is None:
-            return Fail(
-                KMsgError(
-                    KMsgErrorCode.TEMPLATE_NOT_FOUND,
-                    f"IWINV has no template {code!r}",
-                    provider_id=PROVIDER_ID,
-                )
-            )
-        return Ok(match)
+        return find_template(listed.value, code, PROVIDER_ID)
 
     async def list_templates(
         self,

@@ -39,7 +39,9 @@ from .templates import (
     TemplateInput,
     TemplateStatus,
     TemplateUpdate,
+    find_template,
     placeholders,
+    template_page,
     validate_template,
 )
 from .types import (
@@ -338,8 +340,7 @@ class MockProvider:
     async def get_template(
         self, code: str, *, sender_key: str | None = None
     ) -> Result[Template, KMsgError]:
-        template = self._templates.get(code)
-        return Ok(template) if template is not None else self._template_missing(code)
+        return find_template(self._templates.values(), code, self._id)
 
     async def list_templates(
         self,
@@ -349,10 +350,9 @@ class MockProvider:
         limit: int = 15,
         sender_key: str | None = None,
     ) -> Result[tuple[Template, ...], KMsgError]:
-        if page < 1 or limit < 1:
-            return fail_invalid_request("page and limit must be >= 1", provider_id=self._id)
-        chosen = [t for t in self._templates.values() if status is None or t.status is status]
-        return Ok(tuple(chosen[(page - 1) * limit : page * limit]))
+        return template_page(
+            self._templates.values(), status=status, page=page, limit=limit, provider_id=self._id
+        )
 
     async def request_template_inspection(
         self, code: str, *, sender_key: str | None = None

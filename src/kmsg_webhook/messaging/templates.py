@@ -4,7 +4,7 @@ before a template is submitted, and rendering (the same code ``send`` uses)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -106,6 +106,34 @@ class TemplateButton:
     url_pc: str | None = None
     scheme_ios: str | None = None
     scheme_android: str | None = None
+
+
+# Kakao's link field names, which IWINV and Aligo both use on the wire.
+_LINK_FIELDS = (
+    ("linkMo", "url_mobile"),
+    ("linkPc", "url_pc"),
+    ("linkIos", "scheme_ios"),
+    ("linkAnd", "scheme_android"),
+)
+
+
+def button_links(button: TemplateButton) -> dict[str, str]:
+    """The button's links under Kakao's wire names (``linkMo``, ``linkPc``, ...), set ones only."""
+    links = {wire: getattr(button, attr) for wire, attr in _LINK_FIELDS}
+    return {wire: value for wire, value in links.items() if value}
+
+
+def buttons_from_wire(items: Any, type_key: str) -> tuple[TemplateButton, ...]:
+    """Buttons from a vendor's list of ``{name, <type_key>, linkMo, ...}`` objects."""
+    return tuple(
+        TemplateButton(
+            name=str(item.get("name") or ""),
+            type=str(item.get(type_key) or "WL"),
+            **{attr: item.get(wire) or None for wire, attr in _LINK_FIELDS},
+        )
+        for item in items or []
+        if isinstance(item, dict)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,3 +250,34 @@ def validate_template(
             details={"problems": problems},
         )
     )
+
+
+def find_template(
+    templates: Iterable[Template], code: str, provider_id: str
+) -> Result[Template, KMsgError]:
+    """The template with ``code``, or TEMPLATE_NOT_FOUND."""
+    match = next((t for t in templates if t.code == code), None)
+    if match is not None:
+        return Ok(match)
+    return Fail(
+        KMsgError(
+            KMsgErrorCode.TEMPLATE_NOT_FOUND,
+            f"{provider_id} has no template {code!r}",
+            provider_id=provider_id,
+        )
+    )
+
+
+def template_page(
+    templates: Iterable[Template],
+    *,
+    status: TemplateStatus | None,
+    page: int,
+    limit: int,
+    provider_id: str,
+) -> Result[tuple[Template, ...], KMsgError]:
+    """One page of ``templates`` in ``status``, for vendors that return the whole list."""
+    if page < 1 or limit < 1:
+        return Fail(invalid_request("page and limit must be >= 1", provider_id=provider_id))
+    chosen = [t for t in templates if status is None or t.status is status]
+    return Ok(tuple(chosen[(page - 1) * limit : page * limit]))
