@@ -18,6 +18,7 @@ from kmsg_webhook import (
     create_in_memory_persistence,
     verify,
 )
+from kmsg_webhook.errors import ConfigError
 from kmsg_webhook.messaging import (
     AligoConfig,
     AligoProvider,
@@ -220,7 +221,9 @@ async def test_events_share_the_send_feed() -> None:
     feed = WebhookFeed(sink, sleep=sleep)
     mock = MockProvider()
     kmsg = KMsg([mock], webhooks=feed)
-    manager = ProviderManager(mock, webhooks=kmsg.feed)
+    manager = kmsg.manager("mock")
+    with pytest.raises(ConfigError):
+        kmsg.manager("nope")
     assert isinstance(await manager.create_template(TemplateInput("a", "x")), Ok)
     await feed.drain()  # the first emit failed; the feed's retry stored it
     assert types(sink) == [T.TEMPLATE_CREATED]
@@ -304,3 +307,37 @@ async def test_template_review_reaches_a_real_webhook_endpoint(receiver: FakeSer
             await manager.aclose()
             await provider.aclose()
             await runtime.shutdown()
+
+
+async def test_a_cancelled_operation_emits_nothing() -> None:
+    sink = FlakySink()
+    async with FakeAligoKakao() as fake:
+        release = asyncio.Event()
+
+        async def hold(req: Recorded) -> Reply:  # the vendor answers only after the cancel
+            await release.wait()
+            return Reply(200, {"code": 0, "data": {"templtCode": "TP_1"}})
+
+        fake.route("POST", "/kakao/akv10/template/add/", hold)
+        provider = AligoProvider(
+            AligoConfig(
+                api_key=fake.api_key,
+                user_id=fake.user_id,
+                sender_key="SENDERKEY1",
+                alimtalk_base_url=fake.kakao_url,
+            )
+        )
+        manager = ProviderManager(provider, webhooks=sink)
+        task = asyncio.create_task(manager.create_template(TemplateInput("a", "x")))
+        for _ in range(200):
+            if fake.hits("/kakao/akv10/template/add/"):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await manager.aclose()
+        await provider.aclose()
+    assert sink.events == []
+    assert manager.watcher is not None and manager.watcher.pending == ()

@@ -53,6 +53,7 @@ from .feed import (
     sent_event,
 )
 from .inputs import ParsedInput, parse_send_input
+from .management import ProviderManager
 from .onboarding import ProviderOnboardingSpec, find_provider_onboarding_spec
 from .phone import estimate_sms_bytes, is_valid_phone, mask_phone
 from .provider import ClosableProvider, HealthCheckProvider, Provider, now_utc
@@ -217,6 +218,21 @@ class KMsg:
     @property
     def feed(self) -> WebhookFeed | None:
         return self._feed
+
+    def manager(self, provider_id: str, *, watch_interval: float | None = 60.0) -> ProviderManager:
+        """Template and Kakao channel operations on one of these providers, publishing through
+        this facade's feed and resolving its channel bindings. Raises ``ConfigError`` for an
+        unknown id. Close it (``aclose``) to stop its review watcher."""
+        provider = self._providers.get(provider_id)
+        if provider is None:
+            raise ConfigError(f"Provider not found: {provider_id}")
+        return ProviderManager(
+            provider,
+            webhooks=self._feed,
+            channels=self._channels,
+            watch_interval=watch_interval,
+            clock=self._clock,
+        )
 
     # ------------------------------------------------------------------------- public API
 
