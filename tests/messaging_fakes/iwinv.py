@@ -137,7 +137,7 @@ class FakeIwinv(FakeServer):
         buttons = body.get("buttons", [])
         if not isinstance(buttons, list) or not all(
             isinstance(b, dict)
-            and b.get("type") in ("WL", "AL", "DS", "BK", "MD")
+            and b.get("type") in ("WL", "AL", "DB", "BK", "MD")
             and b.get("name")
             for b in buttons
         ):

@@ -800,7 +800,7 @@ class AligoProvider(HttpProviderBase):
         return await self._manage("/akv10/profile/add/", fields, read)
 
 
-#: Aligo's template limits (Kakao's own: a 1000-character body, names up to 50 characters).
+#: Aligo's template limits; the reference gives none, so names may be longer than IWINV's 15.
 ALIGO_TEMPLATE_LIMITS = TemplateLimits(max_name=50)
 
 _ALIGO_STATUS = {

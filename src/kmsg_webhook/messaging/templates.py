@@ -92,8 +92,9 @@ class TemplateStatus(StrEnum):
         return self in (TemplateStatus.PENDING, TemplateStatus.INSPECTION)
 
 
-#: Kakao AlimTalk button link types: web, app, delivery tracking, bot keyword, message delivery.
-BUTTON_TYPES: frozenset[str] = frozenset({"WL", "AL", "DS", "BK", "MD", "BC", "BT", "AC"})
+#: AlimTalk button types: web link, app link, delivery tracking (``DS``; IWINV documents
+#: ``DB``), bot keyword, message delivery, and Kakao's consult, bot and add-channel buttons.
+BUTTON_TYPES: frozenset[str] = frozenset({"WL", "AL", "DS", "DB", "BK", "MD", "BC", "BT", "AC"})
 
 
 @dataclass(frozen=True, slots=True)
