@@ -350,62 +350,69 @@ async def cmd_send(args: argparse.Namespace, setup: Setup, out: Output) -> int:
     return out.result(outcome, show)
 
 
+Shown = tuple[Result[Any, KMsgError], Callable[[Any], None] | None]
+
+
 async def cmd_templates(args: argparse.Namespace, setup: Setup, out: Output) -> int:
     wants = TemplateInspectionProvider if args.action == "inspect" else TemplateProvider
     provider = _pick(setup, args.provider, wants, "manage templates")
     manager = ProviderManager(provider, channels=setup.channels, watch_interval=None)
-    key = args.channel
     async with progress(f"{args.action} on {provider.id}", quiet=out.as_json):
-        if args.action == "list":
-            status = TemplateStatus(args.status.upper()) if args.status else None
-            listed = await manager.list_templates(
-                status=status, page=args.page, limit=args.limit, sender_key=key
-            )
-            return out.result(listed, _show_templates)
-        if args.action == "get":
-            return out.result(await manager.get_template(args.code, sender_key=key), _show_template)
-        if args.action == "create":
-            template = TemplateInput(args.name, args.content, args.category, _buttons(args.button))
-            created = await manager.create_template(template, sender_key=key)
-            return out.result(created, _show_template)
-        if args.action == "update":
-            update = TemplateUpdate(
-                name=args.name,
-                content=args.content,
-                category=args.category,
-                buttons=_buttons(args.button) if args.button else None,
-            )
-            updated = await manager.update_template(args.code, update, sender_key=key)
-            return out.result(updated, _show_template)
-        if args.action == "delete":
-            return out.result(await manager.delete_template(args.code, sender_key=key))
-        requested = await manager.request_template_inspection(args.code, sender_key=key)
-        return out.result(requested)
+        result, show = await _template_action(args, manager)
+    return out.result(result, show)  # printed after the spinner is gone
+
+
+async def _template_action(args: argparse.Namespace, manager: ProviderManager) -> Shown:
+    key = args.channel
+    if args.action == "list":
+        status = TemplateStatus(args.status.upper()) if args.status else None
+        listed = await manager.list_templates(
+            status=status, page=args.page, limit=args.limit, sender_key=key
+        )
+        return listed, _show_templates
+    if args.action == "get":
+        return await manager.get_template(args.code, sender_key=key), _show_template
+    if args.action == "create":
+        template = TemplateInput(args.name, args.content, args.category, _buttons(args.button))
+        return await manager.create_template(template, sender_key=key), _show_template
+    if args.action == "update":
+        update = TemplateUpdate(
+            name=args.name,
+            content=args.content,
+            category=args.category,
+            buttons=_buttons(args.button) if args.button else None,
+        )
+        return await manager.update_template(args.code, update, sender_key=key), _show_template
+    if args.action == "delete":
+        return await manager.delete_template(args.code, sender_key=key), None
+    return await manager.request_template_inspection(args.code, sender_key=key), None
+
+
+def _show_categories(tree: Any) -> None:
+    rows = [[c.code, c.name, "-"] for c in tree.first]
+    rows += [[c.code, "  " + c.name, c.parent_code or "-"] for c in tree.second]
+    rows += [[c.code, "    " + c.name, c.parent_code or "-"] for c in tree.third]
+    print_table(["CODE", "NAME", "PARENT"], rows)
 
 
 async def cmd_channels(args: argparse.Namespace, setup: Setup, out: Output) -> int:
     provider = _pick(setup, args.provider, KakaoChannelProvider, "manage Kakao channels")
     manager = ProviderManager(provider, channels=setup.channels, watch_interval=None)
     async with progress(f"{args.action} on {provider.id}", quiet=out.as_json):
-        if args.action == "list":
-            listed = await manager.list_kakao_channels(plus_id=args.plus_id)
-            return out.result(listed, _show_channels)
-        if args.action == "categories":
+        result, show = await _channel_action(args, manager)
+    return out.result(result, show)
 
-            def show(tree: Any) -> None:
-                rows = [[c.code, c.name, "-"] for c in tree.first]
-                rows += [[c.code, "  " + c.name, c.parent_code or "-"] for c in tree.second]
-                rows += [[c.code, "    " + c.name, c.parent_code or "-"] for c in tree.third]
-                print_table(["CODE", "NAME", "PARENT"], rows)
 
-            return out.result(await manager.list_kakao_channel_categories(), show)
-        if args.action == "auth":
-            requested = await manager.request_kakao_channel_auth(args.plus_id, args.phone)
-            return out.result(requested, lambda _: print("auth number sent to " + args.phone))
-        added = await manager.add_kakao_channel(
-            args.plus_id, args.auth_num, args.phone, args.category
-        )
-        return out.result(added, lambda channel: _show_channels([channel]))
+async def _channel_action(args: argparse.Namespace, manager: ProviderManager) -> Shown:
+    if args.action == "list":
+        return await manager.list_kakao_channels(plus_id=args.plus_id), _show_channels
+    if args.action == "categories":
+        return await manager.list_kakao_channel_categories(), _show_categories
+    if args.action == "auth":
+        requested = await manager.request_kakao_channel_auth(args.plus_id, args.phone)
+        return requested, lambda _: print("auth number sent to " + args.phone)
+    added = await manager.add_kakao_channel(args.plus_id, args.auth_num, args.phone, args.category)
+    return added, lambda channel: _show_channels([channel])
 
 
 def _capabilities(provider: Provider) -> list[str]:
