@@ -20,6 +20,7 @@ from .channels import (
     KakaoChannelCategories,
     KakaoChannelCategory,
 )
+from .doctor import CheckResult, CheckStatus, DoctorReport, run_doctor
 from .errors import (
     RETRYABLE_CODES,
     KMsgError,
@@ -149,11 +150,14 @@ __all__ = [
     "BinaryInput",
     "ChannelBinding",
     "ChannelBindings",
+    "CheckResult",
+    "CheckStatus",
     "DeliveryStatus",
     "DeliveryStatusProvider",
     "DeliveryStatusQuery",
     "DeliveryStatusResult",
     "DeliveryTrackingService",
+    "DoctorReport",
     "Fail",
     "FailoverOptions",
     "FailoverState",
@@ -247,6 +251,7 @@ __all__ = [
     "parse_send_input",
     "placeholders",
     "render",
+    "run_doctor",
     "solapi_authorization",
     "template_problems",
     "validate_template",
