@@ -534,6 +534,37 @@ async def test_stats_aggregate(persistence: WebhookPersistence) -> None:
     assert (empty.total, empty.average_latency_ms, empty.success_rate) == (0, 0.0, 0.0)
 
 
+async def test_queue_stats_counts_due_scheduled_and_leased_pending_rows(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    now = T0 + timedelta(seconds=10)
+    empty = await store.queue_stats(now=now)
+    assert (empty.due, empty.scheduled, empty.leased) == (0, 0, 0)
+    assert empty.oldest_due_at is None and empty.next_due_at is None
+    await store.insert_many(
+        [
+            delivery(1, due=T0 + timedelta(seconds=1)),
+            delivery(2, due=T0 + timedelta(seconds=2)),
+            delivery(3, due=T0 + timedelta(seconds=3)),
+            delivery(4, due=T0 + timedelta(minutes=5)),
+            delivery(5, due=T0 + timedelta(minutes=1)),
+            delivery(6),
+        ]
+    )
+    leased = await claim(persistence, W1, now, limit=1)  # the oldest due: dlv_0006
+    settled = await claim(persistence, W1, now, limit=1)  # then dlv_0001
+    assert [leased[0].id, settled[0].id] == ["dlv_0006", "dlv_0001"]
+    await store.record([outcome(settled[0], W1, DeliveryStatus.SUCCESS)])
+    stats = await store.queue_stats(now=now)
+    assert (stats.due, stats.scheduled, stats.leased) == (2, 2, 1)
+    assert stats.oldest_due_at == T0 + timedelta(seconds=2)
+    assert stats.next_due_at == T0 + timedelta(minutes=1)
+    # An expired lease counts as due again.
+    later = await store.queue_stats(now=now + timedelta(seconds=31))
+    assert (later.due, later.leased) == (3, 0)
+
+
 async def test_requeue_touches_only_terminal_rows(persistence: WebhookPersistence) -> None:
     await _settled_mix(persistence)
     store = persistence.delivery_store

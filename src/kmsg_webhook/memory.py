@@ -22,6 +22,7 @@ from .models import (
     DeliveryStats,
     DeliveryStatus,
     PayloadRewrite,
+    QueueStats,
     WebhookDelivery,
     WebhookEndpoint,
     evolve_delivery,
@@ -257,6 +258,24 @@ class InMemoryDeliveryStore:
             average_latency_ms=latency_sum / latency_n if latency_n else 0.0,
             by_event_type=dict(by_type),
         )
+
+    async def queue_stats(self, *, now: datetime) -> QueueStats:
+        due = scheduled = leased = 0
+        oldest: datetime | None = None
+        upcoming: datetime | None = None
+        for row in self._rows.values():
+            at = row.next_attempt_at
+            if row.status is not DeliveryStatus.PENDING or at is None:
+                continue
+            if row.lease_expires_at is not None and row.lease_expires_at > now:
+                leased += 1
+            elif at <= now:
+                due += 1
+                oldest = at if oldest is None else min(oldest, at)
+            else:
+                scheduled += 1
+                upcoming = at if upcoming is None else min(upcoming, at)
+        return QueueStats(due, scheduled, leased, oldest, upcoming)
 
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None

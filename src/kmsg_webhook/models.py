@@ -329,6 +329,23 @@ class DeliveryStats:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The outbox's pending rows at a moment (``now``): what is due, scheduled and leased.
+
+    ``due``: pending, due at ``now`` and not leased (or its lease expired), so claimable.
+    ``scheduled``: pending retries (or rows) due later. ``leased``: pending rows a worker holds
+    under a live lease (being sent). ``oldest_due_at``: the earliest due time among the ``due``
+    rows; ``next_due_at``: the earliest due time among the ``scheduled`` ones.
+    """
+
+    due: int = 0
+    scheduled: int = 0
+    leased: int = 0
+    oldest_due_at: datetime | None = None
+    next_due_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """Outcome of :meth:`WebhookRuntimeService.probe_endpoint` (one attempt, no retries)."""
 

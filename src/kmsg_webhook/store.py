@@ -30,6 +30,7 @@ from .models import (
     DeliveryStats,
     DeliveryStatus,
     PayloadRewrite,
+    QueueStats,
     RetiredSecret,
     WebhookDelivery,
     WebhookEndpoint,
@@ -141,6 +142,10 @@ class DeliveryStore(Protocol):
     async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
         """Counts by status and event type, attempts and mean last-attempt latency."""
 
+    async def queue_stats(self, *, now: datetime) -> QueueStats:
+        """How many pending rows are due, scheduled for later and leased at ``now``, with the
+        oldest due time and the next scheduled one (one aggregate query; for monitoring)."""
+
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
     ) -> int:
@@ -165,14 +170,32 @@ class DeliveryStore(Protocol):
         """Apply each rewrite whose row still stores ``expected_payload``; returns how many."""
 
 
+#: Called with the earliest due time of rows another process made pending (``None``: unknown,
+#: look now).
+DueCallback = Callable[[datetime | None], None]
+
+
+class Watch(Protocol):
+    """A running subscription to another process's new and re-scheduled rows."""
+
+    async def close(self) -> None:
+        """Stop listening."""
+
+
 @dataclass(slots=True)
 class WebhookPersistence:
-    """An endpoint store and a delivery store with optional ``init``/``close`` hooks."""
+    """An endpoint store and a delivery store with optional ``init``/``close`` hooks.
+
+    ``watch``, when a backend can push changes (PostgreSQL ``LISTEN/NOTIFY``), starts a
+    subscription that calls back whenever rows become pending in another process; without it
+    workers find such rows by polling.
+    """
 
     endpoint_store: EndpointStore
     delivery_store: DeliveryStore
     init: Callable[[], Awaitable[None]] | None = None
     close: Callable[[], Awaitable[None]] | None = None
+    watch: Callable[[DueCallback], Awaitable[Watch]] | None = None
 
 
 SealedFields = tuple[str | None, tuple[RetiredSecret, ...], tuple[tuple[str, str], ...]]

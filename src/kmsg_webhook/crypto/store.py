@@ -23,6 +23,7 @@ from ..models import (
     DeliveryStatus,
     EndpointList,
     PayloadRewrite,
+    QueueStats,
     RecordError,
     WebhookDelivery,
     WebhookEndpoint,
@@ -180,6 +181,9 @@ class CryptoDeliveryStore:
     async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
         return await self.inner.stats(filter)
 
+    async def queue_stats(self, *, now: datetime) -> QueueStats:
+        return await self.inner.queue_stats(now=now)
+
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
     ) -> int:
@@ -209,6 +213,7 @@ def with_field_crypto(
         delivery_store=CryptoDeliveryStore(persistence.delivery_store, crypto),
         init=persistence.init,
         close=persistence.close,
+        watch=persistence.watch,
     )
 
 
@@ -231,4 +236,5 @@ def stored_view(persistence: WebhookPersistence) -> WebhookPersistence:
         else deliveries,
         init=persistence.init,
         close=persistence.close,
+        watch=persistence.watch,
     )

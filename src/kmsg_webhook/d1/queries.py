@@ -152,6 +152,19 @@ DELIVERY_STATS = (
     " FROM {d}{where}"
 )
 
+#: Pending rows at ?1 (epoch ms): due and claimable, scheduled later, under a live lease.
+DELIVERY_QUEUE_STATS = (
+    "SELECT COALESCE(SUM(due), 0) AS due, COALESCE(SUM(later), 0) AS scheduled,"
+    " COALESCE(SUM(leased), 0) AS leased,"
+    " MIN(CASE WHEN due THEN next_attempt_at END) AS oldest_due_at,"
+    " MIN(CASE WHEN later THEN next_attempt_at END) AS next_due_at"
+    " FROM (SELECT next_attempt_at,"
+    " (lease_expires_at IS NOT NULL AND lease_expires_at > ?1) AS leased,"
+    " ((lease_expires_at IS NULL OR lease_expires_at <= ?1) AND next_attempt_at <= ?1) AS due,"
+    " ((lease_expires_at IS NULL OR lease_expires_at <= ?1) AND next_attempt_at > ?1) AS later"
+    " FROM {d} WHERE status = 'pending')"
+)
+
 #: Counts by event type over a filter.
 DELIVERY_STATS_BY_TYPE = "SELECT event_type, COUNT(*) AS n FROM {d}{where} GROUP BY event_type"
 

@@ -26,10 +26,11 @@ from ..models import (
     DeliveryStats,
     DeliveryStatus,
     PayloadRewrite,
+    QueueStats,
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..sql.codec import attempt_to_json, ceil_millis, dumps, to_millis
+from ..sql.codec import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
 from ..store import WebhookPersistence, decode_cursor, encode_cursor, with_lookup_hashes
 from . import queries as q
 from .client import D1Client, D1Statement, D1Value
@@ -393,6 +394,21 @@ class D1DeliveryStore:
             total_attempts=int(row.get("total_attempts") or 0),
             average_latency_ms=float(average) if average is not None else 0.0,
             by_event_type={str(r["event_type"]): int(r["n"]) for r in by_type.rows},
+        )
+
+    async def queue_stats(self, *, now: datetime) -> QueueStats:
+        await self._gate.ready()
+        (result,) = await self._client.batch(
+            [D1Statement(_fmt(q.DELIVERY_QUEUE_STATS, self._t), (to_millis(now),))]
+        )
+        row: dict[str, Any] = result.rows[0] if result.rows else {}
+        oldest, upcoming = row.get("oldest_due_at"), row.get("next_due_at")
+        return QueueStats(
+            due=int(row.get("due") or 0),
+            scheduled=int(row.get("scheduled") or 0),
+            leased=int(row.get("leased") or 0),
+            oldest_due_at=None if oldest is None else from_millis(int(oldest)),
+            next_due_at=None if upcoming is None else from_millis(int(upcoming)),
         )
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ..models import (
     DeliveryStats,
     DeliveryStatus,
     PayloadRewrite,
+    QueueStats,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -680,6 +681,31 @@ class SqlDeliveryStore:
             average_latency_ms=latency_sum / latency_n if latency_n else 0.0,
             by_event_type=dict(by_type),
         )
+
+    async def queue_stats(self, *, now: datetime) -> QueueStats:
+        t = self._t
+        at = sa.literal(now, Timestamp())
+        leased = sa.and_(t.c.lease_expires_at.is_not(None), t.c.lease_expires_at > at)
+        due = sa.and_(sa.not_(leased), t.c.next_attempt_at <= at)
+        later = sa.and_(sa.not_(leased), t.c.next_attempt_at > at)
+
+        def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        def earliest(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+            return sa.type_coerce(
+                sa.func.min(sa.case((condition, t.c.next_attempt_at))), Timestamp()
+            )
+
+        query = sa.select(
+            count(due), count(later), count(leased), earliest(due), earliest(later)
+        ).where(t.c.status == DeliveryStatus.PENDING.value)
+
+        async def op(conn: AsyncConnection, attempt: int) -> tuple[Any, ...]:
+            return tuple((await conn.execute(query)).one())
+
+        due_n, later_n, leased_n, oldest, upcoming = await self._db.run(op)
+        return QueueStats(int(due_n), int(later_n), int(leased_n), oldest, upcoming)
 
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
