@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .events import WebhookEventType
+from .operational import OperationalWebhook
 from .signing import SignatureScheme
 
 
@@ -81,6 +82,9 @@ class WebhookConfig:
     endpoint_cache_ttl_ms: int = 1_000
     user_agent: str = "kmsg-webhook/0.1"
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    #: Where to send signed operational messages (endpoint disabled/enabled/recovered,
+    #: delivery exhausted); see :mod:`kmsg_webhook.operational`.
+    operational_webhook: OperationalWebhook | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
@@ -119,6 +123,10 @@ class WebhookConfig:
             raise ConfigError("secret_key must not be empty (use None for no fallback secret)")
         if not isinstance(self.health, HealthPolicy):
             raise ConfigError("health must be a HealthPolicy")
+        if self.operational_webhook is not None and not isinstance(
+            self.operational_webhook, OperationalWebhook
+        ):
+            raise ConfigError("operational_webhook must be an OperationalWebhook")
 
     @property
     def effective_lease_ms(self) -> int:

@@ -26,6 +26,13 @@ from .crypto.fields import FieldCrypto
 from .crypto.store import unreadable_outcome
 from .endpoints import EndpointCache
 from .errors import FieldCryptoError
+from .hooks import (
+    AttemptEvent,
+    EndpointChange,
+    EndpointStatusEvent,
+    HookSet,
+    SettledEvent,
+)
 from .models import (
     AttemptOutcome,
     DeliveryStatus,
@@ -52,6 +59,7 @@ class _Settled:
     success: bool
     final_failure: bool
     gone: bool
+    delivery: WebhookDelivery
 
 
 class Dispatcher:
@@ -79,8 +87,10 @@ class Dispatcher:
         worker_id: str,
         rng: random.Random | None = None,
         crypto: FieldCrypto | None = None,
+        hooks: HookSet | None = None,
     ) -> None:
         self._crypto = crypto
+        self._hooks = hooks or HookSet()
         # Endpoints opened for sending, by id, with the stored form they were opened from
         # (the Sender keeps signers keyed by plaintext secrets anyway).
         self._opened: dict[str, tuple[WebhookEndpoint, WebhookEndpoint]] = {}
@@ -114,6 +124,13 @@ class Dispatcher:
         self._plain: dict[str, WebhookEndpoint] = {}
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
+        # Endpoints the last short claim left out because this worker held their share: the
+        # claimer sleeps until one of them has a round of room again, not a whole poll.
+        self._starved: set[str] = set()
+        # The earliest retry this worker scheduled (or was told of) and the timer that wakes
+        # the claimer then.
+        self._next_due: datetime | None = None
+        self._due_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._recorder: GroupCommit[_Settled] = GroupCommit(
@@ -144,10 +161,40 @@ class Dispatcher:
         """New rows may be due: claim now instead of at the next poll."""
         self._wake.set()
 
+    def due_at(self, at: datetime | None) -> None:
+        """Rows become due at ``at`` (``None``: unknown, look now): the claimer wakes then
+        instead of at the next poll after it."""
+        if at is None or at <= self._clock.now():
+            self._wake.set()
+            return
+        if self._next_due is not None and self._next_due <= at:
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        self._next_due = at
+        delay = (at - self._clock.now()).total_seconds()
+        loop = asyncio.get_running_loop()
+        # A millisecond late, so the row is due by the store's clock too.
+        self._due_timer = loop.call_later(max(0.0, delay) + 0.001, self._due_now)
+
+    def _due_now(self) -> None:
+        self._due_timer = None
+        self._next_due = None
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts being sent right now."""
+        return sum(self._active.values())
+
     async def stop(self) -> None:
         """Stop claiming; in-flight attempts finish and are recorded; queued claims go back."""
         self._stopping = True
         self._wake.set()
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
+            self._next_due = None
         self._wake_workers(len(self._idle_workers))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -321,6 +368,7 @@ class Dispatcher:
         # A short claim with nothing excluded found every row due now (unless rows were left
         # to the store while it ran: the wake-up that follows claims again).
         self._backlog = len(claimed) >= want or bool(full) or self._left_to_store != left_before
+        self._starved = full if len(claimed) < want else set()
         overflow: list[str] = []
         kept = 0
         for delivery in claimed:
@@ -404,6 +452,15 @@ class Dispatcher:
                 active[endpoint_id] = left
             else:
                 del active[endpoint_id]
+            starved = self._starved
+            if (
+                starved
+                and endpoint_id in starved
+                and self._held(endpoint_id) <= self._config.max_concurrency_per_endpoint
+            ):
+                # The store may hold this endpoint's rows that the last claim left out.
+                starved.discard(endpoint_id)
+                self._wake.set()
             if endpoint_id in self._ready:
                 self._mark_runnable(endpoint_id)
                 if len(runnable) > 1:  # this worker takes one; another may take the next
@@ -443,14 +500,14 @@ class Dispatcher:
                 completed_at=now,
                 error=reason,
             )
-            return _Settled(outcome, delivery.endpoint_id, False, False, False)
+            return _Settled(outcome, delivery.endpoint_id, False, False, False, delivery)
 
         try:
             endpoint, payload = self._open(endpoint, delivery, stored=stored)
         except FieldCryptoError as exc:
             logger.error("delivery %s not sent: %s", delivery.id, exc)
             outcome = unreadable_outcome(delivery.id, self.worker_id, exc, self._clock.now())
-            return _Settled(outcome, delivery.endpoint_id, False, False, False)
+            return _Settled(outcome, delivery.endpoint_id, False, False, False, delivery)
         result = await self._sender.send(endpoint, delivery, payload=payload)
         attempt = result.attempt
         now = self._clock.now()
@@ -483,6 +540,7 @@ class Dispatcher:
             success=verdict.success,
             final_failure=status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED),
             gone=verdict.disable_endpoint,
+            delivery=delivery,
         )
 
     def _open(
@@ -552,7 +610,53 @@ class Dispatcher:
 
     async def _write_results(self, results: Sequence[_Settled]) -> None:
         await self._store.record([r.outcome for r in results])
+        next_due: datetime | None = None
+        for r in results:
+            at = r.outcome.next_attempt_at
+            if at is not None and r.outcome.status is DeliveryStatus.PENDING:
+                next_due = at if next_due is None else min(next_due, at)
+        if next_due is not None and not self._stopping:
+            self.due_at(next_due)
+        if self._hooks.wants_deliveries:
+            self._report(results)
         await self._update_health(results)
+
+    def _report(self, results: Sequence[_Settled]) -> None:
+        """Tell the hooks what was recorded: each attempt, and each delivery that settled."""
+        hooks = self._hooks
+        for r in results:
+            outcome, delivery = r.outcome, r.delivery
+            event_type = delivery.event_type.value
+            attempt = outcome.attempt
+            if attempt is not None:
+                hooks.attempt(
+                    AttemptEvent(
+                        delivery_id=delivery.id,
+                        endpoint_id=r.endpoint_id,
+                        event_type=event_type,
+                        attempt_number=attempt.attempt_number,
+                        status=outcome.status,
+                        http_status=attempt.http_status,
+                        latency_ms=attempt.latency_ms,
+                        error=attempt.error,
+                        next_attempt_at=outcome.next_attempt_at,
+                        at=attempt.started_at,
+                    )
+                )
+            if outcome.completed_at is not None:
+                hooks.settled(
+                    SettledEvent(
+                        delivery_id=delivery.id,
+                        endpoint_id=r.endpoint_id,
+                        event_type=event_type,
+                        status=outcome.status,
+                        attempts=delivery.attempt_count + (attempt is not None),
+                        sent=attempt is not None,
+                        created_at=delivery.created_at,
+                        completed_at=outcome.completed_at,
+                        error=outcome.last_error,
+                    )
+                )
 
     async def _update_health(self, results: Sequence[_Settled]) -> None:
         by_endpoint: defaultdict[str, list[_Settled]] = defaultdict(list)
@@ -586,6 +690,12 @@ class Dispatcher:
             if updated is None:
                 continue
             self._endpoints.put(updated)
+            if succeeded and cached is not None and not healthy:
+                self._endpoint_changed(
+                    updated,
+                    EndpointChange.RECOVERED,
+                    f"delivered after {cached.consecutive_failures} failures in a row",
+                )
             reason = self._policy_violation(updated, now)
             if reason:
                 await self._disable(endpoint_id, reason)
@@ -614,4 +724,18 @@ class Dispatcher:
         )
         await self._endpoint_store.update(disabled)
         self._endpoints.put(disabled)
-        logger.warning("endpoint %s disabled: %s", endpoint_id, reason)
+        self._endpoint_changed(disabled, EndpointChange.DISABLED, reason)
+
+    def _endpoint_changed(
+        self, endpoint: WebhookEndpoint, change: EndpointChange, reason: str | None
+    ) -> None:
+        self._hooks.endpoint_status(
+            EndpointStatusEvent(
+                endpoint_id=endpoint.id,
+                url=endpoint.url,
+                change=change,
+                status=endpoint.status,
+                reason=reason,
+                at=self._clock.now(),
+            )
+        )

@@ -42,7 +42,9 @@ from .errors import (
     RuntimeClosedError,
 )
 from .events import EventMetadata, JSONObject, WebhookEvent, WebhookEventType
+from .hooks import DeliveryHooks, EndpointChange, EndpointStatusEvent, HookSet
 from .ids import new_id
+from .logs import DELIVERY_LOG
 from .models import (
     DeliveryDraft,
     DeliveryFilter,
@@ -53,6 +55,7 @@ from .models import (
     EndpointList,
     EndpointStatus,
     ProbeResult,
+    QueueStats,
     RetiredSecret,
     RetryConfig,
     RuntimeStats,
@@ -60,9 +63,10 @@ from .models import (
     WebhookEndpoint,
     frozen,
 )
+from .operational import OperationalNotifier
 from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
-from .store import DeliveryStore, EndpointStore, WebhookPersistence
+from .store import DeliveryStore, EndpointStore, Watch, WebhookPersistence
 from .urlguard import GuardedResolver, validate_endpoint_url
 
 logger = logging.getLogger("kmsg_webhook.runtime")
@@ -93,6 +97,11 @@ class WebhookRuntimeService:
     ``docs/field-crypto.md``). A persistence already wrapped with ``with_field_crypto`` works
     the same without it. ``self.persistence`` reads and writes plaintext; the dispatcher works
     on values as stored and opens them only for the attempt.
+
+    ``hooks`` (:class:`~kmsg_webhook.hooks.DeliveryHooks`, or several) are called after each
+    recorded attempt, settled delivery and endpoint status change (see ``kmsg_webhook.hooks``);
+    the runtime's own log lines (``kmsg_webhook.logs``) and, when configured, operational
+    webhooks (``config.operational_webhook``) use the same seam.
     """
 
     def __init__(
@@ -110,10 +119,17 @@ class WebhookRuntimeService:
         dispatch: bool = True,
         rng: random.Random | None = None,
         field_crypto: FieldCryptoConfig | FieldCrypto | None = None,
+        hooks: DeliveryHooks | Sequence[DeliveryHooks] | None = None,
     ) -> None:
         self.config = config or WebhookConfig()
         if not isinstance(self.config, WebhookConfig):
             raise ConfigError("config must be a WebhookConfig")
+        given = [hooks] if isinstance(hooks, DeliveryHooks) else list(hooks or ())
+        if not all(isinstance(h, DeliveryHooks) for h in given):
+            raise ConfigError("hooks must be DeliveryHooks (or a sequence of them)")
+        self._hooks = HookSet([DELIVERY_LOG, *given])
+        self._notifier: OperationalNotifier | None = None
+        self._watch: Watch | None = None
         resolved = _resolve_persistence(persistence, endpoint_store, delivery_store)
         if field_crypto is not None:
             resolved = with_field_crypto(resolved, field_crypto)
@@ -123,6 +139,8 @@ class WebhookRuntimeService:
         # Values as stored: the dispatcher, the endpoint cache and read-modify-write paths.
         self._stored = stored_view(resolved)
         self.security = security or SecurityOptions()
+        if self.config.operational_webhook is not None:
+            self._check_url(self.config.operational_webhook.url)
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or new_id("worker")
         self._given_session = session
@@ -170,7 +188,15 @@ class WebhookRuntimeService:
                 worker_id=self.worker_id,
                 rng=self._rng,
                 crypto=self.field_crypto,
+                hooks=self._hooks,
             )
+            operational = self.config.operational_webhook
+            if operational is not None:
+                self._notifier = OperationalNotifier(
+                    operational, session, self.config.signature_scheme, self.clock
+                )
+                self._hooks.add(self._notifier.hooks)
+                self._notifier.start()
             self._intake = GroupCommit(
                 self._write_events,
                 max_batch=self.config.batch_size,
@@ -179,6 +205,9 @@ class WebhookRuntimeService:
             )
             if self._dispatch_enabled:
                 self._dispatcher.start()
+                if self.persistence.watch is not None:
+                    # Rows other processes make pending wake this dispatcher (LISTEN/NOTIFY).
+                    self._watch = await self.persistence.watch(self._dispatcher.due_at)
             self._started = True
 
     async def flush(self) -> None:
@@ -210,7 +239,11 @@ class WebhookRuntimeService:
                 # Without this, rows emitted just before shutdown stay pending (and are lost
                 # with the in-memory store) although the runtime could still send them.
                 await self._dispatcher.drain()
+            if self._watch is not None:
+                await self._watch.close()
             await self._dispatcher.stop()
+            if self._notifier is not None:
+                await self._notifier.close()
             if self._given_session is None and self._session is not None:
                 await close_session_gracefully(self._session)
         if self.persistence.close is not None:
@@ -319,7 +352,20 @@ class WebhookRuntimeService:
         if not isinstance(secret, _Unset):
             changes["secret"] = check_secret(secret, self.config.signature_scheme)
         updated = dataclasses.replace(current, **changes)
-        return await self._store_update(updated, reset_health=reset_health)
+        result = await self._store_update(updated, reset_health=reset_health)
+        if reset_health:
+            self._hooks.endpoint_status(
+                EndpointStatusEvent(
+                    endpoint_id=result.id,
+                    url=result.url,
+                    change=EndpointChange.ENABLED,
+                    status=result.status,
+                    reason=f"was {current.status.value}"
+                    + (f" ({current.disabled_reason})" if current.disabled_reason else ""),
+                    at=self.clock.now(),
+                )
+            )
+        return result
 
     async def rotate_secret(
         self,
@@ -617,6 +663,16 @@ class WebhookRuntimeService:
             active_endpoints=sum(e.active for e in endpoints),
             deliveries=deliveries,
         )
+
+    async def queue_stats(self) -> QueueStats:
+        """The outbox now: rows due, scheduled for later and leased (see :class:`QueueStats`)."""
+        await self.start()
+        return await self._stored.delivery_store.queue_stats(now=self.clock.now())
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts this runtime is sending right now."""
+        return self._dispatcher.in_flight if self._dispatcher is not None else 0
 
     async def purge(self, *, older_than: datetime | timedelta) -> int:
         """Delete finished deliveries created before ``older_than`` (a time, or an age)."""

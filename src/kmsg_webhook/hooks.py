@@ -1,0 +1,135 @@
+"""Delivery hooks: what the dispatcher did, as typed events, for logs, metrics and services.
+
+Pass ``hooks=DeliveryHooks(on_attempt=..., on_settled=..., on_endpoint_status=...)`` (or a
+sequence of them) to :class:`~kmsg_webhook.WebhookRuntimeService` to feed OpenTelemetry or any
+monitoring system. Hooks are plain callables run on the event loop right after the outcome is
+recorded in the store; they should return quickly. An exception in a hook is logged and never
+reaches delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
+
+from .models import DeliveryStatus, EndpointStatus
+
+logger = logging.getLogger("kmsg_webhook.hooks")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEvent:
+    """One HTTP attempt, as recorded. ``status`` is the delivery's status after it:
+    ``success``, ``pending`` (a retry is scheduled at ``next_attempt_at``), ``failed`` (not
+    retryable, or refused) or ``exhausted`` (retries used up)."""
+
+    delivery_id: str
+    endpoint_id: str
+    event_type: str
+    attempt_number: int
+    status: DeliveryStatus
+    http_status: int | None
+    latency_ms: float
+    error: str | None
+    next_attempt_at: datetime | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SettledEvent:
+    """A delivery reached a final status (``success``, ``failed`` or ``exhausted``).
+
+    ``attempts`` counts the HTTP attempts made. ``sent`` is false when the delivery was
+    settled without a request (its endpoint was removed or disabled, or its values did not
+    open). ``created_at`` is when the event was emitted, so ``completed_at - created_at`` is
+    the emit-to-settled lag."""
+
+    delivery_id: str
+    endpoint_id: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    sent: bool
+    created_at: datetime
+    completed_at: datetime
+    error: str | None
+
+
+class EndpointChange(StrEnum):
+    """What happened to an endpoint."""
+
+    #: Disabled automatically (health policy or ``410 Gone``): status ``error``.
+    DISABLED = "disabled"
+    #: Set back to ``active`` through the runtime (an operator re-enabled it).
+    ENABLED = "enabled"
+    #: A delivery succeeded after failures: the failure counters were reset.
+    RECOVERED = "recovered"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatusEvent:
+    """An endpoint changed health or status."""
+
+    endpoint_id: str
+    url: str
+    change: EndpointChange
+    status: EndpointStatus
+    reason: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryHooks:
+    """Callables the runtime calls after it records what happened; each is optional."""
+
+    on_attempt: Callable[[AttemptEvent], None] | None = None
+    on_settled: Callable[[SettledEvent], None] | None = None
+    on_endpoint_status: Callable[[EndpointStatusEvent], None] | None = None
+
+
+_E = TypeVar("_E")
+
+
+class HookSet:
+    """Several :class:`DeliveryHooks` called in order; a failing hook is logged and skipped."""
+
+    __slots__ = ("_attempt", "_endpoint", "_settled")
+
+    def __init__(self, hooks: Sequence[DeliveryHooks] = ()) -> None:
+        self._attempt = [h.on_attempt for h in hooks if h.on_attempt is not None]
+        self._settled = [h.on_settled for h in hooks if h.on_settled is not None]
+        self._endpoint = [h.on_endpoint_status for h in hooks if h.on_endpoint_status]
+
+    def add(self, hooks: DeliveryHooks) -> None:
+        if hooks.on_attempt is not None:
+            self._attempt.append(hooks.on_attempt)
+        if hooks.on_settled is not None:
+            self._settled.append(hooks.on_settled)
+        if hooks.on_endpoint_status is not None:
+            self._endpoint.append(hooks.on_endpoint_status)
+
+    @property
+    def wants_deliveries(self) -> bool:
+        """Whether building attempt/settled events is worth it (someone listens)."""
+        return bool(self._attempt or self._settled)
+
+    def attempt(self, event: AttemptEvent) -> None:
+        _call_each(self._attempt, event)
+
+    def settled(self, event: SettledEvent) -> None:
+        _call_each(self._settled, event)
+
+    def endpoint_status(self, event: EndpointStatusEvent) -> None:
+        _call_each(self._endpoint, event)
+
+
+def _call_each(callables: list[Callable[[_E], None]], event: _E) -> None:
+    for call in callables:
+        try:
+            call(event)
+        except Exception:
+            logger.exception("a delivery hook (%r) raised; delivery goes on", call)
