@@ -339,6 +339,11 @@ class SqlDatabase(ABC):
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
     ) -> int: ...
 
+    async def announce_due(self, conn: AsyncConnection, at: datetime) -> None:
+        """Tell other processes, when ``conn``'s transaction commits, that rows are due at
+        ``at`` (PostgreSQL ``NOTIFY``); dialects without notifications rely on polling."""
+        return None
+
     def single_statement(self, rows: int) -> bool:
         """Whether :meth:`insert_deliveries` (first attempt) or :meth:`record_outcomes` writes
         ``rows`` rows in one autocommit statement."""
@@ -357,7 +362,11 @@ class SqlDatabase(ABC):
         table = self.tables.deliveries
         statement = self.insert_statement(table).on_conflict_do_nothing().returning(table.c.id)
         result = await conn.execute(statement, [delivery_row(d) for d in deliveries])
-        return set(result.scalars().all())
+        new = set(result.scalars().all())
+        due = [d.next_attempt_at for d in deliveries if d.id in new and d.next_attempt_at]
+        if due:
+            await self.announce_due(conn, min(due))
+        return new
 
 
 class SqlEndpointStore:
@@ -725,7 +734,16 @@ class SqlDeliveryStore:
                 lease_expires_at=None,
             )
         )
-        return await self._write_count(statement)
+
+        async def op(conn: AsyncConnection, attempt: int) -> int:
+            await self._db.begin_write(conn)
+            count = int((await conn.execute(statement)).rowcount)
+            if count:
+                await self._db.announce_due(conn, now)
+            await conn.commit()
+            return count
+
+        return await self._db.run(op)
 
     async def purge(self, *, older_than: datetime) -> int:
         t = self._t

@@ -8,6 +8,7 @@ operation that fails on a lost connection is retried (see :mod:`kmsg_webhook.sql
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -23,9 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
+from ..store import DueCallback, WebhookPersistence
 from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .codec import dumps, values_to_delivery
 from .faults import redact_url
+from .listen import PostgresWatch
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
     DEFAULT_ENDPOINT_TABLE,
@@ -100,6 +103,36 @@ class PostgresDatabase(SqlDatabase):
             max_stored_attempts=max_stored_attempts,
             retry_timeout=retry_timeout,
         )
+        # NOTIFY channel of this table pair: a name within Postgres's 63-byte identifier limit.
+        digest = hashlib.sha256(f"{names.schema or ''}|{names.scope}".encode()).hexdigest()
+        self.channel = f"kmsg_webhook_{digest[:24]}"
+
+    def persistence(self) -> WebhookPersistence:
+        """The two stores with ``init``/``close``, and ``watch`` (``LISTEN`` on the channel
+        this store's writes ``NOTIFY``)."""
+        persistence = super().persistence()
+        persistence.watch = self.watch
+        return persistence
+
+    async def watch(self, callback: DueCallback) -> PostgresWatch:
+        """Call ``callback`` with the earliest due time whenever another writer commits new
+        or re-scheduled pending rows (see :mod:`kmsg_webhook.sql.listen`)."""
+        await self.init()
+        url = self._url.set(drivername="postgresql")
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(
+                url.render_as_string(hide_password=False),
+                timeout=self.connect_timeout,
+                server_settings={"application_name": f"{self.application_name} listener"},
+            )
+
+        watch = PostgresWatch(connect, self.channel, callback, where=self.display_url)
+        await watch.start()
+        return watch
+
+    async def announce_due(self, conn: AsyncConnection, at: datetime) -> None:
+        await conn.execute(sa.select(sa.func.pg_notify(self.channel, str(at.timestamp()))))
 
     # -- engine ---------------------------------------------------------------------------------
 
@@ -235,7 +268,9 @@ class PostgresDatabase(SqlDatabase):
     async def _insert_raw(
         self, driver: asyncpg.Connection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
-        return set(await driver.fetchval(self.sql["insert_deliveries"], dumps(deliveries)))
+        return set(
+            await driver.fetchval(self.sql["insert_deliveries"], dumps(deliveries), self.channel)
+        )
 
     async def claim_deliveries(
         self,
@@ -257,7 +292,7 @@ class PostgresDatabase(SqlDatabase):
         self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
     ) -> int:
         driver = await _driver(conn)
-        tag = await driver.execute(
+        applied = await driver.fetchval(
             self.sql["record_outcomes"],
             [o.delivery_id for o in outcomes],
             [o.worker_id for o in outcomes],
@@ -268,8 +303,9 @@ class PostgresDatabase(SqlDatabase):
             [o.last_error for o in outcomes],
             [None if o.attempt is None else o.attempt.latency_ms for o in outcomes],
             self.max_stored_attempts,
+            self.channel,
         )
-        return int(tag.rsplit(" ", 1)[1])  # the command tag, "UPDATE <rows>"
+        return int(applied)
 
 
 async def _driver(conn: AsyncConnection) -> asyncpg.Connection:

@@ -13,6 +13,8 @@
 -- (record_outcomes keeps its 8 arrays: as JSON it cost the server more than it saved here.)
 -- Rows whose id or (endpoint_id, event_id) already exists are skipped; the ids of new rows come
 -- back as one array (one value, not a result row per delivery for the driver to build).
+-- New rows not already leased are announced on channel $2 with their earliest due time (epoch
+-- seconds); a NOTIFY is delivered only when the transaction commits.
 WITH inserted AS (
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
@@ -28,8 +30,11 @@ FROM json_to_recordset($1::json)
           created_at timestamptz, next_attempt_at timestamptz, completed_at timestamptz,
           lease_owner text, lease_expires_at timestamptz, to_hash text, from_hash text)
 ON CONFLICT DO NOTHING
-RETURNING id)
-SELECT coalesce(array_agg(id), '{}') FROM inserted;
+RETURNING id, next_attempt_at, lease_expires_at)
+SELECT coalesce(array_agg(id), '{}'),
+       (SELECT pg_notify($2, extract(epoch FROM min(n.next_attempt_at))::text)
+        FROM inserted AS n WHERE n.lease_expires_at IS NULL HAVING count(*) > 0)
+FROM inserted;
 
 -- name: existing_delivery_ids
 -- Which of these ids are stored (used only when an insert is retried after a lost connection).
@@ -61,8 +66,9 @@ RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.sta
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes (one array per field) where the worker still holds the
 -- lease: append the attempt keeping the newest $9, count it, set status and times, drop the
--- lease. No RETURNING: the store reads the count from the command tag ("UPDATE n"), which
--- spares a result row per outcome on the server, the wire and the Python side.
+-- lease. Returns one row: how many applied. Retries it scheduled are announced on channel $10
+-- with their earliest due time, so any worker (any process) claims them when they fall due.
+WITH updated AS (
 UPDATE kmsg_webhook_deliveries AS d
 SET attempts_json = CASE
         WHEN o.attempt IS NULL THEN d.attempts_json
@@ -86,4 +92,9 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
             $6::timestamptz[], $7::text[], $8::float8[])
      AS o(id, worker_id, attempt, status, next_attempt_at, completed_at, last_error,
           latency_ms)
-WHERE d.id = o.id AND d.lease_owner = o.worker_id;
+WHERE d.id = o.id AND d.lease_owner = o.worker_id
+RETURNING d.status, d.next_attempt_at)
+SELECT count(*),
+       (SELECT pg_notify($10, extract(epoch FROM min(r.next_attempt_at))::text)
+        FROM updated AS r WHERE r.status = 'pending' HAVING count(*) > 0)
+FROM updated;
