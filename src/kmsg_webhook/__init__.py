@@ -42,6 +42,13 @@ from .errors import (
     WebhookError,
 )
 from .events import EventMetadata, WebhookEvent, WebhookEventType
+from .hooks import (
+    AttemptEvent,
+    DeliveryHooks,
+    EndpointChange,
+    EndpointStatusEvent,
+    SettledEvent,
+)
 from .memory import create_in_memory_persistence
 from .models import (
     AttemptOutcome,
@@ -50,11 +57,13 @@ from .models import (
     DeliveryStats,
     DeliveryStatus,
     EndpointFilters,
+    EndpointHealth,
     EndpointInput,
     EndpointList,
     EndpointStatus,
     PayloadRewrite,
     ProbeResult,
+    QueueStats,
     RecordError,
     RetiredSecret,
     RetryConfig,
@@ -63,6 +72,7 @@ from .models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from .operational import OperationalWebhook
 from .runtime import WebhookRuntimeService, add_endpoints, probe_endpoint
 from .sender import SecurityOptions
 from .signing import SignatureScheme, Signer, generate_secret, generate_signing_keypair
@@ -71,23 +81,28 @@ from .urlguard import GuardedResolver, StaticResolver, validate_endpoint_url
 from .verify import ReplayGuard, verify
 
 __all__ = [
+    "AttemptEvent",
     "AttemptOutcome",
     "Clock",
     "ConfigError",
     "DecryptionError",
     "DecryptionFailure",
     "DeliveryFilter",
+    "DeliveryHooks",
     "DeliveryNotFoundError",
     "DeliveryPage",
     "DeliveryStats",
     "DeliveryStatus",
     "DeliveryStore",
     "DuplicateEndpointError",
+    "EndpointChange",
     "EndpointFilters",
+    "EndpointHealth",
     "EndpointInput",
     "EndpointList",
     "EndpointNotFoundError",
     "EndpointStatus",
+    "EndpointStatusEvent",
     "EndpointStore",
     "EndpointUrlError",
     "EnvKeyProvider",
@@ -108,8 +123,10 @@ __all__ = [
     "InvalidTimestampError",
     "ManualClock",
     "MissingHeaderError",
+    "OperationalWebhook",
     "PayloadRewrite",
     "ProbeResult",
+    "QueueStats",
     "RecordError",
     "ReplayGuard",
     "ReplayedMessageError",
@@ -118,6 +135,7 @@ __all__ = [
     "RuntimeClosedError",
     "RuntimeStats",
     "SecurityOptions",
+    "SettledEvent",
     "SignatureScheme",
     "Signer",
     "SigningError",

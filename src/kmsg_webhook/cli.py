@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import re
 import signal
@@ -22,7 +23,14 @@ from aiohttp import web
 
 from .config import WebhookConfig
 from .crypto import FieldCryptoConfig, RekeyReport, generate_key, rekey
-from .display import print_table
+from .display import (
+    delivery_json,
+    endpoint_json,
+    print_json,
+    print_table,
+    stats_json,
+    unreadable_json,
+)
 from .errors import ConfigError, DeliveryNotFoundError, EndpointNotFoundError, WebhookError
 from .events import WebhookEventType
 from .middleware import AiohttpVerifyWebhookMiddleware
@@ -30,6 +38,7 @@ from .models import DeliveryFilter, DeliveryStatus, EndpointInput, EndpointStatu
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
 from .signing import SignatureScheme
+from .sql.faults import redact_url
 
 STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
 # A young collection per 20,000 net allocations instead of 700 (docs/performance.md).
@@ -85,6 +94,25 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--scheme", choices=[s.value for s in SignatureScheme], default="standard")
     worker.add_argument("--allow-private-hosts", action="store_true")
     worker.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="INFO logs every attempt; WARNING only exhaustions, refusals and endpoint changes",
+    )
+    worker.add_argument("--log-format", choices=["text", "json"], default="text")
+    worker.add_argument(
+        "--summary-interval",
+        type=float,
+        default=60.0,
+        help="seconds between summary lines (rate, in flight, backlog); 0: none",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /healthz and /readyz on this port (needs kmsg-webhook[metrics])",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1")
+    worker.add_argument(
         "--gc-threshold",
         type=int,
         default=WORKER_GC_THRESHOLD,
@@ -110,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     add.set_defaults(run=_endpoints_add)
     listing = ep.add_parser("list")
     _store_arg(listing)
+    _json_arg(listing)
     listing.set_defaults(run=_endpoints_list)
     for action in ("remove", "disable", "enable"):
         sub = ep.add_parser(action)
@@ -127,10 +156,12 @@ def _parser() -> argparse.ArgumentParser:
     dlist.add_argument("--since", type=_moment, help="ISO time or age like 2h, 7d")
     dlist.add_argument("--limit", type=int, default=50)
     dlist.add_argument("--cursor")
+    _json_arg(dlist)
     dlist.set_defaults(run=_deliveries_list)
     show = dl.add_parser("show")
     _store_arg(show)
     show.add_argument("delivery_id")
+    _json_arg(show)
     show.set_defaults(run=_deliveries_show)
     retry = dl.add_parser("retry")
     _store_arg(retry)
@@ -160,6 +191,13 @@ def _parser() -> argparse.ArgumentParser:
     rekey_cmd.add_argument("--dry-run", action="store_true", help="count, write nothing")
     rekey_cmd.set_defaults(run=_rekey)
 
+    stats = commands.add_parser(
+        "stats", help="queue depth, status counts and troubled endpoints of a store"
+    )
+    _store_arg(stats)
+    _json_arg(stats)
+    stats.set_defaults(run=_stats)
+
     keygen = commands.add_parser("keygen", help="print a new random key (base64, 32 bytes)")
     keygen.set_defaults(run=_keygen)
     return parser
@@ -171,6 +209,12 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(STORE_ENV),
         required=STORE_ENV not in os.environ,
         help=f"store URL (default: ${STORE_ENV})",
+    )
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document (docs/production.md)"
     )
 
 
@@ -240,6 +284,18 @@ def _listen(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+    from .monitor import WorkerMonitor
+
+    configure_logging(args.log_level, args.log_format)
+    log = logging.getLogger("kmsg_webhook.worker")
+    metrics = None
+    if args.metrics_port is not None:
+        from .metrics import DeliveryMetrics
+
+        metrics = DeliveryMetrics()
+    monitor = WorkerMonitor(metrics)
+    hooks = [monitor.hooks] if metrics is None else [monitor.hooks, metrics.hooks]
     config = WebhookConfig(
         max_concurrency=args.concurrency,
         max_concurrency_per_endpoint=args.per_endpoint,
@@ -256,14 +312,28 @@ def _worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        security = SecurityOptions(allow_private_hosts=args.allow_private_hosts)
         runtime = WebhookRuntimeService(
             config,
             persistence=args.store,
             worker_id=args.worker_id,
-            security=SecurityOptions(allow_private_hosts=args.allow_private_hosts),
+            security=security,
             field_crypto=FieldCryptoConfig.from_env(),
+            hooks=hooks,
         )
         await runtime.start()
+        serving = ""
+        if args.metrics_port is not None:
+            try:
+                port = await monitor.serve(runtime, args.metrics_host, args.metrics_port)
+            except OSError as exc:
+                await runtime.shutdown(drain=False)
+                raise ConfigError(
+                    f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            serving = f"; metrics on http://{args.metrics_host}:{port}/metrics"
+        monitor.start_summary(runtime, args.summary_interval)
         gc_note = "Python's gc settings"
         if args.gc_threshold > 0:
             # This process is only the dispatcher, so its collector is ours to tune: what
@@ -272,13 +342,32 @@ def _worker(args: argparse.Namespace) -> int:
             gc.freeze()
             gc.set_threshold(args.gc_threshold)
             gc_note = f"gc threshold {args.gc_threshold}"
-        print(f"worker {runtime.worker_id} dispatching ({gc_note}; SIGTERM to stop)", flush=True)
+        policy = "private hosts allowed" if security.allow_private_hosts else "public hosts only"
+        crypto = "on" if runtime.field_crypto is not None else "off"
+        store = redact_url(args.store)
+        log.info(
+            "worker %s dispatching from %s (URL policy: %s; field crypto %s; %s%s; "
+            "SIGTERM to stop)",
+            runtime.worker_id,
+            store,
+            policy,
+            crypto,
+            gc_note,
+            serving,
+            extra={
+                "worker_id": runtime.worker_id,
+                "store": store,
+                "url_policy": policy,
+                "field_crypto": crypto,
+            },
+        )
         try:
             await stop.wait()
         finally:
             # In-flight attempts finish and are recorded; unsent claims go back to the store.
+            await monitor.close()
             await runtime.shutdown(drain=False)
-        print(f"worker {runtime.worker_id} stopped", flush=True)
+        log.info("worker %s stopped", runtime.worker_id, extra={"worker_id": runtime.worker_id})
         return 0
 
     return asyncio.run(run())
@@ -322,6 +411,14 @@ def _endpoints_add(args: argparse.Namespace) -> int:
 def _endpoints_list(args: argparse.Namespace) -> int:
     async def action(runtime: WebhookRuntimeService) -> int:
         endpoints = await runtime.list_endpoints()
+        if args.json:
+            print_json(
+                {
+                    "endpoints": [endpoint_json(e) for e in endpoints],
+                    "unreadable": unreadable_json(endpoints.errors),
+                }
+            )
+            return 0
         rows = [
             (
                 e.id,
@@ -367,6 +464,15 @@ def _deliveries_list(args: argparse.Namespace) -> int:
             limit=args.limit,
             cursor=args.cursor,
         )
+        if args.json:
+            print_json(
+                {
+                    "deliveries": [delivery_json(d) for d in page.items],
+                    "next_cursor": page.next_cursor,
+                    "unreadable": unreadable_json(page.errors),
+                }
+            )
+            return 0
         rows = [
             (
                 d.id,
@@ -393,6 +499,9 @@ def _deliveries_show(args: argparse.Namespace) -> int:
         d = await runtime.get_delivery(args.delivery_id)
         if d is None:
             raise DeliveryNotFoundError(args.delivery_id)
+        if args.json:
+            print_json({"delivery": delivery_json(d, detail=True)})
+            return 0
         for label, value in (
             ("id", d.id),
             ("endpoint", d.endpoint_id),
@@ -430,6 +539,53 @@ def _deliveries_retry(args: argparse.Namespace) -> int:
     async def action(runtime: WebhookRuntimeService) -> int:
         d = await runtime.retry_delivery(args.delivery_id)
         print(f"{d.id} is {d.status.value}, due {d.next_attempt_at}")
+        return 0
+
+    return _admin(args, action)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    async def action(runtime: WebhookRuntimeService) -> int:
+        deliveries = (await runtime.stats()).deliveries
+        queue = await runtime.queue_stats()
+        endpoints = await runtime.endpoint_health()
+        doc = stats_json(
+            now=runtime.clock.now(), deliveries=deliveries, queue=queue, endpoints=endpoints
+        )
+        if args.json:
+            print_json(doc)
+            return 0
+        q = doc["queue"]
+        age = q["oldest_due_age_s"]
+        print(
+            f"deliveries  {deliveries.total} total: {deliveries.pending} pending, "
+            f"{deliveries.success} success, {deliveries.failed} failed, "
+            f"{deliveries.exhausted} exhausted"
+        )
+        print(
+            f"queue       {queue.due} due now"
+            + (f" (oldest waiting {age:.1f}s)" if age is not None else "")
+            + f", {queue.scheduled} scheduled, {queue.leased} leased (in flight)"
+        )
+        by_status = ", ".join(f"{n} {s}" for s, n in doc["endpoints"]["by_status"].items() if n)
+        print(f"endpoints   {len(endpoints)} total" + (f": {by_status}" if by_status else ""))
+        troubled = [e for e in endpoints if e.troubled]
+        if troubled:
+            print()
+            print_table(
+                ("endpoint", "status", "failures", "failing since", "reason", "url"),
+                [
+                    (
+                        e.id,
+                        e.status.value,
+                        str(e.consecutive_failures),
+                        e.failing_since.strftime("%Y-%m-%d %H:%M:%S") if e.failing_since else "",
+                        e.disabled_reason or "",
+                        e.url,
+                    )
+                    for e in troubled
+                ],
+            )
         return 0
 
     return _admin(args, action)

@@ -39,6 +39,16 @@ FIELDS = (
     "change",
     "reason",
     "worker_id",
+    "store",
+    "url_policy",
+    "field_crypto",
+    "settled",
+    "rate_per_s",
+    "in_flight",
+    "due",
+    "oldest_due_age_s",
+    "scheduled",
+    "leased",
 )
 
 

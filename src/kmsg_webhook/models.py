@@ -346,6 +346,28 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """An endpoint's status and health counters, without its secrets or headers."""
+
+    id: str
+    url: str
+    status: EndpointStatus
+    consecutive_failures: int
+    failing_since: datetime | None
+    last_success_at: datetime | None
+    disabled_reason: str | None
+
+    @property
+    def troubled(self) -> bool:
+        """Not active, or failing since its last success."""
+        return (
+            self.status is not EndpointStatus.ACTIVE
+            or self.consecutive_failures > 0
+            or self.failing_since is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """Outcome of :meth:`WebhookRuntimeService.probe_endpoint` (one attempt, no retries)."""
 

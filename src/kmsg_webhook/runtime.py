@@ -51,6 +51,7 @@ from .models import (
     DeliveryPage,
     DeliveryStatus,
     EndpointFilters,
+    EndpointHealth,
     EndpointInput,
     EndpointList,
     EndpointStatus,
@@ -663,6 +664,22 @@ class WebhookRuntimeService:
             active_endpoints=sum(e.active for e in endpoints),
             deliveries=deliveries,
         )
+
+    async def endpoint_health(self) -> list[EndpointHealth]:
+        """Every endpoint's status and health counters (read as stored: no secrets opened)."""
+        await self.start()
+        return [
+            EndpointHealth(
+                id=e.id,
+                url=e.url,
+                status=e.status,
+                consecutive_failures=e.consecutive_failures,
+                failing_since=e.failing_since,
+                last_success_at=e.last_success_at,
+                disabled_reason=e.disabled_reason,
+            )
+            for e in await self._stored.endpoint_store.list()
+        ]
 
     async def queue_stats(self) -> QueueStats:
         """The outbox now: rows due, scheduled for later and leased (see :class:`QueueStats`)."""
