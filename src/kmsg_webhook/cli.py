@@ -330,7 +330,7 @@ def _worker(args: argparse.Namespace) -> int:
                 await runtime.shutdown(drain=False)
                 raise ConfigError(
                     f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
-                    f"{exc.strerror or exc}"
+                    f"{os.strerror(exc.errno) if exc.errno else exc}"
                 ) from None
             serving = f"; metrics on http://{args.metrics_host}:{port}/metrics"
         monitor.start_summary(runtime, args.summary_interval)

@@ -320,15 +320,15 @@ class Dispatcher:
                 self._changed.clear()
                 await self._wait(self._changed, poll_s)
                 continue
+            self._wake.clear()  # a wake-up from now on (an emit, a NOTIFY) means: look again
             try:
                 claimed = await self._claim()
             except Exception:
                 logger.exception("claiming deliveries failed; retrying in %.1fs", poll_s)
                 claimed = 0
-            if claimed or self._stopping:
-                continue
-            self._wake.clear()
-            await self._wait(self._wake, poll_s)  # nothing due: poll, or an emit wakes us
+            if claimed or self._stopping or self._has_room(self._starved):
+                continue  # (the sends of a left-out endpoint may have finished meanwhile)
+            await self._wait(self._wake, poll_s)  # nothing due: poll, or a wake-up
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout_s: float) -> None:
@@ -400,6 +400,11 @@ class Dispatcher:
         queue = self._ready.get(endpoint_id)
         return (len(queue) if queue else 0) + self._active.get(endpoint_id, 0)
 
+    def _has_room(self, endpoint_ids: Collection[str]) -> bool:
+        """Whether a claim would no longer leave one of these endpoints out."""
+        limit = self._config.max_concurrency_per_endpoint
+        return any(self._held(e) < limit for e in endpoint_ids)
+
     def _mark_runnable(self, endpoint_id: str) -> None:
         queue = self._ready.get(endpoint_id)
         if (
@@ -453,11 +458,7 @@ class Dispatcher:
             else:
                 del active[endpoint_id]
             starved = self._starved
-            if (
-                starved
-                and endpoint_id in starved
-                and self._held(endpoint_id) <= self._config.max_concurrency_per_endpoint
-            ):
+            if starved and endpoint_id in starved and self._has_room((endpoint_id,)):
                 # The store may hold this endpoint's rows that the last claim left out.
                 starved.discard(endpoint_id)
                 self._wake.set()

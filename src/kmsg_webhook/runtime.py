@@ -769,6 +769,8 @@ def _resolve_persistence(
             delivery_store=delivery_store or persistence.delivery_store,
             init=persistence.init,
             close=persistence.close,
+            # Notifications describe the persistence's own delivery store only.
+            watch=persistence.watch if delivery_store is None else None,
         )
     if endpoint_store is not None and delivery_store is not None:
         return WebhookPersistence(endpoint_store=endpoint_store, delivery_store=delivery_store)
