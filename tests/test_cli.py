@@ -623,8 +623,9 @@ async def test_worker_tunes_its_own_collector_unless_told_not_to(
         "--worker-id", "w1", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout is not None
-    banner = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert banner.decode() == f"worker w1 dispatching ({note}; SIGTERM to stop)\n"
+    assert proc.stderr is not None
+    banner = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+    assert f"INFO kmsg_webhook.worker: worker w1 dispatching from {store} (" in banner
+    assert f"; {note}; SIGTERM to stop)" in banner
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -691,11 +691,12 @@ class Dispatcher:
             if updated is None:
                 continue
             self._endpoints.put(updated)
-            if succeeded and cached is not None and not healthy:
+            if succeeded and cached is not None and cached.consecutive_failures:
+                # Recovered from failed deliveries (a retry that then succeeds is no news).
                 self._endpoint_changed(
                     updated,
                     EndpointChange.RECOVERED,
-                    f"delivered after {cached.consecutive_failures} failures in a row",
+                    f"delivered after {cached.consecutive_failures} failed deliveries in a row",
                 )
             reason = self._policy_violation(updated, now)
             if reason:

@@ -66,7 +66,7 @@ class EndpointChange(StrEnum):
     DISABLED = "disabled"
     #: Set back to ``active`` through the runtime (an operator re-enabled it).
     ENABLED = "enabled"
-    #: A delivery succeeded after failures: the failure counters were reset.
+    #: A delivery succeeded after deliveries that ended failed or exhausted.
     RECOVERED = "recovered"
 
 
