@@ -7,8 +7,9 @@ for PostgreSQL, aiosqlite and SQLAlchemy for SQLite.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import aiosqlite
 import asyncpg
@@ -16,12 +17,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from kmsg_webhook import DeliveryFilter, StoreError, create_in_memory_persistence
+from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError, create_in_memory_persistence
 from kmsg_webhook.sql.base import SqlDatabase
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
 from pg import server_dsn, temporary_postgres, temporary_sqlite
-from test_store_conformance import T0, W1, delivery
+from test_store_conformance import T0, W1, delivery, outcome
 
 NOW = T0 + timedelta(seconds=5)
 
@@ -130,6 +131,58 @@ async def test_postgres_outbox_on_a_sqlalchemy_connection(pg: PostgresDatabase) 
     try:
         await _check_outbox(pg, transaction, lambda: _pg_orders(pg))
     finally:
+        await engine.dispose()
+
+
+async def test_postgres_notifies_listeners_of_committed_pending_rows_only(
+    pg: PostgresDatabase,
+) -> None:
+    heard: asyncio.Queue[datetime | None] = asyncio.Queue()
+    watch = await pg.watch(heard.put_nowait)
+
+    async def next_notice() -> datetime | None:
+        return await asyncio.wait_for(heard.get(), 10)
+
+    conn = await asyncpg.connect(await server_dsn())
+    engine = create_async_engine(
+        (await server_dsn()).replace("postgresql://", "postgresql+asyncpg://", 1)
+    )
+    try:
+        async with conn.transaction():
+            await pg.delivery_store.insert_many([delivery(1)], connection=conn)
+            await asyncio.sleep(0.2)
+            assert heard.empty(), "notified before the commit"
+        assert await next_notice() == delivery(1).next_attempt_at
+
+        tx = conn.transaction()
+        await tx.start()
+        await pg.delivery_store.insert_many([delivery(2)], connection=conn)
+        await tx.rollback()
+        async with engine.connect() as sa_conn:  # the SQLAlchemy path, committed
+            await pg.delivery_store.insert_many([delivery(3)], connection=sa_conn)
+            await sa_conn.commit()
+        assert await next_notice() == delivery(3).next_attempt_at  # nothing for the rollback
+
+        # A recorded retry announces when it falls due; a success announces nothing.
+        first, second = await pg.delivery_store.claim(
+            worker_id=W1, now=NOW, lease_until=NOW + timedelta(seconds=30), limit=2
+        )
+        later = NOW + timedelta(minutes=5)
+        await pg.delivery_store.record(
+            [
+                outcome(first, W1, DeliveryStatus.PENDING, next_at=later),
+                outcome(second, W1, DeliveryStatus.SUCCESS),
+            ]
+        )
+        assert await next_notice() == later
+        # A re-queue (replay) announces its rows as due now.
+        assert await pg.delivery_store.requeue(DeliveryFilter(), now=NOW) == 1
+        assert await next_notice() == NOW
+        await asyncio.sleep(0.2)
+        assert heard.empty()
+    finally:
+        await watch.close()
+        await conn.close()
         await engine.dispose()
 
 
