@@ -618,14 +618,16 @@ class Dispatcher:
                 next_due = at if next_due is None else min(next_due, at)
         if next_due is not None and not self._stopping:
             self.due_at(next_due)
-        if self._hooks.wants_deliveries:
-            self._report(results)
+        self._report(results)
         await self._update_health(results)
 
     def _report(self, results: Sequence[_Settled]) -> None:
         """Tell the hooks what was recorded: each attempt, and each delivery that settled."""
         hooks = self._hooks
+        successes = hooks.wants_successes()
         for r in results:
+            if r.success and not successes:
+                continue  # the hot path, when no one listens for successes
             outcome, delivery = r.outcome, r.delivery
             event_type = delivery.event_type.value
             attempt = outcome.attempt

@@ -95,16 +95,39 @@ _E = TypeVar("_E")
 
 
 class HookSet:
-    """Several :class:`DeliveryHooks` called in order; a failing hook is logged and skipped."""
+    """The runtime's log hooks, then the given :class:`DeliveryHooks`, called in order; a failing
+    hook is logged and skipped.
 
-    __slots__ = ("_attempt", "_endpoint", "_settled")
+    ``log_successes`` says whether the log hooks want successful attempts now (the logger's
+    level): when neither they nor any given hook does, the dispatcher builds no events for
+    successes, the hot path.
+    """
 
-    def __init__(self, hooks: Sequence[DeliveryHooks] = ()) -> None:
-        self._attempt = [h.on_attempt for h in hooks if h.on_attempt is not None]
-        self._settled = [h.on_settled for h in hooks if h.on_settled is not None]
-        self._endpoint = [h.on_endpoint_status for h in hooks if h.on_endpoint_status]
+    __slots__ = ("_attempt", "_endpoint", "_log_successes", "_settled", "_watchers")
+
+    def __init__(
+        self,
+        hooks: Sequence[DeliveryHooks] = (),
+        *,
+        log: DeliveryHooks | None = None,
+        log_successes: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._attempt: list[Callable[[AttemptEvent], None]] = []
+        self._settled: list[Callable[[SettledEvent], None]] = []
+        self._endpoint: list[Callable[[EndpointStatusEvent], None]] = []
+        self._watchers = 0  # given hooks that watch attempts or settlements
+        self._log_successes = log_successes if log is not None else lambda: False
+        if log is not None:
+            self._add(log)
+        for hooks_ in hooks:
+            self.add(hooks_)
 
     def add(self, hooks: DeliveryHooks) -> None:
+        self._add(hooks)
+        if hooks.on_attempt is not None or hooks.on_settled is not None:
+            self._watchers += 1
+
+    def _add(self, hooks: DeliveryHooks) -> None:
         if hooks.on_attempt is not None:
             self._attempt.append(hooks.on_attempt)
         if hooks.on_settled is not None:
@@ -112,10 +135,9 @@ class HookSet:
         if hooks.on_endpoint_status is not None:
             self._endpoint.append(hooks.on_endpoint_status)
 
-    @property
-    def wants_deliveries(self) -> bool:
-        """Whether building attempt/settled events is worth it (someone listens)."""
-        return bool(self._attempt or self._settled)
+    def wants_successes(self) -> bool:
+        """Whether anyone listens for successful attempts (failures are always reported)."""
+        return bool(self._watchers) or self._log_successes()
 
     def attempt(self, event: AttemptEvent) -> None:
         _call_each(self._attempt, event)

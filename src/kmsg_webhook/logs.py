@@ -136,6 +136,11 @@ def _log_endpoint(event: EndpointStatusEvent) -> None:
     )
 
 
+def successes_logged() -> bool:
+    """Whether successful attempts would be logged now (INFO on ``kmsg_webhook.delivery``)."""
+    return delivery_logger.isEnabledFor(logging.INFO)
+
+
 #: The hooks that write the log lines above (the runtime installs them first).
 DELIVERY_LOG = DeliveryHooks(
     on_attempt=_log_attempt, on_settled=_log_settled, on_endpoint_status=_log_endpoint

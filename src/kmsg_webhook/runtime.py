@@ -44,7 +44,7 @@ from .errors import (
 from .events import EventMetadata, JSONObject, WebhookEvent, WebhookEventType
 from .hooks import DeliveryHooks, EndpointChange, EndpointStatusEvent, HookSet
 from .ids import new_id
-from .logs import DELIVERY_LOG
+from .logs import DELIVERY_LOG, successes_logged
 from .models import (
     DeliveryDraft,
     DeliveryFilter,
@@ -128,7 +128,7 @@ class WebhookRuntimeService:
         given = [hooks] if isinstance(hooks, DeliveryHooks) else list(hooks or ())
         if not all(isinstance(h, DeliveryHooks) for h in given):
             raise ConfigError("hooks must be DeliveryHooks (or a sequence of them)")
-        self._hooks = HookSet([DELIVERY_LOG, *given])
+        self._hooks = HookSet(given, log=DELIVERY_LOG, log_successes=successes_logged)
         self._notifier: OperationalNotifier | None = None
         self._watch: Watch | None = None
         resolved = _resolve_persistence(persistence, endpoint_store, delivery_store)
