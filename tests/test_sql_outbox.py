@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError, create_in_memory_persistence
 from kmsg_webhook.sql.base import SqlDatabase
+from kmsg_webhook.sql.listen import PostgresWatch
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
 from pg import server_dsn, temporary_postgres, temporary_sqlite
@@ -184,6 +185,30 @@ async def test_postgres_notifies_listeners_of_committed_pending_rows_only(
         await watch.close()
         await conn.close()
         await engine.dispose()
+
+
+async def test_a_listener_that_cannot_connect_keeps_trying_and_then_hears(
+    pg: PostgresDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    tries = 0
+
+    async def connect() -> asyncpg.Connection:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ConnectionRefusedError("the database is restarting")
+        return await asyncpg.connect(await server_dsn())
+
+    heard: asyncio.Queue[datetime | None] = asyncio.Queue()
+    watch = PostgresWatch(connect, pg.channel, heard.put_nowait, where="the test database")
+    await watch.start()  # does not raise: polling covers the gap
+    try:
+        assert await asyncio.wait_for(heard.get(), 10) is None  # back: look now
+        await pg.delivery_store.insert_many([delivery(1)])
+        assert await asyncio.wait_for(heard.get(), 10) == delivery(1).next_attempt_at
+    finally:
+        await watch.close()
+    assert "LISTEN on the test database failed (the database is restarting)" in caplog.text
 
 
 async def test_postgres_asyncpg_connection_outside_a_transaction_is_refused(

@@ -25,6 +25,8 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 #: How often an idle listening connection is checked (a half-open TCP connection stays silent).
 CHECK_INTERVAL_S = 15.0
 _RECONNECT_MAX_S = 30.0
+# What a failed connect, LISTEN or check raises (network, server, driver state).
+_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class PostgresWatch:
@@ -45,7 +47,7 @@ class PostgresWatch:
         """Listen now if the database answers; otherwise keep trying in the background."""
         try:
             await self._listen()
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except _FAILURES as exc:
             logger.warning(
                 "LISTEN on %s failed (%s); retrying, polling meanwhile", self._where, exc
             )
@@ -100,7 +102,7 @@ class PostgresWatch:
             await self._drop()
             try:
                 await self._listen()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except _FAILURES as exc:
                 logger.warning(
                     "LISTEN on %s lost; reconnecting in %.1fs (%s)", self._where, delay, exc
                 )
@@ -117,6 +119,6 @@ class PostgresWatch:
             return False
         try:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=5)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except _FAILURES:
             return False
         return True
