@@ -168,14 +168,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", log_format: LogFormat = "text") -> None:
-    """Send ``kmsg_webhook.*`` records at ``level`` and above to stderr, as text or JSON
-    lines (the worker command's ``--log-level``/``--log-format``)."""
+    """Configure this process's logging (the worker command's ``--log-level``/``--log-format``):
+    ``kmsg_webhook.*`` records at ``level`` and above, other libraries' at WARNING and above, and
+    Python warnings, all to stderr as text or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("kmsg_webhook")
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    logging.getLogger("kmsg_webhook").setLevel(level.upper())
+    logging.captureWarnings(True)
