@@ -325,7 +325,8 @@ class Dispatcher:
                 claimed = await self._claim()
             except Exception:
                 logger.exception("claiming deliveries failed; retrying in %.1fs", poll_s)
-                claimed = 0
+                await self._wait(self._wake, poll_s)
+                continue
             if claimed or self._stopping or self._has_room(self._starved):
                 continue  # (the sends of a left-out endpoint may have finished meanwhile)
             await self._wait(self._wake, poll_s)  # nothing due: poll, or a wake-up
