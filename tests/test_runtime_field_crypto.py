@@ -25,6 +25,7 @@ from kmsg_webhook import (
     DeliveryFilter,
     DeliveryStatus,
     EndpointInput,
+    MissingKeysError,
     PayloadRewrite,
     SecurityOptions,
     WebhookConfig,
@@ -248,13 +249,34 @@ async def test_turning_crypto_on_over_an_existing_store(
     assert len(lookup.items) == 3  # rekey computed the hashes of the legacy rows too
 
 
-async def test_a_runtime_without_keys_refuses_sealed_values(receiver, make_runtime, make_event):
+async def test_a_dispatching_runtime_without_keys_refuses_to_start_on_sealed_values(
+    receiver, make_runtime, make_event
+):
     persistence = create_in_memory_persistence()
     sealed = await make_runtime(persistence=persistence, field_crypto=config("A"), dispatch=False)
     await sealed.add_endpoint(EndpointInput(url=receiver.url("/in"), events=["message.sent"]))
     await sealed.emit(make_event())
     await sealed.flush()
+    with pytest.raises(MissingKeysError, match="KMSG_WEBHOOK_KEYS") as info:
+        await make_runtime(persistence=persistence)
+    assert "1 endpoint(s) with sealed secrets" in str(info.value)
+    assert "1 pending delivery payload(s)" in str(info.value)
+    # An intake-only runtime sends nothing, so it may start; nothing was claimed or failed.
+    await make_runtime(persistence=persistence, dispatch=False)
+    assert receiver.at("/in") == []
+    (row,) = await stored_deliveries(persistence)
+    assert (row.status, row.attempt_count) == (DeliveryStatus.PENDING, 0)
+
+
+async def test_sealed_rows_written_after_a_keyless_start_fail_closed(
+    receiver, make_runtime, make_event
+):
+    persistence = create_in_memory_persistence()
     keyless = await make_runtime(persistence=persistence)
+    sealed = await make_runtime(persistence=persistence, field_crypto=config("A"), dispatch=False)
+    await sealed.add_endpoint(EndpointInput(url=receiver.url("/in"), events=["message.sent"]))
+    await sealed.emit(make_event())
+    await sealed.flush()
     await settle(keyless)
     assert receiver.at("/in") == []
     (row,) = await stored_deliveries(persistence)

@@ -114,6 +114,29 @@ class StoreError(WebhookError):
     """A persistence backend failed (connection lost, constraint broken, ...)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached or opened: unreachable after retrying, or a SQLite file that
+    does not exist (the CLI creates one only for ``migrate`` or with ``--create``)."""
+
+
+class IncompleteStoreError(ConfigError, TypeError):
+    """A store object lacks methods of the persistence protocol; ``missing`` names them."""
+
+    def __init__(self, role: str, store: object, missing: tuple[str, ...]) -> None:
+        protocol = "EndpointStore" if role == "endpoint_store" else "DeliveryStore"
+        super().__init__(
+            f"{role} {type(store).__name__} lacks {', '.join(missing)}: a store implements every "
+            f"method of kmsg_webhook.store.{protocol} (the conformance suite checks them)"
+        )
+        self.role = role
+        self.missing = missing
+
+
+class UnsafeOperationError(WebhookError):
+    """An operation was refused because it would be unsafe as asked: a store holding sealed
+    values opened without their keys, a demo on a store in use, a purge not confirmed."""
+
+
 class RuntimeClosedError(WebhookError, RuntimeError):
     """The runtime was shut down; it accepts no more work."""
 
@@ -124,6 +147,11 @@ class IntakeFullError(WebhookError):
 
 class FieldCryptoError(WebhookError):
     """Field crypto failed for one stored value. Messages never contain plaintext or keys."""
+
+
+class MissingKeysError(FieldCryptoError, UnsafeOperationError):
+    """The store holds sealed values and no keys were given to open them: a dispatching runtime
+    refuses to start rather than fail every delivery it would claim."""
 
 
 class DecryptionFailure(StrEnum):

@@ -39,6 +39,7 @@ from .errors import (
     DeliveryNotFoundError,
     EndpointNotFoundError,
     InvalidEndpointError,
+    MissingKeysError,
     RuntimeClosedError,
 )
 from .events import EventMetadata, JSONObject, WebhookEvent, WebhookEventType
@@ -65,10 +66,11 @@ from .models import (
     frozen,
 )
 from .operational import OperationalNotifier
+from .preflight import refused_endpoints, sealed_values
 from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
-from .store import DeliveryStore, EndpointStore, Watch, WebhookPersistence
-from .urlguard import GuardedResolver, validate_endpoint_url
+from .store import DeliveryStore, EndpointStore, Watch, WebhookPersistence, require_complete
+from .urlguard import GuardedResolver
 
 logger = logging.getLogger("kmsg_webhook.runtime")
 
@@ -132,6 +134,7 @@ class WebhookRuntimeService:
         self._notifier: OperationalNotifier | None = None
         self._watch: Watch | None = None
         resolved = _resolve_persistence(persistence, endpoint_store, delivery_store)
+        require_complete(resolved)
         if field_crypto is not None:
             resolved = with_field_crypto(resolved, field_crypto)
         self.persistence = resolved
@@ -171,6 +174,13 @@ class WebhookRuntimeService:
                 return
             if self.persistence.init is not None:
                 await self.persistence.init()
+            if self._dispatch_enabled:
+                try:
+                    await self._preflight()
+                except MissingKeysError:
+                    if self.persistence.close is not None:
+                        await self.persistence.close()
+                    raise
             session = self._given_session or self._new_session()
             self._session = session
             sender = Sender(
@@ -262,9 +272,34 @@ class WebhookRuntimeService:
     ) -> None:
         await self.shutdown()
 
+    async def _preflight(self) -> None:
+        """Refuse to dispatch sealed values without keys; name the endpoints the URL policy
+        will refuse (one warning each), before any delivery is claimed."""
+        endpoints = await self._stored.endpoint_store.list()
+        if self.field_crypto is None:
+            where = await sealed_values(endpoints, self._stored.delivery_store)
+            if where is not None:
+                raise MissingKeysError(
+                    f"the store holds sealed values ({where}) and no field-crypto keys were "
+                    f"given: set KMSG_WEBHOOK_KEYS (field_crypto=) to the keys they were sealed "
+                    f"with; refusing to dispatch rather than fail every delivery"
+                )
+        for endpoint, error in refused_endpoints(endpoints, self.security):
+            logger.warning(
+                "endpoint %s (%s) will be refused under this runtime's URL policy (%s): %s",
+                endpoint.id,
+                endpoint.url,
+                self.security.describe(),
+                error,
+            )
+
     def _new_session(self) -> aiohttp.ClientSession:
+        security = self.security
         resolver = GuardedResolver(
-            self._resolver, allow_private_hosts=self.security.allow_private_hosts
+            self._resolver,
+            allow_private_hosts=security.allow_private_hosts,
+            allowed_networks=security.allowed_networks,
+            allowed_hosts=security.allowed_hosts,
         )
         connector = aiohttp.TCPConnector(
             limit=self.config.max_concurrency,
@@ -706,11 +741,7 @@ class WebhookRuntimeService:
     def _check_url(self, url: str) -> str:
         if not isinstance(url, str):
             raise InvalidEndpointError("url must be a string")
-        validate_endpoint_url(
-            url,
-            allow_private_hosts=self.security.allow_private_hosts,
-            allow_http_for_localhost=self.security.allow_http_for_localhost,
-        )
+        self.security.check(url)
         return url
 
     async def _require_endpoint(self, endpoint_id: str) -> WebhookEndpoint:

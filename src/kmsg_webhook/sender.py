@@ -12,24 +12,65 @@ from yarl import URL
 
 from .clock import Clock
 from .config import WebhookConfig
-from .errors import EndpointUrlError, SigningError
+from .errors import ConfigError, EndpointUrlError, SigningError
 from .models import AttemptDraft, WebhookAttempt, WebhookDelivery, WebhookEndpoint, frozen
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
-from .urlguard import validate_endpoint_url
+from .urlguard import (
+    IPNetwork,
+    parse_allowed_host,
+    parse_allowed_network,
+    validate_endpoint_url,
+)
 
 _PREPARED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class SecurityOptions:
-    """Endpoint URL policy, applied when an endpoint is saved and again before every send.
+    """Endpoint URL policy, applied when an endpoint is saved, before every send and to every
+    DNS answer at connect time.
 
-    http is accepted only for localhost names and addresses, and only when private hosts are
-    allowed too (as in the original).
+    ``allow_private_hosts`` admits every private address and local name. The allow-list admits
+    only what it names: ``allowed_networks`` (CIDR strings such as ``"10.0.0.0/8"``, CLI
+    ``--allow-network``) and ``allowed_hosts`` (names, ``"*.svc.cluster.local"`` for any name
+    below; CLI ``--allow-host``). http is accepted only for localhost names and addresses when
+    private hosts are allowed, and for listed destinations (see :mod:`kmsg_webhook.urlguard`).
     """
 
     allow_private_hosts: bool = False
     allow_http_for_localhost: bool = True
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, parse in (
+            ("allowed_networks", parse_allowed_network),
+            ("allowed_hosts", parse_allowed_host),
+        ):
+            values = getattr(self, name)
+            if isinstance(values, str):
+                raise ConfigError(f"{name} must be a list, not a str")
+            try:
+                object.__setattr__(self, name, tuple(map(parse, values)))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+
+    def check(self, url: str) -> URL:
+        """``url`` parsed if this policy admits it, else :class:`EndpointUrlError`."""
+        return validate_endpoint_url(
+            url,
+            allow_private_hosts=self.allow_private_hosts,
+            allow_http_for_localhost=self.allow_http_for_localhost,
+            allowed_networks=self.allowed_networks,
+            allowed_hosts=self.allowed_hosts,
+        )
+
+    def describe(self) -> str:
+        """The policy in one line (worker start lines and refusal reports)."""
+        if self.allow_private_hosts:
+            return "private hosts allowed"
+        listed = [*map(str, self.allowed_networks), *self.allowed_hosts]
+        return "public hosts" + (f" and {', '.join(listed)}" if listed else " only")
 
 
 @dataclass(slots=True)  # internal, one per attempt: a plain init is four times cheaper
@@ -140,11 +181,7 @@ class Sender:
         """Everything about an endpoint's request that does not change per attempt: its URL
         (checked by the URL guard), fixed headers and signer."""
         config = self._config
-        url = validate_endpoint_url(
-            endpoint.url,
-            allow_private_hosts=self._security.allow_private_hosts,
-            allow_http_for_localhost=self._security.allow_http_for_localhost,
-        )
+        url = self._security.check(endpoint.url)
         base = dict(self._fixed)
         for name, value in endpoint.headers.items():
             if name.lower() not in RESERVED_HEADERS:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from .errors import StoreError
+from .errors import IncompleteStoreError, StoreError
 from .events import parse_timestamp
 from .models import (
     AttemptOutcome,
@@ -196,6 +196,28 @@ class WebhookPersistence:
     init: Callable[[], Awaitable[None]] | None = None
     close: Callable[[], Awaitable[None]] | None = None
     watch: Callable[[DueCallback], Awaitable[Watch]] | None = None
+
+
+def _methods(protocol: type) -> tuple[str, ...]:
+    return tuple(
+        name for name, value in vars(protocol).items() if callable(value) and name[0] != "_"
+    )
+
+
+_REQUIRED = {"endpoint_store": _methods(EndpointStore), "delivery_store": _methods(DeliveryStore)}
+
+
+def require_complete(persistence: WebhookPersistence) -> None:
+    """Refuse stores that lack protocol methods, naming them (:class:`IncompleteStoreError`).
+
+    A store written for a smaller interface would otherwise be accepted and fail later, in the
+    background, on the first call it cannot answer.
+    """
+    for role, names in _REQUIRED.items():
+        store = getattr(persistence, role)
+        missing = tuple(name for name in names if not callable(getattr(store, name, None)))
+        if missing:
+            raise IncompleteStoreError(role, store, missing)
 
 
 SealedFields = tuple[str | None, tuple[RetiredSecret, ...], tuple[tuple[str, str], ...]]

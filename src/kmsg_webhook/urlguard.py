@@ -18,6 +18,13 @@ Policy decisions (documented here because callers and reviewers ask):
   ``.home``, ``.corp``, ``.intranet``, ``.private`` -- the RFC 6762 appendix G "private" TLDs --
   and all of ``.arpa``, which covers ``home.arpa`` and reverse-lookup names). ``.example`` and
   ``.test`` are *not* refused: they never resolve publicly, so the connect-time guard covers them.
+* The allow-list (``allowed_networks``, ``allowed_hosts``; CLI ``--allow-network``,
+  ``--allow-host``) admits named destinations without admitting every private address: an IP
+  literal inside an allowed network, and a name on the host list (exact, or ``*.suffix`` for
+  any name below it). An allowed name is trusted whole: its DNS answers are not checked, since
+  in-cluster service addresses are private and change. Other names still resolve under the
+  guard, whose answers may fall inside an allowed network. Plain http is accepted for listed
+  destinations as for localhost (``allow_http_for_localhost``).
 * One trailing dot is accepted (``example.com.`` is the same host); an empty label is malformed.
 * Any explicit port 1-65535 is allowed: receivers often listen on 8443 or similar, and the host,
   not the port, decides what the request can reach. Port 0 is malformed.
@@ -41,6 +48,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeAlias
 
 from aiohttp import ClientConnectorError
@@ -59,11 +67,14 @@ __all__ = [
     "address_refusal_reason",
     "find_forbidden_address_error",
     "is_address_allowed",
+    "parse_allowed_host",
+    "parse_allowed_network",
     "parse_legacy_ipv4",
     "validate_endpoint_url",
 ]
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
 """Longest endpoint URL accepted; longer ones are refused as ``too_long``."""
@@ -245,6 +256,72 @@ def parse_legacy_ipv4(text: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(number)
 
 
+# --------------------------------------------------------------------------- allow-list
+
+
+def parse_allowed_network(value: str | IPNetwork) -> IPNetwork:
+    """An allow-list network (``10.0.0.0/8``, ``127.0.0.1``, ``fd00::/8``); ValueError if bad."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"an allowed network is a CIDR string, not {type(value).__name__}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not a network in CIDR form ({value!r}): {exc}") from None
+
+
+def parse_allowed_host(value: str) -> str:
+    """An allow-list host name, normalised (lower case, no trailing dot); ``*.`` prefix allowed.
+
+    ValueError for anything that is not a plain DNS name (IP literals go in the network list).
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"an allowed host is a name, not {type(value).__name__}")
+    name = _normalise_name(value.strip())
+    bare = name[2:] if name.startswith("*.") else name
+    labels = bare.split(".")
+    if not bare or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise ValueError(f"not a host name: {value!r}")
+    if _NUMERIC_LABEL_RE.fullmatch(labels[-1]):
+        raise ValueError(f"{value!r} is an address: allow it as a network (--allow-network)")
+    return name
+
+
+def _host_listed(host: str, hosts: tuple[str, ...]) -> bool:
+    """Whether a (normalised) host name is on the allow-list."""
+    for allowed in hosts:
+        if host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
+            return True
+    return False
+
+
+def _address_listed(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether an address lies in an allow-listed network (IPv4-mapped addresses included)."""
+    plain = _without_scope(address)
+    if isinstance(plain, ipaddress.IPv6Address) and plain.ipv4_mapped is not None:
+        plain = plain.ipv4_mapped
+    return any(plain.version == net.version and plain in net for net in networks)
+
+
+def _allow_address_hint(address: IPAddress) -> str:
+    """How to allow one address: the CLI flag and the configuration option."""
+    prefix = 32 if address.version == 4 else 128
+    return (
+        f"allow it with --allow-network {address}/{prefix} "
+        f"(SecurityOptions(allowed_networks=[...])), or every private host with "
+        f"--allow-private-hosts (allow_private_hosts=True)"
+    )
+
+
+def _allow_name_hint(host: str) -> str:
+    """How to allow one host name: the CLI flag and the configuration option."""
+    return (
+        f"allow it with --allow-host {host} (SecurityOptions(allowed_hosts=[...])), or every "
+        f"private host with --allow-private-hosts (allow_private_hosts=True)"
+    )
+
+
 # --------------------------------------------------------------------------- URLs
 
 
@@ -320,26 +397,44 @@ def _local_name_kind(host: str) -> str | None:
     return None
 
 
-def _classify_ipv6(raw_host: str, allow_private: bool) -> bool:
-    """Check an IPv6 literal host; return True when it is a loopback (localhost) address."""
+@dataclass(frozen=True, slots=True)
+class _Allow:
+    """What the policy admits besides public hosts (hashable: part of the check's cache key)."""
+
+    private: bool
+    networks: tuple[IPNetwork, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """What the host check found: a localhost name/address, or a destination the list names."""
+
+    localhost: bool
+    listed: bool
+
+
+def _classify_ipv6(raw_host: str, allow: _Allow) -> _Host:
+    """Check an IPv6 literal host."""
     try:
         address = ipaddress.IPv6Address(raw_host)
     except ValueError:
         raise _Refused(
             "malformed", f"Endpoint URL host [{raw_host}] is not a valid IPv6 address"
         ) from None
+    listed = _address_listed(address, allow.networks)
     why = address_refusal_reason(address)
-    if why is not None and not allow_private:
+    if why is not None and not (allow.private or listed):
         raise _Refused(
             "private_address",
             f"Endpoint URL host [{raw_host}] is not public: {why}. Private, reserved and "
-            f"special-use addresses are refused (allow_private_hosts=True permits them)",
+            f"special-use addresses are refused; {_allow_address_hint(address)}",
         )
-    return _is_loopback(address)
+    return _Host(_is_loopback(address), listed)
 
 
-def _classify_numeric(host: str, allow_private: bool) -> bool:
-    """Check a host whose last label is a number; return True for a loopback address."""
+def _classify_numeric(host: str, allow: _Allow) -> _Host:
+    """Check a host whose last label is a number."""
     address = parse_legacy_ipv4(host)
     if address is None:
         raise _Refused(
@@ -348,13 +443,14 @@ def _classify_numeric(host: str, allow_private: bool) -> bool:
             f"resolvers and URL parsers disagree about such hosts",
         )
     canonical = str(address) == host
+    listed = _address_listed(address, allow.networks)
     why = address_refusal_reason(address)
-    if why is not None and not allow_private:
+    if why is not None and not (allow.private or listed):
         spelled = "" if canonical else f" (a legacy spelling of {address})"
         raise _Refused(
             "private_address",
             f"Endpoint URL host {host!r}{spelled} is not public: {why}. Private, reserved "
-            f"and special-use addresses are refused (allow_private_hosts=True permits them)",
+            f"and special-use addresses are refused; {_allow_address_hint(address)}",
         )
     if not canonical:
         raise _Refused(
@@ -362,11 +458,11 @@ def _classify_numeric(host: str, allow_private: bool) -> bool:
             f"Endpoint URL host {host!r} is a legacy IPv4 spelling of {address}; "
             f"write the address as four plain decimal octets",
         )
-    return _is_loopback(address)
+    return _Host(_is_loopback(address), listed)
 
 
-def _classify_name(host: str, allow_private: bool) -> bool:
-    """Check a DNS name host; return True when it is a localhost name."""
+def _classify_name(host: str, allow: _Allow) -> _Host:
+    """Check a DNS name host."""
     if len(host) > _MAX_HOST_LENGTH:
         raise _Refused("malformed", f"Endpoint URL host is longer than {_MAX_HOST_LENGTH} chars")
     for label in host.split("."):
@@ -374,18 +470,19 @@ def _classify_name(host: str, allow_private: bool) -> bool:
             raise _Refused(
                 "malformed", f"Endpoint URL host {host!r} has an invalid label {label!r}"
             )
+    listed = _host_listed(host, allow.hosts)
     kind = _local_name_kind(host)
-    if kind is not None and not allow_private:
+    if kind is not None and not (allow.private or listed):
         raise _Refused(
             "local_name",
             f"Endpoint URL host {host!r} {kind}, so it can only reach a private network; "
-            f"such names are refused (allow_private_hosts=True permits them)",
+            f"such names are refused; {_allow_name_hint(host)}",
         )
-    return host == "localhost" or host.endswith(".localhost")
+    return _Host(host == "localhost" or host.endswith(".localhost"), listed)
 
 
-def _check_host(raw_host: str, allow_private: bool) -> bool:
-    """Check the host aiohttp will resolve; return True when it is a localhost name/address."""
+def _check_host(raw_host: str, allow: _Allow) -> _Host:
+    """Check the host aiohttp will resolve."""
     if "%" in raw_host:
         if ":" in raw_host:
             raise _Refused(
@@ -395,7 +492,7 @@ def _check_host(raw_host: str, allow_private: bool) -> bool:
             )
         raise _refuse_percent_host(raw_host)
     if ":" in raw_host:
-        return _classify_ipv6(raw_host, allow_private)
+        return _classify_ipv6(raw_host, allow)
     host = raw_host[:-1] if raw_host.endswith(".") else raw_host
     if not host or not _HOST_CHARS_RE.fullmatch(host):
         raise _Refused(
@@ -404,8 +501,8 @@ def _check_host(raw_host: str, allow_private: bool) -> bool:
     if "" in host.split("."):
         raise _Refused("malformed", f"Endpoint URL host {raw_host!r} has an empty label")
     if _NUMERIC_LABEL_RE.fullmatch(host.rsplit(".", 1)[-1]):
-        return _classify_numeric(host, allow_private)
-    return _classify_name(host, allow_private)
+        return _classify_numeric(host, allow)
+    return _classify_name(host, allow)
 
 
 def _parse(url: str) -> tuple[URL, str]:
@@ -437,20 +534,21 @@ def _parse(url: str) -> tuple[URL, str]:
 
 
 @functools.lru_cache(maxsize=2048)
-def _check(url: str, allow_private: bool, allow_http_localhost: bool) -> URL | tuple[str, str]:
+def _check(url: str, allow: _Allow, allow_http_localhost: bool) -> URL | tuple[str, str]:
     """Cached core of :func:`validate_endpoint_url`: the URL, or (reason, message) to raise."""
     try:
         _check_text(url)
         parsed, raw_host = _parse(url)
-        is_localhost = _check_host(raw_host, allow_private)
+        host = _check_host(raw_host, allow)
         if parsed.scheme == "http" and not (
-            allow_http_localhost and allow_private and is_localhost
+            allow_http_localhost and ((allow.private and host.localhost) or host.listed)
         ):
             raise _Refused(
                 "http_not_allowed",
                 "Endpoint URL must use https; plain http is only allowed for localhost "
-                "(localhost, *.localhost, 127.0.0.0/8, ::1) when both allow_private_hosts "
-                "and allow_http_for_localhost are set",
+                "(localhost, *.localhost, 127.0.0.0/8, ::1) when private hosts are allowed "
+                "(--allow-private-hosts), and for destinations the allow-list names "
+                "(--allow-network, --allow-host), unless allow_http_for_localhost=False",
             )
     except _Refused as refused:
         # Cache plain data, not the exception: it would pin its traceback's frames.
@@ -459,9 +557,17 @@ def _check(url: str, allow_private: bool, allow_http_localhost: bool) -> URL | t
 
 
 def validate_endpoint_url(
-    url: str, *, allow_private_hosts: bool = False, allow_http_for_localhost: bool = True
+    url: str,
+    *,
+    allow_private_hosts: bool = False,
+    allow_http_for_localhost: bool = True,
+    allowed_networks: Sequence[str | IPNetwork] = (),
+    allowed_hosts: Sequence[str] = (),
 ) -> URL:
     """Return ``url`` parsed if it is a public https endpoint, else raise EndpointUrlError.
+
+    ``allowed_networks``/``allowed_hosts`` admit those destinations even when private (see the
+    module docstring); invalid entries are a ValueError.
 
     The check runs on the host exactly as aiohttp will connect to it, so send the returned
     :class:`yarl.URL` rather than the string. Results are cached, keeping it cheap per send.
@@ -478,7 +584,12 @@ def validate_endpoint_url(
             reason="too_long",
             url=url[:100],
         )
-    result = _check(url, bool(allow_private_hosts), bool(allow_http_for_localhost))
+    allow = _Allow(
+        bool(allow_private_hosts),
+        tuple(map(parse_allowed_network, allowed_networks)),
+        tuple(map(parse_allowed_host, allowed_hosts)),
+    )
+    result = _check(url, allow, bool(allow_http_for_localhost))
     if isinstance(result, tuple):
         reason, message = result
         raise EndpointUrlError(message, reason=reason, url=url)
@@ -533,10 +644,17 @@ class GuardedResolver(AbstractResolver):
     """
 
     def __init__(
-        self, base: AbstractResolver | None = None, *, allow_private_hosts: bool = False
+        self,
+        base: AbstractResolver | None = None,
+        *,
+        allow_private_hosts: bool = False,
+        allowed_networks: Sequence[str | IPNetwork] = (),
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self._base = base
         self._allow_private_hosts = allow_private_hosts
+        self._networks = tuple(map(parse_allowed_network, allowed_networks))
+        self._hosts = tuple(map(parse_allowed_host, allowed_hosts))
 
     def _resolver(self) -> AbstractResolver:
         """The base resolver, created on first use (aiohttp's needs a running loop)."""
@@ -550,7 +668,7 @@ class GuardedResolver(AbstractResolver):
             address = ipaddress.ip_address(answer)
         except ValueError:
             return f"{answer!r} is not an IP address"
-        if self._allow_private_hosts:
+        if self._allow_private_hosts or _address_listed(address, self._networks):
             return None
         return address_refusal_reason(address)
 
@@ -559,6 +677,8 @@ class GuardedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         """Resolve ``host`` and return the answers only if every address is allowed."""
         answers = await self._resolver().resolve(host, port, family)
+        if answers and _host_listed(_normalise_name(host), self._hosts):
+            return answers  # the operator vouches for this name and whatever it resolves to
         if not answers:
             raise ForbiddenAddressError(
                 f"DNS lookup for {host!r} returned no addresses",
@@ -571,7 +691,9 @@ class GuardedResolver(AbstractResolver):
             raise ForbiddenAddressError(
                 f"Refusing to connect to {host!r}: {refusals[0]} "
                 f"(answer: {', '.join(addresses)}); endpoints must resolve only to public "
-                f"addresses",
+                f"addresses or allowed networks; allow the name with --allow-host {host} "
+                f"(SecurityOptions(allowed_hosts=[...])) or its network with --allow-network "
+                f"(allowed_networks=[...])",
                 reason="private_address",
                 host=host,
                 addresses=addresses,
