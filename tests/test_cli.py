@@ -42,6 +42,7 @@ from kmsg_webhook import (
 from kmsg_webhook.cli import STORE_ENV, main
 from kmsg_webhook.signing import Signer
 from kmsg_webhook.sql.schema import schema_version
+from kmsg_webhook.store_url import migrate_url
 from pg import drop_schema, free_port, new_schema, server_dsn
 
 SENT = WebhookEventType.MESSAGE_SENT
@@ -177,7 +178,10 @@ def seeded(seeded_template: tuple[Path, Seeded], tmp_path: Path) -> Seeded:
 
 @pytest.fixture
 def store(tmp_path: Path) -> str:
-    return sqlite_url(tmp_path / "store.db")
+    """An empty, migrated SQLite store (commands other than migrate refuse a missing file)."""
+    url = sqlite_url(tmp_path / "store.db")
+    asyncio.run(migrate_url(url))
+    return url
 
 
 @pytest.fixture(autouse=True)
@@ -234,7 +238,7 @@ def test_migrate_a_postgres_schema(capsys: pytest.CaptureFixture[str]) -> None:
         asyncio.run(drop_schema(dsn, schema))
 
 
-def test_migrate_memory_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_migrate_memory_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     run = cli(capsys, "migrate", "--store", "memory://")
     assert run.code == 2
     assert run.err == "error: the memory:// store has no schema to migrate\n"
@@ -295,9 +299,10 @@ def test_endpoints_add_refuses_a_private_url_unless_allowed(
 ) -> None:
     args = ("endpoints", "add", "--store", store, "--url", "http://127.0.0.1:9/hooks")
     refused = cli(capsys, *args, "--event", "message.sent")
-    assert refused.code == 2
+    assert refused.code == 5
     assert refused.err.startswith("error: Endpoint URL host '127.0.0.1' is not public")
-    assert "allow_private_hosts" in refused.err
+    assert "--allow-network 127.0.0.1/32 (SecurityOptions(allowed_networks=[...]))" in refused.err
+    assert "--allow-private-hosts (allow_private_hosts=True)" in refused.err
     allowed = cli(capsys, *args, "--event", "message.sent", "--allow-private-hosts")
     assert allowed.code == 0 and allowed.out.startswith("added ep_")
 
@@ -348,11 +353,11 @@ def test_endpoints_disable_enable_remove(
 
 
 @pytest.mark.parametrize("action", ["disable", "enable", "remove"])
-def test_endpoints_unknown_id_is_exit_2(
+def test_endpoints_unknown_id_is_exit_3(
     capsys: pytest.CaptureFixture[str], seeded: Seeded, action: str
 ) -> None:
     run = cli(capsys, "endpoints", action, "--store", seeded.url, "ep_missing")
-    assert run.code == 2 and run.out == ""
+    assert run.code == 3 and run.out == ""
     assert run.err.startswith("error: ") and "ep_missing" in run.err
 
 
@@ -440,12 +445,12 @@ def test_deliveries_show_of_a_pending_delivery_has_no_attempts(
     assert run.out.rstrip().endswith("(none)")
 
 
-def test_deliveries_show_and_retry_unknown_id_is_exit_2(
+def test_deliveries_show_and_retry_unknown_id_is_exit_3(
     capsys: pytest.CaptureFixture[str], seeded: Seeded
 ) -> None:
     for action in ("show", "retry"):
         run = cli(capsys, "deliveries", action, "--store", seeded.url, "dlv_missing")
-        assert run.code == 2 and run.out == ""
+        assert run.code == 3 and run.out == ""
         assert run.err.startswith("error: ") and "dlv_missing" in run.err
 
 
@@ -478,8 +483,8 @@ def test_replay_requeues_recent_failures(
 def test_purge_deletes_old_finished_deliveries(
     capsys: pytest.CaptureFixture[str], seeded: Seeded
 ) -> None:
-    run = cli(capsys, "purge", "--store", seeded.url, "--older-than", "30d")
-    assert run.code == 0
+    run = cli(capsys, "purge", "--store", seeded.url, "--older-than", "30d", "--yes")
+    assert run.code == 0, run.err
     assert run.out.startswith("purged 2 finished deliveries created before ")
     remaining = _listed(capsys, seeded.url)
     assert len(remaining) == 9
@@ -487,7 +492,7 @@ def test_purge_deletes_old_finished_deliveries(
         remaining
     )
     again = cli(capsys, "purge", "--store", seeded.url, "--older-than", "30d")
-    assert again.out.startswith("purged 0 ")
+    assert again.out.startswith("purged 0 ")  # nothing to delete: nothing to confirm
 
 
 # -- the store URL -------------------------------------------------------------------------------
@@ -502,7 +507,10 @@ def test_store_is_required_without_the_environment_variable(
 
 
 def test_the_environment_variable_is_read_at_each_call(
-    capsys: pytest.CaptureFixture[str], seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    seeded: Seeded,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     # The parser is built per main() call, so a variable set after an earlier call counts.
     assert cli(capsys, "deliveries", "list").code == 2
@@ -511,7 +519,8 @@ def test_the_environment_variable_is_read_at_each_call(
     assert listing.code == 0, listing.err
     assert sorted(table_ids(listing.out)) == sorted([seeded.ok, seeded.bad])
     # --store still wins over the variable.
-    assert table_ids(cli(capsys, "endpoints", "list", "--store", "memory://").out) == []
+    other = cli(capsys, "endpoints", "list", "--store", sqlite_url(tmp_path / "none.db"))
+    assert other.code == 4 and "no SQLite database at" in other.err
 
 
 # -- demo ----------------------------------------------------------------------------------------
@@ -594,6 +603,17 @@ async def test_listen_verifies_and_prints_each_event(
         assert await _post(session, url, body, generate_secret()) == 401  # another secret
         assert await _post(session, url, body, secret) == 200
     assert proc.stdout is not None
+    refused = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+    assert refused == {
+        "verified": False,
+        "status": 401,
+        "reason": "invalid_signature",
+        "detail": refused["detail"],
+        "method": "POST",
+        "path": "/in",
+        "webhook_id": "evt_listen",
+    }
+    assert "signature" in refused["detail"]
     line = await asyncio.wait_for(proc.stdout.readline(), 10)
     assert json.loads(line) == {
         "verified": True,
@@ -606,7 +626,7 @@ async def test_listen_verifies_and_prints_each_event(
     }
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
-    assert await proc.stdout.read() == b""  # the refused request printed nothing
+    assert await proc.stdout.read() == b""
 
 
 @pytest.mark.parametrize(
@@ -620,7 +640,7 @@ async def test_worker_tunes_its_own_collector_unless_told_not_to(
     store = f"sqlite:///{tmp_path / 'worker.db'}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-u", "-m", "kmsg_webhook.cli", "worker", "--store", store,
-        "--worker-id", "w1", *extra,
+        "--worker-id", "w1", "--create", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None

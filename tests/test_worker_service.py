@@ -310,13 +310,13 @@ async def test_a_metrics_port_in_use_is_a_one_line_error(tmp_path: Path) -> None
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kmsg_webhook.cli", "worker",
-            "--store", f"sqlite:///{tmp_path / 'x.db'}", "--metrics-port", str(port),
+            "--store", f"sqlite:///{tmp_path / 'x.db'}", "--create", "--metrics-port", str(port),
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         with_port.close()
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert err.decode().strip().splitlines() == [
         f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     ]

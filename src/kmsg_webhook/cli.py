@@ -3,6 +3,9 @@
 Store commands take ``--store URL`` (default: ``$KMSG_WEBHOOK_STORE_URL``). With
 ``KMSG_WEBHOOK_KEYS`` set they apply field crypto (``docs/field-crypto.md``): values are
 sealed when written and opened when read; ``rekey`` re-seals what is stored.
+
+Exit status: 0 ok, 1 other failure, 2 usage, 3 not found, 4 store unavailable, 5 refused as
+unsafe (URL policy, sealed values without keys, not confirmed), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .config import WebhookConfig
-from .crypto import FieldCryptoConfig, RekeyReport, generate_key, rekey
+from .crypto import FieldCryptoConfig, RekeyReport, generate_key, is_sealed, rekey
 from .display import (
     delivery_json,
     endpoint_json,
@@ -31,14 +36,23 @@ from .display import (
     stats_json,
     unreadable_json,
 )
-from .errors import ConfigError, DeliveryNotFoundError, EndpointNotFoundError, WebhookError
+from .errors import (
+    ConfigError,
+    DeliveryNotFoundError,
+    EndpointNotFoundError,
+    UnsafeOperationError,
+    WebhookError,
+)
 from .events import WebhookEventType
+from .exitcodes import ExitCode, exit_code_for
 from .middleware import AiohttpVerifyWebhookMiddleware
 from .models import DeliveryFilter, DeliveryStatus, EndpointInput, EndpointStatus
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
 from .signing import SignatureScheme
+from .sql.base import DEFAULT_RETRY_TIMEOUT
 from .sql.faults import redact_url
+from .store import WebhookPersistence
 
 STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
 # A young collection per 20,000 net allocations instead of 700 (docs/performance.md).
@@ -55,44 +69,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except WebhookError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code_for(exc)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every option's help shows its default (what ArgumentDefaultsHelpFormatter does, also for
+    options without help text); subcommand parsers are built by this class too."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        shown = action.default not in (None, False, argparse.SUPPRESS, [])
+        # --store's help names the variable instead: its value may hold a password.
+        if action.option_strings and shown and action.dest != "store":
+            action.help = f"{action.help or ''} (default: %(default)s)".lstrip()
+        return action
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kmsg-webhook", description=__doc__)
+    parser = _Parser(prog="kmsg-webhook", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="signed events to a local verifying receiver")
+    demo = commands.add_parser(
+        "demo",
+        help="signed events to a local verifying receiver",
+        description="Adds its own endpoint, sends it test events (only it: other endpoints of "
+        "the store see nothing), and removes it again, also on failure or Ctrl-C.",
+    )
     demo.add_argument("--store", help="store URL (default: a temporary SQLite file)")
+    demo.add_argument("--yes", action="store_true", help="go ahead on a store that has endpoints")
     demo.set_defaults(run=_demo)
 
-    listen = commands.add_parser("listen", help="a verifying receiver that prints each event")
-    listen.add_argument("--port", type=int, default=8787)
+    listen = commands.add_parser(
+        "listen", help="a verifying receiver that prints each request and its verdict"
+    )
+    listen.add_argument("--port", type=_port, default=8787)
     listen.add_argument("--host", default="127.0.0.1")
     listen.add_argument(
         "--secret", action="append", required=True, help="verify with this (repeatable)"
     )
     listen.add_argument("--path", default="/webhooks")
-    listen.add_argument("--tolerance", type=int, default=300, help="timestamp tolerance, s")
+    listen.add_argument("--tolerance", type=_positive, default=300, help="timestamp tolerance, s")
     listen.set_defaults(run=_listen)
 
     worker = commands.add_parser("worker", help="run only the dispatcher against a store")
     _store_arg(worker)
-    worker.add_argument("--concurrency", type=int, default=100)
-    worker.add_argument("--per-endpoint", type=int, default=10)
+    worker.add_argument("--concurrency", type=_positive, default=100)
+    worker.add_argument("--per-endpoint", type=_positive, default=10)
     worker.add_argument("--worker-id")
     worker.add_argument("--max-retries", type=int, default=3)
     worker.add_argument("--retry-delay-ms", type=int, default=1_000)
-    worker.add_argument("--timeout-ms", type=int, default=30_000)
-    worker.add_argument("--lease-ms", type=int)
-    worker.add_argument("--poll-ms", type=int, default=500)
+    worker.add_argument("--timeout-ms", type=_positive, default=30_000)
+    worker.add_argument("--lease-ms", type=_positive)
+    worker.add_argument("--poll-ms", type=_positive, default=500)
     worker.add_argument("--scheme", choices=[s.value for s in SignatureScheme], default="standard")
-    worker.add_argument("--allow-private-hosts", action="store_true")
+    _policy_args(worker)
     worker.add_argument(
         "--log-level",
         default="INFO",
@@ -122,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the store's schema")
-    _store_arg(migrate)
+    _store_arg(migrate, create=False)
     migrate.set_defaults(run=_migrate)
 
     endpoints = commands.add_parser("endpoints", help="manage endpoints")
@@ -134,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--secret")
     add.add_argument("--name")
     add.add_argument("--header", action="append", default=[], help="Name=value (repeatable)")
-    add.add_argument("--allow-private-hosts", action="store_true")
+    _policy_args(add)
     add.set_defaults(run=_endpoints_add)
     listing = ep.add_parser("list")
     _store_arg(listing)
@@ -154,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     dlist.add_argument("--status", action="append", choices=[s.value for s in DeliveryStatus])
     dlist.add_argument("--event-type", choices=[t.value for t in WebhookEventType])
     dlist.add_argument("--since", type=_moment, help="ISO time or age like 2h, 7d")
-    dlist.add_argument("--limit", type=int, default=50)
+    dlist.add_argument("--limit", type=_positive, default=50)
     dlist.add_argument("--cursor")
     _json_arg(dlist)
     dlist.set_defaults(run=_deliveries_list)
@@ -175,9 +210,15 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--endpoint")
     replay.set_defaults(run=_replay)
 
-    purge = commands.add_parser("purge", help="delete finished deliveries older than an age")
+    purge = commands.add_parser(
+        "purge",
+        help="delete finished deliveries older than an age",
+        description="Asks before deleting when run on a terminal; elsewhere --yes is required.",
+    )
     _store_arg(purge)
     purge.add_argument("--older-than", type=_moment, required=True, help="age like 30d")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    purge.add_argument("--yes", action="store_true", help="delete without asking")
     purge.set_defaults(run=_purge)
 
     rekey_cmd = commands.add_parser(
@@ -185,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
         help="re-encrypt stored values under the active key (keys from KMSG_WEBHOOK_KEYS)",
     )
     _store_arg(rekey_cmd)
-    rekey_cmd.add_argument("--batch-size", type=int, default=500, help="deliveries per batch")
+    rekey_cmd.add_argument("--batch-size", type=_positive, default=500, help="deliveries per batch")
     rekey_cmd.add_argument("--after", help="resume after this delivery id (printed as it goes)")
     rekey_cmd.add_argument("--skip-endpoints", action="store_true", help="deliveries only")
     rekey_cmd.add_argument("--dry-run", action="store_true", help="count, write nothing")
@@ -203,13 +244,94 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store_arg(parser: argparse.ArgumentParser) -> None:
+def _store_arg(parser: argparse.ArgumentParser, *, create: bool = True) -> None:
     parser.add_argument(
         "--store",
         default=os.environ.get(STORE_ENV),
         required=STORE_ENV not in os.environ,
-        help=f"store URL (default: ${STORE_ENV})",
+        help=f"store URL (default: ${STORE_ENV}); memory:// is refused, as it keeps nothing",
     )
+    parser.add_argument(
+        "--store-timeout",
+        type=_positive_float,
+        default=DEFAULT_RETRY_TIMEOUT,
+        help="seconds to keep retrying an unreachable store (a log line per attempt)",
+    )
+    if create:
+        parser.add_argument(
+            "--create",
+            action="store_true",
+            help="create a SQLite file that does not exist (otherwise an error: a typo in the "
+            "path would silently give an empty store)",
+        )
+
+
+def _policy_args(parser: argparse.ArgumentParser) -> None:
+    """The URL policy options of commands that register or send (SecurityOptions)."""
+    parser.add_argument(
+        "--allow-private-hosts",
+        action="store_true",
+        help="allow every private address and local name (allow_private_hosts=True)",
+    )
+    parser.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow this network, e.g. 127.0.0.0/8 or 10.42.0.0/16 (repeatable; "
+        "allowed_networks=[...])",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="allow this host name, or *.suffix for any name below it (repeatable; "
+        "allowed_hosts=[...])",
+    )
+
+
+def _security(args: argparse.Namespace) -> SecurityOptions:
+    return SecurityOptions(
+        allow_private_hosts=args.allow_private_hosts,
+        allowed_networks=tuple(args.allow_network),
+        allowed_hosts=tuple(args.allow_host),
+    )
+
+
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> WebhookPersistence:
+    """The store ``--store`` names, refused when it cannot persist or does not exist."""
+    from .store_url import persistence_from_url, require_durable
+
+    require_durable(args.store, create=create or getattr(args, "create", False))
+    return persistence_from_url(args.store, retry_timeout=args.store_timeout)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
 
 
 def _json_arg(parser: argparse.ArgumentParser) -> None:
@@ -237,9 +359,11 @@ def _admin(
     *,
     security: SecurityOptions | None = None,
 ) -> int:
+    persistence = _open_store(args)
+
     async def run() -> int:
         async with WebhookRuntimeService(
-            persistence=args.store,
+            persistence=persistence,
             dispatch=False,
             security=security,
             field_crypto=FieldCryptoConfig.from_env(),
@@ -255,7 +379,7 @@ def _admin(
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return asyncio.run(run_demo(args.store))
+    return asyncio.run(run_demo(args.store, yes=args.yes))
 
 
 def _listen(args: argparse.Namespace) -> int:
@@ -265,22 +389,57 @@ def _listen(args: argparse.Namespace) -> int:
         print(line, flush=True)
         return web.json_response({"ok": True})
 
+    @web.middleware
+    async def report_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Outermost: sees the verifier's refusals and routing's 404/405 as well.
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            _print_refusal(request, exc.status, exc.reason, exc.reason)
+            raise
+        if response.status >= 400 and isinstance(response, web.Response) and response.body:
+            answer = json.loads(bytes(response.body))  # type: ignore[arg-type]
+            _print_refusal(request, response.status, answer["error"], answer["detail"])
+        return response
+
     app = web.Application(
         middlewares=[
-            AiohttpVerifyWebhookMiddleware(secrets=args.secret, tolerance_s=args.tolerance)
+            report_refusals,
+            AiohttpVerifyWebhookMiddleware(
+                secrets=args.secret, tolerance_s=args.tolerance, paths=[args.path]
+            ),
         ]
     )
     app.router.add_post(args.path, handle)
     banner = f"listening on http://{args.host}:{args.port}{args.path} (Ctrl-C to stop)"
-    # run_app calls `print` once the socket is bound, so the banner means "ready".
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=lambda _: print(banner, flush=True),
-    )
+    try:
+        # run_app calls `print` once the socket is bound, so the banner means "ready".
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=lambda _: print(banner, flush=True),
+        )
+    except OSError as exc:
+        raise WebhookError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
     return 0
+
+
+def _print_refusal(request: web.Request, status: int, reason: str, detail: str) -> None:
+    """One JSON line for a request ``listen`` refused: what came in, the verdict and why."""
+    line = {
+        "verified": False,
+        "status": status,
+        "reason": reason,
+        "detail": detail,
+        "method": request.method,
+        "path": request.path,
+        "webhook_id": request.headers.get("webhook-id") or request.headers.get("x-webhook-id"),
+    }
+    print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -307,28 +466,35 @@ def _worker(args: argparse.Namespace) -> int:
         signature_scheme=SignatureScheme(args.scheme),
     )
 
+    persistence = _open_store(args)
+    security = _security(args)
+
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        security = SecurityOptions(allow_private_hosts=args.allow_private_hosts)
         runtime = WebhookRuntimeService(
             config,
-            persistence=args.store,
+            persistence=persistence,
             worker_id=args.worker_id,
             security=security,
             field_crypto=FieldCryptoConfig.from_env(),
             hooks=hooks,
         )
-        await runtime.start()
+        try:
+            # Refuses sealed values without keys; warns of endpoints the policy refuses.
+            await runtime.start()
+        except WebhookError:
+            await runtime.shutdown(drain=False)
+            raise
         serving = ""
         if args.metrics_port is not None:
             try:
                 port = await monitor.serve(runtime, args.metrics_host, args.metrics_port)
             except OSError as exc:
                 await runtime.shutdown(drain=False)
-                raise ConfigError(
+                raise WebhookError(
                     f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
                     f"{os.strerror(exc.errno) if exc.errno else exc}"
                 ) from None
@@ -342,7 +508,7 @@ def _worker(args: argparse.Namespace) -> int:
             gc.freeze()
             gc.set_threshold(args.gc_threshold)
             gc_note = f"gc threshold {args.gc_threshold}"
-        policy = "private hosts allowed" if security.allow_private_hosts else "public hosts only"
+        policy = security.describe()
         crypto = "on" if runtime.field_crypto is not None else "off"
         store = redact_url(args.store)
         log.info(
@@ -374,9 +540,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from .store_url import migrate_url
+    from .store_url import migrate_url, require_durable
 
-    version = asyncio.run(migrate_url(args.store))
+    if not args.store.startswith("memory:"):  # migrate_url says why memory:// has no schema
+        require_durable(args.store, create=True)
+    version = asyncio.run(migrate_url(args.store, retry_timeout=args.store_timeout))
     print(f"schema is at version {version}")
     return 0
 
@@ -404,8 +572,7 @@ def _endpoints_add(args: argparse.Namespace) -> int:
             print(f"secret {endpoint.secret}  (give it to the receiver; shown once)")
         return 0
 
-    security = SecurityOptions(allow_private_hosts=args.allow_private_hosts)
-    return _admin(args, action, security=security)
+    return _admin(args, action, security=_security(args))
 
 
 def _endpoints_list(args: argparse.Namespace) -> int:
@@ -454,6 +621,7 @@ def _endpoints_change(args: argparse.Namespace) -> int:
 
 def _deliveries_list(args: argparse.Namespace) -> int:
     async def action(runtime: WebhookRuntimeService) -> int:
+        await _require_endpoint(runtime, args.endpoint)
         page = await runtime.list_deliveries(
             DeliveryFilter(
                 endpoint_id=args.endpoint,
@@ -502,6 +670,9 @@ def _deliveries_show(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"delivery": delivery_json(d, detail=True)})
             return 0
+        payload = d.payload
+        if is_sealed(payload):
+            payload = f"(sealed by field crypto; set KMSG_WEBHOOK_KEYS to open it) {payload}"
         for label, value in (
             ("id", d.id),
             ("endpoint", d.endpoint_id),
@@ -513,7 +684,7 @@ def _deliveries_show(args: argparse.Namespace) -> int:
             ("next attempt", d.next_attempt_at.isoformat() if d.next_attempt_at else "-"),
             ("completed", d.completed_at.isoformat() if d.completed_at else "-"),
             ("last error", d.last_error or "-"),
-            ("payload", d.payload),
+            ("payload", payload),
         ):
             print(f"{label:>13}  {value}")
         print()
@@ -593,6 +764,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     async def action(runtime: WebhookRuntimeService) -> int:
+        await _require_endpoint(runtime, args.endpoint)
         count = await runtime.replay(args.since, until=args.until, endpoint_id=args.endpoint)
         print(f"re-queued {count} deliveries")
         return 0
@@ -601,17 +773,44 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _purge(args: argparse.Namespace) -> int:
+    before = f"created before {args.older_than:%Y-%m-%d %H:%M} UTC"
+
     async def action(runtime: WebhookRuntimeService) -> int:
+        finished = (DeliveryStatus.SUCCESS, DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED)
+        stats = await runtime.stats(
+            DeliveryFilter(statuses=finished, created_before=args.older_than)
+        )
+        due = stats.deliveries.total
+        if args.dry_run:
+            print(f"would purge {due} finished deliveries {before} (dry run)")
+            return 0
+        if due and not args.yes:
+            _confirm(f"purge {due} finished deliveries {before}?")
         count = await runtime.purge(older_than=args.older_than)
-        print(f"purged {count} finished deliveries created before {args.older_than:%Y-%m-%d %H:%M}")
+        print(f"purged {count} finished deliveries {before}")
         return 0
 
     return _admin(args, action)
 
 
-def _rekey(args: argparse.Namespace) -> int:
-    from .store_url import persistence_from_url
+def _confirm(question: str) -> None:
+    """Ask on a terminal; refuse (:class:`UnsafeOperationError`) without one or without a yes."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UnsafeOperationError(
+            f"not a terminal, so not asking: {question} Pass --yes to go ahead"
+        )
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UnsafeOperationError("not confirmed; nothing was changed")
 
+
+async def _require_endpoint(runtime: WebhookRuntimeService, endpoint_id: str | None) -> None:
+    """An ``--endpoint`` filter naming no endpoint is a mistake, not an empty result."""
+    if endpoint_id is not None and await runtime.get_endpoint(endpoint_id) is None:
+        raise EndpointNotFoundError(endpoint_id)
+
+
+def _rekey(args: argparse.Namespace) -> int:
     config = FieldCryptoConfig.from_env()
     if config is None:
         raise ConfigError(
@@ -627,8 +826,9 @@ def _rekey(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    persistence = _open_store(args)
+
     async def run() -> RekeyReport:
-        persistence = persistence_from_url(args.store)
         try:
             if persistence.init is not None:
                 await persistence.init()

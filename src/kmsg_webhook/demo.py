@@ -1,27 +1,44 @@
 """``kmsg-webhook demo``: a local verifying receiver, a runtime, a handful of events (one of
-them from a message sent through the mock provider), and a report."""
+them from a message sent through the mock provider), and a report.
+
+On a store that is in use (``--store`` with endpoints, and ``--yes``) the demo stays in its own
+lane: its runtime sees only the demo's endpoint, so events match nothing else, and claims only
+that endpoint's rows, so nothing queued for real endpoints is sent. The endpoint is removed
+when the demo ends, however it ends; its delivery rows stay as history.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
 from .config import WebhookConfig
 from .display import print_table
-from .errors import VerificationError
+from .errors import UnsafeOperationError, VerificationError
 from .events import EventMetadata, WebhookEvent, WebhookEventType
+from .ids import new_id
 from .messaging import KMsg, MockProvider, Ok
-from .models import DeliveryFilter, DeliveryStatus, EndpointInput, WebhookDelivery
+from .models import (
+    DeliveryFilter,
+    DeliveryPage,
+    DeliveryStatus,
+    EndpointInput,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
 from .signing import generate_secret
-from .store import WebhookPersistence
+from .store import DeliveryStore, EndpointStore, WebhookPersistence
+from .store_url import persistence_from_url
 from .verify import verify
 
 _EVENTS = (
@@ -54,13 +71,102 @@ class _Receiver:
         return web.json_response({"ok": True})
 
 
-async def run_demo(persistence: WebhookPersistence | str | None = None) -> int:
+class _OwnEndpoint:
+    """The store's endpoints as the demo's runtime sees them: only the demo's own."""
+
+    def __init__(self, inner: EndpointStore, endpoint_id: str) -> None:
+        self._inner = inner
+        self._id = endpoint_id
+
+    async def list(self) -> list[WebhookEndpoint]:
+        return [e for e in await self._inner.list() if e.id == self._id]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _OwnDeliveries:
+    """The outbox as the demo's runtime sees it: only rows of the demo's endpoint are claimed
+    (and listed), so a demo on a store in use never sends what real endpoints have queued."""
+
+    def __init__(self, inner: DeliveryStore, endpoints: EndpointStore, endpoint_id: str) -> None:
+        self._inner = inner
+        self._endpoints = endpoints
+        self._id = endpoint_id
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        exclude_endpoints: Collection[str] = (),
+    ) -> list[WebhookDelivery]:
+        others = {e.id for e in await self._endpoints.list()} - {self._id}
+        rows = await self._inner.claim(
+            worker_id=worker_id,
+            now=now,
+            lease_until=lease_until,
+            limit=limit,
+            exclude_endpoints={*exclude_endpoints, *others},
+        )
+        strays = [d.id for d in rows if d.endpoint_id != self._id]
+        if strays:  # an endpoint added since the listing: its rows go straight back
+            await self._inner.release(strays, worker_id=worker_id)
+        return [d for d in rows if d.endpoint_id == self._id]
+
+    async def list(
+        self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> DeliveryPage:
+        own = dataclasses.replace(filter, endpoint_id=self._id)
+        return await self._inner.list(own, limit=limit, cursor=cursor)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _own_lane(persistence: WebhookPersistence, endpoint_id: str) -> WebhookPersistence:
+    endpoints = persistence.endpoint_store
+    return WebhookPersistence(
+        endpoint_store=_OwnEndpoint(endpoints, endpoint_id),
+        delivery_store=_OwnDeliveries(persistence.delivery_store, endpoints, endpoint_id),
+        init=persistence.init,
+        close=persistence.close,
+    )
+
+
+async def _refuse_if_in_use(persistence: WebhookPersistence, label: str) -> None:
+    """Without ``--yes``, a store that has endpoints is someone's real store: leave it be."""
+    if persistence.init is not None:
+        await persistence.init()
+    count = len(await persistence.endpoint_store.list())
+    if count:
+        if persistence.close is not None:
+            await persistence.close()
+        raise UnsafeOperationError(
+            f"the store at {label} already holds {count} endpoint(s). The demo would add its "
+            "own endpoint next to them (it sends only to that one and removes it afterwards); "
+            "run again with --yes to go ahead"
+        )
+
+
+async def run_demo(
+    persistence: WebhookPersistence | str | None = None, *, yes: bool = False
+) -> int:
     """Run the demo and print its report; returns the process exit code.
 
     Without ``persistence`` the outbox is an embedded SQLite file in a temporary directory.
+    A store that already holds endpoints is refused (:class:`UnsafeOperationError`) unless
+    ``yes``; the demo then sends only to its own endpoint and removes it when it ends.
     """
     if persistence is None:
         persistence = f"sqlite:///{tempfile.mkdtemp(prefix='kmsg-demo-')}/outbox.db"
+    label = persistence if isinstance(persistence, str) else "custom"
+    store = persistence_from_url(persistence) if isinstance(persistence, str) else persistence
+    if not yes:
+        await _refuse_if_in_use(store, label)
+    endpoint_id = new_id("ep")
     secret = generate_secret()
     receiver = _Receiver(secret)
     app = web.Application()
@@ -76,46 +182,16 @@ async def run_demo(persistence: WebhookPersistence | str | None = None) -> int:
     try:
         async with WebhookRuntimeService(
             config,
-            persistence=persistence,
-            security=SecurityOptions(allow_private_hosts=True),
+            persistence=_own_lane(store, endpoint_id),
+            # Only the demo's own receiver: the allow-list, not every private host.
+            security=SecurityOptions(allowed_networks=("127.0.0.1/32",)),
         ) as runtime:
-            endpoint = await runtime.add_endpoint(
-                EndpointInput(
-                    url=url, events=[t for t, _ in _EVENTS], secret=secret, name="demo receiver"
-                )
-            )
-            print(f"store      {persistence if isinstance(persistence, str) else 'custom'}")
-            print(f"receiver   {url}")
-            print(f"endpoint   {endpoint.id}  (Standard Webhooks signatures, whsec_ secret)")
-            now = datetime.now(UTC)
-            await asyncio.gather(
-                *(
-                    runtime.emit(
-                        WebhookEvent(
-                            id=f"evt_demo_{n}_{int(now.timestamp())}",
-                            type=event_type,
-                            timestamp=now,
-                            data=data,
-                            metadata=EventMetadata(provider_id="mock", message_id=f"msg_{n}"),
-                        )
-                    )
-                    for n, (event_type, data) in enumerate(_EVENTS, start=1)
-                )
-            )
-            # The provider feed: a message sent through the mock provider arrives as a signed
-            # message.sent webhook (recipient masked, deterministic event id).
-            kmsg = KMsg([MockProvider()], webhooks=runtime)
             try:
-                sent = await kmsg.send(
-                    {"to": "010-1234-5678", "from": "02-123-4567", "text": "인증번호 123456"}
-                )
+                deliveries = await _run_events(runtime, endpoint_id, url, secret, label)
             finally:
-                await kmsg.aclose()
-            if isinstance(sent, Ok):
-                print(f"kmsg.send  {sent.value.message_id} via mock → {sent.value.status.value}")
-            else:
-                print(f"kmsg.send  failed: {sent.error}")
-            deliveries = await _settle(runtime, endpoint.id)
+                # Also on failure and Ctrl-C (asyncio.run cancels this task, finally runs).
+                await runtime.remove_endpoint(endpoint_id)
+                print(f"removed    {endpoint_id}")
     finally:
         await runner.cleanup()
     _print_deliveries(deliveries)
@@ -126,6 +202,53 @@ async def run_demo(persistence: WebhookPersistence | str | None = None) -> int:
     elapsed = time.perf_counter() - started
     print(f"\n{len(deliveries)} deliveries, all succeeded: {ok}  ({elapsed:.2f}s)")
     return 0 if ok else 1
+
+
+async def _run_events(
+    runtime: WebhookRuntimeService, endpoint_id: str, url: str, secret: str, label: str
+) -> list[WebhookDelivery]:
+    """Add the demo's endpoint, emit the events and a provider send, and wait for the results."""
+    endpoint = await runtime.add_endpoint(
+        EndpointInput(
+            id=endpoint_id,
+            url=url,
+            events=[t for t, _ in _EVENTS],
+            secret=secret,
+            name="demo receiver",
+        )
+    )
+    print(f"store      {label}")
+    print(f"receiver   {url}")
+    print(f"endpoint   {endpoint.id}  (Standard Webhooks signatures, whsec_ secret)")
+    now = datetime.now(UTC)
+    await asyncio.gather(
+        *(
+            runtime.emit(
+                WebhookEvent(
+                    id=f"evt_demo_{n}_{int(now.timestamp())}",
+                    type=event_type,
+                    timestamp=now,
+                    data=data,
+                    metadata=EventMetadata(provider_id="mock", message_id=f"msg_{n}"),
+                )
+            )
+            for n, (event_type, data) in enumerate(_EVENTS, start=1)
+        )
+    )
+    # The provider feed: a message sent through the mock provider arrives as a signed
+    # message.sent webhook (recipient masked, deterministic event id).
+    kmsg = KMsg([MockProvider()], webhooks=runtime)
+    try:
+        sent = await kmsg.send(
+            {"to": "010-1234-5678", "from": "02-123-4567", "text": "인증번호 123456"}
+        )
+    finally:
+        await kmsg.aclose()
+    if isinstance(sent, Ok):
+        print(f"kmsg.send  {sent.value.message_id} via mock → {sent.value.status.value}")
+    else:
+        print(f"kmsg.send  failed: {sent.error}")
+    return await _settle(runtime, endpoint.id)
 
 
 async def _settle(runtime: WebhookRuntimeService, endpoint_id: str) -> list[WebhookDelivery]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from .crypto.envelope import is_sealed
 from .models import (
     DeliveryStats,
     EndpointHealth,
@@ -85,6 +86,7 @@ def delivery_json(d: WebhookDelivery, *, detail: bool = False) -> dict[str, Any]
     if detail:
         doc["url"] = d.url
         doc["payload"] = d.payload
+        doc["payload_sealed"] = is_sealed(d.payload)
         doc["attempts"] = [
             {
                 "attempt_number": a.attempt_number,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,8 +40,10 @@ class SecurityOptions:
 
     allow_private_hosts: bool = False
     allow_http_for_localhost: bool = True
-    allowed_networks: tuple[IPNetwork, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
+    #: Normalised to a tuple of ``ipaddress`` networks; an invalid entry is a ConfigError.
+    allowed_networks: Sequence[IPNetwork | str] = ()
+    #: Normalised to a tuple of lower-case names.
+    allowed_hosts: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for name, parse in (

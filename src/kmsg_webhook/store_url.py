@@ -19,10 +19,11 @@ URL                                                    Backend
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailableError
 from .memory import DEFAULT_MAX_STORED_ATTEMPTS, create_in_memory_persistence
 from .sql.base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .sql.faults import redact_url
@@ -145,6 +146,31 @@ def sqlite_path(url: str) -> str:
     return parsed.database or ":memory:"
 
 
+def require_durable(url: str, *, create: bool = False) -> None:
+    """Refuse a store that cannot outlive the process or that does not exist yet.
+
+    ``memory://`` and in-memory SQLite are a :class:`ConfigError`. A SQLite file that does not
+    exist is a :class:`StoreUnavailableError` unless ``create`` (a mistyped path would otherwise
+    become a new, empty database); its directory must exist either way.
+    """
+    scheme = _scheme(url)
+    if scheme == "memory" or (scheme in _SQLITE and sqlite_path(url) == ":memory:"):
+        raise ConfigError(
+            f"{redact_url(url)} keeps nothing once this command exits; give a store that "
+            "persists (sqlite:///path.db, postgresql://…, d1://…)"
+        )
+    if scheme not in _SQLITE:
+        return
+    path = Path(sqlite_path(url))
+    if not path.parent.is_dir():
+        raise StoreUnavailableError(f"no directory {path.parent} for the SQLite store {url}")
+    if not create and not path.exists():
+        raise StoreUnavailableError(
+            f"no SQLite database at {path}: create it with `kmsg-webhook migrate --store {url}` "
+            "(or pass --create)"
+        )
+
+
 async def migrate(
     url: str | None = None,
     *,
@@ -184,6 +210,7 @@ __all__ = [
     "migrate",
     "migrate_url",
     "persistence_from_url",
+    "require_durable",
     "resolve_url",
     "sqlite_path",
 ]

@@ -29,6 +29,7 @@ from ..errors import (
     DuplicateEndpointError,
     EndpointNotFoundError,
     StoreError,
+    StoreUnavailableError,
     WebhookError,
 )
 from ..models import (
@@ -56,7 +57,7 @@ from .codec import (
     row_to_delivery,
     row_to_endpoint,
 )
-from .faults import RetryPolicy, is_transient
+from .faults import RetryPolicy, describe, is_transient
 from .schema import Dialect, Migration, TableNames, migrations, queries, render
 from .schema import schema_version as known_version
 from .tables import Tables, Timestamp, build_tables
@@ -78,13 +79,6 @@ def delivery_row(delivery: WebhookDelivery) -> dict[str, Any]:
 def read_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
     """A stored delivery row (any access path) as a model, lookup hashes included."""
     return with_lookup_hashes(row_to_delivery(row), row)
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line description of a driver error (no SQL text, no parameters)."""
-    inner = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
-    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
-    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
 
 
 class SqlDatabase(ABC):
@@ -117,7 +111,9 @@ class SqlDatabase(ABC):
         self.tables: Tables = build_tables(names)
         self.initialize_schema = initialize_schema
         self.max_stored_attempts = max_stored_attempts
-        self.retry = RetryPolicy(timeout=retry_timeout)
+        self.retry = RetryPolicy(
+            timeout=retry_timeout, label=f"{self.dialect} store at {display_url}"
+        )
         self.sql = {name: render(text, names) for name, text in queries(self.dialect).items()}
         self._engine: AsyncEngine | None = None
         self._ready = False
@@ -183,11 +179,17 @@ class SqlDatabase(ABC):
         async def migrate(conn: AsyncConnection, attempt: int) -> int:
             return await self._migrate(conn, apply=apply)
 
+        started = time.monotonic()
         try:
             return await self.retry.call(partial(self._on_connection, migrate))
         except WebhookError:
             raise
         except Exception as exc:
+            if is_transient(exc):
+                raise StoreUnavailableError(
+                    f"cannot reach the {self.dialect} store at {self.display_url} (gave up after "
+                    f"{time.monotonic() - started:.1f}s of retrying): {describe(exc)}"
+                ) from exc
             raise StoreError(
                 f"cannot open the {self.dialect} store at {self.display_url}: {describe(exc)}"
             ) from exc

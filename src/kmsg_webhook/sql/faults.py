@@ -10,6 +10,7 @@ keys); see ``docs/sql-backends.md``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import sqlalchemy.exc
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_before_delay,
     wait_exponential,
@@ -42,6 +44,7 @@ _LOCAL_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotAD
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database schema is locked")
 
 T = TypeVar("T")
+logger = logging.getLogger("kmsg_webhook.store")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -96,12 +99,31 @@ class RetryPolicy:
 
     After failure *n* it waits ``initial * 2**(n-1)`` capped at ``maximum``, plus a random
     ``[0, initial]``, and gives up (raising the failure) when that wait would end ``timeout``
-    seconds or more after the first attempt.
+    seconds or more after the first attempt. Each retry is logged at WARNING on
+    ``kmsg_webhook.store``, naming ``label`` (the store, password redacted).
     """
 
     timeout: float = 30.0
     initial: float = 0.05
     maximum: float = 2.0
+    label: str = "store"
+
+    def _log(self, attempt: int, exc: BaseException, wait: float) -> None:
+        logger.warning(
+            "%s: attempt %d failed (%s); retrying in %.2fs (gives up %gs after the first)",
+            self.label,
+            attempt,
+            describe(exc),
+            wait,
+            self.timeout,
+        )
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        outcome = state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        if failure is not None:
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            self._log(state.attempt_number + 1, failure, wait)
 
     async def call(self, operation: Callable[[int], Awaitable[T]]) -> T:
         """``await operation(attempt_number)``, again after each transient failure."""
@@ -117,6 +139,7 @@ class RetryPolicy:
             first_wait = self.initial + random.uniform(0, self.initial)
             if time.monotonic() - start + first_wait >= self.timeout:
                 raise
+            self._log(1, exc, first_wait)
         await asyncio.sleep(first_wait)
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
@@ -124,6 +147,7 @@ class RetryPolicy:
             # tenacity counts from the second attempt: its n-th failure is our (n+1)-th
             wait=wait_exponential(multiplier=2 * self.initial, max=self.maximum)
             + wait_random(0, self.initial),
+            before_sleep=self._before_sleep,
             reraise=True,
         )
         number = 1
@@ -132,6 +156,14 @@ class RetryPolicy:
                 number += 1
                 return await operation(number)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a driver error (no SQL text, no parameters)."""
+    orig = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else None
+    inner = orig if orig is not None else exc
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
 
 
 def redact_url(url: str) -> str:

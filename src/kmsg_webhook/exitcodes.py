@@ -1,0 +1,57 @@
+"""The ``kmsg-webhook`` command's exit codes: one per kind of failure a script may act on."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from .errors import (
+    ConfigError,
+    DeliveryNotFoundError,
+    DuplicateEndpointError,
+    EndpointNotFoundError,
+    EndpointUrlError,
+    InvalidEndpointError,
+    InvalidEventError,
+    InvalidSecretError,
+    StoreUnavailableError,
+    UnsafeOperationError,
+    WebhookError,
+)
+
+
+class ExitCode(IntEnum):
+    """What a ``kmsg-webhook`` exit status means (README, "Command line")."""
+
+    OK = 0
+    #: Anything else went wrong (a store error, a failed demo, unreadable rows in ``rekey``).
+    FAILURE = 1
+    #: The command line or a value in it is invalid (argparse's own code for usage errors).
+    USAGE = 2
+    #: An id given (endpoint, delivery) does not exist.
+    NOT_FOUND = 3
+    #: The store cannot be reached or does not exist.
+    STORE_UNAVAILABLE = 4
+    #: Refused as unsafe: by the URL policy, sealed values without keys, not confirmed.
+    REFUSED = 5
+    #: Stopped by Ctrl-C.
+    INTERRUPTED = 130
+
+
+def exit_code_for(error: WebhookError) -> ExitCode:
+    """The exit status for a command that failed with ``error``."""
+    if isinstance(error, EndpointNotFoundError | DeliveryNotFoundError):
+        return ExitCode.NOT_FOUND
+    if isinstance(error, StoreUnavailableError):
+        return ExitCode.STORE_UNAVAILABLE
+    if isinstance(error, UnsafeOperationError | EndpointUrlError):
+        return ExitCode.REFUSED
+    usage = (
+        ConfigError,
+        InvalidEndpointError,
+        InvalidEventError,
+        InvalidSecretError,
+        DuplicateEndpointError,
+    )
+    if isinstance(error, usage):
+        return ExitCode.USAGE
+    return ExitCode.FAILURE
