@@ -422,9 +422,8 @@ def _listen(args: argparse.Namespace) -> int:
             print=lambda _: print(banner, flush=True),
         )
     except OSError as exc:
-        raise WebhookError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from None
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise WebhookError(f"cannot listen on {args.host}:{args.port}: {why}") from None
     return 0
 
 
@@ -811,6 +810,7 @@ async def _require_endpoint(runtime: WebhookRuntimeService, endpoint_id: str | N
 
 
 def _rekey(args: argparse.Namespace) -> int:
+    persistence = _open_store(args)
     config = FieldCryptoConfig.from_env()
     if config is None:
         raise ConfigError(
@@ -825,8 +825,6 @@ def _rekey(args: argparse.Namespace) -> int:
             f"{report.deliveries_rewritten}; resume with --after {report.last_id}",
             flush=True,
         )
-
-    persistence = _open_store(args)
 
     async def run() -> RekeyReport:
         try:
