@@ -395,3 +395,59 @@ def test_every_exported_error_is_a_webhook_error():
     assert len(errors) >= 15
     for error in errors:
         assert issubclass(error, WebhookError), error
+
+
+# --------------------------------------------------------------------------- incomplete stores
+
+
+class ReadmeStyleEndpointStore:
+    """A custom endpoint store written against a smaller interface: add/update/remove/get/list."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Any] = {}
+
+    async def add(self, endpoint: Any) -> None:
+        self.rows[endpoint.id] = endpoint
+
+    async def update(self, endpoint: Any, *, reset_health: bool = False) -> None:
+        self.rows[endpoint.id] = endpoint
+
+    async def remove(self, endpoint_id: str) -> bool:
+        return self.rows.pop(endpoint_id, None) is not None
+
+    async def get(self, endpoint_id: str) -> Any:
+        return self.rows.get(endpoint_id)
+
+    async def list(self) -> list[Any]:
+        return list(self.rows.values())
+
+
+class ReadmeStyleDeliveryStore:
+    """The same for deliveries: no claim, record or release, so nothing could ever be sent."""
+
+    async def add(self, delivery: Any) -> None: ...
+    async def update(self, delivery: Any) -> None: ...
+    async def get(self, delivery_id: str) -> Any: ...
+    async def list(self, filter: Any, *, limit: int = 100, cursor: str | None = None) -> Any: ...
+
+
+def test_a_store_lacking_protocol_methods_is_refused_when_the_runtime_is_built() -> None:
+    memory = create_in_memory_persistence()
+    with pytest.raises(kmsg_webhook.IncompleteStoreError) as info:
+        WebhookRuntimeService(
+            endpoint_store=ReadmeStyleEndpointStore(), delivery_store=memory.delivery_store
+        )
+    assert info.value.missing == ("record_health", "rewrite_sealed")
+    assert str(info.value).startswith(
+        "endpoint_store ReadmeStyleEndpointStore lacks record_health, rewrite_sealed"
+    )
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, TypeError)
+    with pytest.raises(kmsg_webhook.IncompleteStoreError) as info:
+        WebhookRuntimeService(
+            endpoint_store=memory.endpoint_store, delivery_store=ReadmeStyleDeliveryStore()
+        )
+    assert info.value.role == "delivery_store"
+    assert info.value.missing == (
+        "insert_many", "claim", "record", "release", "stats", "requeue", "purge", "scan",
+        "rewrite_payloads",
+    )  # fmt: skip

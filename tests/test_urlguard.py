@@ -15,7 +15,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from kmsg_webhook.errors import EndpointUrlError
+from kmsg_webhook import SecurityOptions
+from kmsg_webhook.errors import ConfigError, EndpointUrlError
 from kmsg_webhook.urlguard import (
     MAX_URL_LENGTH,
     ForbiddenAddressError,
@@ -904,3 +905,101 @@ def test_find_forbidden_address_error_walks_causes() -> None:
     assert find_forbidden_address_error(ValueError("x")) is None
     assert refusal.strerror == "no"
     assert refusal.url is None
+
+
+# --------------------------------------------------------------------------- the allow-list
+
+
+@pytest.mark.parametrize(
+    ("url", "networks", "hosts"),
+    [
+        ("http://127.0.0.1:8080/in", ["127.0.0.0/8"], []),
+        ("https://10.42.0.7/in", ["10.42.0.0/16"], []),
+        ("http://10.42.0.7/in", ["10.42.0.0/16"], []),  # a listed destination may use http
+        ("https://[fd00::5]/in", ["fd00::/8"], []),
+        ("https://[::ffff:10.42.0.7]/in", ["10.42.0.0/16"], []),
+        ("http://receiver/in", [], ["receiver"]),
+        ("https://hooks.billing.svc.cluster.local./in", [], ["*.svc.cluster.local"]),
+        ("https://Hooks.Internal/in", [], ["hooks.internal"]),
+    ],
+)
+def test_the_allow_list_admits_what_it_names(
+    url: str, networks: list[str], hosts: list[str]
+) -> None:
+    with pytest.raises(EndpointUrlError):
+        validate_endpoint_url(url)
+    validate_endpoint_url(url, allowed_networks=networks, allowed_hosts=hosts)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason", "hint"),
+    [
+        ("https://10.43.0.7/in", "private_address", "--allow-network 10.43.0.7/32"),
+        ("https://169.254.169.254/in", "private_address", "--allow-network 169.254.169.254/32"),
+        ("https://[fd01::1]/in", "private_address", "--allow-network fd01::1/128"),
+        ("https://other.internal/in", "local_name", "--allow-host other.internal"),
+        ("https://svc.cluster.local/in", "local_name", "--allow-host svc.cluster.local"),
+        ("http://localhost:8080/in", "local_name", "--allow-host localhost"),
+        ("http://93.184.216.34/in", "http_not_allowed", "--allow-network"),
+    ],
+)
+def test_the_allow_list_admits_nothing_else_and_says_how(url: str, reason: str, hint: str) -> None:
+    with pytest.raises(EndpointUrlError) as info:
+        validate_endpoint_url(
+            url,
+            allowed_networks=["10.42.0.0/16", "fd00::/16"],
+            allowed_hosts=["hooks.internal", "*.svc.cluster.local"],
+        )
+    assert info.value.reason == reason
+    assert hint in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("networks", "hosts"),
+    [(["10.0.0.1/8"], []), (["not-a-net"], []), ([], ["127.0.0.1"]), ([], ["bad host"])],
+)
+def test_security_options_refuse_a_malformed_allow_list(
+    networks: list[str], hosts: list[str]
+) -> None:
+    with pytest.raises(ConfigError):
+        SecurityOptions(allowed_networks=networks, allowed_hosts=hosts)
+
+
+def test_security_options_normalise_the_allow_list() -> None:
+    options = SecurityOptions(allowed_networks=["10.0.0.0/8"], allowed_hosts=["Hooks.Internal."])
+    assert options.allowed_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert options.allowed_hosts == ("hooks.internal",)
+    assert options.describe() == "public hosts and 10.0.0.0/8, hooks.internal"
+
+
+def _listed_session(
+    table: dict[str, list[str]], *, networks: tuple[str, ...] = (), hosts: tuple[str, ...] = ()
+) -> aiohttp.ClientSession:
+    resolver = GuardedResolver(
+        StaticResolver(table), allowed_networks=networks, allowed_hosts=hosts
+    )
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
+
+
+async def test_a_name_resolving_into_an_allowed_network_connects(receiver: Receiver) -> None:
+    url = f"http://hooks.example.com:{receiver.port}/hook"
+    table = {"hooks.example.com": ["127.0.0.1"]}
+    async with _listed_session(table, networks=("127.0.0.0/8",)) as s, s.post(url) as response:
+        assert response.status == 200
+    async with _listed_session(table, networks=("10.0.0.0/8",)) as s:
+        with pytest.raises(aiohttp.ClientConnectorDNSError) as info:
+            await s.post(url)
+    assert "--allow-host hooks.example.com" in str(find_forbidden_address_error(info.value))
+    assert len(receiver.hits) == 1
+
+
+async def test_an_allowed_name_is_trusted_whatever_it_resolves_to(receiver: Receiver) -> None:
+    url = f"http://receiver.ns.svc.cluster.local:{receiver.port}/hook"
+    table = {"receiver.ns.svc.cluster.local": ["127.0.0.1"], "other.example.com": ["127.0.0.1"]}
+    session = _listed_session(table, hosts=("*.svc.cluster.local",))
+    async with session as s:
+        async with s.post(url) as response:
+            assert response.status == 200
+        with pytest.raises(aiohttp.ClientConnectorDNSError):
+            await s.post(f"http://other.example.com:{receiver.port}/hook")
+    assert len(receiver.hits) == 1
