@@ -27,6 +27,7 @@ from kmsg_webhook import (
     EndpointInput,
     SecurityOptions,
     StoreError,
+    StoreUnavailableError,
     WebhookConfig,
     WebhookEvent,
     WebhookEventType,
@@ -154,21 +155,29 @@ async def test_connections_killed_mid_run_lose_nothing_and_fake_nothing(
         assert all(a.http_status == 200 for a in delivery.attempts)
 
 
-async def test_database_down_at_start_names_the_url_without_its_password() -> None:
+async def test_database_down_at_start_names_the_url_without_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port = free_port()  # nothing listens there
     url = f"postgresql://app:secretpw@127.0.0.1:{port}/db"
     # A bare URL retries for the default retry_timeout (30 s); persistence_from_url shortens it.
     runtime = WebhookRuntimeService(persistence=persistence_from_url(url, retry_timeout=0.3))
     started = time.monotonic()
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(StoreUnavailableError) as caught:
         await runtime.start()
     assert time.monotonic() - started < 5
     message = str(caught.value)
     assert message.startswith(
-        f"cannot open the postgresql store at postgresql://app:***@127.0.0.1:{port}/db: "
+        f"cannot reach the postgresql store at postgresql://app:***@127.0.0.1:{port}/db (gave up "
     )
     assert "ConnectionRefusedError" in message
     assert "secretpw" not in "".join(traceback.format_exception(caught.value))
+    # Every retry said so, without the password.
+    retries = [r.getMessage() for r in caplog.records if r.name == "kmsg_webhook.store"]
+    assert retries and retries[0].startswith(
+        f"postgresql store at postgresql://app:***@127.0.0.1:{port}/db: attempt 1 failed "
+    )
+    assert not any("secretpw" in line for line in retries)
     # Any later call starts again, and fails the same way; shutting down is clean.
     with pytest.raises(StoreError, match=r"app:\*\*\*@"):
         await runtime.emit(event(1))

@@ -397,9 +397,12 @@ def _listen(args: argparse.Namespace) -> int:
         except web.HTTPException as exc:
             _print_refusal(request, exc.status, exc.reason, exc.reason)
             raise
-        if response.status >= 400 and isinstance(response, web.Response) and response.body:
-            answer = json.loads(bytes(response.body))  # type: ignore[arg-type]
-            _print_refusal(request, response.status, answer["error"], answer["detail"])
+        if response.status >= 400:
+            # The verifier answers {"error": reason, "detail": message}.
+            body = response.body if isinstance(response, web.Response) else None
+            answer = json.loads(body) if isinstance(body, bytes) else {}
+            reason = answer.get("error", response.reason)
+            _print_refusal(request, response.status, reason, answer.get("detail", reason))
         return response
 
     app = web.Application(
