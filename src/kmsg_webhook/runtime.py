@@ -105,6 +105,9 @@ class WebhookRuntimeService:
     recorded attempt, settled delivery and endpoint status change (see ``kmsg_webhook.hooks``);
     the runtime's own log lines (``kmsg_webhook.logs``) and, when configured, operational
     webhooks (``config.operational_webhook``) use the same seam.
+
+    Stores lacking methods of the persistence protocol are refused here
+    (:class:`~kmsg_webhook.errors.IncompleteStoreError`).
     """
 
     def __init__(
@@ -164,7 +167,12 @@ class WebhookRuntimeService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Initialise persistence, open the HTTP session and start the dispatcher (idempotent)."""
+        """Initialise persistence, open the HTTP session and start the dispatcher (idempotent).
+
+        A dispatching runtime first checks the store: without field crypto, sealed values are a
+        :class:`~kmsg_webhook.errors.MissingKeysError` (the store is closed again), and each
+        active endpoint the URL policy refuses is logged at WARNING.
+        """
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down")
         if self._started:
