@@ -190,16 +190,18 @@ async def test_open_fail_mode_reads_markers_but_never_sends_them(
     receiver, make_runtime, make_event
 ):
     persistence = create_in_memory_persistence()
+    # Started on an empty store: with the rows already there it would refuse to start (its
+    # keys open none of them), which is tested below.
+    lenient = await make_runtime(
+        persistence=persistence,
+        field_crypto=config("B", fail_mode="open"),  # type: ignore[arg-type]
+    )
     runtime = await make_runtime(persistence=persistence, field_crypto=config("A"), dispatch=False)
     endpoint = await runtime.add_endpoint(
         EndpointInput(url=receiver.url("/in"), events=["message.sent"])
     )
     await runtime.emit(make_event())
     await runtime.flush()
-    lenient = await make_runtime(
-        persistence=persistence,
-        field_crypto=config("B", fail_mode="open"),  # type: ignore[arg-type]
-    )
     await settle(lenient)
     assert receiver.at("/in") == []
     seen = await lenient.get_endpoint(endpoint.id)
@@ -266,6 +268,28 @@ async def test_a_dispatching_runtime_without_keys_refuses_to_start_on_sealed_val
     assert receiver.at("/in") == []
     (row,) = await stored_deliveries(persistence)
     assert (row.status, row.attempt_count) == (DeliveryStatus.PENDING, 0)
+
+
+async def test_a_dispatching_runtime_refuses_keys_that_open_none_of_the_sealed_values(
+    receiver, make_runtime, make_event, caplog
+):
+    persistence = create_in_memory_persistence()
+    under_b = await make_runtime(persistence=persistence, field_crypto=config("B"), dispatch=False)
+    await under_b.add_endpoint(EndpointInput(url=receiver.url("/b"), events=["message.sent"]))
+    await under_b.emit(make_event("evt_b"))
+    await under_b.flush()
+    with pytest.raises(MissingKeysError, match="use key id\\(s\\) kB, which the configured keys"):
+        await make_runtime(persistence=persistence, field_crypto=config("A"))
+    # Some values open: the runtime starts, warns, and those it cannot open fail closed alone.
+    under_a = await make_runtime(persistence=persistence, field_crypto=config("A"), dispatch=False)
+    await under_a.add_endpoint(EndpointInput(url=receiver.url("/a"), events=["message.sent"]))
+    caplog.set_level(logging.WARNING, logger="kmsg_webhook.runtime")
+    runtime = await make_runtime(persistence=persistence, field_crypto=config("A"))
+    assert any("use key id(s) kB" in r.getMessage() for r in caplog.records)
+    await runtime.emit(make_event("evt_a"))
+    await settle(runtime)
+    assert [r.path for r in receiver.at("/a")] == ["/a"]
+    assert receiver.at("/b") == []
 
 
 async def test_sealed_rows_written_after_a_keyless_start_fail_closed(

@@ -66,7 +66,7 @@ from .models import (
     frozen,
 )
 from .operational import OperationalNotifier
-from .preflight import refused_endpoints, sealed_values
+from .preflight import refused_endpoints, sample_sealed, unknown_kids
 from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
 from .store import DeliveryStore, EndpointStore, Watch, WebhookPersistence, require_complete
@@ -284,14 +284,24 @@ class WebhookRuntimeService:
         """Refuse to dispatch sealed values without keys; name the endpoints the URL policy
         will refuse (one warning each), before any delivery is claimed."""
         endpoints = await self._stored.endpoint_store.list()
-        if self.field_crypto is None:
-            where = await sealed_values(endpoints, self._stored.delivery_store)
-            if where is not None:
-                raise MissingKeysError(
-                    f"the store holds sealed values ({where}) and no field-crypto keys were "
-                    f"given: set KMSG_WEBHOOK_KEYS (field_crypto=) to the keys they were sealed "
-                    f"with; refusing to dispatch rather than fail every delivery"
-                )
+        sample = await sample_sealed(endpoints, self._stored.delivery_store)
+        crypto = self.field_crypto
+        if crypto is None and sample.where():
+            raise MissingKeysError(
+                f"the store holds sealed values ({sample.where()}) and no field-crypto keys "
+                f"were given: set KMSG_WEBHOOK_KEYS (field_crypto=) to the keys they were "
+                f"sealed with; refusing to dispatch rather than fail every delivery"
+            )
+        unknown, openable = unknown_kids(sample, crypto) if crypto else (set(), 0)
+        if unknown:
+            message = (
+                f"sealed values in the store ({sample.where()}) use key id(s) "
+                f"{', '.join(sorted(unknown))}, which the configured keys lack "
+                f"(KMSG_WEBHOOK_KEYS, field_crypto=)"
+            )
+            if not openable:  # wrong keys altogether: every delivery would fail
+                raise MissingKeysError(f"{message}; refusing to dispatch")
+            logger.warning("%s; their deliveries will fail until the key is added", message)
         for endpoint, error in refused_endpoints(endpoints, self.security):
             logger.warning(
                 "endpoint %s (%s) will be refused under this runtime's URL policy (%s): %s",
