@@ -299,11 +299,11 @@ def _security(args: argparse.Namespace) -> SecurityOptions:
     )
 
 
-def _open_store(args: argparse.Namespace, *, create: bool = False) -> WebhookPersistence:
+def _open_store(args: argparse.Namespace) -> WebhookPersistence:
     """The store ``--store`` names, refused when it cannot persist or does not exist."""
     from .store_url import persistence_from_url, require_durable
 
-    require_durable(args.store, create=create or getattr(args, "create", False))
+    require_durable(args.store, create=args.create)
     return persistence_from_url(args.store, retry_timeout=args.store_timeout)
 
 
