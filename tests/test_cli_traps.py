@@ -229,7 +229,7 @@ def test_endpoints_add_takes_the_allow_list(
 # -- sealed values without keys ----------------------------------------------------------------
 
 
-async def test_a_worker_without_keys_refuses_a_sealed_store_and_read_commands_say_so(
+async def test_a_worker_without_keys_refuses_a_sealed_store_and_with_them_delivers(
     store_url: str, receiver: Receiver
 ) -> None:
     async with WebhookRuntimeService(
@@ -247,13 +247,6 @@ async def test_a_worker_without_keys_refuses_a_sealed_store_and_read_commands_sa
     assert receiver.hits == []
     assert await _statuses(store_url) == [DeliveryStatus.PENDING]
 
-    async with WebhookRuntimeService(persistence=store_url, dispatch=False) as runtime:
-        (row,) = (await runtime.list_deliveries()).items
-    shown = await _finish(await _spawn("deliveries", "show", "--store", store_url, row.id))
-    assert shown.code == 0, shown.err
-    note = "payload  (sealed by field crypto; set KMSG_WEBHOOK_KEYS to open it) kmsg:enc:v1:"
-    assert note in shown.out
-
     worker = await _spawn(
         "worker", "--store", store_url, "--allow-network", "127.0.0.0/8", "--poll-ms", "50",
         env=_env(**KEYS_ENV),
@@ -267,6 +260,26 @@ async def test_a_worker_without_keys_refuses_a_sealed_store_and_read_commands_sa
     finally:
         worker.send_signal(signal.SIGTERM)
         assert (await _finish(worker)).code == 0
+
+
+def test_read_commands_say_when_they_show_sealed_values(
+    capsys: pytest.CaptureFixture[str], sqlite_store: str
+) -> None:
+    async def seal_one() -> str:
+        async with WebhookRuntimeService(
+            persistence=sqlite_store, security=LOOPBACK, field_crypto=config("A"), dispatch=False
+        ) as runtime:
+            await runtime.add_endpoint(EndpointInput(url="http://127.0.0.1:9/in", events=[SENT]))
+            await runtime.emit(event("evt_sealed"))
+            await runtime.flush()
+            (row,) = (await runtime.list_deliveries()).items
+            return row.id
+
+    delivery_id = asyncio.run(seal_one())
+    shown = cli(capsys, "deliveries", "show", "--store", sqlite_store, delivery_id)
+    assert shown.code == 0, shown.err
+    note = "payload  (sealed by field crypto; set KMSG_WEBHOOK_KEYS to open it) kmsg:enc:v1:"
+    assert note in shown.out
 
 
 # -- demo ----------------------------------------------------------------------------------------
@@ -321,34 +334,35 @@ async def test_demo_removes_its_endpoint_when_interrupted(
 # -- purge ---------------------------------------------------------------------------------------
 
 
-async def _old_finished(url: str, receiver: Receiver, count: int) -> None:
+async def _old_finished(url: str, count: int) -> None:
+    """``count`` deliveries that ended ``exhausted`` 40 days ago (nothing listens there)."""
     clock = ManualClock(datetime.now(UTC) - timedelta(days=40))
-    config_ = WebhookConfig(max_retries=0)
     async with WebhookRuntimeService(
-        config_, persistence=url, security=LOOPBACK, clock=clock
+        WebhookConfig(max_retries=0), persistence=url, security=LOOPBACK, clock=clock
     ) as runtime:
-        await runtime.add_endpoint(EndpointInput(url=f"{receiver.base}/old", events=[SENT]))
+        await runtime.add_endpoint(
+            EndpointInput(url=f"http://127.0.0.1:{free_port()}/old", events=[SENT])
+        )
         for n in range(count):
             await runtime.emit(event(f"evt_old_{n}"))
         await runtime.flush()
 
 
-async def test_purge_dry_run_and_refusal_without_a_terminal(
-    store_url: str, receiver: Receiver
+def test_purge_dry_run_and_refusal_without_a_terminal(
+    capsys: pytest.CaptureFixture[str], store_url: str
 ) -> None:
-    await _old_finished(store_url, receiver, 3)
-    dry = await _finish(
-        await _spawn("purge", "--store", store_url, "--older-than", "0s", "--dry-run")
-    )
+    asyncio.run(_old_finished(store_url, 3))
+    args = ("purge", "--store", store_url, "--older-than", "0s")
+    dry = cli(capsys, *args, "--dry-run")
     assert (dry.code, dry.out.split(" created")[0]) == (0, "would purge 3 finished deliveries")
-    refused = await _finish(await _spawn("purge", "--store", store_url, "--older-than", "0s"))
+    refused = cli(capsys, *args)  # pytest's stdin is not a terminal
     assert refused.code == 5
     assert "not a terminal, so not asking: purge 3 finished deliveries" in refused.err
     assert "Pass --yes" in refused.err
-    assert len(await _statuses(store_url)) == 3
-    done = await _finish(await _spawn("purge", "--store", store_url, "--older-than", "0s", "--yes"))
+    assert asyncio.run(_statuses(store_url)) == [DeliveryStatus.EXHAUSTED] * 3
+    done = cli(capsys, *args, "--yes")
     assert done.code == 0 and done.out.startswith("purged 3 ")
-    assert await _statuses(store_url) == []
+    assert asyncio.run(_statuses(store_url)) == []
 
 
 def _purge_on_a_terminal(url: str, answer: bytes) -> tuple[int, str]:
@@ -385,8 +399,8 @@ def _purge_on_a_terminal(url: str, answer: bytes) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), seen.decode()
 
 
-async def test_purge_asks_on_a_terminal(sqlite_store: str, receiver: Receiver) -> None:
-    await _old_finished(sqlite_store, receiver, 2)
+async def test_purge_asks_on_a_terminal(sqlite_store: str) -> None:
+    await _old_finished(sqlite_store, 2)
     code, screen = await asyncio.to_thread(_purge_on_a_terminal, sqlite_store, b"n")
     assert code == 5 and "purge 2 finished deliveries created before" in screen
     assert "not confirmed; nothing was changed" in screen
