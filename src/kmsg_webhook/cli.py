@@ -118,15 +118,26 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run only the dispatcher against a store")
     _store_arg(worker)
-    worker.add_argument("--concurrency", type=_positive, default=100)
-    worker.add_argument("--per-endpoint", type=_positive, default=10)
-    worker.add_argument("--worker-id")
-    worker.add_argument("--max-retries", type=int, default=3)
-    worker.add_argument("--retry-delay-ms", type=int, default=1_000)
-    worker.add_argument("--timeout-ms", type=_positive, default=30_000)
-    worker.add_argument("--lease-ms", type=_positive)
-    worker.add_argument("--poll-ms", type=_positive, default=500)
-    worker.add_argument("--scheme", choices=[s.value for s in SignatureScheme], default="standard")
+    worker.add_argument("--concurrency", type=_positive, default=100, help="attempts in flight")
+    worker.add_argument(
+        "--per-endpoint", type=_positive, default=10, help="attempts in flight per endpoint"
+    )
+    worker.add_argument("--worker-id", help="lease owner name (default: a random id)")
+    worker.add_argument("--max-retries", type=int, default=3, help="retries after the first try")
+    worker.add_argument(
+        "--retry-delay-ms", type=int, default=1_000, help="wait before the first retry (doubles)"
+    )
+    worker.add_argument("--timeout-ms", type=_positive, default=30_000, help="per attempt")
+    worker.add_argument(
+        "--lease-ms", type=_positive, help="claim length (default: 2 x timeout + 10 s)"
+    )
+    worker.add_argument("--poll-ms", type=_positive, default=500, help="idle poll interval")
+    worker.add_argument(
+        "--scheme",
+        choices=[s.value for s in SignatureScheme],
+        default="standard",
+        help="signature headers",
+    )
     _policy_args(worker)
     worker.add_argument(
         "--log-level",
