@@ -280,6 +280,8 @@ def test_read_commands_say_when_they_show_sealed_values(
     assert shown.code == 0, shown.err
     note = "payload  (sealed by field crypto; set KMSG_WEBHOOK_KEYS to open it) kmsg:enc:v1:"
     assert note in shown.out
+    as_json = cli(capsys, "deliveries", "show", "--store", sqlite_store, delivery_id, "--json")
+    assert json.loads(as_json.out)["delivery"]["payload_sealed"] is True
 
 
 # -- demo ----------------------------------------------------------------------------------------
