@@ -16,6 +16,7 @@ from kmsg_webhook.messaging import (
     Fail,
     KakaoChannelCategory,
     KMsg,
+    KMsgDefaults,
     KMsgErrorCode,
     MockProvider,
     Ok,
@@ -206,3 +207,54 @@ async def test_send_names_its_channel_by_alias(
     sent = mock.calls[-1]
     assert sent.kakao is not None  # type: ignore[union-attr]
     assert (sent.kakao.profile_id, sent.kakao.plus_id) == ("SENDERKEY2", "@clinic")  # type: ignore[union-attr]
+
+
+def _alimtalk(kakao: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "ALIMTALK",
+        "to": "01012345678",
+        "templateId": "TP_1",
+        "variables": {"code": "1"},
+        "kakao": kakao,
+        "providerId": "aligo",
+    }
+
+
+async def test_callers_channel_wins_over_the_default_channel(
+    aligo: tuple[FakeAligoKakao, AligoProvider],
+) -> None:
+    fake, provider = aligo
+    defaults = KMsgDefaults(kakao_profile_id="shop")
+    kmsg = KMsg([provider], channels=BINDINGS, defaults=defaults)
+
+    named = await kmsg.send(_alimtalk({"plusId": "@clinic"}))
+    assert isinstance(named, Ok), named
+    assert fake.hits("/kakao/akv10/alimtalk/send/")[-1].form["senderkey"] == "SENDERKEY2"
+
+    # Nothing named: the default channel.
+    assert isinstance(await kmsg.send(_alimtalk({})), Ok)
+    assert fake.hits("/kakao/akv10/alimtalk/send/")[-1].form["senderkey"] == "SENDERKEY1"
+
+    # A plusId nobody bound never borrows the default channel's key; Aligo, configured with
+    # no sender key of its own, refuses before calling the vendor.
+    before = len(fake.requests)
+    unbound = await kmsg.send(_alimtalk({"plusId": "@elsewhere"}))
+    assert isinstance(unbound, Fail)
+    assert unbound.error.code is KMsgErrorCode.INVALID_REQUEST
+    assert "profileId is required" in unbound.error.message
+    assert len(fake.requests) == before
+
+    conflict = await kmsg.send(_alimtalk({"profileId": "shop", "plusId": "@clinic"}))
+    assert isinstance(conflict, Fail)
+    assert "different channels" in conflict.error.message
+    assert len(fake.requests) == before
+
+
+async def test_default_sender_key_fills_in_for_the_default_plus_id(
+    aligo: tuple[FakeAligoKakao, AligoProvider],
+) -> None:
+    fake, provider = aligo
+    defaults = KMsgDefaults(kakao_profile_id="SENDERKEY1", kakao_plus_id="brand")
+    kmsg = KMsg([provider], defaults=defaults)
+    assert isinstance(await kmsg.send(_alimtalk({"plusId": "@brand"})), Ok)
+    assert fake.hits("/kakao/akv10/alimtalk/send/")[-1].form["senderkey"] == "SENDERKEY1"

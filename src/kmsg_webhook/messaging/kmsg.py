@@ -40,7 +40,7 @@ from typing import Any, overload
 
 from ..errors import ConfigError
 from ..events import WebhookEvent
-from .channels import ChannelBindings
+from .channels import ChannelBinding, ChannelBindings, normalize_plus_id
 from .errors import KMsgError, KMsgErrorCode, invalid_request
 from .feed import (
     UNREACHABLE_CODES,
@@ -428,36 +428,68 @@ class KMsg:
             else:
                 options = replace(options, text=text)
 
-        return Ok(self._apply_defaults(options))
+        return self._apply_defaults(options)
 
-    def _apply_defaults(self, options: SendOptions) -> SendOptions:
+    def _apply_defaults(self, options: SendOptions) -> Result[SendOptions, KMsgError]:
         defaults = self._defaults
         if isinstance(options, AlimTalkSendOptions | FriendTalkSendOptions):
-            kakao = options.kakao or KakaoOptions()
-            filled = replace(
-                kakao,
-                profile_id=(kakao.profile_id or "").strip() or defaults.kakao_profile_id,
-                plus_id=(kakao.plus_id or "").strip() or defaults.kakao_plus_id,
-            )
-            binding = self._channels.resolve(filled.profile_id or filled.plus_id or "")
-            if binding is not None:
-                # An alias or plusId names the channel; the provider gets its sender key.
-                filled = replace(filled, profile_id=binding.sender_key, plus_id=binding.plus_id)
-                if options.provider_id is None and binding.provider_id is not None:
-                    options = replace(options, provider_id=binding.provider_id)
-            return replace(options, kakao=filled)
+            resolved = self._kakao_channel(options.kakao or KakaoOptions())
+            if isinstance(resolved, Fail):
+                return resolved
+            kakao, binding = resolved.value
+            if binding is not None and options.provider_id is None and binding.provider_id:
+                options = replace(options, provider_id=binding.provider_id)
+            return Ok(replace(options, kakao=kakao))
         if isinstance(options, NsaSendOptions) and defaults.naver_talk_id:
             naver = options.naver or NaverOptions()
             if not naver.talk_id:
-                return replace(options, naver=replace(naver, talk_id=defaults.naver_talk_id))
+                return Ok(replace(options, naver=replace(naver, talk_id=defaults.naver_talk_id)))
         if (
             isinstance(options, RcsTextSendOptions | RcsTemplateSendOptions)
             and defaults.rcs_brand_id
         ):
             rcs = options.rcs or RcsOptions()
             if not rcs.brand_id:
-                return replace(options, rcs=replace(rcs, brand_id=defaults.rcs_brand_id))
-        return options
+                return Ok(replace(options, rcs=replace(rcs, brand_id=defaults.rcs_brand_id)))
+        return Ok(options)
+
+    def _kakao_channel(
+        self, kakao: KakaoOptions
+    ) -> Result[tuple[KakaoOptions, ChannelBinding | None], KMsgError]:
+        """The channel a Kakao send goes out on, with the sender key the provider needs.
+
+        The caller's own ``profile_id`` / ``plus_id`` are resolved first and the defaults last:
+        the default sender key fills in only when the caller named no channel or named the
+        default channel's plusId, so a send never leaves on another channel than the one asked
+        for. An unbound plusId with no sender key leaves the key to the provider's own config.
+        """
+        defaults = self._defaults
+        profile = (kakao.profile_id or "").strip()
+        plus = (kakao.plus_id or "").strip()
+        default_profile = (defaults.kakao_profile_id or "").strip()
+        default_plus = (defaults.kakao_plus_id or "").strip()
+        if not profile and not plus:
+            profile, plus = default_profile, default_plus
+        by_profile = self._channels.resolve(profile) if profile else None
+        by_plus = self._channels.resolve(plus) if plus else None
+        if by_profile is not None and by_plus is not None and by_profile is not by_plus:
+            return Fail(
+                invalid_request(
+                    f"kakao profileId {profile!r} and plusId {plus!r} name different channels"
+                )
+            )
+        binding = by_profile or by_plus
+        if binding is not None:
+            # An alias or plusId names the channel; the provider gets its sender key.
+            chosen = replace(kakao, profile_id=binding.sender_key, plus_id=binding.plus_id)
+            return Ok((chosen, binding))
+        if (
+            not profile
+            and default_plus
+            and normalize_plus_id(plus) == normalize_plus_id(default_plus)
+        ):
+            profile = default_profile
+        return Ok((replace(kakao, profile_id=profile or None, plus_id=plus or None), None))
 
     def _check_provider(
         self, provider_id: str, message_type: MessageType
