@@ -297,6 +297,7 @@ async def test_aligo_template_failures(aligo: tuple[FakeAligoKakao, AligoProvide
     assert isinstance(other_channel, Fail)
     assert other_channel.error.code is KMsgErrorCode.INVALID_REQUEST  # Aligo -99
     assert other_channel.error.provider_error_code == "-99"
+    assert other_channel.error.details["response"] == {"code": -99, "message": "발신프로필 키 오류"}
 
     missing = await provider.get_template("TP_9999")
     assert isinstance(missing, Fail)
@@ -371,3 +372,100 @@ async def test_solapi_refuses_template_operations(call: Any) -> None:
     assert refused.error.code is KMsgErrorCode.INVALID_REQUEST
     assert not refused.error.retryable
     assert refused.error.provider_id == "solapi"
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def _aligo_with_retries(fake: FakeAligoKakao, sleep: RecordingSleep) -> AligoProvider:
+    return AligoProvider(
+        AligoConfig(
+            api_key=fake.api_key,
+            user_id=fake.user_id,
+            sender_key="SENDERKEY1",
+            sms_base_url=fake.sms_url,
+            alimtalk_base_url=fake.kakao_url,
+            retry=RetryPolicy(max_attempts=3),
+        ),
+        sleep=sleep,
+    )
+
+
+ALIGO_CHANGES: list[tuple[str, Any]] = [
+    ("template/add/", lambda p: p.create_template(OTP)),
+    ("template/modify/", lambda p: p.update_template("TP_0001", TemplateUpdate(name="n2"))),
+    ("template/del/", lambda p: p.delete_template("TP_0001")),
+    ("template/request/", lambda p: p.request_template_inspection("TP_0001")),
+    ("profile/auth/", lambda p: p.request_kakao_channel_auth("@brand", "01099998888")),
+    ("profile/add/", lambda p: p.add_kakao_channel("@new", "246810", "01099998888", "001001001")),
+]
+
+
+@pytest.mark.parametrize(("path", "call"), ALIGO_CHANGES, ids=[p for p, _ in ALIGO_CHANGES])
+async def test_aligo_state_changing_calls_are_sent_once(path: str, call: Any) -> None:
+    sleep = RecordingSleep()
+    async with FakeAligoKakao() as fake:
+        provider = _aligo_with_retries(fake, sleep)
+        try:
+            assert isinstance(await provider.create_template(OTP), Ok)
+            fake.script("/kakao/akv10/" + path, Reply(502, raw="bad gateway"))
+            outcome = await call(provider)
+        finally:
+            await provider.aclose()
+    assert isinstance(outcome, Fail)
+    assert outcome.error.code is KMsgErrorCode.NETWORK_ERROR
+    assert outcome.error.retryable  # the caller decides: the vendor may have acted
+    assert len(fake.hits("/kakao/akv10/" + path)) == (2 if path == "template/add/" else 1)
+    assert sleep.delays == []
+
+
+async def test_aligo_reads_are_retried() -> None:
+    sleep = RecordingSleep()
+    async with FakeAligoKakao() as fake:
+        provider = _aligo_with_retries(fake, sleep)
+        try:
+            for path in ("template/list/", "profile/list/", "category/"):
+                fake.script("/kakao/akv10/" + path, Reply(502, raw="bad gateway"))
+            assert isinstance(await provider.list_templates(), Ok)
+            assert isinstance(await provider.list_kakao_channels(), Ok)
+            assert isinstance(await provider.list_kakao_channel_categories(), Ok)
+        finally:
+            await provider.aclose()
+    for path in ("template/list/", "profile/list/", "category/"):
+        assert len(fake.hits("/kakao/akv10/" + path)) == 2
+    assert len(sleep.delays) == 3
+
+
+IWINV_CHANGES: list[tuple[str, Any]] = [
+    ("add/", lambda p: p.create_template(OTP)),
+    ("modify/", lambda p: p.update_template("IW0001", TemplateUpdate(name="n2"))),
+    ("delete/", lambda p: p.delete_template("IW0001")),
+]
+
+
+@pytest.mark.parametrize(("path", "call"), IWINV_CHANGES, ids=[p for p, _ in IWINV_CHANGES])
+async def test_iwinv_state_changing_calls_are_sent_once(path: str, call: Any) -> None:
+    sleep = RecordingSleep()
+    async with FakeIwinv() as fake:
+        provider = IWINVProvider(
+            IWINVConfig(
+                api_key=fake.api_key,
+                base_url=fake.alimtalk_url,
+                retry=RetryPolicy(max_attempts=3),
+            ),
+            sleep=sleep,
+        )
+        try:
+            assert isinstance(await provider.create_template(OTP), Ok)
+            fake.script("/alimtalk/api/template/" + path, Reply(502, raw="Bad Gateway"))
+            outcome = await call(provider)
+            fake.script("/alimtalk/api/template/", Reply(503, raw="busy"))
+            listed = await provider.list_templates()  # a read is retried
+        finally:
+            await provider.aclose()
+    assert isinstance(outcome, Fail)
+    assert outcome.error.retryable
+    assert outcome.error.http_status == 502
+    assert len(fake.hits("/alimtalk/api/template/" + path)) == (2 if path == "add/" else 1)
+    assert isinstance(listed, Ok)
+    assert len(sleep.delays) == 1

@@ -521,7 +521,11 @@ class AligoProvider(HttpProviderBase):
         path: str,
         fields: Mapping[str, str],
         read: Callable[[dict[str, Any]], Result[T, KMsgError]],
+        *,
+        read_only: bool = False,
     ) -> Result[T, KMsgError]:
+        """One management call; only ``read_only`` ones are retried (see ``_request``)."""
+
         def form() -> aiohttp.FormData:
             data = aiohttp.FormData(default_to_multipart=True)
             data.add_field("apikey", self._config.api_key)
@@ -549,13 +553,17 @@ class AligoProvider(HttpProviderBase):
                     provider_error_code=code,
                     provider_error_text=text,
                     http_status=response.status,
-                    details={"originalCode": code},
+                    details={"originalCode": code, "response": parsed},
                 )
             )
 
         try:
             return await self._request(
-                "POST", join_url(self._kakao_base_url, path), parse, form=form
+                "POST",
+                join_url(self._kakao_base_url, path),
+                parse,
+                form=form,
+                retry=read_only,
             )
         except Exception as exc:
             return Fail(unexpected_error(PROVIDER_ID, exc))
@@ -706,7 +714,7 @@ class AligoProvider(HttpProviderBase):
             items = data.get("list") or []
             return Ok(tuple(_aligo_template(i, key.value) for i in items if isinstance(i, dict)))
 
-        return await self._manage("/akv10/template/list/", fields, read)
+        return await self._manage("/akv10/template/list/", fields, read, read_only=True)
 
     async def list_kakao_channels(
         self, *, plus_id: str | None = None, sender_key: str | None = None
@@ -721,7 +729,7 @@ class AligoProvider(HttpProviderBase):
             items = data.get("list") or []
             return Ok(tuple(_aligo_channel(i) for i in items if isinstance(i, dict)))
 
-        return await self._manage("/akv10/profile/list/", fields, read)
+        return await self._manage("/akv10/profile/list/", fields, read, read_only=True)
 
     async def list_kakao_channel_categories(self) -> Result[KakaoChannelCategories, KMsgError]:
         def level(items: Any) -> tuple[KakaoChannelCategory, ...]:
@@ -754,7 +762,7 @@ class AligoProvider(HttpProviderBase):
                 )
             )
 
-        return await self._manage("/akv10/category/", {}, read)
+        return await self._manage("/akv10/category/", {}, read, read_only=True)
 
     async def request_kakao_channel_auth(
         self, plus_id: str, phone_number: str

@@ -1069,7 +1069,7 @@ class IWINVProvider(HttpProviderBase):
                 items = data.get("list") or []
                 return Ok(tuple(_iwinv_template(i) for i in items if isinstance(i, dict)))
 
-            return await self._template_call("/api/template/", body, read)
+            return await self._template_call("/api/template/", body, read, read_only=True)
         except Exception as exc:
             return Fail(unexpected_error(PROVIDER_ID, exc))
 
@@ -1078,7 +1078,11 @@ class IWINVProvider(HttpProviderBase):
         path: str,
         body: dict[str, Any],
         read: Callable[[dict[str, Any]], Result[T, KMsgError]],
+        *,
+        read_only: bool = False,
     ) -> Result[T, KMsgError]:
+        """One template call; only ``read_only`` ones are retried (see ``_request``)."""
+
         def parse(response: HttpResponse) -> Result[T, KMsgError]:
             payload = self._alimtalk_payload(response)
             if isinstance(payload, Fail):
@@ -1094,6 +1098,7 @@ class IWINVProvider(HttpProviderBase):
             parse,
             headers=self._alimtalk_headers,
             json_body=body,
+            retry=read_only,
         )
 
 

@@ -497,10 +497,15 @@ class HttpProviderBase:
         json_body: Any = None,
         form: Callable[[], aiohttp.FormData] | None = None,
         params: Mapping[str, str] | None = None,
+        retry: bool = True,
     ) -> Result[T, KMsgError]:
         """``method url`` under the retry policy, each response turned into a result by
         ``read``; a transport failure is returned as it is. ``headers`` and ``form`` are built
-        for each attempt (signatures carry a time and a salt; FormData is single-use)."""
+        for each attempt (signatures carry a time and a salt; FormData is single-use).
+
+        ``retry=False`` makes exactly one attempt: for calls that change state at the vendor
+        (templates, channels) with no idempotency key, where a 5xx may hide a success and a
+        second attempt would duplicate it; the caller gets the retryable failure to act on."""
 
         async def attempt() -> Result[T, KMsgError]:
             sent = await self._transport.request(
@@ -515,7 +520,8 @@ class HttpProviderBase:
                 return sent
             return read(sent.value)
 
-        return await call_with_retry(self._retry, attempt, sleep=self._sleep)
+        policy = self._retry if retry else RetryPolicy.never()
+        return await call_with_retry(policy, attempt, sleep=self._sleep)
 
     async def aclose(self) -> None:
         """Close the provider's HTTP session (if it created it)."""
