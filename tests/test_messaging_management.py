@@ -77,7 +77,7 @@ async def test_template_operations_emit_events() -> None:
         "variables": ["code"],
         "senderKey": "mock-sender-seed",
     }
-    assert event.id.startswith("tpl:mock:MOCK_TPL_1@") and event.id.endswith(":template.created")
+    assert event.id.startswith("tpl:mock:mock-sender-seed/MOCK_TPL_1@") and event.id.endswith(":template.created")
 
     updated = await manager.update_template("MOCK_TPL_1", TemplateUpdate(name="OTP2"))
     assert isinstance(updated, Ok)
@@ -85,7 +85,7 @@ async def test_template_operations_emit_events() -> None:
     assert await manager.delete_template("MOCK_TPL_1") == Ok(None)
     deleted = sink.events[-1]
     assert deleted.type is T.TEMPLATE_DELETED
-    assert deleted.id == "tpl:mock:MOCK_TPL_1:template.deleted"
+    assert deleted.id == "tpl:mock:mock-sender-seed/MOCK_TPL_1:template.deleted"
     assert deleted.data["name"] == "OTP2"
     assert manager.watcher is not None and manager.watcher.pending == ()
     await manager.aclose()
@@ -126,7 +126,7 @@ async def test_review_results_become_approved_and_rejected_events() -> None:
     assert watcher is not None
     for name in ("a", "b"):
         assert isinstance(await manager.create_template(TemplateInput(name, "x")), Ok)
-    assert watcher.pending == ("MOCK_TPL_1", "MOCK_TPL_2")
+    assert watcher.pending == ((None, "MOCK_TPL_1"), (None, "MOCK_TPL_2"))
     assert await manager.request_template_inspection("MOCK_TPL_1") == Ok(None)
 
     await watcher.poll_once()  # nothing decided yet
@@ -146,7 +146,7 @@ async def test_review_results_become_approved_and_rejected_events() -> None:
     assert isinstance(await manager.create_template(TemplateInput("c", "x")), Ok)
     assert watcher.running
     await manager.aclose()
-    assert not watcher.running and watcher.pending == ("MOCK_TPL_3",)
+    assert not watcher.running and watcher.pending == ((None, "MOCK_TPL_3"),)
 
 
 async def test_watcher_retries_failed_reads_and_forgets_deleted_templates() -> None:
@@ -178,7 +178,7 @@ async def test_watcher_retries_failed_reads_and_forgets_deleted_templates() -> N
             await watcher.poll_once()
             assert watcher.failed_reads == 1 and len(watcher.pending) == 2
 
-            del fake.templates[two.value.code]
+            del fake.templates[("SENDERKEY1", two.value.code)]
             fake.review(one.value.code, approve=False)
             await watcher.poll_once()
             assert changes == [(one.value.code, TemplateStatus.REJECTED)]
@@ -187,6 +187,95 @@ async def test_watcher_retries_failed_reads_and_forgets_deleted_templates() -> N
             await provider.aclose()
     with pytest.raises(ValueError):
         TemplateStatusWatcher(provider, record, interval=0)
+
+
+def _aligo(fake: FakeAligoKakao) -> AligoProvider:
+    return AligoProvider(
+        AligoConfig(
+            api_key=fake.api_key,
+            user_id=fake.user_id,
+            sender_key="SENDERKEY1",
+            alimtalk_base_url=fake.kakao_url,
+            retry=RetryPolicy.never(),
+        )
+    )
+
+
+async def test_same_template_code_on_two_channels_is_watched_per_channel() -> None:
+    sink = FlakySink()
+    async with FakeAligoKakao() as fake:
+        fake.channels.append({**fake.channels[0], "senderKey": "SENDERKEY2", "uuid": "@two"})
+        provider = _aligo(fake)
+        bindings = ChannelBindings([ChannelBinding("two", "@two", "SENDERKEY2")])
+        manager = ProviderManager(
+            provider, webhooks=sink, channels=bindings, sleep=RecordingSleep()
+        )
+        try:
+            one = await manager.create_template(TemplateInput("one", "x"))
+            two = await manager.create_template(TemplateInput("two", "y"), sender_key="two")
+            assert isinstance(one, Ok) and isinstance(two, Ok)
+            assert one.value.code == two.value.code == "TP_0001"  # codes are per channel
+            watcher = manager.watcher
+            assert watcher is not None
+            await watcher.aclose()  # driven by hand below
+            assert set(watcher.pending) == {("SENDERKEY1", "TP_0001"), ("SENDERKEY2", "TP_0001")}
+
+            fake.review("TP_0001", approve=True, sender_key="SENDERKEY1")
+            fake.review("TP_0001", approve=False, sender_key="SENDERKEY2")
+            await watcher.poll_once()
+        finally:
+            await manager.aclose()
+            await provider.aclose()
+    decided = {(e.type, e.metadata.channel_id) for e in sink.events[2:]}
+    assert decided == {(T.TEMPLATE_APPROVED, "SENDERKEY1"), (T.TEMPLATE_REJECTED, "SENDERKEY2")}
+    assert watcher.pending == ()
+
+
+async def test_watch_pending_resumes_after_a_restart() -> None:
+    sink = FlakySink()
+    async with FakeAligoKakao() as fake:
+        fake.channels.append({**fake.channels[0], "senderKey": "SENDERKEY2", "uuid": "@two"})
+        provider = _aligo(fake)
+        try:
+            # Submitted by an earlier process: nothing watches them now.
+            for key in ("SENDERKEY1", "SENDERKEY2"):
+                created = await provider.create_template(TemplateInput("t", "x"), sender_key=key)
+                assert isinstance(created, Ok)
+                done = await provider.create_template(TemplateInput("done", "x"), sender_key=key)
+                assert isinstance(done, Ok)
+                fake.review(done.value.code, approve=True, sender_key=key)
+            bindings = ChannelBindings([ChannelBinding("two", "@two", "SENDERKEY2")])
+            manager = ProviderManager(
+                provider, webhooks=sink, channels=bindings, sleep=RecordingSleep()
+            )
+            resumed = await manager.watch_pending(sender_keys=[None, "@two"])
+            assert isinstance(resumed, Ok), resumed
+            assert [(t.sender_key, t.code) for t in resumed.value] == [
+                ("SENDERKEY1", "TP_0001"),
+                ("SENDERKEY2", "TP_0001"),
+            ]
+            watcher = manager.watcher
+            assert watcher is not None
+            await watcher.aclose()
+            assert set(watcher.pending) == {("SENDERKEY1", "TP_0001"), ("SENDERKEY2", "TP_0001")}
+            fake.review("TP_0001", approve=True, sender_key="SENDERKEY2")
+            await watcher.poll_once()
+            assert [(e.type, e.metadata.channel_id) for e in sink.events] == [
+                (T.TEMPLATE_APPROVED, "SENDERKEY2")
+            ]
+            assert watcher.pending == (("SENDERKEY1", "TP_0001"),)
+
+            fake.script("/kakao/akv10/template/list/", Reply(200, {"code": -101, "message": "x"}))
+            denied = await manager.watch_pending()
+            assert isinstance(denied, Fail)
+            assert denied.error.code is KMsgErrorCode.AUTHENTICATION_FAILED
+            await manager.aclose()
+            off = ProviderManager(provider, watch_interval=None)
+            refused = await off.watch_pending()
+            assert isinstance(refused, Fail)
+            assert refused.error.code is KMsgErrorCode.INVALID_REQUEST
+        finally:
+            await provider.aclose()
 
 
 async def test_channel_and_sender_number_events() -> None:

@@ -264,13 +264,13 @@ async def test_aligo_template_lifecycle(aligo: tuple[FakeAligoKakao, AligoProvid
     updated = await provider.update_template("TP_0001", TemplateUpdate(content="#{code} only"))
     assert isinstance(updated, Ok)
     assert updated.value.variables == ("code",)
-    assert fake.templates["TP_0001"]["templtContent"] == "#{code} only"
+    assert fake.template("TP_0001")["templtContent"] == "#{code} only"
 
     assert await provider.request_template_inspection("TP_0001") == Ok(None)
     under_review = await provider.get_template("TP_0001")
     assert isinstance(under_review, Ok)
     assert under_review.value.status is TemplateStatus.INSPECTION
-    assert fake.templates["TP_0001"]["inspStatus"] == "REQ"
+    assert fake.template("TP_0001")["inspStatus"] == "REQ"
 
     fake.review("TP_0001", approve=True)
     approved = await provider.list_templates(status=TemplateStatus.APPROVED)

@@ -108,8 +108,10 @@ class FakeAligoKakao(FakeAligo):
                 "udate": "2026-01-02 03:04:05",
             }
         ]
-        self.templates: dict[str, dict[str, Any]] = {}
-        self._tpl = itertools.count(1)
+        #: (senderKey, templtCode) -> template: Aligo keeps templates per channel, so two
+        #: channels may each have a TP_0001.
+        self.templates: dict[tuple[str, str], dict[str, Any]] = {}
+        self._tpl: dict[str, itertools.count[int]] = {}
         for path, handler in (
             ("profile/list/", self._profile_list),
             ("profile/auth/", self._profile_auth),
@@ -208,7 +210,7 @@ class FakeAligoKakao(FakeAligo):
         fields, bad = self._template_fields(req)
         if bad is not None or fields is None:
             return bad or self._fail(-99, "?")
-        code = f"TP_{next(self._tpl):04d}"
+        code = f"TP_{next(self._tpl.setdefault(key, itertools.count(1))):04d}"
         template = {
             "senderKey": key,
             "templtCode": code,
@@ -218,14 +220,14 @@ class FakeAligoKakao(FakeAligo):
             "cdate": "2026-03-02 10:00:00",
             "udate": "2026-03-02 10:00:00",
         }
-        self.templates[code] = template
+        self.templates[(key, code)] = template
         data = {k: v for k, v in template.items() if k not in ("buttons", "senderKey")}
         return Reply(200, {"code": 0, "message": "정상적으로 호출하였습니다.", "data": data})
 
     def _template_of(self, req: Recorded) -> tuple[dict[str, Any] | None, Reply | None]:
         key = self._sender(req)
-        template = self.templates.get(req.form.get("tpl_code", ""))
-        if key is None or template is None or template["senderKey"] != key:
+        template = self.templates.get((key or "", req.form.get("tpl_code", "")))
+        if template is None:
             return None, self._fail(-99, "템플릿 코드 오류")
         return template, None
 
@@ -257,7 +259,7 @@ class FakeAligoKakao(FakeAligo):
         template, bad = self._template_of(req)
         if template is None:
             return bad or self._fail(-99, "?")
-        del self.templates[template["templtCode"]]
+        del self.templates[(template["senderKey"], template["templtCode"])]
         return Reply(200, {"code": 0, "message": "정상적으로 호출하였습니다."})
 
     def _template_request(self, req: Recorded) -> Reply:
@@ -269,7 +271,11 @@ class FakeAligoKakao(FakeAligo):
         template["inspStatus"] = "REQ"
         return Reply(200, {"code": 0, "message": "정상적으로 호출하였습니다."})
 
-    def review(self, code: str, *, approve: bool) -> None:
+    def template(self, code: str, sender_key: str = "SENDERKEY1") -> dict[str, Any]:
+        return self.templates[(sender_key, code)]
+
+    def review(self, code: str, *, approve: bool, sender_key: str = "SENDERKEY1") -> None:
         """Kakao's decision on a template under inspection."""
-        self.templates[code]["inspStatus"] = "APR" if approve else "REJ"
-        self.templates[code]["udate"] = "2026-03-03 09:00:00"
+        template = self.template(code, sender_key)
+        template["inspStatus"] = "APR" if approve else "REJ"
+        template["udate"] = "2026-03-03 09:00:00"

@@ -209,11 +209,14 @@ def template_event(
 ) -> WebhookEvent:
     """``template.*`` for a template operation or a review result.
 
-    The id is ``tpl:<provider>:<code>[@<updated at>]:<type>``: re-emitting the same change is
-    idempotent, while a later update or a second review of an edited template is a new event.
+    The id is ``tpl:<provider>:[<sender key>/]<code>[@<updated at>]:<type>``: re-emitting the
+    same change is idempotent, while a later update or a second review of an edited template is
+    a new event. The channel is part of it because Aligo's codes are unique only per channel.
     Template content is left out, as message text is.
     """
-    key = f"tpl:{template.provider_id}:{template.code}"
+    sender_key = sender_key or template.sender_key
+    channel = f"{sender_key}/" if sender_key else ""
+    key = f"tpl:{template.provider_id}:{channel}{template.code}"
     if template.updated_at is not None and event_type is not WebhookEventType.TEMPLATE_DELETED:
         key += "@" + template.updated_at.strftime("%Y%m%dT%H%M%S.%f")
     data: dict[str, Any] = {
@@ -227,7 +230,6 @@ def template_event(
         data["previousStatus"] = previous_status.value
     if template.category is not None:
         data["category"] = template.category
-    sender_key = sender_key or template.sender_key
     if sender_key is not None:
         data["senderKey"] = sender_key
     return WebhookEvent(

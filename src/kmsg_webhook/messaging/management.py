@@ -11,13 +11,13 @@ review are followed by a :class:`TemplateStatusWatcher` that emits ``template.ap
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from ..events import WebhookEvent, WebhookEventType
 from .channels import ChannelBindings, KakaoChannel, KakaoChannelCategories
-from .errors import KMsgError, UnsupportedOperationError
+from .errors import KMsgError, UnsupportedOperationError, invalid_request
 from .feed import (
     WebhookFeed,
     WebhookSink,
@@ -130,7 +130,40 @@ class ProviderManager:
 
     def _follow(self, template: Template, sender_key: str | None) -> None:
         if self.watcher is not None:
-            self.watcher.watch(template, sender_key=sender_key)
+            # The channel the vendor reports wins, so one template is never watched twice.
+            self.watcher.watch(template, sender_key=template.sender_key or sender_key)
+
+    async def watch_pending(
+        self, *, sender_keys: Iterable[str | None] = (None,), page_size: int = 100
+    ) -> Result[tuple[Template, ...], KMsgError]:
+        """Follow every template the vendor reports under review (``INSPECTION``), e.g. after a
+        restart: the watcher keeps no durable state. Returns the templates now watched.
+
+        Vendors that keep templates per channel (Aligo) list one channel at a time: pass each
+        channel's sender key (or alias / plusId); ``None`` is the provider's configured channel.
+        """
+        api = self._templates("list_templates")
+        if isinstance(api, Fail):
+            return api
+        if self.watcher is None:
+            return Fail(invalid_request("the review watcher is off (watch_interval=None)"))
+        found: list[Template] = []
+        for name in sender_keys:
+            key = self._sender_key(name)
+            page = 1
+            while True:
+                listed = await api.value.list_templates(
+                    status=TemplateStatus.INSPECTION, page=page, limit=page_size, sender_key=key
+                )
+                if isinstance(listed, Fail):
+                    return listed
+                for template in listed.value:
+                    self._follow(template, key)
+                found.extend(listed.value)
+                if len(listed.value) < page_size:
+                    break
+                page += 1
+        return Ok(tuple(found))
 
     # templates -------------------------------------------------------------------------
 
@@ -173,13 +206,13 @@ class ProviderManager:
         current = await api.value.get_template(code, sender_key=key)
         deleted = await api.value.delete_template(code, sender_key=key)
         if isinstance(deleted, Ok):
-            if self.watcher is not None:
-                self.watcher.forget(code)
             gone = (
                 current.value
                 if isinstance(current, Ok)
                 else Template(code, code, "", "", TemplateStatus.PENDING, self.provider_id)
             )
+            if self.watcher is not None:
+                self.watcher.forget(code, sender_key=gone.sender_key or key)
             await self._template_changed(WebhookEventType.TEMPLATE_DELETED, gone, key)
         return deleted
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from .errors import KMsgErrorCode
 from .provider import SleepFn, TemplateProvider
@@ -18,11 +17,9 @@ logger = logging.getLogger("kmsg_webhook.messaging.template_watch")
 #: Called with the template as now reported, the status it had before and its channel's key.
 StatusChange = Callable[[Template, TemplateStatus, str | None], Awaitable[None]]
 
-
-@dataclass(frozen=True, slots=True)
-class _Watched:
-    status: TemplateStatus
-    sender_key: str | None
+#: A watched template: its channel's sender key (``None``: the provider's default) and its code.
+#: Codes are unique only per channel at vendors that keep templates per channel (Aligo).
+WatchKey = tuple[str | None, str]
 
 
 class TemplateStatusWatcher:
@@ -48,13 +45,13 @@ class TemplateStatusWatcher:
         self._on_change = on_change
         self._interval = interval
         self._sleep = sleep
-        self._pending: dict[str, _Watched] = {}
+        self._pending: dict[WatchKey, TemplateStatus] = {}
         self._task: asyncio.Task[None] | None = None
         self.failed_reads = 0
 
     @property
-    def pending(self) -> tuple[str, ...]:
-        """Codes still under review."""
+    def pending(self) -> tuple[WatchKey, ...]:
+        """``(sender_key, code)`` of each template still under review."""
         return tuple(self._pending)
 
     @property
@@ -62,37 +59,40 @@ class TemplateStatusWatcher:
         return self._task is not None and not self._task.done()
 
     def watch(self, template: Template, *, sender_key: str | None = None) -> None:
-        """Follow ``template`` until its review ends (ignored unless it is under review)."""
+        """Follow ``template`` of channel ``sender_key`` until its review ends (ignored unless
+        it is under review)."""
+        key = (sender_key, template.code)
         if not template.status.is_under_review:
-            self._pending.pop(template.code, None)
+            self._pending.pop(key, None)
             return
-        self._pending[template.code] = _Watched(template.status, sender_key)
+        self._pending[key] = template.status
         if not self.running:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def forget(self, code: str) -> None:
-        self._pending.pop(code, None)
+    def forget(self, code: str, *, sender_key: str | None = None) -> None:
+        self._pending.pop((sender_key, code), None)
 
     async def poll_once(self) -> None:
         """Read every pending template once and report the finished reviews."""
-        for code, watched in list(self._pending.items()):
-            read = await self._provider.get_template(code, sender_key=watched.sender_key)
+        for key, before in list(self._pending.items()):
+            sender_key, code = key
+            read = await self._provider.get_template(code, sender_key=sender_key)
             if isinstance(read, Fail):
                 if read.error.code is KMsgErrorCode.TEMPLATE_NOT_FOUND:
-                    self._pending.pop(code, None)
+                    self._pending.pop(key, None)
                 else:
                     self.failed_reads += 1
                     logger.warning("Reading template %s failed: %s", code, read.error)
                 continue
             template = read.value
             if template.status.is_under_review:
-                if code in self._pending:
-                    self._pending[code] = _Watched(template.status, watched.sender_key)
+                if key in self._pending:
+                    self._pending[key] = template.status
                 continue
-            if self._pending.pop(code, None) is None:
+            if self._pending.pop(key, None) is None:
                 continue  # forgotten while we read it
             try:
-                await self._on_change(template, watched.status, watched.sender_key)
+                await self._on_change(template, before, sender_key)
             except Exception:
                 logger.exception("Template status callback failed for %s", code)
 
