@@ -77,7 +77,9 @@ async def test_template_operations_emit_events() -> None:
         "variables": ["code"],
         "senderKey": "mock-sender-seed",
     }
-    assert event.id.startswith("tpl:mock:mock-sender-seed/MOCK_TPL_1@") and event.id.endswith(":template.created")
+    assert event.id.startswith("tpl:mock:mock-sender-seed/MOCK_TPL_1@") and event.id.endswith(
+        ":template.created"
+    )
 
     updated = await manager.update_template("MOCK_TPL_1", TemplateUpdate(name="OTP2"))
     assert isinstance(updated, Ok)

@@ -18,13 +18,16 @@ from kmsg_webhook.messaging import (
     KMsgErrorCode,
     MockProvider,
     Ok,
+    ProviderManager,
     RetryPolicy,
     SolapiConfig,
     SolapiProvider,
     Template,
     TemplateButton,
     TemplateInput,
+    TemplateInspectionProvider,
     TemplateLimits,
+    TemplateProvider,
     TemplateStatus,
     TemplateUpdate,
     UnsupportedOperationError,
@@ -37,6 +40,7 @@ from kmsg_webhook.messaging.provider import KST
 from messaging_fakes.aligo import FakeAligoKakao
 from messaging_fakes.base import Reply
 from messaging_fakes.iwinv import FakeIwinv
+from messaging_fakes.solapi import FakeSolapi
 from messaging_fakes.util import RecordingSleep
 
 OTP = TemplateInput(
@@ -356,22 +360,34 @@ async def test_mock_templates_in_memory() -> None:
 @pytest.mark.parametrize(
     "call",
     [
-        lambda p: p.create_template(OTP),
-        lambda p: p.update_template("c", TemplateUpdate(name="n")),
-        lambda p: p.delete_template("c"),
-        lambda p: p.get_template("c"),
-        lambda p: p.list_templates(),
-        lambda p: p.request_template_inspection("c"),
+        lambda m: m.create_template(OTP),
+        lambda m: m.update_template("c", TemplateUpdate(name="n")),
+        lambda m: m.delete_template("c"),
+        lambda m: m.get_template("c"),
+        lambda m: m.list_templates(),
+        lambda m: m.request_template_inspection("c"),
+        lambda m: m.watch_pending(),
     ],
 )
-async def test_solapi_refuses_template_operations(call: Any) -> None:
-    provider = SolapiProvider(SolapiConfig(api_key="k", api_secret="s"))
-    refused = await call(provider)
+async def test_solapi_has_no_template_capability(call: Any) -> None:
+    async with FakeSolapi() as fake:
+        provider = SolapiProvider(
+            SolapiConfig(api_key=fake.api_key, api_secret=fake.api_secret, base_url=fake.url)
+        )
+        assert not isinstance(provider, TemplateProvider | TemplateInspectionProvider)
+        manager = ProviderManager(provider)
+        assert manager.watcher is None  # nothing to watch with
+        try:
+            refused = await call(manager)
+        finally:
+            await manager.aclose()
+            await provider.aclose()
     assert isinstance(refused, Fail)
     assert isinstance(refused.error, UnsupportedOperationError)
     assert refused.error.code is KMsgErrorCode.INVALID_REQUEST
     assert not refused.error.retryable
     assert refused.error.provider_id == "solapi"
+    assert fake.requests == []
 
 
 # --------------------------------------------------------------------------- retries

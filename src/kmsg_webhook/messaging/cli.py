@@ -264,9 +264,6 @@ def _pick(setup: Setup, requested: str | None, wants: type, what: str) -> Provid
             raise UsageError(f"provider {requested!r} is not configured")
         return provider
     able = [p for p in setup.providers.values() if wants is not None and isinstance(p, wants)]
-    if wants in (TemplateProvider, TemplateInspectionProvider):
-        # SOLAPI answers these methods only to refuse them.
-        able = [p for p in able if "templates" in _capabilities(p)]
     if setup.default_provider in {p.id for p in able}:
         return setup.providers[setup.default_provider or ""]
     if len(able) == 1:
@@ -423,13 +420,7 @@ def _capabilities(provider: Provider) -> list[str]:
         ("balance", BalanceProvider),
         ("delivery", DeliveryStatusProvider),
     )
-    spec_says_no = get_provider_onboarding_spec(provider.id).template_lifecycle_api.value
-    return [
-        name
-        for name, kind in checks
-        if isinstance(provider, kind)
-        and not (name in ("templates", "inspection") and spec_says_no == "unavailable")
-    ]
+    return [name for name, kind in checks if isinstance(provider, kind)]
 
 
 async def cmd_providers(args: argparse.Namespace, setup: Setup, out: Output) -> int:

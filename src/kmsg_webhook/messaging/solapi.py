@@ -38,7 +38,6 @@ from .errors import (
     KMsgError,
     KMsgErrorCode,
     ProviderConfigError,
-    UnsupportedOperationError,
     fail_invalid_request,
 )
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
@@ -60,10 +59,6 @@ from .provider import (
 )
 from .result import Fail, Ok, Result
 from .templates import (
-    Template,
-    TemplateInput,
-    TemplateStatus,
-    TemplateUpdate,
     stringify_variable,
 )
 from .types import (
@@ -288,51 +283,6 @@ class SolapiProvider(HttpProviderBase):
         return ProviderHealth(
             healthy=True, data={"provider": PROVIDER_ID, "baseUrl": self._base_url}
         )
-
-    # templates: refused, the k-msg provider guide lists no template API for SOLAPI ----
-
-    @staticmethod
-    def _no_template_api(operation: str) -> Fail[KMsgError]:
-        return Fail(
-            UnsupportedOperationError(
-                PROVIDER_ID, operation, "manage AlimTalk templates in the SOLAPI console"
-            )
-        )
-
-    async def create_template(
-        self, template: TemplateInput, *, sender_key: str | None = None
-    ) -> Result[Template, KMsgError]:
-        return self._no_template_api("create_template")
-
-    async def update_template(
-        self, code: str, update: TemplateUpdate, *, sender_key: str | None = None
-    ) -> Result[Template, KMsgError]:
-        return self._no_template_api("update_template")
-
-    async def delete_template(
-        self, code: str, *, sender_key: str | None = None
-    ) -> Result[None, KMsgError]:
-        return self._no_template_api("delete_template")
-
-    async def get_template(
-        self, code: str, *, sender_key: str | None = None
-    ) -> Result[Template, KMsgError]:
-        return self._no_template_api("get_template")
-
-    async def list_templates(
-        self,
-        *,
-        status: TemplateStatus | None = None,
-        page: int = 1,
-        limit: int = 15,
-        sender_key: str | None = None,
-    ) -> Result[tuple[Template, ...], KMsgError]:
-        return self._no_template_api("list_templates")
-
-    async def request_template_inspection(
-        self, code: str, *, sender_key: str | None = None
-    ) -> Result[None, KMsgError]:
-        return self._no_template_api("request_template_inspection")
 
     # transport -----------------------------------------------------------------------
 
