@@ -1,10 +1,24 @@
-"""The onboarding doctor against the local fake IWINV."""
+"""The onboarding doctor against the local fake IWINV and Aligo."""
 
 from __future__ import annotations
 
-from kmsg_webhook.messaging import IWINVConfig, IWINVProvider, RetryPolicy
+from kmsg_webhook.messaging import (
+    AligoConfig,
+    AligoProvider,
+    Fail,
+    IWINVConfig,
+    IWINVProvider,
+    RetryPolicy,
+    SenderKeyRequiredError,
+)
 from kmsg_webhook.messaging.doctor import CheckStatus, run_doctor
-from kmsg_webhook.messaging.onboarding import CheckScope, get_provider_onboarding_spec
+from kmsg_webhook.messaging.onboarding import (
+    CheckScope,
+    ProbeOperation,
+    get_provider_onboarding_spec,
+)
+from messaging_fakes.aligo import FakeAligoKakao
+from messaging_fakes.base import Reply
 from messaging_fakes.iwinv import FakeIwinv
 
 SPEC = get_provider_onboarding_spec("iwinv")
@@ -51,3 +65,53 @@ async def test_an_unbuilt_provider_is_blocked_on_its_config() -> None:
     assert probe.action == "fix the config checks first"
     assert report.blocked
     assert await run_doctor(SPEC, None, scope=CheckScope.SEND) == type(report)("iwinv", ())
+
+
+ALIGO_SPEC = get_provider_onboarding_spec("aligo")
+
+
+def _aligo(fake: FakeAligoKakao, sender_key: str | None) -> AligoProvider:
+    return AligoProvider(
+        AligoConfig(
+            api_key=fake.api_key,
+            user_id=fake.user_id,
+            sender_key=sender_key,
+            alimtalk_base_url=fake.kakao_url,
+            sms_base_url=fake.sms_url,
+            retry=RetryPolicy.never(),
+        )
+    )
+
+
+async def test_a_missing_sender_key_is_recognised_by_its_type() -> None:
+    async with FakeAligoKakao() as fake:
+        provider = _aligo(fake, None)
+        try:
+            report = await run_doctor(ALIGO_SPEC, provider)
+            listed = await provider.list_templates()
+        finally:
+            await provider.aclose()
+    assert isinstance(listed, Fail)
+    assert isinstance(listed.error, SenderKeyRequiredError)
+    assert listed.error.setting == "ALIGO_SENDER_KEY"
+    assert not fake.hits("/kakao/akv10/template/list/")  # refused before any call
+    probe = next(
+        r for r in report.results if r.check.probe_operation is ProbeOperation.LIST_TEMPLATES
+    )
+    assert probe.action == "set ALIGO_SENDER_KEY (the Kakao channel's sender key)"
+
+
+async def test_a_vendor_message_naming_the_sender_key_is_not_a_missing_key() -> None:
+    async with FakeAligoKakao() as fake:
+        provider = _aligo(fake, "SENDERKEY1")
+        refusal = {"code": -101, "message": "apikey not allowed for this sender key"}
+        fake.script("/kakao/akv10/template/list/", Reply(200, refusal))
+        try:
+            report = await run_doctor(ALIGO_SPEC, provider)
+        finally:
+            await provider.aclose()
+    probe = next(
+        r for r in report.results if r.check.probe_operation is ProbeOperation.LIST_TEMPLATES
+    )
+    assert probe.detail.startswith("AUTHENTICATION_FAILED")
+    assert probe.action is not None and "whitelisted" in probe.action

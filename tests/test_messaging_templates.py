@@ -167,6 +167,13 @@ async def test_iwinv_template_lifecycle(iwinv: tuple[FakeIwinv, IWINVProvider]) 
     assert updated.value.content == OTP.content  # merged with what IWINV had
     assert fake.templates["IW0001"]["templateName"] == "OTP2"
     assert fake.templates["IW0001"]["status"] == "I"
+    assert fake.templates["IW0001"]["buttons"] == request.json["buttons"]  # sent again, kept
+
+    cleared = await provider.update_template("IW0001", TemplateUpdate(buttons=()))
+    assert isinstance(cleared, Ok)
+    assert cleared.value.buttons == ()
+    assert fake.hits("/alimtalk/api/template/modify/")[-1].json["buttons"] == []
+    assert fake.templates["IW0001"]["buttons"] == []
 
     assert await provider.delete_template("IW0001") == Ok(None)
     missing = await provider.get_template("IW0001")

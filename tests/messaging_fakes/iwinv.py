@@ -169,7 +169,7 @@ class FakeIwinv(FakeServer):
         current.update(
             templateName=req.json["templateName"],
             templateContent=req.json["templateContent"],
-            buttons=req.json.get("buttons", []),
+            buttons=req.json.get("buttons", current["buttons"]),  # absent: kept
             status="I",
         )
         return Reply(200, {"code": 200, "message": "수정 성공"})

@@ -26,6 +26,7 @@ from .errors import (
     KMsgError,
     KMsgErrorCode,
     ProviderConfigError,
+    SenderKeyRequiredError,
     UnsupportedOperationError,
 )
 from .feed import (
@@ -218,6 +219,7 @@ __all__ = [
     "SendResult",
     "SendWarning",
     "SendWarningCode",
+    "SenderKeyRequiredError",
     "SmsSendOptions",
     "SolapiConfig",
     "SolapiProvider",

@@ -29,7 +29,13 @@ from .channels import (
     KakaoChannelCategory,
     normalize_plus_id,
 )
-from .errors import KMsgError, KMsgErrorCode, ProviderConfigError, fail_invalid_request
+from .errors import (
+    KMsgError,
+    KMsgErrorCode,
+    ProviderConfigError,
+    SenderKeyRequiredError,
+    fail_invalid_request,
+)
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
 from .provider import (
     HttpProviderBase,
@@ -85,6 +91,7 @@ logger = logging.getLogger("kmsg_webhook.messaging")
 T = TypeVar("T")
 
 PROVIDER_ID = "aligo"
+SENDER_KEY_ENV = "ALIGO_SENDER_KEY"
 PROVIDER_NAME = "Aligo Smart SMS"
 DEFAULT_SMS_BASE_URL = "https://apis.aligo.in"
 DEFAULT_ALIMTALK_BASE_URL = "https://kakaoapi.aligo.in"
@@ -212,7 +219,7 @@ class AligoProvider(HttpProviderBase):
         config = AligoConfig(
             api_key=required["ALIGO_API_KEY"],
             user_id=required["ALIGO_USER_ID"],
-            sender_key=env_value(source, "ALIGO_SENDER_KEY"),
+            sender_key=env_value(source, SENDER_KEY_ENV),
             sender=env_value(source, "ALIGO_SENDER"),
             test_mode=test_mode,
             sms_base_url=env_value(source, "ALIGO_SMS_BASE_URL") or DEFAULT_SMS_BASE_URL,
@@ -414,9 +421,12 @@ class AligoProvider(HttpProviderBase):
     ) -> Result[dict[str, str], KMsgError]:
         sender_key = self._sender_key(options)
         if sender_key is None:
-            return fail_invalid_request(
-                "kakao profileId is required (options.kakao.profile_id or config.sender_key)",
-                provider_id=PROVIDER_ID,
+            return Fail(
+                SenderKeyRequiredError(
+                    PROVIDER_ID,
+                    "kakao profileId is required (options.kakao.profile_id or config.sender_key)",
+                    setting=SENDER_KEY_ENV,
+                )
             )
         sender = self._sender(options)
         if sender is None:
@@ -571,9 +581,12 @@ class AligoProvider(HttpProviderBase):
     def _template_sender_key(self, sender_key: str | None) -> Result[str, KMsgError]:
         key = (sender_key or self._config.sender_key or "").strip()
         if not key:
-            return fail_invalid_request(
-                "a Kakao channel sender key is required (sender_key= or config.sender_key)",
-                provider_id=PROVIDER_ID,
+            return Fail(
+                SenderKeyRequiredError(
+                    PROVIDER_ID,
+                    "a Kakao channel sender key is required (sender_key= or config.sender_key)",
+                    setting=SENDER_KEY_ENV,
+                )
             )
         return Ok(key)
 

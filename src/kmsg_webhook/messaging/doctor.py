@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import KMsgError, KMsgErrorCode, UnsupportedOperationError
+from .errors import KMsgError, KMsgErrorCode, SenderKeyRequiredError, UnsupportedOperationError
 from .onboarding import (
     CheckKind,
     CheckScope,
@@ -77,11 +77,11 @@ def _failed(check: OnboardingCheck) -> CheckStatus:
     return CheckStatus.BLOCKER if check.severity is CheckSeverity.BLOCKER else CheckStatus.WARN
 
 
-def _action_for(error: KMsgError, provider_id: str) -> str:
+def _action_for(error: KMsgError) -> str:
     if isinstance(error, UnsupportedOperationError):
         return "this provider has no such API"
-    if "sender key" in error.message:
-        return f"set {provider_id.upper()}_SENDER_KEY (the Kakao channel's sender key)"
+    if isinstance(error, SenderKeyRequiredError):
+        return f"set {error.setting} (the Kakao channel's sender key)"
     return _ACTIONS.get(error.code, "see the vendor's message above")
 
 
@@ -151,7 +151,7 @@ async def run_check(
                 check,
                 _failed(check),
                 f"{outcome.code.value}: {outcome.message}",
-                _action_for(outcome, spec.provider_id),
+                _action_for(outcome),
             )
         probe = check.probe_operation.value if check.probe_operation else "probe"
         return CheckResult(check, CheckStatus.PASS, f"{probe} answered")

@@ -230,6 +230,25 @@ class UnsupportedOperationError(KMsgError):
         self.operation = operation
 
 
+class SenderKeyRequiredError(KMsgError):
+    """A Kakao call needs a channel's sender key and neither the call nor the provider's
+    configuration gave one.
+
+    An INVALID_REQUEST that is never retried; ``setting`` names the environment variable that
+    configures the default key (e.g. ``ALIGO_SENDER_KEY``).
+    """
+
+    def __init__(self, provider_id: str, message: str, *, setting: str) -> None:
+        super().__init__(
+            KMsgErrorCode.INVALID_REQUEST,
+            message,
+            provider_id=provider_id,
+            retryable=False,
+            details={"setting": setting},
+        )
+        self.setting = setting
+
+
 def invalid_request(message: str, *, provider_id: str | None = None) -> KMsgError:
     """Shorthand for the most common validation failure."""
     return KMsgError(KMsgErrorCode.INVALID_REQUEST, message, provider_id=provider_id)

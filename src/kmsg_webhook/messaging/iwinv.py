@@ -991,9 +991,10 @@ class IWINVProvider(HttpProviderBase):
                 "templateCode": code,
                 "templateName": merged.name,
                 "templateContent": merged.content,
+                # Always sent: IWINV keeps the old buttons when the field is absent, so an
+                # empty list is the only way to clear them.
+                "buttons": _iwinv_buttons(merged.buttons),
             }
-            if merged.buttons:
-                body["buttons"] = _iwinv_buttons(merged.buttons)
 
             def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
                 return Ok(

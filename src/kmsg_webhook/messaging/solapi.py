@@ -38,6 +38,7 @@ from .errors import (
     KMsgError,
     KMsgErrorCode,
     ProviderConfigError,
+    SenderKeyRequiredError,
     fail_invalid_request,
 )
 from .onboarding import ProviderOnboardingSpec, get_provider_onboarding_spec
@@ -407,9 +408,12 @@ class SolapiProvider(HttpProviderBase):
         profile = options.kakao.profile_id if options.kakao else None
         pf_id = (profile or self._config.kakao_pf_id or "").strip()
         if not pf_id:
-            return fail_invalid_request(
-                "kakao profileId is required (options.kakao.profile_id or config.kakao_pf_id)",
-                provider_id=PROVIDER_ID,
+            return Fail(
+                SenderKeyRequiredError(
+                    PROVIDER_ID,
+                    "kakao profileId is required (options.kakao.profile_id or config.kakao_pf_id)",
+                    setting="SOLAPI_KAKAO_PF_ID",
+                )
             )
         return Ok(pf_id)
 

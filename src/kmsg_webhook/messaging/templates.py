@@ -159,7 +159,11 @@ class Template:
 
 @dataclass(frozen=True, slots=True)
 class TemplateInput:
-    """A template to submit. ``category`` is the Kakao category code (Aligo ignores it)."""
+    """A template to submit.
+
+    ``category`` is the Kakao category code. Neither IWINV's nor Aligo's template API takes one:
+    it is not sent to them, only kept on the ``Template`` they return (the mock stores it).
+    """
 
     name: str
     content: str
