@@ -250,7 +250,7 @@ async def test_watch_pending_resumes_after_a_restart() -> None:
             manager = ProviderManager(
                 provider, webhooks=sink, channels=bindings, sleep=RecordingSleep()
             )
-            resumed = await manager.watch_pending(sender_keys=[None, "@two"])
+            resumed = await manager.watch_pending(sender_keys=[None, "@two"], page_size=1)
             assert isinstance(resumed, Ok), resumed
             assert [(t.sender_key, t.code) for t in resumed.value] == [
                 ("SENDERKEY1", "TP_0001"),
