@@ -20,7 +20,8 @@ Behaviour worth knowing (and where it differs from the original, on purpose):
   per message.
 * With ``channels=`` (:class:`~kmsg_webhook.messaging.channels.ChannelBindings`), a Kakao
   send may name its channel by alias or plusId in ``kakao.profile_id`` / ``kakao.plus_id``:
-  the provider gets the bound sender key (and the bound provider, unless one is named).
+  the provider gets the bound sender key (and the bound provider, unless one is named). The
+  send's own channel is resolved before the ``KMsgDefaults`` one.
 * With ``webhooks=``, every send emits ``message.sent`` or ``message.failed`` (plus
   ``system.provider_error`` when the provider was unreachable) after the hooks; see
   :mod:`kmsg_webhook.messaging.feed`.
