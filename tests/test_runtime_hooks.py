@@ -100,6 +100,36 @@ async def test_hooks_see_each_attempt_and_settlement_and_a_failing_hook_breaks_n
     assert lines[0].delivery_id == settled.delivery_id  # type: ignore[attr-defined]
 
 
+async def test_every_scheduled_retry_wakes_the_claimer_not_only_the_earliest(
+    make_runtime: RuntimeFactory,
+    receiver: Receiver,
+    make_event: EventFactory,
+    wait_until: WaitUntil,
+) -> None:
+    recorder = Recorder()
+    # A 60 s poll: only the timers set when the retries were recorded can send them in time.
+    config = WebhookConfig(jitter=False, retry_delay_ms=50, poll_interval_ms=60_000)
+    runtime = await make_runtime(config, hooks=recorder.hooks)
+
+    async def later(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(status=503, headers={"Retry-After": "1"} if n == 1 else None)
+
+    await runtime.add_endpoint(
+        EndpointInput(url=receiver.on("/later", later), events=["message.sent"])
+    )
+    await runtime.add_endpoint(
+        EndpointInput(url=receiver.on("/sooner", respond(503, 200)), events=["message.failed"])
+    )
+    # The retry due in 1 s is recorded first, then one due in 50 ms.
+    await runtime.emit(make_event())
+    await wait_until(lambda: recorder.attempts, within=20, what="the first attempt")
+    await runtime.emit(make_event(type="message.failed"))
+    await wait_until(
+        lambda: len(recorder.attempts) >= 4, within=20, what="both retries were sent when due"
+    )
+    assert receiver.hits == {"/later": 2, "/sooner": 2}
+
+
 async def test_endpoint_disabled_recovered_and_enabled_reach_the_hooks(
     make_runtime: RuntimeFactory,
     receiver: Receiver,

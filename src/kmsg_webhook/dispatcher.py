@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import logging
 import random
 from collections import defaultdict, deque
@@ -127,9 +128,9 @@ class Dispatcher:
         # Endpoints the last short claim left out because this worker held their share: the
         # claimer sleeps until one of them has a round of room again, not a whole poll.
         self._starved: set[str] = set()
-        # The earliest retry this worker scheduled (or was told of) and the timer that wakes
-        # the claimer then.
-        self._next_due: datetime | None = None
+        # When the retries this worker scheduled (or was told of) fall due, earliest first, and
+        # the timer that wakes the claimer at the earliest.
+        self._due: list[datetime] = []
         self._due_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -167,20 +168,34 @@ class Dispatcher:
         if at is None or at <= self._clock.now():
             self._wake.set()
             return
-        if self._next_due is not None and self._next_due <= at:
-            return
+        due = self._due
+        earliest = due[0] if due else None
+        heapq.heappush(due, at)
+        if earliest is None or at < earliest:
+            self._arm()
+
+    def _arm(self) -> None:
+        """(Re)set the timer for the earliest pending due time."""
         if self._due_timer is not None:
             self._due_timer.cancel()
-        self._next_due = at
-        delay = (at - self._clock.now()).total_seconds()
-        loop = asyncio.get_running_loop()
+            self._due_timer = None
+        if not self._due:
+            return
+        delay = (self._due[0] - self._clock.now()).total_seconds()
         # A millisecond late, so the row is due by the store's clock too.
-        self._due_timer = loop.call_later(max(0.0, delay) + 0.001, self._due_now)
+        self._due_timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay) + 0.001, self._due_now
+        )
 
     def _due_now(self) -> None:
         self._due_timer = None
-        self._next_due = None
+        due, now = self._due, self._clock.now()
+        if due:
+            heapq.heappop(due)  # the time this timer was set for (even if a clock says not yet)
+        while due and due[0] <= now:
+            heapq.heappop(due)
         self._wake.set()
+        self._arm()
 
     @property
     def in_flight(self) -> int:
@@ -194,7 +209,7 @@ class Dispatcher:
         if self._due_timer is not None:
             self._due_timer.cancel()
             self._due_timer = None
-            self._next_due = None
+        self._due.clear()
         self._wake_workers(len(self._idle_workers))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -612,13 +627,11 @@ class Dispatcher:
 
     async def _write_results(self, results: Sequence[_Settled]) -> None:
         await self._store.record([r.outcome for r in results])
-        next_due: datetime | None = None
-        for r in results:
-            at = r.outcome.next_attempt_at
-            if at is not None and r.outcome.status is DeliveryStatus.PENDING:
-                next_due = at if next_due is None else min(next_due, at)
-        if next_due is not None and not self._stopping:
-            self.due_at(next_due)
+        if not self._stopping:
+            for r in results:
+                at = r.outcome.next_attempt_at
+                if at is not None and r.outcome.status is DeliveryStatus.PENDING:
+                    self.due_at(at)
         self._report(results)
         await self._update_health(results)
 
