@@ -20,8 +20,9 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError, StoreUnavailableError
+from kmsg_webhook.redact import redact_url
 from kmsg_webhook.sql.base import SqlDatabase
-from kmsg_webhook.sql.faults import RetryPolicy, is_transient, redact_url
+from kmsg_webhook.sql.faults import RetryPolicy, is_transient
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
 from kmsg_webhook.store_url import persistence_from_url
@@ -154,6 +155,10 @@ def test_redact_url_hides_passwords() -> None:
         "postgresql://db/x?user=a&password=***"
     )
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert redact_url("postgresql://db/x?sslpassword=k&sslmode=require") == (
+        "postgresql://db/x?sslpassword=***&sslmode=require"
+    )
+    assert redact_url("d1+http://h:1/a/b?token=sekrit&x=1") == "d1+http://h:1/a/b?token=***&x=1"
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------

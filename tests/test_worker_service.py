@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from d1_fixtures import LocalD1, fresh_tables
 from kmsg_webhook import (
     DeliveryFilter,
     DeliveryStatus,
@@ -215,6 +216,18 @@ async def pg_store() -> AsyncIterator[str]:
         await drop_schema(dsn, schema)
 
 
+async def test_the_start_line_on_a_d1_store_shows_no_token(
+    local_d1: LocalD1, start_worker: Any
+) -> None:
+    endpoints, deliveries = fresh_tables()
+    store = local_d1.store_url(endpoint_table=endpoints, delivery_table=deliveries)
+    worker = await start_worker(store, "w-d1", *LONG_POLL)
+    assert await worker.stop() == 0
+    start = worker.logged(logger="kmsg_webhook.worker")[0]
+    assert "token=***" in start["store"]
+    assert local_d1.token not in json.dumps(worker.lines)
+
+
 # -- SQLite: keeping up, logs, metrics, stats --------------------------------------------------
 
 
@@ -232,7 +245,7 @@ async def test_worker_drains_a_backlog_without_waiting_for_polls_and_reports_eve
     start = worker.logged(logger="kmsg_webhook.worker")[0]
     assert start["store"] == store and start["field_crypto"] == "off"
     assert start["url_policy"] == "private hosts allowed"
-    port = int(start["message"].split("http://127.0.0.1:")[1].split("/")[0])
+    port = start["metrics_port"]
 
     # 200 rows to one endpoint, 5 at a time: a poll-bound claimer would need 40 polls of 60 s.
     await wait_for(lambda: hits.paths["/ok"] >= 200, 60, "the backlog drained")
@@ -373,7 +386,7 @@ async def test_two_postgres_workers_wake_on_notify_and_send_each_delivery_once(
 async def test_readyz_says_when_the_store_is_unreachable(start_worker: Any, pg_store: str) -> None:
     worker = await start_worker(pg_store, "w1", "--metrics-port", "0")
     start = worker.logged(logger="kmsg_webhook.worker")[0]
-    port = int(start["message"].split("http://127.0.0.1:")[1].split("/")[0])
+    port = start["metrics_port"]
     assert (await get_status(f"http://127.0.0.1:{port}/readyz"))[0] == 200
     dsn = await server_dsn()
     conn = await asyncpg.connect(dsn)

@@ -47,11 +47,11 @@ from .events import WebhookEventType
 from .exitcodes import ExitCode, exit_code_for
 from .middleware import AiohttpVerifyWebhookMiddleware
 from .models import DeliveryFilter, DeliveryStatus, EndpointInput, EndpointStatus
+from .redact import redact_url
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
 from .signing import SignatureScheme
 from .sql.base import DEFAULT_RETRY_TIMEOUT
-from .sql.faults import redact_url
 from .store import WebhookPersistence
 
 STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
@@ -502,6 +502,7 @@ def _worker(args: argparse.Namespace) -> int:
             await runtime.shutdown(drain=False)
             raise
         serving = ""
+        fields: dict[str, object] = {}
         if args.metrics_port is not None:
             try:
                 port = await monitor.serve(runtime, args.metrics_host, args.metrics_port)
@@ -512,6 +513,7 @@ def _worker(args: argparse.Namespace) -> int:
                     f"{os.strerror(exc.errno) if exc.errno else exc}"
                 ) from None
             serving = f"; metrics on http://{args.metrics_host}:{port}/metrics"
+            fields = {"metrics_host": args.metrics_host, "metrics_port": port}
         monitor.start_summary(runtime, args.summary_interval)
         gc_note = "Python's gc settings"
         if args.gc_threshold > 0:
@@ -538,6 +540,7 @@ def _worker(args: argparse.Namespace) -> int:
                 "store": store,
                 "url_policy": policy,
                 "field_crypto": crypto,
+                **fields,
             },
         )
         try:

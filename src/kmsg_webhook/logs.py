@@ -42,6 +42,8 @@ FIELDS = (
     "store",
     "url_policy",
     "field_crypto",
+    "metrics_host",
+    "metrics_port",
     "settled",
     "rate_per_s",
     "in_flight",

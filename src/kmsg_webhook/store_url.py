@@ -25,8 +25,8 @@ from sqlalchemy.engine import make_url
 
 from .errors import ConfigError, StoreUnavailableError
 from .memory import DEFAULT_MAX_STORED_ATTEMPTS, create_in_memory_persistence
+from .redact import redact_url
 from .sql.base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .sql.faults import redact_url
 from .sql.schema import validate_table_name
 from .store import WebhookPersistence
 

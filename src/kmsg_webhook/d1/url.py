@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aiohttp
 
 from ..errors import ConfigError
+from ..redact import redact_url
 from ..store import WebhookPersistence
 from .client import CLOUDFLARE_API_BASE_URL, D1Client
 from .schema import DEFAULT_DELIVERY_TABLE, DEFAULT_ENDPOINT_TABLE
@@ -42,19 +43,6 @@ _OPTIONS = {
     "timeout",
     "max_attempts",
 }
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``token`` query value and password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        query = [(k, "***" if k == "token" else v) for k, v in parse_qsl(parts.query, True)]
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
-    except ValueError:
-        return "<unparsable url>"
 
 
 @dataclass(frozen=True, slots=True)

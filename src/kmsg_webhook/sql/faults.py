@@ -1,4 +1,4 @@
-"""Which database errors are worth retrying, the retry policy, and URLs safe to print.
+"""Which database errors are worth retrying, and the retry policy.
 
 Only *transient* failures are retried: the connection is gone or refused, the server is
 restarting, SQLite is busy, a deadlock or serialization failure rolled the statement back.
@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import sqlalchemy.exc
 from tenacity import (
@@ -164,25 +163,3 @@ def describe(exc: BaseException) -> str:
     inner = orig if orig is not None else exc
     text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
     return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (also in ``?password=`` query values)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparsable URL>"
-    redacted = url
-    if password is not None:
-        userinfo, _, hostinfo = parts.netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        redacted = redacted.replace(parts.netloc, f"{user}:***@{hostinfo}", 1)
-    if parts.query:
-        query = "&".join(
-            f"{key}=***" if key.lower() in ("password", "passwd", "pwd") else item
-            for item in parts.query.split("&")
-            for key in [item.split("=", 1)[0]]
-        )
-        redacted = redacted.replace(f"?{parts.query}", f"?{query}", 1)
-    return redacted

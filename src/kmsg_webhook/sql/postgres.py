@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ..errors import ConfigError, StoreError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
+from ..redact import redact_url
 from ..store import DueCallback, WebhookPersistence
 from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .codec import dumps, values_to_delivery
-from .faults import redact_url
 from .listen import PostgresWatch
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
