@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks import Webhook
 
 from d1_fixtures import LocalD1, fresh_tables
 from kmsg_webhook import (
@@ -37,6 +38,7 @@ from kmsg_webhook import (
     WebhookEvent,
     WebhookEventType,
     WebhookRuntimeService,
+    generate_secret,
 )
 from pg import drop_schema, new_schema, server_dsn
 
@@ -109,12 +111,14 @@ class Worker:
 async def start_worker() -> AsyncIterator[Any]:
     started: list[Worker] = []
 
-    async def start(store: str, name: str, *extra: str) -> Worker:
+    async def start(
+        store: str, name: str, *extra: str, env: dict[str, str] | None = None
+    ) -> Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kmsg_webhook.cli", "worker", "--store", store,
             "--worker-id", name, "--allow-private-hosts", "--log-format", "json", *extra,
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )  # fmt: skip
         worker = Worker(proc)
         assert proc.stderr is not None
@@ -332,6 +336,58 @@ async def test_a_metrics_port_in_use_is_a_one_line_error(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert err.decode().strip().splitlines() == [
         f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+async def test_a_worker_sends_signed_operational_messages_with_the_secret_from_the_env(
+    tmp_path: Path, hits: Hits, start_worker: Any
+) -> None:
+    secret = generate_secret()
+    verifier = Webhook(secret)
+    messages: list[dict[str, Any]] = []
+
+    async def operator(request: web.Request) -> web.Response:
+        body = await request.read()
+        messages.append(verifier.verify(body, dict(request.headers)))  # raises if unsigned
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/ops", operator)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    ops_url = f"http://127.0.0.1:{runner.addresses[0][1]}/ops"
+    try:
+        store = f"sqlite:///{tmp_path / 'outbox.db'}"
+        await emit(store, {"gone": f"{hits.base}/gone", "down": f"{hits.base}/down"}, 1)
+        worker = await start_worker(
+            store, "w-ops", *LONG_POLL, "--max-retries", "0", "--operational-url", ops_url,
+            "--operational-event", "endpoint.disabled",
+            env={"KMSG_WEBHOOK_OPERATIONAL_SECRET": secret},
+        )  # fmt: skip
+        await wait_for(lambda: messages, 60, "the operational message arrived")
+        await wait_for(lambda: hits.paths["/down"] == 1, 60, "the other delivery was sent")
+        assert await worker.stop() == 0
+    finally:
+        await runner.cleanup()
+    # Only the type asked for: the exhausted delivery to /down sends nothing.
+    (message,) = messages
+    assert message["type"] == "endpoint.disabled"
+    assert message["data"]["url"] == f"{hits.base}/gone"
+    assert secret not in json.dumps(worker.lines)
+
+
+async def test_an_operational_url_without_its_secret_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KMSG_WEBHOOK_OPERATIONAL_SECRET"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kmsg_webhook.cli", "worker",
+        "--store", f"sqlite:///{tmp_path / 'x.db'}", "--operational-url", "http://127.0.0.1:9/",
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines() == [
+        "error: --operational-url needs its signing secret in $KMSG_WEBHOOK_OPERATIONAL_SECRET"
     ]
 
 

@@ -47,6 +47,7 @@ from .events import WebhookEventType
 from .exitcodes import ExitCode, exit_code_for
 from .middleware import AiohttpVerifyWebhookMiddleware
 from .models import DeliveryFilter, DeliveryStatus, EndpointInput, EndpointStatus
+from .operational import OPERATIONAL_EVENTS, OperationalWebhook
 from .redact import redact_url
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
@@ -55,6 +56,7 @@ from .sql.base import DEFAULT_RETRY_TIMEOUT
 from .store import WebhookPersistence
 
 STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
+OPERATIONAL_SECRET_ENV = "KMSG_WEBHOOK_OPERATIONAL_SECRET"
 # A young collection per 20,000 net allocations instead of 700 (docs/performance.md).
 WORKER_GC_THRESHOLD = 20_000
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -158,6 +160,18 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /metrics, /healthz and /readyz on this port (needs kmsg-webhook[metrics])",
     )
     worker.add_argument("--metrics-host", default="127.0.0.1")
+    worker.add_argument(
+        "--operational-url",
+        help=f"POST signed operational messages (endpoint disabled, delivery exhausted, ...) "
+        f"here; the signing secret comes from ${OPERATIONAL_SECRET_ENV}",
+    )
+    worker.add_argument(
+        "--operational-event",
+        action="append",
+        choices=sorted(OPERATIONAL_EVENTS),
+        dest="operational_events",
+        help="send only this operational message type (repeatable; default: all)",
+    )
     worker.add_argument(
         "--gc-threshold",
         type=int,
@@ -469,6 +483,7 @@ def _worker(args: argparse.Namespace) -> int:
     monitor = WorkerMonitor(metrics)
     hooks = [monitor.hooks] if metrics is None else [monitor.hooks, metrics.hooks]
     config = WebhookConfig(
+        operational_webhook=_operational_webhook(args),
         max_concurrency=args.concurrency,
         max_concurrency_per_endpoint=args.per_endpoint,
         max_retries=args.max_retries,
@@ -553,6 +568,22 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _operational_webhook(args: argparse.Namespace) -> OperationalWebhook | None:
+    """The worker's operational webhook; its secret only ever comes from the environment
+    (a flag's value shows in ``ps`` and shell history)."""
+    if args.operational_url is None:
+        if args.operational_events:
+            raise ConfigError("--operational-event needs --operational-url")
+        return None
+    secret = os.environ.get(OPERATIONAL_SECRET_ENV)
+    if not secret:
+        raise ConfigError(
+            f"--operational-url needs its signing secret in ${OPERATIONAL_SECRET_ENV}"
+        )
+    events = frozenset(args.operational_events or OPERATIONAL_EVENTS)
+    return OperationalWebhook(url=args.operational_url, secret=secret, events=events)
 
 
 def _migrate(args: argparse.Namespace) -> int:
