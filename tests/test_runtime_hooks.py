@@ -245,6 +245,22 @@ async def test_operational_webhooks_are_signed_and_name_what_happened(
     assert all(json.loads(r.body)["timestamp"] for r in receiver.at("/ops"))
 
 
+def test_async_hooks_are_refused_since_nothing_would_await_them() -> None:
+    async def on_settled(event: SettledEvent) -> None:
+        raise AssertionError("never called")
+
+    class AsyncCallable:
+        async def __call__(self, event: AttemptEvent) -> None:
+            raise AssertionError("never called")
+
+    with pytest.raises(ConfigError, match="on_settled is a coroutine function"):
+        DeliveryHooks(on_settled=on_settled)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="on_attempt is a coroutine function"):
+        DeliveryHooks(on_attempt=AsyncCallable())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must be callable"):
+        DeliveryHooks(on_endpoint_status="log")  # type: ignore[arg-type]
+
+
 def test_bad_hooks_and_operational_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="DeliveryHooks"):
         WebhookRuntimeService(hooks=[print])  # type: ignore[list-item]

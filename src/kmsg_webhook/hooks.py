@@ -2,13 +2,16 @@
 
 Pass ``hooks=DeliveryHooks(on_attempt=..., on_settled=..., on_endpoint_status=...)`` (or a
 sequence of them) to :class:`~kmsg_webhook.WebhookRuntimeService` to feed OpenTelemetry or any
-monitoring system. Hooks are plain callables run on the event loop right after the outcome is
-recorded in the store; they should return quickly. An exception in a hook is logged and never
-reaches delivery.
+monitoring system. Hooks are plain (synchronous) callables run on the event loop right after the
+outcome is recorded in the store; they should return quickly. An ``async def`` hook is refused
+with :class:`~kmsg_webhook.errors.ConfigError` (nothing would await it): a hook that needs I/O
+hands the event to a queue or task of its own. An exception in a hook is logged and never reaches
+delivery.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TypeVar
 
+from .errors import ConfigError
 from .models import DeliveryStatus, EndpointStatus
 
 logger = logging.getLogger("kmsg_webhook.hooks")
@@ -89,6 +93,22 @@ class DeliveryHooks:
     on_attempt: Callable[[AttemptEvent], None] | None = None
     on_settled: Callable[[SettledEvent], None] | None = None
     on_endpoint_status: Callable[[EndpointStatusEvent], None] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("on_attempt", "on_settled", "on_endpoint_status"):
+            hook = getattr(self, name)
+            if hook is None:
+                continue
+            if not callable(hook):
+                raise ConfigError(f"DeliveryHooks.{name} must be callable, got {hook!r}")
+            if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+                getattr(hook, "__call__", None)  # noqa: B004 - an object with async __call__
+            ):
+                raise ConfigError(
+                    f"DeliveryHooks.{name} is a coroutine function, which nothing would "
+                    "await: pass a plain function (hand the event to a task or queue of your "
+                    "own for I/O)"
+                )
 
 
 _E = TypeVar("_E")
