@@ -140,6 +140,8 @@ async def test_postgres_notifies_listeners_of_committed_pending_rows_only(
 ) -> None:
     heard: asyncio.Queue[datetime | None] = asyncio.Queue()
     watch = await pg.watch(heard.put_nowait)
+    # Listening: look now, for rows committed before the LISTEN (nobody heard their NOTIFY).
+    assert heard.get_nowait() is None
 
     async def next_notice() -> datetime | None:
         return await asyncio.wait_for(heard.get(), 10)

@@ -3,8 +3,10 @@
 The store's inserts, recorded retries and re-queues send ``NOTIFY <channel>, '<epoch seconds>'``
 in the same transaction, so a notification arrives only once the rows are committed; its payload
 is the earliest due time of those rows. One dedicated connection per watching runtime listens.
-A lost connection is re-established (with a log line per failed attempt) and the callback is
-told to look now, since notifications sent meanwhile are gone. Polling stays the fallback.
+Once ``LISTEN`` is in place, at start and after a lost connection is re-established (with a log
+line per failed attempt), the callback is told to look now: rows committed before it (between a
+dispatcher's first claim and the ``LISTEN``, or while disconnected) sent notifications nobody
+heard. Polling stays the fallback.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class PostgresWatch:
                 "LISTEN on %s failed (%s); retrying, polling meanwhile", self._where, exc
             )
             self._lost.set()
+        else:
+            self._callback(None)  # rows committed before the LISTEN were announced to no one
         self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     async def close(self) -> None:
