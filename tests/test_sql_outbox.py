@@ -8,6 +8,7 @@ for PostgreSQL, aiosqlite and SQLAlchemy for SQLite.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -186,6 +187,52 @@ async def test_postgres_notifies_listeners_of_committed_pending_rows_only(
     finally:
         await watch.close()
         await conn.close()
+        await engine.dispose()
+
+
+async def test_postgres_release_notifies_listeners_of_the_rows_handed_back(
+    pg: PostgresDatabase,
+) -> None:
+    await pg.delivery_store.insert_many([delivery(1), delivery(2)])
+    claimed = await pg.delivery_store.claim(
+        worker_id=W1, now=NOW, lease_until=NOW + timedelta(seconds=30), limit=2
+    )
+    heard: asyncio.Queue[datetime | None] = asyncio.Queue()
+    watch = await pg.watch(heard.put_nowait)
+    try:
+        assert heard.get_nowait() is None  # listening: look now
+        await pg.delivery_store.release([d.id for d in claimed], worker_id=W1)
+        assert await asyncio.wait_for(heard.get(), 10) == min(
+            d.next_attempt_at for d in claimed if d.next_attempt_at
+        )
+    finally:
+        await watch.close()
+
+
+async def test_postgres_sqlalchemy_inserts_announce_only_rows_not_already_leased(
+    pg: PostgresDatabase,
+) -> None:
+    heard: asyncio.Queue[datetime | None] = asyncio.Queue()
+    watch = await pg.watch(heard.put_nowait)
+    engine = create_async_engine(
+        (await server_dsn()).replace("postgresql://", "postgresql+asyncpg://", 1)
+    )
+    leased = dataclasses.replace(
+        delivery(1), lease_owner=W1, lease_expires_at=NOW + timedelta(seconds=30)
+    )
+    try:
+        assert heard.get_nowait() is None  # listening: look now
+        async with engine.connect() as conn:
+            await pg.delivery_store.insert_many([leased], connection=conn)
+            await conn.commit()
+        await asyncio.sleep(0.3)
+        assert heard.empty(), "a row leased to its writer woke other workers"
+        async with engine.connect() as conn:
+            await pg.delivery_store.insert_many([delivery(2)], connection=conn)
+            await conn.commit()
+        assert await asyncio.wait_for(heard.get(), 10) == delivery(2).next_attempt_at
+    finally:
+        await watch.close()
         await engine.dispose()
 
 

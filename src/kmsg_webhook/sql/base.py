@@ -365,7 +365,12 @@ class SqlDatabase(ABC):
         statement = self.insert_statement(table).on_conflict_do_nothing().returning(table.c.id)
         result = await conn.execute(statement, [delivery_row(d) for d in deliveries])
         new = set(result.scalars().all())
-        due = [d.next_attempt_at for d in deliveries if d.id in new and d.next_attempt_at]
+        # Rows written already leased (taken at intake) are the writer's to send: no one to wake.
+        due = [
+            d.next_attempt_at
+            for d in deliveries
+            if d.id in new and d.next_attempt_at and d.lease_expires_at is None
+        ]
         if due:
             await self.announce_due(conn, min(due))
         return new
@@ -608,11 +613,15 @@ class SqlDeliveryStore:
             sa.update(t)
             .where(t.c.id.in_(list(delivery_ids)), t.c.lease_owner == worker_id)
             .values(lease_owner=None, lease_expires_at=None)
+            .returning(t.c.next_attempt_at)
         )
 
         async def op(conn: AsyncConnection, attempt: int) -> None:
             await self._db.begin_write(conn)
-            await conn.execute(statement)
+            due = [at for at in (await conn.execute(statement)).scalars() if at is not None]
+            if due:
+                # Handed back by a stopping worker: other workers need not wait for a poll.
+                await self._db.announce_due(conn, min(due))
             await conn.commit()
 
         await self._db.run(op)
