@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+
+import asyncpg  # type: ignore[import-untyped]
 
 from kmsg_webhook import (
     EndpointFilters,
@@ -39,13 +43,24 @@ from kmsg_webhook import (
 from throughput import _SCRATCH, POSTGRES_DSN, receiver_process, receiver_stats
 
 
-def _store_url(name: str) -> str:
+@contextlib.asynccontextmanager
+async def _store_url(name: str) -> AsyncIterator[str]:
+    """A fresh store URL; a Postgres schema made for it is dropped afterwards."""
     tag = uuid.uuid4().hex[:10]
     if name == "sqlite":
-        return f"sqlite:///{_SCRATCH}/drain-{tag}.db"
-    if name == "postgres":
-        return f"{POSTGRES_DSN}?schema=drain_{tag}"
-    raise SystemExit(f"unknown store {name!r} (sqlite, postgres)")
+        yield f"sqlite:///{_SCRATCH}/drain-{tag}.db"
+        return
+    if name != "postgres":
+        raise SystemExit(f"unknown store {name!r} (sqlite, postgres)")
+    schema = f"drain_{tag}"
+    try:
+        yield f"{POSTGRES_DSN}?schema={schema}"
+    finally:
+        conn = await asyncpg.connect(POSTGRES_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
 
 
 def _event(n: int, endpoints: int) -> WebhookEvent:
@@ -88,7 +103,12 @@ async def _emit_all(runtime: WebhookRuntimeService, total: int, endpoints: int) 
 
 
 async def in_process(base: str, store: str, total: int, endpoints: int) -> float:
-    runtime = await _runtime(base, _store_url(store), endpoints, dispatch=True)
+    async with _store_url(store) as url:
+        return await _in_process(base, url, total, endpoints)
+
+
+async def _in_process(base: str, url: str, total: int, endpoints: int) -> float:
+    runtime = await _runtime(base, url, endpoints, dispatch=True)
     try:
         await receiver_stats(base, reset=True)
         started = time.perf_counter()
@@ -103,7 +123,11 @@ async def in_process(base: str, store: str, total: int, endpoints: int) -> float
 
 
 async def worker_process(base: str, store: str, total: int, endpoints: int) -> float:
-    url = _store_url(store)
+    async with _store_url(store) as url:
+        return await _worker_process(base, url, total, endpoints)
+
+
+async def _worker_process(base: str, url: str, total: int, endpoints: int) -> float:
     runtime = await _runtime(base, url, endpoints, dispatch=False)
     try:
         await _emit_all(runtime, total, endpoints)

@@ -175,6 +175,9 @@ async def test_endpoint_disabled_recovered_and_enabled_reach_the_hooks(
     changes = [r.change for r in warnings]  # type: ignore[attr-defined]
     assert changes == ["recovered", "disabled", "enabled"]
     assert all(r.levelname == "WARNING" for r in warnings)
+    # Log lines name the receiver's origin only: a path or query may carry its token.
+    assert {r.url for r in warnings} == {f"{receiver.base_url}/…"}  # type: ignore[attr-defined]
+    assert disabled.url == receiver.url("/gone")  # the hooks get the whole URL
 
 
 async def test_refusals_without_a_request_are_settled_and_logged(

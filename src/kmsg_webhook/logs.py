@@ -19,6 +19,7 @@ import orjson
 
 from .hooks import AttemptEvent, DeliveryHooks, EndpointStatusEvent, SettledEvent
 from .models import DeliveryStatus
+from .redact import url_origin
 
 delivery_logger = logging.getLogger("kmsg_webhook.delivery")
 endpoint_logger = logging.getLogger("kmsg_webhook.endpoint")
@@ -130,7 +131,7 @@ def _log_endpoint(event: EndpointStatusEvent) -> None:
         event.reason or "-",
         extra={
             "endpoint_id": event.endpoint_id,
-            "url": event.url,
+            "url": url_origin(event.url),
             "change": event.change.value,
             "status": event.status.value,
             "reason": event.reason,

@@ -30,3 +30,18 @@ def redact_url(url: str) -> str:
         )
         redacted = redacted.replace(f"?{parts.query}", f"?{query}", 1)
     return redacted
+
+
+def url_origin(url: str) -> str:
+    """An endpoint URL as log lines show it: scheme, host and port, with ``/…`` standing for
+    any path or query (receivers often carry a token there, as in ``/services/T0/B0/XXXX``)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if not host:
+        return "<unparsable URL>"
+    shown = f"[{host}]" if ":" in host else host
+    origin = f"{parts.scheme}://{shown}" + (f":{port}" if port is not None else "")
+    return origin + ("/…" if parts.path.strip("/") or parts.query else "")
