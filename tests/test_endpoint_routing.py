@@ -55,3 +55,54 @@ async def test_changes_through_the_cache_rebuild_the_routes() -> None:
     assert [e.id for e in cache.matching(_event("aligo"))] == ["a"]
     cache.drop("a")
     assert cache.matching(_event("aligo")) == []
+
+
+async def _filtered_cache(specs: dict[str, EndpointFilters | None]) -> EndpointCache:
+    store = InMemoryEndpointStore()
+    for name, filters in specs.items():
+        data = EndpointInput(
+            id=name, url=f"https://example.com/{name}", events=["message.sent"], filters=filters
+        )
+        await store.add(build_endpoint(data, url=data.url, secret="s", now=NOW))
+    cache = EndpointCache(store, ttl_s=60)
+    await cache.refresh()
+    return cache
+
+
+def _meta_event(**meta: str) -> WebhookEvent:
+    return WebhookEvent(
+        id="evt_1", type="message.sent", timestamp=NOW, metadata=EventMetadata(**meta)
+    )
+
+
+async def test_every_metadata_filter_routes_and_all_of_an_endpoints_filters_apply() -> None:
+    cache = await _filtered_cache(
+        {
+            "all": None,
+            "tpl_a": EndpointFilters(template_id=("A",)),
+            "tpl_ab": EndpointFilters(template_id=("A", "B")),
+            "chan_sms": EndpointFilters(channel_id=("sms",)),
+            # Indexed under its template (one value), yet its provider filter still applies.
+            "tpl_a_aligo": EndpointFilters(template_id=("A",), provider_id=("aligo", "iwinv")),
+        }
+    )
+    order = [e.id for e in await cache.all()]
+
+    def ids(**meta: str) -> list[str]:
+        found = [e.id for e in cache.matching(_meta_event(**meta))]
+        assert found == sorted(found, key=order.index)
+        return sorted(found)
+
+    assert ids(template_id="A") == ["all", "tpl_a", "tpl_ab"]
+    assert ids(template_id="A", provider_id="aligo") == ["all", "tpl_a", "tpl_a_aligo", "tpl_ab"]
+    assert ids(template_id="B", channel_id="sms") == ["all", "chan_sms", "tpl_ab"]
+    assert ids(channel_id="kakao") == ["all"]
+    assert ids() == ["all"]
+
+
+async def test_a_thousand_template_filtered_endpoints_match_one_each() -> None:
+    cache = await _filtered_cache(
+        {f"ep{n}": EndpointFilters(template_id=(f"T{n}",)) for n in range(1000)}
+    )
+    assert [e.id for e in cache.matching(_meta_event(template_id="T417"))] == ["ep417"]
+    assert cache.matching(_meta_event(template_id="T1000")) == []

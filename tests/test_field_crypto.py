@@ -410,6 +410,9 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             await d1.close()
 
 
+CLIENT_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHclientkey\n-----END PRIVATE KEY-----\n"
+
+
 def an_endpoint(n: int = 1, **changes: object) -> WebhookEndpoint:
     base = WebhookEndpoint(
         id=f"ep_{n}",
@@ -420,6 +423,8 @@ def an_endpoint(n: int = 1, **changes: object) -> WebhookEndpoint:
         secret=SECRET,
         previous_secrets=(RetiredSecret(OLD_SECRET, T0 + timedelta(days=1)),),
         headers={"Authorization": TOKEN, "X-Tenant": "acme-tenant-7"},
+        client_cert="-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n",
+        client_key=CLIENT_KEY,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -470,8 +475,10 @@ async def test_the_database_holds_no_plaintext_secret_payload_or_number(backend:
     assert [d.payload for d in await opened(store)] == [rows[1].payload, rows[0].payload]
 
     raw = await backend.dump()
-    assert raw.count(ENVELOPE_PREFIX) >= 2 + 2 + 2  # payloads, both secrets, both headers
+    # payloads, both secrets, both headers, the client key
+    assert raw.count(ENVELOPE_PREFIX) >= 2 + 2 + 2 + 1
     for plaintext in (
+        "MIGHclientkey",
         SECRET,
         OLD_SECRET,
         TOKEN,

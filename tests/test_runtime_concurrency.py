@@ -1,5 +1,5 @@
 """Concurrency limits, observed at the receiver: the global ``max_concurrency`` is never exceeded,
-and ``max_concurrency_per_endpoint`` keeps a saturated slow endpoint from starving a fast one."""
+and the per-endpoint limit keeps a saturated slow endpoint from starving a fast one."""
 
 from __future__ import annotations
 
@@ -111,7 +111,9 @@ async def test_the_global_limit_is_never_exceeded(
                 counts.leave()
             return web.Response(text="ok")
 
-        for path in ("/a", "/b"):
+        # An endpoint starts with one attempt in flight (it earns more by answering fast):
+        # five held endpoints could take five slots.
+        for path in ("/a", "/b", "/c", "/d", "/e"):
             await runtime.add_endpoint(
                 EndpointInput(url=receiver.on(path, held), events=["message.sent"])
             )
@@ -127,8 +129,8 @@ async def test_the_global_limit_is_never_exceeded(
         gate.set()
         await asyncio.wait_for(flushing, HANG_GUARD)
         assert counts.most == 3
-        assert await statuses(runtime) == [DeliveryStatus.SUCCESS] * 24
-        assert len(receiver.received) == 24
+        assert await statuses(runtime) == [DeliveryStatus.SUCCESS] * 60
+        assert len(receiver.received) == 60
     finally:
         if session is not None:
             await session.close()
@@ -182,7 +184,8 @@ async def test_a_saturated_slow_endpoint_does_not_starve_a_fast_one(
     )
     for i in range(5):
         await runtime.emit(make_event(f"slow_{i}", type="message.failed"))
-    await wait_until(lambda: slow_counts.now == 2, what="the slow endpoint saturated")
+    # It has not answered yet, so it has earned no second slot.
+    await wait_until(lambda: slow_counts.now == 1, what="the slow endpoint saturated")
     for i in range(6):
         await runtime.emit(make_event(f"fast_{i}", type="message.sent"))
 
@@ -190,13 +193,13 @@ async def test_a_saturated_slow_endpoint_does_not_starve_a_fast_one(
         return await statuses(runtime, endpoint_id=fast_endpoint.id) == [DeliveryStatus.SUCCESS] * 6
 
     await wait_until(fast_done, what="the fast endpoint's deliveries")
-    assert slow_counts.now == 2  # still saturated, and never more than its limit
-    assert len(receiver.at("/slow")) == 2
+    assert slow_counts.now == 1  # still saturated, and never more than its limit
+    assert len(receiver.at("/slow")) == 1
 
     gate.set()
     await asyncio.wait_for(runtime.flush(), HANG_GUARD)
     assert await statuses(runtime, endpoint_id=slow_endpoint.id) == [DeliveryStatus.SUCCESS] * 5
-    assert slow_counts.most == 2
+    assert slow_counts.most <= 2
 
 
 class StalledRecordStore(YieldingDeliveryStore):

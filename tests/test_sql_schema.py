@@ -63,8 +63,8 @@ def test_root_schema_files_are_the_packaged_ones(name: str) -> None:
 def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
     found = migrations(dialect)
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert schema_version(dialect) == found[-1].version == 2
-    assert [m.description for m in found] == ["initial", "lookup_hashes"]
+    assert schema_version(dialect) == found[-1].version == 3
+    assert [m.description for m in found] == ["initial", "lookup_hashes", "client_certificates"]
     assert set(queries(dialect)) >= {
         "insert_deliveries",
         "existing_delivery_ids",
@@ -233,11 +233,11 @@ async def test_migrate_is_idempotent_and_initialize_schema_false_requires_it(
     unmanaged = postgres_database(dsn, schema, initialize_schema=False, retry_timeout=0)
     with pytest.raises(StoreError, match=r"schema version 0.*kmsg-webhook migrate"):
         await unmanaged.endpoint_store.list()
-    assert await migrate(url) == 2
-    assert await migrate(url) == 2
+    assert await migrate(url) == 3
+    assert await migrate(url) == 3
     await unmanaged.endpoint_store.add(endpoint(1))
     assert [e.id for e in await unmanaged.endpoint_store.list()] == ["ep_1"]
-    assert await unmanaged.schema_version() == 2
+    assert await unmanaged.schema_version() == 3
     await unmanaged.close()
 
 
@@ -276,11 +276,11 @@ async def test_sqlite_refuses_a_newer_schema_and_writes_nothing(tmp_path: Path) 
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE kmsg_webhook_schema_version (scope, version, description)")
     conn.execute(
-        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 3, 'x')", (TableNames().scope,)
+        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 4, 'x')", (TableNames().scope,)
     )
     conn.commit()
     db = SQLiteDatabase(path, retry_timeout=0)
-    with pytest.raises(StoreError, match="version 3, newer"):
+    with pytest.raises(StoreError, match="version 4, newer"):
         await db.init()
     await db.close()
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
@@ -328,8 +328,10 @@ async def test_custom_table_names_share_a_schema_with_the_defaults(
     assert [tuple(r) for r in versions] == [
         ("Hooks,outbox_2", 1),
         ("Hooks,outbox_2", 2),
+        ("Hooks,outbox_2", 3),
         ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 1),
         ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 2),
+        ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 3),
     ]
 
 
@@ -339,7 +341,7 @@ async def test_sqlite_custom_table_names() -> None:
         await db.delivery_store.insert_many([delivery(1)])
         assert await db.delivery_store.get("dlv_0001") == delivery(1)
         assert [e.id for e in await db.endpoint_store.list()] == ["ep_1"]
-        assert await db.schema_version() == 2
+        assert await db.schema_version() == 3
 
 
 # -- upgrading a version-1 database -------------------------------------------------------------
@@ -357,7 +359,9 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
         "DROP INDEX idx_kmsg_webhook_deliveries_from_hash",
         "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN to_hash",
         "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN from_hash",
-        "DELETE FROM kmsg_webhook_schema_version WHERE version = 2",
+        "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN client_cert",
+        "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN client_key",
+        "DELETE FROM kmsg_webhook_schema_version WHERE version >= 2",
     ):
         conn.execute(statement)
     conn.commit()
@@ -365,7 +369,7 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
     reopened = SQLiteDatabase(path)
     try:
         assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-        assert await reopened.schema_version() == 2
+        assert await reopened.schema_version() == 3
         assert [e.id for e in await reopened.endpoint_store.list()] == ["ep_1"]
     finally:
         await reopened.close()
@@ -391,11 +395,15 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
             f'ALTER TABLE "{schema}".kmsg_webhook_deliveries DROP COLUMN to_hash, '
             "DROP COLUMN from_hash"
         )
-        await conn.execute(f'DELETE FROM "{schema}".kmsg_webhook_schema_version WHERE version = 2')
+        await conn.execute(
+            f'ALTER TABLE "{schema}".kmsg_webhook_endpoints DROP COLUMN client_cert, '
+            "DROP COLUMN client_key"
+        )
+        await conn.execute(f'DELETE FROM "{schema}".kmsg_webhook_schema_version WHERE version >= 2')
         reopened = postgres_database(dsn, schema)
         try:
             assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-            assert await reopened.schema_version() == 2
+            assert await reopened.schema_version() == 3
         finally:
             await reopened.close()
         indexes = await conn.fetch(

@@ -130,6 +130,8 @@ async def test_endpoint_round_trip_keeps_every_field(persistence: WebhookPersist
         consecutive_failures=3,
         failing_since=T0,
         last_success_at=T0 - timedelta(days=1),
+        client_cert="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        client_key="-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n",
     )
     await persistence.endpoint_store.add(full)
     assert await persistence.endpoint_store.get("ep_1") == full
@@ -660,16 +662,21 @@ async def test_rewrite_sealed_is_compare_and_set(persistence: WebhookPersistence
         secret="whsec_bmV3",
         previous_secrets=(RetiredSecret("whsec_b2xk", T0),),
         headers={"Authorization": "Bearer b"},
+        client_key="key b",
     )
     changed = dataclasses.replace(stored, secret="something else")
     assert not await store.rewrite_sealed("ep_1", expected=changed, replacement=replacement)
+    assert not await store.rewrite_sealed(
+        "ep_1", expected=dataclasses.replace(stored, client_key="other"), replacement=replacement
+    )
     assert not await store.rewrite_sealed("ep_9", expected=stored, replacement=replacement)
     assert await store.rewrite_sealed("ep_1", expected=stored, replacement=replacement)
     (now,) = await _stored_endpoints(persistence)
-    assert (now.secret, now.previous_secrets, dict(now.headers)) == (
+    assert (now.secret, now.previous_secrets, dict(now.headers), now.client_key) == (
         "whsec_bmV3",
         (RetiredSecret("whsec_b2xk", T0),),
         {"Authorization": "Bearer b"},
+        "key b",
     )
     assert now.consecutive_failures == 2 and now.failing_since == T0  # untouched
     assert not await store.rewrite_sealed("ep_1", expected=stored, replacement=replacement)

@@ -59,6 +59,7 @@ STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
 OPERATIONAL_SECRET_ENV = "KMSG_WEBHOOK_OPERATIONAL_SECRET"
 # A young collection per 20,000 net allocations instead of 700 (docs/performance.md).
 WORKER_GC_THRESHOLD = 20_000
+_DEFAULTS = WebhookConfig()
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -120,9 +121,17 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run only the dispatcher against a store")
     _store_arg(worker)
-    worker.add_argument("--concurrency", type=_positive, default=100, help="attempts in flight")
     worker.add_argument(
-        "--per-endpoint", type=_positive, default=10, help="attempts in flight per endpoint"
+        "--concurrency",
+        type=_positive,
+        default=_DEFAULTS.max_concurrency,
+        help="attempts in flight",
+    )
+    worker.add_argument(
+        "--per-endpoint",
+        type=_positive,
+        default=_DEFAULTS.max_concurrency_per_endpoint,
+        help="the most attempts in flight to one endpoint (its limit adapts up to this)",
     )
     worker.add_argument("--worker-id", help="lease owner name (default: a random id)")
     worker.add_argument("--max-retries", type=int, default=3, help="retries after the first try")
@@ -171,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(OPERATIONAL_EVENTS),
         dest="operational_events",
         help="send only this operational message type (repeatable; default: all)",
+    )
+    worker.add_argument(
+        "--ca-file", help="trust the CAs in this PEM file instead of the system's (private CA)"
     )
     worker.add_argument(
         "--gc-threshold",
@@ -492,6 +504,7 @@ def _worker(args: argparse.Namespace) -> int:
         lease_ms=args.lease_ms,
         poll_interval_ms=args.poll_ms,
         signature_scheme=SignatureScheme(args.scheme),
+        ssl=args.ca_file,
     )
 
     persistence = _open_store(args)

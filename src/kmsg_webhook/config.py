@@ -9,6 +9,7 @@ from .errors import ConfigError
 from .events import WebhookEventType
 from .operational import OperationalWebhook
 from .signing import SignatureScheme
+from .tls import TLSSetting, trust_context
 
 
 def _positive(name: str, value: float) -> None:
@@ -74,7 +75,11 @@ class WebhookConfig:
     lease_ms: int | None = None
     #: Idle poll interval of the dispatcher (in-process emits wake it at once).
     poll_interval_ms: int = 500
-    max_concurrency: int = 100
+    #: Attempts in flight at once. Each is a coroutine waiting on a socket, so this is sized
+    #: for I/O: endpoints that time out hold one slot each (see :mod:`kmsg_webhook.pacing`).
+    max_concurrency: int = 256
+    #: The most attempts in flight to one endpoint; it starts at 1 and grows while the
+    #: endpoint answers fast.
     max_concurrency_per_endpoint: int = 10
     max_response_body_bytes: int = 4_096
     #: How long the runtime trusts its cached endpoint list (changes made through this runtime
@@ -85,6 +90,10 @@ class WebhookConfig:
     #: Where to send signed operational messages (endpoint disabled/enabled/recovered,
     #: delivery exhausted); see :mod:`kmsg_webhook.operational`.
     operational_webhook: OperationalWebhook | None = None
+    #: Which servers to trust over https: an ``ssl.SSLContext``, or the path of a CA bundle
+    #: in PEM trusted instead of the system's (a private CA, or a pinned self-signed
+    #: certificate). ``None``: the system's CAs. Verification cannot be turned off.
+    ssl: TLSSetting = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
@@ -127,6 +136,7 @@ class WebhookConfig:
             self.operational_webhook, OperationalWebhook
         ):
             raise ConfigError("operational_webhook must be an OperationalWebhook")
+        trust_context(self.ssl)  # a missing or unreadable CA file fails here, not at a send
 
     @property
     def effective_lease_ms(self) -> int:

@@ -1,9 +1,10 @@
 """The dispatcher: claim due deliveries → send → record, with concurrency limits and health.
 
 Data flows one way. Rows are claimed under a lease (so a crashed worker's rows come back),
-sent concurrently (a global limit and a per-endpoint limit, so one slow endpoint cannot starve
-the others), and their outcomes are recorded in bulk by a group commit. Retries are not slept
-here: a failed attempt is recorded with ``next_attempt_at`` and claimed again when due.
+sent concurrently (a global limit, and a per-endpoint limit that adapts to how the endpoint
+answers, so slow endpoints cannot starve the others: see :mod:`.pacing`), and their outcomes
+are recorded in bulk by a group commit. Retries are not slept here: a failed attempt is
+recorded with ``next_attempt_at`` and claimed again when due.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .models import (
     WebhookEndpoint,
     frozen,
 )
+from .pacing import Pacing
 from .retry import backoff_ms, judge, parse_retry_after
 from .sender import Sender, SendResult
 from .store import WebhookPersistence, apply_outcome
@@ -61,15 +63,19 @@ class _Settled:
     final_failure: bool
     gone: bool
     delivery: WebhookDelivery
+    #: Refused before it left (URL guard, signing): says nothing about the endpoint's speed.
+    refused: bool = False
 
 
 class Dispatcher:
     """Runs the claim/send/record loop for one worker id.
 
     ``max_concurrency`` worker coroutines take deliveries from per-endpoint ready queues in
-    round-robin order, so a slow endpoint holds at most ``max_concurrency_per_endpoint``
-    workers and the rest keep serving everyone else. A claimer keeps the queues topped up,
-    claiming ahead in batches; what it claims beyond an endpoint's share goes straight back.
+    round-robin order, so an endpoint holds at most its current limit of workers (see
+    :class:`~kmsg_webhook.pacing.Pacing`: 1 while it times out) and the rest keep serving
+    everyone else. A claimer keeps the queues topped up, claiming ahead in batches; what it
+    claims beyond an endpoint's share goes straight back, and the due rows of a resting
+    endpoint are put back until its rest ends, without an attempt.
 
     With field crypto (``crypto``) the persistence and the endpoint cache hold values as
     stored; an endpoint's secrets and headers and a delivery's payload are opened just before
@@ -107,16 +113,24 @@ class Dispatcher:
         self._runnable: deque[str] = deque()  # endpoints with ready work and a free slot
         self._queued: set[str] = set()  # the same endpoints, for O(1) membership
         self._active: dict[str, int] = {}  # attempts being sent, per endpoint
+        self._pacing = Pacing(config)
+        # Every row held (queued, being sent, or waiting for its record) → when it was due:
+        # what a flush waits for, and what is given back when stopping.
+        self._held_due: dict[str, datetime] = {}
         self._outstanding = 0  # claimed (or taken at intake) and not yet recorded
         self._recording = 0  # of those, sent and waiting for the recorder
         self._claims_running = 0
         self._ready_count = 0  # claimed and waiting for a worker
         # New rows promised to this worker by an intake write in progress, per endpoint.
         self._taking: dict[str, int] = {}
-        # The store may hold due rows this worker has not claimed: new rows then go to the
-        # store like everyone else's, so the backlog is served oldest first.
+        # The store may hold due rows this worker has not claimed (of any endpoint, or of
+        # these endpoints): new rows then go to the store like everyone else's, so the
+        # backlog is served oldest first.
         self._backlog = True
-        self._left_to_store = 0  # counts rows take() refused, so a claim knows what it missed
+        # Endpoint → the claim round when a row of it was last left to the store: a short
+        # claim started later that does not leave the endpoint alone covers it.
+        self._stored_endpoints: dict[str, int] = {}
+        self._claim_round = 0
         # Below this much room, a claimer with queued work waits instead of making a small
         # claim (each claim is a store round trip).
         self._claim_threshold = max(1, config.claim_batch_size // 2)
@@ -202,8 +216,9 @@ class Dispatcher:
         """Attempts being sent right now."""
         return sum(self._active.values())
 
-    async def stop(self) -> None:
-        """Stop claiming; in-flight attempts finish and are recorded; queued claims go back."""
+    async def stop(self, *, cancel: bool = False) -> None:
+        """Stop claiming; in-flight attempts finish (with ``cancel``: are cancelled) and what
+        was settled is recorded; every other held row is given back at once."""
         self._stopping = True
         self._wake.set()
         if self._due_timer is not None:
@@ -212,13 +227,19 @@ class Dispatcher:
         self._due.clear()
         self._wake_workers(len(self._idle_workers))
         if self._tasks:
+            if cancel:
+                for task in self._tasks:
+                    task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
-        leftovers = [d.id for queue in self._ready.values() for d in queue]
         self._ready.clear()
         self._ready_count = 0
         self._runnable.clear()
         self._queued.clear()
+        await self._recorder.close()
+        # Queued, or cancelled mid-send: back to the store, claimable again at once.
+        leftovers = list(self._held_due)
+        self._held_due.clear()
         if leftovers:
             self._outstanding -= len(leftovers)
             try:
@@ -228,29 +249,35 @@ class Dispatcher:
                     "releasing %d claimed deliveries failed; their leases will expire",
                     len(leftovers),
                 )
-        await self._recorder.close()
 
-    async def drain(self) -> None:
-        """Send every delivery due now, and the retries that become due meanwhile, then return.
+    async def drain(self, *, due_by: datetime | None = None) -> None:
+        """Send every delivery due at ``due_by`` (default: now) and return once each is recorded
+        (sent, or put back by its endpoint's rest). Retries scheduled meanwhile, and rows that
+        became due later, are left to the background loop. Needs :meth:`start`.
 
-        Deliveries scheduled for later stay scheduled. Needs :meth:`start`.
+        Cancelling it stops waiting at once: a claim in progress still completes and its rows
+        are sent by the workers.
         """
+        cutoff = self._clock.now() if due_by is None else due_by
         while True:
-            claimed = await self._claim()
-            while self._busy():
-                self._changed.clear()
-                await self._changed.wait()
-                if claimed:
-                    break  # claim again while the queues drain
-            if not claimed and not self._busy():
-                await self._recorder.drain()
-                if not await self._claim() and not self._busy():
+            if self._room() > 0:
+                full = self._full()
+                if await asyncio.shield(self._claim(due_by=cutoff, full=full)):
+                    continue
+                # Nothing due elsewhere; one row of a saturated endpoint says whether they
+                # still have some (it is queued or given back like any claimed row).
+                left = bool(full) and bool(
+                    await asyncio.shield(self._claim(due_by=cutoff, full=set(), most=1))
+                )
+                if not left and not self._claims_running and not self._holds_due(cutoff):
                     return
+            # Whatever keeps it waiting (rows held, a claim running, no room) signals when it
+            # changes; a signal from its own claims is no news.
+            self._changed.clear()
+            await self._changed.wait()
 
-    def _busy(self) -> bool:
-        """Deliveries held and not yet recorded, or a claim on its way back: the claimer's
-        rows are leased to this worker before they are counted, and no other claim sees them."""
-        return bool(self._outstanding or self._claims_running)
+    def _holds_due(self, cutoff: datetime) -> bool:
+        return any(due <= cutoff for due in self._held_due.values())
 
     # -- one-shot sends (emit_sync, probes) --------------------------------------------------
 
@@ -288,19 +315,21 @@ class Dispatcher:
     def take(self, endpoint_id: str) -> bool:
         """Reserve room for one new row to ``endpoint_id`` (within the same limits a claim
         keeps); ``False``: leave it to the store and the claimer."""
-        if self._room() <= 0:
-            return self._leave_to_store()
         taking = self._taking.get(endpoint_id, 0)
-        if taking + self._held(endpoint_id) >= 2 * self._config.max_concurrency_per_endpoint:
-            return self._leave_to_store()
+        if (
+            self._room() <= 0
+            or endpoint_id in self._stored_endpoints
+            or taking + self._held(endpoint_id) >= 2 * self._pacing.limit(endpoint_id)
+        ):
+            self._stored_endpoints[endpoint_id] = self._claim_round
+            return False
         self._taking[endpoint_id] = taking + 1
         self._outstanding += 1
         return True
 
-    def _leave_to_store(self) -> bool:
-        self._backlog = True
-        self._left_to_store += 1
-        return False
+    def resting_until(self, endpoint_id: str) -> datetime | None:
+        """When the endpoint's rest ends (new rows for it are due then), or ``None``."""
+        return self._pacing.resting_until(endpoint_id, self._clock.now())
 
     def adopt(self, taken: Sequence[WebhookDelivery], inserted: Collection[str] | None) -> None:
         """Queue the taken rows the store accepted (``inserted``: their ids; ``None``: all of
@@ -317,6 +346,10 @@ class Dispatcher:
                 del taking[endpoint_id]
             if inserted is not None and delivery.id not in inserted:
                 self._outstanding -= 1
+                continue
+            until = self._pacing.resting_until(endpoint_id, delivery.created_at)
+            if until is not None:
+                self._put_back(delivery, until)
                 continue
             self._queue(delivery)
             kept += 1
@@ -359,21 +392,37 @@ class Dispatcher:
         unsent = self._outstanding - min(self._recording, 2 * config.claim_batch_size)
         return config.max_concurrency + config.claim_batch_size - unsent
 
-    async def _claim(self) -> int:
-        """Claim due rows into the ready queues; returns how many were kept."""
+    def _full(self) -> set[str]:
+        """Endpoints holding as many rows as their limit: a claim leaves their rows alone."""
+        limit = self._pacing.limit
+        return {e for e in self._ready if self._held(e) >= limit(e)} | {
+            e for e, n in self._active.items() if n >= limit(e)
+        }
+
+    async def _claim(
+        self,
+        *,
+        due_by: datetime | None = None,
+        full: set[str] | None = None,
+        most: int | None = None,
+    ) -> int:
+        """Claim up to ``most`` rows due now (or at ``due_by``) into the ready queues, leaving
+        the ``full`` endpoints' rows alone; returns how many were kept (or put back until their
+        endpoint's rest ends)."""
         config = self._config
-        want = min(self._room(), config.claim_batch_size)
+        want = min(self._room(), config.claim_batch_size, most or config.claim_batch_size)
         if want <= 0:
             return 0
-        limit = config.max_concurrency_per_endpoint
-        full = {e for e in self._ready if self._held(e) >= limit}
+        if full is None:
+            full = self._full()
         now = self._clock.now()
-        left_before = self._left_to_store
+        self._claim_round += 1
+        round_started = self._claim_round
         self._claims_running += 1
         try:
             claimed = await self._store.claim(
                 worker_id=self.worker_id,
-                now=now,
+                now=now if due_by is None else min(now, due_by),
                 lease_until=now + timedelta(milliseconds=config.effective_lease_ms),
                 limit=want,
                 exclude_endpoints=full,
@@ -381,26 +430,61 @@ class Dispatcher:
         finally:
             self._claims_running -= 1
             self._changed.set()  # a drain waiting for this claim looks again
-        # A short claim with nothing excluded found every row due now (unless rows were left
-        # to the store while it ran: the wake-up that follows claims again).
-        self._backlog = len(claimed) >= want or bool(full) or self._left_to_store != left_before
-        self._starved = full if len(claimed) < want else set()
+        if due_by is None:
+            # A short claim found every row due now, except those of the endpoints it left
+            # alone (and rows left to the store while it ran: the wake-up that follows claims
+            # again). A full one may have left any endpoint's rows behind.
+            backlog_before, self._backlog = self._backlog, len(claimed) >= want
+            if not self._backlog:
+                # Rows left to the store before it started are claimed now, except those of
+                # the endpoints it left alone (which may also hold rows of an older backlog).
+                stored = self._stored_endpoints
+                for endpoint_id in [
+                    e for e, n in stored.items() if n < round_started and e not in full
+                ]:
+                    del stored[endpoint_id]
+                if backlog_before:
+                    stored.update(dict.fromkeys(full, round_started))
+            self._starved = full if len(claimed) < want else set()
         overflow: list[str] = []
-        kept = 0
+        queued = 0
+        limit = self._pacing.limit
         for delivery in claimed:
+            endpoint_id = delivery.endpoint_id
+            until = self._pacing.resting_until(endpoint_id, now)
+            if until is not None:
+                self._outstanding += 1
+                self._put_back(delivery, until)
+                continue
             # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
             # in the store (claimable by other workers) instead of aging here under a lease.
-            if self._held(delivery.endpoint_id) >= 2 * limit:
+            if self._held(endpoint_id) >= 2 * limit(endpoint_id):
                 overflow.append(delivery.id)
                 continue
             self._queue(delivery)
-            kept += 1
-        self._outstanding += kept
-        self._ready_count += kept
+            queued += 1
+        self._outstanding += queued
+        self._ready_count += queued
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
-        self._wake_workers(kept)
-        return kept
+        self._wake_workers(queued)
+        return len(claimed) - len(overflow)
+
+    def _put_back(self, delivery: WebhookDelivery, until: datetime) -> None:
+        """Record a held row as due again at ``until``, without an attempt (its endpoint rests)."""
+        outcome = AttemptOutcome(
+            delivery_id=delivery.id,
+            worker_id=self.worker_id,
+            attempt=None,
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=until,
+            completed_at=None,
+            error=f"endpoint resting after timeouts until {until.isoformat()}",
+        )
+        self._held_due.setdefault(delivery.id, delivery.next_attempt_at or until)
+        settled = _Settled(outcome, delivery.endpoint_id, False, False, False, delivery)
+        self._recorder.enqueue(settled)
+        self._recording += 1
 
     def _queue(self, delivery: WebhookDelivery) -> None:
         """Put a claimed or taken delivery in its endpoint's ready queue."""
@@ -409,6 +493,7 @@ class Dispatcher:
         if queue is None:
             queue = self._ready[endpoint_id] = deque()
         queue.append(delivery)
+        self._held_due[delivery.id] = delivery.next_attempt_at or self._clock.now()
         self._mark_runnable(endpoint_id)
 
     def _held(self, endpoint_id: str) -> int:
@@ -418,15 +503,15 @@ class Dispatcher:
 
     def _has_room(self, endpoint_ids: Collection[str]) -> bool:
         """Whether a claim would no longer leave one of these endpoints out."""
-        limit = self._config.max_concurrency_per_endpoint
-        return any(self._held(e) < limit for e in endpoint_ids)
+        limit = self._pacing.limit
+        return any(self._held(e) < limit(e) for e in endpoint_ids)
 
     def _mark_runnable(self, endpoint_id: str) -> None:
         queue = self._ready.get(endpoint_id)
         if (
             queue
             and endpoint_id not in self._queued
-            and self._active.get(endpoint_id, 0) < self._config.max_concurrency_per_endpoint
+            and self._active.get(endpoint_id, 0) < self._pacing.limit(endpoint_id)
         ):
             self._runnable.append(endpoint_id)
             self._queued.add(endpoint_id)
@@ -461,13 +546,17 @@ class Dispatcher:
             active[endpoint_id] = active.get(endpoint_id, 0) + 1
             self._mark_runnable(endpoint_id)  # round robin: back of the line
             try:
-                self._recorder.enqueue(await self._attempt(delivery))
+                settled = await self._attempt(delivery)
+                self._recorder.enqueue(settled)
                 self._recording += 1
             except Exception:
                 # The lease expires and another claim retries the delivery: nothing is lost.
                 logger.exception("delivery %s failed unexpectedly; it will be retried", delivery.id)
                 self._outstanding -= 1
+                self._held_due.pop(delivery.id, None)
                 self._changed.set()
+            else:
+                self._pace(endpoint_id, settled)
             left = active[endpoint_id] - 1
             if left:
                 active[endpoint_id] = left
@@ -483,8 +572,33 @@ class Dispatcher:
                 if len(runnable) > 1:  # this worker takes one; another may take the next
                     self._wake_workers(1)
 
+    def _pace(self, endpoint_id: str, settled: _Settled) -> None:
+        """Feed an attempt's result to the endpoint's limit; when the endpoint starts a rest,
+        its queued rows are put back until the rest ends."""
+        attempt = settled.outcome.attempt
+        if attempt is None or settled.refused:
+            return
+        now = self._clock.now()
+        if not self._pacing.observe(
+            endpoint_id, http_status=attempt.http_status, latency_ms=attempt.latency_ms, now=now
+        ):
+            return
+        until = self._pacing.resting_until(endpoint_id, now)
+        queue = self._ready.pop(endpoint_id, None)
+        if until is None or not queue:
+            return
+        self._ready_count -= len(queue)
+        if endpoint_id in self._queued:
+            self._queued.discard(endpoint_id)
+            self._runnable.remove(endpoint_id)
+        for delivery in queue:
+            self._put_back(delivery, until)
+
     def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
         """Recorded (or abandoned): there is room for as many more claimed deliveries."""
+        held = self._held_due
+        for result in results:
+            held.pop(result.outcome.delivery_id, None)
         if error is not None:
             logger.error(
                 "recording %d deliveries failed (%s); their leases will expire and they will "
@@ -558,6 +672,7 @@ class Dispatcher:
             final_failure=status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED),
             gone=verdict.disable_endpoint,
             delivery=delivery,
+            refused=result.refused,
         )
 
     def _open(
@@ -583,6 +698,7 @@ class Dispatcher:
                 (endpoint.secret is not None and is_sealed(endpoint.secret))
                 or any(is_sealed(s.secret) for s in endpoint.previous_secrets)
                 or any(is_sealed(v) for v in endpoint.headers.values())
+                or (endpoint.client_key is not None and is_sealed(endpoint.client_key))
             )
             if not sealed:
                 if len(self._plain) >= _OPENED_CACHE_SIZE:

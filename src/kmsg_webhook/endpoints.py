@@ -14,6 +14,7 @@ from .ids import new_id
 from .models import EndpointInput, EndpointStatus, WebhookEndpoint
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
 from .store import EndpointStore
+from .tls import client_context
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -69,10 +70,21 @@ def check_secret(secret: str | None, scheme: SignatureScheme) -> str | None:
     return secret
 
 
+def check_client_certificate(cert: str | None, key: str | None) -> tuple[str | None, str | None]:
+    """Both or neither, PEM text that loads as a certificate chain and its matching key."""
+    if cert is None and key is None:
+        return None, None
+    if not isinstance(cert, str) or not isinstance(key, str) or not cert or not key:
+        raise InvalidEndpointError("client_cert and client_key go together, both as PEM text")
+    client_context(None, cert, key)  # raises InvalidEndpointError, naming no key material
+    return cert, key
+
+
 def build_endpoint(
     data: EndpointInput, *, url: str, secret: str | None, now: datetime
 ) -> WebhookEndpoint:
     """A new endpoint from validated input (``url`` and ``secret`` already checked)."""
+    client_cert, client_key = check_client_certificate(data.client_cert, data.client_key)
     return WebhookEndpoint(
         id=data.id or new_id("ep"),
         url=url,
@@ -86,6 +98,8 @@ def build_endpoint(
         secret=secret,
         retry_config=data.retry_config,
         filters=data.filters,
+        client_cert=client_cert,
+        client_key=client_key,
     )
 
 
@@ -123,16 +137,23 @@ class EndpointCache:
         route = self._routes.get(event.type)
         if route is None:
             return []
-        provider_id = event.metadata.provider_id
-        keyed = route.by_provider.get(provider_id) if provider_id is not None else None
-        if not keyed:
-            candidates = route.unkeyed
-        elif not route.unkeyed:
-            candidates = keyed
-        else:  # both kinds match: keep the endpoints' own order
+        meta = event.metadata
+        found = [route.unkeyed] if route.unkeyed else []
+        for key, index in route.by_filter.items():
+            value = getattr(meta, key)
+            keyed = index.get(value) if value is not None else None
+            if keyed:
+                found.append(keyed)
+        if not found:
+            return []
+        if len(found) == 1:
+            candidates = found[0]
+        else:  # several kinds match: keep the endpoints' own order
             position = route.position
-            candidates = sorted((*route.unkeyed, *keyed), key=lambda e: position[e.id])
-        return [e for e in candidates if e.filters is None or e.filters.matches(event)]
+            candidates = sorted((e for group in found for e in group), key=lambda e: position[e.id])
+        # The routes may hold an older copy of an endpoint whose health changed since.
+        by_id = self._by_id
+        return [by_id[e.id] for e in candidates if e.filters is None or e.filters.matches(event)]
 
     def cached(self, endpoint_id: str) -> WebhookEndpoint | None:
         """The endpoint if the cache is fresh and holds it, without awaiting; else ``None``
@@ -152,8 +173,11 @@ class EndpointCache:
         return endpoint
 
     def put(self, endpoint: WebhookEndpoint) -> None:
+        old = self._by_id.get(endpoint.id)
         self._by_id[endpoint.id] = endpoint
-        self._routes = None
+        # A health update (every failed batch of a failing endpoint) keeps the routes.
+        if old is None or not _same_routing(old, endpoint):
+            self._routes = None
 
     def drop(self, endpoint_id: str) -> None:
         self._by_id.pop(endpoint_id, None)
@@ -174,29 +198,55 @@ class EndpointCache:
             self._loaded_at = time.monotonic()
 
 
-class _Route:
-    """The active endpoints subscribed to one event type, split by their provider filter so
-    an event is checked only against endpoints that can match its provider."""
+#: Metadata filters an endpoint can be indexed by (the event's value is looked up directly).
+_FILTER_KEYS = ("template_id", "channel_id", "provider_id")
 
-    __slots__ = ("by_provider", "position", "unkeyed")
+
+class _Route:
+    """The active endpoints subscribed to one event type. Each endpoint with a metadata filter
+    is indexed under one of its filters (the one listing the fewest values), so an event is
+    checked only against endpoints that can match it: matching costs about the same with ten
+    filtered endpoints as with a thousand."""
+
+    __slots__ = ("by_filter", "position", "unkeyed")
 
     def __init__(self) -> None:
-        self.unkeyed: list[WebhookEndpoint] = []  # no provider filter
-        self.by_provider: dict[str, list[WebhookEndpoint]] = {}
+        self.unkeyed: list[WebhookEndpoint] = []  # no metadata filter
+        # filter key → filter value → the endpoints indexed under it
+        self.by_filter: dict[str, dict[str, list[WebhookEndpoint]]] = {}
         self.position: dict[str, int] = {}  # endpoint id → order of the endpoints
+
+
+def _same_routing(a: WebhookEndpoint, b: WebhookEndpoint) -> bool:
+    """Whether both versions of an endpoint route and address events alike."""
+    return (
+        a.url == b.url and a.status is b.status and a.events == b.events and a.filters == b.filters
+    )
 
 
 def _build_routes(endpoints: Iterable[WebhookEndpoint]) -> dict[WebhookEventType, _Route]:
     routes: dict[WebhookEventType, _Route] = {}
     for n, endpoint in enumerate(e for e in endpoints if e.active):
+        key = _index_key(endpoint)
+        values = dict.fromkeys(getattr(endpoint.filters, key)) if key else ()
         for event_type in endpoint.events:
             route = routes.get(event_type)
             if route is None:
                 route = routes[event_type] = _Route()
             route.position[endpoint.id] = n
-            providers = endpoint.filters.provider_id if endpoint.filters else ()
-            if not providers:
+            if key is None:
                 route.unkeyed.append(endpoint)
-            for provider_id in dict.fromkeys(providers):
-                route.by_provider.setdefault(provider_id, []).append(endpoint)
+                continue
+            index = route.by_filter.setdefault(key, {})
+            for value in values:
+                index.setdefault(value, []).append(endpoint)
     return routes
+
+
+def _index_key(endpoint: WebhookEndpoint) -> str | None:
+    """The endpoint's most selective metadata filter (fewest values), or ``None``."""
+    filters = endpoint.filters
+    if filters is None:
+        return None
+    listed = [(len(getattr(filters, k)), k) for k in _FILTER_KEYS if getattr(filters, k)]
+    return min(listed)[1] if listed else None

@@ -141,6 +141,10 @@ class RuntimeClosedError(WebhookError, RuntimeError):
     """The runtime was shut down; it accepts no more work."""
 
 
+class FlushTimeoutError(WebhookError, TimeoutError):
+    """``flush(timeout=...)`` ran out of time; what it did not send stays queued in the store."""
+
+
 class IntakeFullError(WebhookError):
     """The bounded intake buffer is full and the caller asked not to wait."""
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
+from .due_index import DueIndex
 from .errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
 from .models import (
     AttemptOutcome,
@@ -114,6 +115,7 @@ class InMemoryEndpointStore:
             secret=replacement.secret,
             previous_secrets=replacement.previous_secrets,
             headers=dict(replacement.headers),
+            client_key=replacement.client_key,
         )
         return True
 
@@ -128,16 +130,17 @@ class InMemoryEndpointStore:
 
 
 class InMemoryDeliveryStore:
-    """Deliveries in a dict plus a due-time heap, so claiming stays cheap with a deep backlog."""
+    """Deliveries in a dict plus a due-time index per endpoint, so claiming stays cheap with a
+    deep backlog, and costs nothing per row of the endpoints a claim excludes."""
 
     def __init__(self, *, max_stored_attempts: int = DEFAULT_MAX_STORED_ATTEMPTS) -> None:
         self._max_attempts = max_stored_attempts
         self._rows: dict[str, WebhookDelivery] = {}
         self._keys: set[str] = set()  # endpoint id + event id (a str: the GC skips it)
-        # (due timestamp, sequence, id); entries go stale when a row changes and are skipped.
-        self._due: list[tuple[float, int, str]] = []
-        self._seq = 0
+        self._due = DueIndex()
         self._leased: dict[str, datetime] = {}
+        # (lease expiry, id) for every lease given; stale once the row is recorded or released.
+        self._expiries: list[tuple[datetime, str]] = []
 
     async def insert_many(
         self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
@@ -153,7 +156,7 @@ class InMemoryDeliveryStore:
             self._rows[delivery.id] = delivery
             inserted.append(delivery.id)
             if delivery.lease_expires_at is not None:
-                self._leased[delivery.id] = delivery.lease_expires_at
+                self._lease(delivery.id, delivery.lease_expires_at)
             elif delivery.status is DeliveryStatus.PENDING:
                 self._push(delivery)
         return inserted
@@ -168,24 +171,22 @@ class InMemoryDeliveryStore:
         exclude_endpoints: Collection[str] = (),
     ) -> list[WebhookDelivery]:
         self._reclaim_expired(now)
-        now_ts = now.timestamp()
         claimed: list[WebhookDelivery] = []
-        skipped: list[WebhookDelivery] = []
-        while self._due and len(claimed) < limit and self._due[0][0] <= now_ts:
-            due_ts, _, delivery_id = heapq.heappop(self._due)
-            row = self._rows.get(delivery_id)
-            if not self._is_live_entry(row, due_ts):
-                continue
+        rows = self._rows
+        lease = self._lease
+
+        def take(delivery_id: str, due_ts: float) -> bool:
+            row = rows.get(delivery_id)
+            if not _claimable(row, due_ts):
+                return False
             assert row is not None
-            if row.endpoint_id in exclude_endpoints:
-                skipped.append(row)
-                continue
             leased = evolve_delivery(row, lease_owner=worker_id, lease_expires_at=lease_until)
-            self._rows[delivery_id] = leased
-            self._leased[delivery_id] = lease_until
+            rows[delivery_id] = leased
+            lease(delivery_id, lease_until)
             claimed.append(leased)
-        for row in skipped:
-            self._push(row)
+            return True
+
+        self._due.take_due(now.timestamp(), limit, exclude_endpoints, take)
         return claimed
 
     async def record(self, outcomes: Sequence[AttemptOutcome]) -> int:
@@ -327,26 +328,35 @@ class InMemoryDeliveryStore:
 
     def _push(self, delivery: WebhookDelivery) -> None:
         assert delivery.next_attempt_at is not None
-        self._seq += 1
-        heapq.heappush(self._due, (delivery.next_attempt_at.timestamp(), self._seq, delivery.id))
+        self._due.push(delivery.endpoint_id, delivery.next_attempt_at.timestamp(), delivery.id)
 
-    def _is_live_entry(self, row: WebhookDelivery | None, due_ts: float) -> bool:
-        return (
-            row is not None
-            and row.status is DeliveryStatus.PENDING
-            and row.lease_owner is None
-            and row.next_attempt_at is not None
-            and row.next_attempt_at.timestamp() == due_ts
-        )
+    def _lease(self, delivery_id: str, until: datetime) -> None:
+        self._leased[delivery_id] = until
+        heapq.heappush(self._expiries, (until, delivery_id))
 
     def _reclaim_expired(self, now: datetime) -> None:
-        expired = [i for i, until in self._leased.items() if until <= now]
-        for delivery_id in expired:
+        """Make rows whose lease ran out claimable again (looking only at the expired ones)."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            until, delivery_id = heapq.heappop(expiries)
+            if self._leased.get(delivery_id) != until:
+                continue  # recorded, released or leased again since
             del self._leased[delivery_id]
             row = self._rows[delivery_id]
             released = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
             self._rows[delivery_id] = released
             self._push(released)
+
+
+def _claimable(row: WebhookDelivery | None, due_ts: float) -> bool:
+    """Whether an index entry still stands for a claimable row (rows change, entries stay)."""
+    return (
+        row is not None
+        and row.status is DeliveryStatus.PENDING
+        and row.lease_owner is None
+        and row.next_attempt_at is not None
+        and row.next_attempt_at.timestamp() == due_ts
+    )
 
 
 def _key(endpoint_id: str, event_id: str) -> str:

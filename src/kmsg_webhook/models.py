@@ -114,6 +114,10 @@ class WebhookEndpoint:
     #: First failed attempt since the last success.
     failing_since: datetime | None = None
     last_success_at: datetime | None = None
+    #: Client certificate (PEM, with its chain) presented to this endpoint over https (mTLS).
+    client_cert: str | None = None
+    #: Its private key (PEM); sealed like the secrets when field crypto encrypts secrets.
+    client_key: str | None = field(default=None, repr=False)
 
     @property
     def active(self) -> bool:
@@ -150,6 +154,9 @@ class EndpointInput:
     secret: str | None = field(default=None, repr=False)
     retry_config: RetryConfig | None = None
     filters: EndpointFilters | None = None
+    #: Client certificate and key in PEM, for receivers that require mutual TLS (both or none).
+    client_cert: str | None = None
+    client_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

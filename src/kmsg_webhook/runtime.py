@@ -29,6 +29,7 @@ from .dispatcher import Dispatcher
 from .endpoints import (
     EndpointCache,
     build_endpoint,
+    check_client_certificate,
     check_events,
     check_headers,
     check_secret,
@@ -38,6 +39,7 @@ from .errors import (
     ConfigError,
     DeliveryNotFoundError,
     EndpointNotFoundError,
+    FlushTimeoutError,
     InvalidEndpointError,
     MissingKeysError,
     RuntimeClosedError,
@@ -229,44 +231,87 @@ class WebhookRuntimeService:
                     self._watch = await self.persistence.watch(self._dispatcher.due_at)
             self._started = True
 
-    async def flush(self) -> None:
-        """Store everything emitted so far and send every delivery that is due now.
+    # A timeout argument, not only asyncio.timeout around the call: a timed-out flush says so
+    # with its own error, and shutdown's timeout cancels in-flight sends instead of raising.
+    async def flush(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Store everything emitted so far and send every delivery that is due now: first
+        attempts, and retries due by now. Returns once each is recorded (or put back because
+        its endpoint rests after timeouts); retries scheduled for later stay scheduled.
 
-        Retries scheduled for later stay scheduled (see :meth:`replay` / the worker).
+        ``timeout`` (seconds) bounds the wait: :class:`~kmsg_webhook.errors.FlushTimeoutError`
+        when it runs out. Then, as when a flush is cancelled, nothing is lost: the background
+        loop goes on sending, and every row stays claimable.
         """
         await self.start()
         assert self._intake is not None and self._dispatcher is not None
-        await self._intake.drain()
-        if self._dispatch_enabled:
-            await self._dispatcher.drain()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._intake.drain()
+                if self._dispatch_enabled:
+                    # Due by now: whatever the intake just stored, not what falls due later.
+                    await self._dispatcher.drain(due_by=self.clock.now())
+        except TimeoutError:
+            raise FlushTimeoutError(f"flush did not finish within {timeout}s") from None
 
-    async def shutdown(self, *, drain: bool = True) -> None:
+    async def shutdown(
+        self,
+        *,
+        drain: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
         """Flush (store what was emitted and, when this runtime dispatches, send what is due),
         stop the dispatcher (in-flight attempts finish and are recorded), close the HTTP session
         (if we opened it) and the store. Safe to call twice.
 
         ``drain=False`` skips sending what is due (a worker stopping on SIGTERM with a backlog):
         emitted events are still stored, and claimed but unsent deliveries are given back.
+        ``timeout`` (seconds) bounds the graceful part; when it runs out, or when shutdown is
+        cancelled, attempts in flight are cancelled and their rows given back (claimable at
+        once), then the session and store close.
         """
         if self._closed:
             return
         self._closed = True
-        if self._started:
-            assert self._intake is not None and self._dispatcher is not None
-            await self._intake.close()
-            if self._dispatch_enabled and drain:
-                # Without this, rows emitted just before shutdown stay pending (and are lost
-                # with the in-memory store) although the runtime could still send them.
-                await self._dispatcher.drain()
-            if self._watch is not None:
-                await self._watch.close()
-            await self._dispatcher.stop()
-            if self._notifier is not None:
-                await self._notifier.close()
+        try:
+            if self._started:
+                await self._stop_dispatching(drain=drain, grace_s=timeout)
+        finally:
             if self._given_session is None and self._session is not None:
                 await close_session_gracefully(self._session)
-        if self.persistence.close is not None:
-            await self.persistence.close()
+            if self.persistence.close is not None:
+                await self.persistence.close()
+
+    async def _stop_dispatching(self, *, drain: bool, grace_s: float | None) -> None:
+        assert self._intake is not None and self._dispatcher is not None
+        try:
+            try:
+                async with asyncio.timeout(grace_s):
+                    await self._intake.close()
+                    if self._dispatch_enabled and drain:
+                        # Without this, rows emitted just before shutdown stay pending (and are
+                        # lost with the in-memory store) although the runtime could still send
+                        # them.
+                        await self._dispatcher.drain()
+                    await self._close_watch()
+                    await self._dispatcher.stop()
+            except TimeoutError:
+                logger.warning(
+                    "shutdown did not finish within %ss; cancelling what is in flight", grace_s
+                )
+                await self._close_watch()
+                await self._dispatcher.stop(cancel=True)
+            except asyncio.CancelledError:
+                await self._close_watch()
+                await self._dispatcher.stop(cancel=True)
+                raise
+        finally:
+            if self._notifier is not None:
+                await self._notifier.close()
+
+    async def _close_watch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            await watch.close()
 
     async def __aenter__(self) -> WebhookRuntimeService:
         await self.start()
@@ -371,8 +416,11 @@ class WebhookRuntimeService:
         secret: str | _Unset = UNSET,
         retry_config: RetryConfig | _Unset | None = UNSET,
         filters: EndpointFilters | _Unset | None = UNSET,
+        client_cert: str | _Unset | None = UNSET,
+        client_key: str | _Unset | None = UNSET,
     ) -> WebhookEndpoint:
         """Change the given fields. Re-enabling (status active) clears the health counters.
+        A client certificate and its key change together (``None`` for both removes them).
 
         Changing ``secret`` replaces it at once; use :meth:`rotate_secret` for a grace period.
         """
@@ -405,6 +453,11 @@ class WebhookRuntimeService:
             changes["headers"] = check_headers(headers)
         if not isinstance(secret, _Unset):
             changes["secret"] = check_secret(secret, self.config.signature_scheme)
+        if not isinstance(client_cert, _Unset) or not isinstance(client_key, _Unset):
+            changes["client_cert"], changes["client_key"] = check_client_certificate(
+                current.client_cert if isinstance(client_cert, _Unset) else client_cert,
+                current.client_key if isinstance(client_key, _Unset) else client_key,
+            )
         updated = dataclasses.replace(current, **changes)
         result = await self._store_update(updated, reset_health=reset_health)
         if reset_health:
@@ -565,6 +618,7 @@ class WebhookRuntimeService:
         # with no claim; rows in a caller's transaction may never commit, so they wait for one.
         lease_until = dispatcher.intake_lease() if connection is None else None
         taken: list[WebhookDelivery] = []
+        left_due = 0  # rows due now that the claimer must fetch
         await self._endpoints.refresh()
         for event in events:
             endpoints = self._endpoints.matching(event)
@@ -572,14 +626,23 @@ class WebhookRuntimeService:
                 event = self._prepare(event)
                 payload = event.to_json()
                 for endpoint in endpoints:
-                    if lease_until is not None and not dispatcher.take(endpoint.id):
-                        lease_until = None  # no room left: the rest of the batch goes to the store
+                    # An endpoint resting after timeouts gets the row due when its rest ends.
+                    due_at = dispatcher.resting_until(endpoint.id)
+                    leased = lease_until is not None and not due_at and dispatcher.take(endpoint.id)
                     row = self._new_delivery(
-                        event, endpoint, payload, now, seal=True, lease_until=lease_until
+                        event,
+                        endpoint,
+                        payload,
+                        now,
+                        seal=True,
+                        lease_until=lease_until if leased else None,
+                        due_at=due_at,
                     )
                     rows.append(row)
-                    if lease_until is not None:
+                    if leased:
                         taken.append(row)
+                    elif due_at is None:
+                        left_due += 1
         if not rows:
             return
         try:
@@ -589,7 +652,7 @@ class WebhookRuntimeService:
             raise
         if taken:
             dispatcher.adopt(taken, None if len(inserted) == len(rows) else set(inserted))
-        if len(taken) < len(rows):
+        if left_due:
             dispatcher.wake()
 
     def _new_delivery(
@@ -601,9 +664,10 @@ class WebhookRuntimeService:
         *,
         seal: bool = False,
         lease_until: datetime | None = None,
+        due_at: datetime | None = None,
     ) -> WebhookDelivery:
-        """A new outbox row; with ``seal`` (and field crypto) as it is stored; with
-        ``lease_until``, leased to this runtime's worker."""
+        """A new outbox row, due at ``due_at`` (default ``now``); with ``seal`` (and field
+        crypto) as it is stored; with ``lease_until``, leased to this runtime's worker."""
         delivery_id = new_id("dlv")
         to_hash = from_hash = None
         crypto = self.field_crypto
@@ -622,7 +686,7 @@ class WebhookRuntimeService:
                 payload=payload,
                 status=DeliveryStatus.PENDING,
                 created_at=now,
-                next_attempt_at=now,
+                next_attempt_at=due_at or now,
                 lease_owner=None if lease_until is None else self.worker_id,
                 lease_expires_at=lease_until,
                 to_hash=to_hash,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from yarl import URL
 
 from .clock import Clock
 from .config import WebhookConfig
-from .errors import ConfigError, EndpointUrlError, SigningError
+from .errors import ConfigError, EndpointUrlError, InvalidEndpointError, SigningError
 from .models import AttemptDraft, WebhookAttempt, WebhookDelivery, WebhookEndpoint, frozen
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
+from .tls import client_context, trust_context
 from .urlguard import (
     IPNetwork,
     parse_allowed_host,
@@ -103,6 +105,8 @@ class Sender:
         self._security = security
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
+        # Per request, so a caller's session trusts the same servers ours does.
+        self._ssl: ssl.SSLContext | bool = trust_context(config.ssl) or True
         self._prepared: dict[str, _Prepared] = {}
         # Our own session sends the fixed headers as its defaults: aiohttp merges per-request
         # headers one by one in Python. A caller's session, whose defaults may change, gets
@@ -123,7 +127,7 @@ class Sender:
                 prepared = self._prepare(endpoint, started_at)
             body = (delivery.payload if payload is None else payload).encode()
             headers = self._headers(prepared, delivery, body, started_at)
-        except (EndpointUrlError, SigningError) as exc:
+        except (EndpointUrlError, SigningError, InvalidEndpointError) as exc:
             return _failed(attempt_number, started_at, t0, f"refused: {exc}", refused=True)
         try:
             async with self._session.post(
@@ -132,6 +136,7 @@ class Sender:
                 headers=headers,
                 allow_redirects=False,
                 timeout=self._timeout,
+                ssl=prepared.tls,
             ) as response:
                 limit = self._config.max_response_body_bytes
                 length = response.content_length
@@ -203,7 +208,10 @@ class Sender:
                 )
             signer = Signer(secrets, config.signature_scheme)
         expiries = [s.expires_at for s in endpoint.previous_secrets if s.expires_at > now]
-        prepared = _Prepared(endpoint, url, base, signer, min(expiries) if expiries else None)
+        tls: ssl.SSLContext | bool = self._ssl
+        if endpoint.client_cert is not None and endpoint.client_key is not None:
+            tls = client_context(config.ssl, endpoint.client_cert, endpoint.client_key)
+        prepared = _Prepared(endpoint, url, base, signer, min(expiries) if expiries else None, tls)
         if len(self._prepared) >= _PREPARED_CACHE_SIZE:
             self._prepared.clear()
         self._prepared[endpoint.id] = prepared
@@ -217,15 +225,16 @@ def fixed_headers(config: WebhookConfig) -> dict[str, str]:
 
 @dataclass(slots=True)
 class _Prepared:
-    """An endpoint's checked URL, extra headers and signer, valid while the endpoint object is
-    the same (endpoints are immutable: any change makes a new one) and no retired secret has
-    expired."""
+    """An endpoint's checked URL, extra headers, signer and TLS context, valid while the
+    endpoint object is the same (endpoints are immutable: any change makes a new one) and no
+    retired secret has expired."""
 
     endpoint: WebhookEndpoint
     url: URL
     base: dict[str, str]
     signer: Signer | None
     valid_until: datetime | None
+    tls: ssl.SSLContext | bool
 
     def fits(self, endpoint: WebhookEndpoint, now: datetime) -> bool:
         return self.endpoint is endpoint and (self.valid_until is None or now < self.valid_until)

@@ -77,8 +77,8 @@ class EndpointStore(Protocol):
     async def rewrite_sealed(
         self, endpoint_id: str, *, expected: WebhookEndpoint, replacement: WebhookEndpoint
     ) -> bool:
-        """Compare-and-set of the endpoint's sealed fields: ``secret``, ``previous_secrets``
-        and ``headers``, as stored.
+        """Compare-and-set of the endpoint's sealed fields: ``secret``, ``previous_secrets``,
+        ``headers`` and ``client_key``, as stored.
 
         Sets them to ``replacement``'s only while the stored ones still equal ``expected``'s
         (see :func:`sealed_fields`); nothing else of the row changes. Returns whether it did.
@@ -220,12 +220,17 @@ def require_complete(persistence: WebhookPersistence) -> None:
             raise IncompleteStoreError(role, store, missing)
 
 
-SealedFields = tuple[str | None, tuple[RetiredSecret, ...], tuple[tuple[str, str], ...]]
+SealedFields = tuple[str | None, tuple[RetiredSecret, ...], tuple[tuple[str, str], ...], str | None]
 
 
 def sealed_fields(endpoint: WebhookEndpoint) -> SealedFields:
     """The fields field crypto seals, in a form that compares by value."""
-    return (endpoint.secret, endpoint.previous_secrets, tuple(endpoint.headers.items()))
+    return (
+        endpoint.secret,
+        endpoint.previous_secrets,
+        tuple(endpoint.headers.items()),
+        endpoint.client_key,
+    )
 
 
 #: Delivery columns that hold the keyed lookup hashes (schema version 2).

@@ -165,11 +165,16 @@ class FieldCrypto:
     # -- endpoints ---------------------------------------------------------------------------
 
     def seal_endpoint(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
-        """The endpoint as stored: secrets and header values sealed as configured."""
+        """The endpoint as stored: secrets (and a client key) and header values sealed as
+        configured."""
         changes: dict[str, object] = {}
         if self.config.secret is FieldMode.ENCRYPT:
             if endpoint.secret is not None:
                 changes["secret"] = self._seal_endpoint_value(endpoint, "secret", endpoint.secret)
+            if endpoint.client_key is not None:
+                changes["client_key"] = self._seal_endpoint_value(
+                    endpoint, "client_key", endpoint.client_key
+                )
             if endpoint.previous_secrets:
                 changes["previous_secrets"] = tuple(
                     RetiredSecret(
@@ -227,6 +232,11 @@ class FieldCrypto:
                 RetiredSecret(one("previous_secrets", s.secret, secret_sealed), s.expires_at)
                 for s in endpoint.previous_secrets
             )
+            client_key = (
+                None
+                if endpoint.client_key is None
+                else one("client_key", endpoint.client_key, secret_sealed)
+            )
             headers = {
                 name: one(f"headers.{name}", value, headers_sealed)
                 for name, value in endpoint.headers.items()
@@ -237,11 +247,16 @@ class FieldCrypto:
             secret == endpoint.secret
             and previous == endpoint.previous_secrets
             and headers == dict(endpoint.headers)
+            and client_key == endpoint.client_key
         ):
             opened = endpoint  # nothing was sealed
         else:
             opened = dataclasses.replace(
-                endpoint, secret=secret, previous_secrets=previous, headers=headers
+                endpoint,
+                secret=secret,
+                previous_secrets=previous,
+                headers=headers,
+                client_key=client_key,
             )
         return opened, errors[0] if errors else None
 
@@ -266,10 +281,17 @@ class FieldCrypto:
         for name, value in stored.headers.items():
             if self._stale(value, self.config.headers):
                 headers[name], changed = target.headers[name], True
+        client_key = stored.client_key
+        if client_key is not None and self._stale(client_key, self.config.secret):
+            client_key, changed = target.client_key, True
         if not changed:
             return None
         return dataclasses.replace(
-            stored, secret=secret, previous_secrets=tuple(previous), headers=headers
+            stored,
+            secret=secret,
+            previous_secrets=tuple(previous),
+            headers=headers,
+            client_key=client_key,
         )
 
     # -- deliveries -------------------------------------------------------------------------

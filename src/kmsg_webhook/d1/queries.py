@@ -56,12 +56,12 @@ ENDPOINT_UPDATE_RESETTING_HEALTH = (
     + _ENDPOINT_UPDATE_WHERE
 )
 
-#: Compare-and-set of an endpoint's sealed fields (?2-?4 new; ?5-?7 expected, JSON compared
+#: Compare-and-set of an endpoint's sealed fields (?2-?5 new; ?6-?9 expected, JSON compared
 #: after json() normalisation); returns the id when it applied.
 ENDPOINT_REWRITE_SEALED = (
-    "UPDATE {e} SET secret = ?2, previous_secrets_json = ?3, headers_json = ?4"
-    " WHERE id = ?1 AND secret IS ?5 AND json(previous_secrets_json) = json(?6)"
-    " AND json(headers_json) = json(?7) RETURNING id"
+    "UPDATE {e} SET secret = ?2, previous_secrets_json = ?3, headers_json = ?4, client_key = ?5"
+    " WHERE id = ?1 AND secret IS ?6 AND json(previous_secrets_json) = json(?7)"
+    " AND json(headers_json) = json(?8) AND client_key IS ?9 RETURNING id"
 )
 
 #: Delete an endpoint; returns its id when it existed.

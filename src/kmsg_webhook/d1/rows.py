@@ -144,6 +144,8 @@ def _endpoint_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "consecutive_failures": row.get("consecutive_failures") or 0,
         "failing_since": _opt_millis(row.get("failing_since")),
         "last_success_at": _opt_millis(row.get("last_success_at")),
+        "client_cert": row.get("client_cert"),
+        "client_key": row.get("client_key"),
     }
 
 

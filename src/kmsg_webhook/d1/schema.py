@@ -44,7 +44,7 @@ def quote_identifier(name: str) -> str:
 
 
 # (column, declaration) in table order: column for column the SQLite backend's schema
-# (schema.sqlite.sql: its migrations 0001 and 0002), so a database moves between SQLite and D1
+# (schema.sqlite.sql: its migrations 0001 to 0003), so a database moves between SQLite and D1
 # (``wrangler d1 export``/``execute --file``) as it is.
 ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "TEXT NOT NULL PRIMARY KEY"),
@@ -65,6 +65,10 @@ ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("consecutive_failures", "INTEGER NOT NULL DEFAULT 0"),
     ("failing_since", "INTEGER"),
     ("last_success_at", "INTEGER"),
+    # An endpoint's client certificate for mutual TLS (SQLite migration 0003); added to older
+    # tables.
+    ("client_cert", "TEXT"),
+    ("client_key", "TEXT"),
 )
 
 DELIVERY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -208,6 +212,11 @@ async def initialize_webhook_schema(
             added = _add_missing_columns(t, endpoint_cols, delivery_cols)
             await client.batch([D1Statement(sql) for sql in [*added, *(c.sql for c in create)]])
             return
+    if not _is_original(endpoint_cols, delivery_cols) and _missing(endpoint_cols, delivery_cols):
+        # Columns without an index (the batch above went through): added now.
+        added = _add_missing_columns(t, endpoint_cols, delivery_cols)
+        await client.batch([D1Statement(sql) for sql in added])
+        return
     if _is_original(endpoint_cols, delivery_cols):
         if not upgrade_original:
             raise D1SchemaError(

@@ -460,9 +460,11 @@ class D1DeliveryStore:
 
 
 def _sealed_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
-    """An endpoint's sealed fields as stored: ``secret``, then the two JSON columns."""
+    """An endpoint's sealed fields as stored: ``secret``, the two JSON columns, ``client_key``."""
     params = dict(zip(ENDPOINT_WRITE_COLUMNS, endpoint_params(endpoint), strict=True))
-    return tuple(params[c] for c in ("secret", "previous_secrets_json", "headers_json"))
+    return tuple(
+        params[c] for c in ("secret", "previous_secrets_json", "headers_json", "client_key")
+    )
 
 
 def _filter_clauses(f: DeliveryFilter) -> list[tuple[str, Sequence[object]]]:

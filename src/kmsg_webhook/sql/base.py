@@ -503,7 +503,9 @@ class SqlEndpointStore:
     ) -> bool:
         t = self._t
         new = endpoint_to_row(replacement)
-        values = {k: new[k] for k in ("secret", "previous_secrets_json", "headers_json")}
+        values = {
+            k: new[k] for k in ("secret", "previous_secrets_json", "headers_json", "client_key")
+        }
         select = sa.select(t).where(t.c.id == endpoint_id)
         if self._db.dialect == "postgresql":
             select = select.with_for_update()

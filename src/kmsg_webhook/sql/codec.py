@@ -159,6 +159,8 @@ ENDPOINT_COLUMNS = (
     "consecutive_failures",
     "failing_since",
     "last_success_at",
+    "client_cert",
+    "client_key",
 )
 
 
@@ -200,6 +202,8 @@ def endpoint_to_row(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "consecutive_failures": endpoint.consecutive_failures,
         "failing_since": endpoint.failing_since,
         "last_success_at": endpoint.last_success_at,
+        "client_cert": endpoint.client_cert,
+        "client_key": endpoint.client_key,
     }
 
 
@@ -228,6 +232,8 @@ def row_to_endpoint(row: Mapping[Any, Any]) -> WebhookEndpoint:
         consecutive_failures=int(row["consecutive_failures"]),
         failing_since=to_datetime(row["failing_since"]),
         last_success_at=to_datetime(row["last_success_at"]),
+        client_cert=row.get("client_cert"),
+        client_key=row.get("client_key"),
     )
 
 

@@ -37,7 +37,9 @@ CREATE TABLE kmsg_webhook_endpoints (
     disabled_reason       TEXT,
     consecutive_failures  INTEGER NOT NULL DEFAULT 0,
     failing_since         INTEGER,
-    last_success_at       INTEGER
+    last_success_at       INTEGER,
+    client_cert           TEXT,
+    client_key            TEXT
 );
 
 CREATE UNIQUE INDEX idx_kmsg_webhook_endpoints_url ON kmsg_webhook_endpoints (url);
@@ -88,4 +90,5 @@ CREATE INDEX idx_kmsg_webhook_deliveries_from_hash
 -- The version rows a fresh database gets (scope: "<endpoint table>,<delivery table>").
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
 VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
-       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 2, 'lookup_hashes');
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 2, 'lookup_hashes'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 3, 'client_certificates');

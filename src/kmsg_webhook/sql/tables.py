@@ -96,6 +96,8 @@ def build_tables(names: TableNames) -> Tables:
         sa.Column("consecutive_failures", sa.Integer, nullable=False),
         sa.Column("failing_since", Timestamp),
         sa.Column("last_success_at", Timestamp),
+        sa.Column("client_cert", sa.Text),
+        sa.Column("client_key", sa.Text),
     )
     deliveries = sa.Table(
         names.deliveries,

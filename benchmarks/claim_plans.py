@@ -1,0 +1,178 @@
+"""What a claim costs next to a blocked backlog, per store, and the SQL claim's query plan.
+
+    python benchmarks/claim_plans.py [--blocked 1000,10000,100000] [--stores memory,sqlite,postgres]
+
+Twenty endpoints hold a backlog of due rows (oldest due first) that every claim must leave
+alone (``exclude_endpoints``, as the dispatcher excludes saturated endpoints); 200 other rows
+are due after them. Each measurement claims 100 of the other rows and gives them back, and is
+reported as the median time per claim and as the ratio to the smallest backlog. For SQLite and
+Postgres the claim's plan at the largest backlog is printed (EXPLAIN QUERY PLAN; EXPLAIN
+ANALYZE, whose buffer counts show how many rows the walk touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+
+from kmsg_webhook import (
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEventType,
+    create_in_memory_persistence,
+)
+from kmsg_webhook.sql.postgres import PostgresDatabase
+from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.store import DeliveryStore
+
+PG_DSN = os.environ.get("KMSG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+BLOCKED = [f"ep_blocked_{n}" for n in range(20)]
+
+
+def _row(n: int, endpoint_id: str, due: datetime) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=f"dlv_{uuid.uuid4().hex}",
+        endpoint_id=endpoint_id,
+        event_id=f"evt_{n}",
+        event_type=WebhookEventType.MESSAGE_SENT,
+        url="https://example.com/hook",
+        payload="{}",
+        status=DeliveryStatus.PENDING,
+        created_at=due,
+        next_attempt_at=due,
+    )
+
+
+async def _fill(store: DeliveryStore, have: int, want: int) -> None:
+    """Add blocked rows up to ``want`` (due before every other row)."""
+    rows = [
+        _row(n, BLOCKED[n % len(BLOCKED)], T0 + timedelta(microseconds=n))
+        for n in range(have, want)
+    ]
+    for start in range(0, len(rows), 1000):
+        await store.insert_many(rows[start : start + 1000])
+
+
+async def _claim_cost(store: DeliveryStore, rounds: int = 15) -> float:
+    now = T0 + timedelta(days=1)
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        claimed = await store.claim(
+            worker_id="w",
+            now=now,
+            lease_until=now + timedelta(minutes=1),
+            limit=100,
+            exclude_endpoints=BLOCKED,
+        )
+        times.append(time.perf_counter() - t)
+        assert len(claimed) == 100 and not any(d.endpoint_id in BLOCKED for d in claimed)
+        await store.release([d.id for d in claimed], worker_id="w")
+    return statistics.median(times)
+
+
+async def _others(store: DeliveryStore) -> None:
+    later = T0 + timedelta(hours=1)
+    await store.insert_many([_row(10**7 + n, f"ep_ok_{n % 50}", later) for n in range(200)])
+
+
+def _sqlite_plan(path: Path, sql: str) -> list[str]:
+    import sqlite3
+
+    text = sql.replace(":worker_id", "'w'").replace(":lease_until", "0").replace(":now", "1e15")
+    text = text.replace(":exclude", "'[\"ep_blocked_0\"]'").replace(":limit", "100")
+    with sqlite3.connect(path) as conn:
+        return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {text}")]
+
+
+async def _postgres_plan(dsn: str, schema: str, sql: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await conn.execute(f'ANALYZE "{schema}".kmsg_webhook_deliveries')
+        async with conn.transaction():
+            rows = await conn.fetch(
+                f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}",
+                "w",
+                T0 + timedelta(days=1, minutes=1),
+                T0 + timedelta(days=1),
+                BLOCKED,
+                100,
+            )
+            raise _Rollback  # EXPLAIN ANALYZE ran the claim: undo it
+    except _Rollback:
+        return [r[0] for r in rows]
+    finally:
+        await conn.close()
+
+
+class _Rollback(Exception):
+    pass
+
+
+async def run(store_name: str, sizes: list[int], tmp: Path) -> None:
+    print(f"{store_name}:")
+    db: SQLiteDatabase | PostgresDatabase | None = None
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    if store_name == "memory":
+        store: DeliveryStore = create_in_memory_persistence().delivery_store
+    elif store_name == "sqlite":
+        db = SQLiteDatabase(str(tmp / "claims.db"))
+        await db.init()
+        store = db.delivery_store
+    else:
+        db = PostgresDatabase(PG_DSN, schema=schema)
+        await db.init()
+        store = db.delivery_store
+    try:
+        await _others(store)
+        have, base = 0, None
+        for size in sizes:
+            await _fill(store, have, size)
+            have = size
+            cost = await _claim_cost(store)
+            base = base or cost
+            print(
+                f"  blocked {size:>7}: {cost * 1000:8.2f} ms per claim of 100  ({cost / base:.2f}x)"
+            )
+        if isinstance(db, SQLiteDatabase):
+            print(
+                "  plan:",
+                *_sqlite_plan(tmp / "claims.db", db.sql["claim_deliveries"]),
+                sep="\n    ",
+            )
+        elif isinstance(db, PostgresDatabase):
+            plan = await _postgres_plan(PG_DSN, schema, db.sql["claim_deliveries"])
+            print("  plan:", *plan, sep="\n    ")
+    finally:
+        if db is not None:
+            await db.close()
+        if store_name == "postgres":
+            conn = await asyncpg.connect(PG_DSN)
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            await conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--blocked", default="1000,10000,100000")
+    parser.add_argument("--stores", default="memory,sqlite,postgres")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.blocked.split(",")]
+    with tempfile.TemporaryDirectory(prefix="kmsg-claims-") as tmp:
+        for name in args.stores.split(","):
+            await run(name, sizes, Path(tmp))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
