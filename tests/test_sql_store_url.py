@@ -136,14 +136,14 @@ async def test_migrate_by_url() -> None:
     dsn = await server_dsn()
     schema = new_schema()
     try:
-        assert await migrate_url(f"{dsn}?schema={schema}") == 2
-        assert await migrate(f"{dsn}?schema={schema}") == 2
+        assert await migrate_url(f"{dsn}?schema={schema}") == 3
+        assert await migrate(f"{dsn}?schema={schema}") == 3
         # Another table pair may live in the same schema, but must not share a table.
         with pytest.raises(StoreError, match=r"kmsg_webhook_deliveries already exist.*Nothing"):
             await migrate(f"{dsn}?schema={schema}", endpoint_table="hooks")
         assert (
             await migrate(f"{dsn}?schema={schema}", endpoint_table="hooks", delivery_table="box")
-            == 2
+            == 3
         )
     finally:
         await drop_schema(dsn, schema)
