@@ -584,8 +584,16 @@ class Dispatcher:
         ):
             return
         until = self._pacing.resting_until(endpoint_id, now)
+        if until is None:
+            return
+        logger.info(
+            "endpoint %s gave no answer twice in a row (timeout or network error); its "
+            "deliveries wait until %s",
+            endpoint_id,
+            until.isoformat(),
+        )
         queue = self._ready.pop(endpoint_id, None)
-        if until is None or not queue:
+        if not queue:
             return
         self._ready_count -= len(queue)
         if endpoint_id in self._queued:
