@@ -251,7 +251,7 @@ async def run_sql(base: str, url: str, endpoints: int, slow: int, events: int) -
     await intake.add_endpoints(inputs)
     healthy = sum(1 for n in range(events) if "/ok/" in inputs[n % endpoints].url)
     command = [sys.executable, "-m", "kmsg_webhook.cli", "worker", "--store", url]
-    options = ["--allow-private-hosts", "--timeout-ms", str(TIMEOUT_MS)]
+    options = ["--allow-private-hosts", "--timeout-ms", str(TIMEOUT_MS), "--log-level", "WARNING"]
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
         [*command, *options],
         stdout=subprocess.DEVNULL,
