@@ -42,11 +42,11 @@ def test_timeouts_drop_to_one_then_rest_for_growing_spells_until_a_success() -> 
     pacing = Pacing(CONFIG)
     for _ in range(5):
         pacing.observe("ep", http_status=204, latency_ms=10, now=T0)
-    assert pacing.observe("ep", http_status=None, latency_ms=2_000, now=T0) is False
+    assert pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=T0) is False
     assert pacing.limit("ep") == 1
     assert pacing.resting_until("ep", T0) is None
     assert STALLS_BEFORE_REST == 2
-    assert pacing.observe("ep", http_status=None, latency_ms=2_000, now=T0) is True
+    assert pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=T0) is True
     # The first rest lasts max(timeout_ms, retry_delay_ms).
     assert pacing.resting_until("ep", T0) == T0 + timedelta(seconds=2)
     assert pacing.resting_until("other", T0) is None
@@ -55,15 +55,19 @@ def test_timeouts_drop_to_one_then_rest_for_growing_spells_until_a_success() -> 
     later = T0 + timedelta(seconds=2)
     assert pacing.resting_until("ep", later) is None
     assert pacing.limit("ep") == 1
-    assert pacing.observe("ep", http_status=None, latency_ms=2_000, now=later) is True
+    assert (
+        pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=later) is True
+    )
     assert pacing.resting_until("ep", later) == later + timedelta(seconds=4)
 
     # A success ends the series: the next rest is short again.
     after = later + timedelta(seconds=4)
     assert pacing.resting_until("ep", after) is None
     pacing.observe("ep", http_status=204, latency_ms=10, now=after)
-    pacing.observe("ep", http_status=None, latency_ms=2_000, now=after)
-    assert pacing.observe("ep", http_status=None, latency_ms=2_000, now=after) is True
+    pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=after)
+    assert (
+        pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=after) is True
+    )
     assert pacing.resting_until("ep", after) == after + timedelta(seconds=2)
 
 
@@ -71,9 +75,11 @@ def test_rests_are_capped_by_max_delay() -> None:
     pacing = Pacing(CONFIG)
     now = T0
     rests = []
-    pacing.observe("ep", http_status=None, latency_ms=2_000, now=now)  # the first stall
+    pacing.observe(
+        "ep", http_status=None, latency_ms=2_000, timed_out=True, now=now
+    )  # the first stall
     for _ in range(40):  # far past the cap, and past where the power would overflow a float
-        pacing.observe("ep", http_status=None, latency_ms=2_000, now=now)
+        pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=now)
         until = pacing.resting_until("ep", now)
         assert until is not None
         rests.append((until - now).total_seconds())
@@ -84,10 +90,23 @@ def test_rests_are_capped_by_max_delay() -> None:
 
 def test_an_attempt_sent_before_a_rest_began_does_not_restart_it() -> None:
     pacing = Pacing(CONFIG)
-    pacing.observe("ep", http_status=None, latency_ms=2_000, now=T0)
-    assert pacing.observe("ep", http_status=None, latency_ms=2_000, now=T0) is True
+    pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=T0)
+    assert pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=T0) is True
     in_flight_meanwhile = T0 + timedelta(seconds=1)
     assert (
-        pacing.observe("ep", http_status=None, latency_ms=2_000, now=in_flight_meanwhile) is False
+        pacing.observe(
+            "ep", http_status=None, latency_ms=2_000, timed_out=True, now=in_flight_meanwhile
+        )
+        is False
     )
     assert pacing.resting_until("ep", in_flight_meanwhile) == T0 + timedelta(seconds=2)
+
+
+def test_a_fast_network_error_drops_the_limit_but_starts_no_rest() -> None:
+    pacing = Pacing(CONFIG)
+    for _ in range(4):
+        pacing.observe("ep", http_status=204, latency_ms=10, now=T0)
+    for _ in range(5):  # connection refused, at once
+        assert pacing.observe("ep", http_status=None, latency_ms=1, now=T0) is False
+    assert pacing.limit("ep") == 1
+    assert pacing.resting_until("ep", T0) is None

@@ -65,6 +65,8 @@ class _Settled:
     delivery: WebhookDelivery
     #: Refused before it left (URL guard, signing): says nothing about the endpoint's speed.
     refused: bool = False
+    #: No answer within ``timeout_ms``.
+    timed_out: bool = False
 
 
 class Dispatcher:
@@ -580,15 +582,18 @@ class Dispatcher:
             return
         now = self._clock.now()
         if not self._pacing.observe(
-            endpoint_id, http_status=attempt.http_status, latency_ms=attempt.latency_ms, now=now
+            endpoint_id,
+            http_status=attempt.http_status,
+            latency_ms=attempt.latency_ms,
+            timed_out=settled.timed_out,
+            now=now,
         ):
             return
         until = self._pacing.resting_until(endpoint_id, now)
         if until is None:
             return
         logger.info(
-            "endpoint %s gave no answer twice in a row (timeout or network error); its "
-            "deliveries wait until %s",
+            "endpoint %s timed out twice in a row; its deliveries wait until %s",
             endpoint_id,
             until.isoformat(),
         )
@@ -681,6 +686,7 @@ class Dispatcher:
             gone=verdict.disable_endpoint,
             delivery=delivery,
             refused=result.refused,
+            timed_out=result.timed_out,
         )
 
     def _open(

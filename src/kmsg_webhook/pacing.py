@@ -7,10 +7,12 @@ endpoint's limit adapts like TCP's congestion window (AIMD):
 - it starts at 1 and grows by one with every fast success (an answer within a quarter of
   ``timeout_ms``), up to ``max_concurrency_per_endpoint``;
 - a ``429``/``503`` answer halves it (the receiver says it is overloaded);
-- an attempt that times out or fails on the network (no HTTP answer) drops it to 1, and after
-  :data:`STALLS_BEFORE_REST` such attempts in a row the endpoint *rests*: its due deliveries
-  are put back for the length of the rest without an attempt (their attempt counts are
-  untouched) and one attempt probes it when the rest ends. Rests start at
+- an attempt that gets no HTTP answer (a timeout or a network error) drops it to 1;
+- after :data:`STALLS_BEFORE_REST` timeouts in a row (no answer within ``timeout_ms``; an
+  answer of any kind ends the series) the endpoint *rests*: its due deliveries are put back
+  for the length of the rest without an attempt (their attempt counts are untouched) and one
+  attempt probes it when the rest ends. A fast network error (connection refused) holds no
+  slot for long, so it does not make an endpoint rest. Rests start at
   ``max(timeout_ms, retry_delay_ms)`` and grow by ``backoff_multiplier`` up to
   ``max_delay_ms``; any success ends the series.
 
@@ -25,7 +27,7 @@ from datetime import datetime, timedelta
 from .config import WebhookConfig
 from .retry import backoff_ms
 
-#: Timeouts or network errors in a row after which an endpoint rests.
+#: Timeouts in a row after which an endpoint rests.
 STALLS_BEFORE_REST = 2
 _OVERLOADED = frozenset({429, 503})
 
@@ -33,7 +35,7 @@ _OVERLOADED = frozenset({429, 503})
 @dataclass(slots=True)
 class _Lane:
     limit: int = 1
-    stalls: int = 0  # attempts in a row without an HTTP answer
+    stalls: int = 0  # timeouts in a row
     rests: int = 0  # rests in a row, for their growing length
     resting_until: datetime | None = None
 
@@ -63,14 +65,23 @@ class Pacing:
         return lane.resting_until
 
     def observe(
-        self, endpoint_id: str, *, http_status: int | None, latency_ms: float, now: datetime
+        self,
+        endpoint_id: str,
+        *,
+        http_status: int | None,
+        latency_ms: float,
+        now: datetime,
+        timed_out: bool = False,
     ) -> bool:
-        """Learn from one attempt's result; returns ``True`` when the endpoint starts a rest."""
+        """Learn from one attempt's result (``timed_out``: no answer within ``timeout_ms``);
+        returns ``True`` when the endpoint starts a rest."""
         lane = self._lanes.get(endpoint_id)
         if lane is None:
             lane = self._lanes[endpoint_id] = _Lane()
         if http_status is None:
             lane.limit = 1
+            if not timed_out:
+                return False  # a network error: one slot, no rest
             lane.stalls += 1
             resting = lane.resting_until is not None and lane.resting_until > now
             if lane.stalls < STALLS_BEFORE_REST or resting:

@@ -86,6 +86,8 @@ class SendResult:
     #: The request was refused before it left (URL guard, signing); retrying cannot help.
     refused: bool = False
     retry_after: str | None = None
+    #: No answer within ``timeout_ms``.
+    timed_out: bool = False
 
 
 class Sender:
@@ -163,9 +165,11 @@ class Sender:
                 )
             return _failed(attempt_number, started_at, t0, f"DNS lookup failed: {exc.os_error}")
         except TimeoutError:
-            return _failed(
+            result = _failed(
                 attempt_number, started_at, t0, f"timeout after {self._config.timeout_ms} ms"
             )
+            result.timed_out = True
+            return result
         except (aiohttp.ClientError, OSError) as exc:
             return _failed(attempt_number, started_at, t0, f"{type(exc).__name__}: {exc}")
 
