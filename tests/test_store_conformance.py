@@ -13,12 +13,15 @@ import pytest
 
 from kmsg_webhook import (
     AttemptOutcome,
+    DeliveryActivity,
     DeliveryFilter,
     DeliveryStatus,
     DuplicateEndpointError,
     EndpointFilters,
     EndpointNotFoundError,
     EndpointStatus,
+    LatencyPercentiles,
+    MinuteCount,
     PayloadRewrite,
     RetiredSecret,
     RetryConfig,
@@ -565,6 +568,57 @@ async def test_queue_stats_counts_due_scheduled_and_leased_pending_rows(
     # An expired lease counts as due again.
     later = await store.queue_stats(now=now + timedelta(seconds=31))
     assert (later.due, later.leased) == (3, 0)
+
+
+async def test_activity_counts_finishes_per_minute_the_due_backlog_and_latency(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    since, now = T0 - timedelta(minutes=5), T0 + timedelta(minutes=5)
+    empty = await store.activity(since=since, now=now)
+    assert empty == DeliveryActivity(since=since, now=now)
+
+    later = T0 + timedelta(hours=1)
+    await store.insert_many([delivery(n, due=T0) for n in range(1, 11)])
+    await store.insert_many([delivery(11, due=later)])
+    claimed = await claim(persistence, W1, T0 + timedelta(seconds=1))
+    assert len(claimed) == 10
+
+    def settle(n: int, status: DeliveryStatus, done: datetime) -> AttemptOutcome:
+        att = attempt(1, 200 if status is DeliveryStatus.SUCCESS else 500)
+        att = dataclasses.replace(att, latency_ms=10.0 * n)
+        return outcome(f"dlv_{n:04d}", W1, status, att=att, done=done)
+
+    minute = T0.replace(second=0, microsecond=0)
+    s, f, x = DeliveryStatus.SUCCESS, DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED
+    await store.record(
+        [
+            settle(1, s, T0 - timedelta(minutes=10)),  # before the window
+            settle(2, s, T0),
+            settle(3, s, T0 + timedelta(seconds=59)),
+            *(settle(n, s, T0 + timedelta(minutes=1, seconds=30)) for n in (4, 5, 6)),
+            settle(7, f, minute + timedelta(minutes=2)),
+            settle(8, f, minute + timedelta(minutes=2, seconds=30)),
+            settle(9, x, minute + timedelta(minutes=2, seconds=59, microseconds=999000)),
+            outcome("dlv_0010", W1, DeliveryStatus.PENDING, next_at=T0 + timedelta(seconds=30)),
+        ]
+    )
+    activity = await store.activity(since=since, now=now)
+    assert activity.per_minute == (
+        MinuteCount(minute, s, 2),
+        MinuteCount(minute + timedelta(minutes=1), s, 3),
+        MinuteCount(minute + timedelta(minutes=2), x, 1),
+        MinuteCount(minute + timedelta(minutes=2), f, 2),
+    )
+    # dlv_0010 waits for its retry (due in the window); dlv_0011 is due an hour later.
+    assert (activity.due, activity.oldest_due_at) == (1, T0 + timedelta(seconds=30))
+    # Eight finished rows, 20..90 ms: nearest rank 4 for p50, 8 for p95 and p99.
+    assert activity.latency == LatencyPercentiles(samples=8, p50_ms=50.0, p95_ms=90.0, p99_ms=90.0)
+    # A re-queued row no longer counts as finished; it is due again.
+    await store.requeue(DeliveryFilter(), now=T0, ids=["dlv_0002"])
+    again = await store.activity(since=since, now=now)
+    assert again.per_minute[0] == MinuteCount(minute, s, 1)
+    assert (again.due, again.oldest_due_at, again.latency.samples) == (2, T0, 7)
 
 
 async def test_requeue_touches_only_terminal_rows(persistence: WebhookPersistence) -> None:

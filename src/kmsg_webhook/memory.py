@@ -18,6 +18,7 @@ from .due_index import DueIndex
 from .errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
 from .models import (
     AttemptOutcome,
+    DeliveryActivity,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStats,
@@ -33,7 +34,11 @@ from .store import (
     apply_outcome,
     decode_cursor,
     encode_cursor,
+    epoch_minute,
     is_after_cursor,
+    latency_percentiles,
+    minute_counts,
+    percentile_ranks,
     sealed_fields,
 )
 
@@ -277,6 +282,33 @@ class InMemoryDeliveryStore:
                 scheduled += 1
                 upcoming = at if upcoming is None else min(upcoming, at)
         return QueueStats(due, scheduled, leased, oldest, upcoming)
+
+    async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
+        finished: Counter[tuple[int, str]] = Counter()
+        latencies: builtins.list[float] = []
+        due = 0
+        oldest_due: datetime | None = None
+        for d in self._rows.values():
+            if d.status is DeliveryStatus.PENDING:
+                if d.next_attempt_at is not None and d.next_attempt_at <= now:
+                    due += 1
+                    if oldest_due is None or d.next_attempt_at < oldest_due:
+                        oldest_due = d.next_attempt_at
+            elif d.completed_at is not None and d.completed_at >= since:
+                finished[(epoch_minute(d.completed_at), d.status.value)] += 1
+                last = d.last_attempt
+                if last is not None:
+                    latencies.append(last.latency_ms)
+        latencies.sort()
+        picks = {r: latencies[r - 1] for r in percentile_ranks(len(latencies)).values() if r}
+        return DeliveryActivity(
+            since=since,
+            now=now,
+            per_minute=minute_counts((m, s, n) for (m, s), n in finished.items()),
+            due=due,
+            oldest_due_at=oldest_due,
+            latency=latency_percentiles(len(latencies), picks),
+        )
 
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None

@@ -335,6 +335,48 @@ class DeliveryStats:
         return 100.0 * self.success / done if done else 0.0
 
 
+#: The latency percentiles :meth:`DeliveryStore.activity` reports, in percent.
+LATENCY_PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCount:
+    """How many deliveries finished with ``status`` in the minute starting at ``minute``."""
+
+    minute: datetime
+    status: DeliveryStatus
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPercentiles:
+    """Nearest-rank percentiles of last-attempt latency over ``samples`` deliveries
+    (``None`` when there were none)."""
+
+    samples: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryActivity:
+    """What an operator looks at first (:meth:`DeliveryStore.activity`).
+
+    ``per_minute``: deliveries finished (success, failed, exhausted) per minute since
+    ``since``, by outcome, oldest first; minutes without any are left out. ``due``: pending
+    deliveries due at ``now`` (leased or not), ``oldest_due_at`` the earliest of their due
+    times. ``latency``: last-attempt latency of the deliveries finished since ``since``.
+    """
+
+    since: datetime
+    now: datetime
+    per_minute: tuple[MinuteCount, ...] = ()
+    due: int = 0
+    oldest_due_at: datetime | None = None
+    latency: LatencyPercentiles = field(default_factory=LatencyPercentiles)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """The outbox's pending rows at a moment (``now``): what is due, scheduled and leased.

@@ -15,20 +15,24 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .errors import IncompleteStoreError, StoreError
 from .events import parse_timestamp
 from .models import (
+    LATENCY_PERCENTILES,
     AttemptOutcome,
+    DeliveryActivity,
     DeliveryDraft,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStats,
     DeliveryStatus,
+    LatencyPercentiles,
+    MinuteCount,
     PayloadRewrite,
     QueueStats,
     RetiredSecret,
@@ -145,6 +149,15 @@ class DeliveryStore(Protocol):
     async def queue_stats(self, *, now: datetime) -> QueueStats:
         """How many pending rows are due, scheduled for later and leased at ``now``, with the
         oldest due time and the next scheduled one (one aggregate query; for monitoring)."""
+
+    async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
+        """Deliveries finished per minute by outcome since ``since``, the due backlog at
+        ``now`` and last-attempt latency percentiles (see
+        :class:`~kmsg_webhook.models.DeliveryActivity`), aggregated by the store.
+
+        A delivery counts in the minute of its ``completed_at``; latency percentiles are
+        nearest-rank (:func:`percentile_ranks`) over the same finished deliveries.
+        """
 
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
@@ -307,3 +320,37 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def is_after_cursor(delivery: WebhookDelivery, cursor: tuple[datetime, str]) -> bool:
     """True when ``delivery`` sorts after the cursor position in newest-first order."""
     return (delivery.created_at, delivery.id) < cursor
+
+
+def epoch_minute(moment: datetime) -> int:
+    """Whole minutes since the Unix epoch: the bucket :meth:`DeliveryStore.activity` counts in."""
+    return int(moment.timestamp() // 60)
+
+
+def minute_counts(rows: Iterable[tuple[int, str, int]]) -> tuple[MinuteCount, ...]:
+    """``(epoch minute, status, count)`` rows as :class:`MinuteCount`, oldest first."""
+    counts = [
+        MinuteCount(
+            minute=datetime.fromtimestamp(int(minute) * 60, UTC),
+            status=DeliveryStatus(status),
+            count=int(count),
+        )
+        for minute, status, count in rows
+    ]
+    counts.sort(key=lambda c: (c.minute, c.status.value))
+    return tuple(counts)
+
+
+def percentile_ranks(samples: int) -> dict[int, int]:
+    """The 1-based nearest-rank position of each of ``LATENCY_PERCENTILES`` among ``samples``
+    sorted values: ``ceil(p * samples / 100)``, in integer arithmetic every SQL dialect shares."""
+    return {p: (p * samples + 99) // 100 for p in LATENCY_PERCENTILES}
+
+
+def latency_percentiles(samples: int, by_position: Mapping[int, float]) -> LatencyPercentiles:
+    """Percentiles from the values at the :func:`percentile_ranks` positions."""
+    if samples <= 0:
+        return LatencyPercentiles()
+    ranks = percentile_ranks(samples)
+    p50, p95, p99 = (float(by_position[ranks[p]]) for p in LATENCY_PERCENTILES)
+    return LatencyPercentiles(samples=samples, p50_ms=p50, p95_ms=p95, p99_ms=p99)

@@ -17,6 +17,7 @@ from datetime import datetime
 from ..errors import ConfigError, FieldCryptoError
 from ..models import (
     AttemptOutcome,
+    DeliveryActivity,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStats,
@@ -183,6 +184,9 @@ class CryptoDeliveryStore:
 
     async def queue_stats(self, *, now: datetime) -> QueueStats:
         return await self.inner.queue_stats(now=now)
+
+    async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
+        return await self.inner.activity(since=since, now=now)
 
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None

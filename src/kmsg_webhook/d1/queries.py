@@ -168,6 +168,30 @@ DELIVERY_QUEUE_STATS = (
 #: Counts by event type over a filter.
 DELIVERY_STATS_BY_TYPE = "SELECT event_type, COUNT(*) AS n FROM {d}{where} GROUP BY event_type"
 
+#: Deliveries finished since ?1 (epoch ms), per epoch minute and outcome.
+DELIVERY_FINISHED_PER_MINUTE = (
+    "SELECT completed_at / 60000 AS minute, status, COUNT(*) AS n FROM {d}"
+    " WHERE status <> 'pending' AND completed_at >= ?1 GROUP BY minute, status"
+)
+
+#: Pending rows due at ?1 and the earliest due time among them.
+DELIVERY_DUE_BACKLOG = (
+    "SELECT COUNT(*) AS due, MIN(next_attempt_at) AS oldest FROM {d}"
+    " WHERE status = 'pending' AND next_attempt_at <= ?1"
+)
+
+#: Last-attempt latencies of the rows finished since ?1 at the nearest-rank positions of
+#: p50, p95 and p99 (store.percentile_ranks), with the sample count.
+DELIVERY_LATENCY_PERCENTILES = (
+    "SELECT samples, position, latency FROM ("
+    " SELECT last_latency_ms AS latency,"
+    " ROW_NUMBER() OVER (ORDER BY last_latency_ms) AS position,"
+    " COUNT(*) OVER () AS samples FROM {d}"
+    " WHERE status <> 'pending' AND completed_at >= ?1 AND last_latency_ms IS NOT NULL)"
+    " WHERE position IN ((50 * samples + 99) / 100, (95 * samples + 99) / 100,"
+    " (99 * samples + 99) / 100)"
+)
+
 #: Put terminal rows matching a filter back to pending, due at ?1 (attempts kept).
 DELIVERY_REQUEUE = (
     "UPDATE {d} SET status = 'pending', next_attempt_at = ?, completed_at = NULL,"

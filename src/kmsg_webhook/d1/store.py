@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
 from ..models import (
     AttemptOutcome,
+    DeliveryActivity,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStats,
@@ -31,7 +32,14 @@ from ..models import (
     WebhookEndpoint,
 )
 from ..sql.codec import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
-from ..store import WebhookPersistence, decode_cursor, encode_cursor, with_lookup_hashes
+from ..store import (
+    WebhookPersistence,
+    decode_cursor,
+    encode_cursor,
+    latency_percentiles,
+    minute_counts,
+    with_lookup_hashes,
+)
 from . import queries as q
 from .client import D1Client, D1Statement, D1Value
 from .rows import (
@@ -409,6 +417,32 @@ class D1DeliveryStore:
             leased=int(row.get("leased") or 0),
             oldest_due_at=None if oldest is None else from_millis(int(oldest)),
             next_due_at=None if upcoming is None else from_millis(int(upcoming)),
+        )
+
+    async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
+        await self._gate.ready()
+        start = (ceil_millis(since),)
+        minutes, backlog, picks = await self._client.batch(
+            [
+                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_MINUTE, self._t), start),
+                D1Statement(_fmt(q.DELIVERY_DUE_BACKLOG, self._t), (to_millis(now),)),
+                D1Statement(_fmt(q.DELIVERY_LATENCY_PERCENTILES, self._t), start),
+            ]
+        )
+        due: dict[str, Any] = backlog.rows[0] if backlog.rows else {}
+        oldest = due.get("oldest")
+        samples = max((int(r["samples"]) for r in picks.rows), default=0)
+        return DeliveryActivity(
+            since=since,
+            now=now,
+            per_minute=minute_counts(
+                (int(r["minute"]), str(r["status"]), int(r["n"])) for r in minutes.rows
+            ),
+            due=int(due.get("due") or 0),
+            oldest_due_at=from_millis(int(oldest)) if oldest is not None else None,
+            latency=latency_percentiles(
+                samples, {int(r["position"]): float(r["latency"]) for r in picks.rows}
+            ),
         )
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -33,7 +33,9 @@ from ..errors import (
     WebhookError,
 )
 from ..models import (
+    LATENCY_PERCENTILES,
     AttemptOutcome,
+    DeliveryActivity,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStats,
@@ -47,6 +49,8 @@ from ..store import (
     WebhookPersistence,
     decode_cursor,
     encode_cursor,
+    latency_percentiles,
+    minute_counts,
     sealed_fields,
     with_lookup_hashes,
 )
@@ -303,6 +307,10 @@ class SqlDatabase(ABC):
     async def _apply_migrations(
         self, conn: AsyncConnection, all_migrations: Sequence[Migration]
     ) -> int: ...
+
+    @abstractmethod
+    def epoch_minute(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+        """Whole minutes since the Unix epoch of a timestamp column (``store.epoch_minute``)."""
 
     @abstractmethod
     async def begin_write(self, conn: AsyncConnection) -> None:
@@ -728,6 +736,60 @@ class SqlDeliveryStore:
 
         due_n, later_n, leased_n, oldest, upcoming = await self._db.run(op)
         return QueueStats(int(due_n), int(later_n), int(leased_n), oldest, upcoming)
+
+    async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
+        t = self._t
+        finished = (
+            t.c.status != DeliveryStatus.PENDING.value,
+            t.c.completed_at >= self._db.bound(since),
+        )
+        minute = self._db.epoch_minute(t.c.completed_at).label("minute")
+        per_minute = (
+            sa.select(minute, t.c.status, sa.func.count())
+            .where(*finished)
+            .group_by(minute, t.c.status)
+        )
+        backlog = sa.select(sa.func.count(), sa.func.min(t.c.next_attempt_at)).where(
+            t.c.status == DeliveryStatus.PENDING.value, t.c.next_attempt_at <= now
+        )
+        # Nearest-rank percentiles without a percentile function (SQLite has none): number
+        # the finished rows by latency and keep the rows at the wanted positions.
+        ranked = (
+            sa.select(
+                t.c.last_latency_ms.label("latency"),
+                sa.func.row_number().over(order_by=t.c.last_latency_ms).label("position"),
+                sa.func.count().over().label("samples"),
+            )
+            .where(*finished, t.c.last_latency_ms.is_not(None))
+            .subquery()
+        )
+        picks = sa.select(ranked.c.samples, ranked.c.position, ranked.c.latency).where(
+            sa.or_(
+                *(
+                    ranked.c.position == (p * ranked.c.samples + 99) // 100
+                    for p in LATENCY_PERCENTILES
+                )
+            )
+        )
+
+        async def op(conn: AsyncConnection, attempt: int) -> DeliveryActivity:
+            minutes = [tuple(row) for row in await conn.execute(per_minute)]
+            due, oldest = (await conn.execute(backlog)).one()
+            samples = 0
+            by_position: dict[int, float] = {}
+            for count, position, latency in await conn.execute(picks):
+                samples = int(count)
+                by_position[int(position)] = float(latency)
+            return DeliveryActivity(
+                since=since,
+                now=now,
+                per_minute=minute_counts(minutes),
+                due=int(due),
+                oldest_due_at=oldest,
+                latency=latency_percentiles(samples, by_position),
+            )
+
+        return await self._db.run(op)
 
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None

@@ -173,6 +173,9 @@ class PostgresDatabase(SqlDatabase):
 
         return engine
 
+    def epoch_minute(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+        return sa.cast(sa.func.floor(sa.extract("epoch", column) / 60), sa.BigInteger())
+
     async def begin_write(self, conn: AsyncConnection) -> None:
         """SQLAlchemy begins the transaction with the first statement; nothing to do."""
 

@@ -185,6 +185,10 @@ class SQLiteDatabase(SqlDatabase):
         # Rows hold whole milliseconds: `ms >= ceil(t)` is exactly `row >= t` (and `<` alike).
         return from_millis(ceil_millis(value))
 
+    def epoch_minute(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+        # Timestamps are epoch milliseconds here: integer division floors them to minutes.
+        return sa.type_coerce(column, sa.BigInteger()) // 60_000
+
     async def begin_write(self, conn: AsyncConnection) -> None:
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
