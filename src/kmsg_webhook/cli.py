@@ -57,6 +57,8 @@ from .store import WebhookPersistence
 
 STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
 OPERATIONAL_SECRET_ENV = "KMSG_WEBHOOK_OPERATIONAL_SECRET"
+#: Mirrors kmsg_webhook.console.TOKEN_ENV (not imported: the console needs its extra).
+CONSOLE_TOKEN_ENV = "KMSG_WEBHOOK_CONSOLE_TOKEN"
 # A young collection per 20,000 net allocations instead of 700 (docs/performance.md).
 WORKER_GC_THRESHOLD = 20_000
 _DEFAULTS = WebhookConfig()
@@ -275,6 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     _store_arg(stats)
     _json_arg(stats)
     stats.set_defaults(run=_stats)
+
+    _console_parser(commands)
 
     keygen = commands.add_parser("keygen", help="print a new random key (base64, 32 bytes)")
     keygen.set_defaults(run=_keygen)
@@ -914,6 +918,43 @@ def _rekey(args: argparse.Namespace) -> int:
     for problem in report.failures:
         print(f"unreadable: {problem.error}")
     return 1 if report.failed else 0
+
+
+def _console_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    console = commands.add_parser(
+        "console", help="the operator console: deliveries and endpoints in a browser"
+    )
+    _store_arg(console)
+    console.add_argument("--host", default="127.0.0.1", help="any other needs a token")
+    console.add_argument("--port", type=int, default=8790, help="0 picks a free port")
+    console.add_argument(
+        "--token",
+        default=os.environ.get(CONSOLE_TOKEN_ENV),
+        help=f"sign-in token (default: ${CONSOLE_TOKEN_ENV}); required beyond 127.0.0.1",
+    )
+    console.add_argument(
+        "--allow-private-hosts", action="store_true", help="let probes reach private addresses"
+    )
+    console.set_defaults(run=_console)
+
+
+def _console(args: argparse.Namespace) -> int:
+    try:
+        from .console.serve import serve_console
+    except ImportError as exc:
+        raise ConfigError(
+            f"the console needs the console extra: pip install 'kmsg-webhook[console]' ({exc})"
+        ) from None
+    asyncio.run(
+        serve_console(
+            args.store,
+            host=args.host,
+            port=args.port,
+            token=args.token or None,
+            allow_private_hosts=args.allow_private_hosts,
+        )
+    )
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:

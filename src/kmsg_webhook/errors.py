@@ -199,3 +199,7 @@ class DecryptionError(FieldCryptoError):
         self.column = column
         self.record_id = record_id
         self.kid = kid
+
+
+class ConsoleError(WebhookError, ValueError):
+    """The operator console cannot start as configured, or a request gave invalid input."""
