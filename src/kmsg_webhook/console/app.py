@@ -4,6 +4,7 @@ passes (sign-in, CSRF, security headers)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,11 @@ from .security import (
 RUNTIME = web.AppKey("kmsg_console_runtime", WebhookRuntimeService)
 GUARD = web.AppKey("kmsg_console_guard", Guard)
 TEMPLATES = web.AppKey("kmsg_console_templates", jinja2.Environment)
-_NONCE = "kmsg_console_nonce"
-_NEW_NONCE = "kmsg_console_new_nonce"
+#: This request's CSRF cookie value, and whether the response must set it (a new one).
+_NONCE: ContextVar[tuple[str, bool]] = ContextVar("kmsg_console_nonce")
 _HERE = Path(__file__).parent
 #: Routes reachable before signing in.
-_PUBLIC = frozenset({"login", "static"})
+_PUBLIC = frozenset({"login", "login_submit", "static"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,7 +78,7 @@ def render(
         .render(
             url=lambda name, query=None, **parts: url_for(request, name, query, **parts),
             csrf_field=CSRF_FIELD,
-            csrf_token=guard.csrf_token(request[_NONCE]),
+            csrf_token=guard.csrf_token(_NONCE.get()[0]),
             token_required=guard.token is not None,
             **context,
         )
@@ -102,13 +103,21 @@ def error_page(request: web.Request, status: int, message: str) -> web.Response:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    guard = request.app[GUARD]
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    if 20 <= len(cookie) <= 100:
-        request[_NONCE] = cookie
-    else:
-        request[_NONCE] = new_nonce()
-        request[_NEW_NONCE] = True
+    # The middleware and the handler run in this request's own task (and context).
+    _NONCE.set((cookie, False) if 20 <= len(cookie) <= 100 else (new_nonce(), True))
+    response = await _checked(request, handler, cookie)
+    nonce, new = _NONCE.get()
+    if new:
+        response.set_cookie(
+            CSRF_COOKIE, nonce, httponly=True, samesite="Strict", secure=request.secure
+        )
+    return response
+
+
+async def _checked(request: web.Request, handler: Handler, cookie: str) -> web.StreamResponse:
+    """Sign-in, then origin and CSRF for state changes, then the handler."""
+    guard = request.app[GUARD]
     if request.match_info.route.name not in _PUBLIC and not guard.authenticated(request):
         if request.method in ("GET", "HEAD"):
             return render(request, "login.html", status=401, failed=False)
@@ -122,6 +131,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             return error_page(
                 request, 403, "The form's security token is missing or stale: reload the page."
             )
+    return await _answer(request, handler)
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response, or a page saying what was wrong."""
     try:
         return await handler(request)
     except (DeliveryNotFoundError, EndpointNotFoundError) as exc:
@@ -135,10 +149,6 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _finish(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
-    if request.get(_NEW_NONCE):
-        response.set_cookie(
-            CSRF_COOKIE, request[_NONCE], httponly=True, samesite="Strict", secure=request.secure
-        )
 
 
 def sign_in(request: web.Request, response: web.StreamResponse) -> None:
