@@ -63,8 +63,13 @@ def test_root_schema_files_are_the_packaged_ones(name: str) -> None:
 def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
     found = migrations(dialect)
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert schema_version(dialect) == found[-1].version == 3
-    assert [m.description for m in found] == ["initial", "lookup_hashes", "client_certificates"]
+    assert schema_version(dialect) == found[-1].version == 4
+    assert [m.description for m in found] == [
+        "initial",
+        "lookup_hashes",
+        "client_certificates",
+        "finished_index",
+    ]
     assert set(queries(dialect)) >= {
         "insert_deliveries",
         "existing_delivery_ids",
@@ -218,7 +223,7 @@ async def test_sqlite_schema_built_by_the_code_equals_schema_sqlite_sql(tmp_path
     conn.executescript((ROOT / "schema.sqlite.sql").read_text(encoding="utf-8"))
     conn.close()
     built, written = _sqlite_shape(by_code), _sqlite_shape(by_file)
-    assert len(built["objects"]) == 15  # 3 tables, their 3 primary-key indexes, 9 declared
+    assert len(built["objects"]) == 16  # 3 tables, their 3 primary-key indexes, 10 declared
     assert built == written
 
 
@@ -357,6 +362,7 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
     for statement in (
         "DROP INDEX idx_kmsg_webhook_deliveries_to_hash",
         "DROP INDEX idx_kmsg_webhook_deliveries_from_hash",
+        "DROP INDEX idx_kmsg_webhook_deliveries_completed_at",
         "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN to_hash",
         "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN from_hash",
         "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN client_cert",
@@ -391,6 +397,7 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
     await db.close()
     conn = await asyncpg.connect(dsn)
     try:
+        await conn.execute(f'DROP INDEX "{schema}".idx_kmsg_webhook_deliveries_completed_at')
         await conn.execute(
             f'ALTER TABLE "{schema}".kmsg_webhook_deliveries DROP COLUMN to_hash, '
             "DROP COLUMN from_hash"

@@ -19,6 +19,7 @@ from kmsg_webhook import (
     DuplicateEndpointError,
     EndpointFilters,
     EndpointNotFoundError,
+    EndpointOutcomes,
     EndpointStatus,
     LatencyPercentiles,
     MinuteCount,
@@ -579,7 +580,9 @@ async def test_activity_counts_finishes_per_minute_the_due_backlog_and_latency(
     assert empty == DeliveryActivity(since=since, now=now)
 
     later = T0 + timedelta(hours=1)
-    await store.insert_many([delivery(n, due=T0) for n in range(1, 11)])
+    await store.insert_many(
+        [delivery(n, due=T0, endpoint_id=f"ep_{1 + n % 2}") for n in range(1, 11)]
+    )
     await store.insert_many([delivery(11, due=later)])
     claimed = await claim(persistence, W1, T0 + timedelta(seconds=1))
     assert len(claimed) == 10
@@ -614,6 +617,12 @@ async def test_activity_counts_finishes_per_minute_the_due_backlog_and_latency(
     assert (activity.due, activity.oldest_due_at) == (1, T0 + timedelta(seconds=30))
     # Eight finished rows, 20..90 ms: nearest rank 4 for p50, 8 for p95 and p99.
     assert activity.latency == LatencyPercentiles(samples=8, p50_ms=50.0, p95_ms=90.0, p99_ms=90.0)
+    # Even rows are ep_1's (2, 4, 6 succeeded, 8 failed), odd rows ep_2's (3, 5, 7 failed, 9).
+    assert activity.by_endpoint == (
+        EndpointOutcomes("ep_1", success=3, failed=1),
+        EndpointOutcomes("ep_2", success=2, failed=1, exhausted=1),
+    )
+    assert activity.by_endpoint[1].success_rate == 50.0
     # A re-queued row no longer counts as finished; it is due again.
     await store.requeue(DeliveryFilter(), now=T0, ids=["dlv_0002"])
     again = await store.activity(since=since, now=now)

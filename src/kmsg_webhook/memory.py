@@ -17,6 +17,8 @@ from datetime import datetime
 from .due_index import DueIndex
 from .errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
 from .models import (
+    FINISHED_STATUSES,
+    LATENCY_SAMPLE,
     AttemptOutcome,
     DeliveryActivity,
     DeliveryFilter,
@@ -34,6 +36,7 @@ from .store import (
     apply_outcome,
     decode_cursor,
     encode_cursor,
+    endpoint_outcomes,
     epoch_minute,
     is_after_cursor,
     latency_percentiles,
@@ -284,8 +287,10 @@ class InMemoryDeliveryStore:
         return QueueStats(due, scheduled, leased, oldest, upcoming)
 
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
-        finished: Counter[tuple[int, str]] = Counter()
-        latencies: builtins.list[float] = []
+        column = {status: i for i, status in enumerate(FINISHED_STATUSES)}
+        minutes: dict[int, builtins.list[int]] = {}
+        endpoints: dict[str, builtins.list[int]] = {}
+        timed: builtins.list[tuple[datetime, float]] = []
         due = 0
         oldest_due: datetime | None = None
         for d in self._rows.values():
@@ -295,19 +300,22 @@ class InMemoryDeliveryStore:
                     if oldest_due is None or d.next_attempt_at < oldest_due:
                         oldest_due = d.next_attempt_at
             elif d.completed_at is not None and d.completed_at >= since:
-                finished[(epoch_minute(d.completed_at), d.status.value)] += 1
+                minutes.setdefault(epoch_minute(d.completed_at), [0, 0, 0])[column[d.status]] += 1
+                endpoints.setdefault(d.endpoint_id, [0, 0, 0])[column[d.status]] += 1
                 last = d.last_attempt
                 if last is not None:
-                    latencies.append(last.latency_ms)
-        latencies.sort()
+                    timed.append((d.completed_at, last.latency_ms))
+        newest = heapq.nlargest(LATENCY_SAMPLE, timed, key=lambda pair: pair[0])
+        latencies = sorted(latency for _, latency in newest)
         picks = {r: latencies[r - 1] for r in percentile_ranks(len(latencies)).values() if r}
         return DeliveryActivity(
             since=since,
             now=now,
-            per_minute=minute_counts((m, s, n) for (m, s), n in finished.items()),
+            per_minute=minute_counts((m, c[0], c[1], c[2]) for m, c in minutes.items()),
             due=due,
             oldest_due_at=oldest_due,
             latency=latency_percentiles(len(latencies), picks),
+            by_endpoint=endpoint_outcomes((e, c[0], c[1], c[2]) for e, c in endpoints.items()),
         )
 
     async def requeue(

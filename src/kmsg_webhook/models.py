@@ -337,6 +337,10 @@ class DeliveryStats:
 
 #: The latency percentiles :meth:`DeliveryStore.activity` reports, in percent.
 LATENCY_PERCENTILES = (50, 95, 99)
+#: How many of the most recently finished deliveries those percentiles look at, at most.
+LATENCY_SAMPLE = 10_000
+#: The finished statuses, in the order activity aggregates carry their counts.
+FINISHED_STATUSES = (DeliveryStatus.SUCCESS, DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,13 +364,34 @@ class LatencyPercentiles:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointOutcomes:
+    """How one endpoint's deliveries finished since :attr:`DeliveryActivity.since`."""
+
+    endpoint_id: str
+    success: int = 0
+    failed: int = 0
+    exhausted: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.success + self.failed + self.exhausted
+
+    @property
+    def success_rate(self) -> float:
+        """Percent of the finished deliveries that succeeded (0 when none finished)."""
+        return 100.0 * self.success / self.finished if self.finished else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryActivity:
     """What an operator looks at first (:meth:`DeliveryStore.activity`).
 
     ``per_minute``: deliveries finished (success, failed, exhausted) per minute since
     ``since``, by outcome, oldest first; minutes without any are left out. ``due``: pending
     deliveries due at ``now`` (leased or not), ``oldest_due_at`` the earliest of their due
-    times. ``latency``: last-attempt latency of the deliveries finished since ``since``.
+    times. ``latency``: last-attempt latency of the most recently finished deliveries since
+    ``since`` (at most :data:`LATENCY_SAMPLE` of them).
+    ``by_endpoint``: the same finished deliveries counted per endpoint, by endpoint id.
     """
 
     since: datetime
@@ -375,6 +400,7 @@ class DeliveryActivity:
     due: int = 0
     oldest_due_at: datetime | None = None
     latency: LatencyPercentiles = field(default_factory=LatencyPercentiles)
+    by_endpoint: tuple[EndpointOutcomes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from .errors import IncompleteStoreError, StoreError
 from .events import parse_timestamp
 from .models import (
+    FINISHED_STATUSES,
     LATENCY_PERCENTILES,
     AttemptOutcome,
     DeliveryActivity,
@@ -31,6 +32,7 @@ from .models import (
     DeliveryPage,
     DeliveryStats,
     DeliveryStatus,
+    EndpointOutcomes,
     LatencyPercentiles,
     MinuteCount,
     PayloadRewrite,
@@ -156,7 +158,8 @@ class DeliveryStore(Protocol):
         :class:`~kmsg_webhook.models.DeliveryActivity`), aggregated by the store.
 
         A delivery counts in the minute of its ``completed_at``; latency percentiles are
-        nearest-rank (:func:`percentile_ranks`) over the same finished deliveries.
+        nearest-rank (:func:`percentile_ranks`) over the newest ``LATENCY_SAMPLE`` of the same
+        finished deliveries.
         """
 
     async def requeue(
@@ -327,18 +330,37 @@ def epoch_minute(moment: datetime) -> int:
     return int(moment.timestamp() // 60)
 
 
-def minute_counts(rows: Iterable[tuple[int, str, int]]) -> tuple[MinuteCount, ...]:
-    """``(epoch minute, status, count)`` rows as :class:`MinuteCount`, oldest first."""
+#: Activity aggregates as backends return them: a key (an epoch minute, an endpoint id) and
+#: the counts of :data:`~kmsg_webhook.models.FINISHED_STATUSES`, in that order.
+Tally = tuple[Any, int, int, int]
+
+
+def minute_counts(rows: Iterable[Tally]) -> tuple[MinuteCount, ...]:
+    """``(epoch minute, success, failed, exhausted)`` rows as :class:`MinuteCount` (none for a
+    zero count), oldest first."""
     counts = [
         MinuteCount(
-            minute=datetime.fromtimestamp(int(minute) * 60, UTC),
-            status=DeliveryStatus(status),
-            count=int(count),
+            minute=datetime.fromtimestamp(int(minute) * 60, UTC), status=status, count=int(n)
         )
-        for minute, status, count in rows
+        for minute, *tally in rows
+        for status, n in zip(FINISHED_STATUSES, tally, strict=True)
+        if n
     ]
     counts.sort(key=lambda c: (c.minute, c.status.value))
     return tuple(counts)
+
+
+def endpoint_outcomes(rows: Iterable[Tally]) -> tuple[EndpointOutcomes, ...]:
+    """``(endpoint id, success, failed, exhausted)`` rows as :class:`EndpointOutcomes`, by id."""
+    return tuple(
+        sorted(
+            (
+                EndpointOutcomes(str(endpoint_id), int(success), int(failed), int(exhausted))
+                for endpoint_id, success, failed, exhausted in rows
+            ),
+            key=lambda o: o.endpoint_id,
+        )
+    )
 
 
 def percentile_ranks(samples: int) -> dict[int, int]:

@@ -10,14 +10,14 @@ from aiohttp import web
 
 from ..crypto.envelope import is_sealed
 from ..events import WebhookEventType
-from ..models import DeliveryFilter, DeliveryStatus, EndpointStatus
+from ..models import DeliveryStatus, EndpointOutcomes, EndpointStatus
 from ..runtime import WebhookRuntimeService
 from .app import GUARD, RUNTIME, error_page, redirect, render, sign_in, url_for
 from .chart import OUTCOMES, minute_chart
 from .forms import DEFAULT_PAGE_SIZE, parse_delivery_query, parse_int
 
-#: How far back the endpoints page computes each endpoint's success rate.
-SUCCESS_RATE_WINDOW = timedelta(hours=24)
+#: The window of the overview and of the endpoints' success rates (``?hours=`` up to 24).
+DEFAULT_HOURS = 3
 #: Outcome notices after a redirect (``?done=``): fixed texts, never echoed input.
 NOTICES = {
     "disabled": "Endpoint disabled: it receives no new events.",
@@ -44,7 +44,7 @@ async def _runtime(request: web.Request) -> WebhookRuntimeService:
 
 async def overview(request: web.Request) -> web.Response:
     runtime = await _runtime(request)
-    hours = parse_int(request.query.get("hours"), "hours", 3, 1, 24)
+    hours = parse_int(request.query.get("hours"), "hours", DEFAULT_HOURS, 1, 24)
     now = runtime.clock.now()
     activity = await runtime.persistence.delivery_store.activity(
         since=now - timedelta(hours=hours), now=now
@@ -70,18 +70,19 @@ async def overview(request: web.Request) -> web.Response:
 
 async def endpoints(request: web.Request) -> web.Response:
     runtime = await _runtime(request)
-    since = runtime.clock.now() - SUCCESS_RATE_WINDOW
+    hours = parse_int(request.query.get("hours"), "hours", DEFAULT_HOURS, 1, 24)
+    now = runtime.clock.now()
+    activity = await runtime.persistence.delivery_store.activity(
+        since=now - timedelta(hours=hours), now=now
+    )
+    outcomes = {o.endpoint_id: o for o in activity.by_endpoint}
     listed = await runtime.list_endpoints()
-    store = runtime.persistence.delivery_store
-    rows = [
-        (e, await store.stats(DeliveryFilter(endpoint_id=e.id, created_after=since)))
-        for e in listed
-    ]
     return render(
         request,
         "endpoints.html",
         page="endpoints",
-        rows=rows,
+        hours=hours,
+        rows=[(e, outcomes.get(e.id, EndpointOutcomes(e.id))) for e in listed],
         unreadable=listed.errors,
         notice=NOTICES.get(request.query.get("done", "")),
     )

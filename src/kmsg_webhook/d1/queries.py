@@ -168,10 +168,23 @@ DELIVERY_QUEUE_STATS = (
 #: Counts by event type over a filter.
 DELIVERY_STATS_BY_TYPE = "SELECT event_type, COUNT(*) AS n FROM {d}{where} GROUP BY event_type"
 
-#: Deliveries finished since ?1 (epoch ms), per epoch minute and outcome.
+#: Counts of the finished statuses (success, failed, exhausted) for a GROUP BY.
+_TALLY = (
+    "SUM(CASE WHEN status = 'success' THEN 1 ELSE 0 END) AS success,"
+    " SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,"
+    " SUM(CASE WHEN status = 'exhausted' THEN 1 ELSE 0 END) AS exhausted"
+)
+#: Rows finished since ?1 (epoch ms): the partial index on completed_at serves them.
+_FINISHED = " FROM {d} WHERE status <> 'pending' AND completed_at >= ?1"
+
+#: Finished deliveries per epoch minute, with the counts of each finished status.
 DELIVERY_FINISHED_PER_MINUTE = (
-    "SELECT completed_at / 60000 AS minute, status, COUNT(*) AS n FROM {d}"
-    " WHERE status <> 'pending' AND completed_at >= ?1 GROUP BY minute, status"
+    f"SELECT completed_at / 60000 AS minute, {_TALLY}{_FINISHED} GROUP BY minute"
+)
+
+#: Finished deliveries per endpoint (grouped by an expression: see SqlDeliveryStore.activity).
+DELIVERY_FINISHED_PER_ENDPOINT = (
+    f"SELECT COALESCE(endpoint_id, '') AS endpoint, {_TALLY}{_FINISHED} GROUP BY endpoint"
 )
 
 #: Pending rows due at ?1 and the earliest due time among them.
@@ -180,14 +193,14 @@ DELIVERY_DUE_BACKLOG = (
     " WHERE status = 'pending' AND next_attempt_at <= ?1"
 )
 
-#: Last-attempt latencies of the rows finished since ?1 at the nearest-rank positions of
-#: p50, p95 and p99 (store.percentile_ranks), with the sample count.
+#: Last-attempt latencies of the newest ?2 rows finished since ?1 at the nearest-rank
+#: positions of p50, p95 and p99 (store.percentile_ranks), with the sample count.
 DELIVERY_LATENCY_PERCENTILES = (
     "SELECT samples, position, latency FROM ("
-    " SELECT last_latency_ms AS latency,"
-    " ROW_NUMBER() OVER (ORDER BY last_latency_ms) AS position,"
-    " COUNT(*) OVER () AS samples FROM {d}"
-    " WHERE status <> 'pending' AND completed_at >= ?1 AND last_latency_ms IS NOT NULL)"
+    " SELECT latency, ROW_NUMBER() OVER (ORDER BY latency) AS position,"
+    " COUNT(*) OVER () AS samples FROM ("
+    " SELECT last_latency_ms AS latency" + _FINISHED + " AND last_latency_ms IS NOT NULL"
+    " ORDER BY completed_at DESC LIMIT ?2))"
     " WHERE position IN ((50 * samples + 99) / 100, (95 * samples + 99) / 100,"
     " (99 * samples + 99) / 100)"
 )

@@ -148,6 +148,10 @@ def _index_statements(t: D1Tables) -> list[str]:
         f"ON {d} (to_hash) WHERE to_hash IS NOT NULL",
         f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'from_hash')} "
         f"ON {d} (from_hash) WHERE from_hash IS NOT NULL",
+        # Finished rows by completion time (the console's overview and endpoint health).
+        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'completed_at')} "
+        f"ON {d} (completed_at, status, endpoint_id, last_latency_ms) "
+        "WHERE completed_at IS NOT NULL",
     ]
 
 

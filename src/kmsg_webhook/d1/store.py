@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
 from ..models import (
+    LATENCY_SAMPLE,
     AttemptOutcome,
     DeliveryActivity,
     DeliveryFilter,
@@ -33,9 +34,11 @@ from ..models import (
 )
 from ..sql.codec import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
 from ..store import (
+    Tally,
     WebhookPersistence,
     decode_cursor,
     encode_cursor,
+    endpoint_outcomes,
     latency_percentiles,
     minute_counts,
     with_lookup_hashes,
@@ -422,11 +425,14 @@ class D1DeliveryStore:
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
         await self._gate.ready()
         start = (ceil_millis(since),)
-        minutes, backlog, picks = await self._client.batch(
+        minutes, endpoints, backlog, picks = await self._client.batch(
             [
                 D1Statement(_fmt(q.DELIVERY_FINISHED_PER_MINUTE, self._t), start),
+                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_ENDPOINT, self._t), start),
                 D1Statement(_fmt(q.DELIVERY_DUE_BACKLOG, self._t), (to_millis(now),)),
-                D1Statement(_fmt(q.DELIVERY_LATENCY_PERCENTILES, self._t), start),
+                D1Statement(
+                    _fmt(q.DELIVERY_LATENCY_PERCENTILES, self._t), (*start, LATENCY_SAMPLE)
+                ),
             ]
         )
         due: dict[str, Any] = backlog.rows[0] if backlog.rows else {}
@@ -435,14 +441,13 @@ class D1DeliveryStore:
         return DeliveryActivity(
             since=since,
             now=now,
-            per_minute=minute_counts(
-                (int(r["minute"]), str(r["status"]), int(r["n"])) for r in minutes.rows
-            ),
+            per_minute=minute_counts(_tallies(minutes.rows, "minute")),
             due=int(due.get("due") or 0),
             oldest_due_at=from_millis(int(oldest)) if oldest is not None else None,
             latency=latency_percentiles(
                 samples, {int(r["position"]): float(r["latency"]) for r in picks.rows}
             ),
+            by_endpoint=endpoint_outcomes(_tallies(endpoints.rows, "endpoint")),
         )
 
     # -- maintenance ----------------------------------------------------------------------------
@@ -499,6 +504,14 @@ def _sealed_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
     return tuple(
         params[c] for c in ("secret", "previous_secrets_json", "headers_json", "client_key")
     )
+
+
+def _tallies(rows: Sequence[dict[str, Any]], key: str) -> list[Tally]:
+    """Activity aggregates: the key column and the counts of the finished statuses."""
+    return [
+        (row[key], int(row["success"] or 0), int(row["failed"] or 0), int(row["exhausted"] or 0))
+        for row in rows
+    ]
 
 
 def _filter_clauses(f: DeliveryFilter) -> list[tuple[str, Sequence[object]]]:

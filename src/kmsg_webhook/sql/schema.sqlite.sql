@@ -1,4 +1,4 @@
--- kmsg-webhook schema, SQLite: the reviewed source of truth (schema version 2).
+-- kmsg-webhook schema, SQLite: the reviewed source of truth (schema version 3).
 --
 -- The same tables the numbered migrations in src/kmsg_webhook/sql/migrations/sqlite/ build;
 -- a test applies both to empty databases and compares the results. Apply this file yourself
@@ -86,9 +86,15 @@ CREATE INDEX idx_kmsg_webhook_deliveries_to_hash
     ON kmsg_webhook_deliveries (to_hash) WHERE to_hash IS NOT NULL;
 CREATE INDEX idx_kmsg_webhook_deliveries_from_hash
     ON kmsg_webhook_deliveries (from_hash) WHERE from_hash IS NOT NULL;
+-- The console's overview and endpoint health: deliveries finished since a time, by minute,
+-- outcome and endpoint, with their last-attempt latency, read from the index alone.
+CREATE INDEX idx_kmsg_webhook_deliveries_completed_at
+    ON kmsg_webhook_deliveries (completed_at, status, endpoint_id, last_latency_ms)
+    WHERE completed_at IS NOT NULL;
 
 -- The version rows a fresh database gets (scope: "<endpoint table>,<delivery table>").
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
 VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 2, 'lookup_hashes'),
-       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 3, 'client_certificates');
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 3, 'client_certificates'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 4, 'finished_index');
