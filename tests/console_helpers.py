@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -63,14 +64,16 @@ async def start_console(
 
 
 def seeded_rows(endpoint_ids: list[str], count: int, now: datetime) -> list[WebhookDelivery]:
-    """``count`` finished deliveries over the last hours (one per second back from ``now``):
-    mostly successes, every tenth failed, every 25th exhausted, every 50th still pending and
-    due tomorrow (so the dispatcher leaves it alone)."""
+    """``count`` deliveries over the last hours, newest first, in waves of traffic: mostly
+    successes, every tenth failed, every 25th exhausted, every 50th still pending and due
+    tomorrow (so the dispatcher leaves it alone), and an incident about 50 minutes back in
+    which the first endpoint failed everything."""
     rows = []
     for i in range(count):
-        created = now - timedelta(seconds=i + 5)
+        # Monotonic in i (the slope stays above 0.5), so ids sort like creation times.
+        created = now - timedelta(seconds=5 + i + 400 * math.sin(i / 800))
         status = DeliveryStatus.SUCCESS
-        if i % 10 == 4:
+        if i % 10 == 4 or (2_600 <= i < 3_000 and i % 2 == 0):
             status = DeliveryStatus.FAILED
         elif i % 25 == 7:
             status = DeliveryStatus.EXHAUSTED

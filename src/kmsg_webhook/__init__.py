@@ -18,6 +18,7 @@ from .crypto import (
 )
 from .errors import (
     ConfigError,
+    ConsoleError,
     DecryptionError,
     DecryptionFailure,
     DeliveryNotFoundError,
@@ -94,6 +95,7 @@ __all__ = [
     "AttemptOutcome",
     "Clock",
     "ConfigError",
+    "ConsoleError",
     "DecryptionError",
     "DecryptionFailure",
     "DeliveryActivity",
