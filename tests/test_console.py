@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -222,7 +222,7 @@ async def test_deliveries_filter_and_page_through_ten_thousand(
     assert "since must be a time" in await page.inner_text("#error-message")
 
 
-async def test_retry_now_sends_a_failed_delivery_again_and_it_succeeds(
+async def test_retry_now_and_replay_send_a_delivery_again(
     console: Console, receiver: Receiver, page: Page
 ) -> None:
     async def fail_first(request: web.Request, n: int) -> web.StreamResponse:
@@ -256,8 +256,28 @@ async def test_retry_now_sends_a_failed_delivery_again_and_it_succeeds(
     assert "answer 2" in attempts and "503" in attempts
     assert receiver.hits["/orders"] == 2
     assert receiver.at("/orders")[1].body == receiver.at("/orders")[0].body
-    # A delivered one can be replayed; a pending one cannot be queued twice.
-    assert await page.locator("button", has_text="Replay").count() == 1
+    # A delivered one can be replayed (after a confirmation): it is sent once more.
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("button:has-text('Replay')")
+    await page.wait_for_url(re.compile(r"done=replayed"))
+    assert "Queued to be sent again" in await page.inner_text("main")
+    for _ in range(300):
+        replayed = await runtime.get_delivery(failed.id)
+        if replayed is not None and replayed.attempt_count == 3 and replayed.status.terminal:
+            break
+        await asyncio.sleep(0.1)
+    assert receiver.hits["/orders"] == 3
+    assert receiver.at("/orders")[2].body == receiver.at("/orders")[0].body
+    # A queued delivery cannot be queued twice: the action answers with the reason.
+    await runtime.persistence.delivery_store.requeue(
+        DeliveryFilter(), now=datetime.now(UTC) + timedelta(hours=1), ids=[failed.id]
+    )
+    await page.goto(console.url("endpoints"))
+    csrf = await page.get_attribute("input[name=csrf_token]", "value")
+    refused = await page.request.post(
+        console.url(f"deliveries/{failed.id}/retry"), form={"csrf_token": csrf or ""}
+    )
+    assert refused.status == 400 and "still pending" in await refused.text()
 
 
 async def test_disable_enable_probe_and_rotate_an_endpoint(

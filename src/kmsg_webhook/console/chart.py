@@ -10,10 +10,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..models import DeliveryActivity, DeliveryStatus
+from ..models import FINISHED_STATUSES, DeliveryActivity, DeliveryStatus
 
-#: Stacking order, bottom up.
-OUTCOMES = (DeliveryStatus.SUCCESS, DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED)
 _MINUTE = timedelta(minutes=1)
 
 
@@ -64,7 +62,7 @@ def minute_chart(activity: DeliveryActivity, *, width: int = 720, height: int = 
     for index, column in sorted(columns.items()):
         top = float(height)
         stamp = start + index * _MINUTE
-        for outcome in OUTCOMES:
+        for outcome in FINISHED_STATUSES:  # stacked bottom up: success, failed, exhausted
             n = column.get(outcome, 0)
             if not n:
                 continue

@@ -10,10 +10,16 @@ from aiohttp import web
 
 from ..crypto.envelope import is_sealed
 from ..events import WebhookEventType
-from ..models import DeliveryStatus, EndpointOutcomes, EndpointStatus
+from ..models import (
+    FINISHED_STATUSES,
+    DeliveryActivity,
+    DeliveryStatus,
+    EndpointOutcomes,
+    EndpointStatus,
+)
 from ..runtime import WebhookRuntimeService
 from .app import GUARD, RUNTIME, error_page, redirect, render, sign_in, url_for
-from .chart import OUTCOMES, minute_chart
+from .chart import minute_chart
 from .forms import DEFAULT_PAGE_SIZE, parse_delivery_query, parse_int
 
 #: The window of the overview and of the endpoints' success rates (``?hours=`` up to 24).
@@ -42,13 +48,21 @@ async def _runtime(request: web.Request) -> WebhookRuntimeService:
     return runtime
 
 
-async def overview(request: web.Request) -> web.Response:
-    runtime = await _runtime(request)
+async def _activity(
+    request: web.Request, runtime: WebhookRuntimeService
+) -> tuple[int, DeliveryActivity]:
+    """The window the page asks for (``?hours=``) and the store's activity over it."""
     hours = parse_int(request.query.get("hours"), "hours", DEFAULT_HOURS, 1, 24)
     now = runtime.clock.now()
     activity = await runtime.persistence.delivery_store.activity(
         since=now - timedelta(hours=hours), now=now
     )
+    return hours, activity
+
+
+async def overview(request: web.Request) -> web.Response:
+    runtime = await _runtime(request)
+    hours, activity = await _activity(request, runtime)
     finished: Counter[DeliveryStatus] = Counter()
     for count in activity.per_minute:
         finished[count.status] += count.count
@@ -61,8 +75,8 @@ async def overview(request: web.Request) -> web.Response:
         hours=hours,
         activity=activity,
         chart=minute_chart(activity),
-        finished=[(outcome.value, finished[outcome]) for outcome in OUTCOMES],
-        oldest_due_age=now - activity.oldest_due_at if activity.oldest_due_at else None,
+        finished=[(outcome.value, finished[outcome]) for outcome in FINISHED_STATUSES],
+        oldest_due_age=(activity.now - activity.oldest_due_at if activity.oldest_due_at else None),
         endpoint_counts=[(status.value, by_status[status]) for status in EndpointStatus],
         unreadable=len(listed.errors),
     )
@@ -70,11 +84,7 @@ async def overview(request: web.Request) -> web.Response:
 
 async def endpoints(request: web.Request) -> web.Response:
     runtime = await _runtime(request)
-    hours = parse_int(request.query.get("hours"), "hours", DEFAULT_HOURS, 1, 24)
-    now = runtime.clock.now()
-    activity = await runtime.persistence.delivery_store.activity(
-        since=now - timedelta(hours=hours), now=now
-    )
+    hours, activity = await _activity(request, runtime)
     outcomes = {o.endpoint_id: o for o in activity.by_endpoint}
     listed = await runtime.list_endpoints()
     return render(
