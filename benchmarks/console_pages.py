@@ -7,8 +7,8 @@ For each backend (memory, SQLite on a WAL file, Postgres in a throwaway schema o
 default ``$KMSG_TEST_POSTGRES_DSN`` or the local ``test`` database) the store gets ``--rows``
 finished and pending deliveries over the last 24 hours on ten endpoints, inserted in bulk
 (Postgres then gets the ``ANALYZE`` autovacuum would soon run).
-The console is served on 127.0.0.1 and each page is fetched over HTTP ``--runs`` times;
-printed is the median in ms, next to the median of the same store calls made directly
+The console is served on 127.0.0.1 and each page is fetched over HTTP ``--runs`` times,
+alternating with the same store calls made directly; printed are both medians in ms
 (the baseline: what any page must wait for; the endpoints page makes the overview's calls)
 and the ratio of the two. The overview and the endpoints page aggregate the deliveries
 finished in their window (3 hours by default, up to 24): their cost follows that count.
@@ -90,14 +90,17 @@ def deliveries(endpoint_ids: list[str], count: int, now: datetime) -> list[Webho
     return rows
 
 
-async def median_ms(call: Timed, runs: int) -> float:
-    await call()  # warm caches and pools
-    samples = []
+async def paired_medians(page: Timed, store: Timed, runs: int) -> tuple[float, float]:
+    """Median ms of ``page`` and of ``store``, timed alternately so both see the same load."""
+    await page()  # warm caches and pools
+    await store()
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+        for call, times in zip((page, store), samples, strict=True):
+            started = time.perf_counter()
+            await call()
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 async def bench(
@@ -172,8 +175,7 @@ async def bench(
                     return get
 
                 for name, path, baseline in pages:
-                    page_ms = await median_ms(fetch(path), runs)
-                    store_ms = await median_ms(baseline, runs)
+                    page_ms, store_ms = await paired_medians(fetch(path), baseline, runs)
                     results.append((name, page_ms, store_ms))
         finally:
             await runner.cleanup()
