@@ -149,6 +149,9 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _finish(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
+    if request.match_info.route.name == "static":
+        # Public files: a browser may keep them, asking again (ETag) before each use.
+        response.headers["Cache-Control"] = "no-cache"
 
 
 def sign_in(request: web.Request, response: web.StreamResponse) -> None:
