@@ -323,7 +323,7 @@ async def test_disable_enable_probe_and_rotate_an_endpoint(
 async def test_requests_without_the_token_or_the_csrf_token_are_refused(
     make_runtime: RuntimeFactory, receiver: Receiver, page: Page
 ) -> None:
-    runtime = await make_runtime()
+    runtime = await make_runtime(persistence="memory://")  # mounted in-process
     endpoint = await runtime.add_endpoint(
         EndpointInput(url=receiver.url("/hook"), events=[WebhookEventType.MESSAGE_SENT])
     )
