@@ -291,20 +291,14 @@ class InMemoryDeliveryStore:
         minutes: dict[int, builtins.list[int]] = {}
         endpoints: dict[str, builtins.list[int]] = {}
         timed: builtins.list[tuple[datetime, float]] = []
-        due = 0
-        oldest_due: datetime | None = None
         for d in self._rows.values():
-            if d.status is DeliveryStatus.PENDING:
-                if d.next_attempt_at is not None and d.next_attempt_at <= now:
-                    due += 1
-                    if oldest_due is None or d.next_attempt_at < oldest_due:
-                        oldest_due = d.next_attempt_at
-            elif d.completed_at is not None and d.completed_at >= since:
-                minutes.setdefault(epoch_minute(d.completed_at), [0, 0, 0])[column[d.status]] += 1
+            done = d.completed_at
+            if d.status.terminal and done is not None and since <= done <= now:
+                minutes.setdefault(epoch_minute(done), [0, 0, 0])[column[d.status]] += 1
                 endpoints.setdefault(d.endpoint_id, [0, 0, 0])[column[d.status]] += 1
                 last = d.last_attempt
                 if last is not None:
-                    timed.append((d.completed_at, last.latency_ms))
+                    timed.append((done, last.latency_ms))
         newest = heapq.nlargest(LATENCY_SAMPLE, timed, key=lambda pair: pair[0])
         latencies = sorted(latency for _, latency in newest)
         picks = {r: latencies[r - 1] for r in percentile_ranks(len(latencies)).values() if r}
@@ -312,8 +306,6 @@ class InMemoryDeliveryStore:
             since=since,
             now=now,
             per_minute=minute_counts((m, c[0], c[1], c[2]) for m, c in minutes.items()),
-            due=due,
-            oldest_due_at=oldest_due,
             latency=latency_percentiles(len(latencies), picks),
             by_endpoint=endpoint_outcomes((e, c[0], c[1], c[2]) for e, c in endpoints.items()),
         )

@@ -386,19 +386,16 @@ class EndpointOutcomes:
 class DeliveryActivity:
     """What an operator looks at first (:meth:`DeliveryStore.activity`).
 
-    ``per_minute``: deliveries finished (success, failed, exhausted) per minute since
-    ``since``, by outcome, oldest first; minutes without any are left out. ``due``: pending
-    deliveries due at ``now`` (leased or not), ``oldest_due_at`` the earliest of their due
-    times. ``latency``: last-attempt latency of the most recently finished deliveries since
-    ``since`` (at most :data:`LATENCY_SAMPLE` of them).
+    ``per_minute``: deliveries finished (success, failed, exhausted) per minute from ``since``
+    to ``now``, by outcome, oldest first; minutes without any are left out. ``latency``:
+    last-attempt latency of the most recently finished of them (at most
+    :data:`LATENCY_SAMPLE`).
     ``by_endpoint``: the same finished deliveries counted per endpoint, by endpoint id.
     """
 
     since: datetime
     now: datetime
     per_minute: tuple[MinuteCount, ...] = ()
-    due: int = 0
-    oldest_due_at: datetime | None = None
     latency: LatencyPercentiles = field(default_factory=LatencyPercentiles)
     by_endpoint: tuple[EndpointOutcomes, ...] = ()
 

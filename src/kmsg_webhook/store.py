@@ -153,9 +153,10 @@ class DeliveryStore(Protocol):
         oldest due time and the next scheduled one (one aggregate query; for monitoring)."""
 
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
-        """Deliveries finished per minute by outcome since ``since``, the due backlog at
-        ``now`` and last-attempt latency percentiles (see
-        :class:`~kmsg_webhook.models.DeliveryActivity`), aggregated by the store.
+        """Deliveries finished from ``since`` to ``now``: per minute and per endpoint by
+        outcome, and last-attempt latency percentiles (see
+        :class:`~kmsg_webhook.models.DeliveryActivity`), aggregated by the store. The
+        backlog is :meth:`queue_stats`.
 
         A delivery counts in the minute of its ``completed_at``; latency percentiles are
         nearest-rank (:func:`percentile_ranks`) over the newest ``LATENCY_SAMPLE`` of the same

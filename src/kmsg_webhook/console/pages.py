@@ -63,6 +63,7 @@ async def _activity(
 async def overview(request: web.Request) -> web.Response:
     runtime = await _runtime(request)
     hours, activity = await _activity(request, runtime)
+    queue = await runtime.persistence.delivery_store.queue_stats(now=activity.now)
     finished: Counter[DeliveryStatus] = Counter()
     for count in activity.per_minute:
         finished[count.status] += count.count
@@ -76,7 +77,8 @@ async def overview(request: web.Request) -> web.Response:
         activity=activity,
         chart=minute_chart(activity),
         finished=[(outcome.value, finished[outcome]) for outcome in FINISHED_STATUSES],
-        oldest_due_age=(activity.now - activity.oldest_due_at if activity.oldest_due_at else None),
+        queue=queue,
+        oldest_due_age=activity.now - queue.oldest_due_at if queue.oldest_due_at else None,
         endpoint_counts=[(status.value, by_status[status]) for status in EndpointStatus],
         unreadable=len(listed.errors),
     )

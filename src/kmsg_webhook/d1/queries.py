@@ -174,8 +174,8 @@ _TALLY = (
     " SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,"
     " SUM(CASE WHEN status = 'exhausted' THEN 1 ELSE 0 END) AS exhausted"
 )
-#: Rows finished since ?1 (epoch ms): the partial index on completed_at serves them.
-_FINISHED = " FROM {d} WHERE status <> 'pending' AND completed_at >= ?1"
+#: Rows finished from ?1 to ?2 (epoch ms): the partial index on completed_at serves them.
+_FINISHED = " FROM {d} WHERE status <> 'pending' AND completed_at >= ?1 AND completed_at <= ?2"
 
 #: Finished deliveries per epoch minute, with the counts of each finished status.
 DELIVERY_FINISHED_PER_MINUTE = (
@@ -187,20 +187,14 @@ DELIVERY_FINISHED_PER_ENDPOINT = (
     f"SELECT COALESCE(endpoint_id, '') AS endpoint, {_TALLY}{_FINISHED} GROUP BY endpoint"
 )
 
-#: Pending rows due at ?1 and the earliest due time among them.
-DELIVERY_DUE_BACKLOG = (
-    "SELECT COUNT(*) AS due, MIN(next_attempt_at) AS oldest FROM {d}"
-    " WHERE status = 'pending' AND next_attempt_at <= ?1"
-)
-
-#: Last-attempt latencies of the newest ?2 rows finished since ?1 at the nearest-rank
+#: Last-attempt latencies of the newest ?3 rows finished from ?1 to ?2 at the nearest-rank
 #: positions of p50, p95 and p99 (store.percentile_ranks), with the sample count.
 DELIVERY_LATENCY_PERCENTILES = (
     "SELECT samples, position, latency FROM ("
     " SELECT latency, ROW_NUMBER() OVER (ORDER BY latency) AS position,"
     " COUNT(*) OVER () AS samples FROM ("
     " SELECT last_latency_ms AS latency" + _FINISHED + " AND last_latency_ms IS NOT NULL"
-    " ORDER BY completed_at DESC LIMIT ?2))"
+    " ORDER BY completed_at DESC LIMIT ?3))"
     " WHERE position IN ((50 * samples + 99) / 100, (95 * samples + 99) / 100,"
     " (99 * samples + 99) / 100)"
 )

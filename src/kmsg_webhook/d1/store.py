@@ -424,26 +424,21 @@ class D1DeliveryStore:
 
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
         await self._gate.ready()
-        start = (ceil_millis(since),)
-        minutes, endpoints, backlog, picks = await self._client.batch(
+        window = (ceil_millis(since), to_millis(now))
+        minutes, endpoints, picks = await self._client.batch(
             [
-                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_MINUTE, self._t), start),
-                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_ENDPOINT, self._t), start),
-                D1Statement(_fmt(q.DELIVERY_DUE_BACKLOG, self._t), (to_millis(now),)),
+                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_MINUTE, self._t), window),
+                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_ENDPOINT, self._t), window),
                 D1Statement(
-                    _fmt(q.DELIVERY_LATENCY_PERCENTILES, self._t), (*start, LATENCY_SAMPLE)
+                    _fmt(q.DELIVERY_LATENCY_PERCENTILES, self._t), (*window, LATENCY_SAMPLE)
                 ),
             ]
         )
-        due: dict[str, Any] = backlog.rows[0] if backlog.rows else {}
-        oldest = due.get("oldest")
         samples = max((int(r["samples"]) for r in picks.rows), default=0)
         return DeliveryActivity(
             since=since,
             now=now,
             per_minute=minute_counts(_tallies(minutes.rows, "minute")),
-            due=int(due.get("due") or 0),
-            oldest_due_at=from_millis(int(oldest)) if oldest is not None else None,
             latency=latency_percentiles(
                 samples, {int(r["position"]): float(r["latency"]) for r in picks.rows}
             ),

@@ -746,6 +746,7 @@ class SqlDeliveryStore:
         finished = (
             t.c.status != DeliveryStatus.PENDING.value,
             t.c.completed_at >= self._db.bound(since),
+            t.c.completed_at <= now,
         )
         tally = [
             sa.func.sum(sa.case((t.c.status == status.value, 1), else_=0))
@@ -757,9 +758,6 @@ class SqlDeliveryStore:
         # index, i.e. the whole table, to save sorting the (far fewer) rows of the window.
         endpoint = sa.func.coalesce(t.c.endpoint_id, "").label("endpoint")
         per_endpoint = sa.select(endpoint, *tally).where(*finished).group_by(endpoint)
-        backlog = sa.select(sa.func.count(), sa.func.min(t.c.next_attempt_at)).where(
-            t.c.status == DeliveryStatus.PENDING.value, t.c.next_attempt_at <= now
-        )
         # Nearest-rank percentiles without a percentile function (SQLite has none): number
         # the newest finished rows by latency and keep the rows at the wanted positions.
         newest = (
@@ -786,7 +784,6 @@ class SqlDeliveryStore:
         async def op(conn: AsyncConnection, attempt: int) -> DeliveryActivity:
             minutes = [tuple(row) for row in await conn.execute(per_minute)]
             endpoints = [tuple(row) for row in await conn.execute(per_endpoint)]
-            due, oldest = (await conn.execute(backlog)).one()
             samples = 0
             by_position: dict[int, float] = {}
             for count, position, latency in await conn.execute(picks):
@@ -796,8 +793,6 @@ class SqlDeliveryStore:
                 since=since,
                 now=now,
                 per_minute=minute_counts(minutes),
-                due=int(due),
-                oldest_due_at=oldest,
                 latency=latency_percentiles(samples, by_position),
                 by_endpoint=endpoint_outcomes(endpoints),
             )
