@@ -427,17 +427,19 @@ def _console_command(*args: str, env: dict[str, str] | None = None) -> subproces
 
 def test_the_command_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'c.db'}"
-    for args in (("--host", "0.0.0.0"), ("--token", "short")):
+    # Refused as unsafe (5), and a guessable token as a bad value (2), before opening the store.
+    for args, code in ((("--host", "0.0.0.0"), 5), (("--token", "short"), 2)):
         proc = _console_command("--store", store, *args)
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 2, err
+        assert proc.returncode == code, err
         assert "token" in err
+    assert not (tmp_path / "c.db").exists()
 
 
 async def test_the_command_serves_the_console_behind_its_token(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'c.db'}"
     proc = _console_command(
-        "--store", store, "--port", "0", env={"KMSG_WEBHOOK_CONSOLE_TOKEN": TOKEN}
+        "--store", store, "--create", "--port", "0", env={"KMSG_WEBHOOK_CONSOLE_TOKEN": TOKEN}
     )
     try:
         assert proc.stdout is not None

@@ -920,21 +920,18 @@ def _rekey(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _console_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _console_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     console = commands.add_parser(
         "console", help="the operator console: deliveries and endpoints in a browser"
     )
     _store_arg(console)
     console.add_argument("--host", default="127.0.0.1", help="any other needs a token")
     console.add_argument("--port", type=int, default=8790, help="0 picks a free port")
+    # No default here: --help shows defaults, and this one would be the secret itself.
     console.add_argument(
-        "--token",
-        default=os.environ.get(CONSOLE_TOKEN_ENV),
-        help=f"sign-in token (default: ${CONSOLE_TOKEN_ENV}); required beyond 127.0.0.1",
+        "--token", help=f"sign-in token (default: ${CONSOLE_TOKEN_ENV}); required beyond 127.0.0.1"
     )
-    console.add_argument(
-        "--allow-private-hosts", action="store_true", help="let probes reach private addresses"
-    )
+    _policy_args(console)  # what probes may reach
     console.set_defaults(run=_console)
 
 
@@ -945,13 +942,17 @@ def _console(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"the console needs the console extra: pip install 'kmsg-webhook[console]' ({exc})"
         ) from None
+    from .console.security import check_bind
+
+    token = args.token or os.environ.get(CONSOLE_TOKEN_ENV) or None
+    check_bind(args.host, token)  # before the store is opened
     asyncio.run(
         serve_console(
-            args.store,
+            _open_store(args),
             host=args.host,
             port=args.port,
-            token=args.token or None,
-            allow_private_hosts=args.allow_private_hosts,
+            token=token,
+            security=_security(args),
         )
     )
     return 0

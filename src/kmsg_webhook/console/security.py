@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..errors import ConsoleError
+from ..errors import ConfigError, UnsafeOperationError
 
 TOKEN_ENV = "KMSG_WEBHOOK_CONSOLE_TOKEN"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -42,11 +42,12 @@ SECURITY_HEADERS = {
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to serve beyond loopback without a token, or with a guessable one."""
+    """Refuse a guessable token (:class:`ConfigError`) and serving beyond loopback without a
+    token (:class:`UnsafeOperationError`)."""
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise ConsoleError(f"the console token must be at least {MIN_TOKEN_LENGTH} characters")
+        raise ConfigError(f"the console token must be at least {MIN_TOKEN_LENGTH} characters")
     if token is None and host not in LOOPBACK_HOSTS:
-        raise ConsoleError(
+        raise UnsafeOperationError(
             f"binding the console to {host} needs a token (--token or ${TOKEN_ENV}); "
             "without one it listens on 127.0.0.1 only"
         )
