@@ -238,11 +238,11 @@ async def test_migrate_is_idempotent_and_initialize_schema_false_requires_it(
     unmanaged = postgres_database(dsn, schema, initialize_schema=False, retry_timeout=0)
     with pytest.raises(StoreError, match=r"schema version 0.*kmsg-webhook migrate"):
         await unmanaged.endpoint_store.list()
-    assert await migrate(url) == 3
-    assert await migrate(url) == 3
+    assert await migrate(url) == 4
+    assert await migrate(url) == 4
     await unmanaged.endpoint_store.add(endpoint(1))
     assert [e.id for e in await unmanaged.endpoint_store.list()] == ["ep_1"]
-    assert await unmanaged.schema_version() == 3
+    assert await unmanaged.schema_version() == 4
     await unmanaged.close()
 
 
@@ -281,11 +281,11 @@ async def test_sqlite_refuses_a_newer_schema_and_writes_nothing(tmp_path: Path) 
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE kmsg_webhook_schema_version (scope, version, description)")
     conn.execute(
-        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 4, 'x')", (TableNames().scope,)
+        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 7, 'x')", (TableNames().scope,)
     )
     conn.commit()
     db = SQLiteDatabase(path, retry_timeout=0)
-    with pytest.raises(StoreError, match="version 4, newer"):
+    with pytest.raises(StoreError, match="version 7, newer"):
         await db.init()
     await db.close()
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
@@ -334,9 +334,11 @@ async def test_custom_table_names_share_a_schema_with_the_defaults(
         ("Hooks,outbox_2", 1),
         ("Hooks,outbox_2", 2),
         ("Hooks,outbox_2", 3),
+        ("Hooks,outbox_2", 4),
         ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 1),
         ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 2),
         ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 3),
+        ("kmsg_webhook_endpoints,kmsg_webhook_deliveries", 4),
     ]
 
 
@@ -346,7 +348,7 @@ async def test_sqlite_custom_table_names() -> None:
         await db.delivery_store.insert_many([delivery(1)])
         assert await db.delivery_store.get("dlv_0001") == delivery(1)
         assert [e.id for e in await db.endpoint_store.list()] == ["ep_1"]
-        assert await db.schema_version() == 3
+        assert await db.schema_version() == 4
 
 
 # -- upgrading a version-1 database -------------------------------------------------------------
@@ -375,7 +377,7 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
     reopened = SQLiteDatabase(path)
     try:
         assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-        assert await reopened.schema_version() == 3
+        assert await reopened.schema_version() == 4
         assert [e.id for e in await reopened.endpoint_store.list()] == ["ep_1"]
     finally:
         await reopened.close()
@@ -410,7 +412,7 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
         reopened = postgres_database(dsn, schema)
         try:
             assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-            assert await reopened.schema_version() == 3
+            assert await reopened.schema_version() == 4
         finally:
             await reopened.close()
         indexes = await conn.fetch(
