@@ -467,9 +467,10 @@ class Dispatcher:
             queued += 1
         self._outstanding += queued
         self._ready_count += queued
+        # Wake the workers first: the rows are queued even if the release below fails.
+        self._wake_workers(queued)
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
-        self._wake_workers(queued)
         return len(claimed) - len(overflow)
 
     def _put_back(self, delivery: WebhookDelivery, until: datetime) -> None:

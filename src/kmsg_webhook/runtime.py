@@ -291,7 +291,7 @@ class WebhookRuntimeService:
                         # Without this, rows emitted just before shutdown stay pending (and are
                         # lost with the in-memory store) although the runtime could still send
                         # them.
-                        await self._dispatcher.drain()
+                        await self._drain_for_shutdown()
                     await self._close_watch()
                     await self._dispatcher.stop()
             except TimeoutError:
@@ -307,6 +307,15 @@ class WebhookRuntimeService:
         finally:
             if self._notifier is not None:
                 await self._notifier.close()
+
+    async def _drain_for_shutdown(self) -> None:
+        assert self._dispatcher is not None
+        try:
+            await self._dispatcher.drain()
+        except Exception:
+            # A failing store must not keep the process from stopping: what is not sent stays
+            # in the store for the next worker.
+            logger.exception("sending what is due at shutdown failed; stopping anyway")
 
     async def _close_watch(self) -> None:
         watch, self._watch = self._watch, None

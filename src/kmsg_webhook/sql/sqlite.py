@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError, WebhookError
 from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
 from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
 from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
@@ -143,22 +143,62 @@ class SQLiteDatabase(SqlDatabase):
     async def connect(self, *, shared: bool = False) -> AsyncIterator[AsyncConnection]:
         """The store's one connection. ``shared`` (one autocommit statement): others may run
         beside it. Otherwise the operation has it alone and leaves no transaction open."""
-        async with self._gate.hold(shared=shared):
-            conn = await self._connection()
-            if shared:
-                yield conn
-                return
-            try:
-                yield conn
-            finally:
+        conn: AsyncConnection | None = None
+        try:
+            async with self._gate.hold(shared=shared):
+                conn = await self._connection()
+                if shared:
+                    yield conn
+                    return
                 try:
-                    await _end_transaction(conn)
-                except Exception:
-                    # Never lend out a connection that may still hold a transaction.
-                    self._conn = None
-                    with contextlib.suppress(Exception):
-                        await conn.invalidate()
-                    raise
+                    yield conn
+                finally:
+                    try:
+                        await _end_transaction(conn)
+                    except Exception:
+                        # Never lend out a connection that may still hold a transaction.
+                        await self._drop(conn)
+                        raise
+        except WebhookError:
+            raise
+        except Exception:
+            if conn is not None:
+                await self._recover(conn)
+            raise
+
+    async def _recover(self, conn: AsyncConnection) -> None:
+        """After a failed statement: roll back whatever it left open and hand out the
+        connection again only once it answers; otherwise a fresh one is opened next time.
+
+        A statement that failed (a full disk, an I/O error) may stay unfinished while its
+        error is alive, holding its transaction and the write lock, and SQLAlchemy marks a
+        connection whose transaction failed as needing a rollback: either way every later
+        statement on the shared connection would fail too.
+        """
+        async with self._gate.hold(shared=False):  # after the statements sharing it
+            if self._conn is not conn:
+                return  # already replaced
+            try:
+                if conn.invalidated:
+                    raise StoreError("the connection was invalidated")
+                await _end_transaction(conn)
+                driver = await _driver(conn)
+                with contextlib.suppress(sqlite3.Error):
+                    # A WAL grown while the disk filled up gives its space back once the
+                    # database file can take the pages (fails harmlessly while still full).
+                    await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await driver.execute_fetchall("SELECT 1")
+            except Exception:
+                await self._drop(conn)
+
+    async def _drop(self, conn: AsyncConnection) -> None:
+        """Forget ``conn`` (the next operation opens a new connection) and close it."""
+        if self._conn is conn:
+            self._conn = None
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()
 
     async def _connection(self) -> AsyncConnection:
         if self._conn is None:
@@ -430,8 +470,9 @@ class _Gate:
 
 
 async def _end_transaction(conn: AsyncConnection) -> None:
-    """Roll back what an operation left open, as returning a pooled connection would."""
-    if conn.in_transaction():
+    """Roll back what an operation left open, as returning a pooled connection would
+    (SQLAlchemy's transaction too when a failed commit left it inactive)."""
+    if conn.get_transaction() is not None:
         await conn.rollback()
     driver = await _driver(conn)
     if driver.in_transaction:
