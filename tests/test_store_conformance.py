@@ -24,6 +24,7 @@ from kmsg_webhook import (
     LatencyPercentiles,
     MinuteCount,
     PayloadRewrite,
+    RetentionCutoffs,
     RetiredSecret,
     RetryConfig,
     StoreError,
@@ -658,6 +659,58 @@ async def test_purge_deletes_only_old_terminal_rows(persistence: WebhookPersiste
     assert sorted(d.id for d in remaining) == ["dlv_0004", "dlv_0005"]
     # A purged (endpoint, event) pair may be written again.
     assert await store.insert_many([delivery(9, event_id="evt_1")]) == ["dlv_0009"]
+
+
+async def _finished(p: WebhookPersistence, statuses: list[DeliveryStatus]) -> None:
+    """Deliveries 1..n, created a millisecond apart, each settled with its status in turn
+    (``PENDING``: left pending)."""
+    store = p.delivery_store
+    await store.insert_many([delivery(n) for n in range(1, len(statuses) + 1)])
+    claimed = {d.id: d for d in await claim(p, W1, T0 + timedelta(seconds=1))}
+    await store.record(
+        [
+            outcome(claimed[f"dlv_{n:04d}"], W1, status, done=T0 + timedelta(seconds=2))
+            for n, status in enumerate(statuses, start=1)
+            if status is not DeliveryStatus.PENDING
+        ]
+    )
+    await store.release(sorted(claimed), worker_id=W1)
+
+
+async def test_purge_finished_applies_each_status_cutoff(persistence: WebhookPersistence) -> None:
+    ok, failed, exhausted = DeliveryStatus.SUCCESS, DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED
+    await _finished(persistence, [ok, failed, exhausted, DeliveryStatus.PENDING, ok, failed])
+    store = persistence.delivery_store
+    # Nothing has a cutoff: nothing goes.
+    assert await store.purge_finished(RetentionCutoffs(), limit=100) == 0
+    # Successes created before T0+5ms (dlv 1), failures before T0+1ms (none yet).
+    cutoffs = RetentionCutoffs(
+        success=T0 + timedelta(milliseconds=5), failed=T0 + timedelta(milliseconds=1)
+    )
+    assert await store.purge_finished(cutoffs, limit=100) == 1
+    assert await store.get("dlv_0001") is None
+    everything = T0 + timedelta(days=1)
+    cutoffs = RetentionCutoffs(success=everything, failed=everything, exhausted=everything)
+    assert await store.purge_finished(cutoffs, limit=100) == 4  # 2, 3, 5, 6
+    remaining = (await store.list(DeliveryFilter())).items
+    assert [d.id for d in remaining] == ["dlv_0004"]  # pending rows are always kept
+    # A purged (endpoint, event) pair may be written again.
+    assert await store.insert_many([delivery(7, event_id="evt_1")]) == ["dlv_0007"]
+
+
+async def test_purge_finished_deletes_at_most_limit_rows_per_call(
+    persistence: WebhookPersistence,
+) -> None:
+    await _finished(persistence, [DeliveryStatus.SUCCESS] * 5 + [DeliveryStatus.FAILED] * 2)
+    store = persistence.delivery_store
+    everything = T0 + timedelta(days=1)
+    cutoffs = RetentionCutoffs(success=everything, failed=everything)
+    batches = []
+    while batch := await store.purge_finished(cutoffs, limit=3):
+        batches.append(batch)
+    assert batches == [3, 3, 1]
+    assert (await store.stats(DeliveryFilter())).total == 0
+    assert await store.purge_finished(cutoffs, limit=0) == 0
 
 
 # -- lookup hashes and maintenance walks (field crypto's rekey) ------------------------------

@@ -5,7 +5,7 @@ retries scheduled in the store, a private-host URL guard, and receiver-side veri
 """
 
 from .clock import Clock, ManualClock, SystemClock
-from .config import HealthPolicy, WebhookConfig
+from .config import HealthPolicy, RetentionPolicy, WebhookConfig
 from .crypto import (
     EnvKeyProvider,
     FailMode,
@@ -23,6 +23,7 @@ from .errors import (
     DecryptionFailure,
     DeliveryNotFoundError,
     DuplicateEndpointError,
+    EmitTimeoutError,
     EndpointNotFoundError,
     EndpointUrlError,
     FieldCryptoError,
@@ -75,6 +76,7 @@ from .models import (
     ProbeResult,
     QueueStats,
     RecordError,
+    RetentionCutoffs,
     RetiredSecret,
     RetryConfig,
     RuntimeStats,
@@ -107,6 +109,7 @@ __all__ = [
     "DeliveryStatus",
     "DeliveryStore",
     "DuplicateEndpointError",
+    "EmitTimeoutError",
     "EndpointChange",
     "EndpointFilters",
     "EndpointHealth",
@@ -148,6 +151,8 @@ __all__ = [
     "RecordError",
     "ReplayGuard",
     "ReplayedMessageError",
+    "RetentionCutoffs",
+    "RetentionPolicy",
     "RetiredSecret",
     "RetryConfig",
     "RuntimeClosedError",

@@ -3,7 +3,8 @@
 ``await batcher.submit(item)`` returns once ``item`` has been written by ``write(batch)``
 (or raises what the write raised). A batch starts when the writer is idle (on the next loop
 tick, so callers of the same tick share it), when ``max_batch`` items wait, or when the oldest
-waiting item is ``max_wait_s`` old. At most ``max_pending`` submitted items wait or are being
+waiting item is ``max_wait_s`` old. A submit cancelled before its batch starts is dropped
+(never written). At most ``max_pending`` submitted items wait or are being
 written; further callers wait for room (backpressure instead of unbounded memory).
 
 It runs for every event and every attempt, so it keeps per-item costs down: items, their
@@ -188,9 +189,27 @@ class GroupCommit(Generic[T]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if any(f is not None and f.cancelled() for f in futures):
+            items, futures = self._without_withdrawn(items, futures)
+            if not items:
+                return
         self._writing += len(items)
         task = asyncio.get_running_loop().create_task(self._run(items, futures))
         self._writes.add(task)
+
+    def _without_withdrawn(
+        self, items: list[T], futures: list[asyncio.Future[None] | None]
+    ) -> tuple[list[T], list[asyncio.Future[None] | None]]:
+        """The batch without the items whose callers gave up before it started (a cancelled
+        submit, e.g. an emit past its deadline): they are never written."""
+        kept = [i for i, f in enumerate(futures) if f is None or not f.cancelled()]
+        withdrawn = len(futures) - len(kept)
+        self._admitted -= withdrawn
+        for _ in range(withdrawn):
+            self._pass_room()
+        if not kept and not self._items and not self._writes:
+            self._idle.set()
+        return [items[i] for i in kept], [futures[i] for i in kept]
 
     async def _run(self, items: list[T], futures: list[asyncio.Future[None] | None]) -> None:
         error: BaseException | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from .errors import ConfigError
 from .events import WebhookEventType
@@ -39,6 +40,36 @@ class HealthPolicy:
             _positive("health.max_consecutive_failures", self.max_consecutive_failures)
         if self.max_failing_ms is not None:
             _positive("health.max_failing_ms", self.max_failing_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long finished deliveries are kept, by final status, counted from their creation
+    (``None``: kept until purged by hand). Pending deliveries are never deleted.
+
+    The runtime (and so every worker) deletes what the policy lets go every ``interval_ms``,
+    ``batch_size`` rows per store call. The in-memory store is bounded besides, whatever the
+    per-status ages say: it keeps finished deliveries at most ``memory_max_age`` and at most
+    ``memory_max_rows`` rows in all (the oldest finished ones go first).
+    """
+
+    success: timedelta | None = None
+    failed: timedelta | None = None
+    exhausted: timedelta | None = None
+    memory_max_rows: int | None = 100_000
+    memory_max_age: timedelta | None = timedelta(hours=1)
+    interval_ms: int = 10_000
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("success", "failed", "exhausted", "memory_max_age"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, timedelta) or value <= timedelta()):
+                raise ConfigError(f"retention.{name} must be a positive timedelta or None")
+        if self.memory_max_rows is not None:
+            _positive("retention.memory_max_rows", self.memory_max_rows)
+        _positive("retention.interval_ms", self.interval_ms)
+        _positive("retention.batch_size", self.batch_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +125,11 @@ class WebhookConfig:
     #: in PEM trusted instead of the system's (a private CA, or a pinned self-signed
     #: certificate). ``None``: the system's CAs. Verification cannot be turned off.
     ssl: TLSSetting = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    #: The longest an ``emit`` waits for its event to be stored before it raises
+    #: :class:`~kmsg_webhook.errors.EmitTimeoutError`; ``None``: the store's retry limit
+    #: (``retry_timeout``, 30 s by default) plus five seconds.
+    emit_timeout_ms: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
@@ -137,6 +173,10 @@ class WebhookConfig:
         ):
             raise ConfigError("operational_webhook must be an OperationalWebhook")
         trust_context(self.ssl)  # a missing or unreadable CA file fails here, not at a send
+        if not isinstance(self.retention, RetentionPolicy):
+            raise ConfigError("retention must be a RetentionPolicy")
+        if self.emit_timeout_ms is not None:
+            _positive("emit_timeout_ms", self.emit_timeout_ms)
 
     @property
     def effective_lease_ms(self) -> int:

@@ -137,6 +137,14 @@ class UnsafeOperationError(WebhookError):
     values opened without their keys, a demo on a store in use, a purge not confirmed."""
 
 
+class EmitTimeoutError(StoreError):
+    """An ``emit`` was not stored within ``WebhookConfig.emit_timeout_ms``.
+
+    The event may or may not have been stored. Emit it again with the same event id: a
+    re-emit stores nothing twice (deliveries are unique per endpoint and event id).
+    """
+
+
 class RuntimeClosedError(WebhookError, RuntimeError):
     """The runtime was shut down; it accepts no more work."""
 

@@ -27,6 +27,7 @@ from .models import (
     DeliveryStatus,
     PayloadRewrite,
     QueueStats,
+    RetentionCutoffs,
     WebhookDelivery,
     WebhookEndpoint,
     evolve_delivery,
@@ -336,8 +337,43 @@ class InMemoryDeliveryStore:
     async def purge(self, *, older_than: datetime) -> int:
         doomed = [d for d in self._rows.values() if d.status.terminal and d.created_at < older_than]
         for delivery in doomed:
-            del self._rows[delivery.id]
-            self._keys.discard(_key(delivery.endpoint_id, delivery.event_id))
+            self._forget(delivery)
+        return len(doomed)
+
+    async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
+        wanted = dict(cutoffs.by_status())
+        if not wanted or limit <= 0:
+            return 0
+        newest = max(wanted.values())
+        doomed: list[WebhookDelivery] = []
+        # Rows sit in insertion order, which is creation order for rows the runtime writes:
+        # the walk stops at the first row too young for any cutoff instead of visiting all.
+        for delivery in self._rows.values():
+            if delivery.created_at >= newest:
+                break
+            cutoff = wanted.get(delivery.status)
+            if cutoff is not None and delivery.created_at < cutoff:
+                doomed.append(delivery)
+                if len(doomed) >= limit:
+                    break
+        for delivery in doomed:
+            self._forget(delivery)
+        return len(doomed)
+
+    async def trim(self, max_rows: int, *, limit: int) -> int:
+        """Delete the oldest finished deliveries while more than ``max_rows`` are kept, up to
+        ``limit`` of them; pending ones are never deleted. Returns how many went."""
+        excess = min(len(self._rows) - max_rows, limit)
+        if excess <= 0:
+            return 0
+        doomed: list[WebhookDelivery] = []
+        for delivery in self._rows.values():
+            if delivery.status.terminal:
+                doomed.append(delivery)
+                if len(doomed) >= excess:
+                    break
+        for delivery in doomed:
+            self._forget(delivery)
         return len(doomed)
 
     async def scan(
@@ -357,6 +393,11 @@ class InMemoryDeliveryStore:
             )
             applied += 1
         return applied
+
+    def _forget(self, delivery: WebhookDelivery) -> None:
+        """Delete a finished row (its (endpoint, event) pair may be written again)."""
+        del self._rows[delivery.id]
+        self._keys.discard(_key(delivery.endpoint_id, delivery.event_id))
 
     def _push(self, delivery: WebhookDelivery) -> None:
         assert delivery.next_attempt_at is not None

@@ -265,6 +265,25 @@ class DeliveryFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionCutoffs:
+    """Which finished deliveries may be deleted: those of each final status created before
+    its moment (``None`` keeps every row of that status). Pending rows are always kept."""
+
+    success: datetime | None = None
+    failed: datetime | None = None
+    exhausted: datetime | None = None
+
+    def by_status(self) -> list[tuple[DeliveryStatus, datetime]]:
+        """The statuses that have a cutoff, with it."""
+        pairs = (
+            (DeliveryStatus.SUCCESS, self.success),
+            (DeliveryStatus.FAILED, self.failed),
+            (DeliveryStatus.EXHAUSTED, self.exhausted),
+        )
+        return [(status, cutoff) for status, cutoff in pairs if cutoff is not None]
+
+
+@dataclass(frozen=True, slots=True)
 class RecordError:
     """A record a listing could not return as stored (its field crypto failed)."""
 

@@ -38,6 +38,7 @@ from .endpoints import (
 from .errors import (
     ConfigError,
     DeliveryNotFoundError,
+    EmitTimeoutError,
     EndpointNotFoundError,
     FlushTimeoutError,
     InvalidEndpointError,
@@ -69,6 +70,7 @@ from .models import (
 )
 from .operational import OperationalNotifier
 from .preflight import refused_endpoints, sample_sealed, unknown_kids
+from .retention import Retention
 from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
 from .store import DeliveryStore, EndpointStore, Watch, WebhookPersistence, require_complete
@@ -83,6 +85,9 @@ class _Unset(Enum):
 
 UNSET: Final = _Unset.UNSET
 DEFAULT_SECRET_GRACE = timedelta(hours=24)
+# The default emit bound: the store's retry limit (30 s when it does not say) plus a little.
+DEFAULT_STORE_RETRY_S = 30.0
+EMIT_TIMEOUT_SLACK_S = 5.0
 
 
 class WebhookRuntimeService:
@@ -159,6 +164,14 @@ class WebhookRuntimeService:
         self._session: aiohttp.ClientSession | None = None
         self._dispatcher: Dispatcher | None = None
         self._intake: GroupCommit[WebhookEvent] | None = None
+        self._retention: Retention | None = None
+        emit_timeout_ms = self.config.emit_timeout_ms
+        #: The longest an emit waits to be stored (see ``WebhookConfig.emit_timeout_ms``).
+        self.emit_timeout_s = (
+            emit_timeout_ms / 1000
+            if emit_timeout_ms is not None
+            else (resolved.retry_timeout or DEFAULT_STORE_RETRY_S) + EMIT_TIMEOUT_SLACK_S
+        )
         self._endpoints = EndpointCache(
             self._stored.endpoint_store, ttl_s=self.config.endpoint_cache_ttl_ms / 1000
         )
@@ -229,6 +242,10 @@ class WebhookRuntimeService:
                 if self.persistence.watch is not None:
                     # Rows other processes make pending wake this dispatcher (LISTEN/NOTIFY).
                     self._watch = await self.persistence.watch(self._dispatcher.due_at)
+            self._retention = Retention(
+                self._stored.delivery_store, self.config.retention, self.clock
+            )
+            self._retention.start()
             self._started = True
 
     # A timeout argument, not only asyncio.timeout around the call: a timed-out flush says so
@@ -307,6 +324,8 @@ class WebhookRuntimeService:
         finally:
             if self._notifier is not None:
                 await self._notifier.close()
+            if self._retention is not None:
+                await self._retention.stop()
 
     async def _drain_for_shutdown(self) -> None:
         assert self._dispatcher is not None
@@ -564,6 +583,12 @@ class WebhookRuntimeService:
         The dispatcher sends them in the background. Event types outside
         ``config.enabled_events`` are dropped silently, as in the original.
 
+        An emit waits at most ``emit_timeout_s`` (see ``WebhookConfig.emit_timeout_ms``),
+        then raises :class:`~kmsg_webhook.errors.EmitTimeoutError`; any store failure is a
+        :class:`~kmsg_webhook.errors.StoreError`. Either way, emit the same event again (same
+        ``id``): deliveries are unique per endpoint and event id, so a retry stores nothing
+        twice and sends nothing twice.
+
         Transactional outbox: pass ``connection`` (your open database connection, inside your
         transaction) and the delivery rows are written in that transaction. Roll back and
         nothing is ever sent; commit and the dispatcher sends. Such an emit is not batched.
@@ -580,7 +605,16 @@ class WebhookRuntimeService:
             await self._write_events([event], connection=connection)
             return
         assert self._intake is not None
-        await self._intake.submit(event)
+        try:
+            # On timeout the wait is cancelled: an event whose batch has not started is
+            # dropped from the queue; one being written may still be stored.
+            async with asyncio.timeout(self.emit_timeout_s):
+                await self._intake.submit(event)
+        except TimeoutError:
+            raise EmitTimeoutError(
+                f"event {event.id} was not stored within {self.emit_timeout_s:g}s (the store "
+                "is failing or slow); emit it again with the same id, nothing is stored twice"
+            ) from None
 
     async def emit_sync(self, event: WebhookEvent) -> list[WebhookDelivery]:
         """Store the event's deliveries and make their first attempt now; return them.
@@ -817,6 +851,13 @@ class WebhookRuntimeService:
         """Attempts this runtime is sending right now."""
         return self._dispatcher.in_flight if self._dispatcher is not None else 0
 
+    async def apply_retention(self) -> int:
+        """Delete now the finished deliveries ``config.retention`` lets go (the runtime also
+        does so every ``retention.interval_ms``); returns how many."""
+        await self.start()
+        assert self._retention is not None
+        return await self._retention.apply()
+
     async def purge(self, *, older_than: datetime | timedelta) -> int:
         """Delete finished deliveries created before ``older_than`` (a time, or an age)."""
         await self.start()
@@ -893,6 +934,7 @@ def _resolve_persistence(
             close=persistence.close,
             # Notifications describe the persistence's own delivery store only.
             watch=persistence.watch if delivery_store is None else None,
+            retry_timeout=persistence.retry_timeout,
         )
     if endpoint_store is not None and delivery_store is not None:
         return WebhookPersistence(endpoint_store=endpoint_store, delivery_store=delivery_store)

@@ -37,6 +37,7 @@ from .models import (
     MinuteCount,
     PayloadRewrite,
     QueueStats,
+    RetentionCutoffs,
     RetiredSecret,
     WebhookDelivery,
     WebhookEndpoint,
@@ -175,6 +176,12 @@ class DeliveryStore(Protocol):
     async def purge(self, *, older_than: datetime) -> int:
         """Delete terminal deliveries created before ``older_than``; pending rows are kept."""
 
+    async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
+        """Delete up to ``limit`` finished deliveries that ``cutoffs`` let go, oldest
+        (``created_at``) first within each status; returns how many. Retention calls it in
+        small batches until it returns less than ``limit``.
+        """
+
     async def scan(
         self, *, after: str | None = None, limit: int = 500
     ) -> builtins.list[WebhookDelivery]:
@@ -213,6 +220,9 @@ class WebhookPersistence:
     init: Callable[[], Awaitable[None]] | None = None
     close: Callable[[], Awaitable[None]] | None = None
     watch: Callable[[DueCallback], Awaitable[Watch]] | None = None
+    #: How long one store operation retries a transient failure, in seconds (``None``: not
+    #: said); the runtime's default ``emit`` bound is this plus a little.
+    retry_timeout: float | None = None
 
 
 def _methods(protocol: type) -> tuple[str, ...]:

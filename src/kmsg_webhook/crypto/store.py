@@ -26,6 +26,7 @@ from ..models import (
     PayloadRewrite,
     QueueStats,
     RecordError,
+    RetentionCutoffs,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -196,6 +197,9 @@ class CryptoDeliveryStore:
     async def purge(self, *, older_than: datetime) -> int:
         return await self.inner.purge(older_than=older_than)
 
+    async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
+        return await self.inner.purge_finished(cutoffs, limit=limit)
+
     async def scan(
         self, *, after: str | None = None, limit: int = 500
     ) -> builtins.list[WebhookDelivery]:
@@ -218,6 +222,7 @@ def with_field_crypto(
         init=persistence.init,
         close=persistence.close,
         watch=persistence.watch,
+        retry_timeout=persistence.retry_timeout,
     )
 
 
@@ -241,4 +246,5 @@ def stored_view(persistence: WebhookPersistence) -> WebhookPersistence:
         init=persistence.init,
         close=persistence.close,
         watch=persistence.watch,
+        retry_timeout=persistence.retry_timeout,
     )

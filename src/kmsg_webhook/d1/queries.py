@@ -208,6 +208,12 @@ DELIVERY_REQUEUE = (
 #: Delete terminal rows created before ?1.
 DELIVERY_PURGE = "DELETE FROM {d} WHERE status <> 'pending' AND created_at < ?"
 
+#: Delete up to ?3 rows of status ?1 created before ?2, oldest first (retention).
+DELIVERY_PURGE_FINISHED = (
+    "DELETE FROM {d} WHERE id IN (SELECT id FROM {d} WHERE status = ?1 AND created_at < ?2"
+    " ORDER BY created_at, id LIMIT ?3)"
+)
+
 #: Up to ?2 rows with an id after ?1 ('' for the start), in id order (maintenance walks).
 DELIVERY_SCAN = "SELECT * FROM {d} WHERE id > ?1 ORDER BY id LIMIT ?2"
 

@@ -29,6 +29,7 @@ from ..models import (
     DeliveryStatus,
     PayloadRewrite,
     QueueStats,
+    RetentionCutoffs,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -467,6 +468,17 @@ class D1DeliveryStore:
         await self._gate.ready()
         result = await self._client.query(_fmt(q.DELIVERY_PURGE, self._t), (to_millis(older_than),))
         return result.changes
+
+    async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
+        await self._gate.ready()
+        deleted = 0
+        sql = _fmt(q.DELIVERY_PURGE_FINISHED, self._t)
+        for status, cutoff in cutoffs.by_status():
+            if deleted >= limit:
+                break
+            params = (status.value, ceil_millis(cutoff), limit - deleted)
+            deleted += (await self._client.query(sql, params)).changes
+        return deleted
 
     async def scan(
         self, *, after: str | None = None, limit: int = 500

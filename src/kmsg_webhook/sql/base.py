@@ -44,6 +44,7 @@ from ..models import (
     DeliveryStatus,
     PayloadRewrite,
     QueueStats,
+    RetentionCutoffs,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -141,6 +142,7 @@ class SqlDatabase(ABC):
             delivery_store=self.delivery_store,
             init=self.init,
             close=self.close,
+            retry_timeout=self.retry.timeout,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -288,6 +290,11 @@ class SqlDatabase(ABC):
 
     def closed_error(self) -> StoreError:
         return StoreError(f"the {self.dialect} store at {self.display_url} is closed")
+
+    async def reclaim_space(self, conn: AsyncConnection) -> None:
+        """After deletes: give freed pages back to the filesystem where the dialect needs
+        telling (SQLite); Postgres reuses them after its autovacuum."""
+        return None
 
     async def _hand_back_connection(self) -> None:
         """Return a connection the database object holds between operations (SQLite). A
@@ -835,6 +842,24 @@ class SqlDeliveryStore:
             t.c.created_at < self._db.bound(older_than),
         )
         return await self._write_count(statement)
+
+    async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
+        t = self._t
+        deleted = 0
+        for status, cutoff in cutoffs.by_status():
+            if deleted >= limit:
+                break
+            # The (status, created_at) index finds the oldest rows of the status.
+            oldest = (
+                sa.select(t.c.id)
+                .where(t.c.status == status.value, t.c.created_at < self._db.bound(cutoff))
+                .order_by(t.c.created_at, t.c.id)
+                .limit(limit - deleted)
+            )
+            deleted += await self._write_count(sa.delete(t).where(t.c.id.in_(oldest)))
+        if deleted:
+            await self._db.run(lambda conn, _: self._db.reclaim_space(conn))
+        return deleted
 
     async def scan(
         self, *, after: str | None = None, limit: int = 500

@@ -128,6 +128,9 @@ class SQLiteDatabase(SqlDatabase):
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
+            # Takes effect on a new, empty database file only (an existing one keeps its mode
+            # until a VACUUM): purges then hand freed pages back (see reclaim_space).
+            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if file_backed:
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.close()
@@ -220,6 +223,12 @@ class SQLiteDatabase(SqlDatabase):
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         return False  # a busy or failed SQLite statement leaves the connection usable
+
+    async def reclaim_space(self, conn: AsyncConnection) -> None:
+        # Free pages go back to the filesystem (with auto_vacuum = INCREMENTAL; otherwise a
+        # no-op and new rows reuse them).
+        # Each step of the pragma frees one page: fetch them all.
+        await (await _driver(conn)).execute_fetchall("PRAGMA incremental_vacuum")
 
     def bound(self, value: datetime) -> datetime:
         # Rows hold whole milliseconds: `ms >= ceil(t)` is exactly `row >= t` (and `<` alike).
