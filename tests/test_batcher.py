@@ -168,3 +168,38 @@ async def test_close_writes_what_waits_then_refuses() -> None:
         await batcher.submit(2)
     with pytest.raises(RuntimeClosedError):
         batcher.enqueue(3)
+
+
+async def test_a_submit_cancelled_before_its_batch_starts_is_never_written() -> None:
+    writer = Writer()
+    writer.gate = asyncio.Event()
+    batcher = commit(writer, max_batch=2, writes=1, max_pending=4)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.01)  # 1 is being written (held at the gate)
+    behind = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    behind[0].cancel()  # 2 gives up while queued
+    behind[2].cancel()  # 4 too
+    await asyncio.sleep(0)
+    writer.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, behind[1]), 5)
+    await asyncio.wait_for(batcher.drain(), 5)
+    assert writer.batches == [[1], [3]]
+    # The room they held is free again: four more fit without waiting.
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(n) for n in range(10, 14))), 5)
+    assert batcher.pending == 0
+
+
+async def test_a_write_whose_items_were_all_withdrawn_leaves_the_batcher_idle() -> None:
+    writer = Writer()
+    writer.gate = asyncio.Event()
+    batcher = commit(writer, max_batch=1, writes=1)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    queued = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    queued.cancel()
+    writer.gate.set()
+    await asyncio.wait_for(first, 5)
+    await asyncio.wait_for(batcher.drain(), 5)
+    assert writer.batches == [[1]]

@@ -227,8 +227,8 @@ class SQLiteDatabase(SqlDatabase):
     async def reclaim_space(self, conn: AsyncConnection) -> None:
         # Free pages go back to the filesystem (with auto_vacuum = INCREMENTAL; otherwise a
         # no-op and new rows reuse them).
-        # Each step of the pragma frees one page: fetch them all.
-        await (await _driver(conn)).execute_fetchall("PRAGMA incremental_vacuum")
+        # Each step of the pragma frees one page; executescript steps it to the end.
+        await (await _driver(conn)).executescript("PRAGMA incremental_vacuum")
 
     def bound(self, value: datetime) -> datetime:
         # Rows hold whole milliseconds: `ms >= ceil(t)` is exactly `row >= t` (and `<` alike).
