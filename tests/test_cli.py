@@ -649,3 +649,31 @@ async def test_worker_tunes_its_own_collector_unless_told_not_to(
     assert f"; {note}; SIGTERM to stop)" in banner
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_worker_applies_retention_from_its_flags(seeded: Seeded) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-u", "-m", "kmsg_webhook.cli", "worker", "--store", seeded.url,
+        "--worker-id", "w-retention", "--keep-success", "30d", "--keep-failed", "30d",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readline(), 30)  # the banner: retention runs at start
+    try:
+        async with WebhookRuntimeService(persistence=seeded.url, dispatch=False) as runtime:
+            for _ in range(200):
+                page = await runtime.list_deliveries(DeliveryFilter(), limit=100)
+                if len(page.items) == 9:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    # evt_old's two deliveries (40 days old, success and failed) went; everything else stays.
+    assert {d.event_id for d in page.items} == {"evt_1", "evt_2", "evt_3", "evt_f", "evt_p"}
+
+
+def test_worker_refuses_a_malformed_age(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["worker", "--store", "memory://", "--keep-success", "soon"])
+    assert "not an age like 90s, 15m, 2h or 7d: 'soon'" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .config import WebhookConfig
+from .config import RetentionPolicy, WebhookConfig
 from .crypto import FieldCryptoConfig, RekeyReport, generate_key, is_sealed, rekey
 from .display import (
     delivery_json,
@@ -193,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
         help="this process's young-generation GC threshold, set (with gc.freeze()) once the "
         "store is open; 0 keeps Python's settings (docs/performance.md)",
     )
+    for status in ("success", "failed", "exhausted"):
+        worker.add_argument(
+            f"--keep-{status}",
+            type=_age,
+            metavar="AGE",
+            help=f"delete {status} deliveries older than AGE (90s, 15m, 2h, 7d; default: keep)",
+        )
     worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the store's schema")
@@ -381,12 +388,19 @@ def _json_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _age(text: str) -> timedelta:
+    """An age: ``90s``, ``15m``, ``2h``, ``7d``."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not an age like 90s, 15m, 2h or 7d: {text!r}")
+    amount, unit = match.groups()
+    return timedelta(**{_UNITS[unit]: int(amount)})
+
+
 def _moment(text: str) -> datetime:
     """An ISO-8601 time, or an age (``90s``, ``15m``, ``2h``, ``7d``) counted back from now."""
-    match = _DURATION.match(text.strip())
-    if match:
-        amount, unit = match.groups()
-        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
+    if _DURATION.match(text.strip()):
+        return datetime.now(UTC) - _age(text)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -509,6 +523,9 @@ def _worker(args: argparse.Namespace) -> int:
         poll_interval_ms=args.poll_ms,
         signature_scheme=SignatureScheme(args.scheme),
         ssl=args.ca_file,
+        retention=RetentionPolicy(
+            success=args.keep_success, failed=args.keep_failed, exhausted=args.keep_exhausted
+        ),
     )
 
     persistence = _open_store(args)

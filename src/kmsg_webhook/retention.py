@@ -71,9 +71,8 @@ class Retention:
         return deleted
 
     async def _run(self) -> None:
-        interval = self._policy.interval_ms / 1000
+        # Once at start (a worker restarted after a long stop catches up), then every interval.
         while True:
-            await asyncio.sleep(interval)
             try:
                 deleted = await self.apply()
             except Exception as exc:  # the store may be down: the next round tries again
@@ -81,6 +80,7 @@ class Retention:
             else:
                 if deleted:
                     logger.debug("retention deleted %d finished deliveries", deleted)
+            await asyncio.sleep(self._policy.interval_ms / 1000)
 
 
 async def _in_batches(batch: Callable[[], Awaitable[int]], size: int) -> int:
