@@ -247,6 +247,49 @@ async def _kill_while_waiting_on_a_lock(
         await blocker.close()
 
 
+async def test_postgres_statement_cancelled_inside_a_transaction_leaves_every_connection_usable(
+    locked_pg: tuple[PostgresDatabase, str],
+) -> None:
+    """A statement that fails inside an operation's transaction (cancelled here, as a lock or
+    statement timeout would) is reported, and the connection goes back to the pool rolled
+    back: every later operation, on every pooled connection, works."""
+    db, dsn = locked_pg
+    await db.delivery_store.insert_many([delivery(1), delivery(2)])
+    await db.delivery_store.claim(
+        worker_id=W1, now=NOW, lease_until=NOW + timedelta(seconds=30), limit=10
+    )
+    blocker = await asyncpg.connect(dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        table = db.names.qualified(db.names.deliveries)
+        await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        # release() is BEGIN; UPDATE; COMMIT on a pooled connection: it waits on the lock.
+        task = asyncio.ensure_future(db.delivery_store.release(["dlv_0001"], worker_id=W1))
+        for _ in range(200):
+            cancelled = await blocker.fetchval(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                db.application_name,
+            )
+            if cancelled:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the release never waited on the lock")
+        with pytest.raises(StoreError, match="canceling statement due to user request"):
+            await asyncio.wait_for(task, 20)
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    # Twice the pool's size at once: every pooled connection is used, none is stuck.
+    found = await asyncio.gather(*(db.delivery_store.get("dlv_0001") for _ in range(8)))
+    assert all(d is not None and d.lease_owner == W1 for d in found)  # nothing half-applied
+    await db.delivery_store.release(["dlv_0001", "dlv_0002"], worker_id=W1)
+    again = await db.delivery_store.get("dlv_0001")
+    assert again is not None and again.lease_owner is None
+
+
 async def test_postgres_insert_killed_mid_flight_is_retried(
     locked_pg: tuple[PostgresDatabase, str],
 ) -> None:

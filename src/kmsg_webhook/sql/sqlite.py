@@ -189,7 +189,7 @@ class SQLiteDatabase(SqlDatabase):
                 with contextlib.suppress(sqlite3.Error):
                     # A WAL grown while the disk filled up gives its space back once the
                     # database file can take the pages (fails harmlessly while still full).
-                    await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    await driver.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
                 await driver.execute_fetchall("SELECT 1")
             except Exception:
                 await self._drop(conn)
@@ -226,8 +226,8 @@ class SQLiteDatabase(SqlDatabase):
 
     async def reclaim_space(self, conn: AsyncConnection) -> None:
         # Free pages go back to the filesystem (with auto_vacuum = INCREMENTAL; otherwise a
-        # no-op and new rows reuse them).
-        # Each step of the pragma frees one page; executescript steps it to the end.
+        # no-op and new rows reuse them). Each step of the pragma frees one page, and
+        # executescript steps it to the end.
         await (await _driver(conn)).executescript("PRAGMA incremental_vacuum")
 
     def bound(self, value: datetime) -> datetime:
