@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -202,27 +203,34 @@ async def test_sqlite_on_a_real_full_disk_recovers_once_space_is_freed(
 
 
 async def test_shutdown_returns_while_the_store_is_failing(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Nothing can be claimed or recorded: shutdown still stops and closes, and says why."""
-    db = SQLiteDatabase(tmp_path / "stuck.db", retry_timeout=0.5)
-    runtime = WebhookRuntimeService(
-        CONFIG, persistence=db.persistence(), security=SecurityOptions(allow_private_hosts=True)
-    )
-    await runtime.add_endpoint(
-        EndpointInput(url=receiver.url("/hooks"), events=[WebhookEventType.MESSAGE_SENT])
-    )
-    await runtime.emit(event(1))
-    await runtime.flush()
-    await runtime.emit(event(2))
-    await runtime.emit(event(3))
-    async with db.connect() as conn:
-        pages = (await conn.exec_driver_sql("PRAGMA page_count")).scalar()
-        await conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
-    await asyncio.wait_for(runtime.shutdown(), 30)
-    reopened = SQLiteDatabase(tmp_path / "stuck.db")
+    """Another process holds the write lock throughout: nothing can be claimed, so the last
+    drain fails. Shutdown still stops and closes, says why, and the rows stay for later."""
+    path = tmp_path / "stuck.db"
+    private = SecurityOptions(allow_private_hosts=True)
+    url = f"sqlite:///{path}"
+    async with WebhookRuntimeService(persistence=url, security=private, dispatch=False) as intake:
+        await intake.add_endpoint(
+            EndpointInput(url=receiver.url("/hooks"), events=[WebhookEventType.MESSAGE_SENT])
+        )
+        for n in range(3):
+            await intake.emit(event(n))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held by another connection
+        db = SQLiteDatabase(path, retry_timeout=0.5, busy_timeout=0.05)
+        runtime = WebhookRuntimeService(CONFIG, persistence=db.persistence(), security=private)
+        await runtime.start()
+        await asyncio.wait_for(runtime.shutdown(), 30)
+    finally:
+        other.rollback()
+        other.close()
+    assert "sending what is due at shutdown failed; stopping anyway" in caplog.text
+    assert receiver.at("/hooks") == []
+    reopened = SQLiteDatabase(path)
     try:
         stored = await reopened.delivery_store.stats(DeliveryFilter())
     finally:
         await reopened.close()
-    assert stored.total == 3  # acknowledged rows are kept, sent or not
+    assert stored.pending == 3  # kept for the next worker

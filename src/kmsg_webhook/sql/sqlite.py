@@ -128,9 +128,11 @@ class SQLiteDatabase(SqlDatabase):
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
-            # Takes effect on a new, empty database file only (an existing one keeps its mode
-            # until a VACUUM): purges then hand freed pages back (see reclaim_space).
-            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            cursor.execute("PRAGMA page_count")
+            if cursor.fetchone()[0] == 0:
+                # A new, empty file (an existing one keeps its mode until a VACUUM, and setting
+                # it there would wait for the write lock): purges hand freed pages back.
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if file_backed:
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.close()
