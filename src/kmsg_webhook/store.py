@@ -177,9 +177,11 @@ class DeliveryStore(Protocol):
         """Delete terminal deliveries created before ``older_than``; pending rows are kept."""
 
     async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
-        """Delete up to ``limit`` finished deliveries that ``cutoffs`` let go, oldest
-        (``created_at``) first within each status; returns how many. Retention calls it in
-        small batches until it returns less than ``limit``.
+        """Delete up to ``limit`` finished deliveries that ``cutoffs`` let go; returns how many.
+
+        Oldest first within each status (by ``created_at`` in the SQL and D1 stores, in
+        insertion order in memory). Retention calls it in small batches until it returns less
+        than ``limit``.
         """
 
     async def scan(

@@ -841,7 +841,10 @@ class SqlDeliveryStore:
             t.c.status != DeliveryStatus.PENDING.value,
             t.c.created_at < self._db.bound(older_than),
         )
-        return await self._write_count(statement)
+        deleted = await self._write_count(statement)
+        if deleted:
+            await self._reclaim_space()
+        return deleted
 
     async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
         t = self._t
@@ -858,8 +861,11 @@ class SqlDeliveryStore:
             )
             deleted += await self._write_count(sa.delete(t).where(t.c.id.in_(oldest)))
         if deleted:
-            await self._db.run(lambda conn, _: self._db.reclaim_space(conn))
+            await self._reclaim_space()
         return deleted
+
+    async def _reclaim_space(self) -> None:
+        await self._db.run(lambda conn, _: self._db.reclaim_space(conn))
 
     async def scan(
         self, *, after: str | None = None, limit: int = 500
