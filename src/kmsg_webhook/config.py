@@ -84,6 +84,10 @@ class WebhookConfig:
     Intake: concurrent ``emit`` calls are written in one store call of up to ``batch_size``
     events; a batch waits at most ``batch_timeout_ms`` for company, and not at all when the
     writer is idle. At most ``intake_queue_size`` events wait; further emits wait for room.
+    No emit waits longer than ``emit_timeout_ms``.
+
+    History: ``retention`` says how long finished deliveries are kept (see
+    :class:`RetentionPolicy`); the in-memory store is bounded by default.
     """
 
     max_retries: int = 3
