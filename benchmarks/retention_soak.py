@@ -105,6 +105,7 @@ def rss_mib() -> float:
 class Soak:
     name: str
     rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds in, MiB)
+    disk: list[float] = field(default_factory=list)  # database files, MiB, at the same times
     emitted: int = 0
     failed_emits: int = 0
     seconds: float = 0.0
@@ -112,10 +113,23 @@ class Soak:
     first: list[tuple[float, float]] = field(default_factory=list)
 
 
+def files_mib(database: Path | None) -> float:
+    """The database file with its -wal and -shm, in MiB (0 without a file)."""
+    if database is None:
+        return 0.0
+    files = database.parent.glob(database.name + "*")
+    return sum(os.path.getsize(p) for p in files) / (1024 * 1024)
+
+
 async def soak(
-    name: str, persistence: str, retention: RetentionPolicy, args: argparse.Namespace, url: str
+    name: str,
+    persistence: str,
+    retention: RetentionPolicy,
+    args: argparse.Namespace,
+    url: str,
+    database: Path | None,
 ) -> Soak:
-    result = Soak(name)
+    result = Soak(name, database=database)
     tag = "".join(c for c in name if c.isalnum())
     config = WebhookConfig(
         retention=retention,
@@ -151,6 +165,7 @@ async def soak(
     while (elapsed := time.monotonic() - start) < duration:
         if elapsed >= next_sample:
             result.rss.append((elapsed, rss_mib()))
+            result.disk.append(files_mib(database))
             next_sample += SAMPLE_S
         # Keep pace with the wall clock: what a slow tick missed is emitted in the next one.
         due = int(elapsed * args.rate) - n
@@ -161,6 +176,7 @@ async def soak(
             n += 1
         await asyncio.sleep(0.01)
     result.rss.append((time.monotonic() - start, rss_mib()))
+    result.disk.append(files_mib(database))
     result.emitted = n
     result.seconds = time.monotonic() - start
     if pending:
@@ -178,19 +194,15 @@ def report(result: Soak) -> None:
     rate = result.emitted / result.seconds if result.seconds else 0
     print(f"   emitted {result.emitted} events in {result.seconds:.0f}s ({rate:.0f}/s)", end="")
     print(f", {result.failed_emits} emits failed")
-    print("   t(s)  RSS MiB")
-    for t, mib in result.rss:
-        print(f"   {t:5.0f}  {mib:7.1f}")
+    print("   t(s)  RSS MiB" + ("  database MiB" if result.database else ""))
+    for (t, mib), disk in zip(result.rss, result.disk, strict=True):
+        print(f"   {t:5.0f}  {mib:7.1f}" + (f"  {disk:12.1f}" if result.database else ""))
     duration = result.seconds
     tail = min(120.0, 0.4 * duration)
     before = [mib for t, mib in result.rss if t <= duration - tail]
     growth = (result.rss[-1][1] - before[-1]) / before[-1] if before else float("nan")
     verdict = "plateau" if growth < 0.05 else "still growing"
     print(f"   RSS growth over the last {tail:.0f}s: {growth:+.1%} ({verdict}; target < 5%)")
-    if result.database is not None:
-        files = result.database.parent.glob(result.database.name + "*")  # with -wal, -shm
-        size = sum(os.path.getsize(p) for p in files) / (1024 * 1024)
-        print(f"   database files at the end: {size:.1f} MiB")
     window = min(60.0, duration / 5)
     if result.first:
         t0 = result.first[0][0]
@@ -237,10 +249,9 @@ async def main(args: argparse.Namespace) -> None:
                     off = RetentionPolicy(memory_max_rows=None, memory_max_age=None)
                     runs.append(("memory (unbounded baseline)", "memory://", off, None))
                 for name, persistence, policy, path in runs:
-                    result = await soak(name, persistence, policy, args, url)
+                    result = await soak(name, persistence, policy, args, url, path)
                     async with session.get(f"http://127.0.0.1:{port}/samples") as response:
                         result.first = [tuple(s) for s in (await response.json())["first"]]
-                    result.database = path
                     report(result)
     finally:
         receiver.terminate()
