@@ -118,6 +118,7 @@ async def test_emits_during_an_outage_end_within_their_bound_and_retry_idempoten
             EndpointInput(url=receiver.url("/hooks"), events=[WebhookEventType.MESSAGE_SENT])
         )
         await runtime.emit(event(0))
+        await runtime.flush()  # sent and recorded before the outage
         await relay.cut()
         # Sixty concurrent emits: twelve batches, two written at a time, each failing only
         # after the store's retry limit. Unbounded, the last would wait six limits.
