@@ -449,5 +449,5 @@ def test_a_store_lacking_protocol_methods_is_refused_when_the_runtime_is_built()
     assert info.value.role == "delivery_store"
     assert info.value.missing == (
         "insert_many", "claim", "record", "release", "stats", "queue_stats", "activity",
-        "requeue", "purge", "scan", "rewrite_payloads",
+        "requeue", "purge", "purge_finished", "scan", "rewrite_payloads",
     )  # fmt: skip
