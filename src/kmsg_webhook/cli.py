@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from . import eventloop
 from .config import RetentionPolicy, WebhookConfig
 from .crypto import FieldCryptoConfig, RekeyReport, generate_key, is_sealed, rekey
 from .display import (
@@ -200,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="AGE",
             help=f"delete {status} deliveries older than AGE (90s, 15m, 2h, 7d; default: keep)",
         )
+    worker.add_argument(
+        "--loop",
+        choices=eventloop.LOOP_NAMES,
+        default="auto",
+        help="event loop: uvloop (kmsg-webhook[speed]) or asyncio; auto picks uvloop if installed",
+    )
     worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the store's schema")
@@ -601,7 +608,7 @@ def _worker(args: argparse.Namespace) -> int:
         log.info("worker %s stopped", runtime.worker_id, extra={"worker_id": runtime.worker_id})
         return 0
 
-    return asyncio.run(run())
+    return eventloop.run(run(), loop=args.loop)
 
 
 def _operational_webhook(args: argparse.Namespace) -> OperationalWebhook | None:
