@@ -15,6 +15,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
+from typing import cast
 
 import httptools
 from aiohttp.abc import AbstractResolver
@@ -374,8 +375,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's TLS one does not subclass asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
         self._pool.connections.add(self)
 
     def data_received(self, data: bytes) -> None:

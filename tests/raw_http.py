@@ -1,0 +1,99 @@
+"""Raw asyncio HTTP/1.1 servers on 127.0.0.1 that answer exactly the bytes a test scripts.
+
+A handler gets the connection's reader and writer and a :class:`RawServer` to record into;
+:func:`read_request` reads one request (head and Content-Length body) off the reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+Handler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class RawServer:
+    port: int = 0
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)
+    server_names: list[str | None] = field(default_factory=list)
+    closed_by_peer: int = 0
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """One request's head (up to and including the blank line) and body; None at EOF."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head, await reader.readexactly(length)
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (RST) instead of an orderly FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    handler: Handler, *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[RawServer]:
+    """Serve ``handler`` on a free 127.0.0.1 port until the block ends."""
+    state = RawServer()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        state.connections += 1
+        state.open_now += 1
+        state.most_open = max(state.most_open, state.open_now)
+        try:
+            await handler(state, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the test is over (asyncio logs a cancelled handler)
+        finally:
+            state.open_now -= 1
+            writer.close()
+
+    if tls is not None:
+        tls.sni_callback = lambda _obj, name, _ctx: state.server_names.append(name)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+def keep_answering(answer: bytes) -> Handler:
+    """A handler answering every request on a connection with ``answer`` (keep-alive)."""
+
+    async def handler(
+        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while (request := await read_request(reader)) is not None:
+            state.requests.append(request)
+            writer.write(answer)
+            await writer.drain()
+        state.closed_by_peer += 1
+
+    return handler
