@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
-from throughput import CONCURRENCY, ENDPOINTS, nginx_receiver, receiver_process
 from yarl import URL
 
 from kmsg_webhook import eventloop, generate_secret
 from kmsg_webhook.transport import AiohttpTransport, LeanTransport, Target, Transport
 from kmsg_webhook.urlguard import GuardedResolver
+from throughput import CONCURRENCY, ENDPOINTS, nginx_receiver, receiver_process
 
 KEY = base64.b64decode(generate_secret().removeprefix("whsec_"))
 Post = Callable[[int, dict[str, str], bytes], Awaitable[None]]
