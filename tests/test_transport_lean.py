@@ -11,6 +11,7 @@ import pytest
 from yarl import URL
 
 from kmsg_webhook import eventloop
+from kmsg_webhook.errors import ConfigError
 from kmsg_webhook.transport import (
     InvalidRequestError,
     LeanTransport,
@@ -354,3 +355,12 @@ def test_on_uvloop_with_tls_and_keep_alive(tmp_path: Path) -> None:
     module, connections, statuses = eventloop.run(scenario(), loop="uvloop")
     assert module.startswith("uvloop")
     assert (connections, statuses) == (1, [200, 200, 200])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_connections_per_origin": 0}, {"keepalive_expiry": 0}, {"max_header_bytes": 100}],
+)
+def test_settings_out_of_range_are_config_errors(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        LeanTransport(**bad)  # type: ignore[arg-type]

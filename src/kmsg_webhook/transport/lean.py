@@ -20,7 +20,7 @@ from typing import cast
 import httptools
 from aiohttp.abc import AbstractResolver
 
-from ..errors import EndpointUrlError
+from ..errors import ConfigError, EndpointUrlError
 from ..urlguard import GuardedResolver
 from .base import Target, TransportResponse
 from .errors import (
@@ -60,7 +60,12 @@ class LeanTransport:
         max_header_bytes: int = 64 * 1024,
     ) -> None:
         if max_connections_per_origin < 1:
-            raise ValueError("max_connections_per_origin must be at least 1")
+            raise ConfigError("max_connections_per_origin must be at least 1")
+        if keepalive_expiry <= 0:
+            raise ConfigError("keepalive_expiry must be a positive number of seconds")
+        if max_header_bytes < 1024:
+            raise ConfigError("max_header_bytes must be at least 1024")
+        self._owns_resolver = resolver is None
         self._resolver = resolver if resolver is not None else GuardedResolver()
         self._ssl_context = ssl_context
         self._limit = max_connections_per_origin
@@ -91,9 +96,9 @@ class LeanTransport:
             pool = self._pools[target.origin] = _Pool()
         while True:
             connection = pool.take_idle(loop.time(), self._expiry)
-            reused = connection is not None
             if connection is None:
                 connection = await self._open(pool, target, deadline, time_limit)
+            reused = connection.exchanges > 0
             try:
                 response = await connection.exchange(request, deadline, time_limit, max_body_bytes)
             except ProtocolError:
@@ -121,12 +126,15 @@ class LeanTransport:
                     connection = pool.take_idle(loop.time(), self._expiry)
                     if connection is not None:
                         return connection
-                pool.open += 1
+                pool.connecting += 1
                 try:
-                    return await self._connect(pool, target)
+                    connection = await self._connect(pool, target)
                 except BaseException:
-                    pool.release_slot()
+                    pool.connecting -= 1
+                    pool.wake()  # the slot this attempt held is free again
                     raise
+                pool.connecting -= 1  # now counted among the pool's connections
+                return connection
         except TimeoutError:
             raise TransportTimeoutError(time_limit) from None
 
@@ -183,7 +191,8 @@ class LeanTransport:
             self._schedule_sweep(loop)
 
     async def aclose(self) -> None:
-        """Close every connection; in-flight requests fail with a :class:`ProtocolError`."""
+        """Close every connection (in-flight requests fail with a :class:`ProtocolError`) and
+        the resolver if this transport made it."""
         self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
@@ -191,6 +200,8 @@ class LeanTransport:
         for pool in self._pools.values():
             pool.close_all()
         self._pools.clear()
+        if self._owns_resolver:
+            await self._resolver.close()
         await asyncio.sleep(0)  # let the transports run their close callbacks
 
 
@@ -207,13 +218,17 @@ class _Pool:
     """One origin's connections: the idle ones (most recently used last), a count of all open
     ones (idle, busy or connecting) and the callers waiting for a free slot."""
 
-    __slots__ = ("connections", "idle", "open", "waiters")
+    __slots__ = ("connecting", "connections", "idle", "waiters")
 
     def __init__(self) -> None:
         self.connections: set[_Connection] = set()
+        self.connecting = 0
         self.idle: list[_Connection] = []
-        self.open = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def open(self) -> int:
+        return len(self.connections) + self.connecting
 
     def take_idle(self, now: float, expiry: float) -> _Connection | None:
         while self.idle:
@@ -234,26 +249,23 @@ class _Pool:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
             else:  # woken, then cancelled before running: pass the wake-up on
-                self._wake()
+                self.wake()
             raise
 
     def give_back(self, connection: _Connection, now: float) -> None:
         connection.idle_since = now
         self.idle.append(connection)
-        self._wake()
+        self.wake()
 
     def forget(self, connection: _Connection) -> None:
         """``connection`` closed: its slot is free."""
         self.connections.discard(connection)
         with contextlib.suppress(ValueError):
             self.idle.remove(connection)
-        self.release_slot()
+        self.wake()
 
-    def release_slot(self) -> None:
-        self.open -= 1
-        self._wake()
-
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Let one waiting caller look for a connection or a free slot again."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -285,6 +297,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.idle_since = 0.0
+        self.exchanges = 0
         #: False once the connection cannot carry another request.
         self.reusable = False
         #: Whether any byte of an answer arrived during the current exchange.
@@ -316,6 +329,7 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         self._reset(max_body_bytes)
+        self.exchanges += 1
         self.reusable = False
         self.answered = False
         waiter: asyncio.Future[TransportResponse] = loop.create_future()
