@@ -51,19 +51,49 @@ async def post(
     )
 
 
-async def test_keep_alive_reuses_one_connection(lean: LeanTransport) -> None:
-    async with raw_server(keep_answering(OK)) as server:
-        for _ in range(3):
-            assert (await post(lean, server)).body == b"ok"
-    assert (server.connections, len(server.requests)) == (1, 3)
-
-
-async def test_chunked_answer_keeps_the_connection(lean: LeanTransport) -> None:
-    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+@pytest.mark.parametrize(
+    ("answer", "body", "reused"),
+    [
+        pytest.param(OK, b"ok", True, id="keep-alive"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"ok",
+            True,
+            id="chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", b"", True, id="interim"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            b"ok",
+            False,
+            id="connection-close",
+        ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", False, id="http-1.0"
+        ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            b"ok",
+            True,
+            id="http-1.0-keep-alive",
+        ),
+        pytest.param(  # the answer stands, but what follows it makes the connection unusable
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok and some more",
+            b"ok",
+            False,
+            id="longer-than-content-length",
+        ),
+    ],
+)
+async def test_a_connection_is_reused_only_when_the_answer_allows(
+    lean: LeanTransport, answer: bytes, body: bytes, reused: bool
+) -> None:
     async with raw_server(keep_answering(answer)) as server:
-        for _ in range(2):
-            assert (await post(lean, server)).body == b"ok"
-    assert server.connections == 1
+        for _ in range(3):
+            assert (await post(lean, server)).body == body
+    assert (server.connections, len(server.requests)) == (1 if reused else 3, 3)
 
 
 async def test_body_past_the_cap_is_read_through_and_the_connection_kept(
@@ -75,41 +105,6 @@ async def test_body_past_the_cap_is_read_through_and_the_connection_kept(
         for _ in range(2):
             assert (await post(lean, server, max_body_bytes=16)).body == b"y" * 16
     assert server.connections == 1
-
-
-async def test_connection_close_is_honoured(lean: LeanTransport) -> None:
-    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-    async with raw_server(keep_answering(answer)) as server:
-        for _ in range(2):
-            assert (await post(lean, server)).body == b"ok"
-    assert server.connections == 2
-
-
-async def test_http_1_0_answer_is_not_kept_alive(lean: LeanTransport) -> None:
-    answer = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    async with raw_server(keep_answering(answer)) as server:
-        for _ in range(2):
-            assert (await post(lean, server)).body == b"ok"
-    assert server.connections == 2
-
-
-async def test_interim_answers_are_skipped(lean: LeanTransport) -> None:
-    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
-    async with raw_server(keep_answering(answer)) as server:
-        response = await post(lean, server)
-        assert (response.status, response.body) == (204, b"")
-        assert (await post(lean, server)).status == 204
-    assert server.connections == 1
-
-
-async def test_longer_body_than_its_content_length_stands_but_drops_the_connection(
-    lean: LeanTransport,
-) -> None:
-    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok and some more"
-    async with raw_server(keep_answering(answer)) as server:
-        for _ in range(2):
-            assert (await post(lean, server)).body == b"ok"
-    assert server.connections == 2
 
 
 async def test_short_body_on_an_open_connection_times_out(lean: LeanTransport) -> None:
@@ -364,3 +359,14 @@ def test_on_uvloop_with_tls_and_keep_alive(tmp_path: Path) -> None:
 def test_settings_out_of_range_are_config_errors(bad: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         LeanTransport(**bad)  # type: ignore[arg-type]
+
+
+async def test_each_vetted_address_is_tried_in_turn() -> None:
+    # 127.0.0.2 is loopback too, but nothing listens there: the second answer is used.
+    resolver = StaticResolver({"hooks.example": ["127.0.0.2", "127.0.0.1"]})
+    transport = LeanTransport(resolver=GuardedResolver(resolver, allow_private_hosts=True))
+    async with raw_server(keep_answering(OK)) as server:
+        to = Target.from_url(URL(f"http://hooks.example:{server.port}/"))
+        response = await transport.post(to, {}, b"{}", time_limit=5, max_body_bytes=10)
+    await transport.aclose()
+    assert response.status == 200
