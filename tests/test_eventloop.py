@@ -43,9 +43,10 @@ async def test_worker_runs_on_the_chosen_loop(tmp_path: Path, loop: str) -> None
         "--worker-id", "w1", "--loop", loop,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout is not None
-    banner = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert banner.startswith(b"worker w1 dispatching")
+    assert proc.stderr is not None
+    banner = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+    assert "worker w1 dispatching" in banner
+    assert f"; {loop} loop; " in banner
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
 

@@ -582,13 +582,15 @@ def _worker(args: argparse.Namespace) -> int:
         policy = security.describe()
         crypto = "on" if runtime.field_crypto is not None else "off"
         store = redact_url(args.store)
+        event_loop = eventloop.resolve_loop(args.loop)
         log.info(
-            "worker %s dispatching from %s (URL policy: %s; field crypto %s; %s%s; "
+            "worker %s dispatching from %s (URL policy: %s; field crypto %s; %s loop; %s%s; "
             "SIGTERM to stop)",
             runtime.worker_id,
             store,
             policy,
             crypto,
+            event_loop,
             gc_note,
             serving,
             extra={
@@ -596,6 +598,7 @@ def _worker(args: argparse.Namespace) -> int:
                 "store": store,
                 "url_policy": policy,
                 "field_crypto": crypto,
+                "event_loop": event_loop,
                 **fields,
             },
         )
