@@ -40,7 +40,7 @@ async def test_worker_runs_on_the_chosen_loop(tmp_path: Path, loop: str) -> None
     store = f"sqlite:///{tmp_path / 'worker.db'}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-u", "-m", "kmsg_webhook.cli", "worker", "--store", store,
-        "--worker-id", "w1", "--loop", loop,
+        "--worker-id", "w1", "--create", "--loop", loop,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
