@@ -370,3 +370,25 @@ async def test_each_vetted_address_is_tried_in_turn() -> None:
         response = await transport.post(to, {}, b"{}", time_limit=5, max_body_bytes=10)
     await transport.aclose()
     assert response.status == 200
+
+
+async def test_an_answer_before_the_request_is_sent_retires_the_connection(
+    lean: LeanTransport,
+) -> None:
+    async def handler(
+        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is still on its way
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        while await reader.read(1 << 20):
+            pass
+
+    async with raw_server(handler) as server:
+        for _ in range(2):
+            response = await lean.post(
+                target(server), {}, b"x" * (32 << 20), time_limit=10, max_body_bytes=10
+            )
+            assert response.status == 413
+    assert server.connections == 2

@@ -466,5 +466,11 @@ class _Connection(asyncio.Protocol):
             max_body_bytes = self._room
             self._reset(max_body_bytes)
             return
-        self.reusable = self._parser.should_keep_alive()
+        # An answer that came before the whole request was written leaves the rest queued
+        # ahead of the next request: keep the connection only once the request is out.
+        self.reusable = (
+            self._parser.should_keep_alive()
+            and self._transport is not None
+            and self._transport.get_write_buffer_size() == 0
+        )
         self._finish()
