@@ -294,7 +294,6 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[TransportResponse] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.idle_since = 0.0
         self.exchanges = 0
@@ -334,7 +333,7 @@ class _Connection(asyncio.Protocol):
         self.answered = False
         waiter: asyncio.Future[TransportResponse] = loop.create_future()
         self._waiter = waiter
-        self._timer = loop.call_at(deadline, self._time_out, time_limit)
+        timer = loop.call_at(deadline, self._time_out, time_limit)
         try:
             self._transport.write(request)
             return await waiter
@@ -343,7 +342,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             raise
         finally:
-            self._timer.cancel()
+            timer.cancel()
             self._waiter = None
 
     def _time_out(self, time_limit: float) -> None:
