@@ -208,6 +208,8 @@ async def test_idle_connections_expire(lean: LeanTransport) -> None:
 
 
 async def test_bytes_on_an_idle_connection_retire_it(lean: LeanTransport) -> None:
+    sent_more = asyncio.Event()
+
     async def handler(
         state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -216,10 +218,13 @@ async def test_bytes_on_an_idle_connection_retire_it(lean: LeanTransport) -> Non
             await writer.drain()
             await asyncio.sleep(0.05)
             writer.write(b"HTTP/1.1 200 OK\r\n")  # unasked for
+            await writer.drain()
+            sent_more.set()
 
     async with raw_server(handler) as server:
         await post(lean, server)
-        await asyncio.sleep(0.2)
+        await sent_more.wait()
+        await asyncio.sleep(0.05)  # loopback bytes are readable at once; let the loop read them
         await post(lean, server)
     assert server.connections == 2
 
