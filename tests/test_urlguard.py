@@ -973,11 +973,9 @@ def test_security_options_normalise_the_allow_list() -> None:
 
 
 def _listed_session(
-    table: dict[str, list[str]], *, networks: tuple[str, ...] = (), hosts: tuple[str, ...] = ()
+    table: dict[str, list[str]], *, networks: tuple[str, ...] = ()
 ) -> aiohttp.ClientSession:
-    resolver = GuardedResolver(
-        StaticResolver(table), allowed_networks=networks, allowed_hosts=hosts
-    )
+    resolver = GuardedResolver(StaticResolver(table), allowed_networks=networks)
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
 
 
@@ -989,17 +987,78 @@ async def test_a_name_resolving_into_an_allowed_network_connects(receiver: Recei
     async with _listed_session(table, networks=("10.0.0.0/8",)) as s:
         with pytest.raises(aiohttp.ClientConnectorDNSError) as info:
             await s.post(url)
-    assert "--allow-host hooks.example.com" in str(find_forbidden_address_error(info.value))
+    assert "--allow-network 127.0.0.1/32" in str(find_forbidden_address_error(info.value))
     assert len(receiver.hits) == 1
 
 
-async def test_an_allowed_name_is_trusted_whatever_it_resolves_to(receiver: Receiver) -> None:
+async def test_an_allowed_name_is_still_checked_for_what_it_resolves_to(
+    receiver: Receiver,
+) -> None:
     url = f"http://receiver.ns.svc.cluster.local:{receiver.port}/hook"
-    table = {"receiver.ns.svc.cluster.local": ["127.0.0.1"], "other.example.com": ["127.0.0.1"]}
-    session = _listed_session(table, hosts=("*.svc.cluster.local",))
-    async with session as s:
+    metadata = f"http://metadata.ns.svc.cluster.local:{receiver.port}/hook"
+    table = {
+        "receiver.ns.svc.cluster.local": ["127.0.0.1"],
+        "metadata.ns.svc.cluster.local": ["169.254.169.254"],
+    }
+    # The name passes the URL check, but its answer is private and no network allows it.
+    SecurityOptions(allowed_hosts=["*.svc.cluster.local"]).check(url)
+    async with _listed_session(table) as s:
+        with pytest.raises(aiohttp.ClientConnectorDNSError) as info:
+            await s.post(url)
+    refusal = find_forbidden_address_error(info.value)
+    assert refusal is not None and refusal.reason == "private_address"
+    assert "--allow-network 127.0.0.1/32" in str(refusal)
+    # Listing the cluster network as well admits it; the metadata address stays refused even
+    # under a network wide enough to cover it.
+    wide = ("0.0.0.0/0",)
+    async with _listed_session(table, networks=wide) as s:
         async with s.post(url) as response:
             assert response.status == 200
-        with pytest.raises(aiohttp.ClientConnectorDNSError):
-            await s.post(f"http://other.example.com:{receiver.port}/hook")
+        with pytest.raises(aiohttp.ClientConnectorDNSError) as info:
+            await s.post(metadata)
+    assert "169.254.169.254 is a link-local address" in str(
+        find_forbidden_address_error(info.value)
+    )
     assert len(receiver.hits) == 1
+
+
+async def test_only_a_link_local_network_admits_link_local_answers(receiver: Receiver) -> None:
+    table = {"meta.example.com": ["169.254.169.254"]}
+    for networks in (("169.254.0.0/15",), ("169.0.0.0/8",)):
+        guard = GuardedResolver(StaticResolver(table), allowed_networks=networks)
+        with pytest.raises(ForbiddenAddressError):
+            await guard.resolve("meta.example.com")
+    guard = GuardedResolver(StaticResolver(table), allowed_networks=("169.254.169.254/32",))
+    assert [a["host"] for a in await guard.resolve("meta.example.com")] == ["169.254.169.254"]
+    with pytest.raises(EndpointUrlError):
+        validate_endpoint_url("https://169.254.169.254/", allowed_networks=["0.0.0.0/0"])
+    validate_endpoint_url("https://169.254.169.254/", allowed_networks=["169.254.169.254/32"])
+
+
+@pytest.mark.parametrize("wildcard", ["*.com", "*.local", "*.svc"])
+def test_a_wildcard_covering_a_top_level_domain_is_refused(wildcard: str) -> None:
+    with pytest.raises(ConfigError, match="top-level domain"):
+        SecurityOptions(allowed_hosts=[wildcard])
+    SecurityOptions(allowed_hosts=[f"*.hooks{wildcard[1:]}"])
+
+
+def test_an_ipv4_mapped_literal_is_allowed_by_the_network_its_hint_names() -> None:
+    url = "http://[::ffff:7f00:2]:8080/in"
+    with pytest.raises(EndpointUrlError) as info:
+        validate_endpoint_url(url)
+    assert "--allow-network 127.0.0.2/32" in str(info.value)
+    validate_endpoint_url(url, allowed_networks=["127.0.0.2/32"])
+    # A network written in the mapped form means the same IPv4 network.
+    validate_endpoint_url(url, allowed_networks=["::ffff:7f00:2/128"])
+    assert SecurityOptions(allowed_networks=["::ffff:7f00:0/120"]).allowed_networks == (
+        ipaddress.ip_network("127.0.0.0/24"),
+    )
+
+
+def test_plain_http_to_a_listed_public_address_is_refused() -> None:
+    with pytest.raises(EndpointUrlError) as info:
+        validate_endpoint_url("http://8.8.8.8/in", allowed_networks=["8.8.8.0/24"])
+    assert info.value.reason == "http_not_allowed"
+    assert "a public address always needs https" in str(info.value)
+    validate_endpoint_url("https://8.8.8.8/in", allowed_networks=["8.8.8.0/24"])
+    validate_endpoint_url("http://10.42.0.7/in", allowed_networks=["10.42.0.0/16"])

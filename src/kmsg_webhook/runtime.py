@@ -390,7 +390,6 @@ class WebhookRuntimeService:
             self._resolver,
             allow_private_hosts=security.allow_private_hosts,
             allowed_networks=security.allowed_networks,
-            allowed_hosts=security.allowed_hosts,
         )
         connector = aiohttp.TCPConnector(
             limit=self.config.max_concurrency,

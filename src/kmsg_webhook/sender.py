@@ -36,8 +36,10 @@ class SecurityOptions:
     ``allow_private_hosts`` admits every private address and local name. The allow-list admits
     only what it names: ``allowed_networks`` (CIDR strings such as ``"10.0.0.0/8"``, CLI
     ``--allow-network``) and ``allowed_hosts`` (names, ``"*.svc.cluster.local"`` for any name
-    below; CLI ``--allow-host``). http is accepted only for localhost names and addresses when
-    private hosts are allowed, and for listed destinations (see :mod:`kmsg_webhook.urlguard`).
+    below; CLI ``--allow-host``). A listed name only skips the local-name check: what it
+    resolves to must still be public or inside ``allowed_networks``. http is accepted only for
+    localhost names and addresses when private hosts are allowed, and for listed names and
+    listed private addresses (see :mod:`kmsg_webhook.urlguard`).
     """
 
     allow_private_hosts: bool = False

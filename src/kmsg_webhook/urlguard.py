@@ -21,10 +21,14 @@ Policy decisions (documented here because callers and reviewers ask):
 * The allow-list (``allowed_networks``, ``allowed_hosts``; CLI ``--allow-network``,
   ``--allow-host``) admits named destinations without admitting every private address: an IP
   literal inside an allowed network, and a name on the host list (exact, or ``*.suffix`` for
-  any name below it). An allowed name is trusted whole: its DNS answers are not checked, since
-  in-cluster service addresses are private and change. Other names still resolve under the
-  guard, whose answers may fall inside an allowed network. Plain http is accepted for listed
-  destinations as for localhost (``allow_http_for_localhost``).
+  any name below it; a wildcard must keep at least two labels, so ``*.com`` is refused). A
+  listed name only skips the local-name check: its DNS answers must still be public or fall
+  inside an allowed network, so listing a name never opens the metadata service or the rest of
+  a private network. Link-local addresses (169.254.0.0/16, fe80::/10, where cloud metadata
+  lives) are admitted only by a network inside the link-local block, never by a wider one.
+  IPv4-mapped networks (``::ffff:a.b.c.d/n``) are stored as their IPv4 form. Plain http is
+  accepted, as for localhost (``allow_http_for_localhost``), for listed names and for listed
+  networks' addresses that are not public.
 * One trailing dot is accepted (``example.com.`` is the same host); an empty label is malformed.
 * Any explicit port 1-65535 is allowed: receivers often listen on 8443 or similar, and the host,
   not the port, decides what the request can reach. Port 0 is malformed.
@@ -139,6 +143,7 @@ _IPV4_COMPATIBLE = _V6("::/96")
 _NAT64_WELL_KNOWN = _V6("64:ff9b::/96")
 _TEREDO = _V6("2001::/32")
 _LOOPBACK_V4 = _V4("127.0.0.0/8")
+_LINK_LOCAL: tuple[IPNetwork, ...] = (_V4("169.254.0.0/16"), _V6("fe80::/10"))
 
 
 # --------------------------------------------------------------------------- addresses
@@ -262,13 +267,20 @@ def parse_legacy_ipv4(text: str) -> ipaddress.IPv4Address | None:
 def parse_allowed_network(value: str | IPNetwork) -> IPNetwork:
     """An allow-list network (``10.0.0.0/8``, ``127.0.0.1``, ``fd00::/8``); ValueError if bad."""
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    if not isinstance(value, str):
+        network: IPNetwork = value
+    elif not isinstance(value, str):
         raise ValueError(f"an allowed network is a CIDR string, not {type(value).__name__}")
-    try:
-        return ipaddress.ip_network(value.strip(), strict=True)
-    except ValueError as exc:
-        raise ValueError(f"not a network in CIDR form ({value!r}): {exc}") from None
+    else:
+        try:
+            network = ipaddress.ip_network(value.strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not a network in CIDR form ({value!r}): {exc}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        # Addresses are compared in their IPv4 form, so a mapped network must be one too.
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 def parse_allowed_host(value: str) -> str:
@@ -285,6 +297,8 @@ def parse_allowed_host(value: str) -> str:
         raise ValueError(f"not a host name: {value!r}")
     if _NUMERIC_LABEL_RE.fullmatch(labels[-1]):
         raise ValueError(f"{value!r} is an address: allow it as a network (--allow-network)")
+    if name.startswith("*.") and len(labels) < 2:
+        raise ValueError(f"{value!r} covers a whole top-level domain; name a deeper suffix")
     return name
 
 
@@ -296,19 +310,36 @@ def _host_listed(host: str, hosts: tuple[str, ...]) -> bool:
     return False
 
 
-def _address_listed(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
-    """Whether an address lies in an allow-listed network (IPv4-mapped addresses included)."""
+def _comparable(address: IPAddress) -> IPAddress:
+    """The form allow-list networks are compared with: no zone id, IPv4-mapped as IPv4."""
     plain = _without_scope(address)
     if isinstance(plain, ipaddress.IPv6Address) and plain.ipv4_mapped is not None:
-        plain = plain.ipv4_mapped
-    return any(plain.version == net.version and plain in net for net in networks)
+        return plain.ipv4_mapped
+    return plain
+
+
+def _network_admits(network: IPNetwork, address: IPAddress) -> bool:
+    """Whether ``network`` admits ``address``; link-local only by a link-local network."""
+    if address.version != network.version or address not in network:
+        return False
+    for block in _LINK_LOCAL:
+        if address.version == block.version and address in block:
+            return network.version == block.version and network.subnet_of(block)  # type: ignore[arg-type]
+    return True
+
+
+def _address_listed(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether an address lies in an allow-listed network (IPv4-mapped addresses included)."""
+    plain = _comparable(address)
+    return any(_network_admits(network, plain) for network in networks)
 
 
 def _allow_address_hint(address: IPAddress) -> str:
     """How to allow one address: the CLI flag and the configuration option."""
-    prefix = 32 if address.version == 4 else 128
+    plain = _comparable(address)
+    prefix = 32 if plain.version == 4 else 128
     return (
-        f"allow it with --allow-network {address}/{prefix} "
+        f"allow it with --allow-network {plain}/{prefix} "
         f"(SecurityOptions(allowed_networks=[...])), or every private host with "
         f"--allow-private-hosts (allow_private_hosts=True)"
     )
@@ -430,7 +461,7 @@ def _classify_ipv6(raw_host: str, allow: _Allow) -> _Host:
             f"Endpoint URL host [{raw_host}] is not public: {why}. Private, reserved and "
             f"special-use addresses are refused; {_allow_address_hint(address)}",
         )
-    return _Host(_is_loopback(address), listed)
+    return _Host(_is_loopback(address), listed and why is not None)
 
 
 def _classify_numeric(host: str, allow: _Allow) -> _Host:
@@ -458,7 +489,7 @@ def _classify_numeric(host: str, allow: _Allow) -> _Host:
             f"Endpoint URL host {host!r} is a legacy IPv4 spelling of {address}; "
             f"write the address as four plain decimal octets",
         )
-    return _Host(_is_loopback(address), listed)
+    return _Host(_is_loopback(address), listed and why is not None)
 
 
 def _classify_name(host: str, allow: _Allow) -> _Host:
@@ -547,8 +578,9 @@ def _check(url: str, allow: _Allow, allow_http_localhost: bool) -> URL | tuple[s
                 "http_not_allowed",
                 "Endpoint URL must use https; plain http is only allowed for localhost "
                 "(localhost, *.localhost, 127.0.0.0/8, ::1) when private hosts are allowed "
-                "(--allow-private-hosts), and for destinations the allow-list names "
-                "(--allow-network, --allow-host), unless allow_http_for_localhost=False",
+                "(--allow-private-hosts), and for host names (--allow-host) and private "
+                "addresses (--allow-network) the allow-list names; a public address always "
+                "needs https; allow_http_for_localhost=False refuses plain http everywhere",
             )
     except _Refused as refused:
         # Cache plain data, not the exception: it would pin its traceback's frames.
@@ -649,12 +681,12 @@ class GuardedResolver(AbstractResolver):
         *,
         allow_private_hosts: bool = False,
         allowed_networks: Sequence[str | IPNetwork] = (),
-        allowed_hosts: Sequence[str] = (),
     ) -> None:
+        # No host list here: a listed name only skips the URL check's local-name test, so
+        # its answers are judged like any other name's.
         self._base = base
         self._allow_private_hosts = allow_private_hosts
         self._networks = tuple(map(parse_allowed_network, allowed_networks))
-        self._hosts = tuple(map(parse_allowed_host, allowed_hosts))
 
     def _resolver(self) -> AbstractResolver:
         """The base resolver, created on first use (aiohttp's needs a running loop)."""
@@ -677,8 +709,6 @@ class GuardedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         """Resolve ``host`` and return the answers only if every address is allowed."""
         answers = await self._resolver().resolve(host, port, family)
-        if answers and _host_listed(_normalise_name(host), self._hosts):
-            return answers  # the operator vouches for this name and whatever it resolves to
         if not answers:
             raise ForbiddenAddressError(
                 f"DNS lookup for {host!r} returned no addresses",
@@ -686,14 +716,17 @@ class GuardedResolver(AbstractResolver):
                 host=host,
             )
         addresses = [answer["host"] for answer in answers]
-        refusals = [why for why in map(self._refusal, addresses) if why is not None]
+        refusals = [(a, why) for a in addresses if (why := self._refusal(a)) is not None]
         if refusals:
+            refused, why = refusals[0]
+            try:
+                hint = _allow_address_hint(ipaddress.ip_address(refused))
+            except ValueError:
+                hint = "the answer is not an IP address"
             raise ForbiddenAddressError(
-                f"Refusing to connect to {host!r}: {refusals[0]} "
-                f"(answer: {', '.join(addresses)}); endpoints must resolve only to public "
-                f"addresses or allowed networks; allow the name with --allow-host {host} "
-                f"(SecurityOptions(allowed_hosts=[...])) or its network with --allow-network "
-                f"(allowed_networks=[...])",
+                f"Refusing to connect to {host!r}: {why} (answer: {', '.join(addresses)}); "
+                f"endpoints must resolve only to public addresses or allowed networks (a name "
+                f"on --allow-host is still checked); {hint}",
                 reason="private_address",
                 host=host,
                 addresses=addresses,
