@@ -318,6 +318,49 @@ async def test_demo_refuses_a_store_in_use_and_with_yes_stays_in_its_own_lane(
     ]
 
 
+async def test_demo_never_prints_the_store_password(receiver: Receiver) -> None:
+    dsn = await server_dsn()
+    schema = new_schema()
+    # Trust auth accepts any password, so the run succeeds with one in the URL.
+    url = dsn.replace("://postgres@", "://postgres:s3cr3t-pw@") + f"?schema={schema}"
+    assert "s3cr3t-pw" in url
+    try:
+        await migrate_url(url)
+        ran = await _finish(await _spawn("demo", "--store", url))
+    finally:
+        await drop_schema(dsn, schema)
+    assert ran.code == 0, ran.out + ran.err
+    assert "store      postgresql://postgres:***@127.0.0.1" in ran.out
+    assert "s3cr3t-pw" not in ran.out + ran.err
+
+
+async def test_demo_refuses_a_mistyped_sqlite_path(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    ran = await _finish(await _spawn("demo", "--store", f"sqlite:///{typo}"))
+    assert ran.code == 4 and "no SQLite database at" in ran.err
+    assert not typo.exists()
+
+
+async def test_real_events_emitted_during_the_demo_do_not_reach_its_endpoint(
+    sqlite_store: str, receiver: Receiver
+) -> None:
+    await _real_store(sqlite_store, receiver)
+    proc = await _spawn("demo", "--store", sqlite_store, "--yes")
+    assert proc.stdout is not None
+    line = b""
+    while not line.startswith(b"endpoint"):
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    demo_endpoint = line.split()[1].decode()
+    # Another process emits a real event while the demo's endpoint exists.
+    async with WebhookRuntimeService(persistence=sqlite_store, dispatch=False) as runtime:
+        await runtime.emit(event("evt_real_during_demo"))
+        page = await runtime.list_deliveries(DeliveryFilter(endpoint_id=demo_endpoint))
+    assert "evt_real_during_demo" not in {d.event_id for d in page.items}
+    done = await _finish(proc)
+    assert done.code == 0, done.out + done.err
+    assert "evt_real_during_demo" not in done.out
+
+
 async def test_demo_removes_its_endpoint_when_interrupted(
     sqlite_store: str, receiver: Receiver
 ) -> None:

@@ -440,7 +440,10 @@ def _admin(
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .store_url import require_durable
 
+    if args.store is not None and not args.store.startswith("memory:"):
+        require_durable(args.store)  # a mistyped SQLite path is an error, not a new database
     return asyncio.run(run_demo(args.store, yes=args.yes))
 
 

@@ -3,8 +3,11 @@ them from a message sent through the mock provider), and a report.
 
 On a store that is in use (``--store`` with endpoints, and ``--yes``) the demo stays in its own
 lane: its runtime sees only the demo's endpoint, so events match nothing else, and claims only
-that endpoint's rows, so nothing queued for real endpoints is sent. The endpoint is removed
-when the demo ends, however it ends; its delivery rows stay as history.
+that endpoint's rows, so nothing queued for real endpoints is sent. The endpoint subscribes
+only to events of a provider id unique to the run, so real events emitted meanwhile by other
+processes never reach the demo's receiver. The endpoint is removed when the demo ends, however
+it ends; its delivery rows stay as history. The store URL is printed with its password
+redacted.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from .models import (
     DeliveryFilter,
     DeliveryPage,
     DeliveryStatus,
+    EndpointFilters,
     EndpointInput,
     WebhookDelivery,
     WebhookEndpoint,
 )
+from .redact import redact_url
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
 from .signing import generate_secret
@@ -162,7 +167,7 @@ async def run_demo(
     """
     if persistence is None:
         persistence = f"sqlite:///{tempfile.mkdtemp(prefix='kmsg-demo-')}/outbox.db"
-    label = persistence if isinstance(persistence, str) else "custom"
+    label = redact_url(persistence) if isinstance(persistence, str) else "custom"
     store = persistence_from_url(persistence) if isinstance(persistence, str) else persistence
     if not yes:
         await _refuse_if_in_use(store, label)
@@ -208,6 +213,8 @@ async def _run_events(
     runtime: WebhookRuntimeService, endpoint_id: str, url: str, secret: str, label: str
 ) -> list[WebhookDelivery]:
     """Add the demo's endpoint, emit the events and a provider send, and wait for the results."""
+    # A provider id only this run emits: the endpoint's filter keeps real events out.
+    provider_id = f"demo_{endpoint_id}"
     endpoint = await runtime.add_endpoint(
         EndpointInput(
             id=endpoint_id,
@@ -215,6 +222,7 @@ async def _run_events(
             events=[t for t, _ in _EVENTS],
             secret=secret,
             name="demo receiver",
+            filters=EndpointFilters(provider_id=(provider_id,)),
         )
     )
     print(f"store      {label}")
@@ -229,7 +237,7 @@ async def _run_events(
                     type=event_type,
                     timestamp=now,
                     data=data,
-                    metadata=EventMetadata(provider_id="mock", message_id=f"msg_{n}"),
+                    metadata=EventMetadata(provider_id=provider_id, message_id=f"msg_{n}"),
                 )
             )
             for n, (event_type, data) in enumerate(_EVENTS, start=1)
@@ -237,7 +245,7 @@ async def _run_events(
     )
     # The provider feed: a message sent through the mock provider arrives as a signed
     # message.sent webhook (recipient masked, deterministic event id).
-    kmsg = KMsg([MockProvider()], webhooks=runtime)
+    kmsg = KMsg([MockProvider(id=provider_id)], webhooks=runtime)
     try:
         sent = await kmsg.send(
             {"to": "010-1234-5678", "from": "02-123-4567", "text": "인증번호 123456"}
