@@ -308,6 +308,26 @@ def test_endpoints_add_refuses_a_private_url_unless_allowed(
 
 
 @pytest.mark.parametrize(
+    ("url", "code", "reason"),
+    [
+        ("notaurl", 2, "scheme must be https (got 'none')"),
+        ("ftp://a.example.com/hooks", 2, "scheme must be https (got 'ftp')"),
+        ("https://a.example.com:0/hooks", 2, "port 0 is not a valid"),
+        ("https://user:pw@a.example.com/hooks", 2, "userinfo"),
+        ("https://10.0.0.1/hooks", 5, "is not public"),
+        ("https://hooks.internal/hooks", 5, "local-only suffix"),
+        ("http://a.example.com/hooks", 5, "must use https"),
+    ],
+)
+def test_a_malformed_url_is_a_usage_error_and_a_policy_refusal_exits_5(
+    capsys: pytest.CaptureFixture[str], store: str, url: str, code: int, reason: str
+) -> None:
+    run = cli(capsys, "endpoints", "add", "--store", store, "--url", url, "--event", "message.sent")
+    assert run.code == code, run.err
+    assert run.err.startswith("error: ") and reason in run.err
+
+
+@pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--header", "X-Team"], "error: --header takes Name=value, got 'X-Team'\n"),

@@ -19,6 +19,10 @@ from .errors import (
 )
 
 
+#: ``EndpointUrlError`` reasons that the URL policy (not the spelling) decides.
+_POLICY_REASONS = frozenset({"private_address", "local_name", "http_not_allowed"})
+
+
 class ExitCode(IntEnum):
     """What a ``kmsg-webhook`` exit status means (README, "Command line")."""
 
@@ -31,7 +35,8 @@ class ExitCode(IntEnum):
     NOT_FOUND = 3
     #: The store cannot be reached or does not exist.
     STORE_UNAVAILABLE = 4
-    #: Refused as unsafe: by the URL policy, sealed values without keys, not confirmed.
+    #: Refused as unsafe: by the URL policy (a private address, a local name, plain http),
+    #: sealed values without keys, not confirmed. A malformed URL is a usage error.
     REFUSED = 5
     #: Stopped by Ctrl-C.
     INTERRUPTED = 130
@@ -43,8 +48,11 @@ def exit_code_for(error: WebhookError) -> ExitCode:
         return ExitCode.NOT_FOUND
     if isinstance(error, StoreUnavailableError):
         return ExitCode.STORE_UNAVAILABLE
-    if isinstance(error, UnsafeOperationError | EndpointUrlError):
+    if isinstance(error, UnsafeOperationError):
         return ExitCode.REFUSED
+    if isinstance(error, EndpointUrlError):
+        # Refused only when a policy change would admit the URL; a malformed one is usage.
+        return ExitCode.REFUSED if error.reason in _POLICY_REASONS else ExitCode.USAGE
     usage = (
         ConfigError,
         InvalidEndpointError,
