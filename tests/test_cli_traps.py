@@ -15,6 +15,7 @@ import pty
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,7 +83,12 @@ async def _spawn(*argv: str, env: dict[str, str] | None = None) -> asyncio.subpr
 
 
 async def _finish(proc: asyncio.subprocess.Process) -> Run:
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()  # never leave a hung command behind the test
+        await proc.wait()
+        raise
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
 
@@ -217,7 +223,9 @@ def test_endpoints_add_takes_the_allow_list(
     assert by_network.code == 0, by_network.err
     other = cli(capsys, *args, "--url", "http://10.0.0.7/in", "--allow-network", "127.0.0.0/8")
     assert other.code == 5 and "--allow-network 10.0.0.7/32" in other.err
-    by_name = cli(capsys, *args, "--url", "https://hooks.internal/in", "--allow-host", "*.internal")
+    by_name = cli(
+        capsys, *args, "--url", "https://a.hooks.internal/in", "--allow-host", "*.hooks.internal"
+    )
     assert by_name.code == 0, by_name.err
     named = cli(capsys, *args, "--url", "https://billing.corp/in")
     assert named.code == 5
@@ -508,6 +516,26 @@ async def test_an_unreachable_store_is_retried_aloud_then_exit_4() -> None:
         f"postgresql store at {url}: attempt 1 failed"
     )
     assert lines[-1].startswith(f"error: cannot reach the postgresql store at {url}")
+
+
+async def test_an_unreachable_d1_exits_4_within_the_store_timeout() -> None:
+    # 50 attempts with the default backoff would take minutes; --store-timeout bounds them.
+    url = f"d1+http://127.0.0.1:{free_port()}/acct/db?token=t&max_attempts=50"
+    started = time.monotonic()
+    run = await _finish(await _spawn("endpoints", "list", "--store", url, "--store-timeout", "1"))
+    assert run.code == 4 and run.out == "", run.err
+    assert time.monotonic() - started < 30
+    assert "cannot connect to D1" in run.err
+    assert "Unclosed client session" not in run.err
+
+
+async def test_a_postgres_database_that_does_not_exist_exits_4() -> None:
+    dsn = await server_dsn()
+    url = dsn.rsplit("/", 1)[0] + "/no_such_database_kmsg"
+    run = await _finish(await _spawn("endpoints", "list", "--store", url, "--store-timeout", "1"))
+    assert run.code == 4 and run.out == "", run.err
+    assert 'database "no_such_database_kmsg" does not exist' in run.err
+    assert "create the database first" in run.err
 
 
 def test_a_missing_sqlite_file_is_an_error_except_for_migrate_or_create(

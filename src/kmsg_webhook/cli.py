@@ -424,12 +424,20 @@ def _admin(
     persistence = _open_store(args)
 
     async def run() -> int:
-        async with WebhookRuntimeService(
+        runtime = WebhookRuntimeService(
             persistence=persistence,
             dispatch=False,
             security=security,
             field_crypto=FieldCryptoConfig.from_env(),
-        ) as runtime:
+        )
+        try:
+            await runtime.start()
+        except BaseException:
+            # The store may hold open sessions or connections from the failed start.
+            if persistence.close is not None:
+                await persistence.close()
+            raise
+        async with runtime:
             return await action(runtime)
 
     return asyncio.run(run())

@@ -18,7 +18,6 @@ from .errors import (
     WebhookError,
 )
 
-
 #: ``EndpointUrlError`` reasons that the URL policy (not the spelling) decides.
 _POLICY_REASONS = frozenset({"private_address", "local_name", "http_not_allowed"})
 

@@ -80,7 +80,9 @@ def persistence_from_url(
             )
         from .d1 import d1_persistence_from_url
 
-        return d1_persistence_from_url(url, max_stored_attempts=max_stored_attempts)
+        return d1_persistence_from_url(
+            url, max_stored_attempts=max_stored_attempts, retry_timeout=retry_timeout
+        )
     return database_from_url(
         url,
         initialize_schema=initialize_schema,

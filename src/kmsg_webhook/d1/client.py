@@ -36,7 +36,9 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
 )
+from tenacity.stop import stop_base
 
 from ..errors import ConfigError
 from .errors import (
@@ -140,6 +142,8 @@ class D1Client:
     ``round_trips`` counts every HTTP request sent (retries included); benchmarks divide it by
     deliveries. ``session`` is a seam: pass an aiohttp session to share its connection pool (it
     is then not closed by :meth:`close`). ``sleep`` is what the retry loop waits with.
+    ``retry_timeout`` (seconds, optional) also bounds one call's retrying by time, as the SQL
+    stores' ``retry_timeout`` does (``--store-timeout`` on the CLI).
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class D1Client:
         limits: D1Limits | None = None,
         session: aiohttp.ClientSession | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry_timeout: float | None = None,
     ) -> None:
         if not account_id or not database_id:
             raise ConfigError("D1 needs an account id and a database id")
@@ -171,6 +176,8 @@ class D1Client:
             raise ConfigError("D1 base_url must not carry a query, fragment or credentials")
         if timeout <= 0 or max_attempts < 1:
             raise ConfigError("D1 timeout must be > 0 and max_attempts >= 1")
+        if retry_timeout is not None and retry_timeout <= 0:
+            raise ConfigError("D1 retry_timeout must be > 0")
         self.account_id = account_id
         self.database_id = database_id
         self.base_url = base_url.rstrip("/")
@@ -188,6 +195,9 @@ class D1Client:
         self._given_session = session
         self._session: aiohttp.ClientSession | None = None
         self._sleep = sleep
+        self._stop: stop_base = stop_after_attempt(max_attempts)
+        if retry_timeout is not None:
+            self._stop = self._stop | stop_after_delay(retry_timeout)
         prefix = f"{self.base_url}/accounts/{quote(account_id, safe='')}/d1/database/"
         self._url = prefix + quote(database_id, safe="")
 
@@ -318,7 +328,7 @@ class D1Client:
     async def _send(self, mode: Literal["query", "raw"], body: bytes, state: _CallState) -> Any:
         url = f"{self._url}/{mode}"
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
+            stop=self._stop,
             wait=self._wait,
             retry=retry_if_exception_type(D1UnavailableError),
             sleep=self._sleep,

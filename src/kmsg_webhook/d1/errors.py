@@ -6,7 +6,7 @@ HTTP status and the exception type, never from request headers.
 
 from __future__ import annotations
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailableError
 
 
 class D1Error(StoreError):
@@ -39,9 +39,10 @@ class D1LimitError(D1Error):
     """A statement breaks one of D1's limits; caught before sending (nothing was sent)."""
 
 
-class D1UnavailableError(D1Error):
+class D1UnavailableError(D1Error, StoreUnavailableError):
     """D1 could not be reached or kept failing (timeouts, 5xx, malformed answers) past the
-    retry budget. The last request may or may not have been applied."""
+    retry budget (the CLI exits 4, "store unavailable"). The last request may or may not have
+    been applied."""
 
 
 class D1RateLimitedError(D1UnavailableError):

@@ -126,11 +126,12 @@ def d1_persistence_from_url(
     session: aiohttp.ClientSession | None = None,
     max_stored_attempts: int | None = None,
     environ: Mapping[str, str] | None = None,
+    retry_timeout: float | None = None,
 ) -> WebhookPersistence:
     """A D1-backed persistence for a ``d1://`` or ``d1+http(s)://`` URL.
 
     The returned persistence owns its client: its ``close`` closes the HTTP session (a given
-    ``session`` is left open).
+    ``session`` is left open). ``retry_timeout`` bounds one call's retrying by time.
     """
     location = parse_d1_url(url)
     env = os.environ if environ is None else environ
@@ -149,6 +150,7 @@ def d1_persistence_from_url(
         timeout=_number(opts, "timeout", 30.0),
         max_attempts=int(_number(opts, "max_attempts", 5)),
         session=session,
+        retry_timeout=retry_timeout,
     )
     stored = max_stored_attempts or int(
         _number(opts, "max_stored_attempts", DEFAULT_MAX_STORED_ATTEMPTS)

@@ -65,7 +65,7 @@ from .codec import (
     row_to_delivery,
     row_to_endpoint,
 )
-from .faults import RetryPolicy, describe, is_transient
+from .faults import RetryPolicy, describe, is_missing_database, is_transient
 from .schema import Dialect, Migration, TableNames, migrations, queries, render
 from .schema import schema_version as known_version
 from .tables import Tables, Timestamp, build_tables
@@ -198,6 +198,11 @@ class SqlDatabase(ABC):
                 raise StoreUnavailableError(
                     f"cannot reach the {self.dialect} store at {self.display_url} (gave up after "
                     f"{time.monotonic() - started:.1f}s of retrying): {describe(exc)}"
+                ) from exc
+            if is_missing_database(exc):
+                raise StoreUnavailableError(
+                    f"the {self.dialect} store at {self.display_url} does not exist: "
+                    f"{describe(exc)}; create the database first (CREATE DATABASE)"
                 ) from exc
             raise StoreError(
                 f"cannot open the {self.dialect} store at {self.display_url}: {describe(exc)}"

@@ -61,6 +61,21 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_missing_database(exc: BaseException) -> bool:
+    """True when the server says the database named in the URL does not exist (3D000)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if asyncpg is not None and isinstance(current, asyncpg.InvalidCatalogNameError):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError):
+            current = current.orig
+        else:
+            current = current.__cause__
+    return False
+
+
 def _is_transient_here(exc: BaseException) -> bool:
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
