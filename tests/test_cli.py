@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from cli_support import Run, cli
 from kmsg_webhook import (
     DeliveryFilter,
     DeliveryStatus,
@@ -39,7 +40,7 @@ from kmsg_webhook import (
     WebhookRuntimeService,
     generate_secret,
 )
-from kmsg_webhook.cli import STORE_ENV, main
+from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.signing import Signer
 from kmsg_webhook.sql.schema import schema_version
 from kmsg_webhook.store_url import migrate_url
@@ -48,23 +49,6 @@ from pg import drop_schema, free_port, new_schema, server_dsn
 SENT = WebhookEventType.MESSAGE_SENT
 FAILED = WebhookEventType.MESSAGE_FAILED
 PRIVATE = SecurityOptions(allow_private_hosts=True)
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
-    """``main(argv)`` with its exit code and what it printed (argparse errors exit 2 too)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return Run(code, captured.out, captured.err)
 
 
 def table_ids(out: str) -> list[str]:

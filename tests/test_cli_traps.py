@@ -17,7 +17,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from cli_support import Run, cli
 from crypto_keys import HASH_KEY, KEY_A, config
 from kmsg_webhook import (
     DeliveryFilter,
@@ -37,7 +37,7 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookRuntimeService,
 )
-from kmsg_webhook.cli import STORE_ENV, main
+from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.store_url import migrate_url
 from pg import drop_schema, free_port, new_schema, server_dsn
 
@@ -48,22 +48,6 @@ KEYS_ENV = {
     "KMSG_WEBHOOK_ACTIVE_KID": "kA",
     "KMSG_WEBHOOK_HASH_KEY": base64.b64encode(HASH_KEY).decode(),
 }
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return Run(code, captured.out, captured.err)
 
 
 def event(event_id: str) -> WebhookEvent:
