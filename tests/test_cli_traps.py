@@ -254,6 +254,55 @@ async def test_a_worker_without_keys_refuses_a_sealed_store_and_with_them_delive
         assert (await _finish(worker)).code == 0
 
 
+async def test_a_worker_with_allow_host_still_checks_what_the_name_resolves_to(
+    sqlite_store: str, receiver: Receiver
+) -> None:
+    url = receiver.base.replace("127.0.0.1", "localhost") + "/in"
+    both = SecurityOptions(allowed_hosts=["localhost"], allowed_networks=["127.0.0.0/8", "::1/128"])
+    async with WebhookRuntimeService(persistence=sqlite_store, security=both, dispatch=False) as rt:
+        await rt.add_endpoint(EndpointInput(url=url, events=[SENT]))
+        await rt.emit(event("evt_by_name"))
+    # The name alone passes the URL check, but its loopback answer is refused, with the hint.
+    name_only = await _spawn(
+        "worker", "--store", sqlite_store, "--allow-host", "localhost", "--poll-ms", "50"
+    )
+    assert name_only.stderr is not None
+    try:
+        line = b""
+        while b"--allow-network" not in line:
+            line = await asyncio.wait_for(name_only.stderr.readline(), 60)
+            assert line, "the worker ended without reporting the refusal"
+        assert b"Refusing to connect to 'localhost'" in line
+        assert b"/32" in line or b"/128" in line
+    finally:
+        name_only.send_signal(signal.SIGTERM)
+        await _finish(name_only)
+    assert receiver.hits == []
+    await _requeue(sqlite_store)
+    worker = await _spawn(
+        "worker", "--store", sqlite_store, "--allow-host", "localhost",
+        "--allow-network", "127.0.0.0/8", "--allow-network", "::1/128", "--poll-ms", "50",
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            if receiver.hits:
+                break
+            await asyncio.sleep(0.05)
+        assert receiver.hits == ["/in"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert (await _finish(worker)).code == 0
+
+
+async def _requeue(url: str) -> None:
+    """Queue every finished delivery for another round of attempts now."""
+    async with WebhookRuntimeService(persistence=url, dispatch=False) as runtime:
+        page = await runtime.list_deliveries(DeliveryFilter())
+        for delivery in page.items:
+            if delivery.status is not DeliveryStatus.PENDING:
+                await runtime.retry_delivery(delivery.id)
+
+
 def test_read_commands_say_when_they_show_sealed_values(
     capsys: pytest.CaptureFixture[str], sqlite_store: str
 ) -> None:
