@@ -676,6 +676,6 @@ async def test_worker_applies_retention_from_its_flags(seeded: Seeded) -> None:
 
 
 def test_worker_refuses_a_malformed_age(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["worker", "--store", "memory://", "--keep-success", "soon"])
-    assert "not an age like 90s, 15m, 2h or 7d: 'soon'" in capsys.readouterr().err
+    run = cli(capsys, "worker", "--store", "memory://", "--keep-success", "soon")
+    assert run.code == 2
+    assert "not an age like 90s, 15m, 2h or 7d: 'soon'" in run.err
