@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -46,7 +46,6 @@ from .provider import (
     env_value,
     join_url,
     malformed_response_error,
-    now_utc,
     parse_env_bool,
     parse_json,
     parse_kst,
@@ -68,6 +67,7 @@ from .templates import (
     find_template,
     placeholders,
     render,
+    revised_template,
     stringify_variable,
     template_page,
     validate_template,
@@ -137,6 +137,19 @@ def map_aligo_result_code(code: str) -> KMsgErrorCode:
     if code == "-501":
         return KMsgErrorCode.TEMPLATE_NOT_FOUND
     return KMsgErrorCode.PROVIDER_ERROR
+
+
+def _reply(
+    response: HttpResponse, code_key: str, fallback_key: str
+) -> Result[tuple[dict[str, Any], str], KMsgError]:
+    """An Aligo JSON reply and its result code (the send and template APIs name it differently)."""
+    if not response.ok:
+        return Fail(_http_error(response))
+    parsed = parse_json(response.text)
+    if isinstance(parsed, MalformedResponse) or not isinstance(parsed, dict):
+        return Fail(malformed_response_error(PROVIDER_ID, response))
+    raw_code = parsed.get(code_key, parsed.get(fallback_key))
+    return Ok((parsed, str(raw_code).strip() if raw_code is not None else "UNKNOWN"))
 
 
 def _http_error(response: HttpResponse) -> KMsgError:
@@ -333,13 +346,10 @@ class AligoProvider(HttpProviderBase):
         options: SendOptions,
         warnings: tuple[SendWarning, ...],
     ) -> Result[SendResult, KMsgError]:
-        if not response.ok:
-            return Fail(_http_error(response))
-        parsed = parse_json(response.text)
-        if isinstance(parsed, MalformedResponse) or not isinstance(parsed, dict):
-            return Fail(malformed_response_error(PROVIDER_ID, response))
-        raw_code = parsed.get("result_code", parsed.get("code"))
-        code = str(raw_code).strip() if raw_code is not None else "UNKNOWN"
+        reply = _reply(response, "result_code", "code")
+        if isinstance(reply, Fail):
+            return reply
+        parsed, code = reply.value
         if code == success_code:
             msg_id = parsed.get("msg_id")
             return Ok(
@@ -545,13 +555,10 @@ class AligoProvider(HttpProviderBase):
             return data
 
         def parse(response: HttpResponse) -> Result[T, KMsgError]:
-            if not response.ok:
-                return Fail(_http_error(response))
-            parsed = parse_json(response.text)
-            if isinstance(parsed, MalformedResponse) or not isinstance(parsed, dict):
-                return Fail(malformed_response_error(PROVIDER_ID, response))
-            raw_code = parsed.get("code", parsed.get("result_code"))
-            code = str(raw_code).strip() if raw_code is not None else "UNKNOWN"
+            reply = _reply(response, "code", "result_code")
+            if isinstance(reply, Fail):
+                return reply
+            parsed, code = reply.value
             if code == "0":
                 return read(parsed)
             text = str(parsed.get("message") or "Aligo request failed")
@@ -650,18 +657,7 @@ class AligoProvider(HttpProviderBase):
         }
 
         def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
-            return Ok(
-                replace(
-                    current.value,
-                    name=merged.name,
-                    content=merged.content,
-                    category=merged.category,
-                    buttons=merged.buttons,
-                    variables=placeholders(merged.content),
-                    status=TemplateStatus.PENDING,
-                    updated_at=now_utc(),
-                )
-            )
+            return Ok(revised_template(current.value, merged, TemplateStatus.PENDING))
 
         return await self._manage("/akv10/template/modify/", fields, read)
 

@@ -59,6 +59,7 @@ from .templates import (
     buttons_from_wire,
     find_template,
     placeholders,
+    revised_template,
     stringify_variable,
     validate_template,
 )
@@ -997,19 +998,8 @@ class IWINVProvider(HttpProviderBase):
             }
 
             def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
-                return Ok(
-                    replace(
-                        current.value,
-                        name=merged.name,
-                        content=merged.content,
-                        category=merged.category,
-                        buttons=merged.buttons,
-                        variables=placeholders(merged.content),
-                        status=TemplateStatus.INSPECTION,
-                        updated_at=now_utc(),
-                        raw=data,
-                    )
-                )
+                revised = revised_template(current.value, merged, TemplateStatus.INSPECTION)
+                return Ok(replace(revised, raw=data))
 
             return await self._template_call("/api/template/modify/", body, read)
         except Exception as exc:

@@ -41,6 +41,7 @@ from .templates import (
     TemplateUpdate,
     find_template,
     placeholders,
+    revised_template,
     template_page,
     validate_template,
 )
@@ -317,16 +318,7 @@ class MockProvider:
         checked = validate_template(merged, provider_id=self._id)
         if isinstance(checked, Fail):
             return checked
-        updated = replace(
-            current,
-            name=merged.name,
-            content=merged.content,
-            category=merged.category,
-            buttons=merged.buttons,
-            variables=placeholders(merged.content),
-            status=TemplateStatus.PENDING,
-            updated_at=now_utc(),
-        )
+        updated = revised_template(current, merged, TemplateStatus.PENDING)
         self._templates[code] = updated
         return Ok(updated)
 

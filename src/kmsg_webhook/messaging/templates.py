@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -254,6 +254,20 @@ def validate_template(
             provider_id=provider_id,
             details={"problems": problems},
         )
+    )
+
+
+def revised_template(current: Template, merged: TemplateInput, status: TemplateStatus) -> Template:
+    """``current`` after a vendor took ``merged`` in its place, in review again as ``status``."""
+    return replace(
+        current,
+        name=merged.name,
+        content=merged.content,
+        category=merged.category,
+        buttons=merged.buttons,
+        variables=placeholders(merged.content),
+        status=status,
+        updated_at=datetime.now(UTC),
     )
 
 
