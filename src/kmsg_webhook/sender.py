@@ -18,6 +18,7 @@ from .errors import ConfigError, EndpointUrlError, InvalidEndpointError, Signing
 from .models import AttemptDraft, WebhookAttempt, WebhookDelivery, WebhookEndpoint, frozen
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
 from .tls import client_context, trust_context
+from .transport.aiohttp import read_prefix
 from .urlguard import (
     IPNetwork,
     parse_allowed_host,
@@ -147,7 +148,7 @@ class Sender:
                 if length is not None and length <= limit:
                     raw = await response.read()  # the usual small answer: one read
                 else:
-                    raw = await _read_prefix(response.content, limit)
+                    raw = await read_prefix(response.content, limit)
                 status = response.status
                 attempt = frozen(
                     AttemptDraft(
@@ -270,17 +271,6 @@ def _unsigned_headers(
             "X-Webhook-Timestamp": str(timestamp),
         }
     return {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp)}
-
-
-async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the body; one ``read(n)`` returns only what has arrived so far."""
-    raw = bytearray()
-    while len(raw) < limit:
-        chunk = await stream.read(limit - len(raw))
-        if not chunk:
-            break
-        raw += chunk
-    return bytes(raw)
 
 
 def _status_text(response: aiohttp.ClientResponse) -> str:

@@ -57,7 +57,7 @@ class AiohttpTransport:
                 if length is not None and length <= max_body_bytes:
                     raw = await response.read()  # the usual small answer: one read
                 else:
-                    raw = await _read_prefix(response.content, max_body_bytes)
+                    raw = await read_prefix(response.content, max_body_bytes)
                 return TransportResponse(
                     status=response.status,
                     reason=response.reason or "",
@@ -86,7 +86,7 @@ class AiohttpTransport:
             await asyncio.sleep(0)
 
 
-async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+async def read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
     """Up to ``limit`` bytes of the body; one ``read(n)`` returns only what has arrived so far.
     The rest is left unread: aiohttp drops the connection when the response is released."""
     raw = bytearray()
