@@ -97,3 +97,20 @@ def keep_answering(answer: bytes) -> Handler:
         state.closed_by_peer += 1
 
     return handler
+
+
+def answer_once(answer: bytes, *, reset_after: float | None = None) -> Handler:
+    """A handler reading one request and writing ``answer`` (whole, cut short or malformed),
+    then closing; with ``reset_after``, it waits that many seconds and resets instead."""
+
+    async def handler(
+        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        if reset_after is not None:
+            await asyncio.sleep(reset_after)
+            reset(writer)
+
+    return handler

@@ -28,7 +28,7 @@ from kmsg_webhook.transport import (
     TransportTimeoutError,
 )
 from kmsg_webhook.urlguard import ForbiddenAddressError, GuardedResolver, StaticResolver
-from raw_http import RawServer, keep_answering, raw_server, read_request, reset
+from raw_http import RawServer, answer_once, keep_answering, raw_server, read_request
 from tls_certs import LocalCA
 
 MakeTransport = Callable[..., Transport]
@@ -139,27 +139,13 @@ async def test_chunked_answer_is_assembled(make_transport: MakeTransport) -> Non
 
 
 async def test_http_1_0_answer_ending_with_the_connection(make_transport: MakeTransport) -> None:
-    async def handler(
-        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.0 200 OK\r\n\r\nuntil close")
-        await writer.drain()
-
-    async with raw_server(handler) as server:
+    async with raw_server(answer_once(b"HTTP/1.0 200 OK\r\n\r\nuntil close")) as server:
         response = await post(make_transport(), target(server))
     assert (response.status, response.body) == (200, b"until close")
 
 
 async def test_truncated_status_line_is_a_protocol_error(make_transport: MakeTransport) -> None:
-    async def handler(
-        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 20")
-        await writer.drain()
-
-    async with raw_server(handler) as server:
+    async with raw_server(answer_once(b"HTTP/1.1 20")) as server:
         with pytest.raises(ProtocolError):
             await post(make_transport(), target(server))
 
@@ -167,29 +153,15 @@ async def test_truncated_status_line_is_a_protocol_error(make_transport: MakeTra
 async def test_answer_shorter_than_its_content_length_is_a_protocol_error(
     make_transport: MakeTransport,
 ) -> None:
-    async def handler(
-        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
-        await writer.drain()
-
-    async with raw_server(handler) as server:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"
+    async with raw_server(answer_once(answer)) as server:
         with pytest.raises(ProtocolError):
             await post(make_transport(), target(server))
 
 
 async def test_reset_mid_body_is_a_protocol_error(make_transport: MakeTransport) -> None:
-    async def handler(
-        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        reset(writer)
-
-    async with raw_server(handler) as server:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000
+    async with raw_server(answer_once(answer, reset_after=0.05)) as server:
         with pytest.raises(ProtocolError):
             await post(make_transport(), target(server), max_body_bytes=10_000)
 

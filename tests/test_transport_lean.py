@@ -22,7 +22,7 @@ from kmsg_webhook.transport import (
     TransportTimeoutError,
 )
 from kmsg_webhook.urlguard import GuardedResolver, StaticResolver
-from raw_http import RawServer, keep_answering, raw_server, read_request, reset
+from raw_http import RawServer, answer_once, keep_answering, raw_server, read_request
 from tls_certs import LocalCA
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -144,16 +144,8 @@ async def test_huge_headers_are_refused(lean: LeanTransport) -> None:
 
 
 async def test_reset_after_the_cap_is_still_a_failed_attempt(lean: LeanTransport) -> None:
-    async def handler(
-        state: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        reset(writer)
-
-    async with raw_server(handler) as server:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000
+    async with raw_server(answer_once(answer, reset_after=0.05)) as server:
         with pytest.raises(ProtocolError, match="reset"):
             await post(lean, server, max_body_bytes=10)
 
