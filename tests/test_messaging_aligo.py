@@ -28,7 +28,7 @@ from kmsg_webhook.messaging import (
     SendWarningCode,
     SmsSendOptions,
 )
-from messaging_fakes.aligo import FakeAligo
+from messaging_fakes.aligo import FakeAligo, aligo_provider
 from messaging_fakes.base import Reply
 from messaging_fakes.fixtures import provider_fixtures
 from messaging_fakes.util import RecordingSleep
@@ -40,16 +40,11 @@ FRIENDTALK = "/kakao/akv10/friendtalk/send/"
 
 def make(fake: FakeAligo, sleep: RecordingSleep, **overrides: Any) -> AligoProvider:
     settings: dict[str, Any] = {
-        "api_key": fake.api_key,
-        "user_id": fake.user_id,
         "sender": "010-0000-0000",
         "sender_key": "SENDERKEY1",
         "test_mode": False,
-        "sms_base_url": fake.sms_url,
-        "alimtalk_base_url": fake.kakao_url,
     }
-    settings.update(overrides)
-    return AligoProvider(AligoConfig(**settings), sleep=sleep)
+    return aligo_provider(fake, sleep, **settings | overrides)
 
 
 fake, sleep, provider, once = provider_fixtures(FakeAligo, make)

@@ -9,7 +9,6 @@ import pytest
 
 from kmsg_webhook.errors import ConfigError
 from kmsg_webhook.messaging import (
-    AligoConfig,
     AligoProvider,
     ChannelBinding,
     ChannelBindings,
@@ -24,23 +23,15 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.mock import MOCK_AUTH_NUMBER
 from kmsg_webhook.messaging.provider import KST
-from messaging_fakes.aligo import FakeAligoKakao
+from messaging_fakes.aligo import FakeAligoKakao, aligo_provider
 from messaging_fakes.base import Reply
 
 
 @pytest.fixture
 async def aligo() -> Any:
     async with FakeAligoKakao() as server:
-        provider = AligoProvider(
-            AligoConfig(
-                api_key=server.api_key,
-                user_id=server.user_id,
-                sender="0212345678",
-                test_mode=False,
-                sms_base_url=server.sms_url,
-                alimtalk_base_url=server.kakao_url,
-                retry=RetryPolicy.never(),
-            )
+        provider = aligo_provider(
+            server, sender="0212345678", test_mode=False, retry=RetryPolicy.never()
         )
         yield server, provider
         await provider.aclose()

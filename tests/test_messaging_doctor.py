@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from kmsg_webhook.messaging import (
-    AligoConfig,
     AligoProvider,
     Fail,
     IWINVConfig,
@@ -17,7 +16,7 @@ from kmsg_webhook.messaging.onboarding import (
     ProbeOperation,
     get_provider_onboarding_spec,
 )
-from messaging_fakes.aligo import FakeAligoKakao
+from messaging_fakes.aligo import FakeAligoKakao, aligo_provider
 from messaging_fakes.base import Reply
 from messaging_fakes.iwinv import FakeIwinv
 
@@ -71,16 +70,7 @@ ALIGO_SPEC = get_provider_onboarding_spec("aligo")
 
 
 def _aligo(fake: FakeAligoKakao, sender_key: str | None) -> AligoProvider:
-    return AligoProvider(
-        AligoConfig(
-            api_key=fake.api_key,
-            user_id=fake.user_id,
-            sender_key=sender_key,
-            alimtalk_base_url=fake.kakao_url,
-            sms_base_url=fake.sms_url,
-            retry=RetryPolicy.never(),
-        )
-    )
+    return aligo_provider(fake, sender_key=sender_key, retry=RetryPolicy.never())
 
 
 async def test_a_missing_sender_key_is_recognised_by_its_type() -> None:

@@ -20,7 +20,6 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.errors import ConfigError
 from kmsg_webhook.messaging import (
-    AligoConfig,
     AligoProvider,
     ChannelBinding,
     ChannelBindings,
@@ -42,7 +41,7 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.mock import MOCK_AUTH_NUMBER
 from kmsg_webhook.models import EndpointFilters
-from messaging_fakes.aligo import FakeAligoKakao
+from messaging_fakes.aligo import FakeAligoKakao, aligo_provider
 from messaging_fakes.base import FakeServer, Recorded, Reply
 from messaging_fakes.util import FlakySink, RecordingSleep
 
@@ -153,15 +152,7 @@ async def test_review_results_become_approved_and_rejected_events() -> None:
 
 async def test_watcher_retries_failed_reads_and_forgets_deleted_templates() -> None:
     async with FakeAligoKakao() as fake:
-        provider = AligoProvider(
-            AligoConfig(
-                api_key=fake.api_key,
-                user_id=fake.user_id,
-                sender_key="SENDERKEY1",
-                alimtalk_base_url=fake.kakao_url,
-                retry=RetryPolicy.never(),
-            )
-        )
+        provider = aligo_provider(fake, sender_key="SENDERKEY1", retry=RetryPolicy.never())
         changes: list[tuple[str, TemplateStatus]] = []
 
         async def record(template: Any, previous: TemplateStatus, key: str | None) -> None:
@@ -192,15 +183,7 @@ async def test_watcher_retries_failed_reads_and_forgets_deleted_templates() -> N
 
 
 def _aligo(fake: FakeAligoKakao) -> AligoProvider:
-    return AligoProvider(
-        AligoConfig(
-            api_key=fake.api_key,
-            user_id=fake.user_id,
-            sender_key="SENDERKEY1",
-            alimtalk_base_url=fake.kakao_url,
-            retry=RetryPolicy.never(),
-        )
-    )
+    return aligo_provider(fake, sender_key="SENDERKEY1", retry=RetryPolicy.never())
 
 
 async def test_same_template_code_on_two_channels_is_watched_per_channel() -> None:
@@ -346,15 +329,7 @@ async def test_template_review_reaches_a_real_webhook_endpoint(receiver: FakeSer
         security=SecurityOptions(allow_private_hosts=True),
     )
     async with FakeAligoKakao() as aligo:
-        provider = AligoProvider(
-            AligoConfig(
-                api_key=aligo.api_key,
-                user_id=aligo.user_id,
-                sender_key="SENDERKEY1",
-                alimtalk_base_url=aligo.kakao_url,
-                sms_base_url=aligo.sms_url,
-            )
-        )
+        provider = aligo_provider(aligo, sender_key="SENDERKEY1")
         manager = ProviderManager(provider, webhooks=runtime, watch_interval=0.05)
         try:
             endpoint = await runtime.add_endpoint(
@@ -410,14 +385,7 @@ async def test_a_cancelled_operation_emits_nothing() -> None:
             return Reply(200, {"code": 0, "data": {"templtCode": "TP_1"}})
 
         fake.route("POST", "/kakao/akv10/template/add/", hold)
-        provider = AligoProvider(
-            AligoConfig(
-                api_key=fake.api_key,
-                user_id=fake.user_id,
-                sender_key="SENDERKEY1",
-                alimtalk_base_url=fake.kakao_url,
-            )
-        )
+        provider = aligo_provider(fake, sender_key="SENDERKEY1")
         manager = ProviderManager(provider, webhooks=sink)
         task = asyncio.create_task(manager.create_template(TemplateInput("a", "x")))
         for _ in range(200):

@@ -37,7 +37,7 @@ from kmsg_webhook.messaging import (
     validate_template,
 )
 from kmsg_webhook.messaging.provider import KST
-from messaging_fakes.aligo import FakeAligoKakao
+from messaging_fakes.aligo import FakeAligoKakao, aligo_provider
 from messaging_fakes.base import Reply
 from messaging_fakes.iwinv import FakeIwinv
 from messaging_fakes.solapi import FakeSolapi
@@ -240,16 +240,8 @@ async def test_iwinv_has_no_inspection_request() -> None:
 @pytest.fixture
 async def aligo() -> Any:
     async with FakeAligoKakao() as server:
-        provider = AligoProvider(
-            AligoConfig(
-                api_key=server.api_key,
-                user_id=server.user_id,
-                sender_key="SENDERKEY1",
-                test_mode=False,
-                sms_base_url=server.sms_url,
-                alimtalk_base_url=server.kakao_url,
-                retry=RetryPolicy.never(),
-            )
+        provider = aligo_provider(
+            server, sender_key="SENDERKEY1", test_mode=False, retry=RetryPolicy.never()
         )
         yield server, provider
         await provider.aclose()
@@ -401,17 +393,7 @@ async def test_solapi_has_no_template_capability(call: Any) -> None:
 
 
 def _aligo_with_retries(fake: FakeAligoKakao, sleep: RecordingSleep) -> AligoProvider:
-    return AligoProvider(
-        AligoConfig(
-            api_key=fake.api_key,
-            user_id=fake.user_id,
-            sender_key="SENDERKEY1",
-            sms_base_url=fake.sms_url,
-            alimtalk_base_url=fake.kakao_url,
-            retry=RetryPolicy(max_attempts=3),
-        ),
-        sleep=sleep,
-    )
+    return aligo_provider(fake, sleep, sender_key="SENDERKEY1", retry=RetryPolicy(max_attempts=3))
 
 
 ALIGO_CHANGES: list[tuple[str, Any]] = [

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Callable
 from typing import Any, ClassVar
+
+from kmsg_webhook.messaging import AligoConfig, AligoProvider
+from kmsg_webhook.messaging.provider import SleepFn
 
 from .base import FakeServer, Recorded, Reply
 
@@ -279,3 +283,15 @@ class FakeAligoKakao(FakeAligo):
         template = self.template(code, sender_key)
         template["inspStatus"] = "APR" if approve else "REJ"
         template["udate"] = "2026-03-03 09:00:00"
+
+
+def aligo_provider(fake: FakeAligo, sleep: SleepFn = asyncio.sleep, **config: Any) -> AligoProvider:
+    """An AligoProvider sending to ``fake`` with its credentials; ``config`` is the rest of its
+    AligoConfig (sender, sender key, retry policy...)."""
+    settings: dict[str, Any] = {
+        "api_key": fake.api_key,
+        "user_id": fake.user_id,
+        "sms_base_url": fake.sms_url,
+        "alimtalk_base_url": fake.kakao_url,
+    }
+    return AligoProvider(AligoConfig(**settings | config), sleep=sleep)
