@@ -221,6 +221,17 @@ async def temporary_postgres(**options: Any) -> AsyncIterator[PostgresDatabase]:
 
 
 @asynccontextmanager
+async def temporary_store_url() -> AsyncIterator[str]:
+    """A store URL for a fresh Postgres schema (``...?schema=``), dropped afterwards."""
+    dsn = await server_dsn()
+    schema = new_schema()
+    try:
+        yield f"{dsn}?schema={schema}"
+    finally:
+        await drop_schema(dsn, schema)
+
+
+@asynccontextmanager
 async def temporary_sqlite(**options: Any) -> AsyncIterator[SQLiteDatabase]:
     """A :class:`SQLiteDatabase` in a fresh file of a temporary directory, removed afterwards."""
     directory = tempfile.mkdtemp(prefix="kmsg-sqlite-")

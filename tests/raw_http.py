@@ -1,7 +1,9 @@
-"""Raw asyncio HTTP/1.1 servers on 127.0.0.1 that answer exactly the bytes a test scripts.
+"""Local HTTP servers on 127.0.0.1 for tests.
 
-A handler gets the connection's reader and writer and a :class:`RawServer` to record into;
-:func:`read_request` reads one request (head and Content-Length body) off the reader.
+Raw asyncio HTTP/1.1 servers answer exactly the bytes a test scripts: a handler gets the
+connection's reader and writer and a :class:`RawServer` to record into; :func:`read_request`
+reads one request (head and Content-Length body) off the reader. :func:`serve_app` serves an
+aiohttp application instead, for receivers that need no control over the wire.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+
+from aiohttp import web
 
 Handler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -114,3 +118,16 @@ def answer_once(answer: bytes, *, reset_after: float | None = None) -> Handler:
             reset(writer)
 
     return handler
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free 127.0.0.1 port until the block ends; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

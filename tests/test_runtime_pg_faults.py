@@ -36,6 +36,7 @@ from kmsg_webhook import (
 from kmsg_webhook.sql.postgres import PostgresDatabase
 from kmsg_webhook.store_url import persistence_from_url
 from pg import drop_schema, free_port, new_schema, server_dsn, terminate_backends
+from raw_http import serve_app
 
 EVENTS = 300
 WAVES = 10
@@ -59,15 +60,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/hooks", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
-    try:
+    async with serve_app(app) as base:
+        rec.url = f"{base}/hooks"
         yield rec
-    finally:
-        await runner.cleanup()
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ from kmsg_webhook import (
     WebhookRuntimeService,
     generate_secret,
 )
-from pg import drop_schema, new_schema, server_dsn
+from pg import server_dsn, temporary_store_url
+from raw_http import serve_app
 
 PRIVATE = SecurityOptions(allow_private_hosts=True)
 LONG_POLL = ("--poll-ms", "60000")
@@ -68,15 +69,9 @@ async def hits() -> AsyncIterator[Hits]:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve_app(app) as base:
+        rec.base = base
         yield rec
-    finally:
-        await runner.cleanup()
 
 
 @dataclass
@@ -212,12 +207,8 @@ async def wait_for(predicate: Any, within: float, what: str) -> None:
 
 @pytest.fixture
 async def pg_store() -> AsyncIterator[str]:
-    dsn = await server_dsn()
-    schema = new_schema()
-    try:
-        yield f"{dsn}?schema={schema}"
-    finally:
-        await drop_schema(dsn, schema)
+    async with temporary_store_url() as url:
+        yield url
 
 
 async def test_the_start_line_on_a_d1_store_shows_no_token(

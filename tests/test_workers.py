@@ -28,7 +28,8 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookRuntimeService,
 )
-from pg import drop_schema, new_schema, server_dsn
+from pg import temporary_store_url
+from raw_http import serve_app
 
 
 @dataclass
@@ -55,25 +56,15 @@ async def receiver() -> AsyncIterator[CountingReceiver]:
 
     app = web.Application()
     app.router.add_post("/hooks", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
-    try:
+    async with serve_app(app) as base:
+        rec.url = f"{base}/hooks"
         yield rec
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
 async def store_url() -> AsyncIterator[str]:
-    dsn = await server_dsn()
-    schema = new_schema()
-    try:
-        yield f"{dsn}?schema={schema}"
-    finally:
-        await drop_schema(dsn, schema)
+    async with temporary_store_url() as url:
+        yield url
 
 
 @pytest.fixture
