@@ -535,6 +535,15 @@ class IWINVProvider(HttpProviderBase):
             {"code": numeric if numeric is not None else response.status, "message": str(parsed)}
         )
 
+    def _alimtalk_reply(self, response: HttpResponse) -> Result[dict[str, Any], KMsgError]:
+        """The payload of an AlimTalk API answer that succeeded (HTTP 2xx and code 200)."""
+        payload = self._alimtalk_payload(response)
+        if isinstance(payload, Fail):
+            return payload
+        if not (response.ok and _as_int(payload.value.get("code")) == 200):
+            return Fail(self._alimtalk_error(payload.value, response))
+        return payload
+
     def _alimtalk_error(self, payload: Mapping[str, Any], response: HttpResponse) -> KMsgError:
         code = _as_int(payload.get("code"))
         message = str(payload.get("message") or f"IWINV request failed (code {code})")
@@ -555,12 +564,10 @@ class IWINVProvider(HttpProviderBase):
     def _alimtalk_result(
         self, options: AlimTalkSendOptions, response: HttpResponse
     ) -> Result[SendResult, KMsgError]:
-        payload = self._alimtalk_payload(response)
-        if isinstance(payload, Fail):
-            return payload
-        data = payload.value
-        if not (response.ok and _as_int(data.get("code")) == 200):
-            return Fail(self._alimtalk_error(data, response))
+        reply = self._alimtalk_reply(response)
+        if isinstance(reply, Fail):
+            return reply
+        data = reply.value
         seq = data.get("seqNo")
         seq_int = _as_int(seq)
         return Ok(
@@ -1075,13 +1082,10 @@ class IWINVProvider(HttpProviderBase):
         """One template call; only ``read_only`` ones are retried (see ``_request``)."""
 
         def parse(response: HttpResponse) -> Result[T, KMsgError]:
-            payload = self._alimtalk_payload(response)
-            if isinstance(payload, Fail):
-                return payload
-            data = payload.value
-            if not (response.ok and _as_int(data.get("code")) == 200):
-                return Fail(self._alimtalk_error(data, response))
-            return read(data)
+            reply = self._alimtalk_reply(response)
+            if isinstance(reply, Fail):
+                return reply
+            return read(reply.value)
 
         return await self._request(
             "POST",
