@@ -163,6 +163,28 @@ def _http_error(response: HttpResponse) -> KMsgError:
     )
 
 
+def _refusal(
+    kind: KMsgErrorCode, code: str, text: str, response: HttpResponse, details: dict[str, Any]
+) -> KMsgError:
+    """Aligo refused the request with its own ``code`` and ``text`` (``kind`` is ours)."""
+    return KMsgError(
+        kind,
+        f"{text} (code: {code})",
+        provider_id=PROVIDER_ID,
+        provider_error_code=code,
+        provider_error_text=text,
+        http_status=response.status,
+        details=details,
+    )
+
+
+def _incomplete(message: str) -> KMsgError:
+    """Aligo said yes but its answer lacks what the call returns; not retried, it was done."""
+    return KMsgError(
+        KMsgErrorCode.PROVIDER_ERROR, message, provider_id=PROVIDER_ID, retryable=False
+    )
+
+
 def _button_json(buttons: tuple[MessageButton, ...]) -> str:
     # Aligo's documented button shape: {"button": [{"name", "linkType", "linkMo", "linkPc"}]}.
     items = []
@@ -366,15 +388,7 @@ class AligoProvider(HttpProviderBase):
             )
         text = str(parsed.get("message") or parsed.get("msg") or "Aligo request failed")
         return Fail(
-            KMsgError(
-                map_aligo_result_code(code),
-                f"{text} (code: {code})",
-                provider_id=PROVIDER_ID,
-                provider_error_code=code,
-                provider_error_text=text,
-                http_status=response.status,
-                details={"resultCode": code},
-            )
+            _refusal(map_aligo_result_code(code), code, text, response, {"resultCode": code})
         )
 
     async def _send_sms(self, options: SmsSendOptions) -> Result[SendResult, KMsgError]:
@@ -562,17 +576,8 @@ class AligoProvider(HttpProviderBase):
             if code == "0":
                 return read(parsed)
             text = str(parsed.get("message") or "Aligo request failed")
-            return Fail(
-                KMsgError(
-                    map_aligo_management_code(code),
-                    f"{text} (code: {code})",
-                    provider_id=PROVIDER_ID,
-                    provider_error_code=code,
-                    provider_error_text=text,
-                    http_status=response.status,
-                    details={"originalCode": code, "response": parsed},
-                )
-            )
+            details = {"originalCode": code, "response": parsed}
+            return Fail(_refusal(map_aligo_management_code(code), code, text, response, details))
 
         try:
             return await self._request(
@@ -617,14 +622,7 @@ class AligoProvider(HttpProviderBase):
         def read(data: dict[str, Any]) -> Result[Template, KMsgError]:
             item = data.get("data")
             if not isinstance(item, dict) or not item.get("templtCode"):
-                return Fail(
-                    KMsgError(
-                        KMsgErrorCode.PROVIDER_ERROR,
-                        "Aligo accepted the template but returned no templtCode",
-                        provider_id=PROVIDER_ID,
-                        retryable=False,
-                    )
-                )
+                return Fail(_incomplete("Aligo accepted the template but returned no templtCode"))
             merged = {
                 "templtName": template.name,
                 "templtContent": template.content,
@@ -755,14 +753,7 @@ class AligoProvider(HttpProviderBase):
         def read(data: dict[str, Any]) -> Result[KakaoChannelCategories, KMsgError]:
             body = data.get("data")
             if not isinstance(body, dict):
-                return Fail(
-                    KMsgError(
-                        KMsgErrorCode.PROVIDER_ERROR,
-                        "Aligo category answer has no data object",
-                        provider_id=PROVIDER_ID,
-                        retryable=False,
-                    )
-                )
+                return Fail(_incomplete("Aligo category answer has no data object"))
             return Ok(
                 KakaoChannelCategories(
                     first=level(body.get("firstBusinessType")),
@@ -804,14 +795,7 @@ class AligoProvider(HttpProviderBase):
             if isinstance(item, list):
                 item = item[0] if item else None
             if not isinstance(item, dict) or not item.get("senderKey"):
-                return Fail(
-                    KMsgError(
-                        KMsgErrorCode.PROVIDER_ERROR,
-                        "Aligo added the channel but returned no senderKey",
-                        provider_id=PROVIDER_ID,
-                        retryable=False,
-                    )
-                )
+                return Fail(_incomplete("Aligo added the channel but returned no senderKey"))
             return Ok(_aligo_channel({"uuid": fields["plusid"], **item}))
 
         return await self._manage("/akv10/profile/add/", fields, read)
