@@ -18,7 +18,7 @@ from kmsg_webhook import (
     verify,
 )
 from kmsg_webhook.messaging import IWINVConfig, IWINVProvider, KMsg, Ok
-from messaging_fakes.base import FakeServer, Recorded, Reply
+from messaging_fakes.base import FakeServer, webhook_receiver
 from messaging_fakes.iwinv import FakeIwinv
 
 standardwebhooks = pytest.importorskip("standardwebhooks")
@@ -32,13 +32,7 @@ async def iwinv() -> AsyncIterator[FakeIwinv]:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[FakeServer]:
-    server = FakeServer()
-
-    def accept(req: Recorded) -> Reply:
-        return Reply(200, {"ok": True})
-
-    server.route("POST", "/hooks/kmsg", accept)
-    async with server:
+    async with webhook_receiver("/hooks/kmsg") as server:
         yield server
 
 

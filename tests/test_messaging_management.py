@@ -42,7 +42,7 @@ from kmsg_webhook.messaging import (
 from kmsg_webhook.messaging.mock import MOCK_AUTH_NUMBER
 from kmsg_webhook.models import EndpointFilters
 from messaging_fakes.aligo import FakeAligoKakao, aligo_provider
-from messaging_fakes.base import FakeServer, Recorded, Reply
+from messaging_fakes.base import FakeServer, Recorded, Reply, webhook_receiver
 from messaging_fakes.util import FlakySink, RecordingSleep
 
 T = WebhookEventType
@@ -311,14 +311,7 @@ async def test_events_share_the_send_feed() -> None:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[FakeServer]:
-    server = FakeServer()
-
-    def accept(req: Recorded) -> Reply:
-        return Reply(200, {"ok": True})
-
-    server.route("POST", "/hooks/templates", accept)
-    server.route("POST", "/hooks/other", accept)
-    async with server:
+    async with webhook_receiver("/hooks/templates", "/hooks/other") as server:
         yield server
 
 

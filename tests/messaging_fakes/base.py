@@ -136,3 +136,11 @@ class FakeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def webhook_receiver(*paths: str) -> FakeServer:
+    """A FakeServer standing in for a webhook endpoint: POSTs to ``paths`` get 200."""
+    server = FakeServer()
+    for path in paths:
+        server.route("POST", path, lambda req: Reply(200, {"ok": True}))
+    return server
