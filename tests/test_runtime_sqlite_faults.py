@@ -142,7 +142,7 @@ async def test_sqlite_full_database_recovers_once_it_may_grow(
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs mounted for the test (root only)."""
+    """A 16 MiB tmpfs mounted for the test (root only)."""
     reason = None
     if os.geteuid() != 0:
         reason = "mounting a tmpfs needs root"
@@ -152,7 +152,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     if reason is None:
         done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
             capture_output=True,
             text=True,
         )
@@ -186,10 +186,11 @@ async def test_sqlite_on_a_real_full_disk_recovers_once_space_is_freed(
     small_tmpfs: Path, receiver: Receiver, wait_until: WaitUntil
 ) -> None:
     ballast = small_tmpfs / "ballast"
-    # Most of the disk is taken before the run: the database's WAL stays far from its
-    # automatic checkpoint, as on a busy small volume.
+    # Most of the disk is taken before the run, as on a busy small volume. The 6 MiB left
+    # hold the schema and the first events' WAL whatever the batch sizes (SQLite checkpoints
+    # it automatically at about 4 MiB); the filler then takes the rest.
     with ballast.open("wb") as f:
-        f.write(b"\0" * (7 * 1024 * 1024))
+        f.write(b"\0" * (10 * 1024 * 1024))
     filler = small_tmpfs / "filler"
 
     async def fill(db: SQLiteDatabase) -> None:
