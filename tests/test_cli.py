@@ -291,6 +291,19 @@ def test_endpoints_add_refuses_a_private_url_unless_allowed(
     assert allowed.code == 0 and allowed.out.startswith("added ep_")
 
 
+def test_endpoints_add_ordered_and_verified(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """Nothing listens on port 9: the challenge fails and the endpoint waits, pending."""
+    args = ("endpoints", "add", "--store", store, "--event", "message.sent")
+    run = cli(
+        capsys, *args, "--url", "http://127.0.0.1:9/hooks", "--allow-private-hosts", "--verify",
+        "--ordered",
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert run.out.splitlines()[1] == "status pending_verification"
+    listing = cli(capsys, "endpoints", "list", "--store", store)
+    assert "pending_verification" in listing.out
+
+
 @pytest.mark.parametrize(
     ("url", "code", "reason"),
     [
@@ -317,7 +330,8 @@ def test_a_malformed_url_is_a_usage_error_and_a_policy_refusal_exits_5(
         (["--header", "X-Team"], "error: --header takes Name=value, got 'X-Team'\n"),
         (
             ["--header", "webhook-signature=v1,forged"],
-            "error: header webhook-signature is set by the signer and cannot be overridden\n",
+            "error: header webhook-signature is set by the sender (signature, body framing or "
+            "connection) and cannot be given\n",
         ),
         (["--event", "message.nope"], "error: Unknown event type: 'message.nope'\n"),
     ],

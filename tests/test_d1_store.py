@@ -5,6 +5,7 @@ The store protocol itself is covered by tests/test_store_conformance.py (its ``d
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -22,8 +23,10 @@ from kmsg_webhook import (
     DeliveryStatus,
     EndpointFilters,
     EndpointInput,
+    EndpointStatus,
     RetiredSecret,
     RetryConfig,
+    StoreError,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -167,6 +170,55 @@ async def test_tables_of_an_earlier_version_get_the_new_columns(local_d1: LocalD
         assert await persistence.delivery_store.get("dlv_00001") == delivery(1)
         columns = await client.query("SELECT name FROM pragma_table_info(?)", [deliveries])
         assert {"to_hash", "from_hash"} <= {r["name"] for r in columns.rows}
+
+
+async def test_an_endpoint_table_with_the_older_status_check_is_rebuilt(
+    local_d1: LocalD1,
+) -> None:
+    """Tables from before endpoint verification cannot hold ``pending_verification`` until
+    the endpoint table is rebuilt (rows kept)."""
+    endpoints, deliveries = fresh_tables()
+    older = [
+        sql.replace(", 'pending_verification'", "")
+        for sql in build_webhook_schema_sql(
+            endpoint_table_name=endpoints, delivery_table_name=deliveries
+        )
+    ]
+    kept = WebhookEndpoint(
+        id="ep_kept",
+        url="https://kept.example.com/",
+        events=(WebhookEventType.MESSAGE_SENT,),
+        created_at=T0,
+        updated_at=T0,
+        secret="whsec_c2VjcmV0",
+    )
+    pending = dataclasses.replace(
+        kept,
+        id="ep_new",
+        url="https://new.example.com/",
+        status=EndpointStatus.PENDING_VERIFICATION,
+    )
+    async with local_d1.client() as client:
+        await client.batch([D1Statement(sql) for sql in older])
+        off = create_d1_persistence(
+            client,
+            endpoint_table_name=endpoints,
+            delivery_table_name=deliveries,
+            initialize_schema=False,
+        )
+        await off.endpoint_store.add(kept)
+        with pytest.raises(StoreError):  # insert-or-ignore skips a row the CHECK refuses
+            await off.endpoint_store.add(pending)
+        persistence = create_d1_persistence(
+            client, endpoint_table_name=endpoints, delivery_table_name=deliveries
+        )
+        await persistence.endpoint_store.add(pending)
+        assert await persistence.endpoint_store.get("ep_kept") == kept
+        assert await persistence.endpoint_store.get("ep_new") == pending
+        names = await client.query(
+            "SELECT name FROM sqlite_master WHERE name LIKE ?", [endpoints + "%"]
+        )
+        assert f"{endpoints}_rebuild" not in {r["name"] for r in names.rows}
 
 
 async def test_init_is_one_round_trip_and_idempotent(local_d1: LocalD1) -> None:

@@ -43,6 +43,7 @@ def _every_field_set() -> WebhookDelivery:
         lease_expires_at=NOW + timedelta(seconds=3),
         to_hash="to",
         from_hash="from",
+        ordering_key="order-1",
     )
 
 

@@ -260,6 +260,28 @@ async def test_a_listener_that_cannot_connect_keeps_trying_and_then_hears(
     assert "LISTEN on the test database failed (the database is restarting)" in caplog.text
 
 
+async def test_postgres_ordered_rows_on_a_sqlalchemy_connection_keep_their_order(
+    pg: PostgresDatabase,
+) -> None:
+    """Ordered rows written in a caller's SQLAlchemy transaction take their place in the store
+    order (the asyncpg driver underneath draws it) and commit or roll back with it."""
+    dsn = await server_dsn()
+    engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    keyed = [delivery(1, key="K"), delivery(2, key="K"), delivery(3)]
+    try:
+        async with engine.connect() as conn:
+            await pg.delivery_store.insert_many(keyed[:1], connection=conn)
+            await conn.rollback()
+        async with engine.connect() as conn:
+            inserted = await pg.delivery_store.insert_many(keyed, connection=conn)
+            assert inserted == ["dlv_0001", "dlv_0002", "dlv_0003"]
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    assert await _claimable(pg) == ["dlv_0001", "dlv_0003"]  # 2 waits for 1
+    assert await pg.delivery_store.get("dlv_0002") == keyed[1]
+
+
 async def test_postgres_asyncpg_connection_outside_a_transaction_is_refused(
     pg: PostgresDatabase,
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from kmsg_webhook import ConfigError, StoreError
+from kmsg_webhook import ConfigError, EndpointStatus, StoreError
 from kmsg_webhook.sql import TableNames, schema_sql, schema_version
 from kmsg_webhook.sql.schema import migrations, queries, render, split_statements
 from kmsg_webhook.sql.sqlite import SQLiteDatabase
@@ -63,12 +63,14 @@ def test_root_schema_files_are_the_packaged_ones(name: str) -> None:
 def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
     found = migrations(dialect)
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert schema_version(dialect) == found[-1].version == 4
+    assert schema_version(dialect) == found[-1].version == 6
     assert [m.description for m in found] == [
         "initial",
         "lookup_hashes",
         "client_certificates",
         "finished_index",
+        "endpoint_verification",
+        "ordered_delivery",
     ]
     assert set(queries(dialect)) >= {
         "insert_deliveries",
@@ -238,11 +240,11 @@ async def test_migrate_is_idempotent_and_initialize_schema_false_requires_it(
     unmanaged = postgres_database(dsn, schema, initialize_schema=False, retry_timeout=0)
     with pytest.raises(StoreError, match=r"schema version 0.*kmsg-webhook migrate"):
         await unmanaged.endpoint_store.list()
-    assert await migrate(url) == 4
-    assert await migrate(url) == 4
+    assert await migrate(url) == 6
+    assert await migrate(url) == 6
     await unmanaged.endpoint_store.add(endpoint(1))
     assert [e.id for e in await unmanaged.endpoint_store.list()] == ["ep_1"]
-    assert await unmanaged.schema_version() == 4
+    assert await unmanaged.schema_version() == 6
     await unmanaged.close()
 
 
@@ -281,11 +283,11 @@ async def test_sqlite_refuses_a_newer_schema_and_writes_nothing(tmp_path: Path) 
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE kmsg_webhook_schema_version (scope, version, description)")
     conn.execute(
-        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 7, 'x')", (TableNames().scope,)
+        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 9, 'x')", (TableNames().scope,)
     )
     conn.commit()
     db = SQLiteDatabase(path, retry_timeout=0)
-    with pytest.raises(StoreError, match="version 7, newer"):
+    with pytest.raises(StoreError, match="version 9, newer"):
         await db.init()
     await db.close()
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
@@ -348,7 +350,7 @@ async def test_sqlite_custom_table_names() -> None:
         await db.delivery_store.insert_many([delivery(1)])
         assert await db.delivery_store.get("dlv_0001") == delivery(1)
         assert [e.id for e in await db.endpoint_store.list()] == ["ep_1"]
-        assert await db.schema_version() == 4
+        assert await db.schema_version() == 6
 
 
 # -- upgrading a version-1 database -------------------------------------------------------------
@@ -369,6 +371,9 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
         "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN from_hash",
         "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN client_cert",
         "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN client_key",
+        "DROP INDEX idx_kmsg_webhook_deliveries_ordering",
+        "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN ordering_key",
+        "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN ordered",
         "DELETE FROM kmsg_webhook_schema_version WHERE version >= 2",
     ):
         conn.execute(statement)
@@ -377,7 +382,7 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
     reopened = SQLiteDatabase(path)
     try:
         assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-        assert await reopened.schema_version() == 4
+        assert await reopened.schema_version() == 6
         assert [e.id for e in await reopened.endpoint_store.list()] == ["ep_1"]
     finally:
         await reopened.close()
@@ -402,17 +407,17 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
         await conn.execute(f'DROP INDEX "{schema}".idx_kmsg_webhook_deliveries_completed_at')
         await conn.execute(
             f'ALTER TABLE "{schema}".kmsg_webhook_deliveries DROP COLUMN to_hash, '
-            "DROP COLUMN from_hash"
+            "DROP COLUMN from_hash, DROP COLUMN ordering_key, DROP COLUMN ordering_seq"
         )
         await conn.execute(
             f'ALTER TABLE "{schema}".kmsg_webhook_endpoints DROP COLUMN client_cert, '
-            "DROP COLUMN client_key"
+            "DROP COLUMN client_key, DROP COLUMN ordered"
         )
         await conn.execute(f'DELETE FROM "{schema}".kmsg_webhook_schema_version WHERE version >= 2')
         reopened = postgres_database(dsn, schema)
         try:
             assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-            assert await reopened.schema_version() == 4
+            assert await reopened.schema_version() == 6
         finally:
             await reopened.close()
         indexes = await conn.fetch(
@@ -425,3 +430,70 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
         "idx_kmsg_webhook_deliveries_from_hash",
         "idx_kmsg_webhook_deliveries_to_hash",
     ]
+
+
+# -- upgrading a version-2 database (the endpoint status CHECK) -------------------------------
+
+
+def _version_2_script(dialect: Any, names: TableNames) -> str:
+    return "\n".join(render(m.sql, names) + ";" for m in migrations(dialect)[:2])
+
+
+async def test_sqlite_version_2_database_accepts_pending_verification_after_upgrade(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "v2.db")
+    names = TableNames("hooks", "outbox")
+    conn = sqlite3.connect(path)
+    conn.executescript(_version_2_script("sqlite", names))
+    conn.executemany(
+        "INSERT INTO kmsg_webhook_schema_version (scope, version, description) VALUES (?, ?, ?)",
+        [(names.scope, 1, "initial"), (names.scope, 2, "lookup_hashes")],
+    )
+    conn.execute(
+        "INSERT INTO hooks (id, url, status, events_json, created_at, updated_at) "
+        "VALUES ('ep_old', 'https://old.example.com/', 'active', '[\"message.sent\"]', 0, 0)"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE hooks SET status = 'pending_verification'")
+    conn.commit()
+    conn.close()
+    db = SQLiteDatabase(path, endpoint_table="hooks", delivery_table="outbox")
+    try:
+        assert await db.schema_version() == 6
+        [old] = await db.endpoint_store.list()
+        assert old.id == "ep_old" and old.status.value == "active"
+        pending = endpoint(2, status=EndpointStatus.PENDING_VERIFICATION)
+        await db.endpoint_store.add(pending)
+        assert await db.endpoint_store.get(pending.id) == pending
+    finally:
+        await db.close()
+    names_after = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "hooks_rebuild" not in names_after and "idx_hooks_url" in names_after
+
+
+async def test_postgres_version_2_schema_accepts_pending_verification_after_upgrade(
+    dsn: str, schemas: list[str]
+) -> None:
+    schema = _fresh(schemas)
+    names = TableNames("Hooks", "outbox_2", schema)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(_version_2_script("postgresql", names))
+        await conn.executemany(
+            f'INSERT INTO "{schema}".kmsg_webhook_schema_version (scope, version, description) '
+            "VALUES ($1, $2, $3)",
+            [(names.scope, 1, "initial"), (names.scope, 2, "lookup_hashes")],
+        )
+        db = postgres_database(dsn, schema, endpoint_table="Hooks", delivery_table="outbox_2")
+        try:
+            await db.endpoint_store.add(endpoint(1))
+            assert await db.schema_version() == 6
+            pending = endpoint(2, status=EndpointStatus.PENDING_VERIFICATION)
+            await db.endpoint_store.add(pending)
+            assert await db.endpoint_store.get(pending.id) == pending
+        finally:
+            await db.close()
+    finally:
+        await conn.close()

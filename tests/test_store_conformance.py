@@ -60,9 +60,11 @@ def delivery(
     created: datetime | None = None,
     due: datetime | None = None,
     event_type: WebhookEventType = WebhookEventType.MESSAGE_SENT,
+    key: str | None = None,
 ) -> WebhookDelivery:
     created = created or T0 + timedelta(milliseconds=n)
     return WebhookDelivery(
+        ordering_key=key,
         id=f"dlv_{n:04d}",
         endpoint_id=endpoint_id,
         event_id=event_id or f"evt_{n}",
@@ -137,6 +139,7 @@ async def test_endpoint_round_trip_keeps_every_field(persistence: WebhookPersist
         last_success_at=T0 - timedelta(days=1),
         client_cert="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
         client_key="-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n",
+        ordered=True,
     )
     await persistence.endpoint_store.add(full)
     assert await persistence.endpoint_store.get("ep_1") == full
@@ -809,3 +812,100 @@ async def test_time_range_bounds_are_exact_below_a_millisecond(
     assert [d.id for d in (await persistence.delivery_store.list(after)).items] == ["dlv_0002"]
     before = DeliveryFilter(created_before=T0 + timedelta(milliseconds=1) + half)
     assert [d.id for d in (await persistence.delivery_store.list(before)).items] == ["dlv_0001"]
+
+
+# -- ordered delivery -----------------------------------------------------------------------------
+# A delivery with an ordering key is claimable only when no earlier-inserted delivery of the same
+# endpoint and key is still pending (leased or not, due or not). Other keys, other endpoints and
+# rows without a key are not held up.
+
+
+async def _ids(p: WebhookPersistence, worker: str, now: datetime) -> list[str]:
+    return sorted(d.id for d in await claim(p, worker, now))
+
+
+async def test_one_key_is_claimed_one_at_a_time_in_insert_order(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    later = T0 + timedelta(minutes=1)
+    # Inserted 1, 2, 3 for key A, but 2 and 3 are due first: insert order wins.
+    await store.insert_many([delivery(1, key="A", due=T0 + timedelta(seconds=3))])
+    await store.insert_many(
+        [
+            delivery(2, key="A", due=T0),
+            delivery(3, key="A", due=T0),
+            delivery(4, key="B"),
+            delivery(5),
+            delivery(6, key="A", endpoint_id="ep_2"),
+        ]
+    )
+    assert await _ids(persistence, W1, later) == ["dlv_0001", "dlv_0004", "dlv_0005", "dlv_0006"]
+    assert await claim(persistence, W2, later) == []  # 2 waits for 1, in flight
+    # A retry keeps the key: 1 is still unfinished.
+    retry_at = later + timedelta(seconds=10)
+    await store.record([outcome("dlv_0001", W1, DeliveryStatus.PENDING, next_at=retry_at)])
+    assert await claim(persistence, W2, later) == []
+    assert await _ids(persistence, W2, retry_at) == ["dlv_0001"]
+    # Any end lets the next go: failed, then success, then exhausted.
+    await store.record([outcome("dlv_0001", W2, DeliveryStatus.FAILED)])
+    assert await _ids(persistence, W1, retry_at) == ["dlv_0002"]
+    await store.record([outcome("dlv_0002", W1, DeliveryStatus.SUCCESS)])
+    assert await _ids(persistence, W1, retry_at) == ["dlv_0003"]
+    await store.record([outcome("dlv_0003", W1, DeliveryStatus.EXHAUSTED)])
+    assert await claim(persistence, W1, retry_at) == []
+
+
+async def test_a_crashed_workers_delivery_holds_its_key_until_reclaimed(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1, key="A"), delivery(2, key="A")])
+    now = T0 + timedelta(seconds=1)
+    assert await _ids(persistence, W1, now) == ["dlv_0001"]
+    assert await claim(persistence, W2, now + timedelta(seconds=29)) == []
+    # The lease expired (W1 died): W2 takes over the same delivery, never the next.
+    expired = now + timedelta(seconds=31)
+    assert await _ids(persistence, W2, expired) == ["dlv_0001"]
+    await store.release(["dlv_0001"], worker_id=W2)
+    assert await _ids(persistence, W1, expired) == ["dlv_0001"]
+    await store.record([outcome("dlv_0001", W1, DeliveryStatus.SUCCESS)])
+    assert await _ids(persistence, W2, expired) == ["dlv_0002"]
+
+
+async def test_an_excluded_endpoint_keeps_its_order(persistence: WebhookPersistence) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1, key="A"), delivery(2, key="A"), delivery(3)])
+    now = T0 + timedelta(seconds=1)
+    assert await claim(persistence, W1, now, exclude_endpoints={"ep_1"}) == []
+    assert await _ids(persistence, W1, now) == ["dlv_0001", "dlv_0003"]
+
+
+async def test_a_requeued_earlier_delivery_goes_first_again(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1, key="A")])
+    [first] = await claim(persistence, W1, T0 + timedelta(seconds=1))
+    await store.record([outcome(first, W1, DeliveryStatus.FAILED)])
+    await store.insert_many([delivery(2, key="A")])
+    later = T0 + timedelta(seconds=1)
+    assert await store.requeue(DeliveryFilter(), now=later, ids=["dlv_0001"]) == 1
+    assert await _ids(persistence, W1, later) == ["dlv_0001"]
+    await store.record([outcome("dlv_0001", W1, DeliveryStatus.SUCCESS)])
+    assert await _ids(persistence, W1, later) == ["dlv_0002"]
+
+
+async def test_the_ordering_key_round_trips(persistence: WebhookPersistence) -> None:
+    store = persistence.delivery_store
+    keyed = delivery(1, key="주문-42/+8210")
+    await store.insert_many([keyed, delivery(2)])
+    assert await store.get("dlv_0001") == keyed
+    page = await store.list(DeliveryFilter())
+    assert {d.id: d.ordering_key for d in page.items} == {
+        "dlv_0001": "주문-42/+8210",
+        "dlv_0002": None,
+    }
+    now = T0 + timedelta(seconds=1)
+    [claimed] = [d for d in await claim(persistence, W1, now) if d.id == "dlv_0001"]
+    assert claimed.ordering_key == "주문-42/+8210"

@@ -30,6 +30,7 @@ from .errors import (
     FlushTimeoutError,
     IncompleteStoreError,
     IntakeFullError,
+    InvalidArgumentError,
     InvalidEndpointError,
     InvalidEventError,
     InvalidPayloadError,
@@ -38,6 +39,7 @@ from .errors import (
     InvalidTimestampError,
     MissingHeaderError,
     MissingKeysError,
+    PayloadTooLargeError,
     ReplayedMessageError,
     RuntimeClosedError,
     SigningError,
@@ -72,6 +74,7 @@ from .models import (
     EndpointStatus,
     LatencyPercentiles,
     MinuteCount,
+    EndpointVerification,
     PayloadRewrite,
     ProbeResult,
     QueueStats,
@@ -87,7 +90,13 @@ from .models import (
 from .operational import OperationalWebhook
 from .runtime import WebhookRuntimeService, add_endpoints, probe_endpoint
 from .sender import SecurityOptions
-from .signing import SignatureScheme, Signer, generate_secret, generate_signing_keypair
+from .signing import (
+    KmsgSignatureFormat,
+    SignatureScheme,
+    Signer,
+    generate_secret,
+    generate_signing_keypair,
+)
 from .store import DeliveryStore, EndpointStore, WebhookPersistence
 from .urlguard import GuardedResolver, StaticResolver, validate_endpoint_url
 from .verify import ReplayGuard, verify
@@ -121,6 +130,7 @@ __all__ = [
     "EndpointStatusEvent",
     "EndpointStore",
     "EndpointUrlError",
+    "EndpointVerification",
     "EnvKeyProvider",
     "EventMetadata",
     "FailMode",
@@ -133,6 +143,7 @@ __all__ = [
     "HealthPolicy",
     "IncompleteStoreError",
     "IntakeFullError",
+    "InvalidArgumentError",
     "InvalidEndpointError",
     "InvalidEventError",
     "InvalidPayloadError",
@@ -140,12 +151,14 @@ __all__ = [
     "InvalidSignatureError",
     "InvalidTimestampError",
     "LatencyPercentiles",
+    "KmsgSignatureFormat",
     "ManualClock",
     "MinuteCount",
     "MissingHeaderError",
     "MissingKeysError",
     "OperationalWebhook",
     "PayloadRewrite",
+    "PayloadTooLargeError",
     "ProbeResult",
     "QueueStats",
     "RecordError",

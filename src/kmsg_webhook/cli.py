@@ -222,6 +222,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--secret")
     add.add_argument("--name")
     add.add_argument("--header", action="append", default=[], help="Name=value (repeatable)")
+    add.add_argument(
+        "--ordered", action="store_true", help="deliver each ordering key's events in order"
+    )
+    add.add_argument(
+        "--verify", action="store_true", help="challenge the receiver; active once it answers"
+    )
     _policy_args(add)
     add.set_defaults(run=_endpoints_add)
     listing = ep.add_parser("list")
@@ -667,9 +673,13 @@ def _endpoints_add(args: argparse.Namespace) -> int:
                 secret=args.secret,
                 name=args.name,
                 headers=headers,
+                ordered=args.ordered,
+                verify=args.verify,
             )
         )
         print(f"added {endpoint.id} {endpoint.url}")
+        if not endpoint.active:  # verify=True and the receiver did not answer (yet)
+            print(f"status {endpoint.status.value}")
         if endpoint.secret and not args.secret:
             print(f"secret {endpoint.secret}  (give it to the receiver; shown once)")
         return 0

@@ -9,7 +9,7 @@ from datetime import timedelta
 from .errors import ConfigError
 from .events import WebhookEventType
 from .operational import OperationalWebhook
-from .signing import SignatureScheme
+from .signing import DEFAULT_KMSG_SIGNATURE, KmsgSignatureFormat, SignatureScheme
 from .tls import TLSSetting, trust_context
 
 
@@ -100,6 +100,8 @@ class WebhookConfig:
     #: Fallback signing secret for endpoints that have none.
     secret_key: str | None = field(default=None, repr=False)
     signature_scheme: SignatureScheme = SignatureScheme.STANDARD
+    #: The ``KMSG`` scheme's signature header name and prefix (sha256 only when sending).
+    kmsg_signature: KmsgSignatureFormat = DEFAULT_KMSG_SIGNATURE
     enabled_events: frozenset[WebhookEventType] = frozenset(WebhookEventType)
     batch_size: int = 10
     batch_timeout_ms: int = 5_000
@@ -117,6 +119,10 @@ class WebhookConfig:
     #: endpoint answers fast.
     max_concurrency_per_endpoint: int = 10
     max_response_body_bytes: int = 4_096
+    #: Largest event body (its JSON, in UTF-8 bytes) ``emit`` accepts; a larger event raises
+    #: :class:`~kmsg_webhook.errors.PayloadTooLargeError` and nothing is stored. The default
+    #: equals the receiver middleware's ``max_body_bytes``.
+    max_payload_bytes: int = 1_048_576
     #: How long the runtime trusts its cached endpoint list (changes made through this runtime
     #: apply at once; changes made by another process within this many milliseconds).
     endpoint_cache_ttl_ms: int = 1_000
@@ -155,6 +161,7 @@ class WebhookConfig:
             "max_concurrency",
             "max_concurrency_per_endpoint",
             "max_response_body_bytes",
+            "max_payload_bytes",
         ):
             _positive(name, getattr(self, name))
         _non_negative("endpoint_cache_ttl_ms", self.endpoint_cache_ttl_ms)
@@ -181,6 +188,13 @@ class WebhookConfig:
             raise ConfigError("retention must be a RetentionPolicy")
         if self.emit_timeout_ms is not None:
             _positive("emit_timeout_ms", self.emit_timeout_ms)
+        if not isinstance(self.kmsg_signature, KmsgSignatureFormat):
+            raise ConfigError("kmsg_signature must be a KmsgSignatureFormat")
+        if self.kmsg_signature.algorithm != "sha256":
+            raise ConfigError(
+                "kmsg_signature.algorithm: HMAC-SHA1 is accepted for verifying only (legacy); "
+                "the sender signs with sha256"
+            )
 
     @property
     def effective_lease_ms(self) -> int:

@@ -51,6 +51,8 @@ from .store import WebhookPersistence, apply_outcome
 
 logger = logging.getLogger("kmsg_webhook.dispatcher")
 _OPENED_CACHE_SIZE = 10_000
+_GONE_REASON = "410 Gone: the receiver asked to stop deliveries"
+_DISABLE_REASON = "the receiver asked to stop deliveries (webhook-delivery: disable)"
 
 
 @dataclass(slots=True)  # internal, one per attempt: a plain init is four times cheaper
@@ -61,7 +63,8 @@ class _Settled:
     endpoint_id: str
     success: bool
     final_failure: bool
-    gone: bool
+    #: The receiver asked to stop deliveries to the endpoint (410, ``webhook-delivery``).
+    disable_reason: str | None
     delivery: WebhookDelivery
     #: Refused before it left (URL guard, signing): says nothing about the endpoint's speed.
     refused: bool = False
@@ -150,6 +153,8 @@ class Dispatcher:
         self._due_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # An ordered delivery ended: the next of its key becomes claimable once recorded.
+        self._key_freed = False
         self._recorder: GroupCommit[_Settled] = GroupCommit(
             self._write_results,
             max_batch=config.claim_batch_size,
@@ -485,7 +490,7 @@ class Dispatcher:
             error=f"endpoint resting after timeouts until {until.isoformat()}",
         )
         self._held_due.setdefault(delivery.id, delivery.next_attempt_at or until)
-        settled = _Settled(outcome, delivery.endpoint_id, False, False, False, delivery)
+        settled = _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
         self._recorder.enqueue(settled)
         self._recording += 1
 
@@ -623,6 +628,9 @@ class Dispatcher:
         self._outstanding -= len(results)
         self._recording -= len(results)
         self._changed.set()
+        if self._key_freed:
+            self._key_freed = False
+            self._wake.set()  # claim the key's next now, not at the next poll
 
     async def _attempt(self, delivery: WebhookDelivery, *, stored: bool = True) -> _Settled:
         endpoint = self._endpoints.cached(delivery.endpoint_id)
@@ -645,19 +653,31 @@ class Dispatcher:
                 completed_at=now,
                 error=reason,
             )
-            return _Settled(outcome, delivery.endpoint_id, False, False, False, delivery)
+            return _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
 
         try:
             endpoint, payload = self._open(endpoint, delivery, stored=stored)
         except FieldCryptoError as exc:
             logger.error("delivery %s not sent: %s", delivery.id, exc)
             outcome = unreadable_outcome(delivery.id, self.worker_id, exc, self._clock.now())
-            return _Settled(outcome, delivery.endpoint_id, False, False, False, delivery)
+            return _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
         result = await self._sender.send(endpoint, delivery, payload=payload)
         attempt = result.attempt
         now = self._clock.now()
         verdict = judge(attempt.http_status)
         retryable = verdict.retryable and not result.refused
+        disable_reason = _GONE_REASON if verdict.disable_endpoint else None
+        aborted = False
+        if result.delivery_control is not None:  # rare: read only when the receiver sent it
+            asked = {part.strip().lower() for part in result.delivery_control.split(",")}
+            if "disable" in asked:
+                disable_reason = _DISABLE_REASON
+                retryable = False  # nothing more goes to a disabled endpoint
+            if "abort-message" in asked and not verdict.success:
+                aborted, retryable = True, False
+                attempt = dataclasses.replace(
+                    attempt, error=f"{attempt.error} (receiver: webhook-delivery: abort-message)"
+                )
         status: DeliveryStatus
         next_at: datetime | None = None
         if verdict.success:
@@ -669,6 +689,8 @@ class Dispatcher:
             status = DeliveryStatus.EXHAUSTED
         else:
             status = DeliveryStatus.FAILED
+        if delivery.ordering_key is not None and status is not DeliveryStatus.PENDING:
+            self._key_freed = True
         outcome = frozen(
             OutcomeDraft(
                 delivery_id=delivery.id,
@@ -683,8 +705,10 @@ class Dispatcher:
             outcome,
             endpoint.id,
             success=verdict.success,
-            final_failure=status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED),
-            gone=verdict.disable_endpoint,
+            # A message the receiver aborted is its choice, not a sign of a failing endpoint.
+            final_failure=not aborted
+            and status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED),
+            disable_reason=disable_reason,
             delivery=delivery,
             refused=result.refused,
             timed_out=result.timed_out,
@@ -813,8 +837,9 @@ class Dispatcher:
                 by_endpoint[r.endpoint_id].append(r)
         now = self._clock.now()
         for endpoint_id, items in by_endpoint.items():
-            if any(r.gone for r in items):
-                await self._disable(endpoint_id, "410 Gone: the receiver asked to stop deliveries")
+            disable_reason = next((r.disable_reason for r in items if r.disable_reason), None)
+            if disable_reason is not None:
+                await self._disable(endpoint_id, disable_reason)
                 continue
             succeeded = any(r.success for r in items)
             failures = sum(r.final_failure for r in items)

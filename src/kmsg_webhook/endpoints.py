@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
 from .errors import InvalidEndpointError
@@ -17,6 +17,7 @@ from .store import EndpointStore
 from .tls import client_context
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?")
 
 
 def resolve_status(active: bool | None, status: EndpointStatus | str | None) -> EndpointStatus:
@@ -42,19 +43,37 @@ def check_events(events: Sequence[WebhookEventType | str]) -> tuple[WebhookEvent
     return tuple(dict.fromkeys(parsed))
 
 
-def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Custom headers: valid names, no line breaks, and none that could override signing."""
+def check_headers(
+    headers: Mapping[str, str] | None, *, reserved: Collection[str] = ()
+) -> dict[str, str]:
+    """Custom headers: token names, each once in any case; values of visible ASCII with inner
+    spaces or tabs; none of :data:`~kmsg_webhook.signing.RESERVED_HEADERS` (signature, framing
+    and hop-by-hop headers) nor of ``reserved`` (lower-case). ``Authorization``, ``Cookie`` and
+    the like are allowed: field crypto seals every header value at rest."""
     if not headers:
         return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidEndpointError("headers must be a mapping of names to values")
     out: dict[str, str] = {}
+    seen: set[str] = set()
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.match(name):
             raise InvalidEndpointError(f"invalid header name {name!r}")
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-            raise InvalidEndpointError(f"invalid value for header {name}")
-        if name.lower() in RESERVED_HEADERS:
+        lower = name.lower()
+        if lower in RESERVED_HEADERS or lower in reserved:
             raise InvalidEndpointError(
-                f"header {name} is set by the signer and cannot be overridden"
+                f"header {name} is set by the sender (signature, body framing or connection) "
+                "and cannot be given"
+            )
+        if lower in seen:
+            raise InvalidEndpointError(f"header {name} is given twice (names ignore case)")
+        seen.add(lower)
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            # Non-ASCII has no single reading on the wire: aiohttp writes UTF-8, RFC 9110
+            # readers take obs-text as Latin-1. Edge whitespace is stripped by receivers.
+            raise InvalidEndpointError(
+                f"invalid value for header {name}: use visible ASCII characters, with spaces "
+                "or tabs only between them"
             )
         out[name] = value
     return out
@@ -81,7 +100,12 @@ def check_client_certificate(cert: str | None, key: str | None) -> tuple[str | N
 
 
 def build_endpoint(
-    data: EndpointInput, *, url: str, secret: str | None, now: datetime
+    data: EndpointInput,
+    *,
+    url: str,
+    secret: str | None,
+    now: datetime,
+    reserved_headers: Collection[str] = (),
 ) -> WebhookEndpoint:
     """A new endpoint from validated input (``url`` and ``secret`` already checked)."""
     client_cert, client_key = check_client_certificate(data.client_cert, data.client_key)
@@ -91,16 +115,36 @@ def build_endpoint(
         events=check_events(data.events),
         created_at=now,
         updated_at=now,
-        status=resolve_status(data.active, data.status),
+        status=_initial_status(data),
         name=data.name,
         description=data.description,
-        headers=check_headers(data.headers),
+        headers=check_headers(data.headers, reserved=reserved_headers),
         secret=secret,
         retry_config=data.retry_config,
         filters=data.filters,
         client_cert=client_cert,
         client_key=client_key,
+        ordered=check_flag("ordered", data.ordered),
     )
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A yes/no option must be a bool (``"false"`` would read as true)."""
+    if not isinstance(value, bool):
+        raise InvalidEndpointError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def _initial_status(data: EndpointInput) -> EndpointStatus:
+    status = resolve_status(data.active, data.status)
+    if not check_flag("verify", data.verify):
+        return status
+    if status not in (EndpointStatus.ACTIVE, EndpointStatus.PENDING_VERIFICATION):
+        raise InvalidEndpointError(
+            f"verify=True starts the endpoint pending_verification, not {status.value}; "
+            "leave status and active unset"
+        )
+    return EndpointStatus.PENDING_VERIFICATION
 
 
 class EndpointCache:

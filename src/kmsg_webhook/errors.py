@@ -17,6 +17,22 @@ class InvalidEventError(WebhookError, ValueError):
     """An event is missing a required field or has a malformed one."""
 
 
+class PayloadTooLargeError(InvalidEventError):
+    """An event's JSON body is larger than ``WebhookConfig.max_payload_bytes``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"Event body is {size} bytes, over the limit of {limit} bytes "
+            "(WebhookConfig.max_payload_bytes)"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class InvalidArgumentError(WebhookError, TypeError):
+    """A public call got an argument of the wrong type (an ``emit`` of a dict, a store of 5)."""
+
+
 class UnknownEventTypeError(InvalidEventError):
     """An event type string is not one of :class:`~kmsg_webhook.events.WebhookEventType`."""
 

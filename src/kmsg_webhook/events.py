@@ -14,6 +14,7 @@ with millisecond precision and a ``Z`` suffix, as JavaScript's ``Date.toJSON()``
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ JSONObject: TypeAlias = Mapping[str, JSONValue]
 # orjson writes the same compact UTF-8 JSON as the standard library, about ten times faster
 # (every event is encoded once). Values it refuses, such as integers beyond 64 bits, fall
 # back to the standard library encoder (reused: json.dumps with options builds a new one).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
 
 
@@ -144,6 +145,23 @@ class EventMetadata:
         return cls(**kwargs)
 
 
+def _non_finite(value: object, path: str) -> tuple[str, float] | None:
+    """The dotted path and value of the first NaN or infinity in ``value``, or ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z`` (JavaScript ``Date.toJSON()`` form)."""
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
@@ -185,6 +203,11 @@ class WebhookEvent:
     ``type`` accepts a :class:`WebhookEventType` or its string; ``timestamp`` accepts a datetime
     (naive means UTC), an ISO-8601 string or epoch milliseconds and is stored as aware UTC.
     ``data`` must be JSON-serialisable.
+
+    ``ordering_key`` (an order id, a conversation, a phone number's hash: 1-255 printable
+    characters) orders delivery: an endpoint added with ``ordered=True`` receives the events of
+    one key one after another, in emit order. It is stored as given (not sealed by field
+    crypto: claims compare it) and is not part of the wire form.
     """
 
     id: str
@@ -193,6 +216,7 @@ class WebhookEvent:
     data: JSONObject = field(default_factory=dict)
     metadata: EventMetadata = field(default_factory=EventMetadata)
     version: str = "1.0"
+    ordering_key: str | None = None
 
     def __post_init__(self) -> None:
         # Every event passes through here: the usual well-typed event is checked in one
@@ -211,6 +235,7 @@ class WebhookEvent:
             and self.version
             and type(self.data) is dict
             and type(self.metadata) is EventMetadata
+            and self.ordering_key is None
         ):
             return
         self._check_each_field()
@@ -236,6 +261,11 @@ class WebhookEvent:
             raise InvalidEventError("Event data must be an object")
         if not isinstance(self.metadata, EventMetadata):
             raise InvalidEventError("Event metadata must be an EventMetadata")
+        key = self.ordering_key
+        if key is not None and not (
+            isinstance(key, str) and 0 < len(key) <= 255 and key.isprintable()
+        ):
+            raise InvalidEventError("Event ordering_key must be 1-255 printable characters")
 
     def to_wire(self) -> dict[str, Any]:
         """The wire mapping (see the module docstring for field names)."""
@@ -251,14 +281,21 @@ class WebhookEvent:
     def to_json(self) -> str:
         """The exact request body: compact JSON, UTF-8 characters kept as they are.
 
-        Non-finite floats are written as ``null`` (JSON has no NaN); non-string keys of
-        ``data`` are written as strings.
+        Non-string keys of ``data`` are written as strings. NaN and infinities raise
+        :class:`InvalidEventError` (JSON has no such numbers; writing ``null`` would change
+        the data silently).
         """
         wire = self.to_wire()
         try:
-            return orjson.dumps(wire, option=orjson.OPT_NON_STR_KEYS).decode()
+            body = orjson.dumps(wire, option=orjson.OPT_NON_STR_KEYS)
         except orjson.JSONEncodeError:
-            pass
+            body = None
+        if body is not None:
+            # orjson writes NaN and infinities as null: only a body holding "null" can hide one.
+            if b"null" in body and (found := _non_finite(self.data, "data")) is not None:
+                where, value = found
+                raise InvalidEventError(f"Event {where} is {value}: JSON has no NaN or Infinity")
+            return body.decode()
         try:
             return _ENCODER.encode(wire)
         except (TypeError, ValueError) as exc:

@@ -7,6 +7,7 @@ Returned objects are immutable, so callers can never mutate stored state by acci
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import dataclasses
 import heapq
@@ -150,6 +151,7 @@ class InMemoryDeliveryStore:
         self._leased: dict[str, datetime] = {}
         # (lease expiry, id) for every lease given; stale once the row is recorded or released.
         self._expiries: list[tuple[datetime, str]] = []
+        self._keyed = _KeyedQueues()
 
     async def insert_many(
         self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
@@ -164,6 +166,8 @@ class InMemoryDeliveryStore:
             self._keys.add(key)
             self._rows[delivery.id] = delivery
             inserted.append(delivery.id)
+            if delivery.ordering_key is not None:
+                self._keyed.add(delivery, pending=delivery.status is DeliveryStatus.PENDING)
             if delivery.lease_expires_at is not None:
                 self._lease(delivery.id, delivery.lease_expires_at)
             elif delivery.status is DeliveryStatus.PENDING:
@@ -183,12 +187,15 @@ class InMemoryDeliveryStore:
         claimed: list[WebhookDelivery] = []
         rows = self._rows
         lease = self._lease
+        keyed = self._keyed
 
         def take(delivery_id: str, due_ts: float) -> bool:
             row = rows.get(delivery_id)
             if not _claimable(row, due_ts):
                 return False
             assert row is not None
+            if row.ordering_key is not None and not keyed.is_next(row):
+                return False  # pushed again when the deliveries before it have ended
             leased = evolve_delivery(row, lease_owner=worker_id, lease_expires_at=lease_until)
             rows[delivery_id] = leased
             lease(delivery_id, lease_until)
@@ -209,6 +216,10 @@ class InMemoryDeliveryStore:
             self._leased.pop(row.id, None)
             if updated.status is DeliveryStatus.PENDING:
                 self._push(updated)
+            elif updated.ordering_key is not None:
+                following = self._rows.get(self._keyed.finish(updated) or "")
+                if following is not None and following.lease_owner is None:
+                    self._push(following)  # its turn
             applied += 1
         return applied
 
@@ -330,6 +341,8 @@ class InMemoryDeliveryStore:
                 lease_expires_at=None,
             )
             self._rows[delivery.id] = queued
+            if queued.ordering_key is not None:
+                self._keyed.add(queued, pending=True)
             self._push(queued)
             count += 1
         return count
@@ -398,6 +411,7 @@ class InMemoryDeliveryStore:
         """Delete a finished row (its (endpoint, event) pair may be written again)."""
         del self._rows[delivery.id]
         self._keys.discard(_key(delivery.endpoint_id, delivery.event_id))
+        self._keyed.forget(delivery.id)
 
     def _push(self, delivery: WebhookDelivery) -> None:
         assert delivery.next_attempt_at is not None
@@ -434,6 +448,53 @@ def _claimable(row: WebhookDelivery | None, due_ts: float) -> bool:
 
 def _key(endpoint_id: str, event_id: str) -> str:
     return f"{endpoint_id}\x00{event_id}"
+
+
+class _KeyedQueues:
+    """Ordered delivery: the unfinished deliveries of each (endpoint, ordering key), in insert
+    order. Only the first of a key is claimable; the others stay out of the due heap until it
+    ends. Rows without an ordering key never come here."""
+
+    __slots__ = ("_inserted", "_position", "_queues")
+
+    def __init__(self) -> None:
+        self._inserted = 0
+        self._position: dict[str, int] = {}  # delivery id -> insert order, kept while stored
+        self._queues: dict[str, list[tuple[int, str]]] = {}
+
+    def add(self, delivery: WebhookDelivery, *, pending: bool) -> None:
+        """Note an inserted (or re-queued) delivery; ``pending`` ones join their key's queue."""
+        position = self._position.get(delivery.id)
+        if position is None:
+            self._inserted += 1
+            position = self._position[delivery.id] = self._inserted
+        if pending:
+            queue = self._queues.setdefault(_queue_key(delivery), [])
+            bisect.insort(queue, (position, delivery.id))
+
+    def is_next(self, delivery: WebhookDelivery) -> bool:
+        queue = self._queues.get(_queue_key(delivery))
+        return queue is not None and queue[0][1] == delivery.id  # queues are never empty
+
+    def finish(self, delivery: WebhookDelivery) -> str | None:
+        """Drop an ended delivery from its key's queue; the id of the key's next, if any."""
+        key = _queue_key(delivery)
+        queue = self._queues.get(key)
+        entry = (self._position.get(delivery.id, 0), delivery.id)
+        if not queue or entry not in queue:
+            return None
+        queue.remove(entry)
+        if not queue:
+            del self._queues[key]
+            return None
+        return queue[0][1]
+
+    def forget(self, delivery_id: str) -> None:
+        self._position.pop(delivery_id, None)
+
+
+def _queue_key(delivery: WebhookDelivery) -> str:
+    return f"{delivery.endpoint_id}\x00{delivery.ordering_key}"
 
 
 def create_in_memory_persistence(

@@ -11,8 +11,12 @@ aiohttp::
     # in the handler: request["webhook_event"]
 
 A request that fails verification gets ``401`` with ``{"error": <reason>, "detail": <message>}``;
-a body over ``max_body_bytes`` gets ``413``. With a :class:`ReplayGuard`, a message the application
-did not answer with 2xx is forgotten again, so the sender's retry is not refused as a replay.
+a body over ``max_body_bytes`` gets ``413``. An endpoint verification challenge (a POST with a
+``webhook-challenge`` header, see :mod:`kmsg_webhook.challenge`) is answered by the middleware
+itself with the ``webhook-challenge-response`` the secret proves; the application never sees it.
+
+With a :class:`ReplayGuard`, a message the application did not answer with 2xx is forgotten
+again, so the sender's retry is not refused as a replay.
 """
 
 from __future__ import annotations
@@ -24,8 +28,14 @@ from typing import Any, TypeAlias
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .challenge import (
+    WEBHOOK_CHALLENGE,
+    WEBHOOK_CHALLENGE_RESPONSE,
+    challenge_key,
+    challenge_response,
+)
 from .errors import VerificationError
-from .signing import SignatureScheme
+from .signing import DEFAULT_KMSG_SIGNATURE, KmsgSignatureFormat, SignatureScheme
 from .verify import ReplayGuard, Verifier
 
 __all__ = ["AiohttpVerifyWebhookMiddleware", "VerifyWebhookMiddleware"]
@@ -51,15 +61,27 @@ class _Options:
         replay_guard: ReplayGuard | None,
         scheme: SignatureScheme | None,
         max_body_bytes: int,
+        kmsg_format: KmsgSignatureFormat,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
         self.verifier = Verifier(
-            secrets, tolerance_s=tolerance_s, scheme=scheme, replay_guard=replay_guard
+            secrets,
+            tolerance_s=tolerance_s,
+            scheme=scheme,
+            replay_guard=replay_guard,
+            kmsg_format=kmsg_format,
         )
         self.paths = None if paths is None else frozenset(paths)
         self.replay_guard = replay_guard
         self.max_body_bytes = max_body_bytes
+        # Challenges are answered with the first HMAC secret, keyed as the sender signs: the
+        # standard scheme's unless the middleware is fixed to kmsg (one value: the official
+        # package compares the whole header).
+        items = [secrets] if isinstance(secrets, str) else list(secrets)
+        keyed_as = scheme or SignatureScheme.STANDARD
+        keys = [key for s in items if (key := challenge_key(s, keyed_as)) is not None]
+        self.challenge_key = keys[0] if keys else None
 
     def applies(self, method: str, path: str) -> bool:
         return method == "POST" and (self.paths is None or path in self.paths)
@@ -68,6 +90,14 @@ class _Options:
         """Forget a message the app did not accept, so its retry gets through."""
         if self.replay_guard is not None and not (status is not None and 200 <= status < 300):
             self.replay_guard.forget(msg_id)
+
+    def answer(self, challenge: str) -> tuple[int, bytes, str | None]:
+        """Status, body and ``webhook-challenge-response`` for a challenge request."""
+        if self.challenge_key is None:
+            return 401, _error_body("challenge_unsupported", "No HMAC secret to answer with"), None
+        if not (0 < len(challenge) <= 256 and challenge.isascii() and challenge.isprintable()):
+            return 400, _error_body("invalid_challenge", "The challenge is not short ASCII"), None
+        return 200, b"{}", challenge_response(self.challenge_key, challenge)
 
     def too_large(self) -> tuple[int, bytes]:
         limit = f"The body is over {self.max_body_bytes} bytes"
@@ -94,6 +124,7 @@ class VerifyWebhookMiddleware:
         replay_guard: ReplayGuard | None = None,
         scheme: SignatureScheme | None = None,
         max_body_bytes: int = 1_048_576,
+        kmsg_format: KmsgSignatureFormat = DEFAULT_KMSG_SIGNATURE,
     ) -> None:
         self.app = app
         self.options = _Options(
@@ -103,6 +134,7 @@ class VerifyWebhookMiddleware:
             replay_guard=replay_guard,
             scheme=scheme,
             max_body_bytes=max_body_bytes,
+            kmsg_format=kmsg_format,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,6 +147,10 @@ class VerifyWebhookMiddleware:
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
             headers.setdefault(name, raw_value.decode("utf-8", "surrogateescape"))
+        challenge = headers.get(WEBHOOK_CHALLENGE)
+        if challenge is not None:
+            await _respond(send, *options.answer(challenge))
+            return
         if _declared_size(headers.get("content-length", "")) > options.max_body_bytes:
             await _respond(send, *options.too_large())
             return
@@ -173,8 +209,10 @@ def _declared_size(value: str) -> int:
     return int(value) if len(value) <= 18 else 10**18
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
+async def _respond(send: Send, status: int, body: bytes, answer: str | None = None) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if answer is not None:
+        headers.append((WEBHOOK_CHALLENGE_RESPONSE.encode(), answer.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -196,6 +234,7 @@ class AiohttpVerifyWebhookMiddleware:
         replay_guard: ReplayGuard | None = None,
         scheme: SignatureScheme | None = None,
         max_body_bytes: int = 1_048_576,
+        kmsg_format: KmsgSignatureFormat = DEFAULT_KMSG_SIGNATURE,
     ) -> None:
         self.options = _Options(
             secrets=secrets,
@@ -204,12 +243,16 @@ class AiohttpVerifyWebhookMiddleware:
             replay_guard=replay_guard,
             scheme=scheme,
             max_body_bytes=max_body_bytes,
+            kmsg_format=kmsg_format,
         )
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         options = self.options
         if not options.applies(request.method, request.path):
             return await handler(request)
+        challenge = request.headers.get(WEBHOOK_CHALLENGE)
+        if challenge is not None:
+            return _aiohttp_response(*options.answer(challenge))
         if (request.content_length or 0) > options.max_body_bytes:
             return _aiohttp_response(*options.too_large())
         try:
@@ -235,5 +278,6 @@ class AiohttpVerifyWebhookMiddleware:
             options.release(msg_id, status)
 
 
-def _aiohttp_response(status: int, body: bytes) -> web.Response:
-    return web.Response(status=status, body=body, content_type="application/json")
+def _aiohttp_response(status: int, body: bytes, answer: str | None = None) -> web.Response:
+    headers = None if answer is None else {WEBHOOK_CHALLENGE_RESPONSE: answer}
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)

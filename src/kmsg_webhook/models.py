@@ -18,9 +18,12 @@ class EndpointStatus(StrEnum):
 
     ACTIVE = "active"
     INACTIVE = "inactive"
-    #: Disabled automatically (410 Gone, health policy); see ``disabled_reason``.
+    #: Disabled automatically (410 Gone, ``webhook-delivery: disable``, health policy); see
+    #: ``disabled_reason``.
     ERROR = "error"
     SUSPENDED = "suspended"
+    #: Added with ``verify=True``: active once the receiver answers the challenge.
+    PENDING_VERIFICATION = "pending_verification"
 
 
 class DeliveryStatus(StrEnum):
@@ -118,6 +121,8 @@ class WebhookEndpoint:
     client_cert: str | None = None
     #: Its private key (PEM); sealed like the secrets when field crypto encrypts secrets.
     client_key: str | None = field(default=None, repr=False)
+    #: Deliveries of one ``ordering_key`` go out strictly one after another, in emit order.
+    ordered: bool = False
 
     @property
     def active(self) -> bool:
@@ -157,6 +162,11 @@ class EndpointInput:
     #: Client certificate and key in PEM, for receivers that require mutual TLS (both or none).
     client_cert: str | None = None
     client_key: str | None = field(default=None, repr=False)
+    #: Send the deliveries of one event ``ordering_key`` one after another, in emit order.
+    ordered: bool = False
+    #: Prove the receiver holds the secret before anything is sent: the endpoint starts
+    #: ``pending_verification`` and becomes active when it answers a ``webhook-challenge``.
+    verify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +212,9 @@ class WebhookDelivery:
     lease_expires_at: datetime | None = None
     to_hash: str | None = None
     from_hash: str | None = None
+    #: The event's ordering key when the endpoint is ordered: no delivery of the same endpoint
+    #: and key is claimed while an earlier one (in store order) is still pending.
+    ordering_key: str | None = None
 
     @property
     def last_attempt(self) -> WebhookAttempt | None:
@@ -472,6 +485,21 @@ class ProbeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointVerification:
+    """Outcome of :meth:`WebhookRuntimeService.verify_endpoint`: one challenge, not retried.
+
+    ``verified`` when the receiver answered 2xx with the right ``webhook-challenge-response``;
+    ``endpoint`` is the endpoint afterwards (active if it was pending and is now verified).
+    """
+
+    endpoint: WebhookEndpoint
+    verified: bool
+    response_time_ms: float
+    http_status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeStats:
     """Endpoint counts plus delivery aggregates."""
 
@@ -562,6 +590,7 @@ def evolve_delivery(delivery: WebhookDelivery, **changes: Any) -> WebhookDeliver
     new.lease_expires_at = delivery.lease_expires_at
     new.to_hash = delivery.to_hash
     new.from_hash = delivery.from_hash
+    new.ordering_key = delivery.ordering_key
     for name, value in changes.items():  # a few changes: cheaper than a lookup per field
         setattr(new, name, value)
     new.__class__ = WebhookDelivery

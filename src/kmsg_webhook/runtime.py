@@ -14,12 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from .batcher import GroupCommit
+from .challenge import WEBHOOK_CHALLENGE_RESPONSE, challenge_key, new_challenge, response_matches
 from .clock import Clock, SystemClock
 from .config import WebhookConfig
 from .crypto.config import FieldCryptoConfig, FieldMode
@@ -31,6 +32,7 @@ from .endpoints import (
     build_endpoint,
     check_client_certificate,
     check_events,
+    check_flag,
     check_headers,
     check_secret,
     resolve_status,
@@ -41,8 +43,10 @@ from .errors import (
     EmitTimeoutError,
     EndpointNotFoundError,
     FlushTimeoutError,
+    InvalidArgumentError,
     InvalidEndpointError,
     MissingKeysError,
+    PayloadTooLargeError,
     RuntimeClosedError,
 )
 from .events import EventMetadata, JSONObject, WebhookEvent, WebhookEventType
@@ -59,6 +63,7 @@ from .models import (
     EndpointInput,
     EndpointList,
     EndpointStatus,
+    EndpointVerification,
     ProbeResult,
     QueueStats,
     RetiredSecret,
@@ -84,6 +89,8 @@ class _Unset(Enum):
 
 
 UNSET: Final = _Unset.UNSET
+#: An event as sent (prepared for field crypto) and its JSON body.
+_Encoded: TypeAlias = tuple[WebhookEvent, str]
 DEFAULT_SECRET_GRACE = timedelta(hours=24)
 # The default emit bound: the store's retry limit (30 s when it does not say) plus a little.
 DEFAULT_STORE_RETRY_S = 30.0
@@ -162,8 +169,9 @@ class WebhookRuntimeService:
         self._dispatch_enabled = dispatch
         self._rng = rng
         self._session: aiohttp.ClientSession | None = None
+        self._sender: Sender | None = None
         self._dispatcher: Dispatcher | None = None
-        self._intake: GroupCommit[WebhookEvent] | None = None
+        self._intake: GroupCommit[_Encoded] | None = None
         self._retention: Retention | None = None
         emit_timeout_ms = self.config.emit_timeout_ms
         #: The longest an emit waits to be stored (see ``WebhookConfig.emit_timeout_ms``).
@@ -175,6 +183,8 @@ class WebhookRuntimeService:
         self._endpoints = EndpointCache(
             self._stored.endpoint_store, ttl_s=self.config.endpoint_cache_ttl_ms / 1000
         )
+        # The configured k-msg signature header, besides the fixed reserved names.
+        self._reserved_headers = frozenset({self.config.kmsg_signature.header.lower()})
         self._start_lock = asyncio.Lock()
         self._started = False
         self._closed = False
@@ -206,7 +216,7 @@ class WebhookRuntimeService:
                     raise
             session = self._given_session or self._new_session()
             self._session = session
-            sender = Sender(
+            sender = self._sender = Sender(
                 session,
                 self.config,
                 self.security,
@@ -409,20 +419,37 @@ class WebhookRuntimeService:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def add_endpoint(self, data: EndpointInput) -> WebhookEndpoint:
-        """Validate and store an endpoint. No request is sent (use :meth:`probe_endpoint`).
+        """Validate and store an endpoint. No request is sent (use :meth:`probe_endpoint`),
+        except with ``verify=True``: the endpoint is stored ``pending_verification`` and one
+        challenge is sent (:meth:`verify_endpoint`); it is returned active if answered, else
+        still pending (call :meth:`verify_endpoint` again once the receiver is ready).
 
         With signing on and no secret given, a ``whsec_`` secret is generated; it is on the
         returned endpoint. A URL already registered is a :class:`DuplicateEndpointError`.
         """
+        if not isinstance(data, EndpointInput):
+            raise InvalidArgumentError(
+                f"add_endpoint() takes an EndpointInput, not {type(data).__name__}"
+            )
         await self.start()
         url = self._check_url(data.url)
         secret = check_secret(data.secret, self.config.signature_scheme)
         if secret is None and self.config.enable_security and not self.config.secret_key:
             secret = generate_secret()
-        endpoint = build_endpoint(data, url=url, secret=secret, now=self.clock.now())
+        endpoint = build_endpoint(
+            data,
+            url=url,
+            secret=secret,
+            now=self.clock.now(),
+            reserved_headers=self._reserved_headers,
+        )
+        if data.verify:
+            self._challenge_keys(endpoint)  # refuse before storing what can never verify
         stored = self._seal(endpoint)
         await self._stored.endpoint_store.add(stored)
         self._endpoints.put(stored)
+        if data.verify:
+            return (await self.verify_endpoint(endpoint.id)).endpoint
         return endpoint
 
     async def add_endpoints(self, inputs: Iterable[EndpointInput]) -> list[WebhookEndpoint]:
@@ -445,6 +472,7 @@ class WebhookRuntimeService:
         filters: EndpointFilters | _Unset | None = UNSET,
         client_cert: str | _Unset | None = UNSET,
         client_key: str | _Unset | None = UNSET,
+        ordered: bool | _Unset = UNSET,
     ) -> WebhookEndpoint:
         """Change the given fields. Re-enabling (status active) clears the health counters.
         A client certificate and its key change together (``None`` for both removes them).
@@ -476,8 +504,10 @@ class WebhookRuntimeService:
         ):
             if not isinstance(value, _Unset):
                 changes[field_name] = value
+        if not isinstance(ordered, _Unset):
+            changes["ordered"] = check_flag("ordered", ordered)
         if not isinstance(headers, _Unset):
-            changes["headers"] = check_headers(headers)
+            changes["headers"] = check_headers(headers, reserved=self._reserved_headers)
         if not isinstance(secret, _Unset):
             changes["secret"] = check_secret(secret, self.config.signature_scheme)
         if not isinstance(client_cert, _Unset) or not isinstance(client_key, _Unset):
@@ -540,6 +570,60 @@ class WebhookRuntimeService:
         endpoints = await self.persistence.endpoint_store.list()
         return endpoints if isinstance(endpoints, EndpointList) else EndpointList(endpoints)
 
+    async def verify_endpoint(self, endpoint_id: str) -> EndpointVerification:
+        """Send the endpoint one ``webhook-challenge`` now (not stored, not retried); a
+        ``pending_verification`` endpoint whose receiver answers it becomes active.
+
+        The answer must prove the endpoint's secret (any of its signing secrets, or the
+        config's ``secret_key`` when it has none), as the ``standardwebhooks`` package and
+        this library's receiver middlewares compute it. Any other status is left as it is; set
+        ``status="pending_verification"`` with :meth:`update_endpoint` to verify again.
+        """
+        await self.start()
+        assert self._sender is not None
+        endpoint = await self._require_endpoint(endpoint_id)
+        keys = self._challenge_keys(endpoint)
+        challenge = new_challenge()
+        result = await self._sender.challenge(endpoint, challenge)
+        attempt = result.attempt
+        error = attempt.error
+        verified = False
+        if attempt.ok:
+            verified = response_matches(keys, challenge, result.challenge_answer)
+            if not verified:
+                error = (
+                    f"no {WEBHOOK_CHALLENGE_RESPONSE} header in the answer"
+                    if not result.challenge_answer
+                    else f"the {WEBHOOK_CHALLENGE_RESPONSE} does not prove the endpoint's secret"
+                )
+        if verified and endpoint.status is EndpointStatus.PENDING_VERIFICATION:
+            activated = dataclasses.replace(
+                endpoint, status=EndpointStatus.ACTIVE, updated_at=self.clock.now()
+            )
+            endpoint = await self._store_update(activated, reset_health=True)
+        return EndpointVerification(
+            endpoint=endpoint,
+            verified=verified,
+            response_time_ms=attempt.latency_ms,
+            http_status=attempt.http_status,
+            error=None if verified else error,
+        )
+
+    def _challenge_keys(self, endpoint: WebhookEndpoint) -> list[bytes]:
+        """The HMAC keys a challenge answer may prove; raises :class:`InvalidEndpointError`
+        when there are none (no secret, or only ed25519 keys)."""
+        secrets = endpoint.signing_secrets(self.clock.now())
+        if not secrets and self.config.secret_key:
+            secrets = [self.config.secret_key]
+        scheme = self.config.signature_scheme
+        keys = [key for s in secrets if (key := challenge_key(s, scheme)) is not None]
+        if not keys:
+            raise InvalidEndpointError(
+                "endpoint verification needs an HMAC secret (a whsec_ or raw secret, or the "
+                "config's secret_key): the receiver proves it holds it"
+            )
+        return keys
+
     async def probe_endpoint(
         self,
         endpoint_id: str,
@@ -593,22 +677,27 @@ class WebhookRuntimeService:
         nothing is ever sent; commit and the dispatcher sends. Such an emit is not batched.
         """
         if not isinstance(event, WebhookEvent):
-            raise TypeError("emit() takes a WebhookEvent (see WebhookEvent.from_wire)")
+            raise InvalidArgumentError(
+                f"emit() takes a WebhookEvent, not {type(event).__name__} "
+                "(see WebhookEvent.from_wire)"
+            )
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down")
         if event.type not in self.config.enabled_events:
             return
+        # Encoded here, not in the group commit: a bad event fails its own emit only.
+        encoded = self._encode(event)
         if not self._started:
             await self.start()
         if connection is not None:
-            await self._write_events([event], connection=connection)
+            await self._write_events([encoded], connection=connection)
             return
         assert self._intake is not None
         try:
             # On timeout the wait is cancelled: an event whose batch has not started is
             # dropped from the queue; one being written may still be stored.
             async with asyncio.timeout(self.emit_timeout_s):
-                await self._intake.submit(event)
+                await self._intake.submit(encoded)
         except TimeoutError:
             raise EmitTimeoutError(
                 f"event {event.id} was not stored within {self.emit_timeout_s:g}s (the store "
@@ -621,19 +710,27 @@ class WebhookRuntimeService:
         Failed first attempts are retried later by the dispatcher like any other.
         """
         if not isinstance(event, WebhookEvent):
-            raise TypeError("emit_sync() takes a WebhookEvent (see WebhookEvent.from_wire)")
+            raise InvalidArgumentError(
+                f"emit_sync() takes a WebhookEvent, not {type(event).__name__} "
+                "(see WebhookEvent.from_wire)"
+            )
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down")
         if event.type not in self.config.enabled_events:
             return []
+        event, payload = self._encode(event)
         await self.start()
         assert self._dispatcher is not None
         now = self.clock.now()
         lease_until = now + timedelta(milliseconds=self.config.effective_lease_ms)
-        event = self._prepare(event)
-        payload = event.to_json()
         rows = [
-            self._new_delivery(event, endpoint, payload, now, lease_until=lease_until)
+            self._new_delivery(
+                event,
+                endpoint,
+                payload,
+                now,
+                lease_until=None if endpoint.ordered and event.ordering_key else lease_until,
+            )
             for endpoint in await self._matching(event)
         ]
         crypto = self.field_crypto
@@ -642,15 +739,31 @@ class WebhookRuntimeService:
             numbers = event_numbers(event)
             stored = [crypto.seal_delivery(row, numbers=numbers) for row in rows]
         inserted = set(await self._stored.delivery_store.insert_many(stored))
-        # The rows as built (plaintext, in memory) are what is sent.
-        return await self._dispatcher.send_now([r for r in rows if r.id in inserted])
+        # The rows as built (plaintext, in memory) are what is sent; ordered ones wait their
+        # turn in the store and come back pending.
+        now_rows = [r for r in rows if r.id in inserted and r.lease_owner is not None]
+        waiting = [r for r in rows if r.id in inserted and r.lease_owner is None]
+        if waiting:
+            self._wake()
+        return [*await self._dispatcher.send_now(now_rows), *waiting]
 
     async def _matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
         await self._endpoints.refresh()
         return self._endpoints.matching(event)
 
+    def _encode(self, event: WebhookEvent) -> _Encoded:
+        """The event as it is sent (field crypto may mask numbers) and its body; raises
+        :class:`InvalidEventError` for a body JSON cannot hold or one over the size limit."""
+        event = self._prepare(event)
+        payload = event.to_json()
+        limit = self.config.max_payload_bytes
+        # A character is at most 4 UTF-8 bytes: most bodies need no exact count.
+        if len(payload) * 4 > limit and (size := len(payload.encode())) > limit:
+            raise PayloadTooLargeError(size, limit)
+        return event, payload
+
     async def _write_events(
-        self, events: Sequence[WebhookEvent], *, connection: object | None = None
+        self, events: Sequence[_Encoded], *, connection: object | None = None
     ) -> None:
         now = self.clock.now()
         rows: list[WebhookDelivery] = []
@@ -662,15 +775,21 @@ class WebhookRuntimeService:
         taken: list[WebhookDelivery] = []
         left_due = 0  # rows due now that the claimer must fetch
         await self._endpoints.refresh()
-        for event in events:
+        for event, payload in events:
             endpoints = self._endpoints.matching(event)
             if endpoints:
-                event = self._prepare(event)
-                payload = event.to_json()
                 for endpoint in endpoints:
                     # An endpoint resting after timeouts gets the row due when its rest ends.
                     due_at = dispatcher.resting_until(endpoint.id)
-                    leased = lease_until is not None and not due_at and dispatcher.take(endpoint.id)
+                    # An ordered delivery waits for a claim: the store knows what of its key
+                    # is unfinished.
+                    ordered = endpoint.ordered and event.ordering_key is not None
+                    leased = (
+                        lease_until is not None
+                        and not due_at
+                        and not ordered
+                        and dispatcher.take(endpoint.id)
+                    )
                     row = self._new_delivery(
                         event,
                         endpoint,
@@ -733,6 +852,7 @@ class WebhookRuntimeService:
                 lease_expires_at=lease_until,
                 to_hash=to_hash,
                 from_hash=from_hash,
+                ordering_key=event.ordering_key if endpoint.ordered else None,
             )
         )
 
@@ -918,6 +1038,11 @@ def _resolve_persistence(
     endpoint_store: EndpointStore | None,
     delivery_store: DeliveryStore | None,
 ) -> WebhookPersistence:
+    if persistence is not None and not isinstance(persistence, WebhookPersistence | str):
+        raise InvalidArgumentError(
+            "persistence must be a WebhookPersistence or a store URL such as "
+            f"'sqlite:///app.db', not {type(persistence).__name__}"
+        )
     if isinstance(persistence, str) or (
         persistence is None and endpoint_store is None and delivery_store is None
     ):

@@ -12,6 +12,7 @@ from datetime import datetime
 import aiohttp
 from yarl import URL
 
+from .challenge import WEBHOOK_CHALLENGE, WEBHOOK_CHALLENGE_RESPONSE
 from .clock import Clock
 from .config import WebhookConfig
 from .errors import ConfigError, EndpointUrlError, InvalidEndpointError, SigningError
@@ -27,6 +28,8 @@ from .urlguard import (
 )
 
 _PREPARED_CACHE_SIZE = 4096
+#: The response header a receiver steers delivery with (Standard Webhooks proposal, Svix).
+WEBHOOK_DELIVERY = "webhook-delivery"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,10 @@ class SendResult:
     retry_after: str | None = None
     #: No answer within ``timeout_ms``.
     timed_out: bool = False
+    #: The response's ``webhook-delivery`` header: the receiver steering delivery.
+    delivery_control: str | None = None
+    #: A challenge's ``webhook-challenge-response`` header (challenges only).
+    challenge_answer: str | None = None
 
 
 class Sender:
@@ -134,6 +141,31 @@ class Sender:
             headers = self._headers(prepared, delivery, body, started_at)
         except (EndpointUrlError, SigningError, InvalidEndpointError) as exc:
             return _failed(attempt_number, started_at, t0, f"refused: {exc}", refused=True)
+        return await self._exchange(prepared, body, headers, attempt_number, started_at, t0)
+
+    async def challenge(self, endpoint: WebhookEndpoint, challenge: str) -> SendResult:
+        """POST an empty body with ``webhook-challenge`` (and the endpoint's own headers) to
+        the endpoint; the answer is in ``challenge_answer``. Never raises for I/O."""
+        started_at = self._clock.now()
+        t0 = time.perf_counter()
+        try:
+            prepared = self._prepare(endpoint, started_at)
+        except (EndpointUrlError, SigningError, InvalidEndpointError) as exc:
+            return _failed(1, started_at, t0, f"refused: {exc}", refused=True)
+        headers = {**prepared.base, WEBHOOK_CHALLENGE: challenge}
+        return await self._exchange(prepared, b"", headers, 1, started_at, t0, challenge=True)
+
+    async def _exchange(
+        self,
+        prepared: _Prepared,
+        body: bytes,
+        headers: dict[str, str],
+        attempt_number: int,
+        started_at: datetime,
+        t0: float,
+        *,
+        challenge: bool = False,
+    ) -> SendResult:
         try:
             async with self._session.post(
                 prepared.url,
@@ -160,7 +192,13 @@ class Sender:
                         error=None if 200 <= status < 300 else _status_text(response),
                     )
                 )
-                return SendResult(attempt=attempt, retry_after=response.headers.get("Retry-After"))
+                answers = response.headers
+                return SendResult(
+                    attempt=attempt,
+                    retry_after=answers.get("Retry-After"),
+                    delivery_control=answers.get(WEBHOOK_DELIVERY),
+                    challenge_answer=answers.get(WEBHOOK_CHALLENGE_RESPONSE) if challenge else None,
+                )
         except aiohttp.ClientConnectorDNSError as exc:
             if isinstance(exc.os_error, EndpointUrlError):
                 return _failed(
@@ -198,8 +236,10 @@ class Sender:
         config = self._config
         url = self._security.check(endpoint.url)
         base = dict(self._fixed)
+        signature_header = config.kmsg_signature.header.lower()
         for name, value in endpoint.headers.items():
-            if name.lower() not in RESERVED_HEADERS:
+            lowered = name.lower()
+            if lowered not in RESERVED_HEADERS and lowered != signature_header:
                 # After ours: aiohttp lets a later header replace an earlier one of the same
                 # name in any case, so an endpoint's own User-Agent wins (tested).
                 base[name] = value
@@ -213,7 +253,7 @@ class Sender:
                     f"signing is on but endpoint {endpoint.id} has no secret; "
                     "refusing an unsigned send"
                 )
-            signer = Signer(secrets, config.signature_scheme)
+            signer = Signer(secrets, config.signature_scheme, kmsg_format=config.kmsg_signature)
         expiries = [s.expires_at for s in endpoint.previous_secrets if s.expires_at > now]
         tls: ssl.SSLContext | bool = self._ssl
         if endpoint.client_cert is not None and endpoint.client_key is not None:

@@ -17,6 +17,10 @@ Two schemes (:class:`SignatureScheme`):
                                                                  k-msg's own verifier reads one)
     signed content: f"{timestamp}.{body}"
 
+  The signature header's name and prefix can be changed (:class:`KmsgSignatureFormat`), as the
+  original's ``signatureHeader`` / ``signaturePrefix`` could. The original also offered HMAC-SHA1;
+  :mod:`kmsg_webhook.verify` still accepts it from old senders (legacy), nothing here signs with it.
+
 Secret forms (decoded in one place, :func:`decode_secret`):
 
 * ``whsec_<base64>`` — symmetric; the key is the decoded bytes (``STANDARD``). Under ``KMSG`` the
@@ -36,19 +40,22 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets as _random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
-from .errors import InvalidSecretError, SigningError
+from .errors import ConfigError, InvalidSecretError, SigningError
 
 __all__ = [
+    "DEFAULT_KMSG_SIGNATURE",
     "KMSG_EVENT",
     "KMSG_ID",
     "KMSG_SIGNATURE",
@@ -61,6 +68,7 @@ __all__ = [
     "WEBHOOK_SIGNATURE",
     "WEBHOOK_TIMESTAMP",
     "Key",
+    "KmsgSignatureFormat",
     "SignatureScheme",
     "Signer",
     "decode_secret",
@@ -93,13 +101,67 @@ RESERVED_HEADERS: frozenset[str] = frozenset(
         KMSG_EVENT.lower(),
         KMSG_TIMESTAMP.lower(),
         KMSG_SIGNATURE.lower(),
+        # Endpoint verification's challenge (the runtime sends it only when it verifies).
+        "webhook-challenge",
+        # What the body is: always JSON, sent as is, its length set by the HTTP client.
         "content-type",
         "content-length",
-        "host",
+        "content-encoding",
         "transfer-encoding",
+        # The connection's own business (hop-by-hop, RFC 9110 7.6.1) or the request's routing:
+        # set by the HTTP client; a custom value would change how the request travels.
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
     }
 )
-"""Lower-case names custom endpoint headers must never set (the dispatcher drops them)."""
+"""Lower-case names custom endpoint headers must never set: refused when an endpoint is saved,
+dropped at send from endpoints written to a store directly."""
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_KMSG_FIXED = frozenset({KMSG_ID.lower(), KMSG_EVENT.lower(), KMSG_TIMESTAMP.lower()})
+
+
+@dataclass(frozen=True, slots=True)
+class KmsgSignatureFormat:
+    """Where and how the ``KMSG`` scheme carries its signature: ``<header>: <prefix><hex>``.
+
+    The defaults are the original's (``X-Webhook-Signature``, ``sha256=``, HMAC-SHA256). Give a
+    receiver written against the original the same values its ``SecurityManager`` was given.
+    ``algorithm="sha1"`` is legacy: receivers verify it (old senders), senders refuse it. As in
+    the original, the prefix does not follow the algorithm (``sha256=`` before a SHA-1 hex).
+    """
+
+    header: str = KMSG_SIGNATURE
+    prefix: str = "sha256="
+    algorithm: Literal["sha256", "sha1"] = "sha256"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.header, str) or not _TOKEN.fullmatch(self.header):
+            raise ConfigError(f"The k-msg signature header {self.header!r} is not a header name")
+        lowered = self.header.lower()
+        if lowered in _KMSG_FIXED or (
+            lowered in RESERVED_HEADERS and lowered != KMSG_SIGNATURE.lower()
+        ):
+            raise ConfigError(f"The k-msg signature header cannot be {self.header}")
+        if not isinstance(self.prefix, str) or (
+            self.prefix and not (self.prefix.isascii() and self.prefix.isprintable())
+        ):
+            raise ConfigError("The k-msg signature prefix must be printable ASCII")
+        if " " in self.prefix:
+            raise ConfigError("The k-msg signature prefix cannot hold a space (it separates keys)")
+        if self.algorithm not in ("sha256", "sha1"):
+            raise ConfigError(f"Unknown k-msg signature algorithm {self.algorithm!r}")
+
+
+DEFAULT_KMSG_SIGNATURE = KmsgSignatureFormat()
+"""The original's format: ``X-Webhook-Signature: sha256=<hex HMAC-SHA256>``."""
 
 SYMMETRIC_PREFIX = "whsec_"
 PRIVATE_KEY_PREFIX = "whsk_"
@@ -189,14 +251,19 @@ class Signer:
     No secret at all is an error, never a silent unsigned send.
     """
 
-    __slots__ = ("_ed25519", "_hmacs", "_scheme")
+    __slots__ = ("_ed25519", "_hmacs", "_kmsg", "_scheme")
 
     def __init__(
         self,
         secrets: str | Sequence[str],
         scheme: SignatureScheme = SignatureScheme.STANDARD,
+        *,
+        kmsg_format: KmsgSignatureFormat = DEFAULT_KMSG_SIGNATURE,
     ) -> None:
         self._scheme = SignatureScheme(scheme)
+        if kmsg_format.algorithm != "sha256":
+            raise SigningError("HMAC-SHA1 is accepted for verifying only; sign with sha256")
+        self._kmsg = kmsg_format
         items = [secrets] if isinstance(secrets, str) else list(secrets)
         if not items:
             raise SigningError("The endpoint has no secret to sign with; refusing to send unsigned")
@@ -237,12 +304,13 @@ class Signer:
             return {WEBHOOK_ID: msg_id, WEBHOOK_TIMESTAMP: ts, WEBHOOK_SIGNATURE: signature}
         _check_header_value("event type", event_type)
         prefix = f"{ts}.".encode()
+        kmsg = self._kmsg
         return {
             KMSG_ID: msg_id,
             KMSG_EVENT: event_type,
             KMSG_TIMESTAMP: ts,
-            KMSG_SIGNATURE: " ".join(
-                f"sha256={_hmac(mac, prefix, body).hex()}" for mac in self._hmacs
+            kmsg.header: " ".join(
+                f"{kmsg.prefix}{_hmac(mac, prefix, body).hex()}" for mac in self._hmacs
             ),
         }
 

@@ -262,12 +262,13 @@ def sealed_fields(endpoint: WebhookEndpoint) -> SealedFields:
     )
 
 
-#: Delivery columns that hold the keyed lookup hashes (schema version 2).
-LOOKUP_HASH_COLUMNS = ("to_hash", "from_hash")
+#: Delivery columns added after schema version 1, in table order: the keyed lookup hashes
+#: (version 2) and the ordering key (version 4).
+ADDED_DELIVERY_COLUMNS = ("to_hash", "from_hash", "ordering_key")
 
 
-def with_lookup_hashes(delivery: WebhookDelivery, row: Mapping[Any, Any]) -> WebhookDelivery:
-    """Set, on a delivery *just decoded* from ``row``, the lookup hashes the row carries.
+def with_added_columns(delivery: WebhookDelivery, row: Mapping[Any, Any]) -> WebhookDelivery:
+    """Set, on a delivery *just decoded* from ``row``, the added columns the row carries.
 
     ``delivery`` must be a fresh object no one else holds (it is completed in place, as
     ``__post_init__`` would): this runs for every row a claim or a listing reads.
@@ -277,6 +278,9 @@ def with_lookup_hashes(delivery: WebhookDelivery, row: Mapping[Any, Any]) -> Web
         object.__setattr__(delivery, "to_hash", to_hash)
     if from_hash is not None:
         object.__setattr__(delivery, "from_hash", from_hash)
+    ordering_key = row.get("ordering_key")
+    if ordering_key is not None:
+        object.__setattr__(delivery, "ordering_key", ordering_key)
     return delivery
 
 
@@ -290,7 +294,7 @@ def apply_outcome(
         attempts = (*attempts, outcome.attempt)[-max_stored_attempts:]
         count += 1
     status = outcome.status
-    # Built whole rather than through evolve_delivery: eight of the seventeen fields change,
+    # Built whole rather than through evolve_delivery: eight of the eighteen fields change,
     # and this runs for every recorded attempt.
     return frozen(
         DeliveryDraft(
@@ -311,6 +315,7 @@ def apply_outcome(
             lease_expires_at=None,
             to_hash=delivery.to_hash,
             from_hash=delivery.from_hash,
+            ordering_key=delivery.ordering_key,
         )
     )
 

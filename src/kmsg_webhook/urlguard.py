@@ -31,7 +31,8 @@ Policy decisions (documented here because callers and reviewers ask):
   networks' addresses that are not public.
 * One trailing dot is accepted (``example.com.`` is the same host); an empty label is malformed.
 * Any explicit port 1-65535 is allowed: receivers often listen on 8443 or similar, and the host,
-  not the port, decides what the request can reach. Port 0 is malformed.
+  not the port, decides what the request can reach. Port 0 is malformed, and so is a port not
+  written in ASCII digits (``:+443``, full-width digits): yarl reads those, other parsers don't.
 * IP literals must be canonical: a legacy IPv4 spelling (``0x7f.1``, ``017700000001``, ``127.1``)
   is refused even for a public address -- as ``private_address`` when it hides one, otherwise as
   ``malformed``. IPv6 zone ids are always refused.
@@ -400,6 +401,13 @@ def _raw_authority(url: str) -> str | None:
     return rest[:end]
 
 
+def _raw_port(authority: str) -> str:
+    """The port exactly as written in an authority without userinfo ('' when absent)."""
+    host_end = authority.find("]") + 1 if authority.startswith("[") else 0
+    _, colon, port = authority[host_end:].rpartition(":")
+    return port if colon else ""
+
+
 def _refuse_percent_host(raw_host: str) -> _Refused:
     """Build the refusal for a host that still contains percent-escapes after parsing."""
     for escape in _PERCENT_RE.findall(raw_host):
@@ -559,6 +567,12 @@ def _parse(url: str) -> tuple[URL, str]:
         )
     if authority.startswith("[") and ":" not in raw_host:
         raise _Refused("malformed", "Endpoint URL has brackets around a non-IPv6 host")
+    port = _raw_port(authority)
+    if port and not (port.isascii() and port.isdigit()):
+        # yarl reads "+443" and full-width digits as 443/8443; other parsers refuse them.
+        raise _Refused(
+            "malformed", f"Endpoint URL port {port!r} must be written in ASCII digits only"
+        )
     if parsed.explicit_port == 0:
         raise _Refused("malformed", "Endpoint URL port 0 is not a valid destination port")
     return parsed, raw_host

@@ -5,15 +5,17 @@
     event = verifier.verify(body, request.headers)
 
 The scheme is detected from the headers (``webhook-signature`` → standard, ``X-Webhook-Signature``
-→ kmsg) unless given. Any one secret matching any one signature passes (key rotation). Every
-problem with the request raises a :class:`VerificationError` subclass, whose ``reason`` is a short
-code; a bad *secret* raises :class:`InvalidSecretError` when the verifier is built.
+or the header ``kmsg_format`` names → kmsg) unless given. ``kmsg_format`` also names the k-msg
+signature's prefix and algorithm, as the original's ``SecurityManager`` took them; HMAC-SHA1 is
+accepted there as a legacy of old senders. Any one secret matching any one signature passes
+(key rotation). Every problem with the request raises a :class:`VerificationError` subclass,
+whose ``reason`` is a short code; a bad *secret* raises :class:`InvalidSecretError` when the
+verifier is built.
 """
 
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import threading
 import time
@@ -25,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import (
+    InvalidArgumentError,
     InvalidEventError,
     InvalidPayloadError,
     InvalidSecretError,
@@ -35,13 +38,14 @@ from .errors import (
 )
 from .events import WebhookEvent
 from .signing import (
-    KMSG_SIGNATURE,
+    DEFAULT_KMSG_SIGNATURE,
     KMSG_TIMESTAMP,
     PRIVATE_KEY_PREFIX,
     PUBLIC_KEY_PREFIX,
     WEBHOOK_ID,
     WEBHOOK_SIGNATURE,
     WEBHOOK_TIMESTAMP,
+    KmsgSignatureFormat,
     SignatureScheme,
     decode_secret,
 )
@@ -60,9 +64,16 @@ def verify(
     now: float | None = None,
     scheme: SignatureScheme | None = None,
     replay_guard: ReplayGuard | None = None,
+    kmsg_format: KmsgSignatureFormat = DEFAULT_KMSG_SIGNATURE,
 ) -> WebhookEvent:
     """Verify one request and return its event (see :class:`Verifier`)."""
-    verifier = Verifier(secrets, tolerance_s=tolerance_s, scheme=scheme, replay_guard=replay_guard)
+    verifier = Verifier(
+        secrets,
+        tolerance_s=tolerance_s,
+        scheme=scheme,
+        replay_guard=replay_guard,
+        kmsg_format=kmsg_format,
+    )
     return verifier.verify(body, headers, now=now)
 
 
@@ -111,7 +122,7 @@ class _Keys:
 class Verifier:
     """Decoded secrets plus options; :meth:`verify` checks one request. Safe to share."""
 
-    __slots__ = ("_guard", "_keys", "_scheme", "_tolerance")
+    __slots__ = ("_guard", "_keys", "_kmsg", "_scheme", "_tolerance")
 
     def __init__(
         self,
@@ -120,7 +131,11 @@ class Verifier:
         tolerance_s: int = 300,
         scheme: SignatureScheme | None = None,
         replay_guard: ReplayGuard | None = None,
+        kmsg_format: KmsgSignatureFormat = DEFAULT_KMSG_SIGNATURE,
     ) -> None:
+        if not isinstance(kmsg_format, KmsgSignatureFormat):
+            raise InvalidArgumentError("kmsg_format must be a KmsgSignatureFormat")
+        self._kmsg = kmsg_format
         items = [secrets] if isinstance(secrets, str) else list(secrets)
         if not items or not all(isinstance(s, str) and s for s in items):
             raise InvalidSecretError("A webhook verifier needs at least one non-empty secret")
@@ -149,7 +164,8 @@ class Verifier:
         """Like :meth:`verify`, also returning the signed message id — the idempotency and replay
         key: ``webhook-id`` (standard) or the event's id (kmsg, whose id header is unsigned)."""
         now = time.time() if now is None else now
-        scheme = self._scheme or _detect(headers)
+        kmsg = self._kmsg
+        scheme = self._scheme or _detect(headers, kmsg.header)
         if scheme is SignatureScheme.STANDARD:
             msg_id = _required(headers, WEBHOOK_ID)
             ts = _required(headers, WEBHOOK_TIMESTAMP)
@@ -158,7 +174,7 @@ class Verifier:
         else:
             msg_id = ""
             ts = _required(headers, KMSG_TIMESTAMP)
-            signature = _required(headers, KMSG_SIGNATURE)
+            signature = _required(headers, kmsg.header)
             signed = f"{ts}."
         if not (len(ts) <= 12 and ts.isascii() and ts.isdigit()):
             raise InvalidTimestampError("The timestamp header is not an integer of epoch seconds")
@@ -171,7 +187,7 @@ class Verifier:
             content = signed.encode("utf-8", "surrogateescape") + body
         except UnicodeEncodeError:
             raise InvalidSignatureError("The message id header cannot be encoded") from None
-        if not _matches(self._keys[scheme], scheme, content, signature):
+        if not _matches(self._keys[scheme], scheme, content, signature, kmsg):
             raise InvalidSignatureError("No signature matches any of the secrets")
         try:
             event = WebhookEvent.from_json(body)
@@ -203,12 +219,12 @@ def _kmsg_keys(secrets: list[str]) -> _Keys:
     return _Keys(tuple(s.encode() for s in secrets if not s.startswith(ed25519)))
 
 
-def _detect(headers: Mapping[str, str]) -> SignatureScheme:
+def _detect(headers: Mapping[str, str], kmsg_header: str) -> SignatureScheme:
     if _header(headers, WEBHOOK_SIGNATURE) is not None:
         return SignatureScheme.STANDARD
-    if _header(headers, KMSG_SIGNATURE.lower()) is not None:
+    if _header(headers, kmsg_header) is not None:
         return SignatureScheme.KMSG
-    raise MissingHeaderError("No webhook-signature (or k-msg X-Webhook-Signature) header")
+    raise MissingHeaderError(f"No webhook-signature (or k-msg {kmsg_header}) header")
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -227,15 +243,19 @@ def _required(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _matches(keys: _Keys, scheme: SignatureScheme, content: bytes, header: str) -> bool:
+def _matches(
+    keys: _Keys, scheme: SignatureScheme, content: bytes, header: str, kmsg: KmsgSignatureFormat
+) -> bool:
     entries = header.split()
     if len(entries) > _MAX_SIGNATURES:
         raise InvalidSignatureError(f"The signature header has over {_MAX_SIGNATURES} entries")
-    macs = [hmac.new(key, content, hashlib.sha256).digest() for key in keys.hmac]
+    digest = kmsg.algorithm if scheme is SignatureScheme.KMSG else "sha256"
+    macs = [hmac.new(key, content, digest).digest() for key in keys.hmac]
     for entry in entries:
         if scheme is SignatureScheme.KMSG:
-            algorithm, _, value = entry.partition("=")
-            if algorithm == "sha256" and any(hmac.compare_digest(_unhex(value), m) for m in macs):
+            if entry.startswith(kmsg.prefix) and any(
+                hmac.compare_digest(_unhex(entry[len(kmsg.prefix) :]), m) for m in macs
+            ):
                 return True
             continue
         version, _, value = entry.partition(",")  # unknown versions are skipped

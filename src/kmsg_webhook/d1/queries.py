@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..store import LOOKUP_HASH_COLUMNS
+from ..store import ADDED_DELIVERY_COLUMNS
 from .rows import DELIVERY_INSERT_COLUMNS, ENDPOINT_UPDATE_COLUMNS, ENDPOINT_WRITE_COLUMNS
 
-#: Delivery columns an insert binds: the row codec's, then the lookup hashes (schema v2).
-DELIVERY_WRITE_COLUMNS: tuple[str, ...] = (*DELIVERY_INSERT_COLUMNS, *LOOKUP_HASH_COLUMNS)
+#: Delivery columns an insert binds: the row codec's, then the lookup hashes and ordering key.
+DELIVERY_WRITE_COLUMNS: tuple[str, ...] = (*DELIVERY_INSERT_COLUMNS, *ADDED_DELIVERY_COLUMNS)
 
 # -- endpoints --------------------------------------------------------------------------------
 
@@ -100,12 +100,18 @@ DELIVERY_IDS_PRESENT = "SELECT id FROM {d} WHERE id IN (SELECT value FROM json_e
 
 #: Lease up to ?5 due pending rows whose lease is free or expired, oldest due first, skipping
 #: the endpoints in the JSON array ?4. One statement, so no two workers take the same row.
+#: A row with an ordering key waits while an earlier row (smaller rowid: the store order) of
+#: its endpoint and key is pending; rows without a key never look (as the SQLite backend).
 DELIVERY_CLAIM = (
     "UPDATE {d} SET lease_owner = ?1, lease_expires_at = ?2"
     " WHERE id IN ("
-    "SELECT id FROM {d} WHERE status = 'pending' AND next_attempt_at <= ?3"
+    "SELECT id FROM {d} AS c WHERE status = 'pending' AND next_attempt_at <= ?3"
     " AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)"
     " AND endpoint_id NOT IN (SELECT value FROM json_each(?4))"
+    " AND (c.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {d} AS e"
+    " WHERE e.status = 'pending' AND e.ordering_key IS NOT NULL"
+    " AND e.endpoint_id = c.endpoint_id AND e.ordering_key = c.ordering_key"
+    " AND e.rowid < c.rowid))"
     " ORDER BY next_attempt_at, id LIMIT ?5)"
     " AND status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)"
     " RETURNING *"

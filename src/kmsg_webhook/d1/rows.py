@@ -53,7 +53,10 @@ def opt_ms(moment: datetime | None) -> int | None:
 
 
 def _param(value: object) -> D1Value:
-    """A codec column value as D1 binds it: epoch ms for times, JSON text for nested values."""
+    """A codec column value as D1 binds it: epoch ms for times, JSON text for nested values,
+    0/1 for flags (SQLite has no booleans)."""
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, datetime):
         return to_millis(value)
     if isinstance(value, list | dict):
@@ -146,6 +149,7 @@ def _endpoint_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "last_success_at": _opt_millis(row.get("last_success_at")),
         "client_cert": row.get("client_cert"),
         "client_key": row.get("client_key"),
+        "ordered": bool(row.get("ordered")),
     }
 
 

@@ -44,14 +44,18 @@ def quote_identifier(name: str) -> str:
 
 
 # (column, declaration) in table order: column for column the SQLite backend's schema
-# (schema.sqlite.sql: its migrations 0001 to 0003), so a database moves between SQLite and D1
+# (schema.sqlite.sql: its migrations 0001 to 0006), so a database moves between SQLite and D1
 # (``wrangler d1 export``/``execute --file``) as it is.
 ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "TEXT NOT NULL PRIMARY KEY"),
     ("url", "TEXT NOT NULL"),
     ("name", "TEXT"),
     ("description", "TEXT"),
-    ("status", "TEXT NOT NULL CHECK (status IN ('active', 'inactive', 'error', 'suspended'))"),
+    (
+        "status",
+        "TEXT NOT NULL CHECK (status IN"
+        " ('active', 'inactive', 'error', 'suspended', 'pending_verification'))",
+    ),
     ("events_json", "TEXT NOT NULL"),
     ("headers_json", "TEXT NOT NULL DEFAULT '{}'"),
     ("secret", "TEXT"),
@@ -69,6 +73,8 @@ ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
     # tables.
     ("client_cert", "TEXT"),
     ("client_key", "TEXT"),
+    # Ordered delivery (SQLite migration 0006); added to older tables.
+    ("ordered", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 DELIVERY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -91,6 +97,8 @@ DELIVERY_COLUMNS: tuple[tuple[str, str], ...] = (
     # Field crypto's keyed lookup hashes (SQLite migration 0002); added to older tables.
     ("to_hash", "TEXT"),
     ("from_hash", "TEXT"),
+    # The event's ordering key on ordered endpoints (SQLite migration 0006).
+    ("ordering_key", "TEXT"),
 )
 
 
@@ -152,6 +160,9 @@ def _index_statements(t: D1Tables) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'completed_at')} "
         f"ON {d} (completed_at, status, endpoint_id, last_latency_ms) "
         "WHERE completed_at IS NOT NULL",
+        # Ordered delivery: pending rows of ordered endpoints by key, in rowid (store) order.
+        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'ordering')} ON {d} (endpoint_id, ordering_key)"
+        " WHERE status = 'pending' AND ordering_key IS NOT NULL",
     ]
 
 
@@ -193,6 +204,9 @@ async def initialize_webhook_schema(
     probe = [
         D1Statement("SELECT name FROM pragma_table_info(?)", (t.endpoint_table,)),
         D1Statement("SELECT name FROM pragma_table_info(?)", (t.delivery_table,)),
+        D1Statement(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (t.endpoint_table,)
+        ),
     ]
     create = [
         D1Statement(sql)
@@ -205,6 +219,17 @@ async def initialize_webhook_schema(
         # tables as they were before the CREATEs.
         results = await client.batch([*probe, *create])
         endpoint_cols, delivery_cols = _names(results[0].rows), _names(results[1].rows)
+        if _old_status_check(results[2].rows):
+            # Columns without an index the old table lacks are added before the rebuild
+            # copies them.
+            added = (
+                []
+                if _is_original(endpoint_cols, delivery_cols)
+                else _add_missing_columns(t, endpoint_cols, delivery_cols)
+            )
+            await client.batch([D1Statement(sql) for sql in [*added, *_rebuild_endpoints(t)]])
+            if added:
+                return
     except D1QueryError:
         # An index on a column an older table lacks fails the whole (atomic) batch.
         endpoint_cols, delivery_cols = await _columns(client, probe)
@@ -214,7 +239,10 @@ async def initialize_webhook_schema(
             raise
         if not _is_original(endpoint_cols, delivery_cols):
             added = _add_missing_columns(t, endpoint_cols, delivery_cols)
-            await client.batch([D1Statement(sql) for sql in [*added, *(c.sql for c in create)]])
+            rebuilt = _rebuild_endpoints(t) if endpoint_cols else []
+            await client.batch(
+                [D1Statement(sql) for sql in [*added, *rebuilt, *(c.sql for c in create)]]
+            )
             return
     if not _is_original(endpoint_cols, delivery_cols) and _missing(endpoint_cols, delivery_cols):
         # Columns without an index (the batch above went through): added now.
@@ -229,7 +257,33 @@ async def initialize_webhook_schema(
                 "once to upgrade them (see docs/d1.md)"
             )
         upgrade = _upgrade_statements(t, endpoint_cols, delivery_cols)
-        await client.batch([D1Statement(sql) for sql in [*upgrade, *(c.sql for c in create)]])
+        rebuilt = _rebuild_endpoints(t) if endpoint_cols else []
+        await client.batch(
+            [D1Statement(sql) for sql in [*upgrade, *rebuilt, *(c.sql for c in create)]]
+        )
+
+
+def _old_status_check(rows: list[dict[str, object]]) -> bool:
+    """Whether the endpoint table exists with a status CHECK older than ``pending_verification``
+    (SQLite cannot alter a CHECK: the table is rebuilt)."""
+    return bool(rows) and "pending_verification" not in str(rows[0].get("sql") or "")
+
+
+def _rebuild_endpoints(t: D1Tables) -> list[str]:
+    """The endpoint table made again with the current columns and checks, rows kept (the same
+    steps as the SQLite backend's migration 0005). One atomic batch with what follows."""
+    e = t.endpoints
+    rebuild = f'"{t.endpoint_table}_rebuild"'  # validated name plus a fixed suffix
+    names = ", ".join(name for name, _ in ENDPOINT_COLUMNS)
+    body = ",\n  ".join(f"{name} {decl}" for name, decl in ENDPOINT_COLUMNS)
+    return [
+        f"DROP TABLE IF EXISTS {rebuild}",
+        f"CREATE TABLE {rebuild} (\n  {body}\n)",
+        f"INSERT INTO {rebuild} ({names}) SELECT {names} FROM {e}",
+        f"DROP TABLE {e}",
+        f"ALTER TABLE {rebuild} RENAME TO {e}",
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {t.index(t.endpoint_table, 'url')} ON {e} (url)",
+    ]
 
 
 def _missing(endpoint_cols: set[str], delivery_cols: set[str]) -> bool:
@@ -286,7 +340,8 @@ def _upgrade_statements(t: D1Tables, endpoint_cols: set[str], delivery_cols: set
         out += [
             f"UPDATE {e} SET headers_json = '{{}}' WHERE headers_json IS NULL",
             f"UPDATE {e} SET status = 'inactive'"
-            " WHERE status NOT IN ('active', 'inactive', 'error', 'suspended')",
+            " WHERE status NOT IN ('active', 'inactive', 'error', 'suspended',"
+            " 'pending_verification')",
             # The original wrote camelCase JSON; the stored form has snake_case keys.
             f"UPDATE {e} SET retry_config_json = json_object("
             "'max_retries', json_extract(retry_config_json, '$.maxRetries'),"

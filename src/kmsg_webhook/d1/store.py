@@ -42,7 +42,7 @@ from ..store import (
     endpoint_outcomes,
     latency_percentiles,
     minute_counts,
-    with_lookup_hashes,
+    with_added_columns,
 )
 from . import queries as q
 from .client import D1Client, D1Statement, D1Value
@@ -106,13 +106,13 @@ def _params(values: Sequence[object]) -> tuple[D1Value, ...]:
 
 
 def _delivery(row: dict[str, Any]) -> WebhookDelivery:
-    """A stored delivery row as a model, lookup hashes included."""
-    return with_lookup_hashes(delivery_from_row(row), row)
+    """A stored delivery row as a model, added columns included."""
+    return with_added_columns(delivery_from_row(row), row)
 
 
 def _delivery_params(delivery: WebhookDelivery) -> tuple[D1Value, ...]:
     """Insert parameters in :data:`queries.DELIVERY_WRITE_COLUMNS` order."""
-    return (*delivery_params(delivery), delivery.to_hash, delivery.from_hash)
+    return (*delivery_params(delivery), delivery.to_hash, delivery.from_hash, delivery.ordering_key)
 
 
 def _json_list(values: Collection[str]) -> str:

@@ -56,7 +56,7 @@ from ..store import (
     latency_percentiles,
     minute_counts,
     sealed_fields,
-    with_lookup_hashes,
+    with_added_columns,
 )
 from .codec import (
     ENDPOINT_HEALTH_COLUMNS,
@@ -77,16 +77,17 @@ DEFAULT_RETRY_TIMEOUT = 30.0
 
 
 def delivery_row(delivery: WebhookDelivery) -> dict[str, Any]:
-    """The codec's column values plus the lookup-hash columns (schema version 2)."""
+    """The codec's column values plus the columns added since (lookup hashes, ordering key)."""
     row = delivery_to_row(delivery)
     row["to_hash"] = delivery.to_hash
     row["from_hash"] = delivery.from_hash
+    row["ordering_key"] = delivery.ordering_key
     return row
 
 
 def read_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
-    """A stored delivery row (any access path) as a model, lookup hashes included."""
-    return with_lookup_hashes(row_to_delivery(row), row)
+    """A stored delivery row (any access path) as a model, added columns included."""
+    return with_added_columns(row_to_delivery(row), row)
 
 
 class SqlDatabase(ABC):

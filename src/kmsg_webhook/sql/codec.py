@@ -28,7 +28,7 @@ from ..models import (
     WebhookEndpoint,
     frozen,
 )
-from ..store import LOOKUP_HASH_COLUMNS
+from ..store import ADDED_DELIVERY_COLUMNS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -161,6 +161,7 @@ ENDPOINT_COLUMNS = (
     "last_success_at",
     "client_cert",
     "client_key",
+    "ordered",
 )
 
 
@@ -204,6 +205,7 @@ def endpoint_to_row(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "last_success_at": endpoint.last_success_at,
         "client_cert": endpoint.client_cert,
         "client_key": endpoint.client_key,
+        "ordered": endpoint.ordered,
     }
 
 
@@ -234,6 +236,7 @@ def row_to_endpoint(row: Mapping[Any, Any]) -> WebhookEndpoint:
         last_success_at=to_datetime(row["last_success_at"]),
         client_cert=row.get("client_cert"),
         client_key=row.get("client_key"),
+        ordered=bool(row["ordered"]),
     )
 
 
@@ -282,9 +285,9 @@ def delivery_to_row(delivery: WebhookDelivery) -> dict[str, Any]:
     }
 
 
-#: The delivery columns with the lookup hashes (schema version 2): the order in which the raw
-#: insert binds and the claim returns them (``queries/*.sql``).
-DELIVERY_ROW_COLUMNS = (*DELIVERY_COLUMNS, *LOOKUP_HASH_COLUMNS)
+#: The delivery columns with those added since (lookup hashes, ordering key): the order in
+#: which the raw inserts bind and the claims return them (``queries/*.sql``).
+DELIVERY_ROW_COLUMNS = (*DELIVERY_COLUMNS, *ADDED_DELIVERY_COLUMNS)
 
 # Enum members by stored value: a dict lookup per row instead of an Enum call.
 _EVENT_TYPES = {member.value: member for member in WebhookEventType}
@@ -336,6 +339,7 @@ def delivery_values(d: WebhookDelivery, when: Callable[[datetime | None], Any]) 
         when(d.lease_expires_at),
         d.to_hash,
         d.from_hash,
+        d.ordering_key,
     )
 
 
@@ -360,6 +364,7 @@ def values_to_delivery(values: Sequence[Any]) -> WebhookDelivery:
         lease_expires_at,
         to_hash,
         from_hash,
+        ordering_key,
     ) = values
     return frozen(
         DeliveryDraft(
@@ -380,5 +385,6 @@ def values_to_delivery(values: Sequence[Any]) -> WebhookDelivery:
             lease_expires_at=to_datetime(lease_expires_at),
             to_hash=to_hash,
             from_hash=from_hash,
+            ordering_key=ordering_key,
         )
     )

@@ -253,6 +253,21 @@ class PostgresDatabase(SqlDatabase):
         self, connection: object, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         if isinstance(connection, AsyncConnection):
+            if any(d.ordering_key is not None for d in deliveries):
+                # Ordered rows take their place in the store order from the sequence the raw
+                # insert draws on, inside the caller's transaction all the same.
+                driver = (await connection.get_raw_connection()).driver_connection
+                if not isinstance(driver, asyncpg.Connection):
+                    raise StoreError(
+                        "ordered deliveries on a caller's SQLAlchemy connection need the "
+                        "asyncpg driver (postgresql+asyncpg://)"
+                    )
+                # SQLAlchemy opens the driver's transaction with its first statement: make
+                # sure it is open, or the raw insert would commit on its own.
+                await connection.exec_driver_sql("SELECT 1")
+                if not driver.is_in_transaction():
+                    raise StoreError("the SQLAlchemy connection opened no transaction")
+                return await self._insert_raw(driver, deliveries)
             return await self.insert_with_sqlalchemy(connection, deliveries)
         if isinstance(connection, asyncpg.Connection):  # also pool connection proxies
             if not connection.is_in_transaction():

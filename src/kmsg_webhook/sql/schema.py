@@ -86,6 +86,9 @@ _DEFAULT_SCOPE = TableNames().scope
 _IDENTIFIERS = re.compile(
     r"'(?P<scope>" + re.escape(_DEFAULT_SCOPE) + r")'"
     r"|\bidx_kmsg_webhook_(?P<indexed>endpoints|deliveries)_(?P<suffix>\w+)\b"
+    # Names derived from a table's: its CHECK constraint's, a table it is rebuilt in, the
+    # sequence of its ordered deliveries.
+    r"|\bkmsg_webhook_(?P<derived>endpoints|deliveries)_(?P<part>status_check|rebuild|ordering_seq)\b"
     r"|\b(?P<table>kmsg_webhook_(?:endpoints|deliveries|schema_version))\b"
 )
 
@@ -104,6 +107,11 @@ def render(sql: str, names: TableNames) -> str:
         if match["indexed"]:
             table = tables[f"kmsg_webhook_{match['indexed']}"]
             return quote(f"idx_{table}_{match['suffix']}")
+        if match["derived"]:
+            name = f"{tables['kmsg_webhook_' + match['derived']]}_{match['part']}"
+            # A sequence lives in the schema; a constraint name never is qualified, and a
+            # rebuild table is SQLite's (no schema).
+            return names.qualified(name) if match["part"] == "ordering_seq" else quote(name)
         return names.qualified(tables[match["table"]])
 
     return _IDENTIFIERS.sub(replace, sql)

@@ -1,4 +1,4 @@
--- kmsg-webhook schema, PostgreSQL: the reviewed source of truth (schema version 3).
+-- kmsg-webhook schema, PostgreSQL: the reviewed source of truth (schema version 6).
 --
 -- The same tables the numbered migrations in src/kmsg_webhook/sql/migrations/postgresql/ build;
 -- a test applies both to empty databases and compares the results. Apply this file yourself
@@ -23,7 +23,7 @@ CREATE TABLE kmsg_webhook_endpoints (
     name                  text,
     description           text,
     status                text        NOT NULL
-        CHECK (status IN ('active', 'inactive', 'error', 'suspended')),
+        CHECK (status IN ('active', 'inactive', 'error', 'suspended', 'pending_verification')),
     events_json           jsonb       NOT NULL,
     headers_json          jsonb       NOT NULL DEFAULT '{}',
     secret                text,
@@ -38,7 +38,8 @@ CREATE TABLE kmsg_webhook_endpoints (
     failing_since         timestamptz,
     last_success_at       timestamptz,
     client_cert           text,
-    client_key            text
+    client_key            text,
+    ordered               boolean     NOT NULL DEFAULT false
 );
 
 CREATE UNIQUE INDEX idx_kmsg_webhook_endpoints_url ON kmsg_webhook_endpoints (url);
@@ -62,7 +63,9 @@ CREATE TABLE kmsg_webhook_deliveries (
     lease_owner      text,
     lease_expires_at timestamptz,
     to_hash          text,
-    from_hash        text
+    from_hash        text,
+    ordering_key     text,
+    ordering_seq     bigint
 );
 
 -- One delivery per (endpoint, event): re-emitting an event is a no-op.
@@ -90,10 +93,19 @@ CREATE INDEX idx_kmsg_webhook_deliveries_from_hash
 CREATE INDEX idx_kmsg_webhook_deliveries_completed_at
     ON kmsg_webhook_deliveries (completed_at, status, endpoint_id, last_latency_ms)
     WHERE completed_at IS NOT NULL;
+-- Ordered delivery: pending rows of ordered endpoints by key, in store order (empty otherwise).
+CREATE INDEX idx_kmsg_webhook_deliveries_ordering
+    ON kmsg_webhook_deliveries (endpoint_id, ordering_key, ordering_seq)
+    WHERE status = 'pending' AND ordering_key IS NOT NULL;
+-- The store order of ordered deliveries (drawn by the insert only for rows with a key).
+CREATE SEQUENCE kmsg_webhook_deliveries_ordering_seq
+    OWNED BY kmsg_webhook_deliveries.ordering_seq;
 
 -- The version rows a fresh database gets (scope: "<endpoint table>,<delivery table>").
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
 VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 2, 'lookup_hashes'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 3, 'client_certificates'),
-       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 4, 'finished_index');
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 4, 'finished_index'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 5, 'endpoint_verification'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 6, 'ordered_delivery');

@@ -1,4 +1,4 @@
--- kmsg-webhook schema, SQLite: the reviewed source of truth (schema version 3).
+-- kmsg-webhook schema, SQLite: the reviewed source of truth (schema version 6).
 --
 -- The same tables the numbered migrations in src/kmsg_webhook/sql/migrations/sqlite/ build;
 -- a test applies both to empty databases and compares the results. Apply this file yourself
@@ -24,7 +24,7 @@ CREATE TABLE kmsg_webhook_endpoints (
     name                  TEXT,
     description           TEXT,
     status                TEXT    NOT NULL
-        CHECK (status IN ('active', 'inactive', 'error', 'suspended')),
+        CHECK (status IN ('active', 'inactive', 'error', 'suspended', 'pending_verification')),
     events_json           TEXT    NOT NULL,
     headers_json          TEXT    NOT NULL DEFAULT '{}',
     secret                TEXT,
@@ -39,7 +39,8 @@ CREATE TABLE kmsg_webhook_endpoints (
     failing_since         INTEGER,
     last_success_at       INTEGER,
     client_cert           TEXT,
-    client_key            TEXT
+    client_key            TEXT,
+    ordered               INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE UNIQUE INDEX idx_kmsg_webhook_endpoints_url ON kmsg_webhook_endpoints (url);
@@ -63,7 +64,8 @@ CREATE TABLE kmsg_webhook_deliveries (
     lease_owner      TEXT,
     lease_expires_at INTEGER,
     to_hash          TEXT,
-    from_hash        TEXT
+    from_hash        TEXT,
+    ordering_key     TEXT
 );
 
 -- One delivery per (endpoint, event): re-emitting an event is a no-op.
@@ -91,10 +93,17 @@ CREATE INDEX idx_kmsg_webhook_deliveries_from_hash
 CREATE INDEX idx_kmsg_webhook_deliveries_completed_at
     ON kmsg_webhook_deliveries (completed_at, status, endpoint_id, last_latency_ms)
     WHERE completed_at IS NOT NULL;
+-- Ordered delivery: pending rows of ordered endpoints by key, in rowid (store) order; empty
+-- without ordered endpoints.
+CREATE INDEX idx_kmsg_webhook_deliveries_ordering
+    ON kmsg_webhook_deliveries (endpoint_id, ordering_key)
+    WHERE status = 'pending' AND ordering_key IS NOT NULL;
 
 -- The version rows a fresh database gets (scope: "<endpoint table>,<delivery table>").
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
 VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 2, 'lookup_hashes'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 3, 'client_certificates'),
-       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 4, 'finished_index');
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 4, 'finished_index'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 5, 'endpoint_verification'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 6, 'ordered_delivery');

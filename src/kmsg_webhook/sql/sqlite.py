@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import sqlite3
 from collections import deque
@@ -60,6 +62,28 @@ STATEMENT_ROWS = 1000
 _ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_ROW_COLUMNS)) + ")"
 # One group per outcome: the record binds these in the order queries/sqlite.sql names.
 _OUTCOME_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+class _HideStatementParameters(logging.Filter):
+    """aiosqlite logs every call it runs at DEBUG, the statement's parameters included (an
+    endpoint's secret and headers among them). Keep its records, without the parameters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(map(_without_parameters, record.args))
+        return True
+
+
+def _without_parameters(arg: object) -> object:
+    if not isinstance(arg, functools.partial):
+        return arg
+    name = getattr(arg.func, "__name__", type(arg.func).__name__)
+    statement = arg.args[0] if arg.args and isinstance(arg.args[0], str) else None
+    shown = "" if statement is None else f"{statement!r}, "
+    return f"{name}({shown}<parameters hidden>)"
+
+
+_AIOSQLITE_FILTER = _HideStatementParameters()
 
 
 class SQLiteDatabase(SqlDatabase):
@@ -111,6 +135,7 @@ class SQLiteDatabase(SqlDatabase):
                 f"SQLite {sqlite3.sqlite_version} is too old: the store needs "
                 f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer"
             )
+        logging.getLogger("aiosqlite").addFilter(_AIOSQLITE_FILTER)  # added once
         engine = create_async_engine(
             sa.engine.URL.create("sqlite+aiosqlite", database=self.path),
             poolclass=StaticPool,

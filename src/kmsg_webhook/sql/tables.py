@@ -98,6 +98,7 @@ def build_tables(names: TableNames) -> Tables:
         sa.Column("last_success_at", Timestamp),
         sa.Column("client_cert", sa.Text),
         sa.Column("client_key", sa.Text),
+        sa.Column("ordered", sa.Boolean, nullable=False),
     )
     deliveries = sa.Table(
         names.deliveries,
@@ -120,5 +121,6 @@ def build_tables(names: TableNames) -> Tables:
         sa.Column("lease_expires_at", Timestamp),
         sa.Column("to_hash", sa.Text),
         sa.Column("from_hash", sa.Text),
+        sa.Column("ordering_key", sa.Text),
     )
     return Tables(endpoints=endpoints, deliveries=deliveries)

@@ -14,21 +14,26 @@
 -- Rows whose id or (endpoint_id, event_id) already exists are skipped; the ids of new rows come
 -- back as one array (one value, not a result row per delivery for the driver to build).
 -- New rows not already leased are announced on channel $2 with their earliest due time (epoch
--- seconds); a NOTIFY is delivered only when the transaction commits.
+-- seconds); a NOTIFY is delivered only when the transaction commits. A row with an ordering key
+-- draws its place in the store order from the sequence, in array order (the rows reach the
+-- projection in the order json_to_recordset yields them); other rows draw nothing.
 WITH inserted AS (
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
     last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
-    lease_expires_at, to_hash, from_hash)
+    lease_expires_at, to_hash, from_hash, ordering_key, ordering_seq)
 SELECT r.id, r.endpoint_id, r.event_id, r.event_type, r.url, r.payload, r.status,
        coalesce(r.attempts, '[]'), r.attempt_count, (r.attempts -> -1 ->> 'latency_ms')::float8,
        r.last_error, r.created_at, r.next_attempt_at, r.completed_at, r.lease_owner,
-       r.lease_expires_at, r.to_hash, r.from_hash
+       r.lease_expires_at, r.to_hash, r.from_hash, r.ordering_key,
+       CASE WHEN r.ordering_key IS NOT NULL
+            THEN nextval('kmsg_webhook_deliveries_ordering_seq') END
 FROM json_to_recordset($1::json)
      AS r(id text, endpoint_id text, event_id text, event_type text, url text, payload text,
           status text, attempts jsonb, attempt_count int4, last_error text,
           created_at timestamptz, next_attempt_at timestamptz, completed_at timestamptz,
-          lease_owner text, lease_expires_at timestamptz, to_hash text, from_hash text)
+          lease_owner text, lease_expires_at timestamptz, to_hash text, from_hash text,
+          ordering_key text)
 ON CONFLICT DO NOTHING
 RETURNING id, next_attempt_at, lease_expires_at)
 SELECT coalesce(array_agg(id), '{}'),
@@ -43,7 +48,10 @@ SELECT id FROM kmsg_webhook_deliveries WHERE id = ANY ($1::text[]);
 -- name: claim_deliveries
 -- Lease up to $5 due pending rows (oldest due first) to worker $1 until $2. Expired leases are
 -- claimable; rows locked by a concurrent claim are skipped, and no lock outlives the statement.
--- $3 is now, $4 the endpoints to leave alone. Row order of RETURNING is not guaranteed; the
+-- $3 is now, $4 the endpoints to leave alone. Ordered delivery: a row with an ordering key
+-- waits while an earlier one (smaller ordering_seq: the store order) of its endpoint and key
+-- is pending, leased or not; rows without a key never look (the partial ordering index is
+-- empty without ordered endpoints). Row order of RETURNING is not guaranteed; the
 -- columns come in the order the store decodes them (codec.DELIVERY_ROW_COLUMNS), the attempts
 -- as text (new rows hold '[]', which the store then does not parse).
 UPDATE kmsg_webhook_deliveries AS d
@@ -55,13 +63,18 @@ WHERE d.id IN (
       AND c.next_attempt_at <= $3
       AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $3)
       AND c.endpoint_id <> ALL ($4::text[])
+      AND (c.ordering_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM kmsg_webhook_deliveries AS e
+          WHERE e.status = 'pending' AND e.ordering_key IS NOT NULL
+            AND e.endpoint_id = c.endpoint_id AND e.ordering_key = c.ordering_key
+            AND e.ordering_seq < c.ordering_seq))
     ORDER BY c.next_attempt_at, c.id
     LIMIT $5
     FOR UPDATE SKIP LOCKED)
 RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.status,
           d.attempts_json::text, d.attempt_count, d.last_latency_ms, d.last_error, d.created_at,
           d.next_attempt_at, d.completed_at, d.lease_owner, d.lease_expires_at, d.to_hash,
-          d.from_hash;
+          d.from_hash, d.ordering_key;
 
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes (one array per field) where the worker still holds the

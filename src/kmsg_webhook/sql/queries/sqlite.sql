@@ -5,7 +5,7 @@
 -- milliseconds.
 
 -- name: insert_deliveries
--- Insert a batch; {rows} stands for one "(?, ... 18 ...)" group per row, in column order (the
+-- Insert a batch; {rows} stands for one "(?, ... 19 ...)" group per row, in column order (the
 -- store sends at most 1000 rows per statement). Rows whose id or (endpoint_id, event_id)
 -- already exists are skipped. Binding parameters measured faster than reading one JSON
 -- document with json_each (which re-parses per column).
@@ -16,7 +16,7 @@
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
     last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
-    lease_expires_at, to_hash, from_hash)
+    lease_expires_at, to_hash, from_hash, ordering_key)
 VALUES {rows}
 ON CONFLICT DO NOTHING;
 
@@ -35,20 +35,29 @@ SELECT id FROM kmsg_webhook_deliveries WHERE id IN (SELECT value FROM json_each(
 -- write lock when it starts. Row order is not guaranteed; the columns come in the order the
 -- store decodes them (codec.DELIVERY_ROW_COLUMNS).
 -- INDEXED BY: without ANALYZE statistics the planner prefers the status index and sorts.
+-- Ordered delivery: a row with an ordering key waits while an earlier row (smaller rowid: the
+-- store order) of its endpoint and key is pending, leased or not; rows without a key never
+-- look (the partial ordering index is empty without ordered endpoints).
 UPDATE kmsg_webhook_deliveries
 SET lease_owner = :worker_id, lease_expires_at = :lease_until
 WHERE id IN (
-    SELECT id
-    FROM kmsg_webhook_deliveries INDEXED BY idx_kmsg_webhook_deliveries_due
-    WHERE status = 'pending'
-      AND next_attempt_at <= :now
-      AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-      AND endpoint_id NOT IN (SELECT value FROM json_each(:exclude))
-    ORDER BY next_attempt_at, id
+    SELECT c.id
+    FROM kmsg_webhook_deliveries AS c INDEXED BY idx_kmsg_webhook_deliveries_due
+    WHERE c.status = 'pending'
+      AND c.next_attempt_at <= :now
+      AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= :now)
+      AND c.endpoint_id NOT IN (SELECT value FROM json_each(:exclude))
+      AND (c.ordering_key IS NULL OR NOT EXISTS (
+          SELECT 1
+          FROM kmsg_webhook_deliveries AS e INDEXED BY idx_kmsg_webhook_deliveries_ordering
+          WHERE e.status = 'pending' AND e.ordering_key IS NOT NULL
+            AND e.endpoint_id = c.endpoint_id AND e.ordering_key = c.ordering_key
+            AND e.rowid < c.rowid))
+    ORDER BY c.next_attempt_at, c.id
     LIMIT :limit)
 RETURNING id, endpoint_id, event_id, event_type, url, payload, status, attempts_json,
           attempt_count, last_latency_ms, last_error, created_at, next_attempt_at, completed_at,
-          lease_owner, lease_expires_at, to_hash, from_hash;
+          lease_owner, lease_expires_at, to_hash, from_hash, ordering_key;
 
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes where the worker still holds the lease: append the attempt
