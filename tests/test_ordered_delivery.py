@@ -23,6 +23,7 @@ from kmsg_webhook import (
     InvalidEndpointError,
     InvalidEventError,
     ManualClock,
+    RetentionPolicy,
     WebhookConfig,
     WebhookEvent,
 )
@@ -146,6 +147,53 @@ async def test_other_endpoints_and_keys_are_not_held_up(receiver, make_runtime):
     assert a_arrivals == ["evt_A_000", "evt_A_000", "evt_A_001", "evt_A_002"]
     page = await runtime.list_deliveries(DeliveryFilter(endpoint_id=ordered.id))
     assert {d.status for d in page.items} == {DeliveryStatus.SUCCESS}
+
+
+async def test_the_memory_cap_keeps_a_keys_waiting_deliveries(receiver, make_runtime, wait_until):
+    """Retention's row cap deletes finished deliveries only: a key's waiting ones all stay and
+    still arrive in order."""
+    recovered = asyncio.Event()
+
+    async def fails_a_first(request: web.Request, n: int) -> web.StreamResponse:
+        body = await request.json()
+        if body["id"] == "evt_A_000" and not recovered.is_set():
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    clock = ManualClock(T0)
+    config = WebhookConfig(
+        jitter=False,
+        retry_delay_ms=60_000,
+        max_retries=3,
+        retention=RetentionPolicy(memory_max_rows=2),
+    )
+    runtime = await make_runtime(config, clock=clock)
+    await runtime.add_endpoint(
+        EndpointInput(
+            url=receiver.on("/ordered", fails_a_first), events=["message.sent"], ordered=True
+        )
+    )
+    for n in range(5):
+        await runtime.emit(event(n, "A"))
+        await runtime.emit(event(n, None))
+    await asyncio.wait_for(runtime.flush(), HANG_GUARD)
+    await runtime.apply_retention()  # the unkeyed successes go (here or in the background)
+    deliveries = (await runtime.stats()).deliveries
+    assert deliveries.total == deliveries.pending == 5  # A's: the first waits for its retry
+
+    recovered.set()
+    clock.advance(seconds=61)
+    ids = [f"evt_A_{n:03d}" for n in range(5)]
+
+    def a_arrivals() -> list[str]:
+        return [
+            r.headers["webhook-id"]
+            for r in receiver.at("/ordered")
+            if r.headers["webhook-id"].startswith("evt_A")
+        ]
+
+    await wait_until(lambda: len(a_arrivals()) == 6, within=HANG_GUARD, what="all of key A")
+    assert a_arrivals() == [ids[0], *ids]
 
 
 async def test_emit_sync_leaves_ordered_deliveries_to_the_dispatcher(

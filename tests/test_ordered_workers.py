@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -103,6 +104,7 @@ async def test_order_holds_per_key_with_workers_killed_at_random(
     store_url: str,  # noqa: F811
     receiver: OrderReceiver,
     workers: list[subprocess.Popen[bytes]],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -110,15 +112,24 @@ async def test_order_holds_per_key_with_workers_killed_at_random(
         "--lease-ms", "2500", "--timeout-ms", "2000", "--retry-delay-ms", "50",
         "--max-retries", "10", "--concurrency", "16",
     )  # fmt: skip
+    logs: dict[int, Path] = {}
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as stderr:
+            proc = start_worker(workers, store_url, name, *options, stderr=stderr)
+        logs[proc.pid] = log
+        return proc
+
     add_ordered_endpoint(store_url, receiver.url)
-    alive = [start_worker(workers, store_url, f"w{n}", *options) for n in range(3)]
+    alive = [start(f"w{n}") for n in range(3)]
     emitting = asyncio.create_task(emit_in_order(store_url))
     for kill in range(3):
         await asyncio.sleep(rng.uniform(0.3, 1.2))
         victim = alive.pop(rng.randrange(len(alive)))
         victim.send_signal(signal.SIGKILL)
         assert victim.wait(timeout=10) == -signal.SIGKILL
-        alive.append(start_worker(workers, store_url, f"heir-{kill}", *options))
+        alive.append(start(f"heir-{kill}"))
     await asyncio.wait_for(emitting, 60)
     total = len(KEYS) * PER_KEY
 
@@ -129,6 +140,13 @@ async def test_order_holds_per_key_with_workers_killed_at_random(
     while not await all_done():
         assert asyncio.get_running_loop().time() < deadline, f"seed {seed}: not all delivered"
         await asyncio.sleep(0.2)
+    # SIGTERM only once each worker said it is dispatching (its handler is installed by then):
+    # a replacement started late may still be importing when everything is delivered.
+    for proc in alive:
+        while b"dispatching from" not in logs[proc.pid].read_bytes():
+            assert proc.poll() is None, f"seed {seed}: worker exited before it started"
+            assert asyncio.get_running_loop().time() < deadline + 30, f"seed {seed}: no start"
+            await asyncio.sleep(0.1)
     for proc in alive:
         proc.send_signal(signal.SIGTERM)
     for proc in alive:

@@ -9,15 +9,21 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from standardwebhooks import Webhook
 
 from kmsg_webhook import (
     DeliveryFilter,
+    DeliveryHooks,
     DeliveryStatus,
+    EndpointChange,
     EndpointInput,
     EndpointStatus,
+    EndpointStatusEvent,
     HealthPolicy,
+    OperationalWebhook,
     WebhookConfig,
     WebhookDelivery,
+    generate_secret,
 )
 
 HANG_GUARD = 15
@@ -140,3 +146,33 @@ async def test_a_410_still_disables_with_its_own_reason(receiver, make_runtime, 
     after = await runtime.get_endpoint(endpoint.id)
     assert after is not None and after.status is EndpointStatus.ERROR
     assert after.disabled_reason is not None and after.disabled_reason.startswith("410 Gone")
+
+
+async def test_disable_reaches_the_hooks_and_the_operational_webhook_as_a_410_does(
+    receiver, make_runtime, make_event, wait_until
+):
+    secret = generate_secret()
+    changes: list[EndpointStatusEvent] = []
+    config = WebhookConfig(
+        jitter=False,
+        operational_webhook=OperationalWebhook(url=receiver.url("/ops"), secret=secret),
+    )
+    runtime = await make_runtime(config, hooks=DeliveryHooks(on_endpoint_status=changes.append))
+    endpoint = await runtime.add_endpoint(
+        EndpointInput(url=receiver.on("/hook", answer((200, "disable"))), events=["message.sent"])
+    )
+    await runtime.emit(make_event("evt_1"))
+    await wait_until(lambda: len(receiver.at("/ops")) == 1, within=HANG_GUARD, what="a message")
+    [change] = changes
+    assert change.change is EndpointChange.DISABLED and change.endpoint_id == endpoint.id
+    assert change.status is EndpointStatus.ERROR
+    assert change.reason is not None and "webhook-delivery: disable" in change.reason
+    [request] = receiver.at("/ops")
+    message = Webhook(secret).verify(request.body, request.headers)
+    assert message["type"] == "endpoint.disabled"
+    assert message["data"] == {
+        "endpoint_id": endpoint.id,
+        "url": endpoint.url,
+        "status": "error",
+        "reason": change.reason,
+    }

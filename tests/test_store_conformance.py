@@ -909,3 +909,24 @@ async def test_the_ordering_key_round_trips(persistence: WebhookPersistence) -> 
     now = T0 + timedelta(seconds=1)
     [claimed] = [d for d in await claim(persistence, W1, now) if d.id == "dlv_0001"]
     assert claimed.ordering_key == "주문-42/+8210"
+
+
+async def test_purging_a_keys_finished_deliveries_keeps_its_pending_ones_in_order(
+    persistence: WebhookPersistence,
+) -> None:
+    store = persistence.delivery_store
+    await store.insert_many([delivery(1, key="A"), delivery(2, key="A"), delivery(3, key="A")])
+    now = T0 + timedelta(seconds=1)
+    everything = T0 + timedelta(days=1)
+    cutoffs = RetentionCutoffs(success=everything, failed=everything, exhausted=everything)
+    assert await _ids(persistence, W1, now) == ["dlv_0001"]
+    await store.record([outcome("dlv_0001", W1, DeliveryStatus.SUCCESS)])
+    assert await store.purge_finished(cutoffs, limit=100) == 1
+    assert await store.get("dlv_0001") is None
+    assert await _ids(persistence, W1, now) == ["dlv_0002"]
+    # 2 in flight and 3 waiting for it are both pending: kept, and 3 still waits.
+    assert await store.purge_finished(cutoffs, limit=100) == 0
+    assert await claim(persistence, W2, now) == []
+    await store.record([outcome("dlv_0002", W1, DeliveryStatus.FAILED)])
+    assert await store.purge_finished(cutoffs, limit=100) == 1
+    assert await _ids(persistence, W2, now) == ["dlv_0003"]

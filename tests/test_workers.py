@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import IO
 
 import pytest
 from aiohttp import web
@@ -78,7 +79,11 @@ def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def start_worker(
-    procs: list[subprocess.Popen[bytes]], url: str, name: str, *extra: str
+    procs: list[subprocess.Popen[bytes]],
+    url: str,
+    name: str,
+    *extra: str,
+    stderr: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -95,7 +100,10 @@ def start_worker(
         *extra,
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     procs.append(proc)
     return proc
