@@ -452,7 +452,7 @@ def _key(endpoint_id: str, event_id: str) -> str:
 
 class _KeyedQueues:
     """Ordered delivery: the unfinished deliveries of each (endpoint, ordering key), in insert
-    order. Only the first of a key is claimable; the others stay out of the due heap until it
+    order. Only the first of a key is claimable; the others stay out of the due index until it
     ends. Rows without an ordering key never come here."""
 
     __slots__ = ("_inserted", "_position", "_queues")
