@@ -70,6 +70,8 @@ class _Settled:
     refused: bool = False
     #: No answer within ``timeout_ms``.
     timed_out: bool = False
+    #: An ordered delivery ended: once recorded, the next of its key is claimable.
+    frees_key: bool = False
 
 
 class Dispatcher:
@@ -153,8 +155,10 @@ class Dispatcher:
         self._due_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        # An ordered delivery ended: the next of its key becomes claimable once recorded.
-        self._key_freed = False
+        # Ordered deliveries that ended and wait for their record (0 without ordered
+        # endpoints: recording then looks at nothing), and how many records freed a key.
+        self._keys_ending = 0
+        self._keys_freed = 0
         self._recorder: GroupCommit[_Settled] = GroupCommit(
             self._write_results,
             max_batch=config.claim_batch_size,
@@ -268,6 +272,7 @@ class Dispatcher:
         cutoff = self._clock.now() if due_by is None else due_by
         while True:
             if self._room() > 0:
+                freed = self._keys_freed
                 full = self._full()
                 if await asyncio.shield(self._claim(due_by=cutoff, full=full)):
                     continue
@@ -277,6 +282,8 @@ class Dispatcher:
                     await asyncio.shield(self._claim(due_by=cutoff, full=set(), most=1))
                 )
                 if not left and not self._claims_running and not self._holds_due(cutoff):
+                    if freed != self._keys_freed:
+                        continue  # an ordered delivery ended during the claim: its key's next
                     return
             # Whatever keeps it waiting (rows held, a claim running, no room) signals when it
             # changes; a signal from its own claims is no news.
@@ -628,9 +635,12 @@ class Dispatcher:
         self._outstanding -= len(results)
         self._recording -= len(results)
         self._changed.set()
-        if self._key_freed:
-            self._key_freed = False
-            self._wake.set()  # claim the key's next now, not at the next poll
+        if self._keys_ending:
+            ended = sum(r.frees_key for r in results)
+            if ended:
+                self._keys_ending -= ended
+                self._keys_freed += 1
+                self._wake.set()  # claim the key's next now, not at the next poll
 
     async def _attempt(self, delivery: WebhookDelivery, *, stored: bool = True) -> _Settled:
         endpoint = self._endpoints.cached(delivery.endpoint_id)
@@ -689,8 +699,9 @@ class Dispatcher:
             status = DeliveryStatus.EXHAUSTED
         else:
             status = DeliveryStatus.FAILED
-        if delivery.ordering_key is not None and status is not DeliveryStatus.PENDING:
-            self._key_freed = True
+        frees_key = delivery.ordering_key is not None and status is not DeliveryStatus.PENDING
+        if frees_key:
+            self._keys_ending += 1
         outcome = frozen(
             OutcomeDraft(
                 delivery_id=delivery.id,
@@ -712,6 +723,7 @@ class Dispatcher:
             delivery=delivery,
             refused=result.refused,
             timed_out=result.timed_out,
+            frees_key=frees_key,
         )
 
     def _open(
