@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -38,6 +39,57 @@ BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/local/bin")
 
 # The conformance suite expects stores built with this cap.
 CONFORMANCE_MAX_ATTEMPTS = 5
+
+
+class Relay:
+    """A TCP relay to a server on loopback that can be cut and restored."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        #: When set, the next answer from the server containing these bytes is never
+        #: delivered: the connection is dropped instead (the server has done the work).
+        self.lose_answer: bytes | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop every open one."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, answers: bool
+        ) -> None:
+            with suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    if answers and self.lose_answer is not None and self.lose_answer in data:
+                        self.lose_answer = None
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(
+            pipe(reader, up_writer, answers=False), pipe(up_reader, writer, answers=True)
+        )
+        self._writers.difference_update((writer, up_writer))
 
 
 def in_ci() -> bool:
@@ -183,6 +235,28 @@ async def drop_schema(dsn: str, schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def relayed_postgres_database(
+    **options: Any,
+) -> AsyncIterator[tuple[Relay, PostgresDatabase]]:
+    """A :class:`Relay` in front of the test server, and a store (own schema, dropped after)
+    reached through it."""
+    dsn = await server_dsn()
+    parts = urlsplit(dsn)
+    relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await relay.start()
+    schema = new_schema()
+    netloc = f"{parts.username}@127.0.0.1:{relay.port}" if parts.username else None
+    url = urlunsplit(parts._replace(netloc=netloc or f"127.0.0.1:{relay.port}"))
+    db = PostgresDatabase(url, schema=schema, **options)
+    try:
+        yield relay, db
+    finally:
+        await db.close()
+        await relay.cut()
+        await drop_schema(dsn, schema)
 
 
 async def terminate_backends(dsn: str, application_name: str) -> int:

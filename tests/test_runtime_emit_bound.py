@@ -9,11 +9,9 @@ or an :class:`EmitTimeoutError`; emitting the same events again afterwards store
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -31,69 +29,17 @@ from kmsg_webhook import (
     WebhookRuntimeService,
 )
 from kmsg_webhook.sql.postgres import PostgresDatabase
-from pg import drop_schema, new_schema, server_dsn
+from pg import Relay, relayed_postgres_database
 
 EMIT_BOUND_S = 2.5
 STORE_RETRY_S = 1.5
 
 
-class Relay:
-    """A TCP relay to a server on loopback that can be cut and restored."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Refuse new connections and drop every open one."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
-
-
 @pytest.fixture
 async def relayed_postgres() -> AsyncIterator[tuple[Relay, PostgresDatabase]]:
     """A relay in front of the test server, and a store (own schema) reached through it."""
-    dsn = await server_dsn()
-    parts = urlsplit(dsn)
-    relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
-    await relay.start()
-    schema = new_schema()
-    netloc = f"{parts.username}@127.0.0.1:{relay.port}" if parts.username else None
-    url = urlunsplit(parts._replace(netloc=netloc or f"127.0.0.1:{relay.port}"))
-    db = PostgresDatabase(url, schema=schema, retry_timeout=STORE_RETRY_S, pool_size=4)
-    try:
-        yield relay, db
-    finally:
-        await relay.cut()
-        await drop_schema(dsn, schema)
+    async with relayed_postgres_database(retry_timeout=STORE_RETRY_S, pool_size=4) as found:
+        yield found
 
 
 def event(n: int) -> WebhookEvent:

@@ -31,6 +31,7 @@ from pg import (
     free_port,
     new_schema,
     postgres_database,
+    relayed_postgres_database,
     server_dsn,
     temporary_postgres,
     temporary_sqlite,
@@ -330,6 +331,30 @@ async def test_postgres_claim_and_record_killed_mid_flight_are_retried_once(
     assert await db.delivery_store.record(outcomes) == 0
     again = await db.delivery_store.get("dlv_0001")
     assert again is not None and again.attempt_count == 1
+
+
+async def test_postgres_claim_whose_answer_is_lost_gets_its_rows_when_retried() -> None:
+    """The claim commits but its answer never arrives (the connection drops on the way back):
+    the retry returns the rows the lost attempt leased, rather than leaving them leased to a
+    worker that does not know it holds them until the lease expires."""
+    async with relayed_postgres_database(retry_timeout=10) as (relay, db):
+        await db.delivery_store.insert_many([delivery(1), delivery(2), delivery(3)])
+        lease_until = NOW + timedelta(seconds=30)
+        relay.lose_answer = b"UPDATE 2\x00"  # the claim's CommandComplete
+        claimed = await db.delivery_store.claim(
+            worker_id=W1, now=NOW, lease_until=lease_until, limit=2
+        )
+        assert relay.lose_answer is None, "the claim's answer was not dropped"
+        # The retry took back the two rows the first attempt leased, and claimed no others.
+        assert [d.id for d in claimed] == ["dlv_0001", "dlv_0002"]
+        assert all(d.lease_owner == W1 and d.lease_expires_at == lease_until for d in claimed)
+        third = await db.delivery_store.get("dlv_0003")
+        assert third is not None and third.lease_owner is None
+        # Another claim of the same worker (its own lease) leaves them alone.
+        later = await db.delivery_store.claim(
+            worker_id=W1, now=NOW, lease_until=lease_until + timedelta(milliseconds=1), limit=5
+        )
+        assert [d.id for d in later] == ["dlv_0003"]
 
 
 async def test_postgres_server_restart_during_operations() -> None:

@@ -18,7 +18,7 @@ import random
 from collections import defaultdict, deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from .batcher import GroupCommit
 from .clock import Clock
@@ -53,6 +53,7 @@ logger = logging.getLogger("kmsg_webhook.dispatcher")
 _OPENED_CACHE_SIZE = 10_000
 _GONE_REASON = "410 Gone: the receiver asked to stop deliveries"
 _DISABLE_REASON = "the receiver asked to stop deliveries (webhook-delivery: disable)"
+_LEASE_STEP = timedelta(milliseconds=1)
 
 
 @dataclass(slots=True)  # internal, one per attempt: a plain init is four times cheaper
@@ -138,6 +139,9 @@ class Dispatcher:
         # claim started later that does not leave the endpoint alone covers it.
         self._stored_endpoints: dict[str, int] = {}
         self._claim_round = 0
+        # The last lease handed out (claim or intake); each is at least 1 ms later, so a
+        # retried claim knows the rows its lost first attempt leased by their lease alone.
+        self._last_lease = datetime.min.replace(tzinfo=UTC)
         # Below this much room, a claimer with queued work waits instead of making a small
         # claim (each claim is a store round trip).
         self._claim_threshold = max(1, config.claim_batch_size // 2)
@@ -324,7 +328,17 @@ class Dispatcher:
         """
         if not self._tasks or self._stopping or self._backlog or self._room() <= 0:
             return None
-        return self._clock.now() + timedelta(milliseconds=self._config.effective_lease_ms)
+        return self._new_lease(self._clock.now())
+
+    def _new_lease(self, now: datetime) -> datetime:
+        """A lease ending ``effective_lease_ms`` after ``now``, and 1 ms (the coarsest store's
+        precision) after any lease this worker handed out before."""
+        until = max(
+            now + timedelta(milliseconds=self._config.effective_lease_ms),
+            self._last_lease + _LEASE_STEP,
+        )
+        self._last_lease = until
+        return until
 
     def take(self, endpoint_id: str) -> bool:
         """Reserve room for one new row to ``endpoint_id`` (within the same limits a claim
@@ -437,7 +451,7 @@ class Dispatcher:
             claimed = await self._store.claim(
                 worker_id=self.worker_id,
                 now=now if due_by is None else min(now, due_by),
-                lease_until=now + timedelta(milliseconds=config.effective_lease_ms),
+                lease_until=self._new_lease(now),
                 limit=want,
                 exclude_endpoints=full,
             )

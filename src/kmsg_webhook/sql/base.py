@@ -358,7 +358,11 @@ class SqlDatabase(ABC):
         lease_until: datetime,
         limit: int,
         exclude: list[str],
-    ) -> list[WebhookDelivery]: ...
+        retried: bool,
+    ) -> list[WebhookDelivery]:
+        """Lease up to ``limit`` due rows until ``lease_until``. With ``retried``, first the
+        rows an earlier attempt of this claim leased (``worker_id`` until exactly
+        ``lease_until``): its answer may have been lost after it committed."""
 
     @abstractmethod
     async def record_outcomes(
@@ -615,6 +619,7 @@ class SqlDeliveryStore:
                 lease_until=lease_until,
                 limit=limit,
                 exclude=exclude,
+                retried=attempt > 1,
             )
 
         claimed = await self._db.run(op, single_statement=True)

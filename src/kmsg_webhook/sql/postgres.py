@@ -299,11 +299,21 @@ class PostgresDatabase(SqlDatabase):
         lease_until: datetime,
         limit: int,
         exclude: list[str],
+        retried: bool,
     ) -> list[WebhookDelivery]:
         driver = await _driver(conn)
-        found = await driver.fetch(
-            self.sql["claim_deliveries"], worker_id, lease_until, now, exclude, limit
-        )
+        found = []
+        if retried:
+            found = await driver.fetch(self.sql["leased_deliveries"], worker_id, lease_until)
+        if len(found) < limit:
+            found += await driver.fetch(
+                self.sql["claim_deliveries"],
+                worker_id,
+                lease_until,
+                now,
+                exclude,
+                limit - len(found),
+            )
         return [values_to_delivery(r) for r in found]
 
     async def record_outcomes(

@@ -386,6 +386,7 @@ class SQLiteDatabase(SqlDatabase):
         lease_until: datetime,
         limit: int,
         exclude: list[str],
+        retried: bool,
     ) -> list[WebhookDelivery]:
         driver = await _driver(conn)
         params = {
@@ -395,7 +396,12 @@ class SQLiteDatabase(SqlDatabase):
             "exclude": dumps(exclude),
             "limit": limit,
         }
-        rows = await driver.execute_fetchall(self.sql["claim_deliveries"], params)
+        rows = []
+        if retried:
+            rows = list(await driver.execute_fetchall(self.sql["leased_deliveries"], params))
+        if len(rows) < limit:
+            params["limit"] = limit - len(rows)
+            rows += await driver.execute_fetchall(self.sql["claim_deliveries"], params)
         return [values_to_delivery(row) for row in rows]
 
     async def record_outcomes(

@@ -45,6 +45,16 @@ FROM inserted;
 -- Which of these ids are stored (used only when an insert is retried after a lost connection).
 SELECT id FROM kmsg_webhook_deliveries WHERE id = ANY ($1::text[]);
 
+-- name: leased_deliveries
+-- The pending rows leased to worker $1 until exactly $2: what a claim whose answer was lost
+-- (the connection died after it committed) leased, taken back when that claim is retried.
+SELECT d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.status,
+       d.attempts_json::text, d.attempt_count, d.last_latency_ms, d.last_error, d.created_at,
+       d.next_attempt_at, d.completed_at, d.lease_owner, d.lease_expires_at, d.to_hash,
+       d.from_hash
+FROM kmsg_webhook_deliveries AS d
+WHERE d.lease_owner = $1 AND d.lease_expires_at = $2 AND d.status = 'pending';
+
 -- name: claim_deliveries
 -- Lease up to $5 due pending rows (oldest due first) to worker $1 until $2. Expired leases are
 -- claimable; rows locked by a concurrent claim are skipped, and no lock outlives the statement.

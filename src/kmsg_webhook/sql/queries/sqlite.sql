@@ -29,6 +29,15 @@ SELECT id FROM kmsg_webhook_deliveries WHERE rowid > :last - :count AND rowid <=
 -- Which of these ids are stored (used only when an insert is retried after a failure).
 SELECT id FROM kmsg_webhook_deliveries WHERE id IN (SELECT value FROM json_each(:ids));
 
+-- name: leased_deliveries
+-- The pending rows leased to :worker_id until exactly :lease_until: what a claim whose answer
+-- was lost (it failed after it committed) leased, taken back when that claim is retried.
+SELECT id, endpoint_id, event_id, event_type, url, payload, status, attempts_json,
+       attempt_count, last_latency_ms, last_error, created_at, next_attempt_at, completed_at,
+       lease_owner, lease_expires_at, to_hash, from_hash
+FROM kmsg_webhook_deliveries
+WHERE lease_owner = :worker_id AND lease_expires_at = :lease_until AND status = 'pending';
+
 -- name: claim_deliveries
 -- Lease up to :limit due pending rows (oldest due first) to :worker_id until :lease_until.
 -- Expired leases are claimable. Run as a statement of its own (autocommit): SQLite takes the
