@@ -51,7 +51,7 @@ SELECT id FROM kmsg_webhook_deliveries WHERE id = ANY ($1::text[]);
 SELECT d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.status,
        d.attempts_json::text, d.attempt_count, d.last_latency_ms, d.last_error, d.created_at,
        d.next_attempt_at, d.completed_at, d.lease_owner, d.lease_expires_at, d.to_hash,
-       d.from_hash
+       d.from_hash, d.ordering_key
 FROM kmsg_webhook_deliveries AS d
 WHERE d.lease_owner = $1 AND d.lease_expires_at = $2 AND d.status = 'pending';
 

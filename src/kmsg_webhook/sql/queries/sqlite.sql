@@ -34,7 +34,7 @@ SELECT id FROM kmsg_webhook_deliveries WHERE id IN (SELECT value FROM json_each(
 -- was lost (it failed after it committed) leased, taken back when that claim is retried.
 SELECT id, endpoint_id, event_id, event_type, url, payload, status, attempts_json,
        attempt_count, last_latency_ms, last_error, created_at, next_attempt_at, completed_at,
-       lease_owner, lease_expires_at, to_hash, from_hash
+       lease_owner, lease_expires_at, to_hash, from_hash, ordering_key
 FROM kmsg_webhook_deliveries
 WHERE lease_owner = :worker_id AND lease_expires_at = :lease_until AND status = 'pending';
 
