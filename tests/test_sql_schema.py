@@ -6,6 +6,7 @@ a database whose schema is newer than the code.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -63,7 +64,7 @@ def test_root_schema_files_are_the_packaged_ones(name: str) -> None:
 def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
     found = migrations(dialect)
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert schema_version(dialect) == found[-1].version == 6
+    assert schema_version(dialect) == found[-1].version == 8
     assert [m.description for m in found] == [
         "initial",
         "lookup_hashes",
@@ -71,6 +72,8 @@ def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
         "finished_index",
         "endpoint_verification",
         "ordered_delivery",
+        "message_tracking",
+        "message_jobs",
     ]
     assert set(queries(dialect)) >= {
         "insert_deliveries",
@@ -225,7 +228,7 @@ async def test_sqlite_schema_built_by_the_code_equals_schema_sqlite_sql(tmp_path
     conn.executescript((ROOT / "schema.sqlite.sql").read_text(encoding="utf-8"))
     conn.close()
     built, written = _sqlite_shape(by_code), _sqlite_shape(by_file)
-    assert len(built["objects"]) == 17  # 3 tables, their 3 primary-key indexes, 11 declared
+    assert len(built["objects"]) == 28  # 5 tables, their 5 primary-key indexes, 18 declared
     assert built == written
 
 
@@ -240,11 +243,11 @@ async def test_migrate_is_idempotent_and_initialize_schema_false_requires_it(
     unmanaged = postgres_database(dsn, schema, initialize_schema=False, retry_timeout=0)
     with pytest.raises(StoreError, match=r"schema version 0.*kmsg-webhook migrate"):
         await unmanaged.endpoint_store.list()
-    assert await migrate(url) == 6
-    assert await migrate(url) == 6
+    assert await migrate(url) == 8
+    assert await migrate(url) == 8
     await unmanaged.endpoint_store.add(endpoint(1))
     assert [e.id for e in await unmanaged.endpoint_store.list()] == ["ep_1"]
-    assert await unmanaged.schema_version() == 6
+    assert await unmanaged.schema_version() == 8
     await unmanaged.close()
 
 
@@ -260,12 +263,12 @@ async def test_postgres_refuses_a_newer_schema_and_writes_nothing(
             "description text, applied_at timestamptz DEFAULT now())"
         )
         await conn.execute(
-            f'INSERT INTO "{schema}".kmsg_webhook_schema_version VALUES ($1, 7, $2)',
+            f'INSERT INTO "{schema}".kmsg_webhook_schema_version VALUES ($1, 99, $2)',
             TableNames().scope,
             "from the future",
         )
         db = postgres_database(dsn, schema, retry_timeout=0)
-        with pytest.raises(StoreError, match="version 7, newer than this kmsg-webhook knows"):
+        with pytest.raises(StoreError, match="version 99, newer than this kmsg-webhook knows"):
             await db.init()
         with pytest.raises(StoreError, match="newer"):
             await db.delivery_store.insert_many([delivery(1)])
@@ -329,12 +332,14 @@ async def test_custom_table_names_share_a_schema_with_the_defaults(
         "Hooks",
         "kmsg_webhook_deliveries",
         "kmsg_webhook_endpoints",
+        "kmsg_webhook_message_jobs",
+        "kmsg_webhook_message_tracking",
         "kmsg_webhook_schema_version",
         "outbox_2",
     ]
     assert [tuple(r) for r in versions] == [
-        *(("Hooks,outbox_2", v) for v in range(1, 7)),
-        *(("kmsg_webhook_endpoints,kmsg_webhook_deliveries", v) for v in range(1, 7)),
+        *(("Hooks,outbox_2", v) for v in range(1, 9)),
+        *(("kmsg_webhook_endpoints,kmsg_webhook_deliveries", v) for v in range(1, 9)),
     ]
 
 
@@ -344,7 +349,7 @@ async def test_sqlite_custom_table_names() -> None:
         await db.delivery_store.insert_many([delivery(1)])
         assert await db.delivery_store.get("dlv_0001") == delivery(1)
         assert [e.id for e in await db.endpoint_store.list()] == ["ep_1"]
-        assert await db.schema_version() == 6
+        assert await db.schema_version() == 8
 
 
 # -- upgrading a version-1 database -------------------------------------------------------------
@@ -368,6 +373,8 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
         "DROP INDEX idx_kmsg_webhook_deliveries_ordering",
         "ALTER TABLE kmsg_webhook_deliveries DROP COLUMN ordering_key",
         "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN ordered",
+        "DROP TABLE kmsg_webhook_message_tracking",
+        "DROP TABLE kmsg_webhook_message_jobs",
         "DELETE FROM kmsg_webhook_schema_version WHERE version >= 2",
     ):
         conn.execute(statement)
@@ -376,7 +383,7 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
     reopened = SQLiteDatabase(path)
     try:
         assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-        assert await reopened.schema_version() == 6
+        assert await reopened.schema_version() == 8
         assert [e.id for e in await reopened.endpoint_store.list()] == ["ep_1"]
     finally:
         await reopened.close()
@@ -407,11 +414,13 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
             f'ALTER TABLE "{schema}".kmsg_webhook_endpoints DROP COLUMN client_cert, '
             "DROP COLUMN client_key, DROP COLUMN ordered"
         )
+        await conn.execute(f'DROP TABLE "{schema}".kmsg_webhook_message_tracking')
+        await conn.execute(f'DROP TABLE "{schema}".kmsg_webhook_message_jobs')
         await conn.execute(f'DELETE FROM "{schema}".kmsg_webhook_schema_version WHERE version >= 2')
         reopened = postgres_database(dsn, schema)
         try:
             assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-            assert await reopened.schema_version() == 6
+            assert await reopened.schema_version() == 8
         finally:
             await reopened.close()
         indexes = await conn.fetch(
@@ -423,6 +432,7 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
     assert sorted(r[0] for r in indexes) == [
         "idx_kmsg_webhook_deliveries_from_hash",
         "idx_kmsg_webhook_deliveries_to_hash",
+        "idx_kmsg_webhook_message_tracking_recipient_hash",
     ]
 
 
@@ -454,7 +464,7 @@ async def test_sqlite_version_2_database_accepts_pending_verification_after_upgr
     conn.close()
     db = SQLiteDatabase(path, endpoint_table="hooks", delivery_table="outbox")
     try:
-        assert await db.schema_version() == 6
+        assert await db.schema_version() == 8
         [old] = await db.endpoint_store.list()
         assert old.id == "ep_old" and old.status.value == "active"
         pending = endpoint(2, status=EndpointStatus.PENDING_VERIFICATION)
@@ -483,7 +493,7 @@ async def test_postgres_version_2_schema_accepts_pending_verification_after_upgr
         db = postgres_database(dsn, schema, endpoint_table="Hooks", delivery_table="outbox_2")
         try:
             await db.endpoint_store.add(endpoint(1))
-            assert await db.schema_version() == 6
+            assert await db.schema_version() == 8
             pending = endpoint(2, status=EndpointStatus.PENDING_VERIFICATION)
             await db.endpoint_store.add(pending)
             assert await db.endpoint_store.get(pending.id) == pending
@@ -491,3 +501,18 @@ async def test_postgres_version_2_schema_accepts_pending_verification_after_upgr
             await db.close()
     finally:
         await conn.close()
+
+
+async def test_postgres_processes_opening_a_fresh_schema_at_once_all_succeed(
+    dsn: str, schemas: list[str]
+) -> None:
+    # Each waits for the migration lock inside a transaction begun before the first migrator
+    # committed: the waiters must still see the tables it created.
+    schema = _fresh(schemas)
+    databases = [postgres_database(dsn, schema, application_name=f"m{n}") for n in range(4)]
+    try:
+        await asyncio.gather(*(db.init() for db in databases))
+        assert {await db.schema_version() for db in databases} == {8}
+    finally:
+        for db in databases:
+            await db.close()

@@ -34,7 +34,7 @@ ENV_VAR = "KMSG_WEBHOOK_STORE_URL"
 MEMORY_URL = "memory://"
 
 _SQLITE = ("sqlite", "sqlite+aiosqlite")
-_D1 = ("d1", "d1+http", "d1+https")
+D1_SCHEMES = ("d1", "d1+http", "d1+https")
 _POSTGRES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 
@@ -45,7 +45,8 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
-def _scheme(url: str) -> str:
+def scheme_of(url: str) -> str:
+    """The lower-cased scheme of a store URL ("" when it has none)."""
     scheme, sep, _ = url.partition(":")
     return scheme.lower() if sep else ""
 
@@ -67,12 +68,12 @@ def persistence_from_url(
     An unknown scheme is a :class:`~kmsg_webhook.errors.ConfigError` (password redacted).
     """
     url = resolve_url(url)
-    if _scheme(url) == "memory":
+    if scheme_of(url) == "memory":
         for name in (endpoint_table, delivery_table):
             if name is not None:
                 validate_table_name(name)
         return create_in_memory_persistence(max_stored_attempts=max_stored_attempts)
-    if _scheme(url) in _D1:
+    if scheme_of(url) in D1_SCHEMES:
         if endpoint_table or delivery_table or not initialize_schema:
             raise ConfigError(
                 "for a D1 store give endpoint_table=, delivery_table= and auto_init= as query "
@@ -103,7 +104,7 @@ def database_from_url(
     retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
 ) -> SqlDatabase:
     """The SQL database (SQLite or PostgreSQL) a URL names, not yet connected."""
-    scheme = _scheme(url)
+    scheme = scheme_of(url)
     if scheme in _SQLITE:
         from .sql.sqlite import SQLiteDatabase
 
@@ -155,7 +156,7 @@ def require_durable(url: str, *, create: bool = False) -> None:
     exist is a :class:`StoreUnavailableError` unless ``create`` (a mistyped path would otherwise
     become a new, empty database); its directory must exist either way.
     """
-    scheme = _scheme(url)
+    scheme = scheme_of(url)
     if scheme == "memory" or (scheme in _SQLITE and sqlite_path(url) == ":memory:"):
         raise ConfigError(
             f"{redact_url(url)} keeps nothing once this command exits; give a store that "
@@ -186,9 +187,9 @@ async def migrate(
     than this code is a :class:`~kmsg_webhook.errors.StoreError` and is left untouched.
     """
     url = resolve_url(url)
-    if _scheme(url) == "memory":
+    if scheme_of(url) == "memory":
         raise ConfigError("the memory:// store has no schema to migrate")
-    if _scheme(url) in _D1:
+    if scheme_of(url) in D1_SCHEMES:
         raise ConfigError("a D1 store creates its own tables when opened (auto_init)")
     db = database_from_url(
         url,

@@ -13,6 +13,7 @@ Typical use::
 """
 
 from .aligo import AligoConfig, AligoProvider
+from .builder import KMsgBuilder, PersistenceStrategy
 from .channels import (
     ChannelBinding,
     ChannelBindings,
@@ -39,6 +40,7 @@ from .feed import (
 )
 from .inputs import ParsedInput, parse_send_input
 from .iwinv import IWINVConfig, IWINVProvider
+from .jobs import InMemoryJobStore, JobResult, JobStatus, JobStore, SendJob, job_store_from_url
 from .kmsg import (
     FinalOutcome,
     FinalOutcomeKind,
@@ -70,7 +72,15 @@ from .provider import (
     TemplateInspectionProvider,
     TemplateProvider,
 )
+from .resilience import (
+    CircuitBreakerConfig,
+    CircuitState,
+    ProviderLimits,
+    RateLimit,
+    Resilience,
+)
 from .result import Fail, Ok, Result, fail, ok
+from .send_queue import SendQueue, SendQueueOptions
 from .solapi import SolapiConfig, SolapiProvider, solapi_authorization
 from .template_watch import TemplateStatusWatcher
 from .templates import (
@@ -86,17 +96,23 @@ from .templates import (
     validate_template,
 )
 from .tracking import (
-    ApiAttemptStatus,
     ApiFailoverConfig,
     DeliveryTrackingService,
-    FailoverState,
     FallbackContext,
-    InMemoryTrackingStore,
     NonKakaoUserRule,
     PollingConfig,
-    TrackingRecord,
-    TrackingStore,
     is_non_kakao_user_failure,
+)
+from .tracking_records import ApiAttemptStatus, FailoverState, TrackingError, TrackingRecord
+from .tracking_store import (
+    InMemoryTrackingStore,
+    RetentionPolicy,
+    RetentionPreset,
+    TrackingFilter,
+    TrackingGroup,
+    TrackingOrder,
+    TrackingStore,
+    tracking_store_from_url,
 )
 from .types import (
     KMSG_MESSAGE_TYPES,
@@ -153,6 +169,8 @@ __all__ = [
     "ChannelBindings",
     "CheckResult",
     "CheckStatus",
+    "CircuitBreakerConfig",
+    "CircuitState",
     "DeliveryStatus",
     "DeliveryStatusProvider",
     "DeliveryStatusQuery",
@@ -174,8 +192,13 @@ __all__ = [
     "HookContext",
     "IWINVConfig",
     "IWINVProvider",
+    "InMemoryJobStore",
     "InMemoryTrackingStore",
+    "JobResult",
+    "JobStatus",
+    "JobStore",
     "KMsg",
+    "KMsgBuilder",
     "KMsgDefaults",
     "KMsgError",
     "KMsgErrorCode",
@@ -200,22 +223,31 @@ __all__ = [
     "Ok",
     "OnboardingCheck",
     "ParsedInput",
+    "PersistenceStrategy",
     "PollingConfig",
     "Provider",
     "ProviderConfigError",
     "ProviderHealth",
+    "ProviderLimits",
     "ProviderManager",
     "ProviderOnboardingSpec",
+    "RateLimit",
     "RcsOptions",
     "RcsTemplateSendOptions",
     "RcsTextSendOptions",
+    "Resilience",
     "Result",
+    "RetentionPolicy",
+    "RetentionPreset",
     "RetryPolicy",
     "RoutingConfig",
     "RoutingStrategy",
     "SendInput",
+    "SendJob",
     "SendOptions",
     "SendOutcome",
+    "SendQueue",
+    "SendQueueOptions",
     "SendResult",
     "SendWarning",
     "SendWarningCode",
@@ -233,6 +265,10 @@ __all__ = [
     "TemplateStatusWatcher",
     "TemplateUpdate",
     "TrackableMockProvider",
+    "TrackingError",
+    "TrackingFilter",
+    "TrackingGroup",
+    "TrackingOrder",
     "TrackingRecord",
     "TrackingStore",
     "UnsupportedOperationError",
@@ -247,6 +283,7 @@ __all__ = [
     "get_provider_onboarding_spec",
     "is_non_kakao_user_failure",
     "is_valid_phone",
+    "job_store_from_url",
     "list_provider_onboarding_specs",
     "mask_phone",
     "ok",
@@ -256,5 +293,6 @@ __all__ = [
     "run_doctor",
     "solapi_authorization",
     "template_problems",
+    "tracking_store_from_url",
     "validate_template",
 ]

@@ -176,6 +176,32 @@ def provider_error_event(
     )
 
 
+def circuit_open_error(provider_id: str) -> KMsgError:
+    """Why a send was refused without calling the provider. It names no provider, so the
+    failure emits no ``system.provider_error`` of its own: the opening did, once."""
+    return KMsgError(
+        KMsgErrorCode.NETWORK_SERVICE_UNAVAILABLE,
+        f"not sent: the circuit breaker of provider {provider_id} is open",
+    )
+
+
+def circuit_opened_event(provider_id: str, timestamp: datetime) -> WebhookEvent:
+    """``system.provider_error`` when a provider's circuit breaker opens."""
+    stamp = timestamp.strftime("%Y%m%dT%H%M%S.%fZ")
+    ctx = MessageContext(
+        message_id=f"circuit:{provider_id}:{stamp}",
+        type=MessageType.SMS,
+        to="",
+        provider_id=provider_id,
+    )
+    error = KMsgError(
+        KMsgErrorCode.NETWORK_SERVICE_UNAVAILABLE,
+        f"circuit breaker opened: provider {provider_id} is failing",
+        provider_id=provider_id,
+    )
+    return provider_error_event(ctx, error, timestamp=timestamp)
+
+
 def delivery_event(
     ctx: MessageContext,
     event_type: WebhookEventType,

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import ConfigError
 from ..events import WebhookEvent
@@ -49,16 +49,21 @@ from .feed import (
     WebhookFeed,
     WebhookSink,
     as_feed,
+    circuit_open_error,
+    circuit_opened_event,
     failed_event,
     provider_error_event,
     sent_event,
 )
 from .inputs import ParsedInput, parse_send_input
+from .jobs import JobStore
 from .management import ProviderManager
 from .onboarding import ProviderOnboardingSpec, find_provider_onboarding_spec
 from .phone import estimate_sms_bytes, is_valid_phone, mask_phone
 from .provider import ClosableProvider, HealthCheckProvider, Provider, now_utc
+from .resilience import ProviderGuards, Resilience
 from .result import Fail, Ok, Result
+from .send_queue import SendQueue, SendQueueOptions
 from .templates import render
 from .types import (
     TEMPLATE_MESSAGE_TYPES,
@@ -84,6 +89,9 @@ from .types import (
     VoiceSendOptions,
 )
 
+if TYPE_CHECKING:
+    from .builder import KMsgBuilder
+
 logger = logging.getLogger("kmsg_webhook.messaging")
 
 DEFAULT_CHUNK_SIZE = 50
@@ -102,6 +110,8 @@ class RoutingConfig:
     default_provider_id: str | None = None
     by_type: Mapping[MessageType, str | Sequence[str]] = field(default_factory=dict)
     strategy: RoutingStrategy = RoutingStrategy.FIRST
+    #: With ``KMsg(resilience=...)``: pass over listed providers whose circuit is open.
+    skip_open_circuits: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +195,9 @@ class KMsg:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         clock: Callable[[], datetime] = now_utc,
         id_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
+        jobs: JobStore | None = None,
+        queue_options: SendQueueOptions | None = None,
+        resilience: Resilience | ProviderGuards | None = None,
     ) -> None:
         if not providers:
             raise ConfigError("KMsg needs at least one provider")
@@ -211,6 +224,19 @@ class KMsg:
         self._new_id = id_factory
         self._round_robin: dict[str, int] = {}
         self._channels = channels or ChannelBindings()
+        self._guards = (
+            ProviderGuards(resilience) if isinstance(resilience, Resilience) else resilience
+        )
+        #: With a job store, scheduled sends and ``send_many`` go through a durable queue.
+        self.queue = None if jobs is None else SendQueue(self, jobs, queue_options, clock=clock)
+
+    @staticmethod
+    def builder() -> KMsgBuilder:
+        """A :class:`~kmsg_webhook.messaging.builder.KMsgBuilder` (providers, routing,
+        defaults, hooks, webhooks, resilience, persistence strategy)."""
+        from .builder import KMsgBuilder
+
+        return KMsgBuilder()
 
     @property
     def providers(self) -> tuple[Provider, ...]:
@@ -238,21 +264,60 @@ class KMsg:
     # ------------------------------------------------------------------------- public API
 
     @overload
-    async def send(self, message: SendOptions | Mapping[str, Any]) -> SendOutcome: ...
+    async def send(
+        self, message: SendOptions | Mapping[str, Any], *, scheduled_at: datetime | None = None
+    ) -> SendOutcome: ...
 
     @overload
-    async def send(self, message: Sequence[SendInput]) -> BatchSendResult: ...
+    async def send(
+        self, message: Sequence[SendInput], *, scheduled_at: datetime | None = None
+    ) -> BatchSendResult: ...
 
-    async def send(self, message: SendInput | Sequence[SendInput]) -> SendOutcome | BatchSendResult:
-        """Send one message (→ Result) or a list (→ BatchSendResult, in input order)."""
+    async def send(
+        self, message: SendInput | Sequence[SendInput], *, scheduled_at: datetime | None = None
+    ) -> SendOutcome | BatchSendResult:
+        """Send one message (→ Result) or a list (→ BatchSendResult, in input order).
+
+        ``scheduled_at``: store the message(s) in the job queue (``KMsg(jobs=...)``) and send
+        them at that time (``Ok`` with status PENDING once stored); without a job store that
+        is an INVALID_REQUEST. The ``scheduled_at`` *option* of a message is different: the
+        vendor holds the message.
+        """
+        if scheduled_at is not None:
+            return await self._schedule(message, scheduled_at)
         if isinstance(message, Sequence) and not isinstance(message, str | bytes):
             return await self.send_many(message)
         prepared = self._prepare(message)
         return await self._execute(prepared)
 
+    def prepare(self, message: SendInput) -> Result[SendOptions, KMsgError]:
+        """Parse, normalise and route ``message`` without sending it: the options as they would
+        be sent (``message_id`` filled in), or why it cannot be."""
+        prepared = self._prepare(message)
+        if prepared.error is not None or prepared.options is None:
+            return Fail(prepared.error or invalid_request("message not prepared"))
+        return Ok(prepared.options)
+
+    async def _schedule(
+        self, message: SendInput | Sequence[SendInput], at: datetime
+    ) -> SendOutcome | BatchSendResult:
+        items = message if isinstance(message, Sequence) else None
+        if self.queue is None:
+            error = invalid_request("scheduled_at needs a job store: KMsg(..., jobs=...)")
+            if items is None:
+                return Fail(error)
+            return BatchSendResult(total=len(items), results=tuple(Fail(error) for _ in items))
+        if items is None:
+            return await self.queue.schedule(message, at=at)  # type: ignore[arg-type]
+        outcomes = [await self.queue.schedule(item, at=at) for item in items]
+        return BatchSendResult(total=len(outcomes), results=tuple(outcomes))
+
     async def send_many(self, messages: Sequence[SendInput]) -> BatchSendResult:
-        """Group by provider, send each provider's share in chunks (≤ 50, or the provider's
-        ``max_batch_size``) one chunk after another, providers in parallel."""
+        """Without a job store: group by provider, send each provider's share in chunks (≤ 50,
+        or the provider's ``max_batch_size``) one chunk after another, providers in parallel.
+        With one: store every message as a job first, then send (see ``send_queue``)."""
+        if self.queue is not None:
+            return await self.queue.send_many(messages)
         prepared = [self._prepare(item) for item in messages]
         results: list[SendOutcome | None] = [None] * len(prepared)
         groups: dict[str, list[int]] = {}
@@ -517,6 +582,9 @@ class KMsg:
             return self._check_provider(routed, message_type)
         if routed is not None:
             candidates = [pid for pid in routed if pid in self._providers]
+            if self._guards is not None and self._routing.skip_open_circuits:
+                closed = [pid for pid in candidates if not self._guards.resting(pid)]
+                candidates = closed or candidates
             if candidates:
                 if self._routing.strategy is RoutingStrategy.ROUND_ROBIN:
                     key = f"type:{message_type.value}"
@@ -583,6 +651,11 @@ class KMsg:
         onboarding = self._onboarding_error(options, provider)
         if onboarding is not None:
             return await self._finish_failure(ctx, onboarding)
+        breaker = None if self._guards is None else self._guards.breaker(provider.id)
+        if breaker is not None and not breaker.allow():
+            return await self._finish_failure(ctx, circuit_open_error(provider.id))
+        if self._guards is not None:
+            await self._guards.wait_for_tokens(provider.id, options.type)
         try:
             outcome = await provider.send(options)
         except asyncio.CancelledError:
@@ -596,6 +669,9 @@ class KMsg:
                     provider_id=provider.id,
                 )
             )
+        unreachable = isinstance(outcome, Fail) and outcome.error.code in UNREACHABLE_CODES
+        if breaker is not None and breaker.record(transport_failure=unreachable):
+            await self._publish(lambda feed: [circuit_opened_event(provider.id, feed.clock())])
         if isinstance(outcome, Ok):
             result = replace(
                 outcome.value,

@@ -15,6 +15,16 @@ provider answered the send with ``FAILOVER_UNSUPPORTED_PROVIDER`` or
 3104/3107 or a message containing 미사용자; IWINV text containing both 카카오 and 미사용;
 overridable per provider or with a classifier function). The fallback message id is
 ``<message_id>:api-fallback``.
+
+Durability (the reconciler): records live in a :class:`TrackingStore` (memory, SQLite or
+Postgres; see :mod:`.tracking_store`). ``run_once`` *claims* due records under a lease
+(``PollingConfig.lease``), so several processes may run it against one store; a record is saved
+only while its lease holds. A status change's event is emitted before the record is saved (event
+ids are stable, so a repeat after a crash is deduplicated by the webhook store), and a fallback
+is marked ``attempting`` under the lease before it is sent. A worker killed at any point loses
+no record: its leases expire and another worker picks the records up; a fallback left
+``attempting`` is sent again unless the fallback message id is already tracked (at least once,
+idempotent by message id).
 """
 
 from __future__ import annotations
@@ -22,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from ..events import WebhookEventType
 from .errors import KMsgError
@@ -34,13 +47,14 @@ from .feed import MessageContext, WebhookFeed, WebhookSink, as_feed, delivery_ev
 from .kmsg import HookContext, KMsgHooks
 from .provider import DeliveryStatusProvider, Provider, SleepFn, now_utc
 from .result import Fail, Ok
+from .tracking_records import ApiAttemptStatus, FailoverState, TrackingError, TrackingRecord
+from .tracking_store import InMemoryTrackingStore, TrackingStore
 from .types import (
     TEMPLATE_MESSAGE_TYPES,
     AlimTalkSendOptions,
     DeliveryStatus,
     DeliveryStatusQuery,
     DeliveryStatusResult,
-    FailoverOptions,
     FallbackChannel,
     MessageType,
     SendOutcome,
@@ -75,103 +89,16 @@ class PollingConfig:
     )
     max_tracking_duration: timedelta = timedelta(hours=24)
     unsupported_provider: UnsupportedProviderStrategy = UnsupportedProviderStrategy.SKIP
+    #: How long a claimed record stays this worker's: longer than one status poll plus one
+    #: fallback send take, or another worker may check the same record meanwhile. A claim
+    #: takes at most ``concurrency`` records, all checked at once.
+    lease: timedelta = timedelta(minutes=2)
 
     def delay_after(self, attempt_count: int) -> timedelta:
         if not self.backoff:
             return timedelta(minutes=1)
         index = min(max(0, attempt_count - 1), len(self.backoff) - 1)
         return self.backoff[index]
-
-
-class ApiAttemptStatus(StrEnum):
-    NOT_ATTEMPTED = "not_attempted"
-    ATTEMPTING = "attempting"
-    SENT = "sent"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True, slots=True)
-class FailoverState:
-    """What the send asked for and what the API-level fallback did."""
-
-    request: FailoverOptions
-    send_warning_codes: tuple[str, ...] = ()
-    attempted: bool = False
-    status: ApiAttemptStatus = ApiAttemptStatus.NOT_ATTEMPTED
-    attempted_at: datetime | None = None
-    fallback_message_id: str | None = None
-    fallback_provider_id: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    warning_code: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TrackingError:
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class TrackingRecord:
-    message_id: str
-    provider_id: str
-    provider_message_id: str | None
-    type: MessageType
-    to: str
-    requested_at: datetime
-    status: DeliveryStatus
-    status_updated_at: datetime
-    next_check_at: datetime
-    from_: str | None = None
-    scheduled_at: datetime | None = None
-    template_id: str | None = None
-    correlation_id: str | None = None
-    attempt_count: int = 0
-    last_checked_at: datetime | None = None
-    sent_at: datetime | None = None
-    delivered_at: datetime | None = None
-    failed_at: datetime | None = None
-    provider_status_code: str | None = None
-    provider_status_message: str | None = None
-    last_error: TrackingError | None = None
-    custom_fields: Mapping[str, str] = field(default_factory=dict)
-    failover: FailoverState | None = None
-    raw: Any = field(default=None, compare=False, repr=False)
-
-
-class TrackingStore(Protocol):
-    """Where tracking records live."""
-
-    async def upsert(self, record: TrackingRecord) -> None: ...
-
-    async def get(self, message_id: str) -> TrackingRecord | None: ...
-
-    async def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]: ...
-
-
-class InMemoryTrackingStore:
-    """Process-local store (records are lost on restart)."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, TrackingRecord] = {}
-
-    async def upsert(self, record: TrackingRecord) -> None:
-        self._records[record.message_id] = record
-
-    async def get(self, message_id: str) -> TrackingRecord | None:
-        return self._records.get(message_id)
-
-    async def list_due(self, now: datetime, limit: int) -> list[TrackingRecord]:
-        due = [
-            r for r in self._records.values() if not r.status.is_terminal and r.next_check_at <= now
-        ]
-        due.sort(key=lambda r: r.next_check_at)
-        return due[:limit]
-
-    def all(self) -> list[TrackingRecord]:
-        return list(self._records.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +180,13 @@ class DeliveryTrackingService:
         webhooks: WebhookSink | WebhookFeed | None = None,
         clock: Callable[[], datetime] = now_utc,
         sleep: SleepFn = asyncio.sleep,
+        worker_id: str | None = None,
     ) -> None:
         self._providers = {provider.id: provider for provider in providers}
+        #: Whose leases this service's claims are (unique per process by default).
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
         self._store: TrackingStore = store or InMemoryTrackingStore()
         self._polling = polling or PollingConfig()
         self._failover = api_failover
@@ -364,30 +296,49 @@ class DeliveryTrackingService:
             await self._sleep(self._polling.interval)
 
     async def _run(self) -> int:
-        now = self._clock()
-        due = await self._store.list_due(now, self._polling.batch_size)
-        semaphore = asyncio.Semaphore(max(1, self._polling.concurrency))
+        # Claims take at most `concurrency` records, all checked at once, so a lease only has to
+        # outlast one check (a larger claim would leave records waiting, leased, for a slot).
+        polling = self._polling
+        step = max(1, min(polling.batch_size, polling.concurrency))
+        done = 0
+        while done < polling.batch_size:
+            now = self._clock()
+            claimed = await self._store.claim_due(
+                worker_id=self.worker_id,
+                now=now,
+                lease_until=now + polling.lease,
+                limit=min(step, polling.batch_size - done),
+            )
+            await asyncio.gather(*(self._look_at(record, now) for record in claimed))
+            done += len(claimed)
+            if len(claimed) < step:
+                break
+        return done
 
-        async def one(record: TrackingRecord) -> None:
-            async with semaphore:
-                try:
-                    await self._check(record, now)
-                except Exception:
-                    logger.exception("Tracking check of %s failed", record.message_id)
-
-        await asyncio.gather(*(one(record) for record in due))
-        return len(due)
+    async def _look_at(self, record: TrackingRecord, now: datetime) -> None:
+        try:
+            if record.status.is_terminal:  # claimed for a fallback left attempting
+                await self._send_fallback(record)
+            else:
+                await self._check(record, now)
+        except Exception:
+            # The lease is left to expire: the record is looked at again then.
+            logger.exception("Tracking check of %s failed", record.message_id)
 
     async def _check(self, record: TrackingRecord, now: datetime) -> None:
         checked = replace(record, attempt_count=record.attempt_count + 1, last_checked_at=now)
         updated = await self._reconcile(checked, now)
         if updated.status.is_terminal:
             updated = replace(updated, next_check_at=now)
-        await self._store.upsert(updated)
-        if updated.status is not record.status:
+        changed = updated.status is not record.status
+        if changed:
+            # Before the save: a crash in between repeats the event under the same id, which
+            # the webhook store deduplicates; after it, a crash would lose the event.
             await self._emit_transition(updated)
-            if updated.status is DeliveryStatus.FAILED:
-                await self._maybe_fallback(updated)
+        if changed and self._fallback_due(updated):
+            await self._start_fallback(updated)
+        elif not await self._store.save(updated, worker_id=self.worker_id):
+            logger.warning("Lease on %s lost before its check was saved", record.message_id)
 
     def _backoff(self, record: TrackingRecord, now: datetime, **changes: Any) -> TrackingRecord:
         return replace(
@@ -527,10 +478,10 @@ class DeliveryTrackingService:
             config.rules_by_provider_id,
         )
 
-    async def _maybe_fallback(self, record: TrackingRecord) -> None:
+    def _fallback_due(self, record: TrackingRecord) -> bool:
         config = self._failover
         state = record.failover
-        if (
+        return not (
             config is None
             or not config.enabled
             or record.type is not MessageType.ALIMTALK
@@ -540,14 +491,41 @@ class DeliveryTrackingService:
             or state.attempted
             or not _FAILOVER_WARNINGS.intersection(state.send_warning_codes)
             or not self._is_non_kakao_user(record)
-        ):
-            return
-        now = self._clock()
-        state = replace(state, attempted=True, status=ApiAttemptStatus.ATTEMPTING, attempted_at=now)
-        await self._store.upsert(replace(record, failover=state))
+        )
 
+    async def _start_fallback(self, record: TrackingRecord) -> None:
+        """Mark the fallback ``attempting`` under the lease (so a crash leaves a trace another
+        worker resumes from), then send it."""
+        assert record.failover is not None
+        state = replace(
+            record.failover,
+            attempted=True,
+            status=ApiAttemptStatus.ATTEMPTING,
+            attempted_at=self._clock(),
+        )
+        marked = replace(record, failover=state)
+        if not await self._store.save(marked, worker_id=self.worker_id, keep_lease=True):
+            logger.warning("Lease on %s lost: its fallback is not sent", record.message_id)
+            return
+        await self._send_fallback(marked)
+
+    async def _send_fallback(self, record: TrackingRecord) -> None:
+        """Send the fallback of a record marked ``attempting`` and save how it went."""
+        config = self._failover
+        state = record.failover
+        assert state is not None
+        fallback_id = f"{record.message_id}:api-fallback"
         content = (state.request.fallback_content or "").strip()
-        if config.sender is None:
+        tracked = await self._store.get(fallback_id)
+        if tracked is not None:
+            # A worker before us sent it and got as far as tracking it: never send it twice.
+            state = replace(
+                state,
+                status=ApiAttemptStatus.SENT,
+                fallback_message_id=tracked.message_id,
+                fallback_provider_id=tracked.provider_id,
+            )
+        elif config is None or config.sender is None:
             state = replace(
                 state,
                 status=ApiAttemptStatus.SKIPPED,
@@ -560,50 +538,57 @@ class DeliveryTrackingService:
                 warning_code=SendWarningCode.FALLBACK_CONTENT_MISSING.value,
             )
         else:
-            lms = state.request.fallback_channel is FallbackChannel.LMS
-            fallback_id = f"{record.message_id}:api-fallback"
-            options = SmsSendOptions(
-                type=MessageType.LMS if lms else MessageType.SMS,
-                to=record.to,
-                from_=record.from_,
-                text=content,
-                subject=state.request.fallback_title if lms else None,
-                message_id=fallback_id,
-                request_id=record.correlation_id,
+            state = await self._call_sender(config.sender, record, state, fallback_id, content)
+        if not await self._store.save(replace(record, failover=state), worker_id=self.worker_id):
+            logger.warning("Lease on %s lost before its fallback was saved", record.message_id)
+
+    async def _call_sender(
+        self,
+        sender: FallbackSender,
+        record: TrackingRecord,
+        state: FailoverState,
+        fallback_id: str,
+        content: str,
+    ) -> FailoverState:
+        lms = state.request.fallback_channel is FallbackChannel.LMS
+        options = SmsSendOptions(
+            type=MessageType.LMS if lms else MessageType.SMS,
+            to=record.to,
+            from_=record.from_,
+            text=content,
+            subject=state.request.fallback_title if lms else None,
+            message_id=fallback_id,
+            request_id=record.correlation_id,
+        )
+        context = FallbackContext(
+            original_message_id=record.message_id,
+            original_provider_id=record.provider_id,
+            original_provider_message_id=record.provider_message_id,
+            fallback_message_id=fallback_id,
+            fallback_type=options.type,
+            record=record,
+        )
+        try:
+            outcome = await sender(options, context)
+        except Exception as exc:
+            logger.exception("API fallback sender raised")
+            return replace(
+                state,
+                status=ApiAttemptStatus.FAILED,
+                error_code="API_FAILOVER_SEND_EXCEPTION",
+                error_message=repr(exc),
             )
-            context = FallbackContext(
-                original_message_id=record.message_id,
-                original_provider_id=record.provider_id,
-                original_provider_message_id=record.provider_message_id,
-                fallback_message_id=fallback_id,
-                fallback_type=options.type,
-                record=record,
+        if isinstance(outcome, Ok):
+            return replace(
+                state,
+                status=ApiAttemptStatus.SENT,
+                fallback_message_id=outcome.value.message_id,
+                fallback_provider_id=outcome.value.provider_id,
             )
-            try:
-                outcome = await config.sender(options, context)
-            except Exception as exc:
-                logger.exception("API fallback sender raised")
-                state = replace(
-                    state,
-                    status=ApiAttemptStatus.FAILED,
-                    error_code="API_FAILOVER_SEND_EXCEPTION",
-                    error_message=repr(exc),
-                )
-            else:
-                if isinstance(outcome, Ok):
-                    state = replace(
-                        state,
-                        status=ApiAttemptStatus.SENT,
-                        fallback_message_id=outcome.value.message_id,
-                        fallback_provider_id=outcome.value.provider_id,
-                    )
-                else:
-                    error: KMsgError = outcome.error
-                    state = replace(
-                        state,
-                        status=ApiAttemptStatus.FAILED,
-                        error_code=error.code.value,
-                        error_message=error.message,
-                    )
-        latest = await self._store.get(record.message_id) or record
-        await self._store.upsert(replace(latest, failover=state))
+        error: KMsgError = outcome.error
+        return replace(
+            state,
+            status=ApiAttemptStatus.FAILED,
+            error_code=error.code.value,
+            error_message=error.message,
+        )

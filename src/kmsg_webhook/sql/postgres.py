@@ -210,13 +210,23 @@ class PostgresDatabase(SqlDatabase):
     ) -> int:
         driver = await _driver(conn)
         schema = self.names.schema
+        # One migrator per schema at a time; the others wait here, then find nothing to do.
+        # A session lock taken before the transaction begins: a transaction that began before
+        # the previous migrator committed would not see its tables (its catalog caches are only
+        # refreshed when it starts or locks a table), and would create them again.
+        key = "hashtext('kmsg_webhook:' || coalesce($1, current_schema()))"
+        await driver.execute(f"SELECT pg_advisory_lock({key})", schema)
+        try:
+            return await self._migrate_locked(conn, all_migrations)
+        finally:
+            await driver.execute(f"SELECT pg_advisory_unlock({key})", schema)
+
+    async def _migrate_locked(
+        self, conn: AsyncConnection, all_migrations: Sequence[Migration]
+    ) -> int:
+        driver = await _driver(conn)
+        schema = self.names.schema
         async with driver.transaction():
-            # One migrator per schema at a time; the others wait here, then find nothing to do.
-            await driver.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('kmsg_webhook:' || coalesce($1, "
-                "current_schema())))",
-                schema,
-            )
             current = await self._current_version(conn)
             self._check_known(current)
             if current == 0:

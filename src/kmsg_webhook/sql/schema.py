@@ -22,6 +22,11 @@ Dialect = Literal["postgresql", "sqlite"]
 DEFAULT_ENDPOINT_TABLE = "kmsg_webhook_endpoints"
 DEFAULT_DELIVERY_TABLE = "kmsg_webhook_deliveries"
 VERSION_TABLE = "kmsg_webhook_schema_version"
+#: Delivery tracking of sent messages: one table per database (or Postgres schema), whatever
+#: the table pair is called.
+TRACKING_TABLE = "kmsg_webhook_message_tracking"
+#: The queue of scheduled and bulk sends: one table per database (or Postgres schema) too.
+JOBS_TABLE = "kmsg_webhook_message_jobs"
 
 # Index names are ``idx_<table>_<suffix>`` (the original's convention), so a table name must
 # leave room for the longest suffix inside Postgres' 63-byte identifier limit.
@@ -67,8 +72,9 @@ class TableNames:
         validate_table_name(self.deliveries, what="delivery table name")
         if self.endpoints == self.deliveries:
             raise ConfigError("the endpoint and delivery tables must have different names")
-        if VERSION_TABLE in (self.endpoints, self.deliveries):
-            raise ConfigError(f"{VERSION_TABLE} is reserved for the schema-version table")
+        for reserved in (VERSION_TABLE, TRACKING_TABLE, JOBS_TABLE):
+            if reserved in (self.endpoints, self.deliveries):
+                raise ConfigError(f"{reserved} is reserved for a table of its own")
         if self.schema is not None:
             validate_schema_name(self.schema)
 
@@ -89,7 +95,7 @@ _IDENTIFIERS = re.compile(
     # Names derived from a table's: its CHECK constraint's, a table it is rebuilt in, the
     # sequence of its ordered deliveries.
     r"|\bkmsg_webhook_(?P<derived>endpoints|deliveries)_(?P<part>status_check|rebuild|ordering_seq)\b"
-    r"|\b(?P<table>kmsg_webhook_(?:endpoints|deliveries|schema_version))\b"
+    r"|\b(?P<table>kmsg_webhook_(?:endpoints|deliveries|schema_version|message_tracking|message_jobs))\b"
 )
 
 
@@ -99,6 +105,8 @@ def render(sql: str, names: TableNames) -> str:
         DEFAULT_ENDPOINT_TABLE: names.endpoints,
         DEFAULT_DELIVERY_TABLE: names.deliveries,
         VERSION_TABLE: VERSION_TABLE,
+        TRACKING_TABLE: TRACKING_TABLE,
+        JOBS_TABLE: JOBS_TABLE,
     }
 
     def replace(match: re.Match[str]) -> str:
@@ -151,9 +159,10 @@ def schema_version(dialect: Dialect) -> int:
 
 
 @cache
-def queries(dialect: Dialect) -> dict[str, str]:
-    """Named queries from ``queries/<dialect>.sql`` (``-- name: x`` headers)."""
-    text = _read("queries", f"{dialect}.sql")
+def queries(dialect: Dialect, family: str = "") -> dict[str, str]:
+    """Named queries from ``queries/<dialect>.sql``, or ``queries/<family>.<dialect>.sql``
+    (``-- name: x`` headers)."""
+    text = _read("queries", f"{family}.{dialect}.sql" if family else f"{dialect}.sql")
     found: dict[str, str] = {}
     for match in re.finditer(r"^-- name: (\w+)\n(.*?)(?=^-- name:|\Z)", text, re.S | re.M):
         found[match[1]] = match[2].strip().rstrip(";")

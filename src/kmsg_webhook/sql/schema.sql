@@ -101,6 +101,79 @@ CREATE INDEX idx_kmsg_webhook_deliveries_ordering
 CREATE SEQUENCE kmsg_webhook_deliveries_ordering_seq
     OWNED BY kmsg_webhook_deliveries.ordering_seq;
 
+-- Delivery tracking of sent messages (one table per database or schema).
+CREATE TABLE IF NOT EXISTS kmsg_webhook_message_tracking (
+    message_id              text NOT NULL PRIMARY KEY,
+    provider_id             text NOT NULL,
+    provider_message_id     text,
+    type                    text NOT NULL,
+    recipient               text NOT NULL,
+    recipient_hash          text,
+    sender                  text,
+    status                  text NOT NULL
+        CHECK (status IN ('PENDING', 'SENT', 'DELIVERED', 'FAILED', 'CANCELLED', 'UNKNOWN')),
+    requested_at            timestamptz NOT NULL,
+    status_updated_at       timestamptz NOT NULL,
+    next_check_at           timestamptz NOT NULL,
+    scheduled_at            timestamptz,
+    attempt_count           integer NOT NULL DEFAULT 0,
+    last_checked_at         timestamptz,
+    sent_at                 timestamptz,
+    delivered_at            timestamptz,
+    failed_at               timestamptz,
+    provider_status_code    text,
+    provider_status_message text,
+    last_error_code         text,
+    last_error_message      text,
+    template_id             text,
+    correlation_id          text,
+    custom_fields           text,
+    failover                text,
+    fallback_status         text,
+    lease_owner             text,
+    lease_expires_at        timestamptz
+);
+
+-- The reconciler's claim: checks still to make, earliest due first.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_due
+    ON kmsg_webhook_message_tracking (next_check_at, message_id)
+    WHERE status IN ('PENDING', 'SENT');
+-- Fallbacks whose sender may have died mid-send (claimed again once the lease expires).
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_fallback
+    ON kmsg_webhook_message_tracking (message_id) WHERE fallback_status = 'attempting';
+-- Listings and retention by age; lookups by the vendor's id and by recipient hash.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_requested_at
+    ON kmsg_webhook_message_tracking (requested_at);
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_provider_message
+    ON kmsg_webhook_message_tracking (provider_id, provider_message_id);
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_recipient_hash
+    ON kmsg_webhook_message_tracking (recipient_hash) WHERE recipient_hash IS NOT NULL;
+
+-- The queue of scheduled and bulk sends (one table per database or schema).
+CREATE TABLE IF NOT EXISTS kmsg_webhook_message_jobs (
+    id                  text NOT NULL PRIMARY KEY,
+    batch_id            text,
+    options             text NOT NULL,
+    status              text NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    run_at              timestamptz NOT NULL,
+    created_at          timestamptz NOT NULL,
+    attempts            integer NOT NULL DEFAULT 0,
+    lease_owner         text,
+    lease_expires_at    timestamptz,
+    provider_id         text,
+    provider_message_id text,
+    error_code          text,
+    error_message       text,
+    completed_at        timestamptz
+);
+
+-- The claim: pending jobs due, earliest first.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_jobs_due
+    ON kmsg_webhook_message_jobs (run_at, id) WHERE status = 'pending';
+-- A bulk send's jobs.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_jobs_batch
+    ON kmsg_webhook_message_jobs (batch_id) WHERE batch_id IS NOT NULL;
+
 -- The version rows a fresh database gets (scope: "<endpoint table>,<delivery table>").
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
 VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
@@ -108,4 +181,6 @@ VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 3, 'client_certificates'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 4, 'finished_index'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 5, 'endpoint_verification'),
-       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 6, 'ordered_delivery');
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 6, 'ordered_delivery'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 7, 'message_tracking'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 8, 'message_jobs');

@@ -99,6 +99,79 @@ CREATE INDEX idx_kmsg_webhook_deliveries_ordering
     ON kmsg_webhook_deliveries (endpoint_id, ordering_key)
     WHERE status = 'pending' AND ordering_key IS NOT NULL;
 
+-- Delivery tracking of sent messages (one table per database or schema).
+CREATE TABLE IF NOT EXISTS kmsg_webhook_message_tracking (
+    message_id              TEXT NOT NULL PRIMARY KEY,
+    provider_id             TEXT NOT NULL,
+    provider_message_id     TEXT,
+    type                    TEXT NOT NULL,
+    recipient               TEXT NOT NULL,
+    recipient_hash          TEXT,
+    sender                  TEXT,
+    status                  TEXT NOT NULL
+        CHECK (status IN ('PENDING', 'SENT', 'DELIVERED', 'FAILED', 'CANCELLED', 'UNKNOWN')),
+    requested_at            INTEGER NOT NULL,
+    status_updated_at       INTEGER NOT NULL,
+    next_check_at           INTEGER NOT NULL,
+    scheduled_at            INTEGER,
+    attempt_count           INTEGER NOT NULL DEFAULT 0,
+    last_checked_at         INTEGER,
+    sent_at                 INTEGER,
+    delivered_at            INTEGER,
+    failed_at               INTEGER,
+    provider_status_code    TEXT,
+    provider_status_message TEXT,
+    last_error_code         TEXT,
+    last_error_message      TEXT,
+    template_id             TEXT,
+    correlation_id          TEXT,
+    custom_fields           TEXT,
+    failover                TEXT,
+    fallback_status         TEXT,
+    lease_owner             TEXT,
+    lease_expires_at        INTEGER
+);
+
+-- The reconciler's claim: checks still to make, earliest due first.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_due
+    ON kmsg_webhook_message_tracking (next_check_at, message_id)
+    WHERE status IN ('PENDING', 'SENT');
+-- Fallbacks whose sender may have died mid-send (claimed again once the lease expires).
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_fallback
+    ON kmsg_webhook_message_tracking (message_id) WHERE fallback_status = 'attempting';
+-- Listings and retention by age; lookups by the vendor's id and by recipient hash.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_requested_at
+    ON kmsg_webhook_message_tracking (requested_at);
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_provider_message
+    ON kmsg_webhook_message_tracking (provider_id, provider_message_id);
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_tracking_recipient_hash
+    ON kmsg_webhook_message_tracking (recipient_hash) WHERE recipient_hash IS NOT NULL;
+
+-- The queue of scheduled and bulk sends (one table per database or schema).
+CREATE TABLE IF NOT EXISTS kmsg_webhook_message_jobs (
+    id                  TEXT NOT NULL PRIMARY KEY,
+    batch_id            TEXT,
+    options             TEXT NOT NULL,
+    status              TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    run_at              INTEGER NOT NULL,
+    created_at          INTEGER NOT NULL,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    lease_owner         TEXT,
+    lease_expires_at    INTEGER,
+    provider_id         TEXT,
+    provider_message_id TEXT,
+    error_code          TEXT,
+    error_message       TEXT,
+    completed_at        INTEGER
+);
+
+-- The claim: pending jobs due, earliest first.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_jobs_due
+    ON kmsg_webhook_message_jobs (run_at, id) WHERE status = 'pending';
+-- A bulk send's jobs.
+CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_jobs_batch
+    ON kmsg_webhook_message_jobs (batch_id) WHERE batch_id IS NOT NULL;
+
 -- The version rows a fresh database gets (scope: "<endpoint table>,<delivery table>").
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
 VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
@@ -106,4 +179,6 @@ VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 3, 'client_certificates'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 4, 'finished_index'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 5, 'endpoint_verification'),
-       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 6, 'ordered_delivery');
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 6, 'ordered_delivery'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 7, 'message_tracking'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 8, 'message_jobs');

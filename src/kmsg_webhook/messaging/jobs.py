@@ -1,0 +1,359 @@
+"""The durable queue of scheduled and bulk sends: one job per message, stored before it is sent.
+
+Workers *claim* due jobs under a lease (several processes may), send them, and *complete* them
+while the lease holds, so no message is sent twice while its lease holds; a worker killed
+mid-send leaves leases that expire, and another worker sends those jobs (at least once). The job
+id is the message id: a message is queued once. Backends: :class:`InMemoryJobStore` (here) and
+:class:`~kmsg_webhook.messaging.jobs_sql.SqlJobStore` (SQLite, PostgreSQL); open one from the
+webhook store URL with :func:`job_store_from_url`. ``tests/test_job_store_conformance.py`` is
+the contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from ..crypto.config import FieldCryptoConfig, FieldMode
+from ..crypto.fields import FieldCrypto
+from ..errors import ConfigError
+from ..sql.codec import to_datetime
+from ..store_url import D1_SCHEMES, resolve_url, scheme_of
+from .options_codec import decode_options, encode_options
+from .types import SendOptions
+
+#: The logical table bound into sealed values' associated data.
+JOBS = "jobs"
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SendJob:
+    """One message to send at ``run_at`` (its id is the message id)."""
+
+    id: str
+    options: SendOptions
+    run_at: datetime
+    created_at: datetime
+    batch_id: str | None = None
+    status: JobStatus = JobStatus.PENDING
+    attempts: int = 0
+    provider_id: str | None = None
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """How one claimed job's send went (recorded only while ``worker_id`` holds the lease)."""
+
+    job_id: str
+    worker_id: str
+    status: JobStatus
+    completed_at: datetime
+    provider_id: str | None = None
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class JobStore(Protocol):
+    """Send jobs by id, with leased claims."""
+
+    async def init(self) -> None:
+        """Connect and create (migrate) the table; idempotent."""
+
+    async def close(self) -> None:
+        """Release connections (a store opened by URL owns its database)."""
+
+    async def enqueue(self, jobs: Sequence[SendJob]) -> list[str]:
+        """Store pending jobs in one operation; a job whose id exists is skipped. Returns
+        the ids that were new, in order."""
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        batch_id: str | None = None,
+    ) -> list[SendJob]:
+        """Lease up to ``limit`` pending jobs due at ``now`` (earliest first), counting an
+        attempt each; only batch ``batch_id``'s when given. Expired leases are claimable."""
+
+    async def complete(self, results: Sequence[JobResult]) -> int:
+        """Record results of jobs their workers still hold; returns how many applied."""
+
+    async def get(self, job_id: str) -> SendJob | None:
+        """The job, or ``None``."""
+
+    async def list_jobs(
+        self,
+        *,
+        batch_id: str | None = None,
+        statuses: Sequence[JobStatus] = (),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SendJob]:
+        """Jobs (of one batch, in some statuses), earliest ``run_at`` first."""
+
+    async def count_by_status(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
+        """How many jobs are in each status (every status listed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """The columns of one job row, as stored (``options`` sealed with field crypto)."""
+
+    id: str
+    batch_id: str | None
+    options: str
+    status: str
+    run_at: datetime
+    created_at: datetime
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    provider_id: str | None
+    provider_message_id: str | None
+    error_code: str | None
+    error_message: str | None
+    completed_at: datetime | None
+
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobRow))
+
+
+def job_row_from_mapping(mapping: Mapping[str, Any]) -> JobRow:
+    values = {name: mapping[name] for name in JOB_COLUMNS}
+    for name in ("run_at", "created_at", "lease_expires_at", "completed_at"):
+        values[name] = to_datetime(values[name])
+    values["attempts"] = int(values["attempts"])
+    return JobRow(**values)
+
+
+class JobCodec:
+    """Jobs to rows and back; seals the options (recipient and text) when field crypto
+    encrypts payloads."""
+
+    def __init__(self, crypto: FieldCrypto | None = None) -> None:
+        self.crypto = crypto
+        self._sealing = crypto is not None and crypto.config.payload is FieldMode.ENCRYPT
+
+    def to_row(self, job: SendJob) -> JobRow:
+        options = encode_options(job.options)
+        if self.crypto is not None and self._sealing:
+            options = self.crypto.seal(options, table=JOBS, column="options", record_id=job.id)
+        return JobRow(
+            id=job.id,
+            batch_id=job.batch_id,
+            options=options,
+            status=job.status.value,
+            run_at=job.run_at,
+            created_at=job.created_at,
+            attempts=job.attempts,
+            lease_owner=None,
+            lease_expires_at=None,
+            provider_id=job.provider_id,
+            provider_message_id=job.provider_message_id,
+            error_code=job.error_code,
+            error_message=job.error_message,
+            completed_at=job.completed_at,
+        )
+
+    def from_row(self, row: JobRow) -> SendJob:
+        options = row.options
+        if self.crypto is not None:
+            options = self.crypto.open(
+                options,
+                table=JOBS,
+                column="options",
+                record_id=row.id,
+                sealed_mode=self._sealing,
+            )
+        return SendJob(
+            id=row.id,
+            options=decode_options(options),
+            run_at=row.run_at,
+            created_at=row.created_at,
+            batch_id=row.batch_id,
+            status=JobStatus(row.status),
+            attempts=row.attempts,
+            provider_id=row.provider_id,
+            provider_message_id=row.provider_message_id,
+            error_code=row.error_code,
+            error_message=row.error_message,
+            completed_at=row.completed_at,
+        )
+
+
+def check_jobs(jobs: Sequence[SendJob]) -> None:
+    """Jobs to enqueue must be pending and carry their message id."""
+    for job in jobs:
+        if job.status is not JobStatus.PENDING:
+            raise ConfigError(f"job {job.id!r} must be pending to be queued")
+        if job.options.message_id != job.id:
+            raise ConfigError(f"job {job.id!r} must have the message id of its options")
+
+
+def count_statuses(counts: Mapping[str, int]) -> dict[JobStatus, int]:
+    """Every status with its count (0 when absent)."""
+    return {status: counts.get(status.value, 0) for status in JobStatus}
+
+
+class InMemoryJobStore:
+    """Process-local job queue (lost on restart); keeps rows as stored."""
+
+    def __init__(self, *, crypto: FieldCrypto | None = None) -> None:
+        self._codec = JobCodec(crypto)
+        self._rows: dict[str, JobRow] = {}
+
+    async def init(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def rows(self) -> list[JobRow]:
+        return list(self._rows.values())
+
+    async def enqueue(self, jobs: Sequence[SendJob]) -> list[str]:
+        check_jobs(jobs)
+        new: list[str] = []
+        for job in jobs:
+            if job.id not in self._rows:
+                self._rows[job.id] = self._codec.to_row(job)
+                new.append(job.id)
+        return new
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        batch_id: str | None = None,
+    ) -> list[SendJob]:
+        due = sorted(
+            (
+                row
+                for row in self._rows.values()
+                if row.status == JobStatus.PENDING.value
+                and row.run_at <= now
+                and (row.lease_expires_at is None or row.lease_expires_at <= now)
+                and (batch_id is None or row.batch_id == batch_id)
+            ),
+            key=lambda r: (r.run_at, r.id),
+        )
+        claimed = []
+        for row in due[: max(0, limit)]:
+            leased = dataclasses.replace(
+                row, lease_owner=worker_id, lease_expires_at=lease_until, attempts=row.attempts + 1
+            )
+            self._rows[row.id] = leased
+            claimed.append(self._codec.from_row(leased))
+        return claimed
+
+    async def complete(self, results: Sequence[JobResult]) -> int:
+        applied = 0
+        for result in results:
+            row = self._rows.get(result.job_id)
+            if row is None or row.lease_owner != result.worker_id:
+                continue
+            self._rows[result.job_id] = dataclasses.replace(row, **result_values(result))
+            applied += 1
+        return applied
+
+    async def get(self, job_id: str) -> SendJob | None:
+        row = self._rows.get(job_id)
+        return None if row is None else self._codec.from_row(row)
+
+    async def list_jobs(
+        self,
+        *,
+        batch_id: str | None = None,
+        statuses: Sequence[JobStatus] = (),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SendJob]:
+        if limit < 0 or offset < 0:
+            raise ConfigError("limit and offset must be >= 0")
+        wanted = {JobStatus(s).value for s in statuses}
+        rows = sorted(
+            (
+                row
+                for row in self._rows.values()
+                if (batch_id is None or row.batch_id == batch_id)
+                and (not wanted or row.status in wanted)
+            ),
+            key=lambda r: (r.run_at, r.id),
+        )
+        return [self._codec.from_row(row) for row in rows[offset : offset + limit]]
+
+    async def count_by_status(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
+        return count_statuses(
+            Counter(
+                r.status for r in self._rows.values() if batch_id is None or r.batch_id == batch_id
+            )
+        )
+
+
+def result_values(result: JobResult) -> dict[str, Any]:
+    """The columns a recorded result sets (the lease is dropped)."""
+    return {
+        "status": result.status.value,
+        "completed_at": result.completed_at,
+        "provider_id": result.provider_id,
+        "provider_message_id": result.provider_message_id,
+        "error_code": result.error_code,
+        "error_message": result.error_message,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+
+
+def job_store_from_url(
+    url: str | None = None,
+    *,
+    crypto: FieldCryptoConfig | FieldCrypto | None = None,
+    initialize_schema: bool = True,
+) -> JobStore:
+    """The job queue in the database a webhook store URL names (nothing connects yet).
+
+    SQLite and PostgreSQL keep jobs in ``kmsg_webhook_message_jobs`` (migration 0006).
+    """
+    field_crypto = (
+        None
+        if crypto is None
+        else crypto
+        if isinstance(crypto, FieldCrypto)
+        else FieldCrypto(crypto)
+    )
+    url = resolve_url(url)
+    scheme = scheme_of(url)
+    if scheme == "memory":
+        return InMemoryJobStore(crypto=field_crypto)
+    if scheme in D1_SCHEMES:
+        raise ConfigError("the send queue does not run on a D1 store yet: use SQLite or Postgres")
+    from ..store_url import database_from_url
+    from .jobs_sql import SqlJobStore
+
+    db = database_from_url(url, initialize_schema=initialize_schema)
+    return SqlJobStore(db, crypto=field_crypto, owns_database=True)
