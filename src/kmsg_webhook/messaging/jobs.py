@@ -337,7 +337,7 @@ def job_store_from_url(
 ) -> JobStore:
     """The job queue in the database a webhook store URL names (nothing connects yet).
 
-    SQLite and PostgreSQL keep jobs in ``kmsg_webhook_message_jobs`` (migration 0006).
+    SQLite and PostgreSQL keep jobs in ``kmsg_webhook_message_jobs`` (migration 0008).
     """
     field_crypto = (
         None

@@ -1,6 +1,6 @@
 """The send queue on SQLite and PostgreSQL, in the webhook store's database.
 
-Jobs live in ``kmsg_webhook_message_jobs`` (migration 0006). The claim is reviewed SQL
+Jobs live in ``kmsg_webhook_message_jobs`` (migration 0008). The claim is reviewed SQL
 (``sql/queries/jobs.<dialect>.sql``); the rest is SQLAlchemy Core, one path for both dialects.
 """
 
@@ -31,7 +31,7 @@ from .sql_store import SqlStoreBase
 
 
 def jobs_table(schema: str | None) -> sa.Table:
-    """The job table (queries only; the DDL is migration 0006)."""
+    """The job table (queries only; the DDL is migration 0008)."""
     return sa.Table(
         JOBS_TABLE,
         sa.MetaData(schema=schema),

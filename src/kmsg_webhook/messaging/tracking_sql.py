@@ -2,7 +2,7 @@
 
 :class:`SqlTrackingStore` uses a :class:`~kmsg_webhook.sql.base.SqlDatabase` (its pool,
 retries and migrations): records live in ``kmsg_webhook_message_tracking``, created by
-migration 0005. The claim is reviewed SQL (``sql/queries/tracking.<dialect>.sql``); the
+migration 0007. The claim is reviewed SQL (``sql/queries/tracking.<dialect>.sql``); the
 listings, counts and writes are SQLAlchemy Core, one code path for both dialects.
 """
 
@@ -36,7 +36,7 @@ from .types import DeliveryStatus
 
 
 def tracking_table(schema: str | None) -> sa.Table:
-    """The tracking table (queries only; the DDL is migration 0005)."""
+    """The tracking table (queries only; the DDL is migration 0007)."""
     text, stamp = sa.Text, Timestamp
     return sa.Table(
         TRACKING_TABLE,
