@@ -31,6 +31,7 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.challenge import challenge_response, new_challenge
 from kmsg_webhook.middleware import AiohttpVerifyWebhookMiddleware, VerifyWebhookMiddleware
+from raw_http import serve_app
 
 HANG_GUARD = 15
 SECRET = generate_secret()
@@ -211,15 +212,8 @@ async def middleware_receiver() -> AsyncIterator[tuple[str, list[str]]]:
 
     app = web.Application(middlewares=[AiohttpVerifyWebhookMiddleware(secrets=[SECRET])])
     app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", reached
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base_url:
+        yield f"{base_url}/hook", reached
 
 
 async def test_the_aiohttp_middleware_answers_the_runtime_by_itself(

@@ -38,6 +38,7 @@ from kmsg_webhook import (
     verify,
 )
 from kmsg_webhook.middleware import AiohttpVerifyWebhookMiddleware, VerifyWebhookMiddleware
+from raw_http import serve_app
 
 HANG_GUARD = 15
 SECRET = "kmsg-endpoint-secret"
@@ -245,15 +246,8 @@ async def kmsg_receiver() -> AsyncIterator[tuple[str, list[str]]]:
         middlewares=[AiohttpVerifyWebhookMiddleware(secrets=[SECRET], kmsg_format=CUSTOM)]
     )
     app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base_url:
+        yield f"{base_url}/hook", seen
 
 
 async def test_runtime_to_aiohttp_middleware_with_a_custom_format(
