@@ -1,1 +1,1 @@
-src/kmsg_webhook/sql/schema.sql
+src/kmsg_webhook/stores/sql/schema.sql

@@ -1,1 +1,1 @@
-src/kmsg_webhook/sql/schema.sqlite.sql
+src/kmsg_webhook/stores/sql/schema.sqlite.sql

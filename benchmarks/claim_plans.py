@@ -30,9 +30,9 @@ from kmsg_webhook import (
     WebhookEventType,
     create_in_memory_persistence,
 )
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
-from kmsg_webhook.store import DeliveryStore
+from kmsg_webhook.stores.protocol import DeliveryStore
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 
 PG_DSN = os.environ.get("KMSG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -38,11 +38,11 @@ import sqlalchemy as sa
 
 from kmsg_webhook import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEventType
 from kmsg_webhook.models import AttemptOutcome
-from kmsg_webhook.sql.base import SqlDatabase, delivery_row
-from kmsg_webhook.sql.codec import attempt_to_json, to_millis
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
-from kmsg_webhook.sql.tables import Timestamp
+from kmsg_webhook.stores.rows import attempt_to_json, to_millis
+from kmsg_webhook.stores.sql.base import SqlDatabase, delivery_row
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sql.tables import Timestamp
 
 P = ParamSpec("P")
 Row = dict[str, Any]

@@ -65,7 +65,7 @@ from kmsg_webhook import (
     generate_secret,
 )
 from kmsg_webhook.crypto import FieldCryptoConfig, StaticKeyProvider, generate_key
-from kmsg_webhook.store_url import persistence_from_url
+from kmsg_webhook.stores.url import persistence_from_url
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = 64

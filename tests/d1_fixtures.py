@@ -36,7 +36,7 @@ import pytest
 from aiohttp import web
 
 from kmsg_webhook import WebhookPersistence
-from kmsg_webhook.d1 import D1Client, d1_persistence_from_url
+from kmsg_webhook.stores.d1 import D1Client, d1_persistence_from_url
 
 WORKER_DIR = Path(__file__).resolve().parents[1] / "adapters" / "d1-worker"
 READY_MARK = "D1_WORKER_READY"

@@ -30,8 +30,8 @@ import asyncpg
 import pytest
 
 from kmsg_webhook import WebhookPersistence
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 
 DSN_ENV = "KMSG_TEST_POSTGRES_DSN"
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -42,8 +42,8 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.signing import Signer
-from kmsg_webhook.sql.schema import schema_version
-from kmsg_webhook.store_url import migrate_url
+from kmsg_webhook.stores.sql.schema import schema_version
+from kmsg_webhook.stores.url import migrate_url
 from pg import drop_schema, free_port, new_schema, server_dsn
 
 SENT = WebhookEventType.MESSAGE_SENT

@@ -38,7 +38,7 @@ from kmsg_webhook import (
     WebhookRuntimeService,
 )
 from kmsg_webhook.cli import STORE_ENV
-from kmsg_webhook.store_url import migrate_url
+from kmsg_webhook.stores.url import migrate_url
 from pg import drop_schema, free_port, new_schema, server_dsn
 
 SENT = WebhookEventType.MESSAGE_SENT

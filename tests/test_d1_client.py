@@ -10,7 +10,8 @@ import pytest
 
 from d1_fixtures import FakeD1
 from kmsg_webhook import StoreError
-from kmsg_webhook.d1 import (
+from kmsg_webhook.errors import ConfigError
+from kmsg_webhook.stores.d1 import (
     D1AuthError,
     D1Client,
     D1LimitError,
@@ -19,7 +20,6 @@ from kmsg_webhook.d1 import (
     D1Statement,
     D1UnavailableError,
 )
-from kmsg_webhook.errors import ConfigError
 
 
 class Sleeps:

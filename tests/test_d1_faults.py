@@ -24,7 +24,12 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookPersistence,
 )
-from kmsg_webhook.d1 import D1Client, D1RateLimitedError, D1UnavailableError, create_d1_persistence
+from kmsg_webhook.stores.d1 import (
+    D1Client,
+    D1RateLimitedError,
+    D1UnavailableError,
+    create_d1_persistence,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)

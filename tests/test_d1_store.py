@@ -33,7 +33,7 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookPersistence,
 )
-from kmsg_webhook.d1 import (
+from kmsg_webhook.stores.d1 import (
     CLOUDFLARE_API_BASE_URL,
     D1Client,
     D1QueryError,
@@ -46,10 +46,10 @@ from kmsg_webhook.d1 import (
     parse_d1_url,
     redact_url,
 )
-from kmsg_webhook.d1.store import D1DeliveryStore
+from kmsg_webhook.stores.d1.store import D1DeliveryStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SQLITE_SCHEMA = Path(__file__).resolve().parents[1] / "src/kmsg_webhook/sql/schema.sqlite.sql"
+SQLITE_SCHEMA = Path(__file__).resolve().parents[1] / "src/kmsg_webhook/stores/sql/schema.sqlite.sql"
 
 
 def delivery(n: int, *, endpoint_id: str = "ep_1", payload: str = "{}") -> WebhookDelivery:
@@ -69,7 +69,7 @@ def delivery(n: int, *, endpoint_id: str = "ep_1", payload: str = "{}") -> Webho
 def _sql_codec() -> Any:
     """The SQLite backend's row codec, when it (and SQLAlchemy) can be imported."""
     try:
-        from kmsg_webhook.sql import codec
+        from kmsg_webhook.stores.sql import codec
     except ImportError:
         return None
     return codec
@@ -335,7 +335,7 @@ async def test_rows_read_back_through_the_sqlite_backend_codec(
     d1: tuple[WebhookPersistence, D1Client],
 ) -> None:
     """What D1 stores, the SQLite backend reads the same way (a database can move between them)."""
-    codec = pytest.importorskip("kmsg_webhook.sql.codec")
+    codec = pytest.importorskip("kmsg_webhook.stores.rows")
     persistence, client = d1
     endpoint = WebhookEndpoint(
         id="ep_1",

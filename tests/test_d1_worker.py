@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from d1_fixtures import LocalD1
-from kmsg_webhook.d1 import D1AuthError, D1Client, D1QueryError, D1Statement
+from kmsg_webhook.stores.d1 import D1AuthError, D1Client, D1QueryError, D1Statement
 
 
 @pytest.fixture

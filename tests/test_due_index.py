@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from kmsg_webhook.due_index import DueIndex
+from kmsg_webhook.stores.due_index import DueIndex
 
 
 def _take_all(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from kmsg_webhook import EndpointFilters, EndpointInput, EventMetadata, WebhookEvent
 from kmsg_webhook.endpoints import EndpointCache, build_endpoint
-from kmsg_webhook.memory import InMemoryEndpointStore
+from kmsg_webhook.stores.memory import InMemoryEndpointStore
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 

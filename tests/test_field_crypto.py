@@ -52,7 +52,7 @@ from kmsg_webhook.crypto import (
     with_field_crypto,
 )
 from kmsg_webhook.crypto.envelope import Envelope
-from kmsg_webhook.d1 import create_d1_persistence
+from kmsg_webhook.stores.d1 import create_d1_persistence
 from pg import server_dsn, temporary_postgres, temporary_sqlite
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

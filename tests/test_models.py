@@ -19,7 +19,7 @@ from kmsg_webhook.models import (
     evolve_delivery,
     frozen,
 )
-from kmsg_webhook.store import apply_outcome
+from kmsg_webhook.stores.protocol import apply_outcome
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

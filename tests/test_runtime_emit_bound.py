@@ -28,7 +28,7 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookRuntimeService,
 )
-from kmsg_webhook.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
 from pg import Relay, relayed_postgres_database
 
 EMIT_BOUND_S = 2.5

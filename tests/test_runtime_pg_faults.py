@@ -33,8 +33,8 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookRuntimeService,
 )
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.store_url import persistence_from_url
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.url import persistence_from_url
 from pg import drop_schema, free_port, new_schema, server_dsn, terminate_backends
 from raw_http import serve_app
 

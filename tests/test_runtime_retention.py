@@ -22,7 +22,7 @@ from kmsg_webhook import (
     WebhookRuntimeService,
 )
 from kmsg_webhook.clock import ManualClock
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 
 START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
 SENT = [WebhookEventType.MESSAGE_SENT]

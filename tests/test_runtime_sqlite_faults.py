@@ -34,7 +34,7 @@ from kmsg_webhook import (
     WebhookEventType,
     WebhookRuntimeService,
 )
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 from pg import in_ci
 
 WAVES = 20

@@ -27,10 +27,10 @@ from kmsg_webhook import (
     WebhookAttempt,
     WebhookDelivery,
 )
-from kmsg_webhook.sql.base import SqlDatabase
-from kmsg_webhook.sql.codec import attempt_to_json, dumps
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.rows import attempt_to_json, dumps
+from kmsg_webhook.stores.sql.base import SqlDatabase
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 from pg import postgres_database, server_dsn, temporary_postgres, temporary_sqlite
 from test_store_conformance import T0, W1, attempt, delivery, outcome
 

@@ -20,11 +20,11 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError, StoreUnavailableError
-from kmsg_webhook.sql.base import SqlDatabase
-from kmsg_webhook.sql.faults import RetryPolicy, is_transient
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
-from kmsg_webhook.store_url import persistence_from_url
+from kmsg_webhook.stores.sql.base import SqlDatabase
+from kmsg_webhook.stores.sql.faults import RetryPolicy, is_transient
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.url import persistence_from_url
 from pg import (
     ThrowawayCluster,
     drop_schema,

@@ -19,10 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError, create_in_memory_persistence
-from kmsg_webhook.sql.base import SqlDatabase
-from kmsg_webhook.sql.listen import PostgresWatch
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sql.base import SqlDatabase
+from kmsg_webhook.stores.sql.listen import PostgresWatch
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 from pg import server_dsn, temporary_postgres, temporary_sqlite
 from test_store_conformance import T0, W1, delivery, outcome
 

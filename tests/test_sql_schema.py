@@ -18,15 +18,15 @@ import asyncpg
 import pytest
 
 from kmsg_webhook import ConfigError, EndpointStatus, StoreError
-from kmsg_webhook.sql import TableNames, schema_sql, schema_version
-from kmsg_webhook.sql.schema import migrations, queries, render, split_statements
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
-from kmsg_webhook.store_url import migrate
+from kmsg_webhook.stores.sql import TableNames, schema_sql, schema_version
+from kmsg_webhook.stores.sql.schema import migrations, queries, render, split_statements
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.url import migrate
 from pg import drop_schema, new_schema, postgres_database, server_dsn, temporary_sqlite
 from test_store_conformance import delivery, endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGED = resources.files("kmsg_webhook.sql")
+PACKAGED = resources.files("kmsg_webhook.stores.sql")
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from kmsg_webhook import ConfigError, DeliveryFilter, StoreError
-from kmsg_webhook.memory import InMemoryDeliveryStore
-from kmsg_webhook.sql.base import SqlDeliveryStore
-from kmsg_webhook.sql.postgres import PostgresDatabase
-from kmsg_webhook.sql.schema import schema_version
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
-from kmsg_webhook.store_url import (
+from kmsg_webhook.stores.memory import InMemoryDeliveryStore
+from kmsg_webhook.stores.sql.base import SqlDeliveryStore
+from kmsg_webhook.stores.sql.postgres import PostgresDatabase
+from kmsg_webhook.stores.sql.schema import schema_version
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.url import (
     ENV_VAR,
     database_from_url,
     migrate,
@@ -128,7 +128,7 @@ def test_d1_urls_go_to_the_d1_backend() -> None:
     with pytest.raises(ConfigError, match="query"):
         persistence_from_url("d1://acct/db", endpoint_table="hooks")
     persistence = persistence_from_url("d1://acct/db?token=t0k")
-    assert type(persistence.delivery_store).__module__.startswith("kmsg_webhook.d1")
+    assert type(persistence.delivery_store).__module__.startswith("kmsg_webhook.stores.d1")
 
 
 async def test_migrate_by_url() -> None:

@@ -19,7 +19,7 @@ from kmsg_webhook.messaging import InMemoryTrackingStore, TrackingStore
 from kmsg_webhook.messaging.jobs import InMemoryJobStore, JobStore
 from kmsg_webhook.messaging.jobs_sql import SqlJobStore
 from kmsg_webhook.messaging.tracking_sql import SqlTrackingStore
-from kmsg_webhook.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 from pg import drop_schema, new_schema, postgres_database, server_dsn
 
 TRACKING_TABLE = "kmsg_webhook_message_tracking"

@@ -58,7 +58,6 @@ from .hooks import (
     EndpointStatusEvent,
     SettledEvent,
 )
-from .memory import create_in_memory_persistence
 from .models import (
     AttemptOutcome,
     DeliveryActivity,
@@ -97,7 +96,8 @@ from .signing import (
     generate_secret,
     generate_signing_keypair,
 )
-from .store import DeliveryStore, EndpointStore, WebhookPersistence
+from .stores.memory import create_in_memory_persistence
+from .stores.protocol import DeliveryStore, EndpointStore, WebhookPersistence
 from .urlguard import GuardedResolver, StaticResolver, validate_endpoint_url
 from .verify import ReplayGuard, verify
 

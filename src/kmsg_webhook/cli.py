@@ -53,8 +53,8 @@ from .redact import redact_url
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
 from .signing import SignatureScheme
-from .sql.base import DEFAULT_RETRY_TIMEOUT
-from .store import WebhookPersistence
+from .stores.protocol import WebhookPersistence
+from .stores.sql.base import DEFAULT_RETRY_TIMEOUT
 
 STORE_ENV = "KMSG_WEBHOOK_STORE_URL"
 OPERATIONAL_SECRET_ENV = "KMSG_WEBHOOK_OPERATIONAL_SECRET"
@@ -362,7 +362,7 @@ def _security(args: argparse.Namespace) -> SecurityOptions:
 
 def _open_store(args: argparse.Namespace) -> WebhookPersistence:
     """The store ``--store`` names, refused when it cannot persist or does not exist."""
-    from .store_url import persistence_from_url, require_durable
+    from .stores.url import persistence_from_url, require_durable
 
     require_durable(args.store, create=args.create)
     return persistence_from_url(args.store, retry_timeout=args.store_timeout)
@@ -454,7 +454,7 @@ def _admin(
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .store_url import require_durable
+    from .stores.url import require_durable
 
     if args.store is not None and not args.store.startswith("memory:"):
         require_durable(args.store)  # a mistyped SQLite path is an error, not a new database
@@ -648,7 +648,7 @@ def _operational_webhook(args: argparse.Namespace) -> OperationalWebhook | None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from .store_url import migrate_url, require_durable
+    from .stores.url import migrate_url, require_durable
 
     if not args.store.startswith("memory:"):  # migrate_url says why memory:// has no schema
         require_durable(args.store, create=True)

@@ -42,8 +42,8 @@ from .redact import redact_url
 from .runtime import WebhookRuntimeService
 from .sender import SecurityOptions
 from .signing import generate_secret
-from .store import DeliveryStore, EndpointStore, WebhookPersistence
-from .store_url import persistence_from_url
+from .stores.protocol import DeliveryStore, EndpointStore, WebhookPersistence
+from .stores.url import persistence_from_url
 from .verify import verify
 
 _EVENTS = (

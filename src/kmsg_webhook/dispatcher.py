@@ -25,7 +25,6 @@ from .clock import Clock
 from .config import WebhookConfig
 from .crypto.envelope import is_sealed
 from .crypto.fields import FieldCrypto
-from .crypto.store import unreadable_outcome
 from .endpoints import EndpointCache
 from .errors import FieldCryptoError
 from .hooks import (
@@ -47,7 +46,8 @@ from .models import (
 from .pacing import Pacing
 from .retry import backoff_ms, judge, parse_retry_after
 from .sender import Sender, SendResult
-from .store import WebhookPersistence, apply_outcome
+from .stores.protocol import WebhookPersistence, apply_outcome
+from .stores.sealed import unreadable_outcome
 
 logger = logging.getLogger("kmsg_webhook.dispatcher")
 _OPENED_CACHE_SIZE = 10_000

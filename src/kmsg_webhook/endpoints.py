@@ -13,7 +13,7 @@ from .events import WebhookEvent, WebhookEventType
 from .ids import new_id
 from .models import EndpointInput, EndpointStatus, WebhookEndpoint
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
-from .store import EndpointStore
+from .stores.protocol import EndpointStore
 from .tls import client_context
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")

@@ -142,7 +142,7 @@ class IncompleteStoreError(ConfigError, TypeError):
         protocol = "EndpointStore" if role == "endpoint_store" else "DeliveryStore"
         super().__init__(
             f"{role} {type(store).__name__} lacks {', '.join(missing)}: a store implements every "
-            f"method of kmsg_webhook.store.{protocol} (the conformance suite checks them)"
+            f"method of kmsg_webhook.stores.protocol.{protocol} (the conformance suite checks them)"
         )
         self.role = role
         self.missing = missing

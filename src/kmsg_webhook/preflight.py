@@ -12,7 +12,7 @@ from .crypto.fields import FieldCrypto
 from .errors import EndpointUrlError
 from .models import DeliveryFilter, DeliveryStatus, WebhookEndpoint
 from .sender import SecurityOptions
-from .store import DeliveryStore
+from .stores.protocol import DeliveryStore
 
 #: Pending deliveries sampled for sealed payloads (newest first): one page, one query.
 SEALED_SAMPLE = 100

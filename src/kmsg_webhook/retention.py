@@ -15,9 +15,9 @@ from datetime import datetime
 
 from .clock import Clock
 from .config import RetentionPolicy
-from .memory import InMemoryDeliveryStore
 from .models import RetentionCutoffs
-from .store import DeliveryStore
+from .stores.memory import InMemoryDeliveryStore
+from .stores.protocol import DeliveryStore
 
 logger = logging.getLogger("kmsg_webhook.retention")
 

@@ -25,7 +25,6 @@ from .clock import Clock, SystemClock
 from .config import WebhookConfig
 from .crypto.config import FieldCryptoConfig, FieldMode
 from .crypto.fields import FieldCrypto, event_numbers
-from .crypto.store import field_crypto_of, stored_view, with_field_crypto
 from .dispatcher import Dispatcher
 from .endpoints import (
     EndpointCache,
@@ -78,7 +77,14 @@ from .preflight import refused_endpoints, sample_sealed, unknown_kids
 from .retention import Retention
 from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
-from .store import DeliveryStore, EndpointStore, Watch, WebhookPersistence, require_complete
+from .stores.protocol import (
+    DeliveryStore,
+    EndpointStore,
+    Watch,
+    WebhookPersistence,
+    require_complete,
+)
+from .stores.sealed import field_crypto_of, stored_view, with_field_crypto
 from .urlguard import GuardedResolver
 
 logger = logging.getLogger("kmsg_webhook.runtime")
@@ -1047,7 +1053,7 @@ def _resolve_persistence(
         persistence is None and endpoint_store is None and delivery_store is None
     ):
         # A store URL, or KMSG_WEBHOOK_STORE_URL when nothing is given (memory if unset).
-        from .store_url import persistence_from_url
+        from .stores.url import persistence_from_url
 
         persistence = persistence_from_url(persistence)
     if persistence is not None:

@@ -12,7 +12,7 @@ from ..crypto import FieldCryptoConfig
 from ..errors import WebhookError
 from ..runtime import WebhookRuntimeService
 from ..sender import SecurityOptions
-from ..store import WebhookPersistence
+from ..stores.protocol import WebhookPersistence
 from .app import create_console_app
 from .security import check_bind
 

@@ -10,19 +10,19 @@ bound to their row, key rotation with ``rekey``, fail closed. See ``docs/field-c
 """
 
 from ..errors import DecryptionError, DecryptionFailure, FieldCryptoError
-from .config import FailMode, FieldCryptoConfig, FieldMode
-from .envelope import PREFIX as ENVELOPE_PREFIX
-from .envelope import associated_data, is_sealed
-from .fields import DELIVERIES, ENDPOINTS, FieldCrypto, redaction
-from .keys import EnvKeyProvider, KeyProvider, StaticKeyProvider, generate_key
-from .rekey import RekeyReport, rekey
-from .store import (
+from ..stores.sealed import (
     CryptoDeliveryStore,
     CryptoEndpointStore,
     field_crypto_of,
     stored_view,
     with_field_crypto,
 )
+from .config import FailMode, FieldCryptoConfig, FieldMode
+from .envelope import PREFIX as ENVELOPE_PREFIX
+from .envelope import associated_data, is_sealed
+from .fields import DELIVERIES, ENDPOINTS, FieldCrypto, redaction
+from .keys import EnvKeyProvider, KeyProvider, StaticKeyProvider, generate_key
+from .rekey import RekeyReport, rekey
 
 __all__ = [
     "DELIVERIES",

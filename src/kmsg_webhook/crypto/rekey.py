@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError, DecryptionError
 from ..models import PayloadRewrite, RecordError
-from ..store import WebhookPersistence
+from ..stores.protocol import WebhookPersistence
+from ..stores.sealed import field_crypto_of, stored_view
 from .config import FieldCryptoConfig
 from .fields import FieldCrypto
-from .store import field_crypto_of, stored_view
 
 DEFAULT_BATCH_SIZE = 500
 #: Failures remembered by a report (all are counted).

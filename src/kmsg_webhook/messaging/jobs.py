@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from ..crypto.config import FieldCryptoConfig, FieldMode
 from ..crypto.fields import FieldCrypto
 from ..errors import ConfigError
-from ..sql.codec import to_datetime
-from ..store_url import D1_SCHEMES, resolve_url, scheme_of
+from ..stores.rows import to_datetime
+from ..stores.url import D1_SCHEMES, resolve_url, scheme_of
 from .options_codec import decode_options, encode_options
 from .types import SendOptions
 
@@ -352,7 +352,7 @@ def job_store_from_url(
         return InMemoryJobStore(crypto=field_crypto)
     if scheme in D1_SCHEMES:
         raise ConfigError("the send queue does not run on a D1 store yet: use SQLite or Postgres")
-    from ..store_url import database_from_url
+    from ..stores.url import database_from_url
     from .jobs_sql import SqlJobStore
 
     db = database_from_url(url, initialize_schema=initialize_schema)

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..crypto.fields import FieldCrypto
-from ..sql.base import SqlDatabase
-from ..sql.schema import JOBS_TABLE
-from ..sql.tables import Timestamp
+from ..stores.sql.base import SqlDatabase
+from ..stores.sql.schema import JOBS_TABLE
+from ..stores.sql.tables import Timestamp
 from .jobs import (
     JobCodec,
     JobResult,

@@ -9,9 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..sql.base import SqlDatabase
-from ..sql.schema import queries, render
-from ..sql.tables import Timestamp
+from ..stores.sql.base import SqlDatabase
+from ..stores.sql.schema import queries, render
+from ..stores.sql.tables import Timestamp
 
 
 class SqlStoreBase:

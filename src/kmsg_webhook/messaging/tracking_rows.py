@@ -21,7 +21,7 @@ from ..crypto.fields import FieldCrypto
 from ..errors import ConfigError, StoreError
 from ..events import parse_timestamp
 from ..phone import mask_phone
-from ..sql.codec import to_datetime
+from ..stores.rows import to_datetime
 from .tracking_records import ApiAttemptStatus, FailoverState, TrackingError, TrackingRecord
 from .types import DeliveryStatus, FailoverOptions, FallbackChannel, MessageType
 

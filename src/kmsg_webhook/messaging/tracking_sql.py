@@ -1,6 +1,6 @@
 """Delivery tracking on SQLite and PostgreSQL, in the webhook store's database.
 
-:class:`SqlTrackingStore` uses a :class:`~kmsg_webhook.sql.base.SqlDatabase` (its pool,
+:class:`SqlTrackingStore` uses a :class:`~kmsg_webhook.stores.sql.base.SqlDatabase` (its pool,
 retries and migrations): records live in ``kmsg_webhook_message_tracking``, created by
 migration 0007. The claim is reviewed SQL (``sql/queries/tracking.<dialect>.sql``); the
 listings, counts and writes are SQLAlchemy Core, one code path for both dialects.
@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..crypto.fields import FieldCrypto
-from ..sql.base import SqlDatabase
-from ..sql.schema import TRACKING_TABLE
-from ..sql.tables import Timestamp
+from ..stores.sql.base import SqlDatabase
+from ..stores.sql.schema import TRACKING_TABLE
+from ..stores.sql.tables import Timestamp
 from .sql_store import SqlStoreBase
 from .tracking_records import TrackingRecord
 from .tracking_rows import LEASE_COLUMNS, TrackingCodec, row_from_mapping

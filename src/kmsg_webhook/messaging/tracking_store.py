@@ -23,7 +23,7 @@ from typing import Protocol
 from ..crypto.config import FieldCryptoConfig
 from ..crypto.fields import FieldCrypto
 from ..errors import ConfigError
-from ..store_url import D1_SCHEMES, resolve_url, scheme_of
+from ..stores.url import D1_SCHEMES, resolve_url, scheme_of
 from .tracking_records import ApiAttemptStatus, TrackingRecord
 from .tracking_rows import LEASE_COLUMNS, TrackingCodec, TrackingRow
 from .types import DeliveryStatus, MessageType
@@ -394,7 +394,7 @@ def tracking_store_from_url(
         raise ConfigError(
             "delivery tracking does not run on a D1 store yet: use SQLite or Postgres"
         )
-    from ..store_url import database_from_url
+    from ..stores.url import database_from_url
     from .tracking_sql import SqlTrackingStore
 
     db = database_from_url(url, initialize_schema=initialize_schema)

@@ -2,7 +2,7 @@
 
 Both keep endpoints and the delivery outbox in two tables (``kmsg_webhook_endpoints``,
 ``kmsg_webhook_deliveries`` by default) whose schema is versioned by numbered migrations. Most
-code should open a store with :func:`kmsg_webhook.store_url.persistence_from_url`; the classes
+code should open a store with :func:`kmsg_webhook.stores.url.persistence_from_url`; the classes
 here give every option: ``SQLiteDatabase(path, ...).persistence()`` and
 ``PostgresDatabase(url, ...).persistence()``. See ``docs/sql-backends.md``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
+from ..protocol import DEFAULT_MAX_STORED_ATTEMPTS
 from .base import (
     DEFAULT_RETRY_TIMEOUT,
     SqlDatabase,

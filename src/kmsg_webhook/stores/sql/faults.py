@@ -114,7 +114,7 @@ class RetryPolicy:
     After failure *n* it waits ``initial * 2**(n-1)`` capped at ``maximum``, plus a random
     ``[0, initial]``, and gives up (raising the failure) when that wait would end ``timeout``
     seconds or more after the first attempt. Each retry is logged at WARNING on
-    ``kmsg_webhook.store``, naming ``label`` (the store, password redacted).
+    ``kmsg_webhook.stores.protocol``, naming ``label`` (the store, password redacted).
     """
 
     timeout: float = 30.0

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..errors import (
+from ...errors import (
     ConfigError,
     DuplicateEndpointError,
     EndpointNotFoundError,
@@ -32,7 +32,7 @@ from ..errors import (
     StoreUnavailableError,
     WebhookError,
 )
-from ..models import (
+from ...models import (
     FINISHED_STATUSES,
     LATENCY_PERCENTILES,
     LATENCY_SAMPLE,
@@ -48,7 +48,7 @@ from ..models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..store import (
+from ..protocol import (
     WebhookPersistence,
     decode_cursor,
     encode_cursor,
@@ -58,7 +58,7 @@ from ..store import (
     sealed_fields,
     with_added_columns,
 )
-from .codec import (
+from ..rows import (
     ENDPOINT_HEALTH_COLUMNS,
     delivery_to_row,
     endpoint_to_row,

@@ -28,7 +28,7 @@ from ..models import (
     WebhookEndpoint,
     frozen,
 )
-from ..store import ADDED_DELIVERY_COLUMNS
+from .protocol import ADDED_DELIVERY_COLUMNS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)

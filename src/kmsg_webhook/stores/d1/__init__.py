@@ -1,6 +1,6 @@
 """Cloudflare D1 persistence over the D1 REST API (or ``adapters/d1-worker``, which speaks it).
 
-    from kmsg_webhook.d1 import d1_persistence_from_url
+    from kmsg_webhook.stores.d1 import d1_persistence_from_url
 
     persistence = d1_persistence_from_url("d1://<account_id>/<database_id>")  # CLOUDFLARE_API_TOKEN
     persistence = d1_persistence_from_url("d1+http://127.0.0.1:8787/<account>/<db>?token=...")

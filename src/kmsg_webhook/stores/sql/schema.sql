@@ -1,12 +1,12 @@
 -- kmsg-webhook schema, PostgreSQL: the reviewed source of truth (schema version 6).
 --
--- The same tables the numbered migrations in src/kmsg_webhook/sql/migrations/postgresql/ build;
+-- The same tables the numbered migrations in src/kmsg_webhook/stores/sql/migrations/postgresql/ build;
 -- a test applies both to empty databases and compares the results. Apply this file yourself
 -- (psql -f schema.sql) when you manage DDL with your own tooling, then open stores with
 -- initialize_schema=False; otherwise the store (or `kmsg-webhook migrate`) applies the
 -- migrations. Timestamps are timestamptz, nested values jsonb.
 --
--- Names are the defaults. kmsg_webhook.sql.schema_sql("postgresql", endpoint_table=...,
+-- Names are the defaults. kmsg_webhook.stores.sql.schema_sql("postgresql", endpoint_table=...,
 -- delivery_table=..., schema=...) renders this file for other names.
 
 CREATE TABLE IF NOT EXISTS kmsg_webhook_schema_version (

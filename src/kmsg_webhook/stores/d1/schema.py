@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .client import D1Client, D1Statement
 from .errors import D1QueryError, D1SchemaError
 
@@ -198,7 +198,7 @@ async def initialize_webhook_schema(
     original TypeScript adapter are detected: they are
     upgraded in place when ``upgrade_original`` is true (this renames ``next_retry_at`` and
     drops ``deliveries.http_method``, ``deliveries.headers_json`` and ``endpoints.active``),
-    otherwise a :class:`~kmsg_webhook.d1.errors.D1SchemaError` says so and nothing changes.
+    otherwise a :class:`~kmsg_webhook.stores.d1.errors.D1SchemaError` says so and nothing changes.
     """
     t = D1Tables(endpoint_table_name, delivery_table_name)
     probe = [

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .errors import ConfigError, StoreUnavailableError
-from .memory import DEFAULT_MAX_STORED_ATTEMPTS, create_in_memory_persistence
-from .redact import redact_url
+from ..errors import ConfigError, StoreUnavailableError
+from ..redact import redact_url
+from .memory import create_in_memory_persistence
+from .protocol import DEFAULT_MAX_STORED_ATTEMPTS, WebhookPersistence
 from .sql.base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .sql.schema import validate_table_name
-from .store import WebhookPersistence
 
 ENV_VAR = "KMSG_WEBHOOK_STORE_URL"
 MEMORY_URL = "memory://"

@@ -11,7 +11,7 @@ Worker (``adapters/d1-worker``), which serves the same paths and shapes::
 A batch runs atomically (all statements or none) in one round trip. D1's limits are checked
 before anything is sent; 429 answers are retried after ``Retry-After``, timeouts, connection
 failures, 5xx and malformed answers with jittered exponential backoff; a refused statement is a
-:class:`~kmsg_webhook.d1.errors.D1QueryError` at once. The token never appears in a log line,
+:class:`~kmsg_webhook.stores.d1.errors.D1QueryError` at once. The token never appears in a log line,
 a repr or an exception message.
 """
 
@@ -40,7 +40,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .errors import (
     D1AuthError,
     D1Error,

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
-from .codec import dumps, from_millis, loads, to_millis
+from ..rows import dumps, from_millis, loads, to_millis
 from .schema import TableNames
 
 

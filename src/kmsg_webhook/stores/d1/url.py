@@ -22,9 +22,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aiohttp
 
-from ..errors import ConfigError
-from ..redact import redact_url
-from ..store import WebhookPersistence
+from ...errors import ConfigError
+from ...redact import redact_url
+from ..protocol import WebhookPersistence
 from .client import CLOUDFLARE_API_BASE_URL, D1Client
 from .schema import DEFAULT_DELIVERY_TABLE, DEFAULT_ENDPOINT_TABLE
 from .store import DEFAULT_MAX_STORED_ATTEMPTS, create_d1_persistence

@@ -6,7 +6,7 @@ HTTP status and the exception type, never from request headers.
 
 from __future__ import annotations
 
-from ..errors import StoreError, StoreUnavailableError
+from ...errors import StoreError, StoreUnavailableError
 
 
 class D1Error(StoreError):

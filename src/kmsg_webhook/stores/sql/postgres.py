@@ -3,7 +3,7 @@
 Claims use ``FOR UPDATE SKIP LOCKED`` inside a single ``UPDATE ... RETURNING`` statement, so any
 number of workers (processes, hosts) share the outbox without holding row locks between calls.
 Pooled connections are pinged on checkout and re-opened after the server drops them; an
-operation that fails on a lost connection is retried (see :mod:`kmsg_webhook.sql.faults`).
+operation that fails on a lost connection is retried (see :mod:`kmsg_webhook.stores.sql.faults`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import ConfigError, StoreError
-from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
-from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
-from ..redact import redact_url
-from ..store import DueCallback, WebhookPersistence
+from ...errors import ConfigError, StoreError
+from ...models import AttemptOutcome, DeliveryStatus, WebhookDelivery
+from ...redact import redact_url
+from ..protocol import DEFAULT_MAX_STORED_ATTEMPTS, DueCallback, WebhookPersistence
+from ..rows import dumps, values_to_delivery
 from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .codec import dumps, values_to_delivery
 from .listen import PostgresWatch
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
@@ -116,7 +115,7 @@ class PostgresDatabase(SqlDatabase):
 
     async def watch(self, callback: DueCallback) -> PostgresWatch:
         """Call ``callback`` with the earliest due time whenever another writer commits new
-        or re-scheduled pending rows (see :mod:`kmsg_webhook.sql.listen`)."""
+        or re-scheduled pending rows (see :mod:`kmsg_webhook.stores.sql.listen`)."""
         await self.init()
         url = self._url.set(drivername="postgresql")
 

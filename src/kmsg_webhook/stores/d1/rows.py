@@ -1,4 +1,4 @@
-"""Rows ↔ models on D1, through the SQLite backend's codec (``kmsg_webhook.sql.codec``).
+"""Rows ↔ models on D1, through the SQLite backend's codec (``kmsg_webhook.stores.rows``).
 
 D1 stores rows exactly as the SQLite backend does, so a database moves between the two as it is:
 timestamp columns are epoch milliseconds (sub-millisecond parts are dropped), nested values are
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..errors import StoreError, WebhookError
-from ..events import WebhookEventType
-from ..models import EndpointStatus, WebhookDelivery, WebhookEndpoint
-from ..sql.codec import (
+from ...errors import StoreError, WebhookError
+from ...events import WebhookEventType
+from ...models import EndpointStatus, WebhookDelivery, WebhookEndpoint
+from ..rows import (
     DELIVERY_COLUMNS,
     ENDPOINT_COLUMNS,
     ENDPOINT_HEALTH_COLUMNS,

@@ -15,7 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Literal
 
-from ..errors import ConfigError, StoreError
+from ...errors import ConfigError, StoreError
 
 Dialect = Literal["postgresql", "sqlite"]
 

@@ -1,13 +1,13 @@
 -- kmsg-webhook schema, SQLite: the reviewed source of truth (schema version 6).
 --
--- The same tables the numbered migrations in src/kmsg_webhook/sql/migrations/sqlite/ build;
+-- The same tables the numbered migrations in src/kmsg_webhook/stores/sql/migrations/sqlite/ build;
 -- a test applies both to empty databases and compares the results. Apply this file yourself
 -- (sqlite3 app.db < schema.sqlite.sql) when you manage DDL with your own tooling, then open
 -- stores with initialize_schema=False; otherwise the store (or `kmsg-webhook migrate`) applies
 -- the migrations. Timestamps are INTEGER epoch milliseconds (UTC, as in the original D1
 -- adapter), nested values JSON text.
 --
--- Names are the defaults. kmsg_webhook.sql.schema_sql("sqlite", endpoint_table=...,
+-- Names are the defaults. kmsg_webhook.stores.sql.schema_sql("sqlite", endpoint_table=...,
 -- delivery_table=...) renders this file for other names.
 
 CREATE TABLE IF NOT EXISTS kmsg_webhook_schema_version (

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
+from ..crypto.config import FailMode, FieldCryptoConfig
+from ..crypto.fields import FieldCrypto
 from ..errors import ConfigError, FieldCryptoError
 from ..models import (
     AttemptOutcome,
@@ -30,9 +32,7 @@ from ..models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..store import DeliveryStore, EndpointStore, WebhookPersistence
-from .config import FailMode, FieldCryptoConfig
-from .fields import FieldCrypto
+from .protocol import DeliveryStore, EndpointStore, WebhookPersistence
 
 logger = logging.getLogger("kmsg_webhook.crypto")
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .errors import IncompleteStoreError, StoreError
-from .events import parse_timestamp
-from .models import (
+from ..errors import IncompleteStoreError, StoreError
+from ..events import parse_timestamp
+from ..models import (
     FINISHED_STATUSES,
     LATENCY_PERCENTILES,
     AttemptOutcome,
@@ -261,6 +261,9 @@ def sealed_fields(endpoint: WebhookEndpoint) -> SealedFields:
         endpoint.client_key,
     )
 
+
+#: How many attempts a delivery row keeps in its history, newest last, on every backend.
+DEFAULT_MAX_STORED_ATTEMPTS = 20
 
 #: Delivery columns added after schema version 1, in table order: the keyed lookup hashes
 #: (version 2) and the ordering key (version 4).

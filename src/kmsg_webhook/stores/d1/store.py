@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
-from ..models import (
+from ...errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
+from ...models import (
     LATENCY_SAMPLE,
     AttemptOutcome,
     DeliveryActivity,
@@ -33,8 +33,8 @@ from ..models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ..sql.codec import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
-from ..store import (
+from ..protocol import (
+    DEFAULT_MAX_STORED_ATTEMPTS,
     Tally,
     WebhookPersistence,
     decode_cursor,
@@ -44,6 +44,7 @@ from ..store import (
     minute_counts,
     with_added_columns,
 )
+from ..rows import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
 from . import queries as q
 from .client import D1Client, D1Statement, D1Value
 from .rows import (
@@ -69,8 +70,6 @@ __all__ = [
     "SchemaGate",
     "create_d1_persistence",
 ]
-
-DEFAULT_MAX_STORED_ATTEMPTS = 20
 
 
 class SchemaGate:

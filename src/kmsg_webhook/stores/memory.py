@@ -15,9 +15,8 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from .due_index import DueIndex
-from .errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
-from .models import (
+from ..errors import DuplicateEndpointError, EndpointNotFoundError, StoreError
+from ..models import (
     FINISHED_STATUSES,
     LATENCY_SAMPLE,
     AttemptOutcome,
@@ -33,7 +32,9 @@ from .models import (
     WebhookEndpoint,
     evolve_delivery,
 )
-from .store import (
+from .due_index import DueIndex
+from .protocol import (
+    DEFAULT_MAX_STORED_ATTEMPTS,
     WebhookPersistence,
     apply_outcome,
     decode_cursor,
@@ -46,8 +47,6 @@ from .store import (
     percentile_ranks,
     sealed_fields,
 )
-
-DEFAULT_MAX_STORED_ATTEMPTS = 20
 
 
 class InMemoryEndpointStore:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ..store import DueCallback
+from ..protocol import DueCallback
 
 logger = logging.getLogger("kmsg_webhook.store")
 

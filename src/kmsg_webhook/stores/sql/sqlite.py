@@ -30,11 +30,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from ..errors import ConfigError, StoreError, WebhookError
-from ..memory import DEFAULT_MAX_STORED_ATTEMPTS
-from ..models import AttemptOutcome, DeliveryStatus, WebhookDelivery
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .codec import (
+from ...errors import ConfigError, StoreError, WebhookError
+from ...models import AttemptOutcome, DeliveryStatus, WebhookDelivery
+from ..protocol import DEFAULT_MAX_STORED_ATTEMPTS
+from ..rows import (
     DELIVERY_ROW_COLUMNS,
     ceil_millis,
     delivery_values,
@@ -43,6 +42,7 @@ from .codec import (
     to_millis,
     values_to_delivery,
 )
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 from .schema import (
     DEFAULT_DELIVERY_TABLE,
     DEFAULT_ENDPOINT_TABLE,

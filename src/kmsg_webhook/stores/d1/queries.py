@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..store import ADDED_DELIVERY_COLUMNS
+from ..protocol import ADDED_DELIVERY_COLUMNS
 from .rows import DELIVERY_INSERT_COLUMNS, ENDPOINT_UPDATE_COLUMNS, ENDPOINT_WRITE_COLUMNS
 
 #: Delivery columns an insert binds: the row codec's, then the lookup hashes and ordering key.
