@@ -1,4 +1,4 @@
-"""The job-queue conformance suite: every backend (memory, SQLite, Postgres, each with and
+"""The job-queue conformance suite: every backend (memory, SQLite, Postgres, D1, each with and
 without field crypto) passes every case here."""
 
 from __future__ import annotations

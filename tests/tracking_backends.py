@@ -3,10 +3,12 @@ conformance suites, each able to show a table's rows as stored."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +16,13 @@ from typing import Any
 import asyncpg
 
 from crypto_keys import conformance_crypto
+from d1_fixtures import require_local_d1
 from kmsg_webhook.crypto import FieldCrypto
 from kmsg_webhook.messaging import InMemoryTrackingStore, TrackingStore
 from kmsg_webhook.messaging.jobs import InMemoryJobStore, JobStore
+from kmsg_webhook.messaging.jobs_d1 import D1JobStore
 from kmsg_webhook.messaging.jobs_sql import SqlJobStore
+from kmsg_webhook.messaging.tracking_d1 import D1TrackingStore
 from kmsg_webhook.messaging.tracking_sql import SqlTrackingStore
 from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 from pg import drop_schema, new_schema, postgres_database, server_dsn
@@ -95,15 +100,37 @@ async def postgres(crypto: FieldCrypto | None) -> TrackingBackend:
     return TrackingBackend("postgres", store, SqlJobStore(db, crypto=crypto), raw, close)
 
 
+def fresh_messaging_tables() -> dict[str, str]:
+    """Tracking and job table names no other test uses, by default name (D1 has one shared
+    database per test session)."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    return {TRACKING_TABLE: f"{prefix}_tracking", JOBS_TABLE: f"{prefix}_jobs"}
+
+
+async def d1(crypto: FieldCrypto | None) -> TrackingBackend:
+    local = await asyncio.to_thread(require_local_d1)
+    tables = fresh_messaging_tables()
+    client = local.client()
+    store = D1TrackingStore(client, table=tables[TRACKING_TABLE], crypto=crypto)
+    jobs = D1JobStore(client, table=tables[JOBS_TABLE], crypto=crypto)
+
+    async def raw(table: str) -> list[dict[str, Any]]:
+        return (await client.query(f'SELECT * FROM "{tables[table]}"')).rows
+
+    return TrackingBackend("d1", store, jobs, raw, client.close)
+
+
 _PLAIN: dict[str, Callable[[FieldCrypto | None], Awaitable[TrackingBackend]]] = {
     "memory": memory,
     "sqlite": sqlite,
     "postgres": postgres,
+    "d1": d1,
 }
 
 
 async def open_backend(name: str) -> TrackingBackend:
-    """``memory``, ``sqlite``, ``postgres``, each also ``<name>+crypto`` (everything sealed)."""
+    """``memory``, ``sqlite``, ``postgres``, ``d1``, each also ``<name>+crypto`` (everything
+    sealed)."""
     base, _, crypto = name.partition("+")
     opened = await _PLAIN[base](conformance_crypto() if crypto else None)
     opened.name = name

@@ -3,8 +3,9 @@
 Workers *claim* due jobs under a lease (several processes may), send them, and *complete* them
 while the lease holds, so no message is sent twice while its lease holds; a worker killed
 mid-send leaves leases that expire, and another worker sends those jobs (at least once). The job
-id is the message id: a message is queued once. Backends: :class:`InMemoryJobStore` (here) and
-:class:`~kmsg_webhook.messaging.jobs_sql.SqlJobStore` (SQLite, PostgreSQL); open one from the
+id is the message id: a message is queued once. Backends: :class:`InMemoryJobStore` (here),
+:class:`~kmsg_webhook.messaging.jobs_sql.SqlJobStore` (SQLite, PostgreSQL) and
+:class:`~kmsg_webhook.messaging.jobs_d1.D1JobStore` (Cloudflare D1); open one from the
 webhook store URL with :func:`job_store_from_url`. ``tests/test_job_store_conformance.py`` is
 the contract.
 """
@@ -337,7 +338,8 @@ def job_store_from_url(
 ) -> JobStore:
     """The job queue in the database a webhook store URL names (nothing connects yet).
 
-    SQLite and PostgreSQL keep jobs in ``kmsg_webhook_message_jobs`` (migration 0008).
+    SQLite, PostgreSQL and D1 keep jobs in ``kmsg_webhook_message_jobs`` (migration 0008; a
+    D1 URL may rename it with ``jobs_table``).
     """
     field_crypto = (
         None
@@ -351,7 +353,9 @@ def job_store_from_url(
     if scheme == "memory":
         return InMemoryJobStore(crypto=field_crypto)
     if scheme in D1_SCHEMES:
-        raise ConfigError("the send queue does not run on a D1 store yet: use SQLite or Postgres")
+        from .jobs_d1 import D1JobStore
+
+        return D1JobStore.from_url(url, crypto=field_crypto, initialize_schema=initialize_schema)
     from ..stores.url import database_from_url
     from .jobs_sql import SqlJobStore
 

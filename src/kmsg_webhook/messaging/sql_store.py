@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..stores.sql.base import SqlDatabase
-from ..stores.sql.schema import queries, render
+from ..stores.sql.schema import queries, render, without_comments
 from ..stores.sql.tables import Timestamp
 
 
@@ -35,9 +35,7 @@ class SqlStoreBase:
         """``queries/<family>.<dialect>.sql``'s ``name``, rendered for the configured names;
         ``:now`` and ``:lease_until`` bind as timestamps."""
         text = render(queries(self._db.dialect, family)[name], self._db.names)
-        # Without its comments: text() would take a ":name" in one for a parameter.
-        body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-        return sa.text(body).bindparams(
+        return sa.text(without_comments(text)).bindparams(
             sa.bindparam("now", type_=Timestamp()),
             sa.bindparam("lease_until", type_=Timestamp()),
         )

@@ -1,8 +1,9 @@
 """Where delivery tracking keeps its records: the protocol, the memory backend, retention.
 
-Backends: :class:`InMemoryTrackingStore` (here, not durable) and
-:class:`~kmsg_webhook.messaging.tracking_sql.SqlTrackingStore` (SQLite and PostgreSQL, in the
-``kmsg_webhook_message_tracking`` table of the webhook store's database). Open one from the same
+Backends: :class:`InMemoryTrackingStore` (here, not durable),
+:class:`~kmsg_webhook.messaging.tracking_sql.SqlTrackingStore` (SQLite and PostgreSQL) and
+:class:`~kmsg_webhook.messaging.tracking_d1.D1TrackingStore` (Cloudflare D1), in the
+``kmsg_webhook_message_tracking`` table of the webhook store's database. Open one from the same
 URL as the webhook stores with :func:`tracking_store_from_url`. Every backend passes
 ``tests/test_tracking_store_conformance.py``.
 
@@ -375,9 +376,10 @@ def tracking_store_from_url(
 ) -> TrackingStore:
     """The tracking store in the database a webhook store URL names (nothing connects yet).
 
-    ``url`` defaults to ``$KMSG_WEBHOOK_STORE_URL``, then ``memory://``. SQLite and PostgreSQL
-    keep records in ``kmsg_webhook_message_tracking``, created by the same numbered migrations
-    as the webhook tables. ``crypto`` seals recipients, senders and message content.
+    ``url`` defaults to ``$KMSG_WEBHOOK_STORE_URL``, then ``memory://``. SQLite, PostgreSQL and
+    D1 keep records in ``kmsg_webhook_message_tracking``, created by the same numbered
+    migrations as the webhook tables (a D1 URL may rename it with ``tracking_table``).
+    ``crypto`` seals recipients, senders and message content.
     """
     field_crypto = (
         None
@@ -391,8 +393,10 @@ def tracking_store_from_url(
     if scheme == "memory":
         return InMemoryTrackingStore(crypto=field_crypto)
     if scheme in D1_SCHEMES:
-        raise ConfigError(
-            "delivery tracking does not run on a D1 store yet: use SQLite or Postgres"
+        from .tracking_d1 import D1TrackingStore
+
+        return D1TrackingStore.from_url(
+            url, crypto=field_crypto, initialize_schema=initialize_schema
         )
     from ..stores.url import database_from_url
     from .tracking_sql import SqlTrackingStore

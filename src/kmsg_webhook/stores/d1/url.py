@@ -9,8 +9,9 @@
 
 The token is, in order: the ``token=`` argument, a ``token`` query parameter, the
 ``CLOUDFLARE_API_TOKEN`` environment variable. Other query parameters: ``endpoint_table``,
-``delivery_table``, ``auto_init`` (true/false), ``upgrade_original`` (true/false),
-``max_stored_attempts``, ``timeout`` (seconds), ``max_attempts``.
+``delivery_table``, ``tracking_table`` and ``jobs_table`` (the messaging module's tables),
+``auto_init`` (true/false), ``upgrade_original`` (true/false), ``max_stored_attempts``,
+``timeout`` (seconds), ``max_attempts``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from .client import CLOUDFLARE_API_BASE_URL, D1Client
 from .schema import DEFAULT_DELIVERY_TABLE, DEFAULT_ENDPOINT_TABLE
 from .store import DEFAULT_MAX_STORED_ATTEMPTS, create_d1_persistence
 
-__all__ = ["TOKEN_ENV_VAR", "D1Location", "d1_persistence_from_url", "parse_d1_url", "redact_url"]
+__all__ = [
+    "TOKEN_ENV_VAR",
+    "D1Location",
+    "d1_client_from_url",
+    "d1_persistence_from_url",
+    "parse_d1_url",
+    "redact_url",
+    "url_flag",
+]
 
 TOKEN_ENV_VAR = "CLOUDFLARE_API_TOKEN"
 SCHEMES = ("d1", "d1+http", "d1+https")
@@ -37,6 +46,8 @@ _OPTIONS = {
     "token",
     "endpoint_table",
     "delivery_table",
+    "tracking_table",
+    "jobs_table",
     "auto_init",
     "upgrade_original",
     "max_stored_attempts",
@@ -97,7 +108,8 @@ def parse_d1_url(url: str) -> D1Location:
     return D1Location(account, database, base_url, token, options)
 
 
-def _flag(options: Mapping[str, str], name: str, default: bool) -> bool:
+def url_flag(options: Mapping[str, str], name: str, default: bool) -> bool:
+    """A true/false URL parameter."""
     value = options.get(name)
     if value is None:
         return default
@@ -119,19 +131,17 @@ def _number(options: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"D1 URL parameter {name} must be a number, got {value!r}") from None
 
 
-def d1_persistence_from_url(
+def d1_client_from_url(
     url: str,
     *,
     token: str | None = None,
     session: aiohttp.ClientSession | None = None,
-    max_stored_attempts: int | None = None,
     environ: Mapping[str, str] | None = None,
     retry_timeout: float | None = None,
-) -> WebhookPersistence:
-    """A D1-backed persistence for a ``d1://`` or ``d1+http(s)://`` URL.
+) -> tuple[D1Client, D1Location]:
+    """The client a ``d1://`` or ``d1+http(s)://`` URL names, and the parsed URL (its options).
 
-    The returned persistence owns its client: its ``close`` closes the HTTP session (a given
-    ``session`` is left open). ``retry_timeout`` bounds one call's retrying by time.
+    ``retry_timeout`` bounds one call's retrying by time.
     """
     location = parse_d1_url(url)
     env = os.environ if environ is None else environ
@@ -152,6 +162,27 @@ def d1_persistence_from_url(
         session=session,
         retry_timeout=retry_timeout,
     )
+    return client, location
+
+
+def d1_persistence_from_url(
+    url: str,
+    *,
+    token: str | None = None,
+    session: aiohttp.ClientSession | None = None,
+    max_stored_attempts: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    retry_timeout: float | None = None,
+) -> WebhookPersistence:
+    """A D1-backed persistence for a ``d1://`` or ``d1+http(s)://`` URL.
+
+    The returned persistence owns its client: its ``close`` closes the HTTP session (a given
+    ``session`` is left open). ``retry_timeout`` bounds one call's retrying by time.
+    """
+    client, location = d1_client_from_url(
+        url, token=token, session=session, environ=environ, retry_timeout=retry_timeout
+    )
+    opts = location.options
     stored = max_stored_attempts or int(
         _number(opts, "max_stored_attempts", DEFAULT_MAX_STORED_ATTEMPTS)
     )
@@ -159,8 +190,8 @@ def d1_persistence_from_url(
         client,
         endpoint_table_name=opts.get("endpoint_table", DEFAULT_ENDPOINT_TABLE),
         delivery_table_name=opts.get("delivery_table", DEFAULT_DELIVERY_TABLE),
-        initialize_schema=_flag(opts, "auto_init", True),
-        upgrade_original=_flag(opts, "upgrade_original", False),
+        initialize_schema=url_flag(opts, "auto_init", True),
+        upgrade_original=url_flag(opts, "upgrade_original", False),
         max_stored_attempts=stored,
         close_client=True,
     )

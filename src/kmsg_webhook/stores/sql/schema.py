@@ -169,6 +169,11 @@ def queries(dialect: Dialect, family: str = "") -> dict[str, str]:
     return found
 
 
+def without_comments(sql: str) -> str:
+    """``sql`` without its ``--`` comment lines (a ``:name`` in one is no parameter)."""
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+
+
 def schema_sql(
     dialect: Dialect,
     *,

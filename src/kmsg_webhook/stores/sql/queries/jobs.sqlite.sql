@@ -1,6 +1,7 @@
--- Queries of the SQLite job queue (messaging/jobs_sql.py), run through SQLAlchemy with named
--- parameters. kmsg_webhook_* identifiers are replaced by the configured names when the store loads
--- this file.
+-- Queries of the job queue in SQLite's dialect, with named parameters; timestamps are epoch
+-- milliseconds. The SQLite store (messaging/jobs_sql.py) runs claim_jobs through SQLAlchemy; the
+-- D1 store (messaging/jobs_d1.py) runs every query here, its parameters made positional.
+-- kmsg_webhook_* identifiers are replaced by the configured names when a store loads this file.
 
 -- name: claim_jobs
 -- Lease up to :limit pending jobs due at :now (earliest first) to :worker_id until :lease_until,
@@ -18,3 +19,40 @@ WHERE id IN (
     ORDER BY run_at, id
     LIMIT :limit)
 RETURNING *;
+
+-- name: enqueue
+-- Store one pending job unless its id exists; returns the id when it was new.
+INSERT INTO kmsg_webhook_message_jobs (
+    id, batch_id, options, status, run_at, created_at, attempts, lease_owner, lease_expires_at,
+    provider_id, provider_message_id, error_code, error_message, completed_at)
+VALUES (
+    :id, :batch_id, :options, :status, :run_at, :created_at, :attempts, :lease_owner,
+    :lease_expires_at, :provider_id, :provider_message_id, :error_code, :error_message,
+    :completed_at)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: complete
+-- Record a job's result while :worker_id still holds its lease, dropping the lease.
+UPDATE kmsg_webhook_message_jobs
+SET status = :status, completed_at = :completed_at, provider_id = :provider_id,
+    provider_message_id = :provider_message_id, error_code = :error_code,
+    error_message = :error_message, lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :job_id AND lease_owner = :worker_id;
+
+-- name: get
+SELECT * FROM kmsg_webhook_message_jobs WHERE id = :id;
+
+-- name: list_jobs
+-- A page of jobs, earliest run_at first; NULL parameters do not filter, :statuses is a JSON
+-- array.
+SELECT * FROM kmsg_webhook_message_jobs
+WHERE (:batch_id IS NULL OR batch_id = :batch_id)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+ORDER BY run_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: count_by_status
+SELECT status, COUNT(*) AS n FROM kmsg_webhook_message_jobs
+WHERE (:batch_id IS NULL OR batch_id = :batch_id)
+GROUP BY status;

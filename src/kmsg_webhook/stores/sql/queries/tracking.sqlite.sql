@@ -1,6 +1,8 @@
--- Queries of the SQLite tracking store (messaging/tracking_sql.py), run through SQLAlchemy with
--- named parameters; timestamps bind as epoch milliseconds. kmsg_webhook_* identifiers are
--- replaced by the configured (validated, quoted) names when the store loads this file.
+-- Queries of the tracking store in SQLite's dialect, with named parameters; timestamps are epoch
+-- milliseconds. The SQLite store (messaging/tracking_sql.py) runs claim_due through SQLAlchemy; the
+-- D1 store (messaging/tracking_d1.py) runs every query here, its parameters made positional.
+-- kmsg_webhook_* identifiers are replaced by the configured (validated, quoted) names when a
+-- store loads this file.
 
 -- name: claim_due
 -- Lease up to :limit records the reconciler must look at to :worker_id until :lease_until:
@@ -18,3 +20,122 @@ WHERE message_id IN (
     ORDER BY next_check_at, message_id
     LIMIT :limit)
 RETURNING *;
+
+-- name: upsert
+-- Insert a record, or replace the one with this message id; the lease columns are left alone
+-- (the lease belongs to the reconciler).
+INSERT INTO kmsg_webhook_message_tracking (
+    message_id, provider_id, provider_message_id, type, recipient, recipient_hash, sender,
+    status, requested_at, status_updated_at, next_check_at, scheduled_at, attempt_count,
+    last_checked_at, sent_at, delivered_at, failed_at, provider_status_code,
+    provider_status_message, last_error_code, last_error_message, template_id, correlation_id,
+    custom_fields, failover, fallback_status)
+VALUES (
+    :message_id, :provider_id, :provider_message_id, :type, :recipient, :recipient_hash,
+    :sender, :status, :requested_at, :status_updated_at, :next_check_at, :scheduled_at,
+    :attempt_count, :last_checked_at, :sent_at, :delivered_at, :failed_at,
+    :provider_status_code, :provider_status_message, :last_error_code, :last_error_message,
+    :template_id, :correlation_id, :custom_fields, :failover, :fallback_status)
+ON CONFLICT (message_id) DO UPDATE SET
+    provider_id = excluded.provider_id,
+    provider_message_id = excluded.provider_message_id,
+    type = excluded.type,
+    recipient = excluded.recipient,
+    recipient_hash = excluded.recipient_hash,
+    sender = excluded.sender,
+    status = excluded.status,
+    requested_at = excluded.requested_at,
+    status_updated_at = excluded.status_updated_at,
+    next_check_at = excluded.next_check_at,
+    scheduled_at = excluded.scheduled_at,
+    attempt_count = excluded.attempt_count,
+    last_checked_at = excluded.last_checked_at,
+    sent_at = excluded.sent_at,
+    delivered_at = excluded.delivered_at,
+    failed_at = excluded.failed_at,
+    provider_status_code = excluded.provider_status_code,
+    provider_status_message = excluded.provider_status_message,
+    last_error_code = excluded.last_error_code,
+    last_error_message = excluded.last_error_message,
+    template_id = excluded.template_id,
+    correlation_id = excluded.correlation_id,
+    custom_fields = excluded.custom_fields,
+    failover = excluded.failover,
+    fallback_status = excluded.fallback_status;
+
+-- name: get
+SELECT * FROM kmsg_webhook_message_tracking WHERE message_id = :message_id;
+
+-- name: save
+-- Write a record only while :worker_id holds its lease; the lease stays when :keep_lease is 1,
+-- else it goes (the right-hand sides read the row as it was).
+UPDATE kmsg_webhook_message_tracking SET
+    provider_id = :provider_id,
+    provider_message_id = :provider_message_id,
+    type = :type,
+    recipient = :recipient,
+    recipient_hash = :recipient_hash,
+    sender = :sender,
+    status = :status,
+    requested_at = :requested_at,
+    status_updated_at = :status_updated_at,
+    next_check_at = :next_check_at,
+    scheduled_at = :scheduled_at,
+    attempt_count = :attempt_count,
+    last_checked_at = :last_checked_at,
+    sent_at = :sent_at,
+    delivered_at = :delivered_at,
+    failed_at = :failed_at,
+    provider_status_code = :provider_status_code,
+    provider_status_message = :provider_status_message,
+    last_error_code = :last_error_code,
+    last_error_message = :last_error_message,
+    template_id = :template_id,
+    correlation_id = :correlation_id,
+    custom_fields = :custom_fields,
+    failover = :failover,
+    fallback_status = :fallback_status,
+    lease_owner = CASE WHEN :keep_lease THEN lease_owner END,
+    lease_expires_at = CASE WHEN :keep_lease THEN lease_expires_at END
+WHERE message_id = :message_id AND lease_owner = :worker_id;
+
+-- name: release
+-- Give back the leases :worker_id holds on the message ids of the JSON array :message_ids.
+UPDATE kmsg_webhook_message_tracking SET lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = :worker_id AND message_id IN (SELECT value FROM json_each(:message_ids));
+
+-- name: matching
+-- The records matching a filter: a NULL parameter does not filter; :statuses is a JSON array;
+-- :*_from bounds are inclusive, :*_before exclusive. The listings below wrap it as {matching}.
+SELECT * FROM kmsg_webhook_message_tracking
+WHERE (:message_id IS NULL OR message_id = :message_id)
+  AND (:provider_id IS NULL OR provider_id = :provider_id)
+  AND (:provider_message_id IS NULL OR provider_message_id = :provider_message_id)
+  AND (:type IS NULL OR type = :type)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+  AND (:recipient IS NULL OR recipient = :recipient)
+  AND (:recipient_hash IS NULL OR recipient_hash = :recipient_hash)
+  AND (:requested_from IS NULL OR requested_at >= :requested_from)
+  AND (:requested_before IS NULL OR requested_at < :requested_before)
+  AND (:updated_from IS NULL OR status_updated_at >= :updated_from)
+  AND (:updated_before IS NULL OR status_updated_at < :updated_before);
+
+-- name: list_records
+-- A page of matching records; {order} is the sort key and message id, both in one direction.
+SELECT * FROM ({matching}) ORDER BY {order} LIMIT :limit OFFSET :offset;
+
+-- name: count_records
+SELECT COUNT(*) AS n FROM ({matching});
+
+-- name: count_by
+-- Matching records per provider, type and status (the store sums them into the groups asked).
+SELECT provider_id, type, status, COUNT(*) AS n FROM ({matching})
+GROUP BY provider_id, type, status;
+
+-- name: purge
+-- Delete records in the statuses of the JSON array :statuses requested before :older_than,
+-- except those whose fallback is in flight.
+DELETE FROM kmsg_webhook_message_tracking
+WHERE status IN (SELECT value FROM json_each(:statuses))
+  AND requested_at < :older_than
+  AND (fallback_status IS NULL OR fallback_status <> 'attempting');

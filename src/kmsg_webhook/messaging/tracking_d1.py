@@ -1,0 +1,167 @@
+"""Delivery tracking on Cloudflare D1, in the webhook store's D1 database.
+
+Records live in ``kmsg_webhook_message_tracking`` (or the URL's ``tracking_table``), made by
+the SQLite backend's migration 0007; every query is the SQLite dialect's
+(``stores/sql/queries/tracking.sqlite.sql``). Claims, saves and releases are one statement
+each, so two reconcilers never hold the same record. A claim whose answer is lost leaves its
+records leased until the lease expires; another claim then takes them.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections import Counter
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..crypto.fields import FieldCrypto
+from ..stores.rows import ceil_millis
+from ..stores.sql.schema import TRACKING_TABLE
+from .d1_store import D1Query, D1StoreBase
+from .tracking_records import TrackingRecord
+from .tracking_rows import LEASE_COLUMNS, TrackingCodec, row_from_mapping
+from .tracking_store import (
+    ALL_RECORDS,
+    TrackingFilter,
+    TrackingGroup,
+    TrackingOrder,
+    check_groups,
+    check_page,
+    check_purgeable,
+)
+from .types import DeliveryStatus
+
+
+class D1TrackingStore(D1StoreBase):
+    """The tracking store of one D1 database; the protocol is ``TrackingStore``."""
+
+    family = "tracking"
+    default_table = TRACKING_TABLE
+    migration = 7
+    table_option = "tracking_table"
+
+    def _prepare(self, crypto: FieldCrypto | None) -> None:
+        self._codec = TrackingCodec(crypto)
+        q = {
+            name: D1Query.of(self.named(name))
+            for name in ("claim_due", "upsert", "get", "save", "release", "purge")
+        }
+        self._claim, self._upsert, self._get = q["claim_due"], q["upsert"], q["get"]
+        self._save, self._release, self._purge = q["save"], q["release"], q["purge"]
+        matching = self.named("matching")
+
+        def over_matching(name: str, order: str = "") -> D1Query:
+            sql = self.named(name).replace("{matching}", matching).replace("{order}", order)
+            return D1Query.of(sql)
+
+        self._count = over_matching("count_records")
+        self._count_by = over_matching("count_by")
+        self._list = {
+            (key, descending): over_matching(
+                "list_records",
+                f"{key.value} {direction}, message_id {direction}",
+            )
+            for key in TrackingOrder
+            for descending, direction in ((True, "DESC"), (False, "ASC"))
+        }
+
+    async def upsert(self, record: TrackingRecord) -> None:
+        await self.run([self._upsert.bind(self._codec.to_row(record).values())])
+
+    async def get(self, message_id: str) -> TrackingRecord | None:
+        found = await self._records(self._get, {"message_id": message_id})
+        return found[0] if found else None
+
+    async def claim_due(
+        self, *, worker_id: str, now: datetime, lease_until: datetime, limit: int
+    ) -> builtins.list[TrackingRecord]:
+        if limit <= 0:
+            return []
+        params = {"worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit}
+        claimed = [row_from_mapping(row) for row in await self.rows(self._claim.bind(params))]
+        claimed.sort(key=lambda r: (r.next_check_at, r.message_id))
+        return [self._codec.from_row(row) for row in claimed]
+
+    async def save(
+        self, record: TrackingRecord, *, worker_id: str, keep_lease: bool = False
+    ) -> bool:
+        values = self._codec.to_row(record).values()
+        for name in LEASE_COLUMNS:
+            values.pop(name)
+        params = {**values, "worker_id": worker_id, "keep_lease": keep_lease}
+        [result] = await self.run([self._save.bind(params)])
+        return result.changes > 0
+
+    async def release(self, message_ids: Sequence[str], *, worker_id: str) -> None:
+        if message_ids:
+            params = {"worker_id": worker_id, "message_ids": list(message_ids)}
+            await self.run([self._release.bind(params)])
+
+    async def list_records(
+        self,
+        filter: TrackingFilter = ALL_RECORDS,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        order_by: TrackingOrder = TrackingOrder.REQUESTED_AT,
+        descending: bool = True,
+    ) -> builtins.list[TrackingRecord]:
+        check_page(limit, offset)
+        query = self._list[TrackingOrder(order_by), bool(descending)]
+        return await self._records(
+            query, {**self._filter(filter), "limit": limit, "offset": offset}
+        )
+
+    async def count_records(self, filter: TrackingFilter = ALL_RECORDS) -> int:
+        [row] = await self.rows(self._count.bind(self._filter(filter)))
+        return int(row["n"])
+
+    async def count_by(
+        self, filter: TrackingFilter, by: Sequence[TrackingGroup]
+    ) -> dict[tuple[str, ...], int]:
+        groups = check_groups(by)
+        counts: Counter[tuple[str, ...]] = Counter()
+        for row in await self.rows(self._count_by.bind(self._filter(filter))):
+            counts[tuple(str(row[g.value]) for g in groups)] += int(row["n"])
+        return dict(counts)
+
+    async def purge(self, *, statuses: Collection[DeliveryStatus], older_than: datetime) -> int:
+        chosen = check_purgeable(statuses)
+        if not chosen:
+            return 0
+        params = {"statuses": chosen, "older_than": ceil_millis(older_than)}
+        [result] = await self.run([self._purge.bind(params)])
+        return result.changes
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _records(
+        self, query: D1Query, params: dict[str, Any]
+    ) -> builtins.list[TrackingRecord]:
+        rows = await self.rows(query.bind(params))
+        return [self._codec.from_row(row_from_mapping(row)) for row in rows]
+
+    def _filter(self, f: TrackingFilter) -> dict[str, Any]:
+        """The ``matching`` query's parameters (``None`` does not filter; time bounds are
+        rounded up to whole milliseconds, so ``ms >= bound`` is exactly ``t >= bound``)."""
+        recipient: dict[str, str | None] = {"recipient": None, "recipient_hash": None}
+        if f.to is not None:
+            column, value = self._codec.recipient_filter(f.to)
+            recipient[column] = value
+        return {
+            "message_id": f.message_id,
+            "provider_id": f.provider_id,
+            "provider_message_id": f.provider_message_id,
+            "type": None if f.type is None else f.type.value,
+            "statuses": [s.value for s in f.statuses] or None,
+            **recipient,
+            "requested_from": _bound(f.requested_from),
+            "requested_before": _bound(f.requested_before),
+            "updated_from": _bound(f.updated_from),
+            "updated_before": _bound(f.updated_before),
+        }
+
+
+def _bound(value: datetime | None) -> int | None:
+    return None if value is None else ceil_millis(value)
