@@ -1,6 +1,7 @@
-"""The messaging module in real processes, killed with SIGKILL (SQLite and PostgreSQL stores;
-SOLAPI is a local fake): the reconciler during a fallback wait (the webhook events go through a
-runtime on the same store to a local receiver), and a bulk send and scheduled sends mid-way."""
+"""The messaging module in real processes, killed with SIGKILL (SQLite, PostgreSQL and D1 on the
+local engine; SOLAPI is a local fake): the reconciler during a fallback wait (the webhook events
+go through a runtime on the same store to a local receiver), and a bulk send and scheduled sends
+mid-way."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from d1_fixtures import fresh_tables, require_local_d1
 from kmsg_webhook import EndpointInput, SecurityOptions, WebhookEventType, WebhookRuntimeService
 from kmsg_webhook.messaging import (
     ApiAttemptStatus,
@@ -38,6 +40,7 @@ from kmsg_webhook.messaging.jobs import JobStatus
 from messaging_fakes.base import Recorded, Reply
 from messaging_fakes.solapi import FakeSolapi
 from pg import drop_schema, new_schema, server_dsn
+from tracking_backends import JOBS_TABLE, TRACKING_TABLE, fresh_messaging_tables
 
 WORKER = str(Path(__file__).with_name("messaging_worker.py"))
 MESSAGES = 6
@@ -112,11 +115,22 @@ async def events() -> AsyncIterator[tuple[str, Counter[str]]]:
         await runner.cleanup()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "d1"])
 async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     if request.param == "sqlite":
         with tempfile.TemporaryDirectory(prefix="kmsg-workers-") as directory:
             yield f"sqlite:///{os.path.join(directory, 'store.db')}"
+        return
+    if request.param == "d1":
+        local = await asyncio.to_thread(require_local_d1)
+        endpoints, deliveries = fresh_tables()
+        messaging = fresh_messaging_tables()
+        yield local.store_url(
+            endpoint_table=endpoints,
+            delivery_table=deliveries,
+            tracking_table=messaging[TRACKING_TABLE],
+            jobs_table=messaging[JOBS_TABLE],
+        )
         return
     dsn = await server_dsn()
     schema = new_schema()
