@@ -14,7 +14,9 @@ Reported per store: messages/s (median of the rounds), **the ratio** of its time
 the baseline's (measured in the same run, rounds alternating with the baseline), and the store's
 overhead in microseconds per message. Absolute figures depend on the machine and its load; the
 ratios are what compare across runs. Postgres is used when ``$KMSG_TEST_POSTGRES_DSN`` or
-``postgresql://postgres@127.0.0.1:5432/test`` accepts connections (each round in a fresh schema).
+``postgresql://postgres@127.0.0.1:5432/test`` accepts connections (each round in a fresh schema);
+``d1`` (in ``--stores``) is the local D1 engine (miniflare, ``adapters/d1-worker``; each round in a
+fresh table).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from kmsg_webhook.messaging import (
     SolapiProvider,
     job_store_from_url,
 )
+from local_d1 import local_d1, stop_local_d1
 
 PG_DSN = os.environ.get("KMSG_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -93,6 +96,9 @@ async def store_url(kind: str) -> AsyncIterator[str]:
     elif kind == "sqlite":
         with tempfile.TemporaryDirectory() as directory:
             yield f"sqlite:///{os.path.join(directory, 'bench.db')}"
+    elif kind == "d1":
+        host, token = local_d1()
+        yield f"d1+http://{host}/bench/bench?token={token}&jobs_table=jobs_{uuid.uuid4().hex[:12]}"
     else:
         schema = f"bench_{uuid.uuid4().hex[:12]}"
         try:
@@ -160,5 +166,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--stores", default="memory,sqlite,postgres")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--stores", default="memory,sqlite,postgres", help="and/or d1")
+    try:
+        asyncio.run(main(parser.parse_args()))
+    finally:
+        stop_local_d1()

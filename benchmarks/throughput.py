@@ -66,6 +66,7 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.crypto import FieldCryptoConfig, StaticKeyProvider, generate_key
 from kmsg_webhook.stores.url import persistence_from_url
+from local_d1 import local_d1, stop_local_d1
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = 64
@@ -356,40 +357,6 @@ POSTGRES_DSN = os.environ.get(
 _SCRATCH = tempfile.mkdtemp(prefix="kmsg-bench-")
 
 
-D1_WORKER = HERE.parent / "adapters" / "d1-worker"
-_d1_server: list[tuple[subprocess.Popen[str], str, str]] = []
-
-
-def _local_d1() -> tuple[str, str]:
-    """Start (once) the D1 Worker on miniflare, workerd's own D1 engine; (host:port, token)."""
-    if not _d1_server:
-        token = uuid.uuid4().hex
-        proc = subprocess.Popen(
-            ["node", "scripts/serve.mjs", "--port", "0", "--database-id", "bench"],
-            cwd=D1_WORKER,
-            env={**os.environ, "D1_WORKER_API_TOKEN": token, "NO_COLOR": "1"},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("D1_WORKER_READY"):
-                host = line.split()[1].removeprefix("http://")
-                break
-        else:
-            raise SystemExit("the local D1 Worker did not start (npm ci in adapters/d1-worker)")
-        _d1_server.append((proc, host, token))
-    _, host, token = _d1_server[0]
-    return host, token
-
-
-def _stop_local_d1() -> None:
-    for proc, _, _ in _d1_server:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def _store_url(name: str) -> str:
     """A fresh, empty store of the named kind (new SQLite file, Postgres schema, D1 tables)."""
     tag = uuid.uuid4().hex[:10]
@@ -400,7 +367,7 @@ def _store_url(name: str) -> str:
     if name == "postgres":
         return f"{POSTGRES_DSN}?schema=bench_{tag}"
     if name == "d1":
-        host, token = _local_d1()
+        host, token = local_d1()
         return (
             f"d1+http://{host}/bench/bench?token={token}"
             f"&endpoint_table=ep_{tag}&delivery_table=dlv_{tag}"
@@ -620,4 +587,4 @@ if __name__ == "__main__":
     try:
         asyncio.run(main())
     finally:
-        _stop_local_d1()
+        stop_local_d1()
