@@ -100,6 +100,10 @@ class D1StoreBase:
         self._close_client = close_client
         self._ready = False
         self._init_lock = asyncio.Lock()
+        filter_lines = self.named("filter").splitlines()
+        # The filter conditions by the parameter each binds.
+        self._conditions = {m[1]: line for line in filter_lines if (m := _PARAMETER.search(line))}
+        self._listings: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], D1Query] = {}
         self._prepare(crypto)
 
     def _prepare(self, crypto: FieldCrypto | None) -> None:
@@ -126,8 +130,24 @@ class D1StoreBase:
         return f"{type(self).__name__}({self._client!r})"
 
     def named(self, name: str) -> str:
-        """The family's named query ``name`` for this store's table (``:name`` parameters)."""
-        return self._rename(queries("sqlite", self.family)[name])
+        """The family's named query ``name`` for this store's table (``:name`` parameters),
+        without its comments."""
+        return without_comments(self._rename(queries("sqlite", self.family)[name]))
+
+    def filtered(self, name: str, values: Mapping[str, Any], **fill: str) -> D1Statement:
+        """The named listing bound to ``values``: its ``{where}`` holds the family's ``filter``
+        conditions whose parameter has a value (not ``None``), its other ``{placeholders}``
+        the texts in ``fill``."""
+        used = tuple(p for p in self._conditions if values.get(p) is not None)
+        key = (name, used, tuple(sorted(fill.items())))
+        query = self._listings.get(key)
+        if query is None:
+            conditions = " AND ".join(self._conditions[p] for p in used)
+            sql = self.named(name).replace("{where}", f" WHERE {conditions}" if used else "")
+            for placeholder, text in fill.items():
+                sql = sql.replace(f"{{{placeholder}}}", text)
+            query = self._listings[key] = D1Query.of(sql)
+        return query.bind(values)
 
     async def init(self) -> None:
         if self._ready:

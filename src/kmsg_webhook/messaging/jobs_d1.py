@@ -43,10 +43,10 @@ class D1JobStore(D1StoreBase):
         self._codec = JobCodec(crypto)
         q = {
             name: D1Query.of(self.named(name))
-            for name in ("claim_jobs", "enqueue", "complete", "get", "list_jobs", "count_by_status")
+            for name in ("claim_jobs", "enqueue", "complete", "get")
         }
         self._claim, self._enqueue, self._complete = q["claim_jobs"], q["enqueue"], q["complete"]
-        self._get, self._list, self._counts = q["get"], q["list_jobs"], q["count_by_status"]
+        self._get = q["get"]
 
     async def enqueue(self, jobs: Sequence[SendJob]) -> list[str]:
         check_jobs(jobs)
@@ -109,9 +109,9 @@ class D1JobStore(D1StoreBase):
             "limit": limit,
             "offset": offset,
         }
-        rows = await self.rows(self._list.bind(params))
+        rows = await self.rows(self.filtered("list_jobs", params))
         return [self._codec.from_row(job_row_from_mapping(r)) for r in rows]
 
     async def count_by_status(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
-        rows = await self.rows(self._counts.bind({"batch_id": batch_id}))
+        rows = await self.rows(self.filtered("count_by_status", {"batch_id": batch_id}))
         return count_statuses({str(r["status"]): int(r["n"]) for r in rows})

@@ -49,29 +49,13 @@ class D1TrackingStore(D1StoreBase):
         }
         self._claim, self._upsert, self._get = q["claim_due"], q["upsert"], q["get"]
         self._save, self._release, self._purge = q["save"], q["release"], q["purge"]
-        matching = self.named("matching")
-
-        def over_matching(name: str, order: str = "") -> D1Query:
-            sql = self.named(name).replace("{matching}", matching).replace("{order}", order)
-            return D1Query.of(sql)
-
-        self._count = over_matching("count_records")
-        self._count_by = over_matching("count_by")
-        self._list = {
-            (key, descending): over_matching(
-                "list_records",
-                f"{key.value} {direction}, message_id {direction}",
-            )
-            for key in TrackingOrder
-            for descending, direction in ((True, "DESC"), (False, "ASC"))
-        }
 
     async def upsert(self, record: TrackingRecord) -> None:
         await self.run([self._upsert.bind(self._codec.to_row(record).values())])
 
     async def get(self, message_id: str) -> TrackingRecord | None:
-        found = await self._records(self._get, {"message_id": message_id})
-        return found[0] if found else None
+        found = await self.rows(self._get.bind({"message_id": message_id}))
+        return self._codec.from_row(row_from_mapping(found[0])) if found else None
 
     async def claim_due(
         self, *, worker_id: str, now: datetime, lease_until: datetime, limit: int
@@ -108,13 +92,14 @@ class D1TrackingStore(D1StoreBase):
         descending: bool = True,
     ) -> builtins.list[TrackingRecord]:
         check_page(limit, offset)
-        query = self._list[TrackingOrder(order_by), bool(descending)]
-        return await self._records(
-            query, {**self._filter(filter), "limit": limit, "offset": offset}
-        )
+        direction = "DESC" if descending else "ASC"
+        order = f"{TrackingOrder(order_by).value} {direction}, message_id {direction}"
+        params = {**self._filter(filter), "limit": limit, "offset": offset}
+        rows = await self.rows(self.filtered("list_records", params, order=order))
+        return [self._codec.from_row(row_from_mapping(row)) for row in rows]
 
     async def count_records(self, filter: TrackingFilter = ALL_RECORDS) -> int:
-        [row] = await self.rows(self._count.bind(self._filter(filter)))
+        [row] = await self.rows(self.filtered("count_records", self._filter(filter)))
         return int(row["n"])
 
     async def count_by(
@@ -122,7 +107,7 @@ class D1TrackingStore(D1StoreBase):
     ) -> dict[tuple[str, ...], int]:
         groups = check_groups(by)
         counts: Counter[tuple[str, ...]] = Counter()
-        for row in await self.rows(self._count_by.bind(self._filter(filter))):
+        for row in await self.rows(self.filtered("count_by", self._filter(filter))):
             counts[tuple(str(row[g.value]) for g in groups)] += int(row["n"])
         return dict(counts)
 
@@ -136,14 +121,8 @@ class D1TrackingStore(D1StoreBase):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _records(
-        self, query: D1Query, params: dict[str, Any]
-    ) -> builtins.list[TrackingRecord]:
-        rows = await self.rows(query.bind(params))
-        return [self._codec.from_row(row_from_mapping(row)) for row in rows]
-
     def _filter(self, f: TrackingFilter) -> dict[str, Any]:
-        """The ``matching`` query's parameters (``None`` does not filter; time bounds are
+        """The ``filter`` conditions' parameters (``None`` does not filter; time bounds are
         rounded up to whole milliseconds, so ``ms >= bound`` is exactly ``t >= bound``)."""
         recipient: dict[str, str | None] = {"recipient": None, "recipient_hash": None}
         if f.to is not None:

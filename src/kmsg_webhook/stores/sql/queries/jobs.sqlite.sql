@@ -43,16 +43,19 @@ WHERE id = :job_id AND lease_owner = :worker_id;
 -- name: get
 SELECT * FROM kmsg_webhook_message_jobs WHERE id = :id;
 
+-- name: filter
+-- One condition per line, for the filter whose parameter it binds: a listing below holds
+-- {where}, which the store replaces with " WHERE " and the conditions of the filters set, joined
+-- by AND (nothing when none is set). :statuses is a JSON array.
+batch_id = :batch_id
+status IN (SELECT value FROM json_each(:statuses));
+
 -- name: list_jobs
--- A page of jobs, earliest run_at first; NULL parameters do not filter, :statuses is a JSON
--- array.
-SELECT * FROM kmsg_webhook_message_jobs
-WHERE (:batch_id IS NULL OR batch_id = :batch_id)
-  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+-- A page of jobs, earliest run_at first.
+SELECT * FROM kmsg_webhook_message_jobs{where}
 ORDER BY run_at, id
 LIMIT :limit OFFSET :offset;
 
 -- name: count_by_status
-SELECT status, COUNT(*) AS n FROM kmsg_webhook_message_jobs
-WHERE (:batch_id IS NULL OR batch_id = :batch_id)
+SELECT status, COUNT(*) AS n FROM kmsg_webhook_message_jobs{where}
 GROUP BY status;

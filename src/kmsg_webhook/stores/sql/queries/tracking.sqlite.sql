@@ -104,32 +104,36 @@ WHERE message_id = :message_id AND lease_owner = :worker_id;
 UPDATE kmsg_webhook_message_tracking SET lease_owner = NULL, lease_expires_at = NULL
 WHERE lease_owner = :worker_id AND message_id IN (SELECT value FROM json_each(:message_ids));
 
--- name: matching
--- The records matching a filter: a NULL parameter does not filter; :statuses is a JSON array;
--- :*_from bounds are inclusive, :*_before exclusive. The listings below wrap it as {matching}.
-SELECT * FROM kmsg_webhook_message_tracking
-WHERE (:message_id IS NULL OR message_id = :message_id)
-  AND (:provider_id IS NULL OR provider_id = :provider_id)
-  AND (:provider_message_id IS NULL OR provider_message_id = :provider_message_id)
-  AND (:type IS NULL OR type = :type)
-  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
-  AND (:recipient IS NULL OR recipient = :recipient)
-  AND (:recipient_hash IS NULL OR recipient_hash = :recipient_hash)
-  AND (:requested_from IS NULL OR requested_at >= :requested_from)
-  AND (:requested_before IS NULL OR requested_at < :requested_before)
-  AND (:updated_from IS NULL OR status_updated_at >= :updated_from)
-  AND (:updated_before IS NULL OR status_updated_at < :updated_before);
+-- name: filter
+-- One condition per line, for the filter field whose parameter it binds: a listing below holds
+-- {where}, which the store replaces with " WHERE " and the conditions of the fields set, joined
+-- by AND (nothing when none is set), so each listing uses the indexes of what it filters on.
+-- :statuses is a JSON array; the *_from bounds are inclusive, the *_before bounds exclusive.
+message_id = :message_id
+provider_id = :provider_id
+provider_message_id = :provider_message_id
+type = :type
+status IN (SELECT value FROM json_each(:statuses))
+recipient = :recipient
+recipient_hash = :recipient_hash
+requested_at >= :requested_from
+requested_at < :requested_before
+status_updated_at >= :updated_from
+status_updated_at < :updated_before;
 
 -- name: list_records
--- A page of matching records; {order} is the sort key and message id, both in one direction.
-SELECT * FROM ({matching}) ORDER BY {order} LIMIT :limit OFFSET :offset;
+-- A page of the records matching a filter; {order} is the sort key then message_id, both in one
+-- direction.
+SELECT * FROM kmsg_webhook_message_tracking{where}
+ORDER BY {order}
+LIMIT :limit OFFSET :offset;
 
 -- name: count_records
-SELECT COUNT(*) AS n FROM ({matching});
+SELECT COUNT(*) AS n FROM kmsg_webhook_message_tracking{where};
 
 -- name: count_by
 -- Matching records per provider, type and status (the store sums them into the groups asked).
-SELECT provider_id, type, status, COUNT(*) AS n FROM ({matching})
+SELECT provider_id, type, status, COUNT(*) AS n FROM kmsg_webhook_message_tracking{where}
 GROUP BY provider_id, type, status;
 
 -- name: purge
