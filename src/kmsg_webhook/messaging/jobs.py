@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -177,6 +177,11 @@ class JobCodec:
             error_message=job.error_message,
             completed_at=job.completed_at,
         )
+
+    def claimed(self, rows: Iterable[Mapping[str, Any]]) -> list[SendJob]:
+        """Rows a claim returned (in no order), as jobs in claim order: earliest first."""
+        found = sorted((job_row_from_mapping(r) for r in rows), key=lambda r: (r.run_at, r.id))
+        return [self.from_row(row) for row in found]
 
     def from_row(self, row: JobRow) -> SendJob:
         options = row.options

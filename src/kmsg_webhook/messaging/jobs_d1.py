@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ..crypto.fields import FieldCrypto
-from ..errors import ConfigError
 from ..stores.sql.schema import JOBS_TABLE
 from .d1_store import D1Query, D1StoreBase
 from .jobs import (
@@ -26,6 +25,7 @@ from .jobs import (
     job_row_from_mapping,
     result_values,
 )
+from .tracking_store import check_page
 
 #: Jobs stored per batch: a bulk send of any size goes in requests of a bounded size.
 ENQUEUE_BATCH = 500
@@ -76,9 +76,7 @@ class D1JobStore(D1StoreBase):
             "limit": limit,
             "batch_id": batch_id,
         }
-        rows = [job_row_from_mapping(r) for r in await self.rows(self._claim.bind(params))]
-        rows.sort(key=lambda r: (r.run_at, r.id))
-        return [self._codec.from_row(row) for row in rows]
+        return self._codec.claimed(await self.rows(self._claim.bind(params)))
 
     async def complete(self, results: Sequence[JobResult]) -> int:
         if not results:
@@ -101,8 +99,7 @@ class D1JobStore(D1StoreBase):
         limit: int = 100,
         offset: int = 0,
     ) -> list[SendJob]:
-        if limit < 0 or offset < 0:
-            raise ConfigError("limit and offset must be >= 0")
+        check_page(limit, offset)
         params = {
             "batch_id": batch_id,
             "statuses": [JobStatus(s).value for s in statuses] or None,

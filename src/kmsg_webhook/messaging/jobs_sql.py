@@ -100,9 +100,7 @@ class SqlJobStore(SqlStoreBase):
             "limit": limit,
             "batch_id": batch_id,
         }
-        rows = [job_row_from_mapping(r) for r in await self.claim_rows(self._claim, params)]
-        rows.sort(key=lambda r: (r.run_at, r.id))
-        return [self._codec.from_row(row) for row in rows]
+        return self._codec.claimed(await self.claim_rows(self._claim, params))
 
     async def complete(self, results: Sequence[JobResult]) -> int:
         if not results:

@@ -63,9 +63,7 @@ class D1TrackingStore(D1StoreBase):
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit}
-        claimed = [row_from_mapping(row) for row in await self.rows(self._claim.bind(params))]
-        claimed.sort(key=lambda r: (r.next_check_at, r.message_id))
-        return [self._codec.from_row(row) for row in claimed]
+        return self._codec.claimed(await self.rows(self._claim.bind(params)))
 
     async def save(
         self, record: TrackingRecord, *, worker_id: str, keep_lease: bool = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -152,6 +152,14 @@ class TrackingCodec:
         )
 
     # -- reading -------------------------------------------------------------------------------
+
+    def claimed(self, rows: Iterable[Mapping[str, Any]]) -> list[TrackingRecord]:
+        """Rows a claim returned (in no order), as records in claim order: earliest check
+        first."""
+        found = sorted(
+            (row_from_mapping(r) for r in rows), key=lambda r: (r.next_check_at, r.message_id)
+        )
+        return [self.from_row(row) for row in found]
 
     def from_row(self, row: TrackingRow) -> TrackingRecord:
         mid = row.message_id

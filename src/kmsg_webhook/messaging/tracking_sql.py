@@ -109,9 +109,7 @@ class SqlTrackingStore(SqlStoreBase):
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit}
-        claimed = [row_from_mapping(row) for row in await self.claim_rows(self._claim, params)]
-        claimed.sort(key=lambda r: (r.next_check_at, r.message_id))
-        return [self._codec.from_row(row) for row in claimed]
+        return self._codec.claimed(await self.claim_rows(self._claim, params))
 
     async def save(
         self, record: TrackingRecord, *, worker_id: str, keep_lease: bool = False
