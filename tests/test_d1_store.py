@@ -49,7 +49,9 @@ from kmsg_webhook.stores.d1 import (
 from kmsg_webhook.stores.d1.store import D1DeliveryStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SQLITE_SCHEMA = Path(__file__).resolve().parents[1] / "src/kmsg_webhook/stores/sql/schema.sqlite.sql"
+SQLITE_SCHEMA = (
+    Path(__file__).resolve().parents[1] / "src/kmsg_webhook/stores/sql/schema.sqlite.sql"
+)
 
 
 def delivery(n: int, *, endpoint_id: str = "ep_1", payload: str = "{}") -> WebhookDelivery:
