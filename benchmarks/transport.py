@@ -60,7 +60,7 @@ from throughput import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tls_certs import LocalCA
+from support.certs import LocalCA
 
 KEY = base64.b64decode(generate_secret().removeprefix("whsec_"))
 Post = Callable[[int, dict[str, str], bytes], Awaitable[None]]

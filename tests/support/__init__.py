@@ -1,0 +1,1 @@
+"""Helpers every test folder shares: local servers, store factories, fakes, keys, certificates."""
