@@ -45,7 +45,8 @@ from support.runtime import RuntimeFactory
 from support.servers import Receiver
 
 # The README's screenshot is refreshed only on request, so a test run leaves the checkout clean:
-# KMSG_CONSOLE_SCREENSHOT=docs/console-overview.png python -m pytest tests/test_console.py
+# KMSG_CONSOLE_SCREENSHOT=docs/console-overview.png \
+#   python -m pytest tests/acceptance/test_console.py
 SCREENSHOT_ENV = "KMSG_CONSOLE_SCREENSHOT"
 
 

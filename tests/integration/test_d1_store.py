@@ -1,6 +1,7 @@
 """The D1 store beyond the conformance suite: schema, URLs, batching, limits, the runtime on D1.
 
-The store protocol itself is covered by tests/test_store_conformance.py (its ``d1`` rows).
+The store protocol itself is covered by tests/conformance/test_store_conformance.py (its ``d1``
+rows).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from d1_fixtures import FakeD1, LocalD1, fresh_tables
+from support.d1 import FakeD1, LocalD1, fresh_tables
 
 from kmsg_webhook import (
     AttemptOutcome,
@@ -49,9 +50,8 @@ from kmsg_webhook.stores.d1 import (
 from kmsg_webhook.stores.d1.store import D1DeliveryStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SQLITE_SCHEMA = (
-    Path(__file__).resolve().parents[1] / "src/kmsg_webhook/stores/sql/schema.sqlite.sql"
-)
+ROOT = Path(__file__).resolve().parents[2]
+SQLITE_SCHEMA = ROOT / "src/kmsg_webhook/stores/sql/schema.sqlite.sql"
 
 
 def delivery(n: int, *, endpoint_id: str = "ep_1", payload: str = "{}") -> WebhookDelivery:

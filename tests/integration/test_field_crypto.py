@@ -1,7 +1,7 @@
 """Field crypto: envelopes, keys, modes, and what sits in each backend's database.
 
 The store conformance suite already runs every backend through the crypto wrappers
-(``<backend>+crypto`` in conftest.BACKENDS). Here: the envelope and its failure kinds, key and
+(``<backend>+crypto`` in support.stores.BACKENDS). Here: the envelope and its failure kinds, key and
 config validation, and per backend (memory, SQLite, Postgres, D1), the rows as the database
 holds them read with plain SQL, key rotation with ``rekey``, and listings that report bad rows.
 """

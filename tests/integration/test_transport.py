@@ -1,5 +1,5 @@
 """The transport seam's contract, for every transport: what a POST sends and what an answer or
-a failure comes back as. Servers are raw asyncio servers on 127.0.0.1 (tests/raw_http.py)."""
+a failure comes back as. Servers are raw asyncio servers on 127.0.0.1 (tests/support/servers.py)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ mid-send leaves leases that expire, and another worker sends those jobs (at leas
 id is the message id: a message is queued once. Backends: :class:`InMemoryJobStore` (here),
 :class:`~kmsg_webhook.messaging.jobs_sql.SqlJobStore` (SQLite, PostgreSQL) and
 :class:`~kmsg_webhook.messaging.jobs_d1.D1JobStore` (Cloudflare D1); open one from the
-webhook store URL with :func:`job_store_from_url`. ``tests/test_job_store_conformance.py`` is
-the contract.
+webhook store URL with :func:`job_store_from_url`.
+``tests/conformance/test_job_store_conformance.py`` is the contract.
 """
 
 from __future__ import annotations

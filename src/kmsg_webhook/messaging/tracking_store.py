@@ -5,7 +5,7 @@ Backends: :class:`InMemoryTrackingStore` (here, not durable),
 :class:`~kmsg_webhook.messaging.tracking_d1.D1TrackingStore` (Cloudflare D1), in the
 ``kmsg_webhook_message_tracking`` table of the webhook store's database. Open one from the same
 URL as the webhook stores with :func:`tracking_store_from_url`. Every backend passes
-``tests/test_tracking_store_conformance.py``.
+``tests/conformance/test_tracking_store_conformance.py``.
 
 The reconciler works like the webhook dispatcher: it *claims* due checks under a lease
 (several processes may run it), and *saves* a record only while its lease holds.

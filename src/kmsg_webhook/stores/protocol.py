@@ -3,7 +3,8 @@
 A backend provides an :class:`EndpointStore` and a :class:`DeliveryStore`, bundled in a
 :class:`WebhookPersistence` with optional ``init``/``close``. The delivery store is a durable
 outbox: rows are inserted (``pending``) before any send, workers *claim* due rows under a lease,
-and *record* attempt results in bulk. Every backend passes ``tests/test_store_conformance.py``.
+and *record* attempt results in bulk. Every backend passes
+``tests/conformance/test_store_conformance.py``.
 
 Two maintenance operations serve field crypto's ``rekey`` (and any tool that rewrites stored
 values): ``EndpointStore.rewrite_sealed`` and ``DeliveryStore.scan``/``rewrite_payloads``. They
