@@ -44,6 +44,7 @@ from kmsg_webhook.signing import Signer
 from kmsg_webhook.stores.sql.schema import schema_version
 from kmsg_webhook.stores.url import migrate_url
 from support.cli import Run, cli
+from support.servers import serve_app
 from support.stores import drop_schema, free_port, new_schema, server_dsn
 
 SENT = WebhookEventType.MESSAGE_SENT
@@ -102,16 +103,11 @@ async def _seed(url: str) -> Seeded:
 
     app = web.Application()
     app.router.add_post("/{name}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     # No health rule: "bad" fails since 40 days ago and must stay active for the later events.
     config = WebhookConfig(
         max_retries=0, jitter=False, timeout_ms=5_000, health=HealthPolicy(max_failing_ms=None)
     )
-    try:
+    async with serve_app(app) as base:
         old = ManualClock(datetime.now(UTC) - timedelta(days=40))
         async with WebhookRuntimeService(
             config, persistence=url, security=PRIVATE, clock=old
@@ -128,8 +124,6 @@ async def _seed(url: str) -> Seeded:
             await runtime.emit(event("evt_p"))
             await runtime.flush()
             page = await runtime.list_deliveries(DeliveryFilter(), limit=100)
-    finally:
-        await runner.cleanup()
     names = {ok.id: "ok", bad.id: "bad"}
     statuses = [d.status for d in page.items]
     assert (

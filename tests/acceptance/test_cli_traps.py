@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.stores.url import migrate_url
 from support.cli import Run, cli
 from support.crypto_keys import HASH_KEY, KEY_A, config
+from support.servers import serve_app
 from support.stores import drop_schema, free_port, new_schema, server_dsn
 
 SENT = WebhookEventType.MESSAGE_SENT
@@ -109,40 +111,27 @@ def sqlite_store(tmp_path: Path) -> str:
     return url
 
 
+@dataclass
 class Receiver:
     """A local aiohttp receiver that records the paths it was posted to."""
 
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        self.base = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        async def handle(request: web.Request) -> web.Response:
-            await request.read()
-            self.hits.append(request.path)
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/{name}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    base: str = ""
+    hits: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     server = Receiver()
-    await server.start()
-    try:
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        server.hits.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/{name}", handle)
+    async with serve_app(app) as server.base:
         yield server
-    finally:
-        await server.stop()
 
 
 async def _statuses(url: str) -> list[DeliveryStatus]:

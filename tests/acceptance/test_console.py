@@ -38,7 +38,7 @@ from support.console import (
     TOKEN,
     Console,
     seeded_rows,
-    start_console,
+    serve_console,
 )
 from support.crypto_keys import config as crypto_config
 from support.runtime import RuntimeFactory
@@ -81,11 +81,8 @@ async def console(
     await runtime.persistence.delivery_store.insert_many(
         seeded_rows([e.id for e in endpoints], getattr(request, "param", 1_000), now)
     )
-    runner, url = await start_console(runtime)
-    try:
+    async with serve_console(runtime) as url:
         yield Console(runtime=runtime, base_url=url, endpoints=endpoints)
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -338,9 +335,8 @@ async def test_requests_without_the_token_or_the_csrf_token_are_refused(
     endpoint = await runtime.add_endpoint(
         EndpointInput(url=receiver.url("/hook"), events=[WebhookEventType.MESSAGE_SENT])
     )
-    runner, url = await start_console(runtime, token=TOKEN)
-    disable = f"{url}endpoints/{endpoint.id}/disable"
-    try:
+    async with serve_console(runtime, token=TOKEN) as url:
+        disable = f"{url}endpoints/{endpoint.id}/disable"
         async with aiohttp.ClientSession() as http:
             for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
                 async with http.get(url, headers=headers) as r:
@@ -380,8 +376,6 @@ async def test_requests_without_the_token_or_the_csrf_token_are_refused(
             form={"csrf_token": "anything"},
         )
         assert cross.status == 403
-    finally:
-        await runner.cleanup()
 
 
 async def test_sealed_payloads_stay_sealed_without_the_keys(
@@ -404,26 +398,25 @@ async def test_sealed_payloads_stay_sealed_without_the_keys(
     (sealed,) = (await keyed.list_deliveries()).items
     keyless = await make_runtime(persistence=store, dispatch=False)
     for runtime, readable in ((keyless, False), (keyed, True)):
-        runner, url = await start_console(runtime)
-        try:
-            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-                async with http.get(f"{url}deliveries/{sealed.id}") as r:
-                    body = await r.text()
-                    assert r.status == 200
-                    assert ("private words" in body) is readable
-                    assert ("Start the console with the keys" in body) is not readable
-                # Without the keys a sealed secret cannot be used: a clear refusal.
-                if not readable:
-                    async with http.get(f"{url}endpoints") as r:
-                        csrf = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
-                    assert csrf is not None
-                    async with http.post(
-                        f"{url}endpoints/{endpoint.id}/rotate", data={"csrf_token": csrf[1]}
-                    ) as r:
-                        assert r.status == 400
-                        assert "secret is sealed" in await r.text()
-        finally:
-            await runner.cleanup()
+        async with (
+            serve_console(runtime) as url,
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+        ):
+            async with http.get(f"{url}deliveries/{sealed.id}") as r:
+                body = await r.text()
+                assert r.status == 200
+                assert ("private words" in body) is readable
+                assert ("Start the console with the keys" in body) is not readable
+            # Without the keys a sealed secret cannot be used: a clear refusal.
+            if not readable:
+                async with http.get(f"{url}endpoints") as r:
+                    csrf = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
+                assert csrf is not None
+                async with http.post(
+                    f"{url}endpoints/{endpoint.id}/rotate", data={"csrf_token": csrf[1]}
+                ) as r:
+                    assert r.status == 400
+                    assert "secret is sealed" in await r.text()
 
 
 def _console_command(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

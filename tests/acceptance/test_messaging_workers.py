@@ -40,6 +40,7 @@ from support.d1 import fresh_tables, require_local_d1
 from support.fakes.base import Recorded, Reply
 from support.fakes.solapi import FakeSolapi
 from support.messaging_stores import JOBS_TABLE, TRACKING_TABLE, fresh_messaging_tables
+from support.servers import serve_app
 from support.stores import drop_schema, new_schema, server_dsn
 
 WORKER = str(Path(__file__).resolve().parents[1] / "support" / "messaging_worker.py")
@@ -106,13 +107,8 @@ async def events() -> AsyncIterator[tuple[str, Counter[str]]]:
 
     app = web.Application()
     app.router.add_post("/hooks", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hooks", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield f"{base}/hooks", seen
 
 
 # Overrides acceptance/conftest.py's store_url: these workers run on SQLite and D1 too.

@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from kmsg_webhook import SecurityOptions, WebhookEvent, WebhookRuntimeService
+from support.servers import serve_app
 from support.workers import settled, start_worker
 
 KEYS = [f"order-{k}" for k in range(8)]
@@ -53,15 +54,9 @@ async def receiver() -> AsyncIterator[OrderReceiver]:
 
     app = web.Application()
     app.router.add_post("/ordered", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/ordered"
-    try:
+    async with serve_app(app) as base:
+        rec.url = f"{base}/ordered"
         yield rec
-    finally:
-        await runner.cleanup()
 
 
 def add_ordered_endpoint(url: str, endpoint_url: str) -> None:

@@ -38,6 +38,7 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.crypto import is_sealed, stored_view
 from support.crypto_keys import config as crypto_config
+from support.servers import serve_app
 
 LOOPBACK = SecurityOptions(allow_private_hosts=True)
 
@@ -156,15 +157,8 @@ async def https_receiver(
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield HttpsReceiver(port, local_ca.file, hits)
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, ssl_context=server_ctx) as base:
+        yield HttpsReceiver(int(base.rsplit(":", 1)[1]), local_ca.file, hits)
 
 
 async def _deliver_one(runtime, make_event, url: str) -> list:  # type: ignore[no-untyped-def]

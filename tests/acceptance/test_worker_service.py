@@ -344,11 +344,8 @@ async def test_a_worker_sends_signed_operational_messages_with_the_secret_from_t
 
     app = web.Application()
     app.router.add_post("/ops", operator)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    ops_url = f"http://127.0.0.1:{runner.addresses[0][1]}/ops"
-    try:
+    async with serve_app(app) as ops_base:
+        ops_url = f"{ops_base}/ops"
         store = f"sqlite:///{tmp_path / 'outbox.db'}"
         await emit(store, {"gone": f"{hits.base}/gone", "down": f"{hits.base}/down"}, 1)
         worker = await start_worker(
@@ -359,8 +356,6 @@ async def test_a_worker_sends_signed_operational_messages_with_the_secret_from_t
         await wait_for(lambda: messages, 60, "the operational message arrived")
         await wait_for(lambda: hits.paths["/down"] == 1, 60, "the other delivery was sent")
         assert await worker.stop() == 0
-    finally:
-        await runner.cleanup()
     # Only the type asked for: the exhausted delivery to /down sends nothing.
     (message,) = messages
     assert message["type"] == "endpoint.disabled"

@@ -267,21 +267,14 @@ async def test_the_kmsg_scheme_verifies_with_a_kmsg_middleware(make_runtime):
         middlewares=[AiohttpVerifyWebhookMiddleware(secrets=[raw_secret], scheme="kmsg")]
     )
     app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve_app(app) as base:
         runtime = await make_runtime(WebhookConfig(signature_scheme="kmsg"))
         endpoint = await runtime.add_endpoint(
             EndpointInput(
-                url=f"http://127.0.0.1:{port}/hook",
+                url=f"{base}/hook",
                 events=["message.sent"],
                 secret=raw_secret,
                 verify=True,
             )
         )
         assert endpoint.status is EndpointStatus.ACTIVE
-    finally:
-        await runner.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -28,6 +29,7 @@ from kmsg_webhook.middleware import (
 )
 from kmsg_webhook.signing import SignatureScheme, Signer, generate_secret
 from kmsg_webhook.verify import ReplayGuard
+from support.servers import serve_app
 
 SECRET = generate_secret()
 
@@ -350,7 +352,7 @@ async def test_raw_asgi_non_utf8_header_bytes_are_handled() -> None:
 
 @pytest.fixture
 async def aiohttp_server_url() -> AsyncIterator[Any]:
-    runners: list[web.AppRunner] = []
+    servers = contextlib.AsyncExitStack()
 
     async def start(middleware: AiohttpVerifyWebhookMiddleware, **app_options: Any) -> str:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -373,17 +375,10 @@ async def aiohttp_server_url() -> AsyncIterator[Any]:
             app.router.add_post("/hooks", handler)
             app.router.add_get("/hooks", plain)
             app.router.add_post("/other", plain)
-            runner = web.AppRunner(app)
-            await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
+            return await servers.enter_async_context(serve_app(app))
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    async with servers:
+        yield start
 
 
 async def test_aiohttp_verified_request(aiohttp_server_url: Any) -> None:

@@ -28,6 +28,7 @@ from kmsg_webhook.urlguard import (
     parse_legacy_ipv4,
     validate_endpoint_url,
 )
+from support.servers import serve_app
 
 PUBLIC_V4 = "93.184.216.34"
 
@@ -807,15 +808,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield Receiver(port=port, hits=hits)
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield Receiver(port=int(base.rsplit(":", 1)[1]), hits=hits)
 
 
 def _session(table: dict[str, list[str]], *, allow_private_hosts: bool) -> aiohttp.ClientSession:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -18,6 +20,7 @@ from kmsg_webhook import (
     WebhookRuntimeService,
 )
 from kmsg_webhook.console import create_console_app
+from support.servers import serve_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -45,22 +48,15 @@ class Console:
         return f"{self.base_url}{path}"
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
-
-
-async def start_console(
+@contextlib.asynccontextmanager
+async def serve_console(
     runtime: WebhookRuntimeService, *, token: str | None = None
-) -> tuple[web.AppRunner, str]:
+) -> AsyncIterator[str]:
+    """The console mounted at ``/console/`` on a local server; yields its URL."""
     host = web.Application()
     host.add_subapp("/console/", create_console_app(runtime, token=token))
-    runner, origin = await serve(host)
-    return runner, f"{origin}/console/"
+    async with serve_app(host) as origin:
+        yield f"{origin}/console/"
 
 
 def seeded_rows(endpoint_ids: list[str], count: int, now: datetime) -> list[WebhookDelivery]:

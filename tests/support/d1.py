@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ from aiohttp import web
 
 from kmsg_webhook import WebhookPersistence
 from kmsg_webhook.stores.d1 import D1Client, d1_persistence_from_url
+from support.servers import serve_app
 
 WORKER_DIR = Path(__file__).resolve().parents[2] / "adapters" / "d1-worker"
 READY_MARK = "D1_WORKER_READY"
@@ -323,40 +325,29 @@ def _ok_body(raw: bytes) -> dict[str, Any]:
     return {"result": result, "success": True, "errors": [], "messages": []}
 
 
-async def start_fake_d1(upstream: LocalD1 | None = None) -> tuple[FakeD1, web.AppRunner]:
+@contextlib.asynccontextmanager
+async def serve_fake_d1(upstream: LocalD1 | None = None) -> AsyncIterator[FakeD1]:
     fake = FakeD1(upstream=upstream)
-    fake.session = aiohttp.ClientSession()
     app = web.Application()
     app.router.add_post("/client/v4/accounts/{account}/d1/database/{db}/{mode}", fake.handle)
     # A client that gave up (timeout) disconnects; its slow handler is then cancelled at once.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.base_url = f"http://127.0.0.1:{port}/client/v4"
-    return fake, runner
+    async with (
+        aiohttp.ClientSession() as fake.session,
+        serve_app(app, handler_cancellation=True) as base,
+    ):
+        fake.base_url = f"{base}/client/v4"
+        yield fake
 
 
 @pytest.fixture
 async def fake_d1() -> AsyncIterator[FakeD1]:
     """A fake answering from its script alone (nothing is stored)."""
-    fake, runner = await start_fake_d1()
-    try:
+    async with serve_fake_d1() as fake:
         yield fake
-    finally:
-        assert fake.session is not None
-        await fake.session.close()
-        await runner.cleanup()
 
 
 @pytest.fixture
 async def faulty_d1(local_d1: LocalD1) -> AsyncIterator[FakeD1]:
     """A fake in front of the local D1: requests reach the real engine unless scripted."""
-    fake, runner = await start_fake_d1(upstream=local_d1)
-    try:
+    async with serve_fake_d1(upstream=local_d1) as fake:
         yield fake
-    finally:
-        assert fake.session is not None
-        await fake.session.close()
-        await runner.cleanup()

@@ -122,14 +122,21 @@ def answer_once(answer: bytes, *, reset_after: float | None = None) -> Handler:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on a free 127.0.0.1 port until the block ends; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
+async def serve_app(
+    app: web.Application,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    handler_cancellation: bool = False,
+) -> AsyncIterator[str]:
+    """Serve ``app`` on a free 127.0.0.1 port until the block ends; yields its base URL (https
+    with ``ssl_context``). ``handler_cancellation`` cancels a handler whose client went away."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
+    scheme = "http" if ssl_context is None else "https"
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiohttp import web
+
+from support.servers import serve_app
 
 
 @dataclass
@@ -58,7 +61,7 @@ class FakeServer:
         self.requests: list[Recorded] = []
         self._routes: dict[tuple[str, str], Handler] = {}
         self._scripts: dict[str, deque[Reply]] = {}
-        self._runner: web.AppRunner | None = None
+        self._serving = contextlib.AsyncExitStack()
         self.port = 0
 
     @property
@@ -118,18 +121,12 @@ class FakeServer:
     async def start(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        base = await self._serving.enter_async_context(serve_app(app))
+        self.port = int(base.rsplit(":", 1)[1])
         return self
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._serving.aclose()
 
     async def __aenter__(self) -> Self:
         return await self.start()
