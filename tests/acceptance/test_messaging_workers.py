@@ -39,9 +39,15 @@ from kmsg_webhook.messaging.jobs import JobStatus
 from support.d1 import fresh_tables, require_local_d1
 from support.fakes.base import Recorded, Reply
 from support.fakes.solapi import FakeSolapi
-from support.messaging_stores import JOBS_TABLE, TRACKING_TABLE, fresh_messaging_tables
 from support.servers import serve_app
-from support.stores import drop_schema, new_schema, server_dsn
+from support.stores import (
+    JOBS_TABLE,
+    TRACKING_TABLE,
+    drop_schema,
+    fresh_messaging_tables,
+    new_schema,
+    server_dsn,
+)
 
 WORKER = str(Path(__file__).resolve().parents[1] / "support" / "messaging_worker.py")
 MESSAGES = 6

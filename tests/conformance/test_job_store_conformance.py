@@ -20,7 +20,7 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.jobs import JobResult, JobStatus, SendJob
 from kmsg_webhook.messaging.options_codec import decode_options, encode_options
-from support.messaging_stores import JOBS_TABLE, TRACKING_BACKENDS, TrackingBackend, open_backend
+from support.stores import JOBS_TABLE, TRACKING_BACKENDS, TrackingBackend, open_tracking_backend
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 W1, W2 = "worker-1", "worker-2"
@@ -47,7 +47,7 @@ def job(n: int, *, batch: str | None = "b1", run_at: datetime | None = None) -> 
 
 @pytest.fixture(params=TRACKING_BACKENDS)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TrackingBackend]:
-    opened = await open_backend(request.param)
+    opened = await open_tracking_backend(request.param)
     try:
         await opened.jobs.init()
         yield opened

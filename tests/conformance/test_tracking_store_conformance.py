@@ -28,11 +28,11 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.tracking_rows import COLUMNS
 from kmsg_webhook.messaging.tracking_sql import tracking_table
-from support.messaging_stores import (
+from support.stores import (
     TRACKING_BACKENDS,
     TRACKING_TABLE,
     TrackingBackend,
-    open_backend,
+    open_tracking_backend,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -74,7 +74,7 @@ def with_failover(n: int, **changes: object) -> TrackingRecord:
 
 @pytest.fixture(params=TRACKING_BACKENDS)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TrackingBackend]:
-    opened = await open_backend(request.param)
+    opened = await open_tracking_backend(request.param)
     try:
         await opened.store.init()
         yield opened

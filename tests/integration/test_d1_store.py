@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.d1 import FakeD1, LocalD1, fresh_tables
 
 from kmsg_webhook import (
     AttemptOutcome,
@@ -48,6 +47,7 @@ from kmsg_webhook.stores.d1 import (
     redact_url,
 )
 from kmsg_webhook.stores.d1.store import D1DeliveryStore
+from support.d1 import FakeD1, LocalD1, fresh_tables
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ from kmsg_webhook.messaging.jobs_d1 import D1JobStore
 from kmsg_webhook.messaging.tracking_d1 import D1TrackingStore
 from kmsg_webhook.stores.d1 import D1QueryError
 from support.d1 import FakeD1, LocalD1
-from support.messaging_stores import JOBS_TABLE, TRACKING_TABLE, fresh_messaging_tables
+from support.stores import JOBS_TABLE, TRACKING_TABLE, fresh_messaging_tables
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LOST = ("applied", ("status", 502, {"success": False, "errors": [{"code": 1, "message": "gw"}]}))

@@ -18,12 +18,12 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.jobs import JobStatus
 from support.fakes.util import FlakySink, ManualClock
-from support.messaging_stores import TrackingBackend, open_backend
+from support.stores import TrackingBackend, open_tracking_backend
 
 
 @pytest.fixture(params=["memory", "sqlite+crypto"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TrackingBackend]:
-    opened = await open_backend(request.param)
+    opened = await open_tracking_backend(request.param)
     try:
         yield opened
     finally:

@@ -31,7 +31,7 @@ from kmsg_webhook.messaging import (
     TrackingRecord,
 )
 from support.fakes.util import FlakySink, ManualClock
-from support.messaging_stores import TrackingBackend, open_backend
+from support.stores import TrackingBackend, open_tracking_backend
 
 K105 = {"mock": NonKakaoUserRule(status_codes=("K105",))}
 LEASE = timedelta(minutes=2)
@@ -60,7 +60,7 @@ class Sender:
 
 @pytest.fixture(params=["memory", "sqlite+crypto"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TrackingBackend]:
-    opened = await open_backend(request.param)
+    opened = await open_tracking_backend(request.param)
     try:
         yield opened
     finally:

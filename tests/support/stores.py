@@ -1,5 +1,6 @@
-"""The store factory: PostgreSQL and SQLite for the tests, and every backend of the store
-conformance suite (:data:`BACKENDS`).
+"""The store factory: PostgreSQL and SQLite for the tests, every backend of the store
+conformance suite (:data:`BACKENDS`) and of the tracking and job suites
+(:func:`open_tracking_backend`).
 
 A server is found in this order: ``$KMSG_TEST_POSTGRES_DSN``; the machine's cluster at
 ``postgresql://postgres@127.0.0.1:5432/test``; a throwaway cluster started with ``initdb`` and
@@ -18,11 +19,13 @@ import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,11 +34,17 @@ import asyncpg
 import pytest
 
 from kmsg_webhook import WebhookPersistence, create_in_memory_persistence
-from kmsg_webhook.crypto import with_field_crypto
+from kmsg_webhook.crypto import FieldCrypto, with_field_crypto
+from kmsg_webhook.messaging import InMemoryTrackingStore, TrackingStore
+from kmsg_webhook.messaging.jobs import InMemoryJobStore, JobStore
+from kmsg_webhook.messaging.jobs_d1 import D1JobStore
+from kmsg_webhook.messaging.jobs_sql import SqlJobStore
+from kmsg_webhook.messaging.tracking_d1 import D1TrackingStore
+from kmsg_webhook.messaging.tracking_sql import SqlTrackingStore
 from kmsg_webhook.stores.sql.postgres import PostgresDatabase
 from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 from support.crypto_keys import conformance_crypto
-from support.d1 import d1_backend
+from support.d1 import d1_backend, require_local_d1
 
 DSN_ENV = "KMSG_TEST_POSTGRES_DSN"
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -378,9 +387,131 @@ _PLAIN: dict[str, Callable[[], Awaitable[WebhookPersistence]]] = {
 }
 BACKENDS = {**_PLAIN, **{f"{name}+crypto": _with_crypto(make) for name, make in _PLAIN.items()}}
 
+
+# Messaging stores of the tracking and job conformance suites.
+TRACKING_TABLE = "kmsg_webhook_message_tracking"
+JOBS_TABLE = "kmsg_webhook_message_jobs"
+RawRows = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
+
+@dataclass
+class TrackingBackend:
+    """A tracking store and a job queue over one database, able to show a table's rows as stored."""
+
+    name: str
+    store: TrackingStore
+    jobs: JobStore
+    raw_rows: RawRows  # a table's rows as stored
+    close: Callable[[], Awaitable[None]]
+
+
+async def _tracking_memory(crypto: FieldCrypto | None) -> TrackingBackend:
+    store = InMemoryTrackingStore(crypto=crypto)
+    jobs = InMemoryJobStore(crypto=crypto)
+
+    async def raw(table: str) -> list[dict[str, Any]]:
+        rows = store.rows() if table == TRACKING_TABLE else jobs.rows()
+        return [row.values() for row in rows]
+
+    async def close() -> None:
+        await store.close()
+
+    return TrackingBackend("memory", store, jobs, raw, close)
+
+
+async def _tracking_sqlite(crypto: FieldCrypto | None) -> TrackingBackend:
+    directory = tempfile.mkdtemp(prefix="kmsg-tracking-")
+    path = os.path.join(directory, "store.db")
+    db = SQLiteDatabase(path)
+    store = SqlTrackingStore(db, crypto=crypto, owns_database=True)
+
+    async def raw(table: str) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(path)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in conn.execute(f"SELECT * FROM {table}").fetchall()]
+        finally:
+            conn.close()
+
+    async def close() -> None:
+        try:
+            await store.close()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    return TrackingBackend("sqlite", store, SqlJobStore(db, crypto=crypto), raw, close)
+
+
+async def _tracking_postgres(crypto: FieldCrypto | None) -> TrackingBackend:
+    dsn = await server_dsn()
+    schema = new_schema()
+    db = postgres_database(dsn, schema)
+    store = SqlTrackingStore(db, crypto=crypto, owns_database=True)
+
+    async def raw(table: str) -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(row) for row in await conn.fetch(f'SELECT * FROM "{schema}".{table}')]
+        finally:
+            await conn.close()
+
+    async def close() -> None:
+        try:
+            await store.close()
+        finally:
+            await drop_schema(dsn, schema)
+
+    return TrackingBackend("postgres", store, SqlJobStore(db, crypto=crypto), raw, close)
+
+
+def fresh_messaging_tables() -> dict[str, str]:
+    """Tracking and job table names no other test uses, by default name (D1 has one shared
+    database per test session)."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    return {TRACKING_TABLE: f"{prefix}_tracking", JOBS_TABLE: f"{prefix}_jobs"}
+
+
+async def _tracking_d1(crypto: FieldCrypto | None) -> TrackingBackend:
+    local = await asyncio.to_thread(require_local_d1)
+    tables = fresh_messaging_tables()
+    client = local.client()
+    store = D1TrackingStore(client, table=tables[TRACKING_TABLE], crypto=crypto)
+    jobs = D1JobStore(client, table=tables[JOBS_TABLE], crypto=crypto)
+
+    async def raw(table: str) -> list[dict[str, Any]]:
+        return (await client.query(f'SELECT * FROM "{tables[table]}"')).rows
+
+    return TrackingBackend("d1", store, jobs, raw, client.close)
+
+
+_TRACKING: dict[str, Callable[[FieldCrypto | None], Awaitable[TrackingBackend]]] = {
+    "memory": _tracking_memory,
+    "sqlite": _tracking_sqlite,
+    "postgres": _tracking_postgres,
+    "d1": _tracking_d1,
+}
+
+
+async def open_tracking_backend(name: str) -> TrackingBackend:
+    """``memory``, ``sqlite``, ``postgres``, ``d1``, each also ``<name>+crypto`` (everything
+    sealed)."""
+    base, _, crypto = name.partition("+")
+    opened = await _TRACKING[base](conformance_crypto() if crypto else None)
+    opened.name = name
+    return opened
+
+
+TRACKING_BACKENDS = sorted([*_TRACKING, *(f"{name}+crypto" for name in _TRACKING)])
+
 __all__: Sequence[str] = [
     "BACKENDS",
+    "JOBS_TABLE",
+    "TRACKING_BACKENDS",
+    "TRACKING_TABLE",
     "ThrowawayCluster",
+    "TrackingBackend",
+    "fresh_messaging_tables",
+    "open_tracking_backend",
     "postgres_persistence",
     "server_dsn",
     "sqlite_persistence",
