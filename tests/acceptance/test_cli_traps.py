@@ -16,14 +16,12 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from kmsg_webhook import (
     DeliveryFilter,
@@ -40,7 +38,7 @@ from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.stores.url import migrate_url
 from support.cli import Run, cli
 from support.crypto_keys import HASH_KEY, KEY_A, config
-from support.servers import serve_app
+from support.servers import Receiver
 from support.stores import drop_schema, free_port, new_schema, server_dsn
 
 SENT = WebhookEventType.MESSAGE_SENT
@@ -111,29 +109,6 @@ def sqlite_store(tmp_path: Path) -> str:
     return url
 
 
-@dataclass
-class Receiver:
-    """A local aiohttp receiver that records the paths it was posted to."""
-
-    base: str = ""
-    hits: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver()
-
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        server.hits.append(request.path)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/{name}", handle)
-    async with serve_app(app) as server.base:
-        yield server
-
-
 async def _statuses(url: str) -> list[DeliveryStatus]:
     async with WebhookRuntimeService(persistence=url, dispatch=False) as runtime:
         page = await runtime.list_deliveries(DeliveryFilter(), limit=100)
@@ -153,7 +128,7 @@ async def test_a_worker_allowed_a_network_delivers_there_and_one_without_names_t
 ) -> None:
     async with WebhookRuntimeService(persistence=store_url, security=LOOPBACK) as runtime:
         endpoint = await runtime.add_endpoint(
-            EndpointInput(url=f"{receiver.base}/in", events=[SENT])
+            EndpointInput(url=f"{receiver.base_url}/in", events=[SENT])
         )
     # Public hosts only: the worker says at start which stored endpoint it will refuse.
     refusing = await _spawn("worker", "--store", store_url, "--worker-id", "w0")
@@ -164,7 +139,7 @@ async def test_a_worker_allowed_a_network_delivers_there_and_one_without_names_t
         assert line, "".join(lines)  # the worker ended without the warning
         lines.append(line)
     warning = lines[-1]
-    assert f"endpoint {endpoint.id} ({receiver.base}/in) will be refused" in warning
+    assert f"endpoint {endpoint.id} ({receiver.base_url}/in) will be refused" in warning
     assert "--allow-network 127.0.0.1/32 (SecurityOptions(allowed_networks=[...]))" in warning
     refusing.send_signal(signal.SIGTERM)
     assert (await _finish(refusing)).code == 0
@@ -179,7 +154,7 @@ async def test_a_worker_allowed_a_network_delivers_there_and_one_without_names_t
             if await _statuses(store_url) == [DeliveryStatus.SUCCESS]:
                 break
             await asyncio.sleep(0.05)
-        assert receiver.hits == ["/in"]
+        assert [r.path for r in receiver.received] == ["/in"]
     finally:
         worker.send_signal(signal.SIGTERM)
         done = await _finish(worker)
@@ -216,7 +191,7 @@ async def test_a_worker_without_keys_refuses_a_sealed_store_and_with_them_delive
     async with WebhookRuntimeService(
         persistence=store_url, security=LOOPBACK, field_crypto=config("A"), dispatch=False
     ) as runtime:
-        await runtime.add_endpoint(EndpointInput(url=f"{receiver.base}/in", events=[SENT]))
+        await runtime.add_endpoint(EndpointInput(url=f"{receiver.base_url}/in", events=[SENT]))
         await runtime.emit(event("evt_sealed"))
     keyless = await _finish(
         await _spawn("worker", "--store", store_url, "--allow-network", "127.0.0.0/8")
@@ -225,7 +200,7 @@ async def test_a_worker_without_keys_refuses_a_sealed_store_and_with_them_delive
     (line,) = keyless.err.splitlines()
     assert line.startswith("error: the store holds sealed values (1 endpoint(s)")
     assert "KMSG_WEBHOOK_KEYS" in line and keyless.out == ""
-    assert receiver.hits == []
+    assert receiver.received == []
     assert await _statuses(store_url) == [DeliveryStatus.PENDING]
 
     worker = await _spawn(
@@ -238,7 +213,7 @@ async def test_a_worker_without_keys_refuses_a_sealed_store_and_with_them_delive
 async def test_a_worker_with_allow_host_still_checks_what_the_name_resolves_to(
     sqlite_store: str, receiver: Receiver
 ) -> None:
-    url = receiver.base.replace("127.0.0.1", "localhost") + "/in"
+    url = receiver.base_url.replace("127.0.0.1", "localhost") + "/in"
     both = SecurityOptions(allowed_hosts=["localhost"], allowed_networks=["127.0.0.0/8", "::1/128"])
     async with WebhookRuntimeService(persistence=sqlite_store, security=both, dispatch=False) as rt:
         await rt.add_endpoint(EndpointInput(url=url, events=[SENT]))
@@ -258,7 +233,7 @@ async def test_a_worker_with_allow_host_still_checks_what_the_name_resolves_to(
     finally:
         name_only.send_signal(signal.SIGTERM)
         await _finish(name_only)
-    assert receiver.hits == []
+    assert receiver.received == []
     await _requeue(sqlite_store)
     worker = await _spawn(
         "worker", "--store", sqlite_store, "--allow-host", "localhost",
@@ -271,10 +246,10 @@ async def _stop_after_delivery(worker: asyncio.subprocess.Process, receiver: Rec
     """Wait (30 s at most) for ``worker`` to deliver to ``/in``, then stop it; it exits 0."""
     try:
         for _ in range(600):
-            if receiver.hits:
+            if receiver.received:
                 break
             await asyncio.sleep(0.05)
-        assert receiver.hits == ["/in"]
+        assert [r.path for r in receiver.received] == ["/in"]
     finally:
         worker.send_signal(signal.SIGTERM)
         assert (await _finish(worker)).code == 0
@@ -318,7 +293,7 @@ async def _real_store(url: str, receiver: Receiver) -> str:
     """A store in use: one real endpoint with one delivery queued for it."""
     async with WebhookRuntimeService(persistence=url, security=LOOPBACK, dispatch=False) as rt:
         real = await rt.add_endpoint(
-            EndpointInput(url=f"{receiver.base}/real", events=list(WebhookEventType))
+            EndpointInput(url=f"{receiver.base_url}/real", events=list(WebhookEventType))
         )
         await rt.emit(event("evt_real"))
     return real.id
@@ -335,7 +310,9 @@ async def test_demo_refuses_a_store_in_use_and_with_yes_stays_in_its_own_lane(
     ran = await _finish(await _spawn("demo", "--store", store_url, "--yes"))
     assert ran.code == 0, ran.out + ran.err
     assert "6 deliveries, all succeeded: True" in ran.out
-    assert receiver.hits == []  # the real endpoint got none of the demo's events
+    assert [
+        r.path for r in receiver.received
+    ] == []  # the real endpoint got none of the demo's events
     assert await _endpoint_ids(store_url) == [real]  # the demo's endpoint is gone
     async with WebhookRuntimeService(persistence=store_url, dispatch=False) as runtime:
         page = await runtime.list_deliveries(DeliveryFilter(endpoint_id=real))
