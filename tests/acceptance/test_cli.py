@@ -41,7 +41,7 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.signing import Signer
-from kmsg_webhook.stores.sql.schema import schema_version
+from kmsg_webhook.stores.sqlfiles import schema_version
 from kmsg_webhook.stores.url import migrate_url
 from support.cli import Run, cli
 from support.servers import serve_app

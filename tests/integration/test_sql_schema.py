@@ -19,8 +19,8 @@ import pytest
 
 from kmsg_webhook import ConfigError, EndpointStatus, StoreError
 from kmsg_webhook.stores.sql import TableNames, schema_sql, schema_version
-from kmsg_webhook.stores.sql.schema import migrations, queries, render, split_statements
 from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sqlfiles import migrations, queries, render, split_statements
 from kmsg_webhook.stores.url import migrate
 from support.records import delivery, endpoint
 from support.stores import drop_schema, new_schema, postgres_database, server_dsn, temporary_sqlite

@@ -10,8 +10,8 @@ from kmsg_webhook import ConfigError, DeliveryFilter, StoreError
 from kmsg_webhook.stores.memory import InMemoryDeliveryStore
 from kmsg_webhook.stores.sql.base import SqlDeliveryStore
 from kmsg_webhook.stores.sql.postgres import PostgresDatabase
-from kmsg_webhook.stores.sql.schema import schema_version
 from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
+from kmsg_webhook.stores.sqlfiles import schema_version
 from kmsg_webhook.stores.url import (
     ENV_VAR,
     database_from_url,

@@ -21,7 +21,7 @@ from ..stores.d1.client import D1Client, D1Result, D1Statement, D1Value
 from ..stores.d1.schema import quote_identifier
 from ..stores.d1.url import d1_client_from_url, url_flag
 from ..stores.rows import dumps, to_millis
-from ..stores.sql.schema import migrations, queries, quote, split_statements, without_comments
+from ..stores.sqlfiles import migrations, queries, quote, split_statements, without_comments
 
 _PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ..crypto.fields import FieldCrypto
-from ..stores.sql.schema import JOBS_TABLE
+from ..stores.sqlfiles import JOBS_TABLE
 from .d1_store import D1Query, D1StoreBase
 from .jobs import (
     JobCodec,

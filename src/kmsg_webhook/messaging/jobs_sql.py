@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..crypto.fields import FieldCrypto
 from ..stores.sql.base import SqlDatabase
-from ..stores.sql.schema import JOBS_TABLE
 from ..stores.sql.tables import Timestamp
+from ..stores.sqlfiles import JOBS_TABLE
 from .jobs import (
     JobCodec,
     JobResult,

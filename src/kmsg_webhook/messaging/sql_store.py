@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..stores.sql.base import SqlDatabase
-from ..stores.sql.schema import queries, render, without_comments
 from ..stores.sql.tables import Timestamp
+from ..stores.sqlfiles import queries, render, without_comments
 
 
 class SqlStoreBase:

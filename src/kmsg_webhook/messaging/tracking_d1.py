@@ -17,7 +17,7 @@ from typing import Any
 
 from ..crypto.fields import FieldCrypto
 from ..stores.rows import ceil_millis
-from ..stores.sql.schema import TRACKING_TABLE
+from ..stores.sqlfiles import TRACKING_TABLE
 from .d1_store import D1Query, D1StoreBase
 from .tracking_records import TrackingRecord
 from .tracking_rows import LEASE_COLUMNS, TrackingCodec, row_from_mapping

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..crypto.fields import FieldCrypto
 from ..stores.sql.base import SqlDatabase
-from ..stores.sql.schema import TRACKING_TABLE
 from ..stores.sql.tables import Timestamp
+from ..stores.sqlfiles import TRACKING_TABLE
 from .sql_store import SqlStoreBase
 from .tracking_records import TrackingRecord
 from .tracking_rows import LEASE_COLUMNS, TrackingCodec, row_from_mapping

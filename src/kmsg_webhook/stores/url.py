@@ -28,7 +28,7 @@ from ..redact import redact_url
 from .memory import create_in_memory_persistence
 from .protocol import DEFAULT_MAX_STORED_ATTEMPTS, WebhookPersistence
 from .sql.base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .sql.schema import validate_table_name
+from .sqlfiles import validate_table_name
 
 ENV_VAR = "KMSG_WEBHOOK_STORE_URL"
 MEMORY_URL = "memory://"

@@ -21,7 +21,6 @@ from ...models import EndpointStatus, WebhookDelivery, WebhookEndpoint
 from ..rows import (
     DELIVERY_COLUMNS,
     ENDPOINT_COLUMNS,
-    ENDPOINT_HEALTH_COLUMNS,
     delivery_to_row,
     dumps,
     endpoint_to_row,
@@ -34,13 +33,6 @@ from .client import D1Value
 #: Delivery columns in the order :func:`delivery_params` yields them.
 DELIVERY_INSERT_COLUMNS: tuple[str, ...] = DELIVERY_COLUMNS
 
-#: Endpoint columns in the order :func:`endpoint_params` yields them.
-ENDPOINT_WRITE_COLUMNS: tuple[str, ...] = ENDPOINT_COLUMNS
-#: What an update writes, in the order :func:`endpoint_update_params` yields them (``id`` and
-#: ``url`` first): not the health columns, which only ``record_health`` writes.
-ENDPOINT_UPDATE_COLUMNS: tuple[str, ...] = tuple(
-    c for c in ENDPOINT_COLUMNS if c not in ENDPOINT_HEALTH_COLUMNS
-)
 
 _ENDPOINT_STATUSES = frozenset(s.value for s in EndpointStatus)
 
@@ -66,14 +58,10 @@ def _param(value: object) -> D1Value:
     raise TypeError(f"cannot bind {type(value).__name__}")
 
 
-def endpoint_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
+def endpoint_values(endpoint: WebhookEndpoint) -> dict[str, D1Value]:
+    """An endpoint's column values as D1 binds them, by column (the queries name them)."""
     row = endpoint_to_row(endpoint)
-    return tuple(_param(row[name]) for name in ENDPOINT_WRITE_COLUMNS)
-
-
-def endpoint_update_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
-    row = endpoint_to_row(endpoint)
-    return tuple(_param(row[name]) for name in ENDPOINT_UPDATE_COLUMNS)
+    return {name: _param(row[name]) for name in ENDPOINT_COLUMNS}
 
 
 def delivery_params(delivery: WebhookDelivery) -> tuple[D1Value, ...]:

@@ -45,15 +45,13 @@ from ..protocol import (
     with_added_columns,
 )
 from ..rows import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
-from . import queries as q
-from .client import D1Client, D1Statement, D1Value
+from .client import D1Client, D1Result, D1Statement, D1Value
+from .queries import D1Query, Where, load_queries
 from .rows import (
-    ENDPOINT_WRITE_COLUMNS,
     delivery_from_row,
     delivery_params,
     endpoint_from_row,
-    endpoint_params,
-    endpoint_update_params,
+    endpoint_values,
     opt_ms,
 )
 from .schema import (
@@ -91,8 +89,12 @@ class SchemaGate:
             self._done = True
 
 
-def _fmt(sql: str, t: D1Tables, where: str = "") -> str:
-    return sql.format(e=t.endpoints, d=t.deliveries, where=where)
+def _queries(t: D1Tables) -> dict[str, D1Query]:
+    return load_queries(t.endpoint_table, t.delivery_table)
+
+
+async def _run(client: D1Client, statement: D1Statement) -> D1Result:
+    return await client.query(statement.sql, statement.params)
 
 
 def _params(values: Sequence[object]) -> tuple[D1Value, ...]:
@@ -110,7 +112,7 @@ def _delivery(row: dict[str, Any]) -> WebhookDelivery:
 
 
 def _delivery_params(delivery: WebhookDelivery) -> tuple[D1Value, ...]:
-    """Insert parameters in :data:`queries.DELIVERY_WRITE_COLUMNS` order."""
+    """Insert parameters in the order ``insert_deliveries`` names the columns."""
     return (*delivery_params(delivery), delivery.to_hash, delivery.from_hash, delivery.ordering_key)
 
 
@@ -123,7 +125,7 @@ class D1EndpointStore:
 
     def __init__(self, client: D1Client, tables: D1Tables, gate: SchemaGate) -> None:
         self._client = client
-        self._t = tables
+        self._q = _queries(tables)
         self._gate = gate
 
     @property
@@ -135,8 +137,8 @@ class D1EndpointStore:
         await self._gate.ready()
         response = await self._client.execute(
             [
-                D1Statement(_fmt(q.ENDPOINT_CLASHES, self._t), (endpoint.id, endpoint.url)),
-                D1Statement(_fmt(q.ENDPOINT_INSERT, self._t), endpoint_params(endpoint)),
+                self._q["endpoint_clashes"].bind(id=endpoint.id, url=endpoint.url),
+                self._q["endpoint_insert"].bind(endpoint_values(endpoint)),
             ]
         )
         clashes, inserted = response.results
@@ -163,12 +165,13 @@ class D1EndpointStore:
 
     async def update(self, endpoint: WebhookEndpoint, *, reset_health: bool = False) -> None:
         await self._gate.ready()
-        query = q.ENDPOINT_UPDATE_RESETTING_HEALTH if reset_health else q.ENDPOINT_UPDATE
+        # The health columns are not in the update: only record_health writes them.
+        values = endpoint_values(endpoint)
         exists, owner, updated = await self._client.batch(
             [
-                D1Statement(_fmt(q.ENDPOINT_EXISTS, self._t), (endpoint.id,)),
-                D1Statement(_fmt(q.ENDPOINT_URL_OWNER, self._t), (endpoint.url, endpoint.id)),
-                D1Statement(_fmt(query, self._t), endpoint_update_params(endpoint)),
+                self._q["endpoint_exists"].bind(id=endpoint.id),
+                self._q["endpoint_url_owner"].bind(url=endpoint.url, id=endpoint.id),
+                self._q["endpoint_update"].bind(values, reset_health=reset_health),
             ]
         )
         if updated.rows:
@@ -184,38 +187,40 @@ class D1EndpointStore:
 
     async def remove(self, endpoint_id: str) -> bool:
         await self._gate.ready()
-        result = await self._client.query(_fmt(q.ENDPOINT_DELETE, self._t), (endpoint_id,))
+        result = await _run(self._client, self._q["endpoint_delete"].bind(id=endpoint_id))
         return bool(result.rows)
 
     async def get(self, endpoint_id: str) -> WebhookEndpoint | None:
         await self._gate.ready()
-        result = await self._client.query(_fmt(q.ENDPOINT_GET, self._t), (endpoint_id,))
+        result = await _run(self._client, self._q["endpoint_get"].bind(id=endpoint_id))
         return endpoint_from_row(result.rows[0]) if result.rows else None
 
     async def list(self) -> list[WebhookEndpoint]:
         await self._gate.ready()
-        result = await self._client.query(_fmt(q.ENDPOINT_LIST, self._t))
+        result = await _run(self._client, self._q["endpoint_list"].bind())
         return [endpoint_from_row(row) for row in result.rows]
 
     async def record_health(
         self, endpoint_id: str, *, succeeded: bool, failures: int, at: datetime
     ) -> WebhookEndpoint | None:
         await self._gate.ready()
-        params: tuple[D1Value, ...]
         if succeeded:
-            sql, params = q.ENDPOINT_HEALTH_SUCCESS, (endpoint_id, to_millis(at))
+            statement = self._q["endpoint_health_success"].bind(id=endpoint_id, at=to_millis(at))
         else:
-            sql, params = q.ENDPOINT_HEALTH_FAILURE, (endpoint_id, failures, to_millis(at))
-        result = await self._client.query(_fmt(sql, self._t), params)
+            statement = self._q["endpoint_health_failure"].bind(
+                id=endpoint_id, failures=failures, at=to_millis(at)
+            )
+        result = await _run(self._client, statement)
         return endpoint_from_row(result.rows[0]) if result.rows else None
 
     async def rewrite_sealed(
         self, endpoint_id: str, *, expected: WebhookEndpoint, replacement: WebhookEndpoint
     ) -> bool:
         await self._gate.ready()
-        result = await self._client.query(
-            _fmt(q.ENDPOINT_REWRITE_SEALED, self._t),
-            (endpoint_id, *_sealed_params(replacement), *_sealed_params(expected)),
+        values = _sealed_values(replacement)
+        values.update({f"expected_{k}": v for k, v in _sealed_values(expected).items()})
+        result = await _run(
+            self._client, self._q["endpoint_rewrite_sealed"].bind(values, id=endpoint_id)
         )
         return bool(result.rows)
 
@@ -235,6 +240,7 @@ class D1DeliveryStore:
             raise ValueError("max_stored_attempts must be >= 1")
         self._client = client
         self._t = tables
+        self._q = _queries(tables)
         self._gate = gate
         self._max_attempts = max_stored_attempts
 
@@ -258,7 +264,7 @@ class D1DeliveryStore:
         statements = self._insert_statements(deliveries)
         ids = [d.id for d in deliveries]
         # Last in the batch, so it sees the rows as the batch left them.
-        statements.append(D1Statement(_fmt(q.DELIVERY_IDS_PRESENT, self._t), (_json_list(ids),)))
+        statements.append(self._q["existing_delivery_ids"].bind(ids=_json_list(ids)))
         response = await self._client.execute(statements)
         if response.maybe_applied_earlier:
             # An earlier attempt may have written our rows; this attempt then inserted none of
@@ -269,23 +275,36 @@ class D1DeliveryStore:
         return [i for i in ids if i in new]
 
     def _insert_statements(self, deliveries: Sequence[WebhookDelivery]) -> list[D1Statement]:
-        """Multi-row INSERTs, each within D1's bound-parameter and statement-length limits."""
+        """The shared multi-row INSERT, returning the ids it wrote (D1 reports no rowids to
+        find them by), each within D1's bound-parameter and statement-length limits."""
+        params = [_delivery_params(d) for d in deliveries]
+        return self._multi_row(self._q["insert_deliveries"], (), params, tail=" RETURNING id")
+
+    def _multi_row(
+        self,
+        query: D1Query,
+        head: tuple[D1Value, ...],
+        groups: Sequence[tuple[D1Value, ...]],
+        *,
+        tail: str = "",
+    ) -> list[D1Statement]:
+        """``query`` with its ``{rows}`` standing for as many ``(?, ...)`` groups as D1's limits
+        let one statement bind, ``head`` bound first in each."""
         limits = self._client.limits
-        per_row = len(q.DELIVERY_WRITE_COLUMNS)
-        head = _fmt(q.DELIVERY_INSERT_HEAD, self._t)
-        tail = q.DELIVERY_INSERT_TAIL
-        rows_per_statement = max(1, limits.max_params // per_row)
-        row_sql_bytes = len(q.DELIVERY_INSERT_ROW) + 2
-        rows_per_statement = min(
-            rows_per_statement,
-            max(1, (limits.max_statement_bytes - len(head) - len(tail)) // row_sql_bytes),
+        group = "(" + ", ".join("?" for _ in groups[0]) + ")"
+        fixed = len(query.sql) + len(tail)
+        per_statement = max(
+            1,
+            min(
+                (limits.max_params - len(head)) // len(groups[0]),
+                (limits.max_statement_bytes - fixed) // (len(group) + 2),
+            ),
         )
         out: list[D1Statement] = []
-        for start in range(0, len(deliveries), rows_per_statement):
-            chunk = deliveries[start : start + rows_per_statement]
-            sql = head + ", ".join(q.DELIVERY_INSERT_ROW for _ in chunk) + tail
-            params = tuple(p for d in chunk for p in _delivery_params(d))
-            out.append(D1Statement(sql, params))
+        for start in range(0, len(groups), per_statement):
+            chunk = groups[start : start + per_statement]
+            sql = query.sql.replace("{rows}", ", ".join(group for _ in chunk)) + tail
+            out.append(D1Statement(sql, (*head, *(p for g in chunk for p in g))))
         return out
 
     # -- claim, record, release ---------------------------------------------------------------
@@ -304,15 +323,12 @@ class D1DeliveryStore:
         await self._gate.ready()
         (result,) = await self._client.batch(
             [
-                D1Statement(
-                    _fmt(q.DELIVERY_CLAIM, self._t),
-                    (
-                        worker_id,
-                        to_millis(lease_until),
-                        to_millis(now),
-                        _json_list(exclude_endpoints),
-                        limit,
-                    ),
+                self._q["claim_deliveries"].bind(
+                    worker_id=worker_id,
+                    lease_until=to_millis(lease_until),
+                    now=to_millis(now),
+                    exclude=_json_list(exclude_endpoints),
+                    limit=limit,
                 )
             ]
         )
@@ -325,39 +341,37 @@ class D1DeliveryStore:
         if not outcomes:
             return 0
         await self._gate.ready()
-        sql = _fmt(q.DELIVERY_RECORD, self._t)
-        statements = [
-            D1Statement(
-                sql,
-                (
-                    o.delivery_id,
-                    o.worker_id,
-                    dumps(attempt_to_json(o.attempt)) if o.attempt is not None else None,
-                    self._max_attempts,
-                    o.status.value,
-                    opt_ms(o.next_attempt_at) if o.status is DeliveryStatus.PENDING else None,
-                    opt_ms(o.completed_at),
-                    o.last_error,
-                ),
+        # The cap binds first; then one group per outcome, in the order the query names them.
+        groups = [
+            (
+                o.delivery_id,
+                o.worker_id,
+                None if o.attempt is None else dumps(attempt_to_json(o.attempt)),
+                o.status.value,
+                opt_ms(o.next_attempt_at) if o.status is DeliveryStatus.PENDING else None,
+                opt_ms(o.completed_at),
+                o.last_error,
+                None if o.attempt is None else o.attempt.latency_ms,
             )
             for o in outcomes
         ]
+        statements = self._multi_row(self._q["record_outcomes"], (self._max_attempts,), groups)
         results = await self._client.batch(statements)
-        return sum(len(r.rows) for r in results)
+        return sum(r.changes for r in results)
 
     async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
         if not delivery_ids:
             return
         await self._gate.ready()
         await self._client.batch(
-            [D1Statement(_fmt(q.DELIVERY_RELEASE, self._t), (worker_id, _json_list(delivery_ids)))]
+            [self._q["release_deliveries"].bind(worker_id=worker_id, ids=_json_list(delivery_ids))]
         )
 
     # -- reads ----------------------------------------------------------------------------------
 
     async def get(self, delivery_id: str) -> WebhookDelivery | None:
         await self._gate.ready()
-        result = await self._client.query(_fmt(q.DELIVERY_GET, self._t), (delivery_id,))
+        result = await _run(self._client, self._q["delivery_get"].bind(id=delivery_id))
         return _delivery(result.rows[0]) if result.rows else None
 
     async def list(
@@ -373,9 +387,12 @@ class D1DeliveryStore:
         if limit <= 0:
             return DeliveryPage(items=(), next_cursor=None)
         await self._gate.ready()
-        where = q.Where.of(clauses)
-        result = await self._client.query(
-            _fmt(q.DELIVERY_LIST, self._t, where.sql), _params((*where.params, limit + 1))
+        where = Where.of(clauses)
+        result = await _run(
+            self._client,
+            self._q["delivery_list"].positional(
+                _params((*where.params, limit + 1)), where=where.sql
+            ),
         )
         rows = [_delivery(row) for row in result.rows]
         page = rows[:limit]
@@ -386,12 +403,12 @@ class D1DeliveryStore:
 
     async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
         await self._gate.ready()
-        where = q.Where.of(_filter_clauses(filter))
+        where = Where.of(_filter_clauses(filter))
         params = _params(where.params)
         totals, by_type = await self._client.batch(
             [
-                D1Statement(_fmt(q.DELIVERY_STATS, self._t, where.sql), params),
-                D1Statement(_fmt(q.DELIVERY_STATS_BY_TYPE, self._t, where.sql), params),
+                self._q["delivery_stats"].positional(params, where=where.sql),
+                self._q["delivery_stats_by_type"].positional(params, where=where.sql),
             ]
         )
         row: dict[str, Any] = totals.rows[0] if totals.rows else {}
@@ -409,9 +426,7 @@ class D1DeliveryStore:
 
     async def queue_stats(self, *, now: datetime) -> QueueStats:
         await self._gate.ready()
-        (result,) = await self._client.batch(
-            [D1Statement(_fmt(q.DELIVERY_QUEUE_STATS, self._t), (to_millis(now),))]
-        )
+        (result,) = await self._client.batch([self._q["queue_stats"].bind(now=to_millis(now))])
         row: dict[str, Any] = result.rows[0] if result.rows else {}
         oldest, upcoming = row.get("oldest_due_at"), row.get("next_due_at")
         return QueueStats(
@@ -424,14 +439,12 @@ class D1DeliveryStore:
 
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
         await self._gate.ready()
-        window = (ceil_millis(since), to_millis(now))
+        window: dict[str, D1Value] = {"since": ceil_millis(since), "now": to_millis(now)}
         minutes, endpoints, picks = await self._client.batch(
             [
-                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_MINUTE, self._t), window),
-                D1Statement(_fmt(q.DELIVERY_FINISHED_PER_ENDPOINT, self._t), window),
-                D1Statement(
-                    _fmt(q.DELIVERY_LATENCY_PERCENTILES, self._t), (*window, LATENCY_SAMPLE)
-                ),
+                self._q["finished_per_minute"].bind(window),
+                self._q["finished_per_endpoint"].bind(window),
+                self._q["latency_percentiles"].bind(window, sample=LATENCY_SAMPLE),
             ]
         )
         samples = max((int(r["samples"]) for r in picks.rows), default=0)
@@ -457,26 +470,31 @@ class D1DeliveryStore:
         clauses += _filter_clauses(filter)
         if ids is not None:
             clauses.append(("id IN (SELECT value FROM json_each(?))", (_json_list(ids),)))
-        where = q.Where.of(clauses)
-        result = await self._client.query(
-            _fmt(q.DELIVERY_REQUEUE, self._t, where.sql), _params((to_millis(now), *where.params))
+        where = Where.of(clauses)
+        result = await _run(
+            self._client,
+            self._q["requeue"].positional(
+                _params((to_millis(now), *where.params)), where=where.sql
+            ),
         )
         return result.changes
 
     async def purge(self, *, older_than: datetime) -> int:
         await self._gate.ready()
-        result = await self._client.query(_fmt(q.DELIVERY_PURGE, self._t), (to_millis(older_than),))
+        result = await _run(self._client, self._q["purge"].bind(before=to_millis(older_than)))
         return result.changes
 
     async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
         await self._gate.ready()
         deleted = 0
-        sql = _fmt(q.DELIVERY_PURGE_FINISHED, self._t)
+        query = self._q["purge_finished"]
         for status, cutoff in cutoffs.by_status():
             if deleted >= limit:
                 break
-            params = (status.value, ceil_millis(cutoff), limit - deleted)
-            deleted += (await self._client.query(sql, params)).changes
+            statement = query.bind(
+                status=status.value, before=ceil_millis(cutoff), limit=limit - deleted
+            )
+            deleted += (await _run(self._client, statement)).changes
         return deleted
 
     async def scan(
@@ -485,18 +503,22 @@ class D1DeliveryStore:
         if limit <= 0:
             return []
         await self._gate.ready()
-        result = await self._client.query(_fmt(q.DELIVERY_SCAN, self._t), (after or "", limit))
+        result = await _run(self._client, self._q["scan"].bind(after=after or "", limit=limit))
         return [_delivery(row) for row in result.rows]
 
     async def rewrite_payloads(self, rewrites: Sequence[PayloadRewrite]) -> int:
         if not rewrites:
             return 0
         await self._gate.ready()
-        sql = _fmt(q.DELIVERY_REWRITE_PAYLOAD, self._t)
+        query = self._q["rewrite_payload"]
         results = await self._client.batch(
             [
-                D1Statement(
-                    sql, (r.delivery_id, r.expected_payload, r.payload, r.to_hash, r.from_hash)
+                query.bind(
+                    id=r.delivery_id,
+                    expected=r.expected_payload,
+                    payload=r.payload,
+                    to_hash=r.to_hash,
+                    from_hash=r.from_hash,
                 )
                 for r in rewrites
             ]
@@ -504,12 +526,10 @@ class D1DeliveryStore:
         return sum(len(r.rows) for r in results)
 
 
-def _sealed_params(endpoint: WebhookEndpoint) -> tuple[D1Value, ...]:
+def _sealed_values(endpoint: WebhookEndpoint) -> dict[str, D1Value]:
     """An endpoint's sealed fields as stored: ``secret``, the two JSON columns, ``client_key``."""
-    params = dict(zip(ENDPOINT_WRITE_COLUMNS, endpoint_params(endpoint), strict=True))
-    return tuple(
-        params[c] for c in ("secret", "previous_secrets_json", "headers_json", "client_key")
-    )
+    values = endpoint_values(endpoint)
+    return {c: values[c] for c in ("secret", "previous_secrets_json", "headers_json", "client_key")}
 
 
 def _tallies(rows: Sequence[dict[str, Any]], key: str) -> list[Tally]:

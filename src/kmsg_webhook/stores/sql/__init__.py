@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import DEFAULT_MAX_STORED_ATTEMPTS
+from ..sqlfiles import TableNames, schema_sql, schema_version
 from .base import (
     DEFAULT_RETRY_TIMEOUT,
     SqlDatabase,
     SqlDeliveryStore,
     SqlEndpointStore,
 )
-from .schema import TableNames, schema_sql, schema_version
 
 if TYPE_CHECKING:
     from .postgres import PostgresDatabase

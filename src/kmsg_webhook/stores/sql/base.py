@@ -65,9 +65,9 @@ from ..rows import (
     row_to_delivery,
     row_to_endpoint,
 )
+from ..sqlfiles import Dialect, Migration, TableNames, migrations, queries, render
+from ..sqlfiles import schema_version as known_version
 from .faults import RetryPolicy, describe, is_missing_database, is_transient
-from .schema import Dialect, Migration, TableNames, migrations, queries, render
-from .schema import schema_version as known_version
 from .tables import Tables, Timestamp, build_tables
 
 T = TypeVar("T")

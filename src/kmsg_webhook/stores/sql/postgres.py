@@ -26,9 +26,7 @@ from ...models import AttemptOutcome, DeliveryStatus, WebhookDelivery
 from ...redact import redact_url
 from ..protocol import DEFAULT_MAX_STORED_ATTEMPTS, DueCallback, WebhookPersistence
 from ..rows import dumps, values_to_delivery
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .listen import PostgresWatch
-from .schema import (
+from ..sqlfiles import (
     DEFAULT_DELIVERY_TABLE,
     DEFAULT_ENDPOINT_TABLE,
     VERSION_TABLE,
@@ -37,6 +35,8 @@ from .schema import (
     quote,
     render,
 )
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
+from .listen import PostgresWatch
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 # A pooled connection returned less than this long ago (and since the last lost connection)

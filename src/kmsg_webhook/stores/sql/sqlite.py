@@ -42,8 +42,7 @@ from ..rows import (
     to_millis,
     values_to_delivery,
 )
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
-from .schema import (
+from ..sqlfiles import (
     DEFAULT_DELIVERY_TABLE,
     DEFAULT_ENDPOINT_TABLE,
     VERSION_TABLE,
@@ -52,6 +51,7 @@ from .schema import (
     render,
     split_statements,
 )
+from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING (3.35) and UPDATE ... FROM (3.33)
 MEMORY = ":memory:"

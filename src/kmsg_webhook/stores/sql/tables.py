@@ -17,7 +17,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
 from ..rows import dumps, from_millis, loads, to_millis
-from .schema import TableNames
+from ..sqlfiles import TableNames
 
 
 class Timestamp(sa.types.TypeDecorator[datetime]):

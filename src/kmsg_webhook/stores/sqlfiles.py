@@ -1,10 +1,12 @@
-"""Table names, the packaged SQL files, and rendering them for configured names.
+"""The packaged SQL every SQL-speaking store runs, loaded by name and rendered for table names.
 
-The reviewed SQL lives in ``.sql`` files next to this module: ``migrations/<dialect>/NNNN_*.sql``
-(applied in order, recorded in the schema-version table), ``queries/<dialect>.sql`` (named hot-path
-queries) and ``schema*.sql`` (the full current schema, kept equal to what the migrations build).
-They are written with the default names; :func:`render` replaces every ``kmsg_webhook_*``
-identifier with the configured name, validated and quoted, so a name is never pasted raw.
+All SQL lives in reviewed ``.sql`` files under ``sql/``: ``migrations/<dialect>/NNNN_*.sql``
+(applied in order, recorded in the schema-version table), ``queries/[<family>.]<dialect>.sql``
+(every query under a ``-- name: <name>`` header) and ``schema*.sql`` (the full current schema,
+kept equal to what the migrations build). D1 is SQLite: it runs the ``sqlite`` files. They are
+written with the default names; :func:`render` replaces every ``kmsg_webhook_*`` identifier with
+the configured name, validated and quoted, so a name is never pasted raw. This module imports no
+driver, so every backend (and the messaging stores) can load its SQL from here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Literal
 
-from ...errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError
 
 Dialect = Literal["postgresql", "sqlite"]
 
@@ -126,7 +128,7 @@ def render(sql: str, names: TableNames) -> str:
 
 
 def _read(*parts: str) -> str:
-    return resources.files(__package__).joinpath(*parts).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath("sql", *parts).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,7 @@ class Migration:
 @cache
 def migrations(dialect: Dialect) -> tuple[Migration, ...]:
     """The dialect's migrations in version order (numbers must run 1, 2, 3, ... without gaps)."""
-    folder = resources.files(__package__).joinpath("migrations", dialect)
+    folder = resources.files(__package__).joinpath("sql", "migrations", dialect)
     found: list[Migration] = []
     for entry in folder.iterdir():
         match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
