@@ -1,17 +1,22 @@
 """The D1 schema: the SQLite backend's tables, created idempotently over the REST API.
 
-D1 speaks SQLite, so the tables, columns, checks and indexes are those of the SQLite backend
-(timestamps are epoch-millisecond INTEGERs, nested values JSON text, table names default to the
-original adapter's ``kmsg_webhook_endpoints``/``kmsg_webhook_deliveries``). Tables written by
+D1 speaks SQLite, so the tables, columns, checks and indexes are what the SQLite backend's
+migrations build (timestamps are epoch-millisecond INTEGERs, nested values JSON text, table names
+default to the original adapter's ``kmsg_webhook_endpoints``/``kmsg_webhook_deliveries``); this
+module reads them from an in-memory SQLite the migrations ran on, and writes no DDL of its own
+but the upgrades of the original adapter's tables. Tables written by
 the original TypeScript adapter can be brought over once with ``upgrade_original=True``.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass
+from functools import cache
 
 from ...errors import ConfigError
+from ..sqlfiles import TableNames, migrations, render
 from .client import D1Client, D1Statement
 from .errors import D1QueryError, D1SchemaError
 
@@ -43,65 +48,6 @@ def quote_identifier(name: str) -> str:
     return f'"{name}"'
 
 
-# (column, declaration) in table order: column for column the SQLite backend's schema
-# (schema.sqlite.sql: its migrations 0001 to 0006), so a database moves between SQLite and D1
-# (``wrangler d1 export``/``execute --file``) as it is.
-ENDPOINT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "TEXT NOT NULL PRIMARY KEY"),
-    ("url", "TEXT NOT NULL"),
-    ("name", "TEXT"),
-    ("description", "TEXT"),
-    (
-        "status",
-        "TEXT NOT NULL CHECK (status IN"
-        " ('active', 'inactive', 'error', 'suspended', 'pending_verification'))",
-    ),
-    ("events_json", "TEXT NOT NULL"),
-    ("headers_json", "TEXT NOT NULL DEFAULT '{}'"),
-    ("secret", "TEXT"),
-    ("previous_secrets_json", "TEXT NOT NULL DEFAULT '[]'"),
-    ("retry_config_json", "TEXT"),
-    ("filters_json", "TEXT"),
-    ("created_at", "INTEGER NOT NULL"),
-    ("updated_at", "INTEGER NOT NULL"),
-    ("last_triggered_at", "INTEGER"),
-    ("disabled_reason", "TEXT"),
-    ("consecutive_failures", "INTEGER NOT NULL DEFAULT 0"),
-    ("failing_since", "INTEGER"),
-    ("last_success_at", "INTEGER"),
-    # An endpoint's client certificate for mutual TLS (SQLite migration 0003); added to older
-    # tables.
-    ("client_cert", "TEXT"),
-    ("client_key", "TEXT"),
-    # Ordered delivery (SQLite migration 0006); added to older tables.
-    ("ordered", "INTEGER NOT NULL DEFAULT 0"),
-)
-
-DELIVERY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "TEXT NOT NULL PRIMARY KEY"),
-    ("endpoint_id", "TEXT NOT NULL"),
-    ("event_id", "TEXT NOT NULL"),
-    ("event_type", "TEXT NOT NULL"),
-    ("url", "TEXT NOT NULL"),
-    ("payload", "TEXT NOT NULL"),
-    ("status", "TEXT NOT NULL CHECK (status IN ('pending', 'success', 'failed', 'exhausted'))"),
-    ("attempts_json", "TEXT NOT NULL DEFAULT '[]'"),
-    ("attempt_count", "INTEGER NOT NULL DEFAULT 0"),
-    ("last_latency_ms", "REAL"),
-    ("last_error", "TEXT"),
-    ("created_at", "INTEGER NOT NULL"),
-    ("next_attempt_at", "INTEGER"),
-    ("completed_at", "INTEGER"),
-    ("lease_owner", "TEXT"),
-    ("lease_expires_at", "INTEGER"),
-    # Field crypto's keyed lookup hashes (SQLite migration 0002); added to older tables.
-    ("to_hash", "TEXT"),
-    ("from_hash", "TEXT"),
-    # The event's ordering key on ordered endpoints (SQLite migration 0006).
-    ("ordering_key", "TEXT"),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class D1Tables:
     """The two table names, validated; ``endpoints``/``deliveries`` are the quoted forms."""
@@ -127,43 +73,67 @@ class D1Tables:
         return quote_identifier(f"idx_{table}_{suffix}")
 
 
-def _create_table(quoted: str, columns: tuple[tuple[str, str], ...]) -> str:
+Column = tuple[str, str]  # (name, declaration)
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """The webhook tables as the SQLite migrations leave them, for one pair of names."""
+
+    endpoint_columns: tuple[Column, ...]
+    delivery_columns: tuple[Column, ...]
+    #: ``CREATE [UNIQUE] INDEX IF NOT EXISTS`` statements, in the order they were made.
+    indexes: tuple[str, ...]
+
+
+@cache
+def _built(endpoint_table: str, delivery_table: str) -> _Built:
+    """Run the SQLite backend's migrations on an in-memory SQLite and read back the two tables
+    and their indexes: D1 has no DDL of its own, so the two backends cannot drift apart."""
+    db = sqlite3.connect(":memory:")
+    try:
+        names = TableNames(endpoint_table, delivery_table)
+        for migration in migrations("sqlite"):
+            db.executescript(render(migration.sql, names))
+        tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        indexes = db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            " AND tbl_name IN (?, ?) ORDER BY rowid",
+            (endpoint_table, delivery_table),
+        ).fetchall()
+    finally:
+        db.close()
+    return _Built(
+        _columns_of(tables[endpoint_table]),
+        _columns_of(tables[delivery_table]),
+        tuple(
+            re.sub(
+                r"^CREATE (UNIQUE )?INDEX ", r"CREATE \1INDEX IF NOT EXISTS ", " ".join(sql.split())
+            )
+            for (sql,) in indexes
+        ),
+    )
+
+
+def _columns_of(create_table: str) -> tuple[Column, ...]:
+    """The column definitions of a ``CREATE TABLE`` text (no table constraints in ours), with
+    their whitespace made single."""
+    body = create_table[create_table.index("(") + 1 : create_table.rindex(")")]
+    parts: list[str] = []
+    depth, start = 0, 0
+    for i, char in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    parts.append(body[start:])
+    columns = [" ".join(part.split()) for part in parts]
+    return tuple((c.split(" ", 1)[0], c.split(" ", 1)[1]) for c in columns)
+
+
+def _create_table(quoted: str, columns: tuple[Column, ...]) -> str:
     body = ",\n  ".join(f"{name} {decl}" for name, decl in columns)
     return f"CREATE TABLE IF NOT EXISTS {quoted} (\n  {body}\n)"
-
-
-def _index_statements(t: D1Tables) -> list[str]:
-    e, d = t.endpoints, t.deliveries
-    ep, dl = t.endpoint_table, t.delivery_table
-    return [
-        f"CREATE UNIQUE INDEX IF NOT EXISTS {t.index(ep, 'url')} ON {e} (url)",
-        # One delivery per (endpoint, event): intake is insert-or-ignore on this pair.
-        f"CREATE UNIQUE INDEX IF NOT EXISTS {t.index(dl, 'endpoint_event')} "
-        f"ON {d} (endpoint_id, event_id)",
-        # The claim query: due pending rows, oldest due first.
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'due')} "
-        f"ON {d} (next_attempt_at, id) WHERE status = 'pending'",
-        # Listings newest first, overall and per endpoint / status / event type; purge by age.
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'created_at')} ON {d} (created_at DESC, id DESC)",
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'endpoint_id')} "
-        f"ON {d} (endpoint_id, created_at DESC, id DESC)",
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'status')} "
-        f"ON {d} (status, created_at DESC, id DESC)",
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'event_type')} "
-        f"ON {d} (event_type, created_at DESC, id DESC)",
-        # Field crypto lookups by keyed recipient / sender hash.
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'to_hash')} "
-        f"ON {d} (to_hash) WHERE to_hash IS NOT NULL",
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'from_hash')} "
-        f"ON {d} (from_hash) WHERE from_hash IS NOT NULL",
-        # Finished rows by completion time (the console's overview and endpoint health).
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'completed_at')} "
-        f"ON {d} (completed_at, status, endpoint_id, last_latency_ms) "
-        "WHERE completed_at IS NOT NULL",
-        # Ordered delivery: pending rows of ordered endpoints by key, in rowid (store) order.
-        f"CREATE INDEX IF NOT EXISTS {t.index(dl, 'ordering')} ON {d} (endpoint_id, ordering_key)"
-        " WHERE status = 'pending' AND ordering_key IS NOT NULL",
-    ]
 
 
 def build_webhook_schema_sql(
@@ -176,10 +146,11 @@ def build_webhook_schema_sql(
     Feed them to a migration system, ``wrangler d1 execute`` or :meth:`D1Client.batch`.
     """
     t = D1Tables(endpoint_table_name, delivery_table_name)
+    built = _built(t.endpoint_table, t.delivery_table)
     return [
-        _create_table(t.endpoints, ENDPOINT_COLUMNS),
-        _create_table(t.deliveries, DELIVERY_COLUMNS),
-        *_index_statements(t),
+        _create_table(t.endpoints, built.endpoint_columns),
+        _create_table(t.deliveries, built.delivery_columns),
+        *built.indexes,
     ]
 
 
@@ -234,7 +205,7 @@ async def initialize_webhook_schema(
         # An index on a column an older table lacks fails the whole (atomic) batch.
         endpoint_cols, delivery_cols = await _columns(client, probe)
         if not _is_original(endpoint_cols, delivery_cols) and not _missing(
-            endpoint_cols, delivery_cols
+            t, endpoint_cols, delivery_cols
         ):
             raise
         if not _is_original(endpoint_cols, delivery_cols):
@@ -244,7 +215,7 @@ async def initialize_webhook_schema(
                 [D1Statement(sql) for sql in [*added, *rebuilt, *(c.sql for c in create)]]
             )
             return
-    if not _is_original(endpoint_cols, delivery_cols) and _missing(endpoint_cols, delivery_cols):
+    if not _is_original(endpoint_cols, delivery_cols) and _missing(t, endpoint_cols, delivery_cols):
         # Columns without an index (the batch above went through): added now.
         added = _add_missing_columns(t, endpoint_cols, delivery_cols)
         await client.batch([D1Statement(sql) for sql in added])
@@ -274,11 +245,11 @@ def _rebuild_endpoints(t: D1Tables) -> list[str]:
     steps as the SQLite backend's migration 0005). One atomic batch with what follows."""
     e = t.endpoints
     rebuild = f'"{t.endpoint_table}_rebuild"'  # validated name plus a fixed suffix
-    names = ", ".join(name for name, _ in ENDPOINT_COLUMNS)
-    body = ",\n  ".join(f"{name} {decl}" for name, decl in ENDPOINT_COLUMNS)
+    columns = _built(t.endpoint_table, t.delivery_table).endpoint_columns
+    names = ", ".join(name for name, _ in columns)
     return [
         f"DROP TABLE IF EXISTS {rebuild}",
-        f"CREATE TABLE {rebuild} (\n  {body}\n)",
+        _create_table(rebuild, columns),
         f"INSERT INTO {rebuild} ({names}) SELECT {names} FROM {e}",
         f"DROP TABLE {e}",
         f"ALTER TABLE {rebuild} RENAME TO {e}",
@@ -286,22 +257,24 @@ def _rebuild_endpoints(t: D1Tables) -> list[str]:
     ]
 
 
-def _missing(endpoint_cols: set[str], delivery_cols: set[str]) -> bool:
+def _missing(t: D1Tables, endpoint_cols: set[str], delivery_cols: set[str]) -> bool:
     """Whether existing tables lack a column of the current schema (created by an older
     version of this library)."""
+    built = _built(t.endpoint_table, t.delivery_table)
     return bool(
-        (endpoint_cols and {n for n, _ in ENDPOINT_COLUMNS} - endpoint_cols)
-        or (delivery_cols and {n for n, _ in DELIVERY_COLUMNS} - delivery_cols)
+        (endpoint_cols and {n for n, _ in built.endpoint_columns} - endpoint_cols)
+        or (delivery_cols and {n for n, _ in built.delivery_columns} - delivery_cols)
     )
 
 
 def _add_missing_columns(
     t: D1Tables, endpoint_cols: set[str], delivery_cols: set[str]
 ) -> list[str]:
+    built = _built(t.endpoint_table, t.delivery_table)
     out: list[str] = []
     for quoted, columns, present in (
-        (t.endpoints, ENDPOINT_COLUMNS, endpoint_cols),
-        (t.deliveries, DELIVERY_COLUMNS, delivery_cols),
+        (t.endpoints, built.endpoint_columns, endpoint_cols),
+        (t.deliveries, built.delivery_columns, delivery_cols),
     ):
         if present:
             out += [
@@ -330,11 +303,12 @@ def _is_original(endpoint_cols: set[str], delivery_cols: set[str]) -> bool:
 def _upgrade_statements(t: D1Tables, endpoint_cols: set[str], delivery_cols: set[str]) -> list[str]:
     """Bring tables written by the original adapter to this schema (one atomic batch)."""
     e, d = t.endpoints, t.deliveries
+    built = _built(t.endpoint_table, t.delivery_table)
     out: list[str] = []
     if endpoint_cols:
         if "active" in endpoint_cols:
             out.append(f"ALTER TABLE {e} DROP COLUMN active")
-        for name, decl in ENDPOINT_COLUMNS:
+        for name, decl in built.endpoint_columns:
             if name not in endpoint_cols:
                 out.append(f"ALTER TABLE {e} ADD COLUMN {name} {_addable(decl)}")
         out += [
@@ -366,7 +340,7 @@ def _upgrade_statements(t: D1Tables, endpoint_cols: set[str], delivery_cols: set
         for gone in ("http_method", "headers_json"):
             if gone in delivery_cols:
                 out.append(f"ALTER TABLE {d} DROP COLUMN {gone}")
-        for name, decl in DELIVERY_COLUMNS:
+        for name, decl in built.delivery_columns:
             if name not in delivery_cols:
                 out.append(f"ALTER TABLE {d} ADD COLUMN {name} {_addable(decl)}")
         out += [
