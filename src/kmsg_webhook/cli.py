@@ -213,6 +213,15 @@ def _parser() -> argparse.ArgumentParser:
     _store_arg(migrate, create=False)
     migrate.set_defaults(run=_migrate)
 
+    schema = commands.add_parser(
+        "schema", help="print the SQL schema the migrations build, for your own DDL tooling"
+    )
+    schema.add_argument("--dialect", choices=("postgresql", "sqlite"), required=True)
+    schema.add_argument("--endpoint-table", help="endpoint table name (default: the store's)")
+    schema.add_argument("--delivery-table", help="delivery table name (default: the store's)")
+    schema.add_argument("--schema", dest="pg_schema", help="PostgreSQL schema to qualify names")
+    schema.set_defaults(run=_schema)
+
     endpoints = commands.add_parser("endpoints", help="manage endpoints")
     ep = endpoints.add_subparsers(dest="action", required=True)
     add = ep.add_parser("add")
@@ -654,6 +663,21 @@ def _migrate(args: argparse.Namespace) -> int:
         require_durable(args.store, create=True)
     version = asyncio.run(migrate_url(args.store, retry_timeout=args.store_timeout))
     print(f"schema is at version {version}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .stores.sqlfiles import schema_sql
+
+    print(
+        schema_sql(
+            args.dialect,
+            endpoint_table=args.endpoint_table,
+            delivery_table=args.delivery_table,
+            schema=args.pg_schema,
+        ),
+        end="",
+    )
     return 0
 
 

@@ -34,6 +34,7 @@ from kmsg_webhook import (
     ManualClock,
     SecurityOptions,
     WebhookConfig,
+    WebhookEndpoint,
     WebhookEvent,
     WebhookEventType,
     WebhookRuntimeService,
@@ -42,7 +43,7 @@ from kmsg_webhook import (
 from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.signing import Signer
 from kmsg_webhook.stores.sqlfiles import schema_version
-from kmsg_webhook.stores.url import migrate_url
+from kmsg_webhook.stores.url import migrate_url, persistence_from_url
 from support.cli import Run, cli
 from support.servers import serve_app
 from support.stores import drop_schema, free_port, new_schema, server_dsn
@@ -214,6 +215,35 @@ def test_migrate_a_postgres_schema(capsys: pytest.CaptureFixture[str]) -> None:
         assert asyncio.run(versions()) == list(range(1, latest + 1))
     finally:
         asyncio.run(drop_schema(dsn, schema))
+
+
+def test_schema_prints_a_script_a_store_opens_without_migrating(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run = cli(capsys, "schema", "--dialect", "sqlite", "--delivery-table", "outbox")
+    assert run.code == 0 and '"outbox"' in run.out
+    conn = sqlite3.connect(tmp_path / "store.db")
+    conn.executescript(run.out)
+    conn.close()
+    latest = schema_version("sqlite")
+    assert _version_rows(tmp_path / "store.db") == list(range(1, latest + 1))
+
+    async def open_unmigrated() -> list[WebhookEndpoint]:
+        persistence = persistence_from_url(
+            sqlite_url(tmp_path / "store.db"), delivery_table="outbox", initialize_schema=False
+        )
+        try:
+            return await persistence.endpoint_store.list()
+        finally:
+            assert persistence.close is not None
+            await persistence.close()
+
+    assert asyncio.run(open_unmigrated()) == []
+
+
+def test_schema_of_sqlite_takes_no_postgres_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    run = cli(capsys, "schema", "--dialect", "sqlite", "--schema", "tenant")
+    assert (run.code, run.err) == (2, "error: SQLite has no schemas\n")
 
 
 def test_migrate_memory_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,6 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,11 +46,10 @@ from kmsg_webhook.stores.d1 import (
     redact_url,
 )
 from kmsg_webhook.stores.d1.store import D1DeliveryStore
+from kmsg_webhook.stores.sqlfiles import schema_sql
 from support.d1 import FakeD1, LocalD1, fresh_tables
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[2]
-SQLITE_SCHEMA = ROOT / "src/kmsg_webhook/stores/sql/schema.sqlite.sql"
 
 
 def delivery(n: int, *, endpoint_id: str = "ep_1", payload: str = "{}") -> WebhookDelivery:
@@ -121,7 +119,6 @@ def test_table_names_must_differ() -> None:
         build_webhook_schema_sql(endpoint_table_name="same", delivery_table_name="same")
 
 
-@pytest.mark.skipif(not SQLITE_SCHEMA.exists(), reason="the SQLite backend's schema is not there")
 def test_schema_matches_the_sqlite_backend_column_for_column() -> None:
     """D1 speaks SQLite: keep the D1 tables identical to the SQLite backend's (drift guard)."""
 
@@ -140,7 +137,7 @@ def test_schema_matches_the_sqlite_backend_column_for_column() -> None:
         return tuple(columns), tuple(indexes)
 
     theirs = sqlite3.connect(":memory:")
-    theirs.executescript(SQLITE_SCHEMA.read_text())
+    theirs.executescript(schema_sql("sqlite"))
     ours = sqlite3.connect(":memory:")
     for statement in build_webhook_schema_sql():
         ours.execute(statement)

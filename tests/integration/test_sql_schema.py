@@ -1,4 +1,5 @@
-"""schema.sql is the truth: the packaged copies match it, and the code builds exactly it.
+"""One schema source: the numbered migrations; schema_sql() joins them, and applying its script
+builds exactly what the stores build.
 
 Also: versioned migrations, identifier validation and quoting, custom table names, and refusing
 a database whose schema is newer than the code.
@@ -10,7 +11,6 @@ import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,6 @@ from kmsg_webhook.stores.sqlfiles import migrations, queries, render, split_stat
 from kmsg_webhook.stores.url import migrate
 from support.records import delivery, endpoint
 from support.stores import drop_schema, new_schema, postgres_database, server_dsn, temporary_sqlite
-
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGED = resources.files("kmsg_webhook.stores.sql")
 
 
 @pytest.fixture
@@ -50,14 +47,6 @@ def _fresh(schemas: list[str]) -> str:
 
 
 # -- the files ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["schema.sql", "schema.sqlite.sql"])
-def test_root_schema_files_are_the_packaged_ones(name: str) -> None:
-    # One copy: the repository root links to the file the package ships (and loads).
-    root = ROOT / name
-    assert root.resolve() == Path(str(PACKAGED.joinpath(name))).resolve()
-    assert PACKAGED.joinpath(name).read_text(encoding="utf-8") == root.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
@@ -131,7 +120,7 @@ def test_split_statements_drops_comments_and_blank_chunks() -> None:
     assert split_statements(script) == ["CREATE TABLE a (x int)", "CREATE INDEX i ON a (x)"]
 
 
-# -- the live schema equals schema.sql -------------------------------------------------------------
+# -- the live schema equals schema_sql() ------------------------------------------------------
 
 
 async def _pg_shape(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
@@ -165,7 +154,7 @@ async def _pg_shape(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
     }
 
 
-async def test_postgres_schema_built_by_the_code_equals_schema_sql(
+async def test_postgres_schema_built_by_the_code_equals_the_schema_script(
     dsn: str, schemas: list[str]
 ) -> None:
     by_code, by_file = _fresh(schemas), _fresh(schemas)
@@ -179,7 +168,7 @@ async def test_postgres_schema_built_by_the_code_equals_schema_sql(
         await conn.execute(f'CREATE SCHEMA "{by_file}"')
         async with conn.transaction():
             await conn.execute(f'SET LOCAL search_path TO "{by_file}"')
-            await conn.execute((ROOT / "schema.sql").read_text(encoding="utf-8"))
+            await conn.execute(schema_sql("postgresql"))
         built, written = await _pg_shape(conn, by_code), await _pg_shape(conn, by_file)
     finally:
         await conn.close()
@@ -217,7 +206,7 @@ def _sqlite_shape(path: str) -> dict[str, Any]:
         conn.close()
 
 
-async def test_sqlite_schema_built_by_the_code_equals_schema_sqlite_sql(tmp_path: Path) -> None:
+async def test_sqlite_schema_built_by_the_code_equals_the_schema_script(tmp_path: Path) -> None:
     by_code, by_file = str(tmp_path / "code.db"), str(tmp_path / "file.db")
     db = SQLiteDatabase(by_code)
     try:
@@ -225,7 +214,7 @@ async def test_sqlite_schema_built_by_the_code_equals_schema_sqlite_sql(tmp_path
     finally:
         await db.close()
     conn = sqlite3.connect(by_file)
-    conn.executescript((ROOT / "schema.sqlite.sql").read_text(encoding="utf-8"))
+    conn.executescript(schema_sql("sqlite"))
     conn.close()
     built, written = _sqlite_shape(by_code), _sqlite_shape(by_file)
     assert len(built["objects"]) == 28  # 5 tables, their 5 primary-key indexes, 18 declared

@@ -2,8 +2,8 @@
 
 All SQL lives in reviewed ``.sql`` files under ``sql/``: ``migrations/<dialect>/NNNN_*.sql``
 (applied in order, recorded in the schema-version table), ``queries/[<family>.]<dialect>.sql``
-(every query under a ``-- name: <name>`` header) and ``schema*.sql`` (the full current schema,
-kept equal to what the migrations build). D1 is SQLite: it runs the ``sqlite`` files. They are
+(every query under a ``-- name: <name>`` header); :func:`schema_sql` joins the migrations into
+the full current schema. D1 is SQLite: it runs the ``sqlite`` files. They are
 written with the default names; :func:`render` replaces every ``kmsg_webhook_*`` identifier with
 the configured name, validated and quoted, so a name is never pasted raw. This module imports no
 driver, so every backend (and the messaging stores) can load its SQL from here.
@@ -34,8 +34,6 @@ JOBS_TABLE = "kmsg_webhook_message_jobs"
 # leave room for the longest suffix inside Postgres' 63-byte identifier limit.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-_SCHEMA_FILES: dict[Dialect, str] = {"postgresql": "schema.sql", "sqlite": "schema.sqlite.sql"}
 
 
 def validate_table_name(name: str, *, what: str = "table name") -> str:
@@ -183,10 +181,11 @@ def schema_sql(
     delivery_table: str | None = None,
     schema: str | None = None,
 ) -> str:
-    """The full current schema as one script, for the given names.
+    """The full current schema as one script, for the given names: the numbered migrations in
+    order, then the rows recording their versions (what a store applies to an empty database).
 
-    This is the packaged ``schema.sql`` (Postgres) or ``schema.sqlite.sql``: apply it yourself
-    when you manage DDL with your own tooling, then run stores with ``initialize_schema=False``.
+    Apply it yourself when you manage DDL with your own tooling, then run stores with
+    ``initialize_schema=False``; ``kmsg-webhook schema --dialect ...`` prints it.
     """
     if dialect == "sqlite" and schema is not None:
         raise ConfigError("SQLite has no schemas")
@@ -195,7 +194,20 @@ def schema_sql(
         DEFAULT_DELIVERY_TABLE if delivery_table is None else delivery_table,
         schema,
     )
-    return render(_read(_SCHEMA_FILES[dialect]), names)
+    applied = migrations(dialect)
+    # Validated identifiers and \w+ descriptions: safe as literals.
+    versions = ",\n       ".join(
+        f"('{names.scope}', {m.version}, '{m.description}')" for m in applied
+    )
+    return "\n\n".join(
+        [
+            f"-- kmsg-webhook schema, {dialect}, version {applied[-1].version}: migrations "
+            f"0001 to {applied[-1].version:04d}, then their version rows.",
+            *(render(m.sql, names).strip() for m in applied),
+            f"INSERT INTO {names.qualified(VERSION_TABLE)} (scope, version, description)\n"
+            f"VALUES {versions};\n",
+        ]
+    )
 
 
 def split_statements(script: str) -> list[str]:

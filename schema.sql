@@ -1,1 +1,0 @@
-src/kmsg_webhook/stores/sql/schema.sql
