@@ -45,8 +45,9 @@ from kmsg_webhook.stores.d1 import (
     parse_d1_url,
     redact_url,
 )
+from kmsg_webhook.stores.d1.queries import load_queries
 from kmsg_webhook.stores.d1.store import D1DeliveryStore
-from kmsg_webhook.stores.sqlfiles import schema_sql
+from kmsg_webhook.stores.sqlfiles import TableNames, schema_sql
 from support.d1 import FakeD1, LocalD1, fresh_tables
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -104,6 +105,21 @@ def test_schema_sql_uses_the_given_names_and_is_idempotent() -> None:
     defaults = "\n".join(build_webhook_schema_sql())
     assert '"kmsg_webhook_endpoints"' in defaults and '"kmsg_webhook_deliveries"' in defaults
     assert '"idx_kmsg_webhook_endpoints_url"' in defaults
+
+
+def test_d1_runs_the_sqlite_text_with_numbered_parameters() -> None:
+    """D1 binds by position only: each :name of the shared SQLite query becomes one ?N."""
+    found = load_queries(TableNames("hooks", "outbox"))
+    claim = found["claim_deliveries"]
+    assert claim.names == ("worker_id", "lease_until", "now", "exclude", "limit")
+    assert claim.sql.count("?3") == 2 and not re.search(r"(?<!:):\w", claim.sql)
+    assert '"outbox"' in claim.sql and 'INDEXED BY "idx_outbox_due"' in claim.sql
+    assert "--" not in claim.sql  # comment lines are dropped, so their :words bind nothing
+    statement = claim.bind(worker_id="w", lease_until=2, now=1, exclude="[]", limit=5)
+    assert statement.params == ("w", 2, 1, "[]", 5)
+    record = found["record_outcomes"]  # positional already: ?1, then one group per outcome
+    assert record.names == () and "?1" in record.sql and "{rows}" in record.sql
+    assert set(found) >= {"insert_deliveries", "existing_delivery_ids", "endpoint_update"}
 
 
 @pytest.mark.parametrize(

@@ -51,10 +51,10 @@ def _numbered(sql: str) -> D1Query:
     return D1Query(_PARAMETER.sub(number, body), tuple(names))
 
 
-def load_queries(endpoint_table: str, delivery_table: str) -> dict[str, D1Query]:
-    """Every SQLite query by name, for these (validated) tables, ready to bind on D1."""
-    names = TableNames(endpoint_table, delivery_table)
-    return {name: _numbered(render(sql, names)) for name, sql in queries("sqlite").items()}
+def load_queries(names: TableNames, family: str = "") -> dict[str, D1Query]:
+    """The SQLite queries of ``queries/[<family>.]sqlite.sql`` by name, rendered for ``names``,
+    ready to bind on D1."""
+    return {name: _numbered(render(sql, names)) for name, sql in queries("sqlite", family).items()}
 
 
 @dataclass(frozen=True, slots=True)

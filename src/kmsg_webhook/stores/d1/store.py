@@ -45,6 +45,7 @@ from ..protocol import (
     with_added_columns,
 )
 from ..rows import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
+from ..sqlfiles import TableNames
 from .client import D1Client, D1Result, D1Statement, D1Value
 from .queries import D1Query, Where, load_queries
 from .rows import (
@@ -90,7 +91,7 @@ class SchemaGate:
 
 
 def _queries(t: D1Tables) -> dict[str, D1Query]:
-    return load_queries(t.endpoint_table, t.delivery_table)
+    return load_queries(TableNames(t.endpoint_table, t.delivery_table))
 
 
 async def _run(client: D1Client, statement: D1Statement) -> D1Result:
