@@ -441,10 +441,9 @@ class D1DeliveryStore:
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
         await self._gate.ready()
         window: dict[str, D1Value] = {"since": ceil_millis(since), "now": to_millis(now)}
-        minutes, endpoints, picks = await self._client.batch(
+        tallies, picks = await self._client.batch(
             [
-                self._q["finished_per_minute"].bind(window),
-                self._q["finished_per_endpoint"].bind(window),
+                self._q["finished_tallies"].bind(window),
                 self._q["latency_percentiles"].bind(window, sample=LATENCY_SAMPLE),
             ]
         )
@@ -452,11 +451,11 @@ class D1DeliveryStore:
         return DeliveryActivity(
             since=since,
             now=now,
-            per_minute=minute_counts(_tallies(minutes.rows, "minute")),
+            per_minute=minute_counts(_tallies(tallies.rows, "minute")),
             latency=latency_percentiles(
                 samples, {int(r["position"]): float(r["latency"]) for r in picks.rows}
             ),
-            by_endpoint=endpoint_outcomes(_tallies(endpoints.rows, "endpoint")),
+            by_endpoint=endpoint_outcomes(_tallies(tallies.rows, "endpoint")),
         )
 
     # -- maintenance ----------------------------------------------------------------------------
@@ -533,11 +532,12 @@ def _sealed_values(endpoint: WebhookEndpoint) -> dict[str, D1Value]:
     return {c: values[c] for c in ("secret", "previous_secrets_json", "headers_json", "client_key")}
 
 
-def _tallies(rows: Sequence[dict[str, Any]], key: str) -> list[Tally]:
-    """Activity aggregates: the key column and the counts of the finished statuses."""
+def _tallies(rows: Sequence[dict[str, Any]], kind: str) -> list[Tally]:
+    """The activity aggregates of one kind: the key and the counts of the finished statuses."""
     return [
-        (row[key], int(row["success"] or 0), int(row["failed"] or 0), int(row["exhausted"] or 0))
+        (row["key"], int(row["success"] or 0), int(row["failed"] or 0), int(row["exhausted"] or 0))
         for row in rows
+        if row["kind"] == kind
     ]
 
 

@@ -235,27 +235,23 @@ FROM (SELECT next_attempt_at,
       FROM kmsg_webhook_deliveries
       WHERE status = 'pending');
 
--- name: finished_per_minute
--- Rows finished from :since to :now per epoch minute, by finished status. The partial index
--- on completed_at serves the window.
-SELECT completed_at / 60000 AS minute,
-       sum(CASE WHEN status = 'success' THEN 1 ELSE 0 END) AS success,
-       sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
-       sum(CASE WHEN status = 'exhausted' THEN 1 ELSE 0 END) AS exhausted
-FROM kmsg_webhook_deliveries
-WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now
-GROUP BY minute;
-
--- name: finished_per_endpoint
--- The same window per endpoint, grouped by an expression: on the bare column SQLite's planner
--- walks the endpoint index, i.e. the whole table, to save sorting the window's rows.
-SELECT coalesce(endpoint_id, '') AS endpoint,
-       sum(CASE WHEN status = 'success' THEN 1 ELSE 0 END) AS success,
-       sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
-       sum(CASE WHEN status = 'exhausted' THEN 1 ELSE 0 END) AS exhausted
-FROM kmsg_webhook_deliveries
-WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now
-GROUP BY endpoint;
+-- name: finished_tallies
+-- Rows finished from :since to :now, by finished status, per epoch minute (kind 'minute') and per
+-- endpoint (kind 'endpoint'). The partial index on completed_at serves the window. The endpoint
+-- is grouped as an expression: on the bare column SQLite's planner walks the endpoint index,
+-- i.e. the whole table, to save sorting the window's rows.
+SELECT kind, key,
+       sum(status = 'success') AS success,
+       sum(status = 'failed') AS failed,
+       sum(status = 'exhausted') AS exhausted
+FROM (SELECT 'minute' AS kind, completed_at / 60000 AS key, status
+      FROM kmsg_webhook_deliveries
+      WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now
+      UNION ALL
+      SELECT 'endpoint', coalesce(endpoint_id, ''), status
+      FROM kmsg_webhook_deliveries
+      WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now)
+GROUP BY kind, key;
 
 -- name: latency_percentiles
 -- Last-attempt latencies of the newest :sample rows finished in the window, at the nearest-rank
