@@ -1,8 +1,8 @@
--- Hot-path queries of the SQLite delivery store, run on the raw aiosqlite connection.
+-- The queries of the SQLite stores: the hot paths of the SQLite delivery store (run on the raw
+-- aiosqlite connection) and, below them, the D1 store's. D1 is SQLite and runs the hot paths too.
 -- Each query sits under a "-- name: <name>" header; kmsg_webhook_* identifiers are replaced by
--- the configured (validated, quoted) names when the store loads this file. Outcome batches and
--- id lists travel as one JSON array parameter read with json_each. Timestamps are epoch
--- milliseconds.
+-- the configured (validated, quoted) names when the store loads this file. Id lists travel as
+-- one JSON array parameter read with json_each. Timestamps are epoch milliseconds.
 
 -- name: insert_deliveries
 -- Insert a batch; {rows} stands for one "(?, ... 19 ...)" group per row, in column order (the
