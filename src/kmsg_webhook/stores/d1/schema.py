@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from ...errors import ConfigError
-from ..sqlfiles import TableNames, migrations, render
+from ..sqlfiles import TableNames, migrations, queries, render
 from .client import D1Client, D1Statement
 from .errors import D1QueryError, D1SchemaError
 
@@ -304,6 +304,11 @@ def _upgrade_statements(t: D1Tables, endpoint_cols: set[str], delivery_cols: set
     """Bring tables written by the original adapter to this schema (one atomic batch)."""
     e, d = t.endpoints, t.deliveries
     built = _built(t.endpoint_table, t.delivery_table)
+    names = TableNames(t.endpoint_table, t.delivery_table)
+    # The data fixes, in file order: reviewed SQL (queries/original_adapter.sqlite.sql).
+    fixes = {
+        name: render(sql, names) for name, sql in queries("sqlite", "original_adapter").items()
+    }
     out: list[str] = []
     if endpoint_cols:
         if "active" in endpoint_cols:
@@ -311,28 +316,7 @@ def _upgrade_statements(t: D1Tables, endpoint_cols: set[str], delivery_cols: set
         for name, decl in built.endpoint_columns:
             if name not in endpoint_cols:
                 out.append(f"ALTER TABLE {e} ADD COLUMN {name} {_addable(decl)}")
-        out += [
-            f"UPDATE {e} SET headers_json = '{{}}' WHERE headers_json IS NULL",
-            f"UPDATE {e} SET status = 'inactive'"
-            " WHERE status NOT IN ('active', 'inactive', 'error', 'suspended',"
-            " 'pending_verification')",
-            # The original wrote camelCase JSON; the stored form has snake_case keys.
-            f"UPDATE {e} SET retry_config_json = json_object("
-            "'max_retries', json_extract(retry_config_json, '$.maxRetries'),"
-            " 'retry_delay_ms', json_extract(retry_config_json, '$.retryDelayMs'),"
-            " 'backoff_multiplier', json_extract(retry_config_json, '$.backoffMultiplier'))"
-            " WHERE json_valid(retry_config_json)",
-            f"UPDATE {e} SET filters_json = json_object("
-            + ", ".join(
-                f"'{snake}', json(COALESCE(json_extract(filters_json, '$.{camel}'), '[]'))"
-                for snake, camel in (
-                    ("provider_id", "providerId"),
-                    ("channel_id", "channelId"),
-                    ("template_id", "templateId"),
-                )
-            )
-            + ") WHERE json_valid(filters_json)",
-        ]
+        out += [fixes[name] for name in fixes if name.startswith("endpoints_")]
     if delivery_cols:
         if "next_retry_at" in delivery_cols and "next_attempt_at" not in delivery_cols:
             out.append(f"ALTER TABLE {d} RENAME COLUMN next_retry_at TO next_attempt_at")
@@ -343,22 +327,7 @@ def _upgrade_statements(t: D1Tables, endpoint_cols: set[str], delivery_cols: set
         for name, decl in built.delivery_columns:
             if name not in delivery_cols:
                 out.append(f"ALTER TABLE {d} ADD COLUMN {name} {_addable(decl)}")
-        out += [
-            # The original wrote each row once, finished, with its attempts in camelCase JSON.
-            f"UPDATE {d} SET attempts_json = (SELECT json_group_array(json_object("
-            "'attempt_number', json_extract(value, '$.attemptNumber'),"
-            " 'started_at', json_extract(value, '$.timestamp'),"
-            " 'latency_ms', COALESCE(json_extract(value, '$.latencyMs'), 0),"
-            " 'http_status', json_extract(value, '$.httpStatus'),"
-            " 'response_body', json_extract(value, '$.responseBody'),"
-            " 'error', json_extract(value, '$.error'))) FROM json_each(attempts_json))"
-            " WHERE json_valid(attempts_json)",
-            f"UPDATE {d} SET attempt_count = json_array_length(attempts_json),"
-            " last_latency_ms = json_extract(attempts_json, '$[#-1].latency_ms')"
-            " WHERE json_valid(attempts_json)",
-            # It kept next_retry_at as history; here the column means "next due".
-            f"UPDATE {d} SET next_attempt_at = NULL WHERE status <> 'pending'",
-        ]
+        out += [fixes[name] for name in fixes if name.startswith("deliveries_")]
     return out
 
 
