@@ -233,7 +233,13 @@ async def raw_insert(db: SqlDatabase, deliveries: list[WebhookDelivery]) -> None
 async def raw_claim(db: SqlDatabase, now: datetime) -> list[WebhookDelivery]:
     async with db.connect() as conn:
         return await db.claim_deliveries(
-            conn, worker_id=WORKER, now=now, lease_until=now + LEASE, limit=BATCH, exclude=[]
+            conn,
+            worker_id=WORKER,
+            now=now,
+            lease_until=now + LEASE,
+            limit=BATCH,
+            exclude=[],
+            retried=False,
         )
 
 
