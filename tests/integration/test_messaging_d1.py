@@ -19,11 +19,11 @@ from kmsg_webhook.messaging import (
     job_store_from_url,
     tracking_store_from_url,
 )
-from kmsg_webhook.messaging.d1_store import D1Query
 from kmsg_webhook.messaging.jobs import SendJob
 from kmsg_webhook.messaging.jobs_d1 import D1JobStore
 from kmsg_webhook.messaging.tracking_d1 import D1TrackingStore
 from kmsg_webhook.stores.d1 import D1QueryError
+from kmsg_webhook.stores.d1.queries import D1Query
 from support.d1 import FakeD1, LocalD1
 from support.stores import JOBS_TABLE, TRACKING_TABLE, fresh_messaging_tables
 

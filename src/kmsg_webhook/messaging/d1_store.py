@@ -12,53 +12,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar, Self
 
 from ..crypto.fields import FieldCrypto
-from ..stores.d1.client import D1Client, D1Result, D1Statement, D1Value
+from ..stores.d1.client import D1Client, D1Result, D1Statement
+from ..stores.d1.queries import NAMED_PARAMETER, D1Query
 from ..stores.d1.schema import quote_identifier
 from ..stores.d1.url import d1_client_from_url, url_flag
-from ..stores.rows import dumps, to_millis
 from ..stores.sqlfiles import migrations, queries, quote, split_statements, without_comments
-
-_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-
-
-@dataclass(frozen=True, slots=True)
-class D1Query:
-    """A query whose ``:name`` parameters are numbered ``?1``, ``?2``... in order of first use."""
-
-    sql: str
-    names: tuple[str, ...]
-
-    @classmethod
-    def of(cls, sql: str) -> D1Query:
-        names: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match[1] not in names:
-                names.append(match[1])
-            return f"?{names.index(match[1]) + 1}"
-
-        return cls(_PARAMETER.sub(number, without_comments(sql)).strip(), tuple(names))
-
-    def bind(self, values: Mapping[str, Any]) -> D1Statement:
-        """The statement with ``values`` (by parameter name) bound as D1 takes them."""
-        return D1Statement(self.sql, tuple(d1_value(values[name]) for name in self.names))
-
-
-def d1_value(value: object) -> D1Value:
-    """Times as epoch milliseconds (as the SQLite backend stores them), lists as JSON text
-    (read back with ``json_each``)."""
-    if isinstance(value, datetime):
-        return to_millis(value)
-    if isinstance(value, list | tuple):
-        return dumps(list(value))
-    if value is None or isinstance(value, str | int | float):
-        return value
-    raise TypeError(f"cannot bind a {type(value).__name__} to a D1 statement")
 
 
 class D1StoreBase:
@@ -102,7 +63,9 @@ class D1StoreBase:
         self._init_lock = asyncio.Lock()
         filter_lines = self.named("filter").splitlines()
         # The filter conditions by the parameter each binds.
-        self._conditions = {m[1]: line for line in filter_lines if (m := _PARAMETER.search(line))}
+        self._conditions = {
+            m[1]: line for line in filter_lines if (m := NAMED_PARAMETER.search(line))
+        }
         self._listings: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], D1Query] = {}
         self._prepare(crypto)
 

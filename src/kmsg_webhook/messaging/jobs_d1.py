@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ..crypto.fields import FieldCrypto
+from ..stores.d1.queries import D1Query
 from ..stores.sqlfiles import JOBS_TABLE
-from .d1_store import D1Query, D1StoreBase
+from .d1_store import D1StoreBase
 from .jobs import (
     JobCodec,
     JobResult,

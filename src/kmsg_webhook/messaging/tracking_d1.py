@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from ..crypto.fields import FieldCrypto
+from ..stores.d1.queries import D1Query
 from ..stores.rows import ceil_millis
 from ..stores.sqlfiles import TRACKING_TABLE
-from .d1_store import D1Query, D1StoreBase
+from .d1_store import D1StoreBase
 from .tracking_records import TrackingRecord
 from .tracking_rows import LEASE_COLUMNS, TrackingCodec, row_from_mapping
 from .tracking_store import (

@@ -13,48 +13,62 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from ..sqlfiles import TableNames, queries, render
+from ..rows import dumps, to_millis
+from ..sqlfiles import TableNames, queries, render, without_comments
 from .client import D1Statement, D1Value
 
-_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+#: A ``:name`` parameter (not a ``::`` cast).
+NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 @dataclass(frozen=True, slots=True)
 class D1Query:
-    """One named query rendered for the tables: its text and, in order, its named parameters
-    (empty when it binds ``?`` parameters by position)."""
+    """A query whose ``:name`` parameters are numbered ``?1``, ``?2``... in order of first use
+    (``names``; empty when it binds ``?`` parameters by position)."""
 
     sql: str
     names: tuple[str, ...]
 
-    def bind(self, values: Mapping[str, D1Value] | None = None, **named: D1Value) -> D1Statement:
-        """The statement with its parameters bound from ``values`` and keywords, by name."""
+    @classmethod
+    def of(cls, sql: str) -> D1Query:
+        """``sql`` without its comment lines (their ``:words`` bind nothing), numbered."""
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"?{names.index(match[1]) + 1}"
+
+        return cls(NAMED_PARAMETER.sub(number, without_comments(sql)).strip(), tuple(names))
+
+    def bind(self, values: Mapping[str, object] | None = None, **named: object) -> D1Statement:
+        """The statement with its parameters bound by name from ``values`` and keywords."""
         given = {**(values or {}), **named}
-        return D1Statement(self.sql, tuple(given[name] for name in self.names))
+        return D1Statement(self.sql, tuple(d1_value(given[name]) for name in self.names))
 
     def positional(self, params: Sequence[D1Value], *, where: str = "") -> D1Statement:
         """The statement with ``?`` parameters, ``{where}`` replaced by a filter clause."""
         return D1Statement(self.sql.replace("{where}", where), tuple(params))
 
 
-def _numbered(sql: str) -> D1Query:
-    """``sql`` without comment lines, each ``:name`` turned into ``?N`` (one number a name)."""
-    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match[1] not in names:
-            names.append(match[1])
-        return f"?{names.index(match[1]) + 1}"
-
-    return D1Query(_PARAMETER.sub(number, body), tuple(names))
+def d1_value(value: object) -> D1Value:
+    """A value as D1 binds it: times as epoch milliseconds (as the SQLite backend stores them),
+    lists as JSON text (read back with ``json_each``), scalars as they are."""
+    if isinstance(value, datetime):
+        return to_millis(value)
+    if isinstance(value, list | tuple):
+        return dumps(list(value))
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise TypeError(f"cannot bind a {type(value).__name__} to a D1 statement")
 
 
 def load_queries(names: TableNames, family: str = "") -> dict[str, D1Query]:
     """The SQLite queries of ``queries/[<family>.]sqlite.sql`` by name, rendered for ``names``,
     ready to bind on D1."""
-    return {name: _numbered(render(sql, names)) for name, sql in queries("sqlite", family).items()}
+    return {name: D1Query.of(render(sql, names)) for name, sql in queries("sqlite", family).items()}
 
 
 @dataclass(frozen=True, slots=True)
