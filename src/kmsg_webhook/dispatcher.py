@@ -16,15 +16,13 @@ import heapq
 import logging
 import random
 from collections import defaultdict, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .batcher import GroupCommit
 from .clock import Clock
 from .config import WebhookConfig
-from .crypto.envelope import is_sealed
-from .crypto.fields import FieldCrypto
 from .endpoints import EndpointCache
 from .errors import FieldCryptoError
 from .hooks import (
@@ -41,19 +39,21 @@ from .models import (
     OutcomeDraft,
     WebhookDelivery,
     WebhookEndpoint,
+    evolve_delivery,
     frozen,
 )
 from .pacing import Pacing
 from .retry import backoff_ms, judge, parse_retry_after
 from .sender import Sender, SendResult
-from .stores.protocol import WebhookPersistence, apply_outcome
-from .stores.sealed import unreadable_outcome
+from .stores.protocol import apply_outcome
+from .stores.sealed import Sealing, unreadable_outcome
 
 logger = logging.getLogger("kmsg_webhook.dispatcher")
-_OPENED_CACHE_SIZE = 10_000
 _GONE_REASON = "410 Gone: the receiver asked to stop deliveries"
 _DISABLE_REASON = "the receiver asked to stop deliveries (webhook-delivery: disable)"
 _LEASE_STEP = timedelta(milliseconds=1)
+#: Writes new rows (as built: plaintext) and returns the ids of those that were new.
+WriteRows = Callable[[Sequence[WebhookDelivery]], Awaitable[Collection[str]]]
 
 
 @dataclass(slots=True)  # internal, one per attempt: a plain init is four times cheaper
@@ -85,15 +85,16 @@ class Dispatcher:
     claims beyond an endpoint's share goes straight back, and the due rows of a resting
     endpoint are put back until its rest ends, without an attempt.
 
-    With field crypto (``crypto``) the persistence and the endpoint cache hold values as
-    stored; an endpoint's secrets and headers and a delivery's payload are opened just before
-    the attempt, kept in local variables only, and never logged. A delivery whose values do not
-    open is settled ``failed`` with the reason, without a request.
+    ``sealing`` is field crypto (or its absence) at the store boundary: rows are claimed as
+    stored and opened by it, endpoints are cached as stored and opened by it for the attempt.
+    A delivery whose values do not open (or are sealed and there are no keys) is settled
+    ``failed`` with the reason, without a request. New rows handed over at intake are the
+    plaintext rows the runtime built.
     """
 
     def __init__(
         self,
-        persistence: WebhookPersistence,
+        sealing: Sealing,
         sender: Sender,
         endpoints: EndpointCache,
         config: WebhookConfig,
@@ -101,16 +102,12 @@ class Dispatcher:
         clock: Clock,
         worker_id: str,
         rng: random.Random | None = None,
-        crypto: FieldCrypto | None = None,
         hooks: HookSet | None = None,
     ) -> None:
-        self._crypto = crypto
+        self._sealing = sealing
         self._hooks = hooks or HookSet()
-        # Endpoints opened for sending, by id, with the stored form they were opened from
-        # (the Sender keeps signers keyed by plaintext secrets anyway).
-        self._opened: dict[str, tuple[WebhookEndpoint, WebhookEndpoint]] = {}
-        self._store = persistence.delivery_store
-        self._endpoint_store = persistence.endpoint_store
+        self._store = sealing.stored.delivery_store
+        self._endpoint_store = sealing.stored.endpoint_store
         self._sender = sender
         self._endpoints = endpoints
         self._config = config
@@ -146,8 +143,6 @@ class Dispatcher:
         # claim (each claim is a store round trip).
         self._claim_threshold = max(1, config.claim_batch_size // 2)
         self._idle_workers: deque[asyncio.Future[None]] = deque()
-        # Endpoints already checked to hold no sealed values (no field crypto configured).
-        self._plain: dict[str, WebhookEndpoint] = {}
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         # Endpoints the last short claim left out because this worker held their share: the
@@ -297,38 +292,85 @@ class Dispatcher:
     def _holds_due(self, cutoff: datetime) -> bool:
         return any(due <= cutoff for due in self._held_due.values())
 
-    # -- one-shot sends (emit_sync, probes) --------------------------------------------------
+    # -- new rows from intake -----------------------------------------------------------------
 
-    async def send_now(self, deliveries: Sequence[WebhookDelivery]) -> list[WebhookDelivery]:
-        """Attempt already-leased deliveries once, record, and return them as recorded.
+    async def hand_off(
+        self, rows: Sequence[WebhookDelivery], write: WriteRows, *, leasable: bool = True
+    ) -> None:
+        """Write new rows (``rows``: due now, unleased, plaintext, as the runtime built them)
+        and queue those this worker can send at once, without a claim.
 
-        ``deliveries`` are the rows as built in memory (plaintext payloads), not as stored.
+        A row to an endpoint resting after timeouts is written due when the rest ends. Rows
+        within the room a claim would keep (not ordered ones, whose turn the store knows, and
+        none while an older backlog waits in the store) are written leased to this worker;
+        the rest are left to the claimer, which is woken. ``leasable=False`` (rows in a
+        caller's transaction, which may never commit) leases none. Should this process die
+        between the write and the send, the leases expire and any worker claims the rows, as
+        after a crash mid-send.
         """
-        results = await asyncio.gather(*(self._attempt(d, stored=False) for d in deliveries))
-        await self._write_results(results)
-        return [
-            apply_outcome(d, r.outcome, max_stored_attempts=len(d.attempts) + 1)
-            for d, r in zip(deliveries, results, strict=True)
+        now = self._clock.now()
+        lease_until = self._intake_lease(now) if leasable else None
+        resting = self._pacing.resting_until
+        written: list[WebhookDelivery] = []
+        taken: list[WebhookDelivery] = []
+        left_due = False
+        for row in rows:
+            endpoint_id = row.endpoint_id
+            due_at = resting(endpoint_id, now)
+            if due_at is not None:
+                row = evolve_delivery(row, next_attempt_at=due_at)
+            elif lease_until is not None and row.ordering_key is None and self._take(endpoint_id):
+                row = evolve_delivery(row, lease_owner=self.worker_id, lease_expires_at=lease_until)
+                taken.append(row)
+            else:
+                left_due = True
+            written.append(row)
+        try:
+            inserted = await write(written)
+        except BaseException:
+            self._adopt(taken, ())  # gives their room back
+            raise
+        if taken:
+            self._adopt(taken, None if len(inserted) == len(written) else set(inserted))
+        if left_due:
+            self.wake()
+
+    async def send_now(
+        self, rows: Sequence[WebhookDelivery], write: WriteRows
+    ) -> list[WebhookDelivery]:
+        """Write new rows (as :meth:`hand_off` takes them) leased to this worker, attempt each
+        once, record, and return them as recorded (emit_sync). Ordered rows wait their turn in
+        the store and are returned pending; rows the store already had are left out."""
+        lease_until = self._new_lease(self._clock.now())
+        written = [
+            row
+            if row.ordering_key is not None
+            else evolve_delivery(row, lease_owner=self.worker_id, lease_expires_at=lease_until)
+            for row in rows
         ]
+        inserted = set(await write(written))
+        now_rows = [r for r in written if r.id in inserted and r.lease_owner is not None]
+        waiting = [r for r in written if r.id in inserted and r.lease_owner is None]
+        if waiting:
+            self.wake()
+        results = await asyncio.gather(*(self._attempt(d) for d in now_rows))
+        await self._write_results(results)
+        sent = [
+            apply_outcome(d, r.outcome, max_stored_attempts=len(d.attempts) + 1)
+            for d, r in zip(now_rows, results, strict=True)
+        ]
+        return [*sent, *waiting]
 
     async def probe(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> SendResult:
         """One attempt that is neither stored nor retried (endpoint probes)."""
         return await self._sender.send(endpoint, delivery)
 
-    # -- taking new rows at intake ------------------------------------------------------------
-
-    def intake_lease(self) -> datetime | None:
+    def _intake_lease(self, now: datetime) -> datetime | None:
         """The lease for new rows this worker could send at once, or ``None`` (not running,
-        stopping, or the store may hold older due rows that should go first).
-
-        Rows written already leased to this worker skip the claim: :meth:`take` reserves room
-        for each, :meth:`adopt` queues the ones the store accepted. Should this process die
-        between the two, the leases expire and any worker claims the rows, as after a crash
-        mid-send.
-        """
+        stopping, or the store may hold older due rows that should go first)."""
         if not self._tasks or self._stopping or self._backlog or self._room() <= 0:
             return None
-        return self._new_lease(self._clock.now())
+        return self._new_lease(now)
 
     def _new_lease(self, now: datetime) -> datetime:
         """A lease ending ``effective_lease_ms`` after ``now``, and 1 ms (the coarsest store's
@@ -340,7 +382,7 @@ class Dispatcher:
         self._last_lease = until
         return until
 
-    def take(self, endpoint_id: str) -> bool:
+    def _take(self, endpoint_id: str) -> bool:
         """Reserve room for one new row to ``endpoint_id`` (within the same limits a claim
         keeps); ``False``: leave it to the store and the claimer."""
         taking = self._taking.get(endpoint_id, 0)
@@ -355,11 +397,7 @@ class Dispatcher:
         self._outstanding += 1
         return True
 
-    def resting_until(self, endpoint_id: str) -> datetime | None:
-        """When the endpoint's rest ends (new rows for it are due then), or ``None``."""
-        return self._pacing.resting_until(endpoint_id, self._clock.now())
-
-    def adopt(self, taken: Sequence[WebhookDelivery], inserted: Collection[str] | None) -> None:
+    def _adopt(self, taken: Sequence[WebhookDelivery], inserted: Collection[str] | None) -> None:
         """Queue the taken rows the store accepted (``inserted``: their ids; ``None``: all of
         them); the room kept for the rest (duplicates, or all when the write failed) is given
         back."""
@@ -477,6 +515,10 @@ class Dispatcher:
         overflow: list[str] = []
         queued = 0
         limit = self._pacing.limit
+        claimed, refused = self._sealing.open_claimed(claimed)
+        for delivery, error in refused:
+            self._outstanding += 1
+            self._refuse(delivery, error)
         for delivery in claimed:
             endpoint_id = delivery.endpoint_id
             until = self._pacing.resting_until(endpoint_id, now)
@@ -497,7 +539,7 @@ class Dispatcher:
         self._wake_workers(queued)
         if overflow:
             await self._store.release(overflow, worker_id=self.worker_id)
-        return len(claimed) - len(overflow)
+        return len(claimed) + len(refused) - len(overflow)
 
     def _put_back(self, delivery: WebhookDelivery, until: datetime) -> None:
         """Record a held row as due again at ``until``, without an attempt (its endpoint rests)."""
@@ -511,6 +553,16 @@ class Dispatcher:
             error=f"endpoint resting after timeouts until {until.isoformat()}",
         )
         self._held_due.setdefault(delivery.id, delivery.next_attempt_at or until)
+        settled = _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
+        self._recorder.enqueue(settled)
+        self._recording += 1
+
+    def _refuse(self, delivery: WebhookDelivery, error: FieldCryptoError) -> None:
+        """Settle a claimed row ``failed`` without a request: its payload does not open."""
+        logger.error("delivery %s not sent: %s", delivery.id, error)
+        now = self._clock.now()
+        outcome = unreadable_outcome(delivery.id, self.worker_id, error, now)
+        self._held_due.setdefault(delivery.id, delivery.next_attempt_at or now)
         settled = _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
         self._recorder.enqueue(settled)
         self._recording += 1
@@ -656,7 +708,7 @@ class Dispatcher:
                 self._keys_freed += 1
                 self._wake.set()  # claim the key's next now, not at the next poll
 
-    async def _attempt(self, delivery: WebhookDelivery, *, stored: bool = True) -> _Settled:
+    async def _attempt(self, delivery: WebhookDelivery) -> _Settled:
         endpoint = self._endpoints.cached(delivery.endpoint_id)
         if endpoint is None:
             endpoint = await self._endpoints.get(delivery.endpoint_id)
@@ -680,12 +732,12 @@ class Dispatcher:
             return _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
 
         try:
-            endpoint, payload = self._open(endpoint, delivery, stored=stored)
+            endpoint = self._sealing.for_sending(endpoint)
         except FieldCryptoError as exc:
             logger.error("delivery %s not sent: %s", delivery.id, exc)
             outcome = unreadable_outcome(delivery.id, self.worker_id, exc, self._clock.now())
             return _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
-        result = await self._sender.send(endpoint, delivery, payload=payload)
+        result = await self._sender.send(endpoint, delivery)
         attempt = result.attempt
         now = self._clock.now()
         verdict = judge(attempt.http_status)
@@ -739,44 +791,6 @@ class Dispatcher:
             timed_out=result.timed_out,
             frees_key=frees_key,
         )
-
-    def _open(
-        self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, *, stored: bool
-    ) -> tuple[WebhookEndpoint, str | None]:
-        """The endpoint with its sealed values opened, and the payload decrypted (``None``:
-        send it as it is); raises :class:`FieldCryptoError`. Without crypto, sealed values are
-        refused, never sent."""
-        crypto = self._crypto
-        if crypto is not None:
-            cached = self._opened.get(endpoint.id)
-            if cached is not None and cached[0] is endpoint:
-                endpoint = cached[1]
-            else:
-                opened = crypto.open_endpoint(endpoint, strict=True)
-                if len(self._opened) >= _OPENED_CACHE_SIZE:
-                    self._opened.clear()
-                self._opened[endpoint.id] = (endpoint, opened)
-                endpoint = opened
-            return endpoint, crypto.open_payload(delivery) if stored else None
-        if self._plain.get(endpoint.id) is not endpoint:
-            sealed = (
-                (endpoint.secret is not None and is_sealed(endpoint.secret))
-                or any(is_sealed(s.secret) for s in endpoint.previous_secrets)
-                or any(is_sealed(v) for v in endpoint.headers.values())
-                or (endpoint.client_key is not None and is_sealed(endpoint.client_key))
-            )
-            if not sealed:
-                if len(self._plain) >= _OPENED_CACHE_SIZE:
-                    self._plain.clear()
-                self._plain[endpoint.id] = endpoint
-        else:
-            sealed = False
-        if sealed or (stored and is_sealed(delivery.payload)):
-            raise FieldCryptoError(
-                f"delivery {delivery.id} or its endpoint {endpoint.id} holds encrypted values "
-                "and this runtime has no field crypto configured (field_crypto=...)"
-            )
-        return endpoint, None
 
     def _max_retries(self, endpoint: WebhookEndpoint) -> int:
         override = endpoint.retry_config.max_retries if endpoint.retry_config else None

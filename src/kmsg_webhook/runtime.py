@@ -23,8 +23,6 @@ from .batcher import GroupCommit
 from .challenge import WEBHOOK_CHALLENGE_RESPONSE, challenge_key, new_challenge, response_matches
 from .clock import Clock, SystemClock
 from .config import WebhookConfig
-from .crypto.config import FieldCryptoConfig, FieldMode
-from .crypto.fields import FieldCrypto, event_numbers
 from .dispatcher import Dispatcher
 from .endpoints import (
     EndpointCache,
@@ -73,7 +71,7 @@ from .models import (
     frozen,
 )
 from .operational import OperationalNotifier
-from .preflight import refused_endpoints, sample_sealed, unknown_kids
+from .preflight import refused_endpoints
 from .retention import Retention
 from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
@@ -84,7 +82,7 @@ from .stores.protocol import (
     WebhookPersistence,
     require_complete,
 )
-from .stores.sealed import field_crypto_of, stored_view, with_field_crypto
+from .stores.sealed import FieldCryptoOption, Sealing
 from .urlguard import GuardedResolver
 
 logger = logging.getLogger("kmsg_webhook.runtime")
@@ -144,7 +142,7 @@ class WebhookRuntimeService:
         worker_id: str | None = None,
         dispatch: bool = True,
         rng: random.Random | None = None,
-        field_crypto: FieldCryptoConfig | FieldCrypto | None = None,
+        field_crypto: FieldCryptoOption | None = None,
         hooks: DeliveryHooks | Sequence[DeliveryHooks] | None = None,
     ) -> None:
         self.config = config or WebhookConfig()
@@ -158,13 +156,13 @@ class WebhookRuntimeService:
         self._watch: Watch | None = None
         resolved = _resolve_persistence(persistence, endpoint_store, delivery_store)
         require_complete(resolved)
-        if field_crypto is not None:
-            resolved = with_field_crypto(resolved, field_crypto)
-        self.persistence = resolved
+        # Field crypto (or its absence) at the store boundary: nothing else here seals or opens.
+        self._sealing = sealing = Sealing(resolved, field_crypto)
+        self.persistence = sealing.persistence
         #: What field crypto applies (``None``: off).
-        self.field_crypto: FieldCrypto | None = field_crypto_of(resolved)
-        # Values as stored: the dispatcher, the endpoint cache and read-modify-write paths.
-        self._stored = stored_view(resolved)
+        self.field_crypto = sealing.crypto
+        # Values as stored: the endpoint cache, counts, and what moves rows without reading them.
+        self._stored = sealing.stored
         self.security = security or SecurityOptions()
         if self.config.operational_webhook is not None:
             self._check_url(self.config.operational_webhook.url)
@@ -230,14 +228,13 @@ class WebhookRuntimeService:
                 session_sends_fixed_headers=self._given_session is None,
             )
             self._dispatcher = Dispatcher(
-                self._stored,
+                self._sealing,
                 sender,
                 self._endpoints,
                 self.config,
                 clock=self.clock,
                 worker_id=self.worker_id,
                 rng=self._rng,
-                crypto=self.field_crypto,
                 hooks=self._hooks,
             )
             operational = self.config.operational_webhook
@@ -373,24 +370,9 @@ class WebhookRuntimeService:
         """Refuse to dispatch sealed values without keys; name the endpoints the URL policy
         will refuse (one warning each), before any delivery is claimed."""
         endpoints = await self._stored.endpoint_store.list()
-        sample = await sample_sealed(endpoints, self._stored.delivery_store)
-        crypto = self.field_crypto
-        if crypto is None and sample.where():
-            raise MissingKeysError(
-                f"the store holds sealed values ({sample.where()}) and no field-crypto keys "
-                f"were given: set KMSG_WEBHOOK_KEYS (field_crypto=) to the keys they were "
-                f"sealed with; refusing to dispatch rather than fail every delivery"
-            )
-        unknown, openable = unknown_kids(sample, crypto) if crypto else (set(), 0)
-        if unknown:
-            message = (
-                f"sealed values in the store ({sample.where()}) use key id(s) "
-                f"{', '.join(sorted(unknown))}, which the configured keys lack "
-                f"(KMSG_WEBHOOK_KEYS, field_crypto=)"
-            )
-            if not openable:  # wrong keys altogether: every delivery would fail
-                raise MissingKeysError(f"{message}; refusing to dispatch")
-            logger.warning("%s; their deliveries will fail until the key is added", message)
+        warning = await self._sealing.check_keys(endpoints)
+        if warning is not None:
+            logger.warning("%s", warning)
         for endpoint, error in refused_endpoints(endpoints, self.security):
             logger.warning(
                 "endpoint %s (%s) will be refused under this runtime's URL policy (%s): %s",
@@ -451,7 +433,7 @@ class WebhookRuntimeService:
         )
         if data.verify:
             self._challenge_keys(endpoint)  # refuse before storing what can never verify
-        stored = self._seal(endpoint)
+        stored = self._sealing.seal_endpoint(endpoint)
         await self._stored.endpoint_store.add(stored)
         self._endpoints.put(stored)
         if data.verify:
@@ -728,30 +710,12 @@ class WebhookRuntimeService:
         await self.start()
         assert self._dispatcher is not None
         now = self.clock.now()
-        lease_until = now + timedelta(milliseconds=self.config.effective_lease_ms)
         rows = [
-            self._new_delivery(
-                event,
-                endpoint,
-                payload,
-                now,
-                lease_until=None if endpoint.ordered and event.ordering_key else lease_until,
-            )
+            self._new_delivery(event, endpoint, payload, now)
             for endpoint in await self._matching(event)
         ]
-        crypto = self.field_crypto
-        stored = rows
-        if crypto is not None:
-            numbers = event_numbers(event)
-            stored = [crypto.seal_delivery(row, numbers=numbers) for row in rows]
-        inserted = set(await self._stored.delivery_store.insert_many(stored))
-        # The rows as built (plaintext, in memory) are what is sent; ordered ones wait their
-        # turn in the store and come back pending.
-        now_rows = [r for r in rows if r.id in inserted and r.lease_owner is not None]
-        waiting = [r for r in rows if r.id in inserted and r.lease_owner is None]
-        if waiting:
-            self._wake()
-        return [*await self._dispatcher.send_now(now_rows), *waiting]
+        # Sealed on the way in; the rows as built (plaintext, in memory) are what is sent.
+        return await self._dispatcher.send_now(rows, self.persistence.delivery_store.insert_many)
 
     async def _matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
         await self._endpoints.refresh()
@@ -760,7 +724,7 @@ class WebhookRuntimeService:
     def _encode(self, event: WebhookEvent) -> _Encoded:
         """The event as it is sent (field crypto may mask numbers) and its body; raises
         :class:`InvalidEventError` for a body JSON cannot hold or one over the size limit."""
-        event = self._prepare(event)
+        event = self._sealing.prepare(event)
         payload = event.to_json()
         limit = self.config.max_payload_bytes
         # A character is at most 4 UTF-8 bytes: most bodies need no exact count.
@@ -771,81 +735,34 @@ class WebhookRuntimeService:
     async def _write_events(
         self, events: Sequence[_Encoded], *, connection: object | None = None
     ) -> None:
-        now = self.clock.now()
-        rows: list[WebhookDelivery] = []
         dispatcher = self._dispatcher
         assert dispatcher is not None  # built by start(), before any write
-        # Rows this process can send at once are written leased to it and queued directly,
-        # with no claim; rows in a caller's transaction may never commit, so they wait for one.
-        lease_until = dispatcher.intake_lease() if connection is None else None
-        taken: list[WebhookDelivery] = []
-        left_due = 0  # rows due now that the claimer must fetch
+        now = self.clock.now()
         await self._endpoints.refresh()
-        for event, payload in events:
-            endpoints = self._endpoints.matching(event)
-            if endpoints:
-                for endpoint in endpoints:
-                    # An endpoint resting after timeouts gets the row due when its rest ends.
-                    due_at = dispatcher.resting_until(endpoint.id)
-                    # An ordered delivery waits for a claim: the store knows what of its key
-                    # is unfinished.
-                    ordered = endpoint.ordered and event.ordering_key is not None
-                    leased = (
-                        lease_until is not None
-                        and not due_at
-                        and not ordered
-                        and dispatcher.take(endpoint.id)
-                    )
-                    row = self._new_delivery(
-                        event,
-                        endpoint,
-                        payload,
-                        now,
-                        seal=True,
-                        lease_until=lease_until if leased else None,
-                        due_at=due_at,
-                    )
-                    rows.append(row)
-                    if leased:
-                        taken.append(row)
-                    elif due_at is None:
-                        left_due += 1
+        matching = self._endpoints.matching
+        rows = [
+            self._new_delivery(event, endpoint, payload, now)
+            for event, payload in events
+            for endpoint in matching(event)
+        ]
         if not rows:
             return
-        try:
-            inserted = await self._stored.delivery_store.insert_many(rows, connection=connection)
-        except BaseException:
-            dispatcher.adopt(taken, ())  # gives their room back
-            raise
-        if taken:
-            dispatcher.adopt(taken, None if len(inserted) == len(rows) else set(inserted))
-        if left_due:
-            dispatcher.wake()
+        insert = self.persistence.delivery_store.insert_many  # seals them on the way in
+
+        async def write(rows: Sequence[WebhookDelivery]) -> list[str]:
+            return await insert(rows, connection=connection)
+
+        # The dispatcher decides which rows it sends at once (written leased to it); rows in
+        # a caller's transaction may never commit, so they wait for a claim.
+        await dispatcher.hand_off(rows, write, leasable=connection is None)
 
     def _new_delivery(
-        self,
-        event: WebhookEvent,
-        endpoint: WebhookEndpoint,
-        payload: str,
-        now: datetime,
-        *,
-        seal: bool = False,
-        lease_until: datetime | None = None,
-        due_at: datetime | None = None,
+        self, event: WebhookEvent, endpoint: WebhookEndpoint, payload: str, now: datetime
     ) -> WebhookDelivery:
-        """A new outbox row, due at ``due_at`` (default ``now``); with ``seal`` (and field
-        crypto) as it is stored; with ``lease_until``, leased to this runtime's worker."""
-        delivery_id = new_id("dlv")
-        to_hash = from_hash = None
-        crypto = self.field_crypto
-        if seal and crypto is not None:
-            # The lookup hashes come from the event's data: no parsing of the payload.
-            payload, to_hash, from_hash = crypto.seal_payload(
-                delivery_id, payload, event_numbers(event)
-            )
+        """A new outbox row, due now, not leased, its payload as sent (plaintext)."""
         return frozen(
             DeliveryDraft(
-                id=delivery_id,
+                id=new_id("dlv"),
                 endpoint_id=endpoint.id,
                 event_id=event.id,
                 event_type=event.type,
@@ -853,11 +770,7 @@ class WebhookRuntimeService:
                 payload=payload,
                 status=DeliveryStatus.PENDING,
                 created_at=now,
-                next_attempt_at=due_at or now,
-                lease_owner=None if lease_until is None else self.worker_id,
-                lease_expires_at=lease_until,
-                to_hash=to_hash,
-                from_hash=from_hash,
+                next_attempt_at=now,
                 ordering_key=event.ordering_key if endpoint.ordered else None,
             )
         )
@@ -891,12 +804,7 @@ class WebhookRuntimeService:
     ) -> DeliveryPage:
         """Deliveries whose payload was sent to the phone number ``to``, found by its keyed
         hash (field crypto ``to="encrypt+hash"``): no payload is decrypted to search."""
-        crypto = self.field_crypto
-        if crypto is None or crypto.config.to is not FieldMode.ENCRYPT_HASH:
-            raise ConfigError("recipient lookups need field crypto with to='encrypt+hash'")
-        digest = crypto.recipient_hash(to)
-        if digest is None:
-            raise ConfigError("not a phone number (masked, or no digits)")
+        digest = self._sealing.recipient_hash(to)
         narrowed = dataclasses.replace(filter or DeliveryFilter(), to_hash=digest)
         return await self.list_deliveries(narrowed, limit=limit, cursor=cursor)
 
@@ -1006,13 +914,7 @@ class WebhookRuntimeService:
         endpoint = await self._stored.endpoint_store.get(endpoint_id)
         if endpoint is None:
             raise EndpointNotFoundError(endpoint_id)
-        if self.field_crypto is not None:
-            endpoint = self.field_crypto.open_endpoint(endpoint, strict=True)
-        return endpoint
-
-    def _seal(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
-        crypto = self.field_crypto
-        return endpoint if crypto is None else crypto.seal_endpoint(endpoint)
+        return self._sealing.open_endpoint(endpoint)
 
     async def _store_update(
         self, endpoint: WebhookEndpoint, *, reset_health: bool = False
@@ -1020,7 +922,7 @@ class WebhookRuntimeService:
         """Write ``endpoint``; returns it with the health fields as stored (the store keeps
         its own: failures recorded since ``endpoint`` was read are not undone)."""
         store = self._stored.endpoint_store
-        await store.update(self._seal(endpoint), reset_health=reset_health)
+        await store.update(self._sealing.seal_endpoint(endpoint), reset_health=reset_health)
         fresh = await store.get(endpoint.id)
         if fresh is None:  # removed meanwhile
             self._endpoints.drop(endpoint.id)
@@ -1033,10 +935,6 @@ class WebhookRuntimeService:
             last_success_at=fresh.last_success_at,
             last_triggered_at=fresh.last_triggered_at,
         )
-
-    def _prepare(self, event: WebhookEvent) -> WebhookEvent:
-        crypto = self.field_crypto
-        return event if crypto is None else crypto.prepare_event(event)
 
 
 def _resolve_persistence(

@@ -125,11 +125,8 @@ class Sender:
         # them with every request.
         self._fixed = {} if session_sends_fixed_headers else fixed_headers(config)
 
-    async def send(
-        self, endpoint: WebhookEndpoint, delivery: WebhookDelivery, *, payload: str | None = None
-    ) -> SendResult:
-        """POST ``delivery.payload`` (or ``payload``: the same, decrypted) to the endpoint's
-        current URL; never raises for I/O."""
+    async def send(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> SendResult:
+        """POST ``delivery.payload`` to the endpoint's current URL; never raises for I/O."""
         started_at = self._clock.now()
         attempt_number = delivery.attempt_count + 1
         t0 = time.perf_counter()
@@ -137,7 +134,7 @@ class Sender:
             prepared = self._prepared.get(endpoint.id)
             if prepared is None or not prepared.fits(endpoint, started_at):
                 prepared = self._prepare(endpoint, started_at)
-            body = (delivery.payload if payload is None else payload).encode()
+            body = delivery.payload.encode()
             headers = self._headers(prepared, delivery, body, started_at)
         except (EndpointUrlError, SigningError, InvalidEndpointError) as exc:
             return _failed(attempt_number, started_at, t0, f"refused: {exc}", refused=True)

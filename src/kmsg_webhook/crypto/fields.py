@@ -71,6 +71,9 @@ class FieldCrypto:
         # The last number hashed per field: the rows of one event (one per endpoint) share
         # their numbers, and the sender number rarely changes.
         self._last_hashed: list[tuple[str | None, str | None]] = [(None, None), (None, None)]
+        # The numbers of the last payload sealed: the rows of one event share the payload
+        # object, so its JSON is parsed once per event, not once per endpoint.
+        self._last_numbers: tuple[str | None, Numbers] = (None, (None, None))
 
     def __repr__(self) -> str:
         return f"FieldCrypto(active_kid={self.active_kid!r})"
@@ -312,19 +315,18 @@ class FieldCrypto:
             return event
         return dataclasses.replace(event, data={**data, **changes})
 
-    def seal_delivery(
-        self, delivery: WebhookDelivery, *, numbers: Numbers | None = None
-    ) -> WebhookDelivery:
-        """The delivery as stored: payload sealed and lookup hashes set, as configured.
-
-        ``numbers`` (the payload's ``to`` and ``from``) saves parsing the payload to find them.
-        """
-        if numbers is None and self._hashing:
-            numbers = _numbers(delivery.payload)
+    def seal_delivery(self, delivery: WebhookDelivery) -> WebhookDelivery:
+        """The delivery as stored: payload sealed and lookup hashes set, as configured."""
+        numbers: Numbers = (None, None)
+        if self._hashing:
+            last, numbers = self._last_numbers
+            if delivery.payload is not last:
+                numbers = _numbers(delivery.payload)
+                self._last_numbers = (delivery.payload, numbers)
         payload, to_hash, from_hash = self.seal_payload(
             delivery.id,
             delivery.payload,
-            numbers or (None, None),
+            numbers,
             to_hash=delivery.to_hash,
             from_hash=delivery.from_hash,
         )
@@ -447,12 +449,6 @@ class FieldCrypto:
     def _aad(self, table: str, column: str, record_id: str) -> bytes:
         """:func:`~kmsg_webhook.crypto.envelope.associated_data`, its prefix cached."""
         return aad_prefix(self.config.tenant_id, table, column) + aad_tail(record_id)
-
-
-def event_numbers(event: WebhookEvent) -> Numbers:
-    """``data.to`` and ``data.from`` of an event (``None`` where absent or not text)."""
-    to, sender = event.data.get("to"), event.data.get("from")
-    return (to if isinstance(to, str) else None, sender if isinstance(sender, str) else None)
 
 
 def _numbers(payload: str) -> Numbers:

@@ -1,10 +1,14 @@
-"""Field crypto around any persistence: ``with_field_crypto(persistence, config)``.
+"""Field crypto at the store boundary: the one place values are sealed and opened.
 
-The wrappers implement the store protocol over another backend's stores, so every backend
+``with_field_crypto(persistence, config)`` wraps another backend's stores, so every backend
 (memory, SQLite, Postgres, D1) gets the same behaviour: values are sealed before they are
 written and opened after they are read. Everything else passes through unchanged, including
 the maintenance operations (``scan``, ``rewrite_payloads``, ``rewrite_sealed``), which work on
 values as stored.
+
+:class:`Sealing` is what the runtime and the dispatcher hold instead of any crypto object:
+new rows are written through the wrapped store, claimed rows and endpoints are opened through
+it before a send, and without keys it refuses sealed values instead of sending them.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 
-from ..crypto.config import FailMode, FieldCryptoConfig
+from ..crypto.config import FailMode, FieldCryptoConfig, FieldMode
+from ..crypto.envelope import is_sealed
 from ..crypto.fields import FieldCrypto
-from ..errors import ConfigError, FieldCryptoError
+from ..errors import ConfigError, FieldCryptoError, MissingKeysError
+from ..events import WebhookEvent
 from ..models import (
     AttemptOutcome,
     DeliveryActivity,
@@ -35,6 +43,12 @@ from ..models import (
 from .protocol import DeliveryStore, EndpointStore, WebhookPersistence
 
 logger = logging.getLogger("kmsg_webhook.crypto")
+#: What ``field_crypto=`` takes: a config, or one already at work.
+FieldCryptoOption: TypeAlias = FieldCryptoConfig | FieldCrypto
+#: Pending deliveries sampled for sealed payloads (newest first): one page, one query.
+SEALED_SAMPLE = 100
+#: Endpoints kept opened for sending (or checked to hold nothing sealed), by id.
+_OPENED_CACHE_SIZE = 10_000
 
 
 def unreadable_outcome(
@@ -139,17 +153,13 @@ class CryptoDeliveryStore:
             limit=limit,
             exclude_endpoints=exclude_endpoints,
         )
-        opened: builtins.list[WebhookDelivery] = []
-        refused: builtins.list[AttemptOutcome] = []
-        for stored in claimed:
-            delivery, error = self.crypto.try_open_delivery(stored)
-            if error is None:
-                opened.append(delivery)
-            else:
-                logger.error("delivery %s settled failed: %s", stored.id, error)
-                refused.append(unreadable_outcome(stored.id, worker_id, error, now))
+        opened, refused = open_claimed(self.crypto, claimed)
         if refused:
-            await self.inner.record(refused)
+            for stored, error in refused:
+                logger.error("delivery %s settled failed: %s", stored.id, error)
+            await self.inner.record(
+                [unreadable_outcome(d.id, worker_id, error, now) for d, error in refused]
+            )
         return opened
 
     async def record(self, outcomes: Sequence[AttemptOutcome]) -> int:
@@ -248,3 +258,198 @@ def stored_view(persistence: WebhookPersistence) -> WebhookPersistence:
         watch=persistence.watch,
         retry_timeout=persistence.retry_timeout,
     )
+
+
+def open_claimed(
+    crypto: FieldCrypto | None, claimed: Sequence[WebhookDelivery]
+) -> tuple[builtins.list[WebhookDelivery], builtins.list[tuple[WebhookDelivery, FieldCryptoError]]]:
+    """Claimed rows with their payloads opened strictly, and the rows that do not open, each
+    with the reason. Without ``crypto`` every sealed payload is refused."""
+    if crypto is None:
+        if not any(is_sealed(d.payload) for d in claimed):
+            return list(claimed), []
+        return [d for d in claimed if not is_sealed(d.payload)], [
+            (d, _keyless(f"delivery {d.id}")) for d in claimed if is_sealed(d.payload)
+        ]
+    opened: builtins.list[WebhookDelivery] = []
+    refused: builtins.list[tuple[WebhookDelivery, FieldCryptoError]] = []
+    for stored in claimed:
+        delivery, error = crypto.try_open_delivery(stored)
+        if error is None:
+            opened.append(delivery)
+        else:
+            refused.append((stored, error))
+    return opened, refused
+
+
+def _keyless(what: str) -> FieldCryptoError:
+    return FieldCryptoError(
+        f"{what} holds encrypted values and this runtime has no field crypto configured "
+        "(field_crypto=...)"
+    )
+
+
+class Sealing:
+    """Field crypto for one runtime, or its absence: the seam the runtime and the dispatcher
+    go through, so neither handles a sealed value itself.
+
+    ``persistence`` reads and writes plaintext (the wrapped stores, when crypto is on);
+    ``stored`` is the same persistence as stored, for what only counts or moves rows. New rows
+    are written through ``persistence`` (sealed there); claimed rows come back through
+    :meth:`open_claimed`, endpoints through :meth:`for_sending`. Without keys, sealed values
+    are refused (never sent, never signed with).
+    """
+
+    def __init__(
+        self, persistence: WebhookPersistence, field_crypto: FieldCryptoOption | None = None
+    ) -> None:
+        if field_crypto is not None:
+            persistence = with_field_crypto(persistence, field_crypto)
+        self.persistence = persistence
+        #: What field crypto applies (``None``: off).
+        self.crypto: FieldCrypto | None = field_crypto_of(persistence)
+        self.stored = stored_view(persistence)
+        # Endpoints opened for sending, by id, with the stored form they were opened from
+        # (the Sender keeps signers keyed by plaintext secrets anyway); without keys, the
+        # endpoints checked to hold nothing sealed.
+        self._opened: dict[str, tuple[WebhookEndpoint, WebhookEndpoint]] = {}
+
+    def prepare(self, event: WebhookEvent) -> WebhookEvent:
+        """The event as it is serialised, sent and stored (``mask`` fields masked)."""
+        crypto = self.crypto
+        return event if crypto is None else crypto.prepare_event(event)
+
+    def seal_endpoint(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        """The endpoint as stored."""
+        crypto = self.crypto
+        return endpoint if crypto is None else crypto.seal_endpoint(endpoint)
+
+    def open_endpoint(self, stored: WebhookEndpoint) -> WebhookEndpoint:
+        """The endpoint opened strictly (raises :class:`DecryptionError`): what is written
+        back is never a marker. Without keys, as stored."""
+        crypto = self.crypto
+        return stored if crypto is None else crypto.open_endpoint(stored, strict=True)
+
+    def for_sending(self, stored: WebhookEndpoint) -> WebhookEndpoint:
+        """The endpoint with the values a send uses opened; raises :class:`FieldCryptoError`
+        for a value that does not open, or for any sealed value without keys."""
+        cached = self._opened.get(stored.id)
+        if cached is not None and cached[0] is stored:
+            return cached[1]
+        crypto = self.crypto
+        if crypto is not None:
+            opened = crypto.open_endpoint(stored, strict=True)
+        elif (
+            (stored.secret is not None and is_sealed(stored.secret))
+            or any(is_sealed(s.secret) for s in stored.previous_secrets)
+            or any(is_sealed(v) for v in stored.headers.values())
+            or (stored.client_key is not None and is_sealed(stored.client_key))
+        ):
+            raise _keyless(f"endpoint {stored.id}")
+        else:
+            opened = stored
+        if len(self._opened) >= _OPENED_CACHE_SIZE:
+            self._opened.clear()
+        self._opened[stored.id] = (stored, opened)
+        return opened
+
+    def open_claimed(
+        self, claimed: Sequence[WebhookDelivery]
+    ) -> tuple[
+        builtins.list[WebhookDelivery], builtins.list[tuple[WebhookDelivery, FieldCryptoError]]
+    ]:
+        """See :func:`open_claimed`."""
+        return open_claimed(self.crypto, claimed)
+
+    def recipient_hash(self, number: str) -> str:
+        """The lookup hash of a phone number; :class:`ConfigError` when recipients are not
+        hashed or ``number`` is not one."""
+        crypto = self.crypto
+        if crypto is None or crypto.config.to is not FieldMode.ENCRYPT_HASH:
+            raise ConfigError("recipient lookups need field crypto with to='encrypt+hash'")
+        digest = crypto.recipient_hash(number)
+        if digest is None:
+            raise ConfigError("not a phone number (masked, or no digits)")
+        return digest
+
+    async def check_keys(self, endpoints: Sequence[WebhookEndpoint]) -> str | None:
+        """Refuse (:class:`MissingKeysError`) to dispatch from a store whose sampled sealed
+        values none of the keys open; returns a warning when only some of them do."""
+        sample = await sample_sealed(endpoints, self.stored.delivery_store)
+        crypto = self.crypto
+        if crypto is None:
+            if sample.where():
+                raise MissingKeysError(
+                    f"the store holds sealed values ({sample.where()}) and no field-crypto "
+                    f"keys were given: set KMSG_WEBHOOK_KEYS (field_crypto=) to the keys they "
+                    f"were sealed with; refusing to dispatch rather than fail every delivery"
+                )
+            return None
+        unknown, openable = unknown_kids(sample, crypto)
+        if not unknown:
+            return None
+        message = (
+            f"sealed values in the store ({sample.where()}) use key id(s) "
+            f"{', '.join(sorted(unknown))}, which the configured keys lack "
+            f"(KMSG_WEBHOOK_KEYS, field_crypto=)"
+        )
+        if not openable:  # wrong keys altogether: every delivery would fail
+            raise MissingKeysError(f"{message}; refusing to dispatch")
+        return f"{message}; their deliveries will fail until the key is added"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSample:
+    """Sealed values found in a store: every endpoint's, and the newest pending payloads'."""
+
+    endpoint_values: tuple[str, ...]
+    endpoints: int
+    payloads: tuple[str, ...]
+
+    def where(self) -> str:
+        """Where they are, as a phrase for an error message."""
+        found = []
+        if self.endpoints:
+            found.append(f"{self.endpoints} endpoint(s) with sealed secrets or headers")
+        if self.payloads:
+            found.append(f"{len(self.payloads)} pending delivery payload(s) among the newest")
+        return " and ".join(found)
+
+
+def _sealed_of(endpoint: WebhookEndpoint) -> list[str]:
+    values = [endpoint.secret or "", *endpoint.headers.values()]
+    values += [retired.secret for retired in endpoint.previous_secrets]
+    return [value for value in values if is_sealed(value)]
+
+
+async def sample_sealed(
+    endpoints: Sequence[WebhookEndpoint], deliveries: DeliveryStore
+) -> SealedSample:
+    """The sealed values of ``endpoints`` and of the newest pending deliveries (as stored).
+
+    Endpoints are all checked; deliveries by one page of the newest pending ones, which are
+    what a worker would send first.
+    """
+    per_endpoint = [_sealed_of(endpoint) for endpoint in endpoints]
+    page = await deliveries.list(
+        DeliveryFilter(statuses=(DeliveryStatus.PENDING,)), limit=SEALED_SAMPLE
+    )
+    return SealedSample(
+        endpoint_values=tuple(value for values in per_endpoint for value in values),
+        endpoints=sum(1 for values in per_endpoint if values),
+        payloads=tuple(d.payload for d in page.items if is_sealed(d.payload)),
+    )
+
+
+def unknown_kids(sample: SealedSample, crypto: FieldCrypto) -> tuple[set[str], int]:
+    """Key ids of sampled values that ``crypto`` has no key for, and how many values it can
+    open."""
+    unknown: set[str] = set()
+    openable = 0
+    for value in (*sample.endpoint_values, *sample.payloads):
+        kid = crypto.kid_of(value)
+        if kid is not None and crypto.config.keys.key(kid) is None:
+            unknown.add(kid)
+        else:
+            openable += 1
+    return unknown, openable
