@@ -116,8 +116,8 @@ class WebhookRuntimeService:
     ``field_crypto`` (a :class:`~kmsg_webhook.crypto.FieldCryptoConfig`) protects what is
     stored: endpoint secrets and header values, payloads, phone numbers in payloads (see
     ``docs/field-crypto.md``). A persistence already wrapped with ``with_field_crypto`` works
-    the same without it. ``self.persistence`` reads and writes plaintext; the dispatcher works
-    on values as stored and opens them only for the attempt.
+    the same without it. ``self.persistence`` reads and writes plaintext; sealing and opening
+    happen only there (:class:`~kmsg_webhook.stores.sealed.Sealing`).
 
     ``hooks`` (:class:`~kmsg_webhook.hooks.DeliveryHooks`, or several) are called after each
     recorded attempt, settled delivery and endpoint status change (see ``kmsg_webhook.hooks``);
