@@ -7,6 +7,7 @@ Also: turning crypto on over an existing store, a worker without keys, recipient
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import dataclasses
@@ -17,16 +18,19 @@ from typing import Any
 
 import pytest
 
+import kmsg_webhook
 from kmsg_webhook import (
     ConfigError,
     DecryptionError,
     DecryptionFailure,
     DeliveryFilter,
+    DeliveryHooks,
     DeliveryStatus,
     EndpointInput,
     MissingKeysError,
     PayloadRewrite,
     SecurityOptions,
+    SettledEvent,
     WebhookConfig,
     WebhookDelivery,
     WebhookEventType,
@@ -306,6 +310,37 @@ async def test_sealed_rows_written_after_a_keyless_start_fail_closed(
     (row,) = await stored_deliveries(persistence)
     assert row.status is DeliveryStatus.FAILED
     assert "no field crypto configured" in (row.last_error or "")
+
+
+async def test_hooks_hear_of_a_delivery_refused_because_it_does_not_open(
+    receiver, make_runtime, make_event
+):
+    persistence = create_in_memory_persistence()
+    settled: list[SettledEvent] = []
+    keyless = await make_runtime(
+        persistence=persistence, hooks=DeliveryHooks(on_settled=settled.append)
+    )
+    sealed = await make_runtime(persistence=persistence, field_crypto=config("A"), dispatch=False)
+    await sealed.add_endpoint(EndpointInput(url=receiver.url("/in"), events=["message.sent"]))
+    await sealed.emit(make_event())
+    await sealed.flush()
+    await settle(keyless)
+    (event,) = settled
+    assert (event.status, event.sent, event.attempts) == (DeliveryStatus.FAILED, False, 0)
+    assert "no field crypto configured" in (event.error or "")
+    assert receiver.at("/in") == []
+
+
+def test_the_runtime_and_the_dispatcher_meet_field_crypto_only_through_the_store_seam() -> None:
+    package = Path(kmsg_webhook.__file__).parent
+    for module in ("runtime.py", "dispatcher.py"):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse((package / module).read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        assert not [name for name in imported if "crypto" in name.split(".")], module
 
 
 async def test_emit_sync_sends_in_memory_rows_under_strict_plaintext_rules(
