@@ -366,8 +366,7 @@ class FieldCrypto:
         return opened
 
     def open_payload(self, delivery: WebhookDelivery) -> str:
-        """The delivery's payload decrypted, strictly (raises :class:`DecryptionError`): what
-        the dispatcher sends, without building another delivery."""
+        """The delivery's payload decrypted, strictly (raises :class:`DecryptionError`)."""
         return self.open(
             delivery.payload,
             table=DELIVERIES,
