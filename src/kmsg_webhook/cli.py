@@ -16,17 +16,16 @@ import gc
 import json
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import eventloop
+from .cliargs import age, confirm, moment, policy_args, positive, positive_float, security_options
 from .config import RetentionPolicy, WebhookConfig
 from .crypto import FieldCryptoConfig, RekeyReport, generate_key, is_sealed, rekey
 from .display import (
@@ -41,7 +40,6 @@ from .errors import (
     ConfigError,
     DeliveryNotFoundError,
     EndpointNotFoundError,
-    UnsafeOperationError,
     WebhookError,
 )
 from .events import WebhookEventType
@@ -63,8 +61,6 @@ CONSOLE_TOKEN_ENV = "KMSG_WEBHOOK_CONSOLE_TOKEN"
 # A young collection per 20,000 net allocations instead of 700 (docs/performance.md).
 WORKER_GC_THRESHOLD = 20_000
 _DEFAULTS = WebhookConfig()
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,20 +115,20 @@ def _parser() -> argparse.ArgumentParser:
         "--secret", action="append", required=True, help="verify with this (repeatable)"
     )
     listen.add_argument("--path", default="/webhooks")
-    listen.add_argument("--tolerance", type=_positive, default=300, help="timestamp tolerance, s")
+    listen.add_argument("--tolerance", type=positive, default=300, help="timestamp tolerance, s")
     listen.set_defaults(run=_listen)
 
     worker = commands.add_parser("worker", help="run only the dispatcher against a store")
     _store_arg(worker)
     worker.add_argument(
         "--concurrency",
-        type=_positive,
+        type=positive,
         default=_DEFAULTS.max_concurrency,
         help="attempts in flight",
     )
     worker.add_argument(
         "--per-endpoint",
-        type=_positive,
+        type=positive,
         default=_DEFAULTS.max_concurrency_per_endpoint,
         help="the most attempts in flight to one endpoint (its limit adapts up to this)",
     )
@@ -141,18 +137,18 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--retry-delay-ms", type=int, default=1_000, help="wait before the first retry (doubles)"
     )
-    worker.add_argument("--timeout-ms", type=_positive, default=30_000, help="per attempt")
+    worker.add_argument("--timeout-ms", type=positive, default=30_000, help="per attempt")
     worker.add_argument(
-        "--lease-ms", type=_positive, help="claim length (default: 2 x timeout + 10 s)"
+        "--lease-ms", type=positive, help="claim length (default: 2 x timeout + 10 s)"
     )
-    worker.add_argument("--poll-ms", type=_positive, default=500, help="idle poll interval")
+    worker.add_argument("--poll-ms", type=positive, default=500, help="idle poll interval")
     worker.add_argument(
         "--scheme",
         choices=[s.value for s in SignatureScheme],
         default="standard",
         help="signature headers",
     )
-    _policy_args(worker)
+    policy_args(worker)
     worker.add_argument(
         "--log-level",
         default="INFO",
@@ -197,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     for status in ("success", "failed", "exhausted"):
         worker.add_argument(
             f"--keep-{status}",
-            type=_age,
+            type=age,
             metavar="AGE",
             help=f"delete {status} deliveries older than AGE (90s, 15m, 2h, 7d; default: keep)",
         )
@@ -237,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--verify", action="store_true", help="challenge the receiver; active once it answers"
     )
-    _policy_args(add)
+    policy_args(add)
     add.set_defaults(run=_endpoints_add)
     listing = ep.add_parser("list")
     _store_arg(listing)
@@ -256,8 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     dlist.add_argument("--endpoint")
     dlist.add_argument("--status", action="append", choices=[s.value for s in DeliveryStatus])
     dlist.add_argument("--event-type", choices=[t.value for t in WebhookEventType])
-    dlist.add_argument("--since", type=_moment, help="ISO time or age like 2h, 7d")
-    dlist.add_argument("--limit", type=_positive, default=50)
+    dlist.add_argument("--since", type=moment, help="ISO time or age like 2h, 7d")
+    dlist.add_argument("--limit", type=positive, default=50)
     dlist.add_argument("--cursor")
     _json_arg(dlist)
     dlist.set_defaults(run=_deliveries_list)
@@ -273,8 +269,8 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="re-queue failed and exhausted deliveries")
     _store_arg(replay)
-    replay.add_argument("--since", type=_moment, required=True, help="ISO time or age (2h, 7d)")
-    replay.add_argument("--until", type=_moment)
+    replay.add_argument("--since", type=moment, required=True, help="ISO time or age (2h, 7d)")
+    replay.add_argument("--until", type=moment)
     replay.add_argument("--endpoint")
     replay.set_defaults(run=_replay)
 
@@ -284,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Asks before deleting when run on a terminal; elsewhere --yes is required.",
     )
     _store_arg(purge)
-    purge.add_argument("--older-than", type=_moment, required=True, help="age like 30d")
+    purge.add_argument("--older-than", type=moment, required=True, help="age like 30d")
     purge.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
     purge.add_argument("--yes", action="store_true", help="delete without asking")
     purge.set_defaults(run=_purge)
@@ -294,7 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         help="re-encrypt stored values under the active key (keys from KMSG_WEBHOOK_KEYS)",
     )
     _store_arg(rekey_cmd)
-    rekey_cmd.add_argument("--batch-size", type=_positive, default=500, help="deliveries per batch")
+    rekey_cmd.add_argument("--batch-size", type=positive, default=500, help="deliveries per batch")
     rekey_cmd.add_argument("--after", help="resume after this delivery id (printed as it goes)")
     rekey_cmd.add_argument("--skip-endpoints", action="store_true", help="deliveries only")
     rekey_cmd.add_argument("--dry-run", action="store_true", help="count, write nothing")
@@ -323,7 +319,7 @@ def _store_arg(parser: argparse.ArgumentParser, *, create: bool = True) -> None:
     )
     parser.add_argument(
         "--store-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_RETRY_TIMEOUT,
         help="seconds to keep retrying an unreachable store (a log line per attempt)",
     )
@@ -336,39 +332,6 @@ def _store_arg(parser: argparse.ArgumentParser, *, create: bool = True) -> None:
         )
 
 
-def _policy_args(parser: argparse.ArgumentParser) -> None:
-    """The URL policy options of commands that register or send (SecurityOptions)."""
-    parser.add_argument(
-        "--allow-private-hosts",
-        action="store_true",
-        help="allow every private address and local name (allow_private_hosts=True)",
-    )
-    parser.add_argument(
-        "--allow-network",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="allow this network, e.g. 127.0.0.0/8 or 10.42.0.0/16 (repeatable; "
-        "allowed_networks=[...])",
-    )
-    parser.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="allow this host name, or *.suffix for any name below it (repeatable; "
-        "allowed_hosts=[...])",
-    )
-
-
-def _security(args: argparse.Namespace) -> SecurityOptions:
-    return SecurityOptions(
-        allow_private_hosts=args.allow_private_hosts,
-        allowed_networks=tuple(args.allow_network),
-        allowed_hosts=tuple(args.allow_host),
-    )
-
-
 def _open_store(args: argparse.Namespace) -> WebhookPersistence:
     """The store ``--store`` names, refused when it cannot persist or does not exist."""
     from .stores.url import persistence_from_url, require_durable
@@ -377,28 +340,8 @@ def _open_store(args: argparse.Namespace) -> WebhookPersistence:
     return persistence_from_url(args.store, retry_timeout=args.store_timeout)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
 def _port(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
     return value
@@ -408,26 +351,6 @@ def _json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document (docs/production.md)"
     )
-
-
-def _age(text: str) -> timedelta:
-    """An age: ``90s``, ``15m``, ``2h``, ``7d``."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not an age like 90s, 15m, 2h or 7d: {text!r}")
-    amount, unit = match.groups()
-    return timedelta(**{_UNITS[unit]: int(amount)})
-
-
-def _moment(text: str) -> datetime:
-    """An ISO-8601 time, or an age (``90s``, ``15m``, ``2h``, ``7d``) counted back from now."""
-    if _DURATION.match(text.strip()):
-        return datetime.now(UTC) - _age(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time or an age: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _admin(
@@ -562,7 +485,7 @@ def _worker(args: argparse.Namespace) -> int:
     )
 
     persistence = _open_store(args)
-    security = _security(args)
+    security = security_options(args)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -708,7 +631,7 @@ def _endpoints_add(args: argparse.Namespace) -> int:
             print(f"secret {endpoint.secret}  (give it to the receiver; shown once)")
         return 0
 
-    return _admin(args, action, security=_security(args))
+    return _admin(args, action, security=security_options(args))
 
 
 def _endpoints_list(args: argparse.Namespace) -> int:
@@ -921,23 +844,12 @@ def _purge(args: argparse.Namespace) -> int:
             print(f"would purge {due} finished deliveries {before} (dry run)")
             return 0
         if due and not args.yes:
-            _confirm(f"purge {due} finished deliveries {before}?")
+            confirm(f"purge {due} finished deliveries {before}?")
         count = await runtime.purge(older_than=args.older_than)
         print(f"purged {count} finished deliveries {before}")
         return 0
 
     return _admin(args, action)
-
-
-def _confirm(question: str) -> None:
-    """Ask on a terminal; refuse (:class:`UnsafeOperationError`) without one or without a yes."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise UnsafeOperationError(
-            f"not a terminal, so not asking: {question} Pass --yes to go ahead"
-        )
-    answer = input(f"{question} [y/N] ").strip().lower()
-    if answer not in ("y", "yes"):
-        raise UnsafeOperationError("not confirmed; nothing was changed")
 
 
 async def _require_endpoint(runtime: WebhookRuntimeService, endpoint_id: str | None) -> None:
@@ -1003,7 +915,7 @@ def _console_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     console.add_argument(
         "--token", help=f"sign-in token (default: ${CONSOLE_TOKEN_ENV}); required beyond 127.0.0.1"
     )
-    _policy_args(console)  # what probes may reach
+    policy_args(console)  # what probes may reach
     console.set_defaults(run=_console)
 
 
@@ -1024,7 +936,7 @@ def _console(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             token=token,
-            security=_security(args),
+            security=security_options(args),
         )
     )
     return 0

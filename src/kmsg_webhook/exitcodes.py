@@ -6,9 +6,7 @@ from enum import IntEnum
 
 from .errors import (
     ConfigError,
-    DeliveryNotFoundError,
     DuplicateEndpointError,
-    EndpointNotFoundError,
     EndpointUrlError,
     InvalidEndpointError,
     InvalidEventError,
@@ -23,14 +21,14 @@ _POLICY_REASONS = frozenset({"private_address", "local_name", "http_not_allowed"
 
 
 class ExitCode(IntEnum):
-    """What a ``kmsg-webhook`` exit status means (README, "Command line")."""
+    """What a ``kmsg-webhook`` or ``kmsg`` exit status means (README, "Command line")."""
 
     OK = 0
     #: Anything else went wrong (a store error, a failed demo, unreadable rows in ``rekey``).
     FAILURE = 1
     #: The command line or a value in it is invalid (argparse's own code for usage errors).
     USAGE = 2
-    #: An id given (endpoint, delivery) does not exist.
+    #: An id given (endpoint, delivery, send job, tracked message) does not exist.
     NOT_FOUND = 3
     #: The store cannot be reached or does not exist.
     STORE_UNAVAILABLE = 4
@@ -43,7 +41,7 @@ class ExitCode(IntEnum):
 
 def exit_code_for(error: WebhookError) -> ExitCode:
     """The exit status for a command that failed with ``error``."""
-    if isinstance(error, EndpointNotFoundError | DeliveryNotFoundError):
+    if isinstance(error, LookupError):  # every not-found error (endpoint, delivery, job, ...)
         return ExitCode.NOT_FOUND
     if isinstance(error, StoreUnavailableError):
         return ExitCode.STORE_UNAVAILABLE

@@ -52,6 +52,13 @@ FIELDS = (
     "oldest_due_age_s",
     "scheduled",
     "leased",
+    "job_id",
+    "message_id",
+    "provider_id",
+    "error_code",
+    "fallback_status",
+    "services",
+    "providers",
 )
 
 

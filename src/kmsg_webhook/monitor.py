@@ -1,5 +1,5 @@
 """Watching a worker: the periodic summary line and the ``/metrics``, ``/healthz``, ``/readyz``
-HTTP endpoints of ``kmsg-webhook worker``.
+HTTP endpoints of ``kmsg-webhook worker`` (:func:`serve_health` serves ``kmsg worker``'s too).
 
 ``/healthz`` answers 200 while the process serves HTTP at all. ``/readyz`` answers 200 when the
 store answers a query within 5 s, else 503 with the reason. ``/metrics`` is the Prometheus text
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -122,41 +123,21 @@ class WorkerMonitor:
         """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port``; returns the port
         (useful with 0). A port in use is an :class:`OSError`."""
 
-        async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok"})
-
-        async def readyz(request: web.Request) -> web.Response:
-            try:
-                await asyncio.wait_for(runtime.queue_stats(), timeout=READY_TIMEOUT_S)
-            except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                return web.json_response({"status": "unavailable", "reason": reason}, status=503)
-            return web.json_response({"status": "ready"})
-
-        async def metrics(request: web.Request) -> web.Response:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        async def scrape() -> bytes:
+            from prometheus_client import generate_latest
 
             assert self.metrics is not None
             with contextlib.suppress(Exception):  # stale gauges beat no counters
                 await asyncio.wait_for(self.snapshot(runtime), timeout=READY_TIMEOUT_S)
-            body = generate_latest(self.metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+            return bytes(generate_latest(self.metrics.registry))
 
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        if self.metrics is not None:
-            app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        return int(runner.addresses[0][1])
+        self._runner, bound = await serve_health(
+            host,
+            port,
+            ready=runtime.queue_stats,
+            scrape=None if self.metrics is None else scrape,
+        )
+        return bound
 
     async def close(self) -> None:
         if self._summary is not None:
@@ -167,3 +148,47 @@ class WorkerMonitor:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+async def serve_health(
+    host: str,
+    port: int,
+    *,
+    ready: Callable[[], Awaitable[object]],
+    scrape: Callable[[], Awaitable[bytes]] | None,
+) -> tuple[web.AppRunner, int]:
+    """An HTTP server of ``/healthz`` (200 while it serves), ``/readyz`` (200 when ``ready()``
+    returns within 5 s, else 503 with the reason) and, given ``scrape``, ``/metrics`` (its
+    Prometheus text). Returns the runner (clean it up to stop) and the bound port."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            await asyncio.wait_for(ready(), timeout=READY_TIMEOUT_S)
+        except Exception as exc:
+            reason = str(exc) or type(exc).__name__
+            return web.json_response({"status": "unavailable", "reason": reason}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics(request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        assert scrape is not None
+        return web.Response(body=await scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if scrape is not None:
+        app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])

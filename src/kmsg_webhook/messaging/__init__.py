@@ -101,6 +101,7 @@ from .tracking import (
     FallbackContext,
     NonKakaoUserRule,
     PollingConfig,
+    TrackingHooks,
     is_non_kakao_user_failure,
 )
 from .tracking_records import ApiAttemptStatus, FailoverState, TrackingError, TrackingRecord
@@ -268,6 +269,7 @@ __all__ = [
     "TrackingError",
     "TrackingFilter",
     "TrackingGroup",
+    "TrackingHooks",
     "TrackingOrder",
     "TrackingRecord",
     "TrackingStore",

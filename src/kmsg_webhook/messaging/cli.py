@@ -5,8 +5,12 @@ Providers are configured from their environment variables (``IWINV_API_KEY``,
 ``ALIGO_API_KEY`` + ``ALIGO_USER_ID``, ``SOLAPI_API_KEY`` + ``SOLAPI_API_SECRET``, ...) or from
 ``--config kmsg.toml``; ``KMSG_PROVIDERS`` (comma-separated ids) narrows the set, and the mock
 provider is enabled only when named there or in the file. Secret values are never printed.
-Every command takes ``--json``. Exit status: 0 success, 1 the operation or a doctor check
-failed, 2 bad usage or configuration.
+Every command takes ``--json``. ``queue``, ``tracking`` and ``worker`` work on a store
+(``--store URL`` or ``$KMSG_WEBHOOK_STORE_URL``; see ``docs/messaging.md``).
+
+Exit status: 0 success, 1 the operation or a doctor check failed, 2 bad usage or
+configuration, 3 not found, 4 store unavailable, 5 refused as unsafe (sealed values without
+keys, a retry that would send twice, not confirmed), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .. import eventloop
 from ..display import print_table
 from ..errors import ConfigError, WebhookError
+from ..exitcodes import ExitCode, exit_code_for
+from ..logs import configure_logging
+from . import store_commands, worker
 from .aligo import AligoProvider
 from .channels import ChannelBindings
 from .doctor import CheckStatus, run_doctor
@@ -611,6 +619,11 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--category", required=True, help="third-level category code")
         sub.set_defaults(run=cmd_channels)
 
+    json_only = argparse.ArgumentParser(add_help=False)
+    json_only.add_argument("--json", action="store_true", help="machine-readable output")
+    store_commands.add_parsers(commands, json_only)
+    worker.add_parser(commands)
+
     providers = commands.add_parser("providers", help="configured providers")
     p_actions = providers.add_subparsers(dest="action", required=True)
     for action, summary in (
@@ -625,7 +638,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    setup = load_setup(args.config, environ)
+    setup = load_setup(getattr(args, "config", None), environ)
     try:
         result: int = await args.run(args, setup, Output(args.json))
         return result
@@ -636,16 +649,20 @@ async def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command; ``environ`` replaces ``os.environ`` as the configuration source."""
     args = _parser().parse_args(argv)
+    env = os.environ if environ is None else environ
     try:
-        return asyncio.run(_run(args, os.environ if environ is None else environ))
+        if args.command == "worker":
+            configure_logging(args.log_level, args.log_format)
+            return eventloop.run(_run(args, env), loop=args.loop)
+        return asyncio.run(_run(args, env))
     except WebhookError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": {"message": str(exc)}}, ensure_ascii=False))
         else:
             print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code_for(exc)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -257,3 +257,19 @@ def invalid_request(message: str, *, provider_id: str | None = None) -> KMsgErro
 def fail_invalid_request(message: str, *, provider_id: str) -> Fail[KMsgError]:
     """:func:`invalid_request` as the failed ``Result`` a provider returns (never raises)."""
     return Fail(invalid_request(message, provider_id=provider_id))
+
+
+class JobNotFoundError(WebhookError, LookupError):
+    """No send job has the given id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no send job {job_id!r}")
+        self.job_id = job_id
+
+
+class TrackingRecordNotFoundError(WebhookError, LookupError):
+    """No message with the given id is tracked."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"no tracked message {message_id!r}")
+        self.message_id = message_id

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..stores.rows import to_datetime
 from ..stores.url import D1_SCHEMES, resolve_url, scheme_of
 from .options_codec import decode_options, encode_options
+from .tracking_rows import refuse_sealed
 from .types import SendOptions
 
 #: The logical table bound into sealed values' associated data.
@@ -114,6 +115,13 @@ class JobStore(Protocol):
     async def count_by_status(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
         """How many jobs are in each status (every status listed)."""
 
+    async def requeue(
+        self, *, run_at: datetime, job_ids: Sequence[str] | None = None, batch_id: str | None = None
+    ) -> int:
+        """Make failed jobs pending again, due at ``run_at`` (those of ``job_ids``, of batch
+        ``batch_id``, or all); their result is cleared, their attempts kept. Returns how many.
+        Jobs in other statuses are left alone: a sent one is never sent again."""
+
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
@@ -185,7 +193,9 @@ class JobCodec:
 
     def from_row(self, row: JobRow) -> SendJob:
         options = row.options
-        if self.crypto is not None:
+        if self.crypto is None:
+            refuse_sealed(options, f"job {row.id!r}")
+        else:
             options = self.crypto.open(
                 options,
                 table=JOBS,
@@ -319,6 +329,36 @@ class InMemoryJobStore:
                 r.status for r in self._rows.values() if batch_id is None or r.batch_id == batch_id
             )
         )
+
+    async def requeue(
+        self, *, run_at: datetime, job_ids: Sequence[str] | None = None, batch_id: str | None = None
+    ) -> int:
+        wanted = None if job_ids is None else set(job_ids)
+        chosen = [
+            row
+            for row in self._rows.values()
+            if row.status == JobStatus.FAILED.value
+            and (wanted is None or row.id in wanted)
+            and (batch_id is None or row.batch_id == batch_id)
+        ]
+        for row in chosen:
+            self._rows[row.id] = dataclasses.replace(row, **requeued_values(run_at))
+        return len(chosen)
+
+
+def requeued_values(run_at: datetime) -> dict[str, Any]:
+    """The columns a requeue sets."""
+    return {
+        "status": JobStatus.PENDING.value,
+        "run_at": run_at,
+        "completed_at": None,
+        "provider_id": None,
+        "provider_message_id": None,
+        "error_code": None,
+        "error_message": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
 
 
 def result_values(result: JobResult) -> dict[str, Any]:

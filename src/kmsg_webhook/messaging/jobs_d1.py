@@ -113,3 +113,15 @@ class D1JobStore(D1StoreBase):
     async def count_by_status(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
         rows = await self.rows(self.filtered("count_by_status", {"batch_id": batch_id}))
         return count_statuses({str(r["status"]): int(r["n"]) for r in rows})
+
+    async def requeue(
+        self, *, run_at: datetime, job_ids: Sequence[str] | None = None, batch_id: str | None = None
+    ) -> int:
+        values = {
+            "run_at": run_at,
+            "statuses": [JobStatus.FAILED.value],
+            "batch_id": batch_id,
+            "job_ids": None if job_ids is None else list(job_ids),
+        }
+        [result] = await self.run([self.filtered("requeue", values)])
+        return result.changes

@@ -25,6 +25,7 @@ from .jobs import (
     check_jobs,
     count_statuses,
     job_row_from_mapping,
+    requeued_values,
     result_values,
 )
 from .sql_store import SqlStoreBase
@@ -152,6 +153,15 @@ class SqlJobStore(SqlStoreBase):
             return {str(status): int(count) for status, count in await conn.execute(query)}
 
         return count_statuses(await self._db.run(op))
+
+    async def requeue(
+        self, *, run_at: datetime, job_ids: Sequence[str] | None = None, batch_id: str | None = None
+    ) -> int:
+        t = self._t
+        conditions = self._conditions(batch_id, (JobStatus.FAILED,))
+        if job_ids is not None:
+            conditions.append(t.c.id.in_(list(job_ids)))
+        return await self.write(sa.update(t).where(*conditions).values(requeued_values(run_at)))
 
     async def _jobs(self, query: sa.Select[Any]) -> list[SendJob]:
         return [self._codec.from_row(job_row_from_mapping(r)) for r in await self.read(query)]

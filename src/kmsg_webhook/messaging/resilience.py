@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -90,7 +90,9 @@ class TokenBucket:
         self._updated = clock()
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> float:
+        """Take a token; returns how long this call waited for it, in seconds."""
+        started = self._clock()
         async with self._lock:  # waiters queue here, so tokens go out in arrival order
             while True:
                 now = self._clock()
@@ -102,7 +104,7 @@ class TokenBucket:
                 # clock's resolution would never move it.
                 if self._tokens >= 1 - 1e-9:
                     self._tokens = max(0.0, self._tokens - 1)
-                    return
+                    return now - started
                 await self._sleep((1 - self._tokens) / self._rate)
 
 
@@ -194,6 +196,13 @@ class ProviderGuards:
         self._sleep = sleep
         self._buckets: dict[tuple[str, MessageType | None], TokenBucket] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        #: Per provider: sends that had to wait for a token, and the seconds they waited.
+        self.rate_waits: Counter[str] = Counter()
+        self.rate_wait_seconds: dict[str, float] = {}
+
+    def circuit_states(self) -> dict[str, CircuitState]:
+        """The state of every breaker made so far, by provider id."""
+        return {provider_id: b.state for provider_id, b in self._breakers.items()}
 
     def breaker(self, provider_id: str) -> CircuitBreaker | None:
         if self.config.breaker is None:
@@ -225,4 +234,9 @@ class ProviderGuards:
                 bucket = self._buckets[key] = TokenBucket(
                     limit, clock=self._clock, sleep=self._sleep
                 )
-            await bucket.acquire()
+            waited = await bucket.acquire()
+            if waited > 0:
+                self.rate_waits[provider_id] += 1
+                self.rate_wait_seconds[provider_id] = (
+                    self.rate_wait_seconds.get(provider_id, 0.0) + waited
+                )

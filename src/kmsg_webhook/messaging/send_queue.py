@@ -52,12 +52,14 @@ class SendQueueOptions:
     a slot, so the lease only covers a send); ``interval`` how long
     :meth:`SendQueue.start`'s loop, and a bulk send waiting on another worker, sleep between
     claims. ``worker_id`` names this process's leases (unique per process by default).
+    ``on_result`` sees each claimed job with the result recorded for it (metrics, logs).
     """
 
     lease: timedelta = timedelta(minutes=2)
     concurrency: int = 16
     interval: float = 1.0
     worker_id: str | None = None
+    on_result: Callable[[SendJob, JobResult], None] | None = None
 
     def __post_init__(self) -> None:
         if self.lease <= timedelta(0) or self.concurrency < 1 or self.interval <= 0:
@@ -85,9 +87,11 @@ class SendQueue:
         self._lease = options.lease
         self._concurrency = options.concurrency
         self._interval = options.interval
+        self._on_result = options.on_result
         self._clock = clock
         self._sleep = sleep
         self._loop_task: asyncio.Task[None] | None = None
+        self._run_task: asyncio.Future[int] | None = None
 
     async def schedule(self, message: SendInput, *, at: datetime) -> SendOutcome:
         """Store ``message`` to be sent at ``at``; ``Ok`` with status PENDING once stored."""
@@ -143,18 +147,34 @@ class SendQueue:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace: float = 0.0) -> None:
+        """Stop the background loop. Sends in flight get ``grace`` seconds to finish and be
+        recorded; those cancelled then keep their leases until they expire (another worker
+        sends them after that: at least once)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        run, self._run_task = self._run_task, None
+        if run is not None and not run.done():
+            logger.info("send queue stopped claiming; the sends in flight get %.1fs", grace)
+            try:
+                await asyncio.wait_for(run, grace)
+            except (TimeoutError, asyncio.CancelledError):
+                logger.warning("Sends still in flight after %.1fs were cancelled", grace)
+            except Exception:
+                logger.exception("Send queue run failed")
 
     async def _loop(self) -> None:
         while True:
+            # Shielded: stopping the loop leaves the sends in flight to stop()'s grace.
+            self._run_task = asyncio.ensure_future(self.run_once())
             try:
-                if await self.run_once():
+                if await asyncio.shield(self._run_task):
                     continue
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 logger.exception("Send queue run failed")
             await self._sleep(self._interval)
@@ -187,7 +207,10 @@ class SendQueue:
             outcomes[job.id] = outcome
             # Recorded right after the send (grouped with the results that finished
             # meanwhile): a crash later repeats no message already recorded.
-            await recorder.record(self._result(job, outcome))
+            result = self._result(job, outcome)
+            await recorder.record(result)
+            if self._on_result is not None:
+                self._on_result(job, result)
 
         await asyncio.gather(*(one(job) for job in jobs))
         return outcomes

@@ -131,6 +131,15 @@ FallbackSender = Callable[[SmsSendOptions, FallbackContext], Awaitable[SendOutco
 
 
 @dataclass(frozen=True, slots=True)
+class TrackingHooks:
+    """What the reconciler did, for metrics and logs: ``on_check`` sees each checked record as
+    it was saved, ``on_fallback`` each record whose fallback finished (sent, failed, skipped)."""
+
+    on_check: Callable[[TrackingRecord], None] | None = None
+    on_fallback: Callable[[TrackingRecord], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApiFailoverConfig:
     """``sender`` usually wraps ``kmsg.send`` (``lambda options, ctx: kmsg.send(options)``)."""
 
@@ -181,8 +190,10 @@ class DeliveryTrackingService:
         clock: Callable[[], datetime] = now_utc,
         sleep: SleepFn = asyncio.sleep,
         worker_id: str | None = None,
+        hooks: TrackingHooks | None = None,
     ) -> None:
         self._providers = {provider.id: provider for provider in providers}
+        self._hooks = hooks or TrackingHooks()
         #: Whose leases this service's claims are (unique per process by default).
         self.worker_id = worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -195,6 +206,7 @@ class DeliveryTrackingService:
         self._sleep = sleep
         self._current_run: asyncio.Task[int] | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def store(self) -> TrackingStore:
@@ -280,12 +292,29 @@ class DeliveryTrackingService:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+    async def stop(self, *, grace: float = 0.0) -> None:
+        """Stop the background loop. The checks in flight get ``grace`` seconds to finish and
+        be saved (no new claim starts meanwhile); records cancelled then keep their leases
+        until they expire, and are looked at again after that."""
+        self._stopping = True
+        try:
+            if self._loop_task is not None:
+                self._loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop_task
+                self._loop_task = None
+            run = self._current_run
+            if run is not None and not run.done():
+                try:
+                    await asyncio.wait_for(run, grace)
+                except (TimeoutError, asyncio.CancelledError):
+                    logger.warning(
+                        "Tracking checks still in flight after %.1fs were cancelled", grace
+                    )
+                except Exception:
+                    logger.exception("Delivery tracking run failed")
+        finally:
+            self._stopping = False
 
     async def _loop(self) -> None:
         while True:
@@ -311,7 +340,7 @@ class DeliveryTrackingService:
             )
             await asyncio.gather(*(self._look_at(record, now) for record in claimed))
             done += len(claimed)
-            if len(claimed) < step:
+            if len(claimed) < step or self._stopping:
                 break
         return done
 
@@ -339,6 +368,9 @@ class DeliveryTrackingService:
             await self._start_fallback(updated)
         elif not await self._store.save(updated, worker_id=self.worker_id):
             logger.warning("Lease on %s lost before its check was saved", record.message_id)
+            return
+        if self._hooks.on_check is not None:
+            self._hooks.on_check(updated)
 
     def _backoff(self, record: TrackingRecord, now: datetime, **changes: Any) -> TrackingRecord:
         return replace(
@@ -539,8 +571,11 @@ class DeliveryTrackingService:
             )
         else:
             state = await self._call_sender(config.sender, record, state, fallback_id, content)
-        if not await self._store.save(replace(record, failover=state), worker_id=self.worker_id):
+        finished = replace(record, failover=state)
+        if not await self._store.save(finished, worker_id=self.worker_id):
             logger.warning("Lease on %s lost before its fallback was saved", record.message_id)
+        elif self._hooks.on_fallback is not None:
+            self._hooks.on_fallback(finished)
 
     async def _call_sender(
         self,

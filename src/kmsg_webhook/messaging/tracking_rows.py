@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from ..crypto.config import FieldMode
+from ..crypto.envelope import is_sealed
 from ..crypto.fields import FieldCrypto
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, MissingKeysError, StoreError
 from ..events import parse_timestamp
 from ..phone import mask_phone
 from ..stores.rows import to_datetime
@@ -217,11 +218,23 @@ class TrackingCodec:
         return self.crypto.seal(value, table=TRACKING, column=column, record_id=mid)
 
     def _open(self, stored: str | None, column: str, mid: str, mode_name: str) -> str | None:
-        if stored is None or self.crypto is None:
+        if stored is None:
+            return None
+        if self.crypto is None:
+            refuse_sealed(stored, f"tracking record {mid!r}")
             return stored
         sealed_mode = self._mode(mode_name) in (FieldMode.ENCRYPT, FieldMode.ENCRYPT_HASH)
         return self.crypto.open(
             stored, table=TRACKING, column=column, record_id=mid, sealed_mode=sealed_mode
+        )
+
+
+def refuse_sealed(stored: str, what: str) -> None:
+    """A value sealed by field crypto, read without keys, is refused rather than used as is."""
+    if is_sealed(stored):
+        raise MissingKeysError(
+            f"{what} holds values sealed by field crypto and no keys were given: set "
+            "KMSG_WEBHOOK_KEYS (crypto=) to the keys they were sealed with"
         )
 
 

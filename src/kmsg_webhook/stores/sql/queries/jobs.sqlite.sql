@@ -48,7 +48,8 @@ SELECT * FROM kmsg_webhook_message_jobs WHERE id = :id;
 -- {where}, which the store replaces with " WHERE " and the conditions of the filters set, joined
 -- by AND (nothing when none is set). :statuses is a JSON array.
 batch_id = :batch_id
-status IN (SELECT value FROM json_each(:statuses));
+status IN (SELECT value FROM json_each(:statuses))
+id IN (SELECT value FROM json_each(:job_ids));
 
 -- name: list_jobs
 -- A page of jobs, earliest run_at first.
@@ -59,3 +60,11 @@ LIMIT :limit OFFSET :offset;
 -- name: count_by_status
 SELECT status, COUNT(*) AS n FROM kmsg_webhook_message_jobs{where}
 GROUP BY status;
+
+-- name: requeue
+-- Make the jobs the filters choose (failed ones: :statuses) pending again, due at :run_at, their
+-- result cleared and their attempts kept.
+UPDATE kmsg_webhook_message_jobs
+SET status = 'pending', run_at = :run_at, completed_at = NULL, provider_id = NULL,
+    provider_message_id = NULL, error_code = NULL, error_message = NULL, lease_owner = NULL,
+    lease_expires_at = NULL{where};
