@@ -8,13 +8,29 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from support.stores import temporary_store_url
+from support.stores import migrated_store_url, temporary_store_url
+from support.workers import WorkerProcess, kill_all
 
 
 @pytest.fixture
 async def store_url() -> AsyncIterator[str]:
     async with temporary_store_url() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def sql_store_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh SQLite or Postgres store, schema created."""
+    async with migrated_store_url(request.param) as url:
+        yield url
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[WorkerProcess]]:
+    """Worker processes started through ``support.workers.spawn``."""
+    started: list[WorkerProcess] = []
+    yield started
+    await kill_all(started)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ receivers; the rest go through ``cli.main`` in-process, as in ``test_cli.py``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import pty
@@ -37,17 +36,12 @@ from kmsg_webhook import (
 from kmsg_webhook.cli import STORE_ENV
 from kmsg_webhook.stores.url import migrate_url
 from support.cli import Run, cli
-from support.crypto_keys import HASH_KEY, KEY_A, config
+from support.crypto_keys import KEYS_ENV, config
 from support.servers import Receiver
 from support.stores import drop_schema, free_port, new_schema, server_dsn
 
 SENT = WebhookEventType.MESSAGE_SENT
 LOOPBACK = SecurityOptions(allowed_networks=["127.0.0.0/8"])
-KEYS_ENV = {
-    "KMSG_WEBHOOK_KEYS": f"kA:{base64.b64encode(KEY_A).decode()}",
-    "KMSG_WEBHOOK_ACTIVE_KID": "kA",
-    "KMSG_WEBHOOK_HASH_KEY": base64.b64encode(HASH_KEY).decode(),
-}
 
 
 def event(event_id: str) -> WebhookEvent:

@@ -7,33 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import pty
 import sys
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kmsg_webhook.messaging.cli import main
+from support.cli import Run, kmsg_process
 from support.fakes.aligo import FakeAligoKakao
 from support.fakes.base import Reply
 from support.fakes.iwinv import FakeIwinv
 
 SECRET_KEY = "aligo-key"  # FakeAligo's API key: must never appear in output
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 async def kmsg(*args: str, env: Mapping[str, str]) -> Run:
@@ -49,22 +37,6 @@ async def kmsg(*args: str, env: Mapping[str, str]) -> Run:
         return Run(code, out.getvalue(), err.getvalue())
 
     return await asyncio.to_thread(run)
-
-
-async def kmsg_process(*args: str, env: Mapping[str, str]) -> Run:
-    """The console script as its own process: ``python -m kmsg_webhook.messaging.cli``."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kmsg_webhook.messaging.cli",
-        *args,
-        env={"PATH": os.environ.get("PATH", ""), "PYTHONIOENCODING": "utf-8", **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

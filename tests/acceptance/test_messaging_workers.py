@@ -1,6 +1,6 @@
 """The messaging module in real processes, killed with SIGKILL (SQLite, PostgreSQL and D1 on the
-local engine; SOLAPI is a local fake): the reconciler during a fallback wait (the webhook events
-go through a runtime on the same store to a local receiver), and a bulk send and scheduled sends
+local engine; SOLAPI is a local fake): ``kmsg worker`` during a fallback wait (its webhook
+dispatcher delivers the events to a local receiver) and during scheduled sends, and a bulk send
 mid-way."""
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -48,6 +46,7 @@ from support.stores import (
     new_schema,
     server_dsn,
 )
+from support.workers import WorkerProcess, spawn
 
 WORKER = str(Path(__file__).resolve().parents[1] / "support" / "messaging_worker.py")
 MESSAGES = 6
@@ -143,22 +142,44 @@ async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
         await drop_schema(dsn, schema)
 
 
-def start_worker(
-    procs: list[subprocess.Popen[bytes]],
+#: ``kmsg worker`` as each test runs it: the reconciler checks one record after another (the
+#: tests know where a kill lands) and delivers the webhook events; the queue sends 8 at once.
+MODES = {
+    "reconciler": (
+        "--no-queue",
+        "--tracking-concurrency",
+        "1",
+        "--with-webhooks",
+        "--allow-private-hosts",
+    ),
+    "queue": ("--no-tracking", "--concurrency", "8"),
+}
+
+
+async def start_worker(
+    procs: list[WorkerProcess],
     store_url: str,
-    solapi_url: str,
+    solapi: FakeSolapi,
     name: str,
     mode: str = "reconciler",
     *extra: str,
-) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, WORKER, mode, "--store", store_url, "--solapi", solapi_url]
-    proc = subprocess.Popen(
-        [*cmd, "--worker-id", name, "--lease-s", "3", *extra],
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    procs.append(proc)
-    return proc
+) -> WorkerProcess:
+    """``kmsg worker``, once it logged its start (``bulk``: the bulk-sending client of
+    tests/support/messaging_worker.py, at once)."""
+    if mode == "bulk":
+        args = [WORKER, "--store", store_url, "--solapi", solapi.url, *extra]
+    else:
+        args = [
+            *("-m", "kmsg_webhook.messaging.cli", "worker", "--log-format", "json"),
+            *("--store", store_url, "--worker-id", name, "--lease-s", "3", "--poll-s", "0.1"),
+            *MODES[mode],
+            *extra,
+        ]
+    worker = await spawn(*args, env=solapi.env())
+    procs.append(worker)
+    if mode != "bulk":
+        await worker.wait_logged(logger="kmsg_webhook.messaging.worker", worker_id=name)
+    return worker
 
 
 async def send_alimtalks(
@@ -232,22 +253,22 @@ async def test_kill_during_a_fallback_wait_loses_nothing_and_sends_each_fallback
     store_url: str,
     solapi: StallingSolapi,
     events: tuple[str, Counter[str]],
-    workers: list[subprocess.Popen[bytes]],
+    processes: list[WorkerProcess],
 ) -> None:
     endpoint, seen = events
     store = tracking_store_from_url(store_url)
     try:
         await send_alimtalks(store_url, store, solapi, endpoint)
-        victim = start_worker(workers, store_url, solapi.url, "victim")
+        victim = await start_worker(processes, store_url, solapi, "victim")
         # The victim checks one message after another; it falls back for order-1 and
         # order-2, then waits on order-3's status, and dies there.
         await asyncio.wait_for(solapi.stalled.wait(), 60)
         assert sum(solapi.fallback_recipients().values()) == 2
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=10) == -signal.SIGKILL
+        victim.proc.send_signal(signal.SIGKILL)
+        assert await victim.exit_code() == -signal.SIGKILL
 
         for name in ("heir-1", "heir-2"):
-            start_worker(workers, store_url, solapi.url, name)
+            await start_worker(processes, store_url, solapi, name)
 
         async def all_fell_back() -> bool:
             done = await store.list_records(TrackingFilter(statuses=(DeliveryStatus.FAILED,)))
@@ -259,10 +280,8 @@ async def test_kill_during_a_fallback_wait_loses_nothing_and_sends_each_fallback
             f"order-{n}:api-fallback:message.sent" for n in range(1, MESSAGES + 1)
         }
         await wait_for(lambda: wanted <= set(seen), 60, "every webhook event")
-        for proc in workers[1:]:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers[1:]:
-            assert proc.wait(timeout=30) == 0
+        for heir in processes[1:]:
+            assert await heir.stop() == 0, heir.lines
 
         # Every message tracked, the fallbacks too; each fallback sent exactly once.
         assert await store.count_records() == 2 * MESSAGES
@@ -280,24 +299,24 @@ async def test_kill_during_a_fallback_wait_loses_nothing_and_sends_each_fallback
 
 
 BULK = 120
-# What a killed queue worker may leave unrecorded: its sends in flight (the concurrency in
-# tests/support/messaging_worker.py) and the finished ones waiting for the next group write.
+# What a killed sender may leave unrecorded: its sends in flight (8 at once, in the bulk client
+# and in `kmsg worker --concurrency 8`) and the finished ones waiting for the next group write.
 IN_FLIGHT = 2 * 8
 
 
 async def test_kill_during_a_bulk_send_loses_nothing(
-    store_url: str, solapi: StallingSolapi, workers: list[subprocess.Popen[bytes]]
+    store_url: str, solapi: StallingSolapi, processes: list[WorkerProcess]
 ) -> None:
     solapi.send_delay = 0.05
     solapi.hold_sends_after = 30  # then every send waits: the bulk process dies mid-send
-    bulk = start_worker(workers, store_url, solapi.url, "bulk", "bulk", "--count", str(BULK))
+    bulk = await start_worker(processes, store_url, solapi, "bulk", "bulk", "--count", str(BULK))
     # A queue worker shares the batch from the start: leases keep the two apart.
-    start_worker(workers, store_url, solapi.url, "helper", "queue")
+    await start_worker(processes, store_url, solapi, "helper", "queue")
     await wait_for(lambda: len(solapi.hits("/messages/v4/send")) > 30, 60, "held sends")
-    bulk.send_signal(signal.SIGKILL)
-    assert bulk.wait(timeout=10) == -signal.SIGKILL
+    bulk.proc.send_signal(signal.SIGKILL)
+    assert await bulk.exit_code() == -signal.SIGKILL
     solapi.release_sends.set()
-    start_worker(workers, store_url, solapi.url, "heir", "queue")
+    await start_worker(processes, store_url, solapi, "heir", "queue")
     jobs = job_store_from_url(store_url)
     try:
 
@@ -320,7 +339,7 @@ async def test_kill_during_a_bulk_send_loses_nothing(
 
 
 async def test_kill_during_scheduled_sends_loses_nothing(
-    store_url: str, solapi: StallingSolapi, workers: list[subprocess.Popen[bytes]]
+    store_url: str, solapi: StallingSolapi, processes: list[WorkerProcess]
 ) -> None:
     solapi.send_delay = 0.1
     jobs = job_store_from_url(store_url)
@@ -342,11 +361,11 @@ async def test_kill_during_scheduled_sends_loses_nothing(
         batch = await kmsg.send(scheduled, scheduled_at=at)
         assert all(isinstance(r, Ok) for r in batch.results)
         assert solapi.hits("/messages/v4/send") == []  # stored, nothing sent yet
-        victim = start_worker(workers, store_url, solapi.url, "victim", "queue")
+        victim = await start_worker(processes, store_url, solapi, "victim", "queue")
         await wait_for(lambda: len(solapi.hits("/messages/v4/send")) >= 15, 60, "15 sends")
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=10) == -signal.SIGKILL
-        start_worker(workers, store_url, solapi.url, "heir", "queue")
+        victim.proc.send_signal(signal.SIGKILL)
+        assert await victim.exit_code() == -signal.SIGKILL
+        await start_worker(processes, store_url, solapi, "heir", "queue")
 
         async def all_sent() -> bool:
             return (await jobs.count_by_status())[JobStatus.SENT] == SCHEDULED

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import uuid
 from collections import Counter
@@ -24,7 +23,6 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from kmsg_webhook import (
@@ -42,6 +40,7 @@ from kmsg_webhook import (
 from support.d1 import LocalD1, fresh_tables
 from support.servers import serve_app
 from support.stores import server_dsn, temporary_store_url
+from support.workers import WorkerProcess, scrape, spawn
 
 PRIVATE = SecurityOptions(allow_private_hosts=True)
 LONG_POLL = ("--poll-ms", "60000")
@@ -74,70 +73,20 @@ async def hits() -> AsyncIterator[Hits]:
         yield rec
 
 
-@dataclass
-class Worker:
-    proc: asyncio.subprocess.Process
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-
-    def logged(self, **fields: Any) -> list[dict[str, Any]]:
-        return [x for x in self.lines if all(x.get(k) == v for k, v in fields.items())]
-
-    async def wait_logged(self, within: float = 60, **fields: Any) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + within
-        while not self.logged(**fields):
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"no log line with {fields}; got {self.lines[-5:]}")
-            if self.proc.returncode is not None:
-                raise AssertionError(f"the worker exited {self.proc.returncode}: {self.lines}")
-            await asyncio.sleep(0.05)
-        return self.logged(**fields)[0]
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), 60)
-        if self.reader is not None:
-            await self.reader
-        return code
-
-
 @pytest.fixture
-async def start_worker() -> AsyncIterator[Any]:
-    started: list[Worker] = []
-
+async def start_worker(processes: list[WorkerProcess]) -> Any:
     async def start(
         store: str, name: str, *extra: str, env: dict[str, str] | None = None
-    ) -> Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kmsg_webhook.cli", "worker", "--store", store,
-            "--worker-id", name, "--allow-private-hosts", "--log-format", "json", *extra,
-            stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    ) -> WorkerProcess:
+        worker = await spawn(
+            "-m", "kmsg_webhook.cli", "worker", "--store", store, "--worker-id", name,
+            "--allow-private-hosts", "--log-format", "json", *extra, env=env or {},
         )  # fmt: skip
-        worker = Worker(proc)
-        assert proc.stderr is not None
-        stream = proc.stderr
-
-        async def read() -> None:
-            while line := await stream.readline():
-                try:
-                    worker.lines.append(json.loads(line))
-                except ValueError:
-                    worker.lines.append({"raw": line.decode(errors="replace")})
-
-        worker.reader = asyncio.ensure_future(read())
-        started.append(worker)
+        processes.append(worker)
         await worker.wait_logged(logger="kmsg_webhook.worker", worker_id=name)
         return worker
 
-    yield start
-    for worker in started:
-        if worker.proc.returncode is None:
-            worker.proc.kill()
-            await worker.proc.wait()
-        if worker.reader is not None:
-            await worker.reader
+    return start
 
 
 async def emit(store: str, targets: dict[str, str], per_target: int, *, start: int = 0) -> None:
@@ -176,20 +125,6 @@ async def cli_json(*argv: str) -> Any:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return json.loads(out)
-
-
-async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        text = await response.text()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 async def get_status(url: str) -> tuple[int, Any]:

@@ -144,6 +144,41 @@ async def test_list_and_count_by_batch_and_status(backend: TrackingBackend) -> N
     }
 
 
+async def test_requeue_makes_failed_jobs_pending_and_leaves_the_rest(
+    backend: TrackingBackend,
+) -> None:
+    jobs = backend.jobs
+    await jobs.enqueue([job(n, batch="b1" if n <= 3 else "b2") for n in range(1, 6)])
+    now = T0 + timedelta(minutes=1)
+    claimed = await jobs.claim(
+        worker_id=W1, now=now, lease_until=now + timedelta(minutes=2), limit=4
+    )
+    results = [
+        JobResult(j.id, W1, JobStatus.FAILED, now, "solapi", error_code="X") for j in claimed
+    ]
+    results[0] = JobResult("m-001", W1, JobStatus.SENT, now, "solapi", "P1")
+    await jobs.complete(results)  # m-001 sent, m-002..m-004 failed, m-005 pending
+    later = now + timedelta(hours=1)
+    assert await jobs.requeue(run_at=later, job_ids=["m-001", "m-002", "m-005", "nope"]) == 1
+    again = await jobs.get("m-002")
+    assert again is not None
+    assert (again.status, again.run_at, again.attempts) == (JobStatus.PENDING, later, 1)
+    assert (again.error_code, again.provider_id, again.completed_at) == (None, None, None)
+    assert await jobs.requeue(run_at=later, batch_id="b2") == 1  # m-004
+    assert await jobs.requeue(run_at=later) == 1  # m-003, the last failed one
+    assert await jobs.count_by_status() == {
+        JobStatus.PENDING: 4,
+        JobStatus.SENT: 1,
+        JobStatus.FAILED: 0,
+    }
+    sent = await jobs.get("m-001")
+    assert sent is not None and sent.status is JobStatus.SENT
+    due = await jobs.claim(
+        worker_id=W2, now=later, lease_until=later + timedelta(minutes=1), limit=9
+    )
+    assert sorted(j.id for j in due) == ["m-002", "m-003", "m-004", "m-005"]
+
+
 async def test_raw_rows_hold_no_plaintext_with_field_crypto(backend: TrackingBackend) -> None:
     await backend.jobs.enqueue([job(7)])
     [row] = await backend.raw_rows(JOBS_TABLE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from kmsg_webhook.crypto import FieldCrypto, FieldCryptoConfig, StaticKeyProvider
@@ -10,6 +11,12 @@ KEY_A = bytes(range(32))
 KEY_B = bytes(range(100, 132))
 KEY_C = bytes(range(200, 232))
 HASH_KEY = b"h" * 32
+#: Key ``kA`` (active) and the hash key, as the commands read them from the environment.
+KEYS_ENV = {
+    "KMSG_WEBHOOK_KEYS": f"kA:{base64.b64encode(KEY_A).decode()}",
+    "KMSG_WEBHOOK_ACTIVE_KID": "kA",
+    "KMSG_WEBHOOK_HASH_KEY": base64.b64encode(HASH_KEY).decode(),
+}
 
 
 def keys(*kids: str, active: str | None = None) -> StaticKeyProvider:

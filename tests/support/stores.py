@@ -319,6 +319,23 @@ async def temporary_store_url() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
+async def migrated_store_url(kind: str) -> AsyncIterator[str]:
+    """A store URL, schema created: ``sqlite`` (a file in a fresh directory) or ``postgres``
+    (a fresh schema); removed afterwards."""
+    from kmsg_webhook.stores.url import migrate
+
+    if kind == "postgres":
+        async with temporary_store_url() as url:
+            await migrate(url)
+            yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="kmsg-store-") as directory:
+        url = f"sqlite:///{os.path.join(directory, 'store.db')}"
+        await migrate(url)
+        yield url
+
+
+@asynccontextmanager
 async def temporary_sqlite(**options: Any) -> AsyncIterator[SQLiteDatabase]:
     """A :class:`SQLiteDatabase` in a fresh file of a temporary directory, removed afterwards."""
     directory = tempfile.mkdtemp(prefix="kmsg-sqlite-")

@@ -38,6 +38,17 @@ class FakeSolapi(FakeServer):
         self.route("GET", "/cash/v1/balance", self._balance)
         self.route("POST", "/storage/v1/files", self._upload)
 
+    def env(self) -> dict[str, str]:
+        """What ``kmsg`` (``SolapiProvider.from_env``) reads to send through this fake only."""
+        return {
+            "KMSG_PROVIDERS": "solapi",
+            "SOLAPI_API_KEY": self.api_key,
+            "SOLAPI_API_SECRET": self.api_secret,
+            "SOLAPI_DEFAULT_FROM": "0212345678",
+            "SOLAPI_KAKAO_PF_ID": "PF1",
+            "SOLAPI_BASE_URL": self.url,
+        }
+
     def auth_error(self, req: Recorded) -> Reply | None:
         match = _AUTH.match(req.headers.get("Authorization", ""))
         if match is None:
