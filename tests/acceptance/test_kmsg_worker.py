@@ -234,74 +234,30 @@ JOBS = 12
 IN_FLIGHT = 4
 
 
-async def test_sigterm_mid_send_records_what_was_in_flight_and_leaves_the_rest_claimable(
-    sql_store_url: str, solapi: ReportingSolapi, start_worker: Any, wait_until: WaitUntil
-) -> None:
-    await schedule(
-        sql_store_url,
-        solapi,
-        [
-            {"to": f"010-3333-{n:04d}", "text": f"안내 {n}", "messageId": f"n-{n}"}
-            for n in range(JOBS)
-        ],
-    )
-    solapi.open.clear()  # every send waits
-    env = solapi.env()
-    # Long leases: the jobs the second worker sends must never have been claimed.
-    args = ("--no-tracking", "--concurrency", str(IN_FLIGHT), "--lease-s", "600")
-    first = await start_worker(sql_store_url, env, *args, "--worker-id", "first")
-    await wait_until(lambda: len(solapi.hits("/messages/v4/send")) == IN_FLIGHT, 60, "sends held")
-    first.proc.send_signal(signal.SIGTERM)
-    stopped_claiming = "send queue stopped claiming; the sends in flight get 30.0s"
-    await first.wait_logged(message=stopped_claiming)
-    solapi.open.set()
-    assert await first.exit_code() == 0
-
-    jobs = job_store_from_url(sql_store_url)
-    try:
-        assert await jobs.count_by_status() == {
-            JobStatus.PENDING: JOBS - IN_FLIGHT,
-            JobStatus.SENT: IN_FLIGHT,
-            JobStatus.FAILED: 0,
-        }
-        second = await start_worker(sql_store_url, env, *args, "--worker-id", "second")
-
-        async def all_sent() -> bool:
-            return (await jobs.count_by_status())[JobStatus.SENT] == JOBS
-
-        await wait_until(all_sent, 60, "every job sent")
-        second.proc.send_signal(signal.SIGTERM)
-        assert await second.exit_code() == 0
-    finally:
-        await jobs.close()
-    assert solapi.sends_to() == Counter({f"0103333{n:04d}": 1 for n in range(JOBS)})
+QUEUE_ONLY = ("--no-tracking", "--concurrency", str(IN_FLIGHT))
 
 
-async def test_sends_outliving_the_stop_grace_are_cancelled_and_sent_after_their_lease(
-    sql_store_url: str, solapi: ReportingSolapi, start_worker: Any, wait_until: WaitUntil
-) -> None:
-    await schedule(
-        sql_store_url,
-        solapi,
-        [
-            {"to": f"010-6666-{n:04d}", "text": f"안내 {n}", "messageId": f"g-{n}"}
-            for n in range(JOBS)
-        ],
-    )
+async def held_mid_send(
+    url: str, solapi: ReportingSolapi, start_worker: Any, wait_until: WaitUntil, *args: str
+) -> WorkerProcess:
+    """``JOBS`` SMS due now, every send held, and a queue worker with ``IN_FLIGHT`` of them in
+    flight."""
+    messages = [
+        {"to": f"010-3333-{n:04d}", "text": f"안내 {n}", "messageId": f"n-{n}"} for n in range(JOBS)
+    ]
+    await schedule(url, solapi, messages)
     solapi.open.clear()
-    env = solapi.env()
-    args = ("--no-tracking", "--concurrency", str(IN_FLIGHT), "--lease-s", "3")
-    first = await start_worker(sql_store_url, env, *args, "--stop-grace", "0.5")
+    worker = await start_worker(url, solapi.env(), *QUEUE_ONLY, *args)
     await wait_until(lambda: len(solapi.hits("/messages/v4/send")) == IN_FLIGHT, 60, "sends held")
-    first.proc.send_signal(signal.SIGTERM)
-    assert await first.exit_code() == 0  # while its sends are still held
-    assert first.logged(message="Sends still in flight after 0.5s were cancelled")
-    jobs = job_store_from_url(sql_store_url)
+    return worker
+
+
+async def a_second_worker_sends_the_rest(
+    url: str, solapi: ReportingSolapi, start_worker: Any, wait_until: WaitUntil, *args: str
+) -> None:
+    jobs = job_store_from_url(url)
     try:
-        assert (await jobs.count_by_status())[JobStatus.PENDING] == JOBS
-        solapi.open.set()
-        # The cancelled sends' leases expire after 3 s; then the second worker sends them too.
-        second = await start_worker(sql_store_url, env, *args)
+        second = await start_worker(url, solapi.env(), *QUEUE_ONLY, *args)
 
         async def all_sent() -> bool:
             return (await jobs.count_by_status())[JobStatus.SENT] == JOBS
@@ -310,8 +266,54 @@ async def test_sends_outliving_the_stop_grace_are_cancelled_and_sent_after_their
         assert await second.stop() == 0
     finally:
         await jobs.close()
+
+
+async def test_sigterm_mid_send_records_what_was_in_flight_and_leaves_the_rest_claimable(
+    sql_store_url: str, solapi: ReportingSolapi, start_worker: Any, wait_until: WaitUntil
+) -> None:
+    # Long leases: the jobs the second worker sends must never have been claimed.
+    long_lease = ("--lease-s", "600")
+    first = await held_mid_send(sql_store_url, solapi, start_worker, wait_until, *long_lease)
+    first.proc.send_signal(signal.SIGTERM)
+    await first.wait_logged(message="send queue stopped claiming; the sends in flight get 30.0s")
+    solapi.open.set()
+    assert await first.exit_code() == 0
+    jobs = job_store_from_url(sql_store_url)
+    try:
+        assert await jobs.count_by_status() == {
+            JobStatus.PENDING: JOBS - IN_FLIGHT,
+            JobStatus.SENT: IN_FLIGHT,
+            JobStatus.FAILED: 0,
+        }
+    finally:
+        await jobs.close()
+    await a_second_worker_sends_the_rest(
+        sql_store_url, solapi, start_worker, wait_until, *long_lease
+    )
+    assert solapi.sends_to() == Counter({f"0103333{n:04d}": 1 for n in range(JOBS)})
+
+
+async def test_sends_outliving_the_stop_grace_are_cancelled_and_sent_after_their_lease(
+    sql_store_url: str, solapi: ReportingSolapi, start_worker: Any, wait_until: WaitUntil
+) -> None:
+    first = await held_mid_send(
+        sql_store_url, solapi, start_worker, wait_until, "--lease-s", "3", "--stop-grace", "0.5"
+    )
+    first.proc.send_signal(signal.SIGTERM)
+    assert await first.exit_code() == 0  # while its sends are still held
+    assert first.logged(message="Sends still in flight after 0.5s were cancelled")
+    jobs = job_store_from_url(sql_store_url)
+    try:
+        assert (await jobs.count_by_status())[JobStatus.PENDING] == JOBS
+    finally:
+        await jobs.close()
+    solapi.open.set()
+    # The cancelled sends' leases expire after 3 s; then a second worker sends them too.
+    await a_second_worker_sends_the_rest(
+        sql_store_url, solapi, start_worker, wait_until, "--lease-s", "3"
+    )
     sends = solapi.sends_to()
-    assert set(sends) == {f"0106666{n:04d}" for n in range(JOBS)}
+    assert set(sends) == {f"0103333{n:04d}" for n in range(JOBS)}
     # At least once: only the cancelled sends (which the vendor may have taken) repeat.
     assert sum(sends.values()) - JOBS <= IN_FLIGHT
 

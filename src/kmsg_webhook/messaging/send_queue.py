@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 from .errors import KMsgError, KMsgErrorCode
 from .jobs import JobResult, JobStatus, JobStore, SendJob
+from .leases import new_worker_id
 from .provider import SleepFn, now_utc
 from .result import Fail, Ok
 from .types import (
@@ -81,9 +80,7 @@ class SendQueue:
         options = options or SendQueueOptions()
         self.kmsg = kmsg
         self.store = store
-        self.worker_id = options.worker_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        )
+        self.worker_id = options.worker_id or new_worker_id()
         self._lease = options.lease
         self._concurrency = options.concurrency
         self._interval = options.interval

@@ -32,9 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -45,6 +42,7 @@ from ..events import WebhookEventType
 from .errors import KMsgError
 from .feed import MessageContext, WebhookFeed, WebhookSink, as_feed, delivery_event
 from .kmsg import HookContext, KMsgHooks
+from .leases import new_worker_id
 from .provider import DeliveryStatusProvider, Provider, SleepFn, now_utc
 from .result import Fail, Ok
 from .tracking_records import ApiAttemptStatus, FailoverState, TrackingError, TrackingRecord
@@ -195,9 +193,7 @@ class DeliveryTrackingService:
         self._providers = {provider.id: provider for provider in providers}
         self._hooks = hooks or TrackingHooks()
         #: Whose leases this service's claims are (unique per process by default).
-        self.worker_id = worker_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        )
+        self.worker_id = worker_id or new_worker_id()
         self._store: TrackingStore = store or InMemoryTrackingStore()
         self._polling = polling or PollingConfig()
         self._failover = api_failover

@@ -19,8 +19,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +33,7 @@ from ..runtime import WebhookRuntimeService
 from ..sender import SecurityOptions
 from .jobs import JobResult, JobStatus, SendJob
 from .kmsg import KMsg, RoutingConfig
+from .leases import new_worker_id
 from .resilience import CircuitBreakerConfig, ProviderGuards, ProviderLimits, RateLimit, Resilience
 from .send_queue import SendQueueOptions
 from .store_commands import MessagingStores, open_stores, store_args, store_url
@@ -309,7 +308,7 @@ async def _serve(
 def _settings(args: argparse.Namespace) -> WorkerSettings:
     breaker = None if args.breaker_failures == 0 else CircuitBreakerConfig(args.breaker_failures)
     return WorkerSettings(
-        worker_id=args.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        worker_id=args.worker_id or new_worker_id(),
         queue=args.queue,
         tracking=args.tracking,
         with_webhooks=args.with_webhooks,
