@@ -6,9 +6,7 @@ mid-way."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -43,6 +41,7 @@ from support.stores import (
     TRACKING_TABLE,
     drop_schema,
     fresh_messaging_tables,
+    migrated_store_url,
     new_schema,
     server_dsn,
 )
@@ -119,9 +118,9 @@ async def events() -> AsyncIterator[tuple[str, Counter[str]]]:
 # Overrides acceptance/conftest.py's store_url: these workers run on SQLite and D1 too.
 @pytest.fixture(params=["sqlite", "postgres", "d1"])
 async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="kmsg-workers-") as directory:
-            yield f"sqlite:///{os.path.join(directory, 'store.db')}"
+    if request.param == "sqlite":  # kmsg worker opens only a SQLite file that exists
+        async with migrated_store_url("sqlite") as url:
+            yield url
         return
     if request.param == "d1":
         local = await asyncio.to_thread(require_local_d1)
