@@ -242,9 +242,10 @@ async def main(args: argparse.Namespace) -> None:
                         runs.append((name, "memory://", policy, None))
                     elif store == "sqlite":
                         path = Path(tmp, "soak.db")
-                        minute = timedelta(minutes=1)
-                        policy = RetentionPolicy(success=minute, failed=minute, exhausted=minute)
-                        runs.append(("sqlite (1 min retention)", f"sqlite:///{path}", policy, path))
+                        kept = timedelta(seconds=args.retention_s)
+                        policy = RetentionPolicy(success=kept, failed=kept, exhausted=kept)
+                        name = f"sqlite ({args.retention_s:g} s retention)"
+                        runs.append((name, f"sqlite:///{path}", policy, path))
                 if args.unbounded:
                     off = RetentionPolicy(memory_max_rows=None, memory_max_age=None)
                     runs.append(("memory (unbounded baseline)", "memory://", off, None))
@@ -272,6 +273,12 @@ if __name__ == "__main__":
         type=int,
         help="the in-memory store's row cap (default: RetentionPolicy's); scale it with "
         "--rate so the cap is reached within the run",
+    )
+    parser.add_argument(
+        "--retention-s",
+        type=float,
+        default=60.0,
+        help="how long SQLite keeps finished deliveries (shorter: deletes start sooner)",
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parsed = parser.parse_args()

@@ -59,7 +59,7 @@ class RetentionPolicy:
     memory_max_rows: int | None = 100_000
     memory_max_age: timedelta | None = timedelta(hours=1)
     interval_ms: int = 10_000
-    batch_size: int = 500
+    batch_size: int = 100
 
     def __post_init__(self) -> None:
         for name in ("success", "failed", "exhausted", "memory_max_age"):

@@ -2,7 +2,8 @@
 
 Every runtime, and so every worker, runs one :class:`Retention` task. Deleting is idempotent,
 so several processes on one store only share the work. Small batches keep each store call
-short: intake, claims and records on the same store wait behind one batch at most.
+short: intake, claims and records on the same store wait behind one batch at most, and a
+pause after each batch leaves them the store most of the time.
 """
 
 from __future__ import annotations
@@ -84,11 +85,19 @@ class Retention:
 
 
 async def _in_batches(batch: Callable[[], Awaitable[int]], size: int) -> int:
-    """Call ``batch`` until it deletes fewer than ``size``; the total."""
+    """Call ``batch`` until it deletes fewer than ``size``; the total.
+
+    After each batch it pauses as long as the batch took, so deleting never has the store
+    more than half the time, and yields more of it when the store is busy (a batch that
+    waited behind intake and claims took longer). A backlog of history is worked off
+    steadily instead of in one burst that the dispatcher would have to catch up with.
+    """
+    loop = asyncio.get_running_loop()
     total = 0
     while True:
+        started = loop.time()
         deleted = await batch()
         total += deleted
         if deleted < size:
             return total
-        await asyncio.sleep(0)  # the hot paths run between batches
+        await asyncio.sleep(loop.time() - started)

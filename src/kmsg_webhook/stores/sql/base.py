@@ -297,10 +297,29 @@ class SqlDatabase(ABC):
     def closed_error(self) -> StoreError:
         return StoreError(f"the {self.dialect} store at {self.display_url} is closed")
 
-    async def reclaim_space(self, conn: AsyncConnection) -> None:
-        """After deletes: give freed pages back to the filesystem where the dialect needs
-        telling (SQLite); Postgres reuses them after its autovacuum."""
-        return None
+    async def delete_finished(
+        self, conn: AsyncConnection, status: DeliveryStatus, before: datetime, limit: int
+    ) -> int:
+        """Delete up to ``limit`` of the oldest rows of the final ``status`` created before
+        ``before``, in one statement; returns how many went."""
+        t = self.tables.deliveries
+        # The (status, created_at) index finds the oldest rows of the status.
+        oldest = (
+            sa.select(t.c.id)
+            .where(t.c.status == status.value, t.c.created_at < before)
+            .order_by(t.c.created_at, t.c.id)
+            .limit(limit)
+        )
+        await self.begin_write(conn)
+        count = int((await conn.execute(sa.delete(t).where(t.c.id.in_(oldest)))).rowcount)
+        await conn.commit()
+        return count
+
+    async def reclaim_space(self, conn: AsyncConnection, *, started: bool) -> bool:
+        """After deletes: hand one step of freed pages back to the filesystem where the
+        dialect needs telling (SQLite; Postgres reuses them after its autovacuum). ``started``:
+        an earlier step of the same round ran. Returns whether another step is due."""
+        return False
 
     async def _hand_back_connection(self) -> None:
         """Return a connection the database object holds between operations (SQLite). A
@@ -858,25 +877,29 @@ class SqlDeliveryStore:
         return deleted
 
     async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
-        t = self._t
+        db = self._db
         deleted = 0
         for status, cutoff in cutoffs.by_status():
             if deleted >= limit:
                 break
-            # The (status, created_at) index finds the oldest rows of the status.
-            oldest = (
-                sa.select(t.c.id)
-                .where(t.c.status == status.value, t.c.created_at < self._db.bound(cutoff))
-                .order_by(t.c.created_at, t.c.id)
-                .limit(limit - deleted)
-            )
-            deleted += await self._write_count(sa.delete(t).where(t.c.id.in_(oldest)))
+            delete = partial(_delete_finished, db, status, db.bound(cutoff), limit - deleted)
+            # One statement: on SQLite it shares the connection like a claim, so the hot
+            # paths queue behind one small delete at most, never behind a transaction.
+            deleted += await db.run(delete, single_statement=True)
         if deleted:
             await self._reclaim_space()
         return deleted
 
     async def _reclaim_space(self) -> None:
-        await self._db.run(lambda conn, _: self._db.reclaim_space(conn))
+        steps = 0
+
+        async def step(conn: AsyncConnection, attempt: int) -> bool:
+            return await self._db.reclaim_space(conn, started=steps > 0)
+
+        # Step by step, each a statement of its own: the hot paths run between steps.
+        while await self._db.run(step, single_statement=True):
+            steps += 1
+            await asyncio.sleep(0)
 
     async def scan(
         self, *, after: str | None = None, limit: int = 500
@@ -956,3 +979,14 @@ class SqlDeliveryStore:
         if f.from_hash is not None:
             conditions.append(t.c.from_hash == f.from_hash)
         return conditions
+
+
+async def _delete_finished(
+    db: SqlDatabase,
+    status: DeliveryStatus,
+    before: datetime,
+    limit: int,
+    conn: AsyncConnection,
+    attempt: int,
+) -> int:
+    return await db.delete_finished(conn, status, before, limit)

@@ -58,6 +58,11 @@ MEMORY = ":memory:"
 # Rows (inserts) or outcomes (records) per statement: 18 or 8 parameters each stays far below
 # SQLite's 32766-variable limit.
 STATEMENT_ROWS = 1000
+# Pages handed back to the filesystem per statement (1 MiB at the default page size): one
+# step holds the connection for a few milliseconds.
+VACUUM_STEP = 256
+_INCREMENTAL = 2  # PRAGMA auto_vacuum
+_FREE_PAGES = "SELECT * FROM pragma_auto_vacuum(), pragma_freelist_count(), pragma_page_count()"
 # One group per row: the insert binds DELIVERY_ROW_COLUMNS in order (queries/sqlite.sql).
 _ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_ROW_COLUMNS)) + ")"
 # One group per outcome: the record binds these in the order queries/sqlite.sql names.
@@ -251,11 +256,25 @@ class SQLiteDatabase(SqlDatabase):
     def _is_disconnect(self, exc: BaseException) -> bool:
         return False  # a busy or failed SQLite statement leaves the connection usable
 
-    async def reclaim_space(self, conn: AsyncConnection) -> None:
-        # Free pages go back to the filesystem (with auto_vacuum = INCREMENTAL; otherwise a
-        # no-op and new rows reuse them). Each step of the pragma frees one page, and
-        # executescript steps it to the end.
-        await (await _driver(conn)).executescript("PRAGMA incremental_vacuum")
+    async def delete_finished(
+        self, conn: AsyncConnection, status: DeliveryStatus, before: datetime, limit: int
+    ) -> int:
+        driver = await _driver(conn)
+        params = {"status": status.value, "before": to_millis(before), "limit": limit}
+        cursor = await driver.execute(self.sql["delete_finished"], params)
+        return cursor.rowcount
+
+    async def reclaim_space(self, conn: AsyncConnection, *, started: bool) -> bool:
+        driver = await _driver(conn)
+        [(mode, free, pages)] = await driver.execute_fetchall(_FREE_PAGES)
+        # Pages freed by steady deletes are reused by the next inserts: moving pages to shrink
+        # the file pays only once a quarter of it is free, and then all of it goes back.
+        # (Without auto_vacuum = INCREMENTAL the pragma does nothing; new rows reuse pages.)
+        if mode != _INCREMENTAL or not free or (not started and free * 4 < pages):
+            return False
+        # Each step of the pragma frees one page, and executescript steps it to the end.
+        await driver.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP:d})")
+        return bool(free > VACUUM_STEP)
 
     def bound(self, value: datetime) -> datetime:
         # Rows hold whole milliseconds: `ms >= ceil(t)` is exactly `row >= t` (and `<` alike).

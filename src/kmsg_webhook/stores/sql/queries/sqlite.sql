@@ -68,6 +68,18 @@ RETURNING id, endpoint_id, event_id, event_type, url, payload, status, attempts_
           attempt_count, last_latency_ms, last_error, created_at, next_attempt_at, completed_at,
           lease_owner, lease_expires_at, to_hash, from_hash, ordering_key;
 
+-- name: delete_finished
+-- Retention: delete up to :limit of the oldest rows of one final :status created before
+-- :before, found through the status index (rowids, read from the index alone). One statement
+-- of its own (autocommit), like the claim: the hot paths wait behind one small delete at most.
+DELETE FROM kmsg_webhook_deliveries
+WHERE rowid IN (
+    SELECT rowid
+    FROM kmsg_webhook_deliveries INDEXED BY idx_kmsg_webhook_deliveries_status
+    WHERE status = :status AND created_at < :before
+    ORDER BY created_at, id
+    LIMIT :limit);
+
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes where the worker still holds the lease: append the attempt
 -- keeping the newest ?1, count it, set status and times, drop the lease. {rows} stands for one
