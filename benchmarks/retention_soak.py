@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -111,6 +112,8 @@ class Soak:
     seconds: float = 0.0
     database: Path | None = None
     first: list[tuple[float, float]] = field(default_factory=list)
+    # Full (generation 2) garbage collections: (seconds in, pause in seconds).
+    collections: list[tuple[float, float]] = field(default_factory=list)
 
 
 def files_mib(database: Path | None) -> float:
@@ -160,6 +163,18 @@ async def soak(
             result.failed_emits += 1
 
     start = time.monotonic()
+    collecting = 0.0
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        nonlocal collecting
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            collecting = time.monotonic()
+        else:
+            result.collections.append((collecting - start, time.monotonic() - collecting))
+
+    gc.callbacks.append(on_collection)
     next_sample = 0.0
     n = 0
     while (elapsed := time.monotonic() - start) < duration:
@@ -177,6 +192,7 @@ async def soak(
         await asyncio.sleep(0.01)
     result.rss.append((time.monotonic() - start, rss_mib()))
     result.disk.append(files_mib(database))
+    gc.callbacks.remove(on_collection)
     result.emitted = n
     result.seconds = time.monotonic() - start
     if pending:
@@ -214,6 +230,13 @@ def report(result: Soak) -> None:
             f"   first-attempt p99: first {window:.0f}s {p_early:.1f} ms, last {window:.0f}s "
             f"{p_late:.1f} ms: {ratio:.2f}x (target <= 1.5x)"
         )
+    # A full collection pauses the event loop for as long as it walks every tracked object.
+    for label, pauses in (
+        (f"first {window:.0f}s", [p for t, p in result.collections if t <= window]),
+        (f"last {window:.0f}s", [p for t, p in result.collections if t >= duration - window]),
+    ):
+        longest = max(pauses, default=0.0) * 1000
+        print(f"   full GC collections, {label}: {len(pauses)}, longest {longest:.1f} ms")
 
 
 async def main(args: argparse.Namespace) -> None:
