@@ -207,3 +207,33 @@ async def test_sqlite_hands_purged_pages_back_to_the_filesystem(
     assert await runtime.apply_retention() == 600
     assert await _pragma(sqlite_db, "freelist_count") == 0
     assert await _pragma(sqlite_db, "page_count") < full / 4
+
+
+async def test_sqlite_keeps_a_few_freed_pages_for_the_next_rows(
+    make_runtime: RuntimeFactory,
+    receiver: Receiver,
+    make_event: EventFactory,
+    sqlite_db: SQLiteDatabase,
+) -> None:
+    clock = ManualClock(START)
+    # Only the call below deletes (the periodic run waits an hour of real time).
+    policy = RetentionPolicy(success=timedelta(minutes=1), interval_ms=3_600_000)
+    runtime = await make_runtime(config(policy), clock=clock, persistence=sqlite_db.persistence())
+    await runtime.add_endpoint(EndpointInput(url=receiver.url("/ok"), events=SENT))
+
+    async def emit(prefix: str, count: int) -> None:
+        for n in range(count):
+            await runtime.emit(make_event(f"{prefix}{n}", data={"text": "x" * 2000, "n": n}))
+        await runtime.flush()
+
+    await emit("old", 60)
+    clock.advance(seconds=90)
+    await emit("young", 540)
+    full = await _pragma(sqlite_db, "page_count")
+    # A tenth of the rows go: steady deletes like these leave their pages to the next inserts.
+    assert await runtime.apply_retention() == 60
+    free = await _pragma(sqlite_db, "freelist_count")
+    assert free > 0
+    assert await _pragma(sqlite_db, "page_count") == full
+    await emit("next", 30)
+    assert await _pragma(sqlite_db, "freelist_count") < free
