@@ -188,6 +188,27 @@ async def _pragma(db: SQLiteDatabase, name: str) -> int:
     return value
 
 
+async def _sqlite_runtime(
+    make_runtime: RuntimeFactory,
+    receiver: Receiver,
+    db: SQLiteDatabase,
+    clock: ManualClock,
+    policy: RetentionPolicy,
+) -> WebhookRuntimeService:
+    runtime = await make_runtime(config(policy), clock=clock, persistence=db.persistence())
+    await runtime.add_endpoint(EndpointInput(url=receiver.url("/ok"), events=SENT))
+    return runtime
+
+
+async def _emit_large(
+    runtime: WebhookRuntimeService, make_event: EventFactory, prefix: str, count: int
+) -> None:
+    """Events of about 2 KiB each, sent: a few rows fill a page."""
+    for n in range(count):
+        await runtime.emit(make_event(f"{prefix}{n}", data={"text": "x" * 2000, "n": n}))
+    await runtime.flush()
+
+
 async def test_sqlite_hands_purged_pages_back_to_the_filesystem(
     make_runtime: RuntimeFactory,
     receiver: Receiver,
@@ -196,11 +217,8 @@ async def test_sqlite_hands_purged_pages_back_to_the_filesystem(
 ) -> None:
     clock = ManualClock(START)
     policy = RetentionPolicy(success=timedelta(minutes=1), batch_size=200)
-    runtime = await make_runtime(config(policy), clock=clock, persistence=sqlite_db.persistence())
-    await runtime.add_endpoint(EndpointInput(url=receiver.url("/ok"), events=SENT))
-    for n in range(600):
-        await runtime.emit(make_event(f"big{n}", data={"text": "x" * 2000, "n": n}))
-    await runtime.flush()
+    runtime = await _sqlite_runtime(make_runtime, receiver, sqlite_db, clock, policy)
+    await _emit_large(runtime, make_event, "big", 600)
     assert await _pragma(sqlite_db, "auto_vacuum") == 2  # incremental
     full = await _pragma(sqlite_db, "page_count")
     clock.advance(seconds=120)
@@ -218,22 +236,15 @@ async def test_sqlite_keeps_a_few_freed_pages_for_the_next_rows(
     clock = ManualClock(START)
     # Only the call below deletes (the periodic run waits an hour of real time).
     policy = RetentionPolicy(success=timedelta(minutes=1), interval_ms=3_600_000)
-    runtime = await make_runtime(config(policy), clock=clock, persistence=sqlite_db.persistence())
-    await runtime.add_endpoint(EndpointInput(url=receiver.url("/ok"), events=SENT))
-
-    async def emit(prefix: str, count: int) -> None:
-        for n in range(count):
-            await runtime.emit(make_event(f"{prefix}{n}", data={"text": "x" * 2000, "n": n}))
-        await runtime.flush()
-
-    await emit("old", 60)
+    runtime = await _sqlite_runtime(make_runtime, receiver, sqlite_db, clock, policy)
+    await _emit_large(runtime, make_event, "old", 60)
     clock.advance(seconds=90)
-    await emit("young", 540)
+    await _emit_large(runtime, make_event, "young", 540)
     full = await _pragma(sqlite_db, "page_count")
     # A tenth of the rows go: steady deletes like these leave their pages to the next inserts.
     assert await runtime.apply_retention() == 60
     free = await _pragma(sqlite_db, "freelist_count")
     assert free > 0
     assert await _pragma(sqlite_db, "page_count") == full
-    await emit("next", 30)
+    await _emit_large(runtime, make_event, "next", 30)
     assert await _pragma(sqlite_db, "freelist_count") < free
