@@ -36,11 +36,10 @@ from .models import (
     AttemptOutcome,
     DeliveryStatus,
     EndpointStatus,
-    OutcomeDraft,
     WebhookDelivery,
     WebhookEndpoint,
+    build_outcome,
     evolve_delivery,
-    frozen,
 )
 from .pacing import Pacing
 from .retry import backoff_ms, judge, parse_retry_after
@@ -768,15 +767,13 @@ class Dispatcher:
         frees_key = delivery.ordering_key is not None and status is not DeliveryStatus.PENDING
         if frees_key:
             self._keys_ending += 1
-        outcome = frozen(
-            OutcomeDraft(
-                delivery_id=delivery.id,
-                worker_id=self.worker_id,
-                attempt=attempt,
-                status=status,
-                next_attempt_at=next_at,
-                completed_at=None if status is DeliveryStatus.PENDING else now,
-            )
+        outcome = build_outcome(
+            delivery_id=delivery.id,
+            worker_id=self.worker_id,
+            attempt=attempt,
+            status=status,
+            next_attempt_at=next_at,
+            completed_at=None if status is DeliveryStatus.PENDING else now,
         )
         return _Settled(
             outcome,

@@ -271,7 +271,7 @@ class WebhookEvent:
         """The wire mapping (see the module docstring for field names)."""
         return {
             "id": self.id,
-            "type": self.type._value_,  # the plain str; .value is a slower property
+            "type": self.type.value,
             "timestamp": format_timestamp(self.timestamp),
             "data": self.data,
             "metadata": self.metadata.to_wire(),

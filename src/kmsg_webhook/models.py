@@ -512,67 +512,67 @@ class RuntimeStats:
 #
 # A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``, about five
 # times the cost of a plain slot store, and a delivery builds several records. The hot paths
-# therefore fill a *draft*: a mutable twin of the record class with the same fields, hence the
-# same slots in the same order, and then give it the record's class (``frozen``), which Python
-# allows between identical layouts. What comes out is an ordinary frozen instance (equal,
-# hashable, immutable). For the type checker a draft is the record class itself, so calls that
-# build one are checked against the record's own signature.
+# therefore build records through a factory per record type: a mutable twin of the record class
+# with the same fields, hence the same slots in the same order, whose ``__init__`` ends by
+# giving the instance the record's class, which Python allows between identical layouts. What
+# comes out is an ordinary frozen instance (equal, hashable, immutable). For the type checker a
+# factory is the record class itself, so calls are checked against the record's own signature.
+# This section is the only code that knows the trick.
 
 _R = TypeVar("_R")
 
 
-def _draft_of(cls: type[Any]) -> type[Any]:
-    """A mutable slots dataclass with ``cls``'s fields and defaults (``cls`` has no
-    ``__post_init__``: a draft would skip it)."""
+def _factory_of(cls: type[_R]) -> type[_R]:
+    """A mutable slots twin of ``cls`` (same fields and defaults) whose instances turn into
+    ``cls`` instances as their ``__init__`` ends (``cls`` has no ``__post_init__``: the twin's
+    would replace it)."""
     if "__post_init__" in vars(cls):
-        raise TypeError(f"{cls.__name__} has a __post_init__, which a draft would skip")
+        raise TypeError(f"{cls.__name__} has a __post_init__, which its factory would skip")
     fields = []
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         spec: dict[str, Any] = {}
         if f.default is not dataclasses.MISSING:
             spec["default"] = f.default
         if f.default_factory is not dataclasses.MISSING:
             spec["default_factory"] = f.default_factory
         fields.append((f.name, f.type, field(**spec)))
-    return dataclasses.make_dataclass(
-        f"{cls.__name__}Draft", fields, slots=True, eq=False, match_args=False
+
+    def become_record(self: Any) -> None:
+        self.__class__ = cls
+
+    twin: type[_R] = dataclasses.make_dataclass(
+        f"{cls.__name__}Factory",
+        fields,
+        namespace={"__post_init__": become_record},
+        slots=True,
+        eq=False,
+        match_args=False,
     )
+    return twin
 
 
 if TYPE_CHECKING:
-    DeliveryDraft = WebhookDelivery
-    AttemptDraft = WebhookAttempt
-    OutcomeDraft = AttemptOutcome
+    build_delivery = WebhookDelivery
+    build_attempt = WebhookAttempt
+    build_outcome = AttemptOutcome
 else:
-    DeliveryDraft = _draft_of(WebhookDelivery)
-    AttemptDraft = _draft_of(WebhookAttempt)
-    OutcomeDraft = _draft_of(AttemptOutcome)
-
-_FROZEN: dict[type[Any], type[Any]] = {
-    DeliveryDraft: WebhookDelivery,
-    AttemptDraft: WebhookAttempt,
-    OutcomeDraft: AttemptOutcome,
-}
-
-
-def frozen(draft: _R) -> _R:
-    """The draft, now an instance of its record class (and so immutable)."""
-    draft.__class__ = _FROZEN[type(draft)]
-    return draft
+    build_delivery = _factory_of(WebhookDelivery)
+    build_attempt = _factory_of(WebhookAttempt)
+    build_outcome = _factory_of(AttemptOutcome)
 
 
 _DELIVERY_FIELDS = frozenset(f.name for f in dataclasses.fields(WebhookDelivery))
-_new_draft = object.__new__
+_new_twin = object.__new__
 
 
 def evolve_delivery(delivery: WebhookDelivery, **changes: Any) -> WebhookDelivery:
     """``dataclasses.replace`` for deliveries, several times as fast (claims and records call
-    it for every delivery): a draft filled field by field, then the changes set on it. A test
+    it for every delivery): a twin filled field by field, then the changes set on it. A test
     checks every field is here.
     """
     if not changes.keys() <= _DELIVERY_FIELDS:
         raise TypeError(f"not WebhookDelivery fields: {sorted(changes.keys() - _DELIVERY_FIELDS)}")
-    new: Any = _new_draft(DeliveryDraft)  # no cast(): this runs for every delivery
+    new: Any = _new_twin(build_delivery)  # no __init__ nor cast(): this runs for every delivery
     new.id = delivery.id
     new.endpoint_id = delivery.endpoint_id
     new.event_id = delivery.event_id

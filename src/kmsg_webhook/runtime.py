@@ -51,7 +51,6 @@ from .hooks import DeliveryHooks, EndpointChange, EndpointStatusEvent, HookSet
 from .ids import new_id
 from .logs import DELIVERY_LOG, successes_logged
 from .models import (
-    DeliveryDraft,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStatus,
@@ -68,7 +67,7 @@ from .models import (
     RuntimeStats,
     WebhookDelivery,
     WebhookEndpoint,
-    frozen,
+    build_delivery,
 )
 from .operational import OperationalNotifier
 from .preflight import refused_endpoints
@@ -760,19 +759,17 @@ class WebhookRuntimeService:
         self, event: WebhookEvent, endpoint: WebhookEndpoint, payload: str, now: datetime
     ) -> WebhookDelivery:
         """A new outbox row, due now, not leased, its payload as sent (plaintext)."""
-        return frozen(
-            DeliveryDraft(
-                id=new_id("dlv"),
-                endpoint_id=endpoint.id,
-                event_id=event.id,
-                event_type=event.type,
-                url=endpoint.url,
-                payload=payload,
-                status=DeliveryStatus.PENDING,
-                created_at=now,
-                next_attempt_at=now,
-                ordering_key=event.ordering_key if endpoint.ordered else None,
-            )
+        return build_delivery(
+            id=new_id("dlv"),
+            endpoint_id=endpoint.id,
+            event_id=event.id,
+            event_type=event.type,
+            url=endpoint.url,
+            payload=payload,
+            status=DeliveryStatus.PENDING,
+            created_at=now,
+            next_attempt_at=now,
+            ordering_key=event.ordering_key if endpoint.ordered else None,
         )
 
     # -- deliveries --------------------------------------------------------------------------

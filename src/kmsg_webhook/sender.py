@@ -16,7 +16,7 @@ from .challenge import WEBHOOK_CHALLENGE, WEBHOOK_CHALLENGE_RESPONSE
 from .clock import Clock
 from .config import WebhookConfig
 from .errors import ConfigError, EndpointUrlError, InvalidEndpointError, SigningError
-from .models import AttemptDraft, WebhookAttempt, WebhookDelivery, WebhookEndpoint, frozen
+from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, build_attempt
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
 from .tls import client_context, trust_context
 from .transport.aiohttp import read_prefix
@@ -179,15 +179,13 @@ class Sender:
                 else:
                     raw = await read_prefix(response.content, limit)
                 status = response.status
-                attempt = frozen(
-                    AttemptDraft(
-                        attempt_number=attempt_number,
-                        started_at=started_at,
-                        latency_ms=(time.perf_counter() - t0) * 1000,
-                        http_status=status,
-                        response_body=raw.decode("utf-8", errors="replace"),
-                        error=None if 200 <= status < 300 else _status_text(response),
-                    )
+                attempt = build_attempt(
+                    attempt_number=attempt_number,
+                    started_at=started_at,
+                    latency_ms=(time.perf_counter() - t0) * 1000,
+                    http_status=status,
+                    response_body=raw.decode("utf-8", errors="replace"),
+                    error=None if 200 <= status < 300 else _status_text(response),
                 )
                 answers = response.headers
                 return SendResult(
@@ -222,7 +220,7 @@ class Sender:
                 msg_id=delivery.event_id,
                 timestamp=timestamp,
                 body=body,
-                event_type=delivery.event_type._value_,
+                event_type=delivery.event_type.value,
             )
         base = prepared.base
         return {**base, **signed} if base else signed
@@ -287,13 +285,11 @@ class _Prepared:
 def _failed(
     attempt_number: int, started_at: datetime, t0: float, error: str, *, refused: bool = False
 ) -> SendResult:
-    attempt = frozen(
-        AttemptDraft(
-            attempt_number=attempt_number,
-            started_at=started_at,
-            latency_ms=(time.perf_counter() - t0) * 1000,
-            error=error,
-        )
+    attempt = build_attempt(
+        attempt_number=attempt_number,
+        started_at=started_at,
+        latency_ms=(time.perf_counter() - t0) * 1000,
+        error=error,
     )
     return SendResult(attempt=attempt, refused=refused)
 

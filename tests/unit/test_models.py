@@ -10,14 +10,13 @@ import pytest
 from kmsg_webhook import DeliveryStatus, EventMetadata, WebhookEventType
 from kmsg_webhook.events import _METADATA_KEYS
 from kmsg_webhook.models import (
-    AttemptDraft,
     AttemptOutcome,
-    DeliveryDraft,
-    OutcomeDraft,
     WebhookAttempt,
     WebhookDelivery,
+    build_attempt,
+    build_delivery,
+    build_outcome,
     evolve_delivery,
-    frozen,
 )
 from kmsg_webhook.stores.protocol import apply_outcome
 
@@ -63,25 +62,25 @@ def test_evolve_delivery_refuses_unknown_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    ("draft", "record"),
+    ("factory", "record"),
     [
-        (DeliveryDraft, WebhookDelivery),
-        (AttemptDraft, WebhookAttempt),
-        (OutcomeDraft, AttemptOutcome),
+        (build_delivery, WebhookDelivery),
+        (build_attempt, WebhookAttempt),
+        (build_outcome, AttemptOutcome),
     ],
 )
-def test_a_draft_has_its_records_fields_and_defaults(draft: type, record: type) -> None:
+def test_a_factory_has_its_records_fields_and_defaults(factory: type, record: type) -> None:
     def spec(cls: type) -> list[tuple[str, object, object]]:
         return [(f.name, f.default, f.default_factory) for f in dataclasses.fields(cls)]
 
-    assert spec(draft) == spec(record)
-    assert draft.__slots__ == record.__slots__  # what lets frozen() switch the class
+    assert spec(factory) == spec(record)
+    assert factory.__slots__ == record.__slots__  # what lets the factory switch the class
 
 
-def test_a_frozen_draft_is_the_same_as_a_record_built_by_its_constructor() -> None:
+def test_a_factory_built_record_is_the_same_as_one_built_by_its_constructor() -> None:
     original = _every_field_set()
-    built = frozen(
-        DeliveryDraft(**{f.name: getattr(original, f.name) for f in dataclasses.fields(original)})
+    built = build_delivery(
+        **{f.name: getattr(original, f.name) for f in dataclasses.fields(original)}
     )
     assert type(built) is WebhookDelivery
     assert built == original and hash(built) == hash(original)
@@ -91,7 +90,7 @@ def test_a_frozen_draft_is_the_same_as_a_record_built_by_its_constructor() -> No
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.status = DeliveryStatus.SUCCESS  # type: ignore[misc]
-    attempt = frozen(AttemptDraft(attempt_number=2, started_at=NOW, latency_ms=3.0))
+    attempt = build_attempt(attempt_number=2, started_at=NOW, latency_ms=3.0)
     assert attempt == WebhookAttempt(attempt_number=2, started_at=NOW, latency_ms=3.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         attempt.error = "x"  # type: ignore[misc]

@@ -28,7 +28,6 @@ from ..models import (
     LATENCY_PERCENTILES,
     AttemptOutcome,
     DeliveryActivity,
-    DeliveryDraft,
     DeliveryFilter,
     DeliveryPage,
     DeliveryStats,
@@ -42,7 +41,7 @@ from ..models import (
     RetiredSecret,
     WebhookDelivery,
     WebhookEndpoint,
-    frozen,
+    build_delivery,
 )
 
 
@@ -300,27 +299,25 @@ def apply_outcome(
     status = outcome.status
     # Built whole rather than through evolve_delivery: eight of the eighteen fields change,
     # and this runs for every recorded attempt.
-    return frozen(
-        DeliveryDraft(
-            id=delivery.id,
-            endpoint_id=delivery.endpoint_id,
-            event_id=delivery.event_id,
-            event_type=delivery.event_type,
-            url=delivery.url,
-            payload=delivery.payload,
-            status=status,
-            created_at=delivery.created_at,
-            next_attempt_at=outcome.next_attempt_at if status is DeliveryStatus.PENDING else None,
-            attempts=attempts,
-            attempt_count=count,
-            completed_at=outcome.completed_at,
-            last_error=outcome.last_error,
-            lease_owner=None,
-            lease_expires_at=None,
-            to_hash=delivery.to_hash,
-            from_hash=delivery.from_hash,
-            ordering_key=delivery.ordering_key,
-        )
+    return build_delivery(
+        id=delivery.id,
+        endpoint_id=delivery.endpoint_id,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        url=delivery.url,
+        payload=delivery.payload,
+        status=status,
+        created_at=delivery.created_at,
+        next_attempt_at=outcome.next_attempt_at if status is DeliveryStatus.PENDING else None,
+        attempts=attempts,
+        attempt_count=count,
+        completed_at=outcome.completed_at,
+        last_error=outcome.last_error,
+        lease_owner=None,
+        lease_expires_at=None,
+        to_hash=delivery.to_hash,
+        from_hash=delivery.from_hash,
+        ordering_key=delivery.ordering_key,
     )
 
 

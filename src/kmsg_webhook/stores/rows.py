@@ -16,8 +16,6 @@ import orjson
 
 from ..events import WebhookEventType, parse_timestamp
 from ..models import (
-    AttemptDraft,
-    DeliveryDraft,
     DeliveryStatus,
     EndpointFilters,
     EndpointStatus,
@@ -26,7 +24,8 @@ from ..models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
-    frozen,
+    build_attempt,
+    build_delivery,
 )
 from .protocol import ADDED_DELIVERY_COLUMNS
 
@@ -117,15 +116,13 @@ def attempts_from_json(value: object) -> tuple[WebhookAttempt, ...]:
 
 
 def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
-    return frozen(
-        AttemptDraft(
-            attempt_number=int(data["attempt_number"]),
-            started_at=parse_timestamp(data["started_at"]),
-            latency_ms=float(data["latency_ms"]),
-            http_status=data.get("http_status"),
-            response_body=data.get("response_body"),
-            error=data.get("error"),
-        )
+    return build_attempt(
+        attempt_number=int(data["attempt_number"]),
+        started_at=parse_timestamp(data["started_at"]),
+        latency_ms=float(data["latency_ms"]),
+        http_status=data.get("http_status"),
+        response_body=data.get("response_body"),
+        error=data.get("error"),
     )
 
 
@@ -295,24 +292,22 @@ _STATUSES = {member.value: member for member in DeliveryStatus}
 
 
 def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
-    return frozen(
-        DeliveryDraft(
-            id=row["id"],
-            endpoint_id=row["endpoint_id"],
-            event_id=row["event_id"],
-            event_type=_EVENT_TYPES.get(row["event_type"]) or WebhookEventType(row["event_type"]),
-            url=row["url"],
-            payload=row["payload"],
-            status=_STATUSES.get(row["status"]) or DeliveryStatus(row["status"]),
-            created_at=_required_datetime(row["created_at"]),
-            next_attempt_at=to_datetime(row["next_attempt_at"]),
-            attempts=attempts_from_json(row["attempts_json"]),
-            attempt_count=int(row["attempt_count"]),
-            completed_at=to_datetime(row["completed_at"]),
-            last_error=row["last_error"],
-            lease_owner=row["lease_owner"],
-            lease_expires_at=to_datetime(row["lease_expires_at"]),
-        )
+    return build_delivery(
+        id=row["id"],
+        endpoint_id=row["endpoint_id"],
+        event_id=row["event_id"],
+        event_type=_EVENT_TYPES.get(row["event_type"]) or WebhookEventType(row["event_type"]),
+        url=row["url"],
+        payload=row["payload"],
+        status=_STATUSES.get(row["status"]) or DeliveryStatus(row["status"]),
+        created_at=_required_datetime(row["created_at"]),
+        next_attempt_at=to_datetime(row["next_attempt_at"]),
+        attempts=attempts_from_json(row["attempts_json"]),
+        attempt_count=int(row["attempt_count"]),
+        completed_at=to_datetime(row["completed_at"]),
+        last_error=row["last_error"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=to_datetime(row["lease_expires_at"]),
     )
 
 
@@ -366,25 +361,23 @@ def values_to_delivery(values: Sequence[Any]) -> WebhookDelivery:
         from_hash,
         ordering_key,
     ) = values
-    return frozen(
-        DeliveryDraft(
-            id=id,
-            endpoint_id=endpoint_id,
-            event_id=event_id,
-            event_type=_EVENT_TYPES.get(event_type) or WebhookEventType(event_type),
-            url=url,
-            payload=payload,
-            status=_STATUSES.get(status) or DeliveryStatus(status),
-            created_at=_required_datetime(created_at),
-            next_attempt_at=to_datetime(next_attempt_at),
-            attempts=attempts_from_json(attempts),
-            attempt_count=int(attempt_count),
-            completed_at=to_datetime(completed_at),
-            last_error=last_error,
-            lease_owner=lease_owner,
-            lease_expires_at=to_datetime(lease_expires_at),
-            to_hash=to_hash,
-            from_hash=from_hash,
-            ordering_key=ordering_key,
-        )
+    return build_delivery(
+        id=id,
+        endpoint_id=endpoint_id,
+        event_id=event_id,
+        event_type=_EVENT_TYPES.get(event_type) or WebhookEventType(event_type),
+        url=url,
+        payload=payload,
+        status=_STATUSES.get(status) or DeliveryStatus(status),
+        created_at=_required_datetime(created_at),
+        next_attempt_at=to_datetime(next_attempt_at),
+        attempts=attempts_from_json(attempts),
+        attempt_count=int(attempt_count),
+        completed_at=to_datetime(completed_at),
+        last_error=last_error,
+        lease_owner=lease_owner,
+        lease_expires_at=to_datetime(lease_expires_at),
+        to_hash=to_hash,
+        from_hash=from_hash,
+        ordering_key=ordering_key,
     )
