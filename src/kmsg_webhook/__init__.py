@@ -5,7 +5,7 @@ retries scheduled in the store, a private-host URL guard, and receiver-side veri
 """
 
 from .clock import Clock, ManualClock, SystemClock
-from .config import HealthPolicy, RetentionPolicy, WebhookConfig
+from .config import HealthPolicy, RetentionPolicy, SecurityOptions, WebhookConfig
 from .crypto import (
     EnvKeyProvider,
     FailMode,
@@ -88,7 +88,6 @@ from .models import (
 )
 from .operational import OperationalWebhook
 from .runtime import WebhookRuntimeService, add_endpoints, probe_endpoint
-from .sender import SecurityOptions
 from .signing import (
     KmsgSignatureFormat,
     SignatureScheme,

@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 
 from . import eventloop
 from .cliargs import age, confirm, moment, policy_args, positive, positive_float, security_options
-from .config import RetentionPolicy, WebhookConfig
+from .config import RetentionPolicy, SecurityOptions, WebhookConfig
 from .crypto import FieldCryptoConfig, RekeyReport, generate_key, is_sealed, rekey
 from .display import (
     delivery_json,
@@ -49,7 +49,6 @@ from .models import DeliveryFilter, DeliveryStatus, EndpointInput, EndpointStatu
 from .operational import OPERATIONAL_EVENTS, OperationalWebhook
 from .redact import redact_url
 from .runtime import WebhookRuntimeService
-from .sender import SecurityOptions
 from .signing import SignatureScheme
 from .stores.protocol import WebhookPersistence
 from .stores.sql.base import DEFAULT_RETRY_TIMEOUT

@@ -7,8 +7,8 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 
+from .config import SecurityOptions
 from .errors import UnsafeOperationError
-from .sender import SecurityOptions
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+
+from yarl import URL
 
 from .errors import ConfigError
 from .events import WebhookEventType
 from .operational import OperationalWebhook
 from .signing import DEFAULT_KMSG_SIGNATURE, KmsgSignatureFormat, SignatureScheme
 from .tls import TLSSetting, trust_context
+from .urlguard import (
+    IPNetwork,
+    parse_allowed_host,
+    parse_allowed_network,
+    validate_endpoint_url,
+)
 
 
 def _positive(name: str, value: float) -> None:
@@ -21,6 +29,58 @@ def _positive(name: str, value: float) -> None:
 def _non_negative(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigError(f"{name} must be zero or more, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityOptions:
+    """Endpoint URL policy, applied when an endpoint is saved, before every send and to every
+    DNS answer at connect time.
+
+    ``allow_private_hosts`` admits every private address and local name. The allow-list admits
+    only what it names: ``allowed_networks`` (CIDR strings such as ``"10.0.0.0/8"``, CLI
+    ``--allow-network``) and ``allowed_hosts`` (names, ``"*.svc.cluster.local"`` for any name
+    below; CLI ``--allow-host``). A listed name only skips the local-name check: what it
+    resolves to must still be public or inside ``allowed_networks``. http is accepted only for
+    localhost names and addresses when private hosts are allowed, and for listed names and
+    listed private addresses (see :mod:`kmsg_webhook.urlguard`).
+    """
+
+    allow_private_hosts: bool = False
+    allow_http_for_localhost: bool = True
+    #: Normalised to a tuple of ``ipaddress`` networks; an invalid entry is a ConfigError.
+    allowed_networks: Sequence[IPNetwork | str] = ()
+    #: Normalised to a tuple of lower-case names.
+    allowed_hosts: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        for name, parse in (
+            ("allowed_networks", parse_allowed_network),
+            ("allowed_hosts", parse_allowed_host),
+        ):
+            values = getattr(self, name)
+            if isinstance(values, str):
+                raise ConfigError(f"{name} must be a list, not a str")
+            try:
+                object.__setattr__(self, name, tuple(map(parse, values)))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+
+    def check(self, url: str) -> URL:
+        """``url`` parsed if this policy admits it, else :class:`EndpointUrlError`."""
+        return validate_endpoint_url(
+            url,
+            allow_private_hosts=self.allow_private_hosts,
+            allow_http_for_localhost=self.allow_http_for_localhost,
+            allowed_networks=self.allowed_networks,
+            allowed_hosts=self.allowed_hosts,
+        )
+
+    def describe(self) -> str:
+        """The policy in one line (worker start lines and refusal reports)."""
+        if self.allow_private_hosts:
+            return "private hosts allowed"
+        listed = [*map(str, self.allowed_networks), *self.allowed_hosts]
+        return "public hosts" + (f" and {', '.join(listed)}" if listed else " only")
 
 
 @dataclass(frozen=True, slots=True)

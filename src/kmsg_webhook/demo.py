@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import WebhookConfig
+from .config import SecurityOptions, WebhookConfig
 from .display import print_table
 from .errors import UnsafeOperationError, VerificationError
 from .events import EventMetadata, WebhookEvent, WebhookEventType
@@ -40,7 +40,6 @@ from .models import (
 )
 from .redact import redact_url
 from .runtime import WebhookRuntimeService
-from .sender import SecurityOptions
 from .signing import generate_secret
 from .stores.protocol import DeliveryStore, EndpointStore, WebhookPersistence
 from .stores.url import persistence_from_url

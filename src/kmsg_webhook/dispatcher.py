@@ -43,7 +43,7 @@ from .models import (
 )
 from .pacing import Pacing
 from .retry import backoff_ms, judge, parse_retry_after
-from .sender import Sender, SendResult
+from .sender import AttemptResult, Sender
 from .stores.protocol import apply_outcome
 from .stores.sealed import Sealing, unreadable_outcome
 
@@ -360,7 +360,7 @@ class Dispatcher:
         ]
         return [*sent, *waiting]
 
-    async def probe(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> SendResult:
+    async def probe(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> AttemptResult:
         """One attempt that is neither stored nor retried (endpoint probes)."""
         return await self._sender.send(endpoint, delivery)
 
@@ -793,7 +793,7 @@ class Dispatcher:
         override = endpoint.retry_config.max_retries if endpoint.retry_config else None
         return self._config.max_retries if override is None else override
 
-    def _retry_delay_ms(self, endpoint: WebhookEndpoint, result: SendResult) -> float:
+    def _retry_delay_ms(self, endpoint: WebhookEndpoint, result: AttemptResult) -> float:
         config = self._config
         rc = endpoint.retry_config
         base = rc.retry_delay_ms if rc and rc.retry_delay_ms is not None else config.retry_delay_ms

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .config import SecurityOptions
 from .errors import EndpointUrlError
 from .models import WebhookEndpoint
-from .sender import SecurityOptions
 
 
 def refused_endpoints(

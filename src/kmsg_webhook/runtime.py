@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractResolver
 from .batcher import GroupCommit
 from .challenge import WEBHOOK_CHALLENGE_RESPONSE, challenge_key, new_challenge, response_matches
 from .clock import Clock, SystemClock
-from .config import WebhookConfig
+from .config import SecurityOptions, WebhookConfig
 from .dispatcher import Dispatcher
 from .endpoints import (
     EndpointCache,
@@ -72,7 +72,7 @@ from .models import (
 from .operational import OperationalNotifier
 from .preflight import refused_endpoints
 from .retention import Retention
-from .sender import SecurityOptions, Sender, close_session_gracefully, fixed_headers
+from .sender import Sender, close_session_gracefully, fixed_headers
 from .signing import generate_secret
 from .stores.protocol import (
     DeliveryStore,

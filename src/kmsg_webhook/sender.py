@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,78 +13,20 @@ from yarl import URL
 
 from .challenge import WEBHOOK_CHALLENGE, WEBHOOK_CHALLENGE_RESPONSE
 from .clock import Clock
-from .config import WebhookConfig
-from .errors import ConfigError, EndpointUrlError, InvalidEndpointError, SigningError
+from .config import SecurityOptions, WebhookConfig
+from .errors import EndpointUrlError, InvalidEndpointError, SigningError
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, build_attempt
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
 from .tls import client_context, trust_context
 from .transport.aiohttp import read_prefix
-from .urlguard import (
-    IPNetwork,
-    parse_allowed_host,
-    parse_allowed_network,
-    validate_endpoint_url,
-)
 
 _PREPARED_CACHE_SIZE = 4096
 #: The response header a receiver steers delivery with (Standard Webhooks proposal, Svix).
 WEBHOOK_DELIVERY = "webhook-delivery"
 
 
-@dataclass(frozen=True, slots=True)
-class SecurityOptions:
-    """Endpoint URL policy, applied when an endpoint is saved, before every send and to every
-    DNS answer at connect time.
-
-    ``allow_private_hosts`` admits every private address and local name. The allow-list admits
-    only what it names: ``allowed_networks`` (CIDR strings such as ``"10.0.0.0/8"``, CLI
-    ``--allow-network``) and ``allowed_hosts`` (names, ``"*.svc.cluster.local"`` for any name
-    below; CLI ``--allow-host``). A listed name only skips the local-name check: what it
-    resolves to must still be public or inside ``allowed_networks``. http is accepted only for
-    localhost names and addresses when private hosts are allowed, and for listed names and
-    listed private addresses (see :mod:`kmsg_webhook.urlguard`).
-    """
-
-    allow_private_hosts: bool = False
-    allow_http_for_localhost: bool = True
-    #: Normalised to a tuple of ``ipaddress`` networks; an invalid entry is a ConfigError.
-    allowed_networks: Sequence[IPNetwork | str] = ()
-    #: Normalised to a tuple of lower-case names.
-    allowed_hosts: Sequence[str] = ()
-
-    def __post_init__(self) -> None:
-        for name, parse in (
-            ("allowed_networks", parse_allowed_network),
-            ("allowed_hosts", parse_allowed_host),
-        ):
-            values = getattr(self, name)
-            if isinstance(values, str):
-                raise ConfigError(f"{name} must be a list, not a str")
-            try:
-                object.__setattr__(self, name, tuple(map(parse, values)))
-            except ValueError as exc:
-                raise ConfigError(f"{name}: {exc}") from None
-
-    def check(self, url: str) -> URL:
-        """``url`` parsed if this policy admits it, else :class:`EndpointUrlError`."""
-        return validate_endpoint_url(
-            url,
-            allow_private_hosts=self.allow_private_hosts,
-            allow_http_for_localhost=self.allow_http_for_localhost,
-            allowed_networks=self.allowed_networks,
-            allowed_hosts=self.allowed_hosts,
-        )
-
-    def describe(self) -> str:
-        """The policy in one line (worker start lines and refusal reports)."""
-        if self.allow_private_hosts:
-            return "private hosts allowed"
-        listed = [*map(str, self.allowed_networks), *self.allowed_hosts]
-        return "public hosts" + (f" and {', '.join(listed)}" if listed else " only")
-
-
 @dataclass(slots=True)  # internal, one per attempt: a plain init is four times cheaper
-class SendResult:
+class AttemptResult:
     """An attempt plus what the response said about retrying."""
 
     attempt: WebhookAttempt
@@ -125,7 +66,7 @@ class Sender:
         # them with every request.
         self._fixed = {} if session_sends_fixed_headers else fixed_headers(config)
 
-    async def send(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> SendResult:
+    async def send(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> AttemptResult:
         """POST ``delivery.payload`` to the endpoint's current URL; never raises for I/O."""
         started_at = self._clock.now()
         attempt_number = delivery.attempt_count + 1
@@ -140,7 +81,7 @@ class Sender:
             return _failed(attempt_number, started_at, t0, f"refused: {exc}", refused=True)
         return await self._exchange(prepared, body, headers, attempt_number, started_at, t0)
 
-    async def challenge(self, endpoint: WebhookEndpoint, challenge: str) -> SendResult:
+    async def challenge(self, endpoint: WebhookEndpoint, challenge: str) -> AttemptResult:
         """POST an empty body with ``webhook-challenge`` (and the endpoint's own headers) to
         the endpoint; the answer is in ``challenge_answer``. Never raises for I/O."""
         started_at = self._clock.now()
@@ -162,7 +103,7 @@ class Sender:
         t0: float,
         *,
         challenge: bool = False,
-    ) -> SendResult:
+    ) -> AttemptResult:
         try:
             async with self._session.post(
                 prepared.url,
@@ -188,7 +129,7 @@ class Sender:
                     error=None if 200 <= status < 300 else _status_text(response),
                 )
                 answers = response.headers
-                return SendResult(
+                return AttemptResult(
                     attempt=attempt,
                     retry_after=answers.get("Retry-After"),
                     delivery_control=answers.get(WEBHOOK_DELIVERY),
@@ -284,14 +225,14 @@ class _Prepared:
 
 def _failed(
     attempt_number: int, started_at: datetime, t0: float, error: str, *, refused: bool = False
-) -> SendResult:
+) -> AttemptResult:
     attempt = build_attempt(
         attempt_number=attempt_number,
         started_at=started_at,
         latency_ms=(time.perf_counter() - t0) * 1000,
         error=error,
     )
-    return SendResult(attempt=attempt, refused=refused)
+    return AttemptResult(attempt=attempt, refused=refused)
 
 
 def _unsigned_headers(

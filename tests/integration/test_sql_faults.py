@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError, StoreUnavailableError
 from kmsg_webhook.stores.sql.base import SqlDatabase
-from kmsg_webhook.stores.sql.faults import RetryPolicy, is_transient
+from kmsg_webhook.stores.sql.faults import StoreRetryPolicy, is_transient
 from kmsg_webhook.stores.sql.postgres import PostgresDatabase
 from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 from kmsg_webhook.stores.url import persistence_from_url
@@ -93,7 +93,7 @@ def test_only_transient_errors_are_retried(error: Exception, transient: bool) ->
 
 
 async def test_retry_policy_retries_transient_failures_with_growing_waits() -> None:
-    policy = RetryPolicy(timeout=5.0, initial=0.01, maximum=0.04)
+    policy = StoreRetryPolicy(timeout=5.0, initial=0.01, maximum=0.04)
     calls: list[tuple[int, float]] = []
 
     async def flaky(attempt: int) -> str:
@@ -118,7 +118,7 @@ async def test_retry_policy_raises_other_errors_at_once_and_gives_up_at_the_time
         raise ValueError("bad query")
 
     with pytest.raises(ValueError):
-        await RetryPolicy(timeout=5.0, initial=0.01).call(broken)
+        await StoreRetryPolicy(timeout=5.0, initial=0.01).call(broken)
     assert attempts == [1]
 
     async def down(attempt: int) -> None:
@@ -128,7 +128,7 @@ async def test_retry_policy_raises_other_errors_at_once_and_gives_up_at_the_time
     attempts.clear()
     started = time.monotonic()
     with pytest.raises(ConnectionRefusedError):
-        await RetryPolicy(timeout=0.2, initial=0.02, maximum=0.05).call(down)
+        await StoreRetryPolicy(timeout=0.2, initial=0.02, maximum=0.05).call(down)
     assert len(attempts) >= 2
     assert time.monotonic() - started < 0.2 + 1.0  # gave up instead of retrying on
 
@@ -141,7 +141,7 @@ async def test_a_call_that_succeeds_leaves_no_cyclic_garbage() -> None:
     gc.disable()
     try:
         for _ in range(50):
-            assert await RetryPolicy().call(fine) == 1
+            assert await StoreRetryPolicy().call(fine) == 1
         assert gc.collect() == 0
     finally:
         gc.enable()

@@ -8,10 +8,10 @@ import signal
 
 from aiohttp import web
 
+from ..config import SecurityOptions
 from ..crypto import FieldCryptoConfig
 from ..errors import WebhookError
 from ..runtime import WebhookRuntimeService
-from ..sender import SecurityOptions
 from ..stores.protocol import WebhookPersistence
 from .app import create_console_app
 from .security import check_bind

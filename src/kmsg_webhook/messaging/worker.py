@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING
 
 from .. import eventloop
 from ..cliargs import policy_args, positive, positive_float, security_options
-from ..config import WebhookConfig
+from ..config import SecurityOptions, WebhookConfig
 from ..errors import ConfigError, WebhookError
 from ..monitor import WorkerMonitor, serve_health
 from ..runtime import WebhookRuntimeService
-from ..sender import SecurityOptions
 from .jobs import JobResult, JobStatus, SendJob
 from .kmsg import KMsg, RoutingConfig
 from .leases import new_worker_id

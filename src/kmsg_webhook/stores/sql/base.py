@@ -67,7 +67,7 @@ from ..rows import (
 )
 from ..sqlfiles import Dialect, Migration, TableNames, migrations, queries, render
 from ..sqlfiles import schema_version as known_version
-from .faults import RetryPolicy, describe, is_missing_database, is_transient
+from .faults import StoreRetryPolicy, describe, is_missing_database, is_transient
 from .tables import Tables, Timestamp, build_tables
 
 T = TypeVar("T")
@@ -120,7 +120,7 @@ class SqlDatabase(ABC):
         self.tables: Tables = build_tables(names)
         self.initialize_schema = initialize_schema
         self.max_stored_attempts = max_stored_attempts
-        self.retry = RetryPolicy(
+        self.retry = StoreRetryPolicy(
             timeout=retry_timeout, label=f"{self.dialect} store at {display_url}"
         )
         self.sql = {name: render(text, names) for name, text in queries(self.dialect).items()}

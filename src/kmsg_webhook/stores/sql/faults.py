@@ -108,7 +108,7 @@ def _is_transient_here(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class StoreRetryPolicy:
     """Exponential backoff with jitter on transient errors, within ``timeout`` seconds in all.
 
     After failure *n* it waits ``initial * 2**(n-1)`` capped at ``maximum``, plus a random
