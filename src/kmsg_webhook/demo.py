@@ -1,5 +1,5 @@
-"""``kmsg-webhook demo``: a local verifying receiver, a runtime, a handful of events (one of
-them from a message sent through the mock provider), and a report.
+"""``kmsg-webhook demo``: a local verifying receiver, a runtime, a handful of events and a
+report.
 
 On a store that is in use (``--store`` with endpoints, and ``--yes``) the demo stays in its own
 lane: its runtime sees only the demo's endpoint, so events match nothing else, and claims only
@@ -28,7 +28,6 @@ from .display import print_table
 from .errors import UnsafeOperationError, VerificationError
 from .events import EventMetadata, WebhookEvent, WebhookEventType
 from .ids import new_id
-from .messaging import KMsg, MockProvider, Ok
 from .models import (
     DeliveryFilter,
     DeliveryPage,
@@ -51,6 +50,7 @@ _EVENTS = (
     (WebhookEventType.MESSAGE_FAILED, {"status": "failed", "errorCode": "NOT_KAKAO_USER"}),
     (WebhookEventType.MESSAGE_CLICKED, {"link": "https://example.com/promo"}),
     (WebhookEventType.MESSAGE_READ, {"readAt": "2026-01-01T09:00:00.000Z"}),
+    (WebhookEventType.TEMPLATE_APPROVED, {"templateCode": "WELCOME_01"}),
 )
 
 
@@ -202,7 +202,7 @@ async def run_demo(
     print()
     print_table(("webhook-id", "receiver verdict"), receiver.verdicts)
     ok = all(d.status is DeliveryStatus.SUCCESS for d in deliveries)
-    ok = ok and len(deliveries) == len(_EVENTS) + 1
+    ok = ok and len(deliveries) == len(_EVENTS)
     elapsed = time.perf_counter() - started
     print(f"\n{len(deliveries)} deliveries, all succeeded: {ok}  ({elapsed:.2f}s)")
     return 0 if ok else 1
@@ -211,7 +211,7 @@ async def run_demo(
 async def _run_events(
     runtime: WebhookRuntimeService, endpoint_id: str, url: str, secret: str, label: str
 ) -> list[WebhookDelivery]:
-    """Add the demo's endpoint, emit the events and a provider send, and wait for the results."""
+    """Add the demo's endpoint, emit the events, and wait for the results."""
     # A provider id only this run emits: the endpoint's filter keeps real events out.
     provider_id = f"demo_{endpoint_id}"
     endpoint = await runtime.add_endpoint(
@@ -242,19 +242,6 @@ async def _run_events(
             for n, (event_type, data) in enumerate(_EVENTS, start=1)
         )
     )
-    # The provider feed: a message sent through the mock provider arrives as a signed
-    # message.sent webhook (recipient masked, deterministic event id).
-    kmsg = KMsg([MockProvider(id=provider_id)], webhooks=runtime)
-    try:
-        sent = await kmsg.send(
-            {"to": "010-1234-5678", "from": "02-123-4567", "text": "인증번호 123456"}
-        )
-    finally:
-        await kmsg.aclose()
-    if isinstance(sent, Ok):
-        print(f"kmsg.send  {sent.value.message_id} via mock → {sent.value.status.value}")
-    else:
-        print(f"kmsg.send  failed: {sent.error}")
     return await _settle(runtime, endpoint.id)
 
 

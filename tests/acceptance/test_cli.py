@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -590,6 +591,17 @@ def test_demo_on_its_default_sqlite_outbox(
     (outbox,) = temp_dir.glob("kmsg-demo-*/outbox.db")
     assert f"store      sqlite:///{outbox}" in run.out
     assert "6 deliveries, all succeeded: True" in run.out
+
+
+def test_the_demo_stands_on_the_core_without_messaging() -> None:
+    probe = (
+        "import sys, kmsg_webhook.demo; "
+        "print(sorted(m for m in sys.modules if m.startswith('kmsg_webhook.messaging')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
 
 
 # -- listen (a subprocess) -------------------------------------------------------------------------
