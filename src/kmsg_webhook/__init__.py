@@ -91,9 +91,11 @@ from .runtime import WebhookRuntimeService, add_endpoints, probe_endpoint
 from .signing import (
     KmsgSignatureFormat,
     SignatureScheme,
+    SignedHeaders,
     Signer,
     generate_secret,
     generate_signing_keypair,
+    sign,
 )
 from .stores.memory import create_in_memory_persistence
 from .stores.protocol import DeliveryStore, EndpointStore, WebhookPersistence
@@ -172,6 +174,7 @@ __all__ = [
     "SecurityOptions",
     "SettledEvent",
     "SignatureScheme",
+    "SignedHeaders",
     "Signer",
     "SigningError",
     "StaticKeyProvider",
@@ -197,6 +200,7 @@ __all__ = [
     "generate_signing_keypair",
     "probe_endpoint",
     "rekey",
+    "sign",
     "validate_endpoint_url",
     "verify",
     "with_field_crypto",

@@ -42,7 +42,8 @@ import hashlib
 import hmac
 import re
 import secrets as _random
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, TypeAlias
@@ -53,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .errors import ConfigError, InvalidSecretError, SigningError
+from .ids import new_id
 
 __all__ = [
     "DEFAULT_KMSG_SIGNATURE",
@@ -70,10 +72,12 @@ __all__ = [
     "Key",
     "KmsgSignatureFormat",
     "SignatureScheme",
+    "SignedHeaders",
     "Signer",
     "decode_secret",
     "generate_secret",
     "generate_signing_keypair",
+    "sign",
 ]
 
 
@@ -319,6 +323,61 @@ class Signer:
             f"Signer(scheme={self._scheme.value!r}, hmac_keys={len(self._hmacs)}, "
             f"ed25519_keys={len(self._ed25519)})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHeaders(Mapping[str, str]):
+    """The three Standard Webhooks headers of one signed message.
+
+    A mapping of the standard header names, so it can be passed as request headers as it is
+    (``headers={**signed, "content-type": "application/json"}`` to add more).
+    """
+
+    webhook_id: str
+    webhook_timestamp: str
+    webhook_signature: str
+
+    def __getitem__(self, name: str) -> str:
+        if name == WEBHOOK_ID:
+            return self.webhook_id
+        if name == WEBHOOK_TIMESTAMP:
+            return self.webhook_timestamp
+        if name == WEBHOOK_SIGNATURE:
+            return self.webhook_signature
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((WEBHOOK_ID, WEBHOOK_TIMESTAMP, WEBHOOK_SIGNATURE))
+
+    def __len__(self) -> int:
+        return 3
+
+
+def sign(
+    body: bytes | str,
+    secrets: str | Sequence[str],
+    *,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+) -> SignedHeaders:
+    """Sign one Standard Webhooks message: its id, timestamp and signature headers.
+
+    ``msg_id`` defaults to a new ``msg_`` id (keep it the same when resending the message) and
+    ``timestamp`` to now, in epoch seconds. A ``str`` body is signed as its UTF-8 bytes; send
+    exactly those bytes. Several secrets sign with every key, as :class:`Signer` does.
+    """
+    signer = Signer(secrets)
+    headers = signer.headers(
+        msg_id=new_id("msg") if msg_id is None else msg_id,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+        body=body.encode() if isinstance(body, str) else body,
+        event_type="",
+    )
+    return SignedHeaders(
+        webhook_id=headers[WEBHOOK_ID],
+        webhook_timestamp=headers[WEBHOOK_TIMESTAMP],
+        webhook_signature=headers[WEBHOOK_SIGNATURE],
+    )
 
 
 def _hmac(mac: hmac.HMAC, prefix: bytes, body: bytes) -> bytes:

@@ -15,11 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from kmsg_webhook import sign, verify
 from kmsg_webhook.errors import InvalidSecretError, SigningError
 from kmsg_webhook.events import WebhookEvent, WebhookEventType
 from kmsg_webhook.signing import (
     RESERVED_HEADERS,
     SignatureScheme,
+    SignedHeaders,
     Signer,
     decode_secret,
     generate_secret,
@@ -186,6 +188,66 @@ def test_v1a_signature_verifies_with_the_public_key() -> None:
     key = decode_secret(public)
     assert isinstance(key, Ed25519PublicKey)
     key.verify(base64.b64decode(v1a[4:]), b"msg_1.1700000000." + BODY)  # raises if wrong
+
+
+# --- sign(): one message in one line ----------------------------------------------------------
+
+
+def test_sign_gives_the_three_standard_headers_the_official_verifier_accepts() -> None:
+    headers = sign(BODY, SECRET)
+    assert isinstance(headers, SignedHeaders)
+    assert dict(headers) == {
+        "webhook-id": headers.webhook_id,
+        "webhook-timestamp": headers.webhook_timestamp,
+        "webhook-signature": headers.webhook_signature,
+    }
+    assert headers.webhook_id.startswith("msg_")
+    assert Webhook(SECRET).verify(BODY, dict(headers))["id"] == "evt_1"
+    assert Webhook(SECRET).verify(BODY, headers)["id"] == "evt_1"  # the mapping as it is
+    assert verify(BODY, headers, SECRET).id == "evt_1"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(generate_secret()).verify(BODY, dict(headers))
+
+
+def test_sign_matches_the_official_sign_for_a_given_id_and_time() -> None:
+    ts = 1674087231
+    headers = sign(BODY.decode(), SECRET, msg_id="msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", timestamp=ts)
+    assert headers["webhook-timestamp"] == str(ts)
+    theirs = Webhook(SECRET).sign(
+        "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", datetime.fromtimestamp(ts, UTC), BODY.decode()
+    )
+    assert headers["webhook-signature"] == theirs
+
+
+def test_sign_with_several_secrets_verifies_with_each() -> None:
+    old, new = generate_secret(), generate_secret()
+    headers = sign(BODY, [new, old], msg_id="msg_rotating")
+    assert headers.webhook_id == "msg_rotating"
+    for secret in (old, new):
+        Webhook(secret).verify(BODY, dict(headers))
+
+
+def test_signed_headers_answer_only_the_standard_names() -> None:
+    headers = sign(BODY, SECRET)
+    assert len(headers) == 3 and "webhook-id" in headers
+    with pytest.raises(KeyError):
+        headers["X-Webhook-Signature"]
+
+
+@pytest.mark.parametrize(
+    ("secrets", "kwargs", "error"),
+    [
+        ([], {}, SigningError),
+        (generate_signing_keypair()[1], {}, InvalidSecretError),  # a public key cannot sign
+        (SECRET, {"msg_id": "msg 1"}, SigningError),
+        (SECRET, {"timestamp": -1}, SigningError),
+    ],
+)
+def test_sign_refuses_what_cannot_be_signed(
+    secrets: str | list[str], kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        sign(BODY, secrets, **kwargs)
 
 
 def test_retries_keep_the_id_and_change_the_timestamp() -> None:
