@@ -44,7 +44,7 @@ from support.crypto_keys import config as crypto_config
 from support.runtime import RuntimeFactory
 from support.servers import Receiver
 
-# The README's screenshot is refreshed only on request, so a test run leaves the checkout clean:
+# The console page's screenshot is refreshed only on request, so a test run leaves the tree clean:
 # KMSG_CONSOLE_SCREENSHOT=docs/console-overview.png \
 #   python -m pytest tests/acceptance/test_console.py
 SCREENSHOT_ENV = "KMSG_CONSOLE_SCREENSHOT"
@@ -129,7 +129,7 @@ async def ids_on(page: Page) -> list[str]:
 async def test_each_page_renders_its_figures_escaped(
     console: Console, page: Page, tmp_path: Path
 ) -> None:
-    """Overview (chart, backlog, latency, endpoints; the README's screenshot), the endpoints
+    """Overview (chart, backlog, latency, endpoints; the console page's screenshot), the endpoints
     page (names escaped, no secret anywhere) and a delivery (payload and attempts)."""
     response = await page.goto(console.url())
     assert response is not None and response.status == 200
