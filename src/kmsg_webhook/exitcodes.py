@@ -21,7 +21,7 @@ _POLICY_REASONS = frozenset({"private_address", "local_name", "http_not_allowed"
 
 
 class ExitCode(IntEnum):
-    """What a ``kmsg-webhook`` or ``kmsg`` exit status means (README, "Command line")."""
+    """What a ``kmsg-webhook`` or ``kmsg`` exit status means (``docs/cli.md``, "Exit statuses")."""
 
     OK = 0
     #: Anything else went wrong (a store error, a failed demo, unreadable rows in ``rekey``).
