@@ -6,15 +6,19 @@ Twenty endpoints hold a backlog of due rows (oldest due first) that every claim 
 alone (``exclude_endpoints``, as the dispatcher excludes saturated endpoints); 200 other rows
 are due after them. Each measurement claims 100 of the other rows and gives them back, and is
 reported as the median time per claim and as the ratio to the smallest backlog. For SQLite and
-Postgres the claim's plan at the largest backlog is printed (EXPLAIN QUERY PLAN; EXPLAIN
-ANALYZE, whose buffer counts show how many rows the walk touched).
+Postgres it also times, in the same run, ``claim_deliveries`` (one walk of the due index that
+filters the excluded rows out, rolled back each time) next to the store's claim, which leaves
+them alone with ``claim_deliveries_around``; then both plans at the largest backlog (EXPLAIN
+QUERY PLAN; EXPLAIN ANALYZE, whose buffer counts show how many rows each touched).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -31,6 +35,7 @@ from kmsg_webhook import (
     create_in_memory_persistence,
 )
 from kmsg_webhook.stores.protocol import DeliveryStore
+from kmsg_webhook.stores.rows import to_millis
 from kmsg_webhook.stores.sql.postgres import PostgresDatabase
 from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 
@@ -86,9 +91,46 @@ async def _others(store: DeliveryStore) -> None:
     await store.insert_many([_row(10**7 + n, f"ep_ok_{n % 50}", later) for n in range(200)])
 
 
-def _sqlite_plan(path: Path, sql: str) -> list[str]:
-    import sqlite3
+def _sqlite_walk_cost(path: Path, sql: str, rounds: int = 15) -> float:
+    now = T0 + timedelta(days=1)
+    params = {
+        "worker_id": "w",
+        "lease_until": to_millis(now + timedelta(minutes=1)),
+        "now": to_millis(now),
+        "exclude": json.dumps(BLOCKED),
+        "limit": 100,
+    }
+    times = []
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        for _ in range(rounds):
+            conn.execute("BEGIN IMMEDIATE")
+            t = time.perf_counter()
+            assert len(conn.execute(sql, params).fetchall()) == 100
+            times.append(time.perf_counter() - t)
+            conn.execute("ROLLBACK")
+    return statistics.median(times)
 
+
+async def _postgres_walk_cost(dsn: str, schema: str, sql: str, rounds: int = 15) -> float:
+    now = T0 + timedelta(days=1)
+    conn = await asyncpg.connect(dsn)
+    times = []
+    try:
+        await conn.execute(f'SET search_path TO "{schema}"')
+        for _ in range(rounds):
+            tx = conn.transaction()
+            await tx.start()
+            t = time.perf_counter()
+            rows = await conn.fetch(sql, "w", now + timedelta(minutes=1), now, BLOCKED, 100)
+            times.append(time.perf_counter() - t)
+            await tx.rollback()
+            assert len(rows) == 100
+    finally:
+        await conn.close()
+    return statistics.median(times)
+
+
+def _sqlite_plan(path: Path, sql: str) -> list[str]:
     text = sql.replace(":worker_id", "'w'").replace(":lease_until", "0").replace(":now", "1e15")
     text = text.replace(":exclude", "'[\"ep_blocked_0\"]'").replace(":limit", "100")
     with sqlite3.connect(path) as conn:
@@ -136,24 +178,33 @@ async def run(store_name: str, sizes: list[int], tmp: Path) -> None:
         store = db.delivery_store
     try:
         await _others(store)
-        have, base = 0, None
+        have, base, walk_base = 0, 0.0, 0.0
         for size in sizes:
             await _fill(store, have, size)
             have = size
             cost = await _claim_cost(store)
             base = base or cost
-            print(
-                f"  blocked {size:>7}: {cost * 1000:8.2f} ms per claim of 100  ({cost / base:.2f}x)"
-            )
-        if isinstance(db, SQLiteDatabase):
-            print(
-                "  plan:",
-                *_sqlite_plan(tmp / "claims.db", db.sql["claim_deliveries"]),
-                sep="\n    ",
-            )
-        elif isinstance(db, PostgresDatabase):
-            plan = await _postgres_plan(PG_DSN, schema, db.sql["claim_deliveries"])
-            print("  plan:", *plan, sep="\n    ")
+            line = f"  blocked {size:>7}: claim {cost * 1000:8.2f} ms ({cost / base:5.2f}x)"
+            walk = None
+            if isinstance(db, SQLiteDatabase):
+                walk = _sqlite_walk_cost(tmp / "claims.db", db.sql["claim_deliveries"])
+            elif isinstance(db, PostgresDatabase):
+                walk = await _postgres_walk_cost(PG_DSN, schema, db.sql["claim_deliveries"])
+            if walk is not None:
+                walk_base = walk_base or walk
+                line += (
+                    f"   due-index walk {walk * 1000:8.2f} ms ({walk / walk_base:5.2f}x)"
+                    f"   walk/claim {walk / cost:5.1f}x"
+                )
+            print(line)
+        for name in ("claim_deliveries", "claim_deliveries_around"):
+            if isinstance(db, SQLiteDatabase):
+                plan = _sqlite_plan(tmp / "claims.db", db.sql[name])
+            elif isinstance(db, PostgresDatabase):
+                plan = await _postgres_plan(PG_DSN, schema, db.sql[name])
+            else:
+                break
+            print(f"  plan of {name}:", *plan, sep="\n    ")
     finally:
         if db is not None:
             await db.close()

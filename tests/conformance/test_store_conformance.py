@@ -254,6 +254,36 @@ async def test_claim_skips_excluded_endpoints(persistence: WebhookPersistence) -
     assert [d.id for d in later] == ["dlv_0001"]
 
 
+async def test_a_claim_around_excluded_endpoints_takes_the_oldest_due_of_the_others(
+    persistence: WebhookPersistence,
+) -> None:
+    # The excluded endpoint's backlog is due first; the others' rows interleave in due order,
+    # one of them is leased, one not yet due and one finished.
+    store = persistence.delivery_store
+    busy = [delivery(n, endpoint_id="ep_busy", event_id=f"evt_b{n}") for n in range(1, 6)]
+    others = [
+        delivery(10 + n, endpoint_id=f"ep_{n % 3}", due=T0 + timedelta(seconds=1 + n))
+        for n in range(8)
+    ]
+    await store.insert_many([*busy, *others])
+    now = T0 + timedelta(seconds=20)
+    [leased] = await claim(persistence, W2, now, limit=1, exclude_endpoints={"ep_busy"})
+    assert leased.id == "dlv_0010"
+    [done] = await claim(persistence, W2, now, limit=1, exclude_endpoints={"ep_busy"})
+    await store.record([outcome(done, W2, DeliveryStatus.SUCCESS)])
+    later = dataclasses.replace(
+        delivery(30, endpoint_id="ep_2"), next_attempt_at=now + timedelta(hours=1)
+    )
+    await store.insert_many([later])
+    got = await claim(persistence, W1, now, limit=4, exclude_endpoints={"ep_busy", "ep_gone"})
+    assert [d.id for d in got] == ["dlv_0012", "dlv_0013", "dlv_0014", "dlv_0015"]
+    rest = await claim(persistence, W1, now, exclude_endpoints={"ep_busy"})
+    assert [d.id for d in rest] == ["dlv_0016", "dlv_0017"]
+    assert await claim(persistence, W1, now, exclude_endpoints={"ep_busy"}) == []
+    mine = await claim(persistence, W1, now)
+    assert [d.id for d in mine] == [d.id for d in busy]
+
+
 async def test_pre_leased_insert_is_not_claimable_until_expiry(
     persistence: WebhookPersistence,
 ) -> None:

@@ -53,7 +53,7 @@ def _fresh(schemas: list[str]) -> str:
 def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
     found = migrations(dialect)
     assert [m.version for m in found] == list(range(1, len(found) + 1))
-    assert schema_version(dialect) == found[-1].version == 8
+    assert schema_version(dialect) == found[-1].version == 9
     assert [m.description for m in found] == [
         "initial",
         "lookup_hashes",
@@ -63,11 +63,13 @@ def test_migrations_are_numbered_and_queries_named(dialect: Any) -> None:
         "ordered_delivery",
         "message_tracking",
         "message_jobs",
+        "endpoint_due",
     ]
     assert set(queries(dialect)) >= {
         "insert_deliveries",
         "existing_delivery_ids",
         "claim_deliveries",
+        "claim_deliveries_around",
         "record_outcomes",
     }
 
@@ -217,7 +219,7 @@ async def test_sqlite_schema_built_by_the_code_equals_the_schema_script(tmp_path
     conn.executescript(schema_sql("sqlite"))
     conn.close()
     built, written = _sqlite_shape(by_code), _sqlite_shape(by_file)
-    assert len(built["objects"]) == 28  # 5 tables, their 5 primary-key indexes, 18 declared
+    assert len(built["objects"]) == 29  # 5 tables, their 5 primary-key indexes, 19 declared
     assert built == written
 
 
@@ -232,11 +234,11 @@ async def test_migrate_is_idempotent_and_initialize_schema_false_requires_it(
     unmanaged = postgres_database(dsn, schema, initialize_schema=False, retry_timeout=0)
     with pytest.raises(StoreError, match=r"schema version 0.*kmsg-webhook migrate"):
         await unmanaged.endpoint_store.list()
-    assert await migrate(url) == 8
-    assert await migrate(url) == 8
+    assert await migrate(url) == 9
+    assert await migrate(url) == 9
     await unmanaged.endpoint_store.add(endpoint(1))
     assert [e.id for e in await unmanaged.endpoint_store.list()] == ["ep_1"]
-    assert await unmanaged.schema_version() == 8
+    assert await unmanaged.schema_version() == 9
     await unmanaged.close()
 
 
@@ -275,11 +277,11 @@ async def test_sqlite_refuses_a_newer_schema_and_writes_nothing(tmp_path: Path) 
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE kmsg_webhook_schema_version (scope, version, description)")
     conn.execute(
-        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 9, 'x')", (TableNames().scope,)
+        "INSERT INTO kmsg_webhook_schema_version VALUES (?, 10, 'x')", (TableNames().scope,)
     )
     conn.commit()
     db = SQLiteDatabase(path, retry_timeout=0)
-    with pytest.raises(StoreError, match="version 9, newer"):
+    with pytest.raises(StoreError, match="version 10, newer"):
         await db.init()
     await db.close()
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
@@ -327,8 +329,8 @@ async def test_custom_table_names_share_a_schema_with_the_defaults(
         "outbox_2",
     ]
     assert [tuple(r) for r in versions] == [
-        *(("Hooks,outbox_2", v) for v in range(1, 9)),
-        *(("kmsg_webhook_endpoints,kmsg_webhook_deliveries", v) for v in range(1, 9)),
+        *(("Hooks,outbox_2", v) for v in range(1, 10)),
+        *(("kmsg_webhook_endpoints,kmsg_webhook_deliveries", v) for v in range(1, 10)),
     ]
 
 
@@ -338,7 +340,7 @@ async def test_sqlite_custom_table_names() -> None:
         await db.delivery_store.insert_many([delivery(1)])
         assert await db.delivery_store.get("dlv_0001") == delivery(1)
         assert [e.id for e in await db.endpoint_store.list()] == ["ep_1"]
-        assert await db.schema_version() == 8
+        assert await db.schema_version() == 9
 
 
 # -- upgrading a version-1 database -------------------------------------------------------------
@@ -364,6 +366,7 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
         "ALTER TABLE kmsg_webhook_endpoints DROP COLUMN ordered",
         "DROP TABLE kmsg_webhook_message_tracking",
         "DROP TABLE kmsg_webhook_message_jobs",
+        "DROP INDEX idx_kmsg_webhook_deliveries_endpoint_due",
         "DELETE FROM kmsg_webhook_schema_version WHERE version >= 2",
     ):
         conn.execute(statement)
@@ -372,7 +375,7 @@ async def test_sqlite_version_1_database_is_upgraded_and_keeps_its_rows(tmp_path
     reopened = SQLiteDatabase(path)
     try:
         assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-        assert await reopened.schema_version() == 8
+        assert await reopened.schema_version() == 9
         assert [e.id for e in await reopened.endpoint_store.list()] == ["ep_1"]
     finally:
         await reopened.close()
@@ -405,11 +408,12 @@ async def test_postgres_version_1_schema_is_upgraded_and_keeps_its_rows(
         )
         await conn.execute(f'DROP TABLE "{schema}".kmsg_webhook_message_tracking')
         await conn.execute(f'DROP TABLE "{schema}".kmsg_webhook_message_jobs')
+        await conn.execute(f'DROP INDEX "{schema}".idx_kmsg_webhook_deliveries_endpoint_due')
         await conn.execute(f'DELETE FROM "{schema}".kmsg_webhook_schema_version WHERE version >= 2')
         reopened = postgres_database(dsn, schema)
         try:
             assert await reopened.delivery_store.get("dlv_0001") == delivery(1)
-            assert await reopened.schema_version() == 8
+            assert await reopened.schema_version() == 9
         finally:
             await reopened.close()
         indexes = await conn.fetch(
@@ -453,7 +457,7 @@ async def test_sqlite_version_2_database_accepts_pending_verification_after_upgr
     conn.close()
     db = SQLiteDatabase(path, endpoint_table="hooks", delivery_table="outbox")
     try:
-        assert await db.schema_version() == 8
+        assert await db.schema_version() == 9
         [old] = await db.endpoint_store.list()
         assert old.id == "ep_old" and old.status.value == "active"
         pending = endpoint(2, status=EndpointStatus.PENDING_VERIFICATION)
@@ -482,7 +486,7 @@ async def test_postgres_version_2_schema_accepts_pending_verification_after_upgr
         db = postgres_database(dsn, schema, endpoint_table="Hooks", delivery_table="outbox_2")
         try:
             await db.endpoint_store.add(endpoint(1))
-            assert await db.schema_version() == 8
+            assert await db.schema_version() == 9
             pending = endpoint(2, status=EndpointStatus.PENDING_VERIFICATION)
             await db.endpoint_store.add(pending)
             assert await db.endpoint_store.get(pending.id) == pending
@@ -501,7 +505,7 @@ async def test_postgres_processes_opening_a_fresh_schema_at_once_all_succeed(
     databases = [postgres_database(dsn, schema, application_name=f"m{n}") for n in range(4)]
     try:
         await asyncio.gather(*(db.init() for db in databases))
-        assert {await db.schema_version() for db in databases} == {8}
+        assert {await db.schema_version() for db in databases} == {9}
     finally:
         for db in databases:
             await db.close()

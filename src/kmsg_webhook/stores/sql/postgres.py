@@ -316,7 +316,7 @@ class PostgresDatabase(SqlDatabase):
             found = await driver.fetch(self.sql["leased_deliveries"], worker_id, lease_until)
         if len(found) < limit:
             found += await driver.fetch(
-                self.sql["claim_deliveries"],
+                self.sql["claim_deliveries_around" if exclude else "claim_deliveries"],
                 worker_id,
                 lease_until,
                 now,

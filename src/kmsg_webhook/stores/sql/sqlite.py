@@ -420,7 +420,8 @@ class SQLiteDatabase(SqlDatabase):
             rows = list(await driver.execute_fetchall(self.sql["leased_deliveries"], params))
         if len(rows) < limit:
             params["limit"] = limit - len(rows)
-            rows += await driver.execute_fetchall(self.sql["claim_deliveries"], params)
+            query = "claim_deliveries_around" if exclude else "claim_deliveries"
+            rows += await driver.execute_fetchall(self.sql[query], params)
         return [values_to_delivery(row) for row in rows]
 
     async def record_outcomes(

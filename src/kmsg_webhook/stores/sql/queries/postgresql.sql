@@ -86,6 +86,48 @@ RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.sta
           d.next_attempt_at, d.completed_at, d.lease_owner, d.lease_expires_at, d.to_hash,
           d.from_hash, d.ordering_key;
 
+-- name: claim_deliveries_around
+-- claim_deliveries when $4 is not empty, without reading the excluded endpoints' rows: the
+-- endpoints with pending rows are found one index step each (a skip scan of the endpoint due
+-- index), and each endpoint not excluded gives its earliest $5 due rows; the earliest $5 of
+-- those are leased. Same rows as claim_deliveries would lease; its cost follows the number of
+-- endpoints with pending rows, not the excluded backlog.
+UPDATE kmsg_webhook_deliveries AS d
+SET lease_owner = $1, lease_expires_at = $2
+WHERE d.id IN (
+    WITH RECURSIVE endpoint (id) AS (
+        (SELECT endpoint_id FROM kmsg_webhook_deliveries WHERE status = 'pending'
+         ORDER BY endpoint_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT n.endpoint_id
+                FROM kmsg_webhook_deliveries AS n
+                WHERE n.status = 'pending' AND n.endpoint_id > endpoint.id
+                ORDER BY n.endpoint_id LIMIT 1)
+        FROM endpoint WHERE endpoint.id IS NOT NULL)
+    SELECT c.id
+    FROM endpoint AS p
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.next_attempt_at
+        FROM kmsg_webhook_deliveries AS x
+        WHERE x.endpoint_id = p.id AND x.status = 'pending'
+          AND x.next_attempt_at <= $3
+          AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= $3)
+          AND (x.ordering_key IS NULL OR NOT EXISTS (
+              SELECT 1 FROM kmsg_webhook_deliveries AS e
+              WHERE e.status = 'pending' AND e.ordering_key IS NOT NULL
+                AND e.endpoint_id = x.endpoint_id AND e.ordering_key = x.ordering_key
+                AND e.ordering_seq < x.ordering_seq))
+        ORDER BY x.next_attempt_at, x.id
+        LIMIT $5
+        FOR UPDATE SKIP LOCKED) AS c
+    WHERE p.id IS NOT NULL AND p.id <> ALL ($4::text[])
+    ORDER BY c.next_attempt_at, c.id
+    LIMIT $5)
+RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.status,
+          d.attempts_json::text, d.attempt_count, d.last_latency_ms, d.last_error, d.created_at,
+          d.next_attempt_at, d.completed_at, d.lease_owner, d.lease_expires_at, d.to_hash,
+          d.from_hash, d.ordering_key;
+
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes (one array per field) where the worker still holds the
 -- lease: append the attempt keeping the newest $9, count it, set status and times, drop the

@@ -80,6 +80,50 @@ WHERE rowid IN (
     ORDER BY created_at, id
     LIMIT :limit);
 
+-- name: claim_deliveries_around
+-- claim_deliveries when :exclude is not empty, without reading the excluded endpoints' rows:
+-- the endpoints with pending rows are found one index step each (a skip scan of the endpoint
+-- due index), and each endpoint not excluded gives its earliest :limit due rows; the earliest
+-- :limit of those are leased. Same rows as claim_deliveries would lease; its cost follows
+-- the number of endpoints with pending rows, not the excluded backlog. INDEXED BY: as in
+-- claim_deliveries (the planner prefers the status index without statistics).
+UPDATE kmsg_webhook_deliveries
+SET lease_owner = :worker_id, lease_expires_at = :lease_until
+WHERE id IN (
+    WITH RECURSIVE endpoint (id) AS (
+        SELECT min(endpoint_id)
+        FROM kmsg_webhook_deliveries INDEXED BY idx_kmsg_webhook_deliveries_endpoint_due
+        WHERE status = 'pending'
+        UNION ALL
+        SELECT (SELECT min(n.endpoint_id)
+                FROM kmsg_webhook_deliveries AS n
+                     INDEXED BY idx_kmsg_webhook_deliveries_endpoint_due
+                WHERE n.status = 'pending' AND n.endpoint_id > endpoint.id)
+        FROM endpoint WHERE endpoint.id IS NOT NULL)
+    SELECT c.id
+    FROM endpoint AS p, kmsg_webhook_deliveries AS c
+    WHERE p.id IS NOT NULL
+      AND p.id NOT IN (SELECT value FROM json_each(:exclude))
+      AND c.id IN (
+          SELECT x.id
+          FROM kmsg_webhook_deliveries AS x INDEXED BY idx_kmsg_webhook_deliveries_endpoint_due
+          WHERE x.endpoint_id = p.id AND x.status = 'pending'
+            AND x.next_attempt_at <= :now
+            AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= :now)
+            AND (x.ordering_key IS NULL OR NOT EXISTS (
+                SELECT 1
+                FROM kmsg_webhook_deliveries AS e INDEXED BY idx_kmsg_webhook_deliveries_ordering
+                WHERE e.status = 'pending' AND e.ordering_key IS NOT NULL
+                  AND e.endpoint_id = x.endpoint_id AND e.ordering_key = x.ordering_key
+                  AND e.rowid < x.rowid))
+          ORDER BY x.next_attempt_at, x.id
+          LIMIT :limit)
+    ORDER BY c.next_attempt_at, c.id
+    LIMIT :limit)
+RETURNING id, endpoint_id, event_id, event_type, url, payload, status, attempts_json,
+          attempt_count, last_latency_ms, last_error, created_at, next_attempt_at, completed_at,
+          lease_owner, lease_expires_at, to_hash, from_hash, ordering_key;
+
 -- name: record_outcomes
 -- Apply a batch of attempt outcomes where the worker still holds the lease: append the attempt
 -- keeping the newest ?1, count it, set status and times, drop the lease. {rows} stands for one
