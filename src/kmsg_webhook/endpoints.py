@@ -237,8 +237,14 @@ class EndpointCache:
             if time.monotonic() - self._loaded_at < self._ttl_s:
                 return
             endpoints = await self._store.list()
-            self._by_id = {e.id: e for e in endpoints}
-            self._routes = None
+            old, self._by_id = self._by_id, {e.id: e for e in endpoints}
+            # Rebuilding the routes of a thousand endpoints stalls the event loop for tens of
+            # milliseconds: keep them unless a re-read endpoint routes differently.
+            if len(old) != len(endpoints) or not all(
+                (before := old.get(e.id)) is not None and _same_routing(before, e)
+                for e in endpoints
+            ):
+                self._routes = None
             self._loaded_at = time.monotonic()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from kmsg_webhook import EndpointFilters, EndpointInput, EventMetadata, WebhookEvent
@@ -54,6 +55,35 @@ async def test_changes_through_the_cache_rebuild_the_routes() -> None:
     cache = await _cache(("a", ("aligo",)))
     assert [e.id for e in cache.matching(_event("aligo"))] == ["a"]
     cache.drop("a")
+    assert cache.matching(_event("aligo")) == []
+
+
+async def test_a_reread_sees_routing_changes_made_in_the_store() -> None:
+    # Another process changes the store; the cache re-reads it when its TTL has passed.
+    store = InMemoryEndpointStore()
+    for name in ("a", "b"):
+        data = EndpointInput(
+            id=name,
+            url=f"https://example.com/{name}",
+            events=["message.sent"],
+            filters=EndpointFilters(provider_id=("aligo",)),
+        )
+        await store.add(build_endpoint(data, url=data.url, secret="s", now=NOW))
+    cache = EndpointCache(store, ttl_s=0)
+    await cache.refresh()
+    assert sorted(e.id for e in cache.matching(_event("aligo"))) == ["a", "b"]
+    b = await store.get("b")
+    assert b is not None
+    await store.update(dataclasses.replace(b, description="same routing"))
+    await cache.refresh()
+    seen = {e.id: e.description for e in cache.matching(_event("aligo"))}
+    assert seen == {"a": None, "b": "same routing"}
+    await store.update(dataclasses.replace(b, filters=EndpointFilters(provider_id=("iwinv",))))
+    await cache.refresh()
+    assert [e.id for e in cache.matching(_event("aligo"))] == ["a"]
+    assert [e.id for e in cache.matching(_event("iwinv"))] == ["b"]
+    await store.remove("a")
+    await cache.refresh()
     assert cache.matching(_event("aligo")) == []
 
 
