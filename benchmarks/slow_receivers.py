@@ -7,6 +7,11 @@ Each event goes to exactly one endpoint (round robin through a ``template_id`` f
 endpoints answer 204 after 20 ms; slow ones after 5 s, past the 2 s ``timeout_ms``. Every
 other setting is a default. The receiver is a separate process (its CPU is not the sender's).
 
+The control differs from the scenario only in how the ``--slow`` endpoints answer: healthy
+(after 20 ms) instead of after 5 s. Both runs emit the same events to the same endpoints, and
+both count only the deliveries to the endpoints that are healthy in both, so "healthy
+deliveries/s" compares the same work with and without slow neighbours.
+
 * memory: one caller emits every event (``await emit`` one after another), then calls
   ``flush()``; the sender is this process.
 * sqlite / postgres: this process emits with ``dispatch=False``, and one worker process
@@ -15,8 +20,10 @@ other setting is a default. The receiver is a separate process (its CPU is not t
 Each store runs the control (every endpoint healthy) and the scenario (``--slow`` of them
 slow), ``--rounds`` times alternating. Reported per run: healthy deliveries/s (healthy
 deliveries over the time from the first emit to the last healthy receipt), healthy p50/p99
-emit→receipt, healthy deliveries that waited over 2 s, sender CPU seconds, the time the emits
-took and, for memory, ``flush()``'s time; then the ratios of the scenario to its control
+emit→receipt (from when the caller builds the event, so a caller's own queue is not in it),
+healthy deliveries that waited over 2 s, sender CPU seconds, the time the emits took and its
+slowest 1% (``await emit`` p99: whether intake waits behind the sending) and, for memory,
+``flush()``'s time; then the ratios of the scenario to its control
 (medians over the rounds), including first emit → flush returned. Absolute figures depend on
 the machine and its load; compare ratios, and on a shared machine use several rounds.
 """
@@ -64,7 +71,8 @@ PG_DSN = os.environ.get("KMSG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/t
 
 
 def serve(port: int) -> None:
-    """The receiver process: /ok/N answers after 20 ms, /slow/N after 5 s; /stats, /reset."""
+    """The receiver process: /ok/N answers after 20 ms (and is counted), /peer/N after 20 ms,
+    /slow/N after 5 s; /stats, /reset."""
     latencies: list[float] = []
     last = [0.0]
 
@@ -79,6 +87,11 @@ def serve(port: int) -> None:
     async def slow(request: web.Request) -> web.Response:
         await request.read()
         await asyncio.sleep(SLOW_DELAY_S)
+        return web.Response(status=204)
+
+    async def peer(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(HEALTHY_DELAY_S)
         return web.Response(status=204)
 
     async def stats(request: web.Request) -> web.Response:
@@ -107,6 +120,7 @@ def serve(port: int) -> None:
     app.router.add_post("/reset", reset)
     app.router.add_post("/ok/{n}", ok)
     app.router.add_post("/slow/{n}", slow)
+    app.router.add_post("/peer/{n}", peer)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=4096)
 
 
@@ -157,15 +171,17 @@ class Figures:
     over_2s: int
     cpu_s: float
     emit_s: float
+    emit_p99_ms: float
     flush_s: float | None
 
 
-def _endpoints(base: str, endpoints: int, slow: int) -> list[EndpointInput]:
-    # Slow endpoints spread evenly among the healthy ones.
+def _endpoints(base: str, endpoints: int, slow: int, control: bool) -> list[EndpointInput]:
+    # Slow endpoints spread evenly among the healthy ones; in the control they answer fast.
     step = endpoints // slow if slow else 0
+    other = "peer" if control else "slow"
     return [
         EndpointInput(
-            url=f"{base}/{'slow' if step and n % step == 0 and n // step < slow else 'ok'}/{n}",
+            url=f"{base}/{other if step and n % step == 0 and n // step < slow else 'ok'}/{n}",
             events=["message.sent"],
             filters=EndpointFilters(template_id=(f"T{n}",)),
         )
@@ -192,8 +208,24 @@ async def _wait_healthy(base: str, expected: int, within_s: float) -> dict[str, 
         await asyncio.sleep(0.1)
 
 
+async def _emit_all(runtime: WebhookRuntimeService, endpoints: int, events: int) -> float:
+    """Emit one after another; returns the p99 of how long an ``await emit`` took (ms)."""
+    took = []
+    for n in range(events):
+        t = time.perf_counter()
+        await runtime.emit(_event(n, endpoints))
+        took.append(time.perf_counter() - t)
+    took.sort()
+    return took[min(len(took) - 1, int(0.99 * len(took)))] * 1000
+
+
 def _figures(
-    stats: dict[str, float], start: float, cpu_s: float, emit_s: float, flush_s: float | None
+    stats: dict[str, float],
+    start: float,
+    cpu_s: float,
+    emit_s: float,
+    emit_p99_ms: float,
+    flush_s: float | None,
 ) -> Figures:
     span = max(1e-9, stats["last"] - start)
     return Figures(
@@ -204,11 +236,14 @@ def _figures(
         over_2s=int(stats["over_2s"]),
         cpu_s=cpu_s,
         emit_s=emit_s,
+        emit_p99_ms=emit_p99_ms,
         flush_s=flush_s,
     )
 
 
-async def run_memory(base: str, endpoints: int, slow: int, events: int) -> Figures:
+async def run_memory(
+    base: str, endpoints: int, slow: int, events: int, *, control: bool
+) -> Figures:
     await _get(base, "/reset", post=True)
     runtime = WebhookRuntimeService(
         WebhookConfig(timeout_ms=TIMEOUT_MS),
@@ -216,13 +251,12 @@ async def run_memory(base: str, endpoints: int, slow: int, events: int) -> Figur
         security=SecurityOptions(allow_private_hosts=True),
     )
     await runtime.start()
-    inputs = _endpoints(base, endpoints, slow)
+    inputs = _endpoints(base, endpoints, slow, control)
     await runtime.add_endpoints(inputs)
     healthy = sum(1 for n in range(events) if "/ok/" in inputs[n % endpoints].url)
     cpu0 = time.process_time()
     start = time.time()
-    for n in range(events):
-        await runtime.emit(_event(n, endpoints))
+    emit_p99_ms = await _emit_all(runtime, endpoints, events)
     emit_s = time.time() - start
     flush_started = time.monotonic()
     await runtime.flush()
@@ -230,7 +264,7 @@ async def run_memory(base: str, endpoints: int, slow: int, events: int) -> Figur
     stats = await _wait_healthy(base, healthy, 120)
     cpu_s = time.process_time() - cpu0
     await runtime.shutdown(timeout=1)
-    return _figures(stats, start, cpu_s, emit_s, flush_s)
+    return _figures(stats, start, cpu_s, emit_s, emit_p99_ms, flush_s)
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -238,7 +272,9 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_sql(base: str, url: str, endpoints: int, slow: int, events: int) -> Figures:
+async def run_sql(
+    base: str, url: str, endpoints: int, slow: int, events: int, *, control: bool
+) -> Figures:
     await _get(base, "/reset", post=True)
     intake = WebhookRuntimeService(
         WebhookConfig(timeout_ms=TIMEOUT_MS),
@@ -247,7 +283,7 @@ async def run_sql(base: str, url: str, endpoints: int, slow: int, events: int) -
         dispatch=False,
     )
     await intake.start()
-    inputs = _endpoints(base, endpoints, slow)
+    inputs = _endpoints(base, endpoints, slow, control)
     await intake.add_endpoints(inputs)
     healthy = sum(1 for n in range(events) if "/ok/" in inputs[n % endpoints].url)
     command = [sys.executable, "-m", "kmsg_webhook.cli", "worker", "--store", url]
@@ -260,8 +296,7 @@ async def run_sql(base: str, url: str, endpoints: int, slow: int, events: int) -
         await asyncio.sleep(1.5)  # started and idle
         cpu0 = _proc_cpu_s(worker.pid)
         start = time.time()
-        for n in range(events):
-            await intake.emit(_event(n, endpoints))
+        emit_p99_ms = await _emit_all(intake, endpoints, events)
         await intake.flush()
         emit_s = time.time() - start
         stats = await _wait_healthy(base, healthy, 300)
@@ -270,7 +305,7 @@ async def run_sql(base: str, url: str, endpoints: int, slow: int, events: int) -
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
         await intake.shutdown()
-    return _figures(stats, start, cpu_s, emit_s, None)
+    return _figures(stats, start, cpu_s, emit_s, emit_p99_ms, None)
 
 
 def _store_url(name: str, tmp: Path) -> str:
@@ -288,7 +323,7 @@ def _print(label: str, f: Figures) -> None:
     print(
         f"  {label:<10} healthy {f.healthy:>6}  {f.per_s:8.0f}/s  p50 {f.p50_ms:8.1f} ms  "
         f"p99 {f.p99_ms:8.1f} ms  >2s {f.over_2s:>6}  cpu {f.cpu_s:6.2f} s  "
-        f"emit {f.emit_s:6.2f} s  flush {flush}"
+        f"emit {f.emit_s:6.2f} s (p99 {f.emit_p99_ms:5.1f} ms)  flush {flush}"
     )
 
 
@@ -342,13 +377,14 @@ async def main() -> None:
                 pairs = []
                 for _ in range(args.rounds):
                     pair = []
-                    for slow in (0, args.slow):
+                    for control in (True, False):
+                        run = (base, args.endpoints, args.slow, args.events)
                         if store == "memory":
-                            figures = await run_memory(base, args.endpoints, slow, args.events)
+                            figures = await run_memory(*run, control=control)
                         else:
                             url = _store_url(store, Path(tmp))
-                            figures = await run_sql(base, url, args.endpoints, slow, args.events)
-                        _print("control" if slow == 0 else f"{slow} slow", figures)
+                            figures = await run_sql(run[0], url, *run[1:], control=control)
+                        _print("control" if control else f"{args.slow} slow", figures)
                         pair.append(figures)
                     pairs.append((pair[0], pair[1]))
                 _ratios(pairs)
