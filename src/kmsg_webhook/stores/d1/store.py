@@ -324,7 +324,10 @@ class D1DeliveryStore:
         await self._gate.ready()
         (result,) = await self._client.batch(
             [
-                self._q["claim_deliveries"].bind(
+                # Leaving endpoints alone, the claim goes per endpoint (see the query).
+                self._q[
+                    "claim_deliveries_around" if exclude_endpoints else "claim_deliveries"
+                ].bind(
                     worker_id=worker_id,
                     lease_until=to_millis(lease_until),
                     now=to_millis(now),
