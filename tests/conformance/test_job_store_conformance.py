@@ -137,6 +137,8 @@ async def test_list_and_count_by_batch_and_status(backend: TrackingBackend) -> N
     assert [j.id for j in await jobs.list_jobs(batch_id="b1")] == ["m-001", "m-002", "m-003"]
     pending = await jobs.list_jobs(statuses=[JobStatus.PENDING], limit=2, offset=1)
     assert [j.id for j in pending] == ["m-003", "m-004"]
+    with pytest.raises(ConfigError, match="offset must be >= 0"):
+        await jobs.list_jobs(offset=-1)
     assert await jobs.count_by_status(batch_id="b1") == {
         JobStatus.PENDING: 2,
         JobStatus.SENT: 1,

@@ -27,6 +27,7 @@ from ..stores.rows import to_datetime
 from ..stores.url import D1_SCHEMES, resolve_url, scheme_of
 from .options_codec import decode_options, encode_options
 from .tracking_rows import refuse_sealed
+from .tracking_store import check_page
 from .types import SendOptions
 
 #: The logical table bound into sealed values' associated data.
@@ -309,8 +310,7 @@ class InMemoryJobStore:
         limit: int = 100,
         offset: int = 0,
     ) -> list[SendJob]:
-        if limit < 0 or offset < 0:
-            raise ConfigError("limit and offset must be >= 0")
+        check_page(limit, offset)
         wanted = {JobStatus(s).value for s in statuses}
         rows = sorted(
             (

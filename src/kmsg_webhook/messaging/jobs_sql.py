@@ -29,6 +29,7 @@ from .jobs import (
     result_values,
 )
 from .sql_store import SqlStoreBase
+from .tracking_store import check_page
 
 
 def jobs_table(schema: str | None) -> sa.Table:
@@ -136,6 +137,7 @@ class SqlJobStore(SqlStoreBase):
         limit: int = 100,
         offset: int = 0,
     ) -> list[SendJob]:
+        check_page(limit, offset)
         t = self._t
         query = sa.select(t).where(*self._conditions(batch_id, statuses))
         query = query.order_by(t.c.run_at, t.c.id).limit(limit).offset(offset)
