@@ -25,7 +25,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import eventloop
-from .cliargs import age, confirm, moment, policy_args, positive, positive_float, security_options
+from .cliargs import (
+    age,
+    confirm,
+    moment,
+    policy_args,
+    positive,
+    positive_float,
+    security_options,
+    tcp_port,
+)
 from .config import RetentionPolicy, SecurityOptions, WebhookConfig
 from .crypto import FieldCryptoConfig, RekeyReport, generate_key, is_sealed, rekey
 from .display import (
@@ -163,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--metrics-port",
-        type=int,
+        type=tcp_port,
         help="serve /metrics, /healthz and /readyz on this port (needs kmsg-webhook[metrics])",
     )
     worker.add_argument("--metrics-host", default="127.0.0.1")
@@ -340,9 +349,9 @@ def _open_store(args: argparse.Namespace) -> WebhookPersistence:
 
 
 def _port(text: str) -> int:
-    value = positive(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    value = tcp_port(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more, got 0")
     return value
 
 

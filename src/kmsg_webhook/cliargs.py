@@ -34,6 +34,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def tcp_port(text: str) -> int:
+    """A port to listen on: 0 (any free one) to 65535; a larger number is refused, not wrapped
+    onto another port."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (0 to 65535): {value}")
+    return value
+
+
 def age(text: str) -> timedelta:
     """An age: ``90s``, ``15m``, ``2h``, ``7d``."""
     match = _DURATION.match(text.strip())

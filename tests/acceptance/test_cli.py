@@ -729,3 +729,10 @@ def test_worker_refuses_a_malformed_age(capsys: pytest.CaptureFixture[str]) -> N
     run = cli(capsys, "worker", "--store", "memory://", "--keep-success", "soon")
     assert run.code == 2
     assert "not an age like 90s, 15m, 2h or 7d: 'soon'" in run.err
+
+
+def test_worker_refuses_a_metrics_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    # A port over 65535 would otherwise be served on another port (the number wrapped).
+    run = cli(capsys, "worker", "--store", "memory://", "--metrics-port", "70000")
+    assert run.code == 2
+    assert "not a TCP port (0 to 65535): 70000" in run.err

@@ -344,6 +344,7 @@ async def test_the_worker_refuses_what_it_cannot_run(
             ({**env, **KEYS_ENV}, ("--no-queue", "--no-tracking"), 2, "nothing to run"),
             ({**env, **KEYS_ENV}, ("--rate-limit", "solapi"), 2, "provider=per_second"),
             ({**env, **KEYS_ENV}, ("--metrics-port", busy), 1, "cannot serve metrics"),
+            ({**env, **KEYS_ENV}, ("--metrics-port", "70000"), 2, "not a TCP port"),
         ]
         for case_env, args, code, message in cases:
             worker = await start_worker(url, case_env, *args, ready=False)

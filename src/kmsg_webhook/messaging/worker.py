@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .. import eventloop
-from ..cliargs import policy_args, positive, positive_float, security_options
+from ..cliargs import policy_args, positive, positive_float, security_options, tcp_port
 from ..config import SecurityOptions, WebhookConfig
 from ..errors import ConfigError, WebhookError
 from ..monitor import WorkerMonitor, serve_health
@@ -458,7 +458,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     worker.add_argument("--log-format", choices=["text", "json"], default="text")
     worker.add_argument(
         "--metrics-port",
-        type=int,
+        type=tcp_port,
         help="serve /metrics, /healthz and /readyz on this port (needs kmsg-webhook[metrics])",
     )
     worker.add_argument("--metrics-host", default="127.0.0.1")
