@@ -33,6 +33,7 @@ from kmsg_webhook import (
     SettledEvent,
     WebhookConfig,
     WebhookDelivery,
+    WebhookEndpoint,
     WebhookEventType,
     WebhookPersistence,
     WebhookRuntimeService,
@@ -272,6 +273,27 @@ async def test_a_dispatching_runtime_without_keys_refuses_to_start_on_sealed_val
     assert receiver.at("/in") == []
     (row,) = await stored_deliveries(persistence)
     assert (row.status, row.attempt_count) == (DeliveryStatus.PENDING, 0)
+
+
+async def test_a_sealed_client_key_alone_is_enough_to_refuse_a_keyless_start(
+    receiver, make_runtime
+):
+    # No secret, headers or pending payloads: the client key is the only sealed value.
+    persistence = create_in_memory_persistence()
+    endpoint = WebhookEndpoint(
+        id="ep_mtls",
+        url=receiver.url("/in"),
+        events=(WebhookEventType.MESSAGE_SENT,),
+        created_at=datetime(2026, 3, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 3, 1, tzinfo=UTC),
+        client_cert="-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n",
+        client_key="-----BEGIN PRIVATE KEY-----\nMIIBkey\n-----END PRIVATE KEY-----\n",
+    )
+    stored = FieldCrypto(config("A")).seal_endpoint(endpoint)
+    assert stored.client_key is not None and is_sealed(stored.client_key)
+    await persistence.endpoint_store.add(stored)
+    with pytest.raises(MissingKeysError, match="1 endpoint\\(s\\) with sealed secrets"):
+        await make_runtime(persistence=persistence)
 
 
 async def test_a_dispatching_runtime_refuses_keys_that_open_none_of_the_sealed_values(

@@ -339,12 +339,7 @@ class Sealing:
         crypto = self.crypto
         if crypto is not None:
             opened = crypto.open_endpoint(stored, strict=True)
-        elif (
-            (stored.secret is not None and is_sealed(stored.secret))
-            or any(is_sealed(s.secret) for s in stored.previous_secrets)
-            or any(is_sealed(v) for v in stored.headers.values())
-            or (stored.client_key is not None and is_sealed(stored.client_key))
-        ):
+        elif _sealed_of(stored):
             raise _keyless(f"endpoint {stored.id}")
         else:
             opened = stored
@@ -417,7 +412,8 @@ class SealedSample:
 
 
 def _sealed_of(endpoint: WebhookEndpoint) -> list[str]:
-    values = [endpoint.secret or "", *endpoint.headers.values()]
+    """Every sealed value of an endpoint: those :meth:`Sealing.for_sending` opens."""
+    values = [endpoint.secret or "", endpoint.client_key or "", *endpoint.headers.values()]
     values += [retired.secret for retired in endpoint.previous_secrets]
     return [value for value in values if is_sealed(value)]
 
