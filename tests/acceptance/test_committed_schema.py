@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from support.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]

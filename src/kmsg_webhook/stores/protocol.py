@@ -354,6 +354,16 @@ def epoch_minute(moment: datetime) -> int:
 Tally = tuple[Any, int, int, int]
 
 
+def finished_tallies(rows: Iterable[Mapping[Any, Any]], kind: str) -> list[Tally]:
+    """The rows of one ``kind`` of the ``finished_tallies`` query (``'minute'`` or
+    ``'endpoint'``) as tallies: the key and the counts of the finished statuses."""
+    return [
+        (row["key"], int(row["success"] or 0), int(row["failed"] or 0), int(row["exhausted"] or 0))
+        for row in rows
+        if row["kind"] == kind
+    ]
+
+
 def minute_counts(rows: Iterable[Tally]) -> tuple[MinuteCount, ...]:
     """``(epoch minute, success, failed, exhausted)`` rows as :class:`MinuteCount` (none for a
     zero count), oldest first."""

@@ -130,12 +130,9 @@ def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
 
 #: Written by ``record_health`` only: an endpoint update leaves them as stored, so a change made
 #: from a stale read never undoes failures or successes recorded meanwhile.
-ENDPOINT_HEALTH_COLUMNS = (
-    "consecutive_failures",
-    "failing_since",
-    "last_success_at",
-    "last_triggered_at",
-)
+#: The endpoint columns field crypto seals (rewritten together by ``rewrite_sealed``).
+SEALED_COLUMNS = ("secret", "previous_secrets_json", "headers_json", "client_key")
+
 
 ENDPOINT_COLUMNS = (
     "id",

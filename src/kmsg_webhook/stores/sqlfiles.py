@@ -160,12 +160,15 @@ def schema_version(dialect: Dialect) -> int:
 
 @cache
 def queries(dialect: Dialect, family: str = "") -> dict[str, str]:
-    """Named queries from ``queries/<dialect>.sql``, or ``queries/<family>.<dialect>.sql``
-    (``-- name: x`` headers)."""
-    text = _read("queries", f"{family}.{dialect}.sql" if family else f"{dialect}.sql")
+    """Named queries (``-- name: x`` headers) from ``queries/<dialect>.sql``, or
+    ``queries/<family>.<dialect>.sql``; the webhook family also has ``queries/shared.sql``, the
+    text both dialects run (a dialect's file overrides a name)."""
+    files = [f"{family}.{dialect}.sql"] if family else ["shared.sql", f"{dialect}.sql"]
     found: dict[str, str] = {}
-    for match in re.finditer(r"^-- name: (\w+)\n(.*?)(?=^-- name:|\Z)", text, re.S | re.M):
-        found[match[1]] = match[2].strip().rstrip(";")
+    for file in files:
+        text = _read("queries", file)
+        for match in re.finditer(r"^-- name: (\w+)\n(.*?)(?=^-- name:|\Z)", text, re.S | re.M):
+            found[match[1]] = match[2].strip().rstrip(";")
     return found
 
 

@@ -14,7 +14,6 @@ import asyncio
 import builtins
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -33,8 +32,6 @@ from ...errors import (
     WebhookError,
 )
 from ...models import (
-    FINISHED_STATUSES,
-    LATENCY_PERCENTILES,
     LATENCY_SAMPLE,
     AttemptOutcome,
     DeliveryActivity,
@@ -53,22 +50,32 @@ from ..protocol import (
     decode_cursor,
     encode_cursor,
     endpoint_outcomes,
+    finished_tallies,
     latency_percentiles,
     minute_counts,
-    sealed_fields,
     with_added_columns,
 )
 from ..rows import (
-    ENDPOINT_HEALTH_COLUMNS,
+    SEALED_COLUMNS,
     delivery_to_row,
     endpoint_to_row,
     row_to_delivery,
     row_to_endpoint,
+    to_datetime,
 )
-from ..sqlfiles import Dialect, Migration, TableNames, migrations, queries, render
+from ..sqlbind import Binding, Where, delivery_where
+from ..sqlfiles import (
+    Dialect,
+    Migration,
+    TableNames,
+    migrations,
+    queries,
+    render,
+    without_comments,
+)
 from ..sqlfiles import schema_version as known_version
 from .faults import StoreRetryPolicy, describe, is_missing_database, is_transient
-from .tables import Tables, Timestamp, build_tables
+from .tables import Tables, build_tables
 
 T = TypeVar("T")
 Operation = Callable[[AsyncConnection, int], Awaitable[T]]
@@ -101,6 +108,7 @@ class SqlDatabase(ABC):
     """
 
     dialect: ClassVar[Dialect]
+    binding: ClassVar[Binding]
 
     def __init__(
         self,
@@ -123,7 +131,10 @@ class SqlDatabase(ABC):
         self.retry = StoreRetryPolicy(
             timeout=retry_timeout, label=f"{self.dialect} store at {display_url}"
         )
-        self.sql = {name: render(text, names) for name, text in queries(self.dialect).items()}
+        self.sql = {
+            name: render(without_comments(text), names)
+            for name, text in queries(self.dialect).items()
+        }
         self._engine: AsyncEngine | None = None
         self._ready = False
         self._init_lock = asyncio.Lock()
@@ -288,8 +299,24 @@ class SqlDatabase(ABC):
             return await operation(conn, attempt)
 
     def bound(self, value: datetime) -> datetime:
-        """A lower or strict upper time bound as the dialect compares it exactly (see SQLite)."""
+        """A lower or strict upper time bound as the dialect compares it exactly (see SQLite),
+        for the messaging stores' Core queries."""
         return value
+
+    def query(self, name: str, where: Where | None = None) -> sa.TextClause:
+        """The named query of ``queries/*.sql`` for SQLAlchemy, ``{where}`` filled in."""
+        return sa.text(self.sql[name].replace("{where}", "" if where is None else where.sql))
+
+    def where(
+        self,
+        f: DeliveryFilter,
+        *,
+        finished: bool = False,
+        ids: Sequence[str] | None = None,
+        before: tuple[datetime, str] | None = None,
+    ) -> Where:
+        """``f`` as a WHERE clause from the ``where_*`` fragments (see ``stores/sqlbind.py``)."""
+        return delivery_where(self.sql, f, self.binding, finished=finished, ids=ids, before=before)
 
     def _is_disconnect(self, exc: BaseException) -> bool:
         return is_transient(exc)
@@ -342,10 +369,6 @@ class SqlDatabase(ABC):
     async def _apply_migrations(
         self, conn: AsyncConnection, all_migrations: Sequence[Migration]
     ) -> int: ...
-
-    @abstractmethod
-    def epoch_minute(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
-        """Whole minutes since the Unix epoch of a timestamp column (``store.epoch_minute``)."""
 
     @abstractmethod
     async def begin_write(self, conn: AsyncConnection) -> None:
@@ -428,20 +451,23 @@ class SqlEndpointStore:
 
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
-        self._t = db.tables.endpoints
+
+    def _values(self, endpoint: WebhookEndpoint) -> dict[str, object]:
+        return {k: self._db.binding.column(v) for k, v in endpoint_to_row(endpoint).items()}
 
     async def add(self, endpoint: WebhookEndpoint) -> None:
-        t = self._t
-        row = endpoint_to_row(endpoint)
+        db = self._db
+        values = self._values(endpoint)
 
         async def op(conn: AsyncConnection, attempt: int) -> None:
-            await self._db.begin_write(conn)
+            await db.begin_write(conn)
             for _ in range(3):
-                insert = self._db.insert_statement(t).values(row).on_conflict_do_nothing()
-                if (await conn.execute(insert.returning(t.c.id))).first() is not None:
+                if (await conn.execute(db.query("endpoint_insert"), values)).first() is not None:
                     await conn.commit()
                     return
-                same_id = (await conn.execute(sa.select(t).where(t.c.id == endpoint.id))).first()
+                same_id = (
+                    await conn.execute(db.query("endpoint_get"), {"id": endpoint.id})
+                ).first()
                 if same_id is not None:
                     if attempt > 1 and row_to_endpoint(same_id._mapping) == endpoint:
                         return  # our own insert, committed before the connection was lost
@@ -450,126 +476,107 @@ class SqlEndpointStore:
                         field="id",
                         value=endpoint.id,
                     )
-                owner = (
-                    await conn.execute(sa.select(t.c.id).where(t.c.url == endpoint.url))
-                ).scalar()
+                owner = await self._url_owner(conn, endpoint)
                 if owner is not None:
                     raise self._url_taken(endpoint, owner)
                 # The clashing row vanished in between: try the insert again.
             raise StoreError(f"could not add endpoint {endpoint.id}: concurrent changes")
 
-        await self._db.run(op)
+        await db.run(op)
 
     async def update(self, endpoint: WebhookEndpoint, *, reset_health: bool = False) -> None:
-        t = self._t
-        values = {
-            k: v
-            for k, v in endpoint_to_row(endpoint).items()
-            if k != "id" and k not in ENDPOINT_HEALTH_COLUMNS
-        }
-        if reset_health:
-            values.update(consecutive_failures=0, failing_since=None)
+        db = self._db
+        values = {**self._values(endpoint), "reset_health": reset_health}
 
         async def op(conn: AsyncConnection, attempt: int) -> None:
-            await self._db.begin_write(conn)
-            exists = (await conn.execute(sa.select(t.c.id).where(t.c.id == endpoint.id))).first()
+            await db.begin_write(conn)
+            exists = (await conn.execute(db.query("endpoint_exists"), {"id": endpoint.id})).first()
             if exists is None:
                 raise EndpointNotFoundError(endpoint.id)
-            owner = (
-                await conn.execute(
-                    sa.select(t.c.id).where(t.c.url == endpoint.url, t.c.id != endpoint.id)
-                )
-            ).scalar()
+            owner = await self._url_owner(conn, endpoint)
             if owner is not None:
                 raise self._url_taken(endpoint, owner)
             try:
-                await conn.execute(sa.update(t).where(t.c.id == endpoint.id).values(values))
+                updated = (await conn.execute(db.query("endpoint_update"), values)).first()
             except sa.exc.IntegrityError as exc:  # another writer took the URL just now
                 raise self._url_taken(endpoint, "another endpoint") from exc
+            if updated is None:
+                raise self._url_taken(endpoint, "another endpoint")
             await conn.commit()
 
-        await self._db.run(op)
+        await db.run(op)
+
+    async def _url_owner(self, conn: AsyncConnection, endpoint: WebhookEndpoint) -> str | None:
+        params = {"url": endpoint.url, "id": endpoint.id}
+        owner = (await conn.execute(self._db.query("endpoint_url_owner"), params)).scalar()
+        return None if owner is None else str(owner)
 
     async def remove(self, endpoint_id: str) -> bool:
-        t = self._t
+        db = self._db
 
         async def op(conn: AsyncConnection, attempt: int) -> bool:
-            await self._db.begin_write(conn)
-            deleted = await conn.execute(
-                sa.delete(t).where(t.c.id == endpoint_id).returning(t.c.id)
-            )
+            await db.begin_write(conn)
+            deleted = await conn.execute(db.query("endpoint_delete"), {"id": endpoint_id})
             found = deleted.first() is not None
             await conn.commit()
             return found
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def get(self, endpoint_id: str) -> WebhookEndpoint | None:
-        t = self._t
+        db = self._db
 
         async def op(conn: AsyncConnection, attempt: int) -> WebhookEndpoint | None:
-            row = (await conn.execute(sa.select(t).where(t.c.id == endpoint_id))).first()
+            row = (await conn.execute(db.query("endpoint_get"), {"id": endpoint_id})).first()
             return None if row is None else row_to_endpoint(row._mapping)
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def list(self) -> list[WebhookEndpoint]:
-        t = self._t
+        db = self._db
 
         async def op(conn: AsyncConnection, attempt: int) -> list[WebhookEndpoint]:
-            query = sa.select(t).order_by(t.c.updated_at.desc(), t.c.id.desc())
-            return [row_to_endpoint(r._mapping) for r in await conn.execute(query)]
+            return [
+                row_to_endpoint(r._mapping) for r in await conn.execute(db.query("endpoint_list"))
+            ]
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def record_health(
         self, endpoint_id: str, *, succeeded: bool, failures: int, at: datetime
     ) -> WebhookEndpoint | None:
-        t = self._t
-        stamp = sa.literal(at, Timestamp())
-        values: dict[str, Any] = (
-            {"consecutive_failures": 0, "failing_since": None, "last_success_at": stamp}
-            if succeeded
-            else {
-                "consecutive_failures": t.c.consecutive_failures + failures,
-                "failing_since": sa.func.coalesce(t.c.failing_since, stamp),
-            }
-        )
+        db = self._db
+        params: dict[str, object] = {"id": endpoint_id, "at": db.binding.stamp(at)}
+        if not succeeded:
+            params["failures"] = failures
+        query = db.query("endpoint_health_success" if succeeded else "endpoint_health_failure")
 
         async def op(conn: AsyncConnection, attempt: int) -> WebhookEndpoint | None:
-            await self._db.begin_write(conn)
-            statement = sa.update(t).where(t.c.id == endpoint_id).values(values).returning(t)
-            row = (await conn.execute(statement)).first()
+            await db.begin_write(conn)
+            row = (await conn.execute(query, params)).first()
             await conn.commit()
             return None if row is None else row_to_endpoint(row._mapping)
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def rewrite_sealed(
         self, endpoint_id: str, *, expected: WebhookEndpoint, replacement: WebhookEndpoint
     ) -> bool:
-        t = self._t
-        new = endpoint_to_row(replacement)
-        values = {
-            k: new[k] for k in ("secret", "previous_secrets_json", "headers_json", "client_key")
-        }
-        select = sa.select(t).where(t.c.id == endpoint_id)
-        if self._db.dialect == "postgresql":
-            select = select.with_for_update()
+        db = self._db
+        old, new = self._values(expected), self._values(replacement)
+        params: dict[str, object] = {"id": endpoint_id}
+        for column in SEALED_COLUMNS:
+            params[column] = new[column]
+            params[f"expected_{column}"] = old[column]
 
         async def op(conn: AsyncConnection, attempt: int) -> bool:
-            # Under the write lock (SQLite) or the row lock (Postgres): compare, then set.
-            await self._db.begin_write(conn)
-            row = (await conn.execute(select)).first()
-            current = None if row is None else row_to_endpoint(row._mapping)
-            if current is None or sealed_fields(current) != sealed_fields(expected):
-                await conn.rollback()
-                return False
-            await conn.execute(sa.update(t).where(t.c.id == endpoint_id).values(values))
+            # One compare-and-set statement: the stored sealed fields must still be expected's.
+            await db.begin_write(conn)
+            applied = (await conn.execute(db.query("endpoint_rewrite_sealed"), params)).first()
             await conn.commit()
-            return True
+            return applied is not None
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     @staticmethod
     def _url_taken(endpoint: WebhookEndpoint, owner: str) -> DuplicateEndpointError:
@@ -585,7 +592,6 @@ class SqlDeliveryStore:
 
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
-        self._t = db.tables.deliveries
 
     async def insert_many(
         self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
@@ -658,53 +664,44 @@ class SqlDeliveryStore:
     async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
         if not delivery_ids:
             return
-        t = self._t
-        statement = (
-            sa.update(t)
-            .where(t.c.id.in_(list(delivery_ids)), t.c.lease_owner == worker_id)
-            .values(lease_owner=None, lease_expires_at=None)
-            .returning(t.c.next_attempt_at)
-        )
+        db = self._db
+        params = {"worker_id": worker_id, "ids": db.binding.values(delivery_ids)}
 
         async def op(conn: AsyncConnection, attempt: int) -> None:
-            await self._db.begin_write(conn)
-            due = [at for at in (await conn.execute(statement)).scalars() if at is not None]
+            await db.begin_write(conn)
+            found = await conn.execute(db.query("release_deliveries"), params)
+            due = [to_datetime(at) for at in found.scalars() if at is not None]
             if due:
                 # Handed back by a stopping worker: other workers need not wait for a poll.
-                await self._db.announce_due(conn, min(due))
+                await db.announce_due(conn, min(d for d in due if d is not None))
             await conn.commit()
 
-        await self._db.run(op)
+        await db.run(op)
 
     async def get(self, delivery_id: str) -> WebhookDelivery | None:
-        t = self._t
+        db = self._db
 
         async def op(conn: AsyncConnection, attempt: int) -> WebhookDelivery | None:
-            row = (await conn.execute(sa.select(t).where(t.c.id == delivery_id))).first()
+            row = (await conn.execute(db.query("delivery_get"), {"id": delivery_id})).first()
             return None if row is None else read_delivery(row._mapping)
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def list(
         self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
     ) -> DeliveryPage:
-        t = self._t
+        db = self._db
         position = decode_cursor(cursor) if cursor is not None else None
         if limit <= 0:
             return DeliveryPage(items=(), next_cursor=None)
-        query = sa.select(t).where(*self._conditions(filter))
-        if position is not None:
-            stamp, last_id = position
-            query = query.where(
-                sa.tuple_(t.c.created_at, t.c.id)
-                < sa.tuple_(sa.literal(stamp, Timestamp()), sa.literal(last_id, sa.Text()))
-            )
-        query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
+        where = db.where(filter, before=position)
+        query = db.query("delivery_list", where)
+        params = {**where.params, "limit": limit + 1}
 
         async def op(conn: AsyncConnection, attempt: int) -> list[WebhookDelivery]:
-            return [read_delivery(r._mapping) for r in await conn.execute(query)]
+            return [read_delivery(r._mapping) for r in await conn.execute(query, params)]
 
-        rows = await self._db.run(op)
+        rows = await db.run(op)
         page = rows[:limit]
         more = len(rows) > limit
         return DeliveryPage(
@@ -712,166 +709,91 @@ class SqlDeliveryStore:
         )
 
     async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
-        t = self._t
-        query = (
-            sa.select(
-                t.c.status,
-                t.c.event_type,
-                sa.func.count(),
-                sa.func.coalesce(sa.func.sum(t.c.attempt_count), 0),
-                sa.func.coalesce(sa.func.sum(t.c.last_latency_ms), 0.0),
-                sa.func.count(t.c.last_latency_ms),
+        db = self._db
+        where = db.where(filter)
+        totals = db.query("delivery_stats", where)
+        by_type = db.query("delivery_stats_by_type", where)
+
+        async def op(conn: AsyncConnection, attempt: int) -> DeliveryStats:
+            row = (await conn.execute(totals, where.params)).one()._mapping
+            types = {str(r[0]): int(r[1]) for r in await conn.execute(by_type, where.params)}
+            average = row["average_latency_ms"]
+            return DeliveryStats(
+                total=int(row["total"]),
+                pending=int(row["pending"]),
+                success=int(row["success"]),
+                failed=int(row["failed"]),
+                exhausted=int(row["exhausted"]),
+                total_attempts=int(row["total_attempts"]),
+                average_latency_ms=0.0 if average is None else float(average),
+                by_event_type=types,
             )
-            .where(*self._conditions(filter))
-            .group_by(t.c.status, t.c.event_type)
-        )
 
-        async def op(conn: AsyncConnection, attempt: int) -> builtins.list[tuple[Any, ...]]:
-            return [tuple(row) for row in await conn.execute(query)]
-
-        statuses: Counter[str] = Counter()
-        by_type: Counter[str] = Counter()
-        attempts = 0
-        latency_sum = 0.0
-        latency_n = 0
-        groups = await self._db.run(op)
-        for status, event_type, count, attempt_sum, latency, latency_count in groups:
-            statuses[status] += count
-            by_type[event_type] += count
-            attempts += int(attempt_sum)
-            latency_sum += float(latency)
-            latency_n += latency_count
-        return DeliveryStats(
-            total=sum(statuses.values()),
-            pending=statuses[DeliveryStatus.PENDING.value],
-            success=statuses[DeliveryStatus.SUCCESS.value],
-            failed=statuses[DeliveryStatus.FAILED.value],
-            exhausted=statuses[DeliveryStatus.EXHAUSTED.value],
-            total_attempts=attempts,
-            average_latency_ms=latency_sum / latency_n if latency_n else 0.0,
-            by_event_type=dict(by_type),
-        )
+        return await db.run(op)
 
     async def queue_stats(self, *, now: datetime) -> QueueStats:
-        t = self._t
-        at = sa.literal(now, Timestamp())
-        leased = sa.and_(t.c.lease_expires_at.is_not(None), t.c.lease_expires_at > at)
-        due = sa.and_(sa.not_(leased), t.c.next_attempt_at <= at)
-        later = sa.and_(sa.not_(leased), t.c.next_attempt_at > at)
+        db = self._db
+        params = {"now": db.binding.stamp(now)}
 
-        def count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
-            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
-
-        def earliest(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
-            return sa.type_coerce(
-                sa.func.min(sa.case((condition, t.c.next_attempt_at))), Timestamp()
+        async def op(conn: AsyncConnection, attempt: int) -> QueueStats:
+            row = (await conn.execute(db.query("queue_stats"), params)).one()._mapping
+            return QueueStats(
+                due=int(row["due"]),
+                scheduled=int(row["scheduled"]),
+                leased=int(row["leased"]),
+                oldest_due_at=to_datetime(row["oldest_due_at"]),
+                next_due_at=to_datetime(row["next_due_at"]),
             )
 
-        query = sa.select(
-            count(due), count(later), count(leased), earliest(due), earliest(later)
-        ).where(t.c.status == DeliveryStatus.PENDING.value)
-
-        async def op(conn: AsyncConnection, attempt: int) -> tuple[Any, ...]:
-            return tuple((await conn.execute(query)).one())
-
-        due_n, later_n, leased_n, oldest, upcoming = await self._db.run(op)
-        return QueueStats(int(due_n), int(later_n), int(leased_n), oldest, upcoming)
+        return await db.run(op)
 
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
-        t = self._t
-        # Served by the partial index on (completed_at, status, endpoint_id, last_latency_ms).
-        finished = (
-            t.c.status != DeliveryStatus.PENDING.value,
-            t.c.completed_at >= self._db.bound(since),
-            t.c.completed_at <= now,
-        )
-        tally = [
-            sa.func.sum(sa.case((t.c.status == status.value, 1), else_=0))
-            for status in FINISHED_STATUSES
-        ]
-        minute = self._db.epoch_minute(t.c.completed_at).label("minute")
-        per_minute = sa.select(minute, *tally).where(*finished).group_by(minute)
-        # Grouped by an expression: on the bare column SQLite's planner walks the endpoint
-        # index, i.e. the whole table, to save sorting the (far fewer) rows of the window.
-        endpoint = sa.func.coalesce(t.c.endpoint_id, "").label("endpoint")
-        per_endpoint = sa.select(endpoint, *tally).where(*finished).group_by(endpoint)
-        # Nearest-rank percentiles without a percentile function (SQLite has none): number
-        # the newest finished rows by latency and keep the rows at the wanted positions.
-        newest = (
-            sa.select(t.c.last_latency_ms.label("latency"))
-            .where(*finished, t.c.last_latency_ms.is_not(None))
-            .order_by(t.c.completed_at.desc())
-            .limit(LATENCY_SAMPLE)
-            .subquery()
-        )
-        ranked = sa.select(
-            newest.c.latency,
-            sa.func.row_number().over(order_by=newest.c.latency).label("position"),
-            sa.func.count().over().label("samples"),
-        ).subquery()
-        picks = sa.select(ranked.c.samples, ranked.c.position, ranked.c.latency).where(
-            sa.or_(
-                *(
-                    ranked.c.position == (p * ranked.c.samples + 99) // 100
-                    for p in LATENCY_PERCENTILES
-                )
-            )
-        )
+        db = self._db
+        window = {"since": db.binding.bound(since), "now": db.binding.stamp(now)}
 
         async def op(conn: AsyncConnection, attempt: int) -> DeliveryActivity:
-            minutes = [tuple(row) for row in await conn.execute(per_minute)]
-            endpoints = [tuple(row) for row in await conn.execute(per_endpoint)]
+            tallies = [r._mapping for r in await conn.execute(db.query("finished_tallies"), window)]
             samples = 0
             by_position: dict[int, float] = {}
-            for count, position, latency in await conn.execute(picks):
+            picks = await conn.execute(
+                db.query("latency_percentiles"), {**window, "sample": LATENCY_SAMPLE}
+            )
+            for count, position, latency in picks:
                 samples = int(count)
                 by_position[int(position)] = float(latency)
             return DeliveryActivity(
                 since=since,
                 now=now,
-                per_minute=minute_counts(minutes),
+                per_minute=minute_counts(finished_tallies(tallies, "minute")),
                 latency=latency_percentiles(samples, by_position),
-                by_endpoint=endpoint_outcomes(endpoints),
+                by_endpoint=endpoint_outcomes(finished_tallies(tallies, "endpoint")),
             )
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def requeue(
         self, filter: DeliveryFilter, *, now: datetime, ids: Sequence[str] | None = None
     ) -> int:
-        t = self._t
-        conditions = [t.c.status != DeliveryStatus.PENDING.value, *self._conditions(filter)]
-        if ids is not None:
-            conditions.append(t.c.id.in_(list(ids)))
-        statement = (
-            sa.update(t)
-            .where(*conditions)
-            .values(
-                status=DeliveryStatus.PENDING.value,
-                next_attempt_at=now,
-                completed_at=None,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
+        if ids is not None and not ids:
+            return 0
+        db = self._db
+        where = db.where(filter, finished=True, ids=ids)
+        query = db.query("requeue", where)
+        params = {**where.params, "now": db.binding.stamp(now)}
 
         async def op(conn: AsyncConnection, attempt: int) -> int:
-            await self._db.begin_write(conn)
-            count = int((await conn.execute(statement)).rowcount)
+            await db.begin_write(conn)
+            count = int((await conn.execute(query, params)).rowcount)
             if count:
-                await self._db.announce_due(conn, now)
+                await db.announce_due(conn, now)
             await conn.commit()
             return count
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def purge(self, *, older_than: datetime) -> int:
-        t = self._t
-        statement = sa.delete(t).where(
-            t.c.status != DeliveryStatus.PENDING.value,
-            t.c.created_at < self._db.bound(older_than),
-        )
-        deleted = await self._write_count(statement)
+        params = {"before": self._db.binding.bound(older_than)}
+        deleted = await self._write_count(self._db.query("purge"), params)
         if deleted:
             await self._reclaim_space()
         return deleted
@@ -904,81 +826,49 @@ class SqlDeliveryStore:
     async def scan(
         self, *, after: str | None = None, limit: int = 500
     ) -> builtins.list[WebhookDelivery]:
-        t = self._t
         if limit <= 0:
             return []
-        query = sa.select(t).order_by(t.c.id).limit(limit)
-        if after is not None:
-            query = query.where(t.c.id > after)
+        db = self._db
+        params = {"after": after or "", "limit": limit}
 
         async def op(conn: AsyncConnection, attempt: int) -> builtins.list[WebhookDelivery]:
-            return [read_delivery(r._mapping) for r in await conn.execute(query)]
+            return [read_delivery(r._mapping) for r in await conn.execute(db.query("scan"), params)]
 
-        return await self._db.run(op)
+        return await db.run(op)
 
     async def rewrite_payloads(self, rewrites: Sequence[PayloadRewrite]) -> int:
         if not rewrites:
             return 0
-        t = self._t
-        statement = (
-            sa.update(t)
-            .where(t.c.id == sa.bindparam("b_id"), t.c.payload == sa.bindparam("b_expected"))
-            .values(
-                payload=sa.bindparam("b_payload"),
-                to_hash=sa.bindparam("b_to_hash"),
-                from_hash=sa.bindparam("b_from_hash"),
-            )
-        )
+        db = self._db
         params = [
             {
-                "b_id": r.delivery_id,
-                "b_expected": r.expected_payload,
-                "b_payload": r.payload,
-                "b_to_hash": r.to_hash,
-                "b_from_hash": r.from_hash,
+                "id": r.delivery_id,
+                "expected": r.expected_payload,
+                "payload": r.payload,
+                "to_hash": r.to_hash,
+                "from_hash": r.from_hash,
             }
             for r in rewrites
         ]
 
         async def op(conn: AsyncConnection, attempt: int) -> int:
-            await self._db.begin_write(conn)
+            await db.begin_write(conn)
             applied = 0
-            for one in params:  # one statement each: rowcount is per row on every driver
-                applied += int((await conn.execute(statement, one)).rowcount)
+            for one in params:  # one statement each: the row it returns says it applied
+                applied += len((await conn.execute(db.query("rewrite_payload"), one)).all())
             await conn.commit()
             return applied
 
-        return await self._db.run(op)
+        return await db.run(op)
 
-    async def _write_count(self, statement: sa.Executable) -> int:
+    async def _write_count(self, statement: sa.TextClause, params: Mapping[str, object]) -> int:
         async def op(conn: AsyncConnection, attempt: int) -> int:
             await self._db.begin_write(conn)
-            result = await conn.execute(statement)
+            result = await conn.execute(statement, params)
             await conn.commit()
             return int(result.rowcount)
 
         return await self._db.run(op)
-
-    def _conditions(self, f: DeliveryFilter) -> builtins.list[sa.ColumnElement[bool]]:
-        t = self._t
-        conditions: builtins.list[sa.ColumnElement[bool]] = []
-        if f.endpoint_id is not None:
-            conditions.append(t.c.endpoint_id == f.endpoint_id)
-        if f.event_type is not None:
-            conditions.append(t.c.event_type == f.event_type.value)
-        if f.event_id is not None:
-            conditions.append(t.c.event_id == f.event_id)
-        if f.statuses:
-            conditions.append(t.c.status.in_([s.value for s in f.statuses]))
-        if f.created_after is not None:
-            conditions.append(t.c.created_at >= self._db.bound(f.created_after))
-        if f.created_before is not None:
-            conditions.append(t.c.created_at < self._db.bound(f.created_before))
-        if f.to_hash is not None:
-            conditions.append(t.c.to_hash == f.to_hash)
-        if f.from_hash is not None:
-            conditions.append(t.c.from_hash == f.from_hash)
-        return conditions
 
 
 async def _delete_finished(

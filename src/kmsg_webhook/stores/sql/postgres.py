@@ -26,6 +26,7 @@ from ...models import AttemptOutcome, DeliveryStatus, WebhookDelivery
 from ...redact import redact_url
 from ..protocol import DEFAULT_MAX_STORED_ATTEMPTS, DueCallback, WebhookPersistence
 from ..rows import dumps, values_to_delivery
+from ..sqlbind import POSTGRES
 from ..sqlfiles import (
     DEFAULT_DELIVERY_TABLE,
     DEFAULT_ENDPOINT_TABLE,
@@ -54,6 +55,7 @@ class PostgresDatabase(SqlDatabase):
     """
 
     dialect = "postgresql"
+    binding = POSTGRES
 
     def __init__(
         self,
@@ -131,7 +133,9 @@ class PostgresDatabase(SqlDatabase):
         return watch
 
     async def announce_due(self, conn: AsyncConnection, at: datetime) -> None:
-        await conn.execute(sa.select(sa.func.pg_notify(self.channel, str(at.timestamp()))))
+        await conn.execute(
+            self.query("notify_due"), {"channel": self.channel, "at": str(at.timestamp())}
+        )
 
     # -- engine ---------------------------------------------------------------------------------
 
@@ -171,9 +175,6 @@ class PostgresDatabase(SqlDatabase):
                 raise sa.exc.InvalidatePoolError(str(exc)) from exc
 
         return engine
-
-    def epoch_minute(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
-        return sa.cast(sa.func.floor(sa.extract("epoch", column) / 60), sa.BigInteger())
 
     async def begin_write(self, conn: AsyncConnection) -> None:
         """SQLAlchemy begins the transaction with the first statement; nothing to do."""

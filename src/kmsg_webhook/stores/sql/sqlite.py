@@ -42,6 +42,7 @@ from ..rows import (
     to_millis,
     values_to_delivery,
 )
+from ..sqlbind import SQLITE
 from ..sqlfiles import (
     DEFAULT_DELIVERY_TABLE,
     DEFAULT_ENDPOINT_TABLE,
@@ -99,6 +100,7 @@ class SQLiteDatabase(SqlDatabase):
     """
 
     dialect = "sqlite"
+    binding = SQLITE
 
     def __init__(
         self,
@@ -279,10 +281,6 @@ class SQLiteDatabase(SqlDatabase):
     def bound(self, value: datetime) -> datetime:
         # Rows hold whole milliseconds: `ms >= ceil(t)` is exactly `row >= t` (and `<` alike).
         return from_millis(ceil_millis(value))
-
-    def epoch_minute(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
-        # Timestamps are epoch milliseconds here: integer division floors them to minutes.
-        return sa.type_coerce(column, sa.BigInteger()) // 60_000
 
     async def begin_write(self, conn: AsyncConnection) -> None:
         await conn.exec_driver_sql("BEGIN IMMEDIATE")

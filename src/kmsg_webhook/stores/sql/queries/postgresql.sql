@@ -163,3 +163,58 @@ SELECT count(*),
        (SELECT pg_notify($10, extract(epoch FROM min(r.next_attempt_at))::text)
         FROM updated AS r WHERE r.status = 'pending' HAVING count(*) > 0)
 FROM updated;
+
+-- The cold queries below differ from SQLite's; the others are in shared.sql. JSON parameters
+-- are text cast here; lists of values are arrays.
+
+-- name: where_statuses
+-- Filter fragment: the status is one of the array :statuses.
+status = ANY(:statuses)
+
+-- name: where_ids
+-- Filter fragment: the id is one of the array :ids.
+id = ANY(:ids)
+
+-- name: endpoint_rewrite_sealed
+-- Compare-and-set of an endpoint's sealed fields (JSON compared as jsonb); returns the id when
+-- it applied.
+UPDATE kmsg_webhook_endpoints
+SET secret = :secret, previous_secrets_json = CAST(:previous_secrets_json AS jsonb),
+    headers_json = CAST(:headers_json AS jsonb), client_key = :client_key
+WHERE id = :id
+  AND secret IS NOT DISTINCT FROM CAST(:expected_secret AS text)
+  AND previous_secrets_json = CAST(:expected_previous_secrets_json AS jsonb)
+  AND headers_json = CAST(:expected_headers_json AS jsonb)
+  AND client_key IS NOT DISTINCT FROM CAST(:expected_client_key AS text)
+RETURNING id;
+
+-- name: release_deliveries
+-- Give back the leases :worker_id holds on the ids in :ids; returns when the released rows are
+-- due.
+UPDATE kmsg_webhook_deliveries
+SET lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = :worker_id AND id = ANY(:ids)
+RETURNING next_attempt_at;
+
+-- name: finished_tallies
+-- Rows finished from :since to :now, by finished status, per epoch minute (kind 'minute') and per
+-- endpoint (kind 'endpoint'); the key is text in both. The partial index on completed_at
+-- serves the window.
+SELECT kind, key,
+       count(*) FILTER (WHERE status = 'success') AS success,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'exhausted') AS exhausted
+FROM (SELECT 'minute' AS kind,
+             CAST(CAST(floor(extract(epoch FROM completed_at) / 60) AS bigint) AS text) AS key,
+             status
+      FROM kmsg_webhook_deliveries
+      WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now
+      UNION ALL
+      SELECT 'endpoint', coalesce(endpoint_id, ''), status
+      FROM kmsg_webhook_deliveries
+      WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now) AS finished
+GROUP BY kind, key;
+
+-- name: notify_due
+-- Tell listening workers that rows are due at :at (epoch seconds as text), at commit.
+SELECT pg_notify(:channel, :at);

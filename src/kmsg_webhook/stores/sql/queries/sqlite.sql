@@ -159,55 +159,17 @@ FROM (SELECT column1 AS id, column2 AS worker_id, column3 AS attempt, column4 AS
       FROM (VALUES {rows})) AS o
 WHERE d.id = o.id AND d.lease_owner = o.worker_id;
 
--- The queries below are the D1 store's (D1 is SQLite; it also runs insert_deliveries,
--- existing_delivery_ids, claim_deliveries and record_outcomes above). D1 binds parameters by
--- position only: its store turns each :name into a numbered parameter. {where} stands for a
--- filter the store assembles (" WHERE ..." with ? parameters, or nothing), bound after the
--- query's own ? parameters.
+-- The queries below differ from PostgreSQL's; the other cold queries of the SQLite, PostgreSQL
+-- and D1 stores are in shared.sql. D1 binds parameters by position only: its store turns each
+-- :name into a numbered parameter.
 
--- name: endpoint_clashes
--- Rows that would clash with an endpoint being added: same id, or same URL.
-SELECT * FROM kmsg_webhook_endpoints WHERE id = :id OR url = :url;
+-- name: where_statuses
+-- Filter fragment: the status is one of the JSON array :statuses.
+status IN (SELECT value FROM json_each(:statuses))
 
--- name: endpoint_insert
--- Add an endpoint unless its id or URL is taken; returns the id when it was added.
-INSERT INTO kmsg_webhook_endpoints (
-    id, url, name, description, status, events_json, headers_json, secret,
-    previous_secrets_json, retry_config_json, filters_json, created_at, updated_at,
-    last_triggered_at, disabled_reason, consecutive_failures, failing_since, last_success_at,
-    client_cert, client_key, ordered)
-VALUES (
-    :id, :url, :name, :description, :status, :events_json, :headers_json, :secret,
-    :previous_secrets_json, :retry_config_json, :filters_json, :created_at, :updated_at,
-    :last_triggered_at, :disabled_reason, :consecutive_failures, :failing_since,
-    :last_success_at, :client_cert, :client_key, :ordered)
-ON CONFLICT DO NOTHING
-RETURNING id;
-
--- name: endpoint_exists
-SELECT id FROM kmsg_webhook_endpoints WHERE id = :id;
-
--- name: endpoint_url_owner
--- Which other endpoint uses this URL?
-SELECT id FROM kmsg_webhook_endpoints WHERE url = :url AND id <> :id;
-
--- name: endpoint_update
--- Replace an endpoint's fields unless another endpoint holds its URL; returns the id if done.
--- The health columns are left as stored (only the health queries write them), unless
--- :reset_health (re-enabling an endpoint) clears the failure counters.
-UPDATE kmsg_webhook_endpoints
-SET url = :url, name = :name, description = :description, status = :status,
-    events_json = :events_json, headers_json = :headers_json, secret = :secret,
-    previous_secrets_json = :previous_secrets_json, retry_config_json = :retry_config_json,
-    filters_json = :filters_json, created_at = :created_at, updated_at = :updated_at,
-    disabled_reason = :disabled_reason, client_cert = :client_cert, client_key = :client_key,
-    ordered = :ordered,
-    consecutive_failures = CASE WHEN :reset_health THEN 0 ELSE consecutive_failures END,
-    failing_since = CASE WHEN :reset_health THEN NULL ELSE failing_since END
-WHERE id = :id
-  AND NOT EXISTS (SELECT 1 FROM kmsg_webhook_endpoints AS other
-                  WHERE other.url = :url AND other.id <> :id)
-RETURNING id;
+-- name: where_ids
+-- Filter fragment: the id is one of the JSON array :ids.
+id IN (SELECT value FROM json_each(:ids))
 
 -- name: endpoint_rewrite_sealed
 -- Compare-and-set of an endpoint's sealed fields (JSON compared after json() normalisation);
@@ -222,74 +184,13 @@ WHERE id = :id
   AND client_key IS :expected_client_key
 RETURNING id;
 
--- name: endpoint_delete
--- Delete an endpoint; returns its id when it existed.
-DELETE FROM kmsg_webhook_endpoints WHERE id = :id RETURNING id;
-
--- name: endpoint_get
-SELECT * FROM kmsg_webhook_endpoints WHERE id = :id;
-
--- name: endpoint_list
--- All endpoints, most recently updated first.
-SELECT * FROM kmsg_webhook_endpoints ORDER BY updated_at DESC, id DESC;
-
--- name: endpoint_health_success
--- A success heals the endpoint's health counters.
-UPDATE kmsg_webhook_endpoints
-SET consecutive_failures = 0, failing_since = NULL, last_success_at = :at
-WHERE id = :id
-RETURNING *;
-
--- name: endpoint_health_failure
--- Failures add up; the failing period starts at the first one.
-UPDATE kmsg_webhook_endpoints
-SET consecutive_failures = consecutive_failures + :failures,
-    failing_since = coalesce(failing_since, :at)
-WHERE id = :id
-RETURNING *;
-
 -- name: release_deliveries
--- Give back the leases :worker_id holds on the ids in the JSON array :ids.
+-- Give back the leases :worker_id holds on the ids in the JSON array :ids; returns when the
+-- released rows are due.
 UPDATE kmsg_webhook_deliveries
 SET lease_owner = NULL, lease_expires_at = NULL
-WHERE lease_owner = :worker_id AND id IN (SELECT value FROM json_each(:ids));
-
--- name: delivery_get
-SELECT * FROM kmsg_webhook_deliveries WHERE id = :id;
-
--- name: delivery_list
--- A page of deliveries matching {where}, newest first; ? is the page size.
-SELECT * FROM kmsg_webhook_deliveries{where} ORDER BY created_at DESC, id DESC LIMIT ?;
-
--- name: delivery_stats
--- Counts by status, attempts and mean last-attempt latency of the rows matching {where}.
-SELECT count(*) AS total,
-       coalesce(sum(status = 'pending'), 0) AS pending,
-       coalesce(sum(status = 'success'), 0) AS success,
-       coalesce(sum(status = 'failed'), 0) AS failed,
-       coalesce(sum(status = 'exhausted'), 0) AS exhausted,
-       coalesce(sum(attempt_count), 0) AS total_attempts,
-       avg(last_latency_ms) AS average_latency_ms
-FROM kmsg_webhook_deliveries{where};
-
--- name: delivery_stats_by_type
--- Counts by event type of the rows matching {where}.
-SELECT event_type, count(*) AS n FROM kmsg_webhook_deliveries{where} GROUP BY event_type;
-
--- name: queue_stats
--- Pending rows at :now: due and claimable, scheduled later, under a live lease.
-SELECT coalesce(sum(due), 0) AS due, coalesce(sum(later), 0) AS scheduled,
-       coalesce(sum(leased), 0) AS leased,
-       min(CASE WHEN due THEN next_attempt_at END) AS oldest_due_at,
-       min(CASE WHEN later THEN next_attempt_at END) AS next_due_at
-FROM (SELECT next_attempt_at,
-             (lease_expires_at IS NOT NULL AND lease_expires_at > :now) AS leased,
-             ((lease_expires_at IS NULL OR lease_expires_at <= :now)
-              AND next_attempt_at <= :now) AS due,
-             ((lease_expires_at IS NULL OR lease_expires_at <= :now)
-              AND next_attempt_at > :now) AS later
-      FROM kmsg_webhook_deliveries
-      WHERE status = 'pending');
+WHERE lease_owner = :worker_id AND id IN (SELECT value FROM json_each(:ids))
+RETURNING next_attempt_at;
 
 -- name: finished_tallies
 -- Rows finished from :since to :now, by finished status, per epoch minute (kind 'minute') and per
@@ -308,47 +209,3 @@ FROM (SELECT 'minute' AS kind, completed_at / 60000 AS key, status
       FROM kmsg_webhook_deliveries
       WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now)
 GROUP BY kind, key;
-
--- name: latency_percentiles
--- Last-attempt latencies of the newest :sample rows finished in the window, at the nearest-rank
--- positions of p50, p95 and p99, with the sample count.
-SELECT samples, position, latency
-FROM (SELECT latency, row_number() OVER (ORDER BY latency) AS position,
-             count(*) OVER () AS samples
-      FROM (SELECT last_latency_ms AS latency
-            FROM kmsg_webhook_deliveries
-            WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now
-              AND last_latency_ms IS NOT NULL
-            ORDER BY completed_at DESC
-            LIMIT :sample))
-WHERE position IN ((50 * samples + 99) / 100, (95 * samples + 99) / 100,
-                   (99 * samples + 99) / 100);
-
--- name: requeue
--- Put finished rows matching {where} back to pending, due at ? (attempts kept).
-UPDATE kmsg_webhook_deliveries
-SET status = 'pending', next_attempt_at = ?, completed_at = NULL,
-    lease_owner = NULL, lease_expires_at = NULL{where};
-
--- name: purge
--- Delete finished rows created before :before.
-DELETE FROM kmsg_webhook_deliveries WHERE status <> 'pending' AND created_at < :before;
-
--- name: purge_finished
--- Delete up to :limit rows of :status created before :before, oldest first (retention).
-DELETE FROM kmsg_webhook_deliveries
-WHERE id IN (SELECT id FROM kmsg_webhook_deliveries
-             WHERE status = :status AND created_at < :before
-             ORDER BY created_at, id
-             LIMIT :limit);
-
--- name: scan
--- Up to :limit rows with an id after :after ('' for the start), in id order.
-SELECT * FROM kmsg_webhook_deliveries WHERE id > :after ORDER BY id LIMIT :limit;
-
--- name: rewrite_payload
--- Set the payload and lookup hashes while the stored payload is still :expected.
-UPDATE kmsg_webhook_deliveries
-SET payload = :payload, to_hash = :to_hash, from_hash = :from_hash
-WHERE id = :id AND payload = :expected
-RETURNING id;
