@@ -11,11 +11,12 @@ one JSON-array parameter and expanded with ``json_each``, so they never count ag
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..rows import dumps, to_millis
+from ..sqlbind import Where
 from ..sqlfiles import TableNames, queries, render, without_comments
 from .client import D1Statement, D1Value
 
@@ -26,10 +27,11 @@ NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 @dataclass(frozen=True, slots=True)
 class D1Query:
     """A query whose ``:name`` parameters are numbered ``?1``, ``?2``... in order of first use
-    (``names``; empty when it binds ``?`` parameters by position)."""
+    (``names``); ``named`` is its text before numbering, for a ``{where}`` to fill in."""
 
     sql: str
     names: tuple[str, ...]
+    named: str
 
     @classmethod
     def of(cls, sql: str) -> D1Query:
@@ -41,16 +43,19 @@ class D1Query:
                 names.append(match[1])
             return f"?{names.index(match[1]) + 1}"
 
-        return cls(NAMED_PARAMETER.sub(number, without_comments(sql)).strip(), tuple(names))
+        named = without_comments(sql).strip()
+        return cls(NAMED_PARAMETER.sub(number, named), tuple(names), named)
 
     def bind(self, values: Mapping[str, object] | None = None, **named: object) -> D1Statement:
         """The statement with its parameters bound by name from ``values`` and keywords."""
         given = {**(values or {}), **named}
         return D1Statement(self.sql, tuple(d1_value(given[name]) for name in self.names))
 
-    def positional(self, params: Sequence[D1Value], *, where: str = "") -> D1Statement:
-        """The statement with ``?`` parameters, ``{where}`` replaced by a filter clause."""
-        return D1Statement(self.sql.replace("{where}", where), tuple(params))
+    def filtered(self, where: Where, values: Mapping[str, object] | None = None) -> D1Statement:
+        """The statement with ``{where}`` filled in and every parameter bound by name."""
+        return D1Query.of(self.named.replace("{where}", where.sql)).bind(
+            {**where.params, **(values or {})}
+        )
 
 
 def d1_value(value: object) -> D1Value:
@@ -69,18 +74,3 @@ def load_queries(names: TableNames, family: str = "") -> dict[str, D1Query]:
     """The SQLite queries of ``queries/[<family>.]sqlite.sql`` by name, rendered for ``names``,
     ready to bind on D1."""
     return {name: D1Query.of(render(sql, names)) for name, sql in queries("sqlite", family).items()}
-
-
-@dataclass(frozen=True, slots=True)
-class Where:
-    """A WHERE clause (empty, or starting with `` WHERE``) and its parameters."""
-
-    sql: str
-    params: tuple[object, ...]
-
-    @staticmethod
-    def of(clauses: Sequence[tuple[str, Sequence[object]]]) -> Where:
-        if not clauses:
-            return Where("", ())
-        sql = " WHERE " + " AND ".join(c for c, _ in clauses)
-        return Where(sql, tuple(p for _, ps in clauses for p in ps))

@@ -35,19 +35,20 @@ from ...models import (
 )
 from ..protocol import (
     DEFAULT_MAX_STORED_ATTEMPTS,
-    Tally,
     WebhookPersistence,
     decode_cursor,
     encode_cursor,
     endpoint_outcomes,
+    finished_tallies,
     latency_percentiles,
     minute_counts,
     with_added_columns,
 )
-from ..rows import attempt_to_json, ceil_millis, dumps, from_millis, to_millis
+from ..rows import SEALED_COLUMNS, attempt_to_json, ceil_millis, dumps, from_millis, to_millis
+from ..sqlbind import SQLITE, Where, delivery_where
 from ..sqlfiles import TableNames
 from .client import D1Client, D1Result, D1Statement, D1Value
-from .queries import D1Query, Where, load_queries
+from .queries import D1Query, load_queries
 from .rows import (
     delivery_from_row,
     delivery_params,
@@ -96,15 +97,6 @@ def _queries(t: D1Tables) -> dict[str, D1Query]:
 
 async def _run(client: D1Client, statement: D1Statement) -> D1Result:
     return await client.query(statement.sql, statement.params)
-
-
-def _params(values: Sequence[object]) -> tuple[D1Value, ...]:
-    out: list[D1Value] = []
-    for v in values:
-        if v is not None and not isinstance(v, str | int | float):
-            raise TypeError(f"cannot bind {type(v).__name__}")
-        out.append(v)
-    return tuple(out)
 
 
 def _delivery(row: dict[str, Any]) -> WebhookDelivery:
@@ -242,8 +234,22 @@ class D1DeliveryStore:
         self._client = client
         self._t = tables
         self._q = _queries(tables)
+        self._fragments = {
+            name: q.named for name, q in self._q.items() if name.startswith("where_")
+        }
         self._gate = gate
         self._max_attempts = max_stored_attempts
+
+    def _where(
+        self,
+        f: DeliveryFilter,
+        *,
+        finished: bool = False,
+        ids: Sequence[str] | None = None,
+        before: tuple[datetime, str] | None = None,
+    ) -> Where:
+        """``f`` as a WHERE clause from the SQLite ``where_*`` fragments (``stores/sqlbind.py``)."""
+        return delivery_where(self._fragments, f, SQLITE, finished=finished, ids=ids, before=before)
 
     @property
     def client(self) -> D1Client:
@@ -381,22 +387,13 @@ class D1DeliveryStore:
     async def list(
         self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
     ) -> DeliveryPage:
-        clauses = _filter_clauses(filter)
-        if cursor is not None:
-            created, last_id = decode_cursor(cursor)
-            stamp = to_millis(created)
-            clauses.append(
-                ("(created_at < ? OR (created_at = ? AND id < ?))", (stamp, stamp, last_id))
-            )
+        before = decode_cursor(cursor) if cursor is not None else None
         if limit <= 0:
             return DeliveryPage(items=(), next_cursor=None)
         await self._gate.ready()
-        where = Where.of(clauses)
+        where = self._where(filter, before=before)
         result = await _run(
-            self._client,
-            self._q["delivery_list"].positional(
-                _params((*where.params, limit + 1)), where=where.sql
-            ),
+            self._client, self._q["delivery_list"].filtered(where, {"limit": limit + 1})
         )
         rows = [_delivery(row) for row in result.rows]
         page = rows[:limit]
@@ -407,12 +404,11 @@ class D1DeliveryStore:
 
     async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
         await self._gate.ready()
-        where = Where.of(_filter_clauses(filter))
-        params = _params(where.params)
+        where = self._where(filter)
         totals, by_type = await self._client.batch(
             [
-                self._q["delivery_stats"].positional(params, where=where.sql),
-                self._q["delivery_stats_by_type"].positional(params, where=where.sql),
+                self._q["delivery_stats"].filtered(where),
+                self._q["delivery_stats_by_type"].filtered(where),
             ]
         )
         row: dict[str, Any] = totals.rows[0] if totals.rows else {}
@@ -454,11 +450,11 @@ class D1DeliveryStore:
         return DeliveryActivity(
             since=since,
             now=now,
-            per_minute=minute_counts(_tallies(tallies.rows, "minute")),
+            per_minute=minute_counts(finished_tallies(tallies.rows, "minute")),
             latency=latency_percentiles(
                 samples, {int(r["position"]): float(r["latency"]) for r in picks.rows}
             ),
-            by_endpoint=endpoint_outcomes(_tallies(tallies.rows, "endpoint")),
+            by_endpoint=endpoint_outcomes(finished_tallies(tallies.rows, "endpoint")),
         )
 
     # -- maintenance ----------------------------------------------------------------------------
@@ -469,16 +465,9 @@ class D1DeliveryStore:
         if ids is not None and not ids:
             return 0
         await self._gate.ready()
-        clauses: list[tuple[str, Sequence[object]]] = [("status <> 'pending'", ())]
-        clauses += _filter_clauses(filter)
-        if ids is not None:
-            clauses.append(("id IN (SELECT value FROM json_each(?))", (_json_list(ids),)))
-        where = Where.of(clauses)
+        where = self._where(filter, finished=True, ids=ids)
         result = await _run(
-            self._client,
-            self._q["requeue"].positional(
-                _params((to_millis(now), *where.params)), where=where.sql
-            ),
+            self._client, self._q["requeue"].filtered(where, {"now": to_millis(now)})
         )
         return result.changes
 
@@ -532,38 +521,7 @@ class D1DeliveryStore:
 def _sealed_values(endpoint: WebhookEndpoint) -> dict[str, D1Value]:
     """An endpoint's sealed fields as stored: ``secret``, the two JSON columns, ``client_key``."""
     values = endpoint_values(endpoint)
-    return {c: values[c] for c in ("secret", "previous_secrets_json", "headers_json", "client_key")}
-
-
-def _tallies(rows: Sequence[dict[str, Any]], kind: str) -> list[Tally]:
-    """The activity aggregates of one kind: the key and the counts of the finished statuses."""
-    return [
-        (row["key"], int(row["success"] or 0), int(row["failed"] or 0), int(row["exhausted"] or 0))
-        for row in rows
-        if row["kind"] == kind
-    ]
-
-
-def _filter_clauses(f: DeliveryFilter) -> list[tuple[str, Sequence[object]]]:
-    clauses: list[tuple[str, Sequence[object]]] = []
-    if f.endpoint_id is not None:
-        clauses.append(("endpoint_id = ?", (f.endpoint_id,)))
-    if f.event_type is not None:
-        clauses.append(("event_type = ?", (f.event_type.value,)))
-    if f.event_id is not None:
-        clauses.append(("event_id = ?", (f.event_id,)))
-    if f.statuses:
-        statuses = [s.value for s in f.statuses]
-        clauses.append(("status IN (SELECT value FROM json_each(?))", (_json_list(statuses),)))
-    if f.created_after is not None:
-        clauses.append(("created_at >= ?", (ceil_millis(f.created_after),)))
-    if f.created_before is not None:
-        clauses.append(("created_at < ?", (ceil_millis(f.created_before),)))
-    if f.to_hash is not None:
-        clauses.append(("to_hash = ?", (f.to_hash,)))
-    if f.from_hash is not None:
-        clauses.append(("from_hash = ?", (f.from_hash,)))
-    return clauses
+    return {c: values[c] for c in SEALED_COLUMNS}
 
 
 def create_d1_persistence(
