@@ -45,7 +45,7 @@ from ..protocol import (
     with_added_columns,
 )
 from ..rows import SEALED_COLUMNS, attempt_to_json, ceil_millis, dumps, from_millis, to_millis
-from ..sqlbind import SQLITE, Where, delivery_where
+from ..sqlbind import SQLITE, delivery_where
 from ..sqlfiles import TableNames
 from .client import D1Client, D1Result, D1Statement, D1Value
 from .queries import D1Query, load_queries
@@ -240,17 +240,6 @@ class D1DeliveryStore:
         self._gate = gate
         self._max_attempts = max_stored_attempts
 
-    def _where(
-        self,
-        f: DeliveryFilter,
-        *,
-        finished: bool = False,
-        ids: Sequence[str] | None = None,
-        before: tuple[datetime, str] | None = None,
-    ) -> Where:
-        """``f`` as a WHERE clause from the SQLite ``where_*`` fragments (``stores/sqlbind.py``)."""
-        return delivery_where(self._fragments, f, SQLITE, finished=finished, ids=ids, before=before)
-
     @property
     def client(self) -> D1Client:
         """The D1 client (its ``round_trips`` counts requests, for benchmarks)."""
@@ -391,7 +380,7 @@ class D1DeliveryStore:
         if limit <= 0:
             return DeliveryPage(items=(), next_cursor=None)
         await self._gate.ready()
-        where = self._where(filter, before=before)
+        where = delivery_where(self._fragments, filter, SQLITE, before=before)
         result = await _run(
             self._client, self._q["delivery_list"].filtered(where, {"limit": limit + 1})
         )
@@ -404,7 +393,7 @@ class D1DeliveryStore:
 
     async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
         await self._gate.ready()
-        where = self._where(filter)
+        where = delivery_where(self._fragments, filter, SQLITE)
         totals, by_type = await self._client.batch(
             [
                 self._q["delivery_stats"].filtered(where),
@@ -465,7 +454,7 @@ class D1DeliveryStore:
         if ids is not None and not ids:
             return 0
         await self._gate.ready()
-        where = self._where(filter, finished=True, ids=ids)
+        where = delivery_where(self._fragments, filter, SQLITE, finished=True, ids=ids)
         result = await _run(
             self._client, self._q["requeue"].filtered(where, {"now": to_millis(now)})
         )

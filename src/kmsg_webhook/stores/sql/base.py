@@ -307,17 +307,6 @@ class SqlDatabase(ABC):
         """The named query of ``queries/*.sql`` for SQLAlchemy, ``{where}`` filled in."""
         return sa.text(self.sql[name].replace("{where}", "" if where is None else where.sql))
 
-    def where(
-        self,
-        f: DeliveryFilter,
-        *,
-        finished: bool = False,
-        ids: Sequence[str] | None = None,
-        before: tuple[datetime, str] | None = None,
-    ) -> Where:
-        """``f`` as a WHERE clause from the ``where_*`` fragments (see ``stores/sqlbind.py``)."""
-        return delivery_where(self.sql, f, self.binding, finished=finished, ids=ids, before=before)
-
     def _is_disconnect(self, exc: BaseException) -> bool:
         return is_transient(exc)
 
@@ -694,7 +683,7 @@ class SqlDeliveryStore:
         position = decode_cursor(cursor) if cursor is not None else None
         if limit <= 0:
             return DeliveryPage(items=(), next_cursor=None)
-        where = db.where(filter, before=position)
+        where = delivery_where(db.sql, filter, db.binding, before=position)
         query = db.query("delivery_list", where)
         params = {**where.params, "limit": limit + 1}
 
@@ -710,7 +699,7 @@ class SqlDeliveryStore:
 
     async def stats(self, filter: DeliveryFilter) -> DeliveryStats:
         db = self._db
-        where = db.where(filter)
+        where = delivery_where(db.sql, filter, db.binding)
         totals = db.query("delivery_stats", where)
         by_type = db.query("delivery_stats_by_type", where)
 
@@ -777,7 +766,7 @@ class SqlDeliveryStore:
         if ids is not None and not ids:
             return 0
         db = self._db
-        where = db.where(filter, finished=True, ids=ids)
+        where = delivery_where(db.sql, filter, db.binding, finished=True, ids=ids)
         query = db.query("requeue", where)
         params = {**where.params, "now": db.binding.stamp(now)}
 
