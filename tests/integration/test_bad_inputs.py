@@ -368,7 +368,7 @@ async def test_aiosqlite_debug_records_keep_the_statement_without_its_parameters
     inserts = [
         r.getMessage()
         for r in debug_logs.records
-        if r.name == "aiosqlite" and "INSERT INTO kmsg_webhook_endpoints" in r.getMessage()
+        if r.name == "aiosqlite" and 'INSERT INTO "kmsg_webhook_endpoints"' in r.getMessage()
     ]
     assert inserts and all("<parameters hidden>" in m for m in inserts)
     assert endpoint.secret and endpoint.secret not in debug_logs.text()
