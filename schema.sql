@@ -1,4 +1,4 @@
--- kmsg-webhook schema, postgresql, version 8: migrations 0001 to 0008, then their version rows.
+-- kmsg-webhook schema, postgresql, version 9: migrations 0001 to 0009, then their version rows.
 
 -- 0001 initial: endpoints, the delivery outbox and the schema-version table (PostgreSQL).
 --
@@ -225,6 +225,15 @@ CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_jobs_due
 CREATE INDEX IF NOT EXISTS idx_kmsg_webhook_message_jobs_batch
     ON "kmsg_webhook_message_jobs" (batch_id) WHERE batch_id IS NOT NULL;
 
+-- 0009 endpoint due index: each endpoint's pending rows, oldest due first (PostgreSQL).
+--
+-- A claim that leaves saturated endpoints alone reads the due rows of every other endpoint
+-- through this index (a few of each, earliest first) instead of walking the due index past
+-- the rows it must leave, so its cost does not grow with their backlog.
+
+CREATE INDEX "idx_kmsg_webhook_deliveries_endpoint_due"
+    ON "kmsg_webhook_deliveries" (endpoint_id, next_attempt_at, id) WHERE status = 'pending';
+
 INSERT INTO "kmsg_webhook_schema_version" (scope, version, description)
 VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 2, 'lookup_hashes'),
@@ -233,4 +242,5 @@ VALUES ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 1, 'initial'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 5, 'endpoint_verification'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 6, 'ordered_delivery'),
        ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 7, 'message_tracking'),
-       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 8, 'message_jobs');
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 8, 'message_jobs'),
+       ('kmsg_webhook_endpoints,kmsg_webhook_deliveries', 9, 'endpoint_due');
