@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 
 from kmsg_webhook import (
@@ -25,7 +26,7 @@ from kmsg_webhook import (
 
 # The D1 engine's fixtures (support/d1.py) are available to every test.
 from support.d1 import fake_d1, faulty_d1, local_d1  # noqa: F401
-from support.runtime import EventFactory, RuntimeFactory, WaitUntil
+from support.runtime import EventFactory, RuntimeFactory, WaitUntil, guarded_session
 from support.servers import Receiver, recording_receiver
 from support.stores import BACKENDS
 
@@ -64,14 +65,36 @@ async def gate(receiver: Receiver) -> AsyncIterator[asyncio.Event]:
         await asyncio.sleep(0)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_transports: run make_runtime tests per transport")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked ``BOTH_TRANSPORTS`` (support/runtime.py) run per transport."""
+    if "sender_transport" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_transports"
+    ):
+        metafunc.parametrize("sender_transport", ["lean", "aiohttp"])
+
+
 @pytest.fixture
-async def make_runtime(receiver: Receiver, gate: asyncio.Event) -> AsyncIterator[RuntimeFactory]:
+def sender_transport() -> str:
+    """How runtimes from ``make_runtime`` send, unless a test gives its own session or
+    transport: ``lean`` (the runtime's default) or ``aiohttp``."""
+    return "lean"
+
+
+@pytest.fixture
+async def make_runtime(
+    receiver: Receiver, gate: asyncio.Event, sender_transport: str
+) -> AsyncIterator[RuntimeFactory]:
     """Build started runtimes; each is shut down at teardown (before the receiver stops).
 
     Defaults: ``WebhookConfig(jitter=False)`` and ``SecurityOptions(allow_private_hosts=True)``
     so the 127.0.0.1 ``receiver`` is reachable. Other keyword arguments go to the runtime.
     """
     made: list[WebhookRuntimeService] = []
+    sessions: list[aiohttp.ClientSession] = []
 
     async def make(
         config: WebhookConfig | None = None,
@@ -79,10 +102,12 @@ async def make_runtime(receiver: Receiver, gate: asyncio.Event) -> AsyncIterator
         security: SecurityOptions | None = None,
         **kwargs: Any,
     ) -> WebhookRuntimeService:
+        security = security or SecurityOptions(allow_private_hosts=True)
+        if sender_transport == "aiohttp" and not {"session", "transport"} & kwargs.keys():
+            kwargs["session"] = guarded_session(security, kwargs.pop("resolver", None))
+            sessions.append(kwargs["session"])
         runtime = WebhookRuntimeService(
-            config or WebhookConfig(jitter=False),
-            security=security or SecurityOptions(allow_private_hosts=True),
-            **kwargs,
+            config or WebhookConfig(jitter=False), security=security, **kwargs
         )
         made.append(runtime)
         await runtime.start()
@@ -94,6 +119,8 @@ async def make_runtime(receiver: Receiver, gate: asyncio.Event) -> AsyncIterator
         gate.set()
         for runtime in reversed(made):
             await asyncio.wait_for(runtime.shutdown(), 30)
+        for session in sessions:
+            await session.close()
 
 
 @pytest.fixture

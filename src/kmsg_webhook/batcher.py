@@ -32,7 +32,7 @@ class GroupCommit(Generic[T]):
 
     def __init__(
         self,
-        write: Callable[[Sequence[T]], Awaitable[None]],
+        write: Callable[[Sequence[T]], Awaitable[object]],
         *,
         max_batch: int,
         max_wait_s: float,

@@ -352,7 +352,10 @@ class Dispatcher:
         waiting = [r for r in written if r.id in inserted and r.lease_owner is None]
         if waiting:
             self.wake()
-        results = await asyncio.gather(*(self._attempt(d) for d in now_rows))
+        if len(now_rows) == 1:  # emit_sync to one endpoint: no task and gather for one send
+            results = [await self._attempt(now_rows[0])]
+        else:
+            results = await asyncio.gather(*(self._attempt(d) for d in now_rows))
         await self._write_results(results)
         sent = [
             apply_outcome(d, r.outcome, max_stored_attempts=len(d.attempts) + 1)

@@ -29,6 +29,17 @@ class PayloadTooLargeError(InvalidEventError):
         self.limit = limit
 
 
+class InvalidBatchError(InvalidEventError):
+    """One event of an :meth:`~kmsg_webhook.WebhookRuntimeService.emit_many` call is invalid;
+    nothing of the call was stored. ``index`` is its position, ``event_id`` its id, and the
+    event's own error is the ``__cause__``."""
+
+    def __init__(self, index: int, event_id: str, error: InvalidEventError) -> None:
+        super().__init__(f"events[{index}] (id {event_id!r}): {error}; nothing was stored")
+        self.index = index
+        self.event_id = event_id
+
+
 class InvalidArgumentError(WebhookError, TypeError):
     """A public call got an argument of the wrong type (an ``emit`` of a dict, a store of 5)."""
 

@@ -485,6 +485,21 @@ class ProbeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EmitResult:
+    """What :meth:`WebhookRuntimeService.emit_many` stored for one event.
+
+    ``stored`` deliveries were written by the call, one per matching endpoint; the
+    ``already_stored`` others existed for this event id (an event emitted again, or twice in
+    the call) and were not written again. Both are 0 for an event no endpoint takes (or of a
+    type outside ``config.enabled_events``).
+    """
+
+    event_id: str
+    stored: int
+    already_stored: int
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointVerification:
     """Outcome of :meth:`WebhookRuntimeService.verify_endpoint`: one challenge, not retried.
 

@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 
 from .clock import Clock
-from .errors import ConfigError
+from .errors import ConfigError, EndpointUrlError
 from .hooks import DeliveryHooks, EndpointStatusEvent, SettledEvent
 from .ids import new_id
 from .models import DeliveryStatus
 from .signing import SignatureScheme, Signer
+from .transport import Target, Transport, TransportError
 
 logger = logging.getLogger("kmsg_webhook.operational")
 
@@ -89,12 +89,16 @@ class OperationalNotifier:
     def __init__(
         self,
         target: OperationalWebhook,
-        session: aiohttp.ClientSession,
+        transport: Transport,
+        destination: Target,
         scheme: SignatureScheme,
         clock: Clock,
     ) -> None:
+        """``destination`` is ``target.url`` as checked by the URL policy, with the headers
+        every message carries."""
         self._target = target
-        self._session = session
+        self._transport = transport
+        self._destination = destination
         self._signer = Signer(target.secret, scheme)
         self._clock = clock
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(_QUEUE_LIMIT)
@@ -173,19 +177,18 @@ class OperationalNotifier:
             headers = self._signer.headers(
                 msg_id=message_id, timestamp=int(time.time()), body=body, event_type=kind
             )
-            headers["content-type"] = "application/json"
             try:
-                async with self._session.post(
-                    target.url,
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=target.timeout_ms / 1000),
-                ) as response:
-                    if 200 <= response.status < 300:
-                        return
-                    error = f"HTTP {response.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                response = await self._transport.post(
+                    self._destination,
+                    headers,
+                    body,
+                    time_limit=target.timeout_ms / 1000,
+                    max_body_bytes=0,
+                )
+                if 200 <= response.status < 300:
+                    return
+                error = f"HTTP {response.status}"
+            except (TransportError, EndpointUrlError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             if attempt < target.max_attempts:
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))

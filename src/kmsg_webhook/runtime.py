@@ -41,7 +41,9 @@ from .errors import (
     EndpointNotFoundError,
     FlushTimeoutError,
     InvalidArgumentError,
+    InvalidBatchError,
     InvalidEndpointError,
+    InvalidEventError,
     MissingKeysError,
     PayloadTooLargeError,
     RuntimeClosedError,
@@ -54,6 +56,7 @@ from .models import (
     DeliveryFilter,
     DeliveryPage,
     DeliveryStatus,
+    EmitResult,
     EndpointFilters,
     EndpointHealth,
     EndpointInput,
@@ -72,7 +75,7 @@ from .models import (
 from .operational import OperationalNotifier
 from .preflight import refused_endpoints
 from .retention import Retention
-from .sender import Sender, close_session_gracefully, fixed_headers
+from .sender import Sender, fixed_headers
 from .signing import generate_secret
 from .stores.protocol import (
     DeliveryStore,
@@ -82,6 +85,8 @@ from .stores.protocol import (
     require_complete,
 )
 from .stores.sealed import FieldCryptoOption, Sealing
+from .tls import trust_context
+from .transport import AiohttpTransport, LeanTransport, Target, Transport
 from .urlguard import GuardedResolver
 
 logger = logging.getLogger("kmsg_webhook.runtime")
@@ -107,10 +112,12 @@ class WebhookRuntimeService:
     ``await shutdown()``); any call starts it lazily too. ``persistence`` is a
     :class:`WebhookPersistence` or a store URL (``memory://``, ``sqlite:///path.db``,
     ``postgresql://…``, ``d1://…``); when omitted, ``KMSG_WEBHOOK_STORE_URL`` decides, else
-    memory. ``session`` and ``resolver`` are seams: pass your own aiohttp session (its
-    connector then decides DNS; our URL check still runs before each send) or a resolver that
-    the connect-time private-address guard wraps. ``dispatch=False`` makes an intake-only
-    runtime (deliveries are sent by workers elsewhere).
+    memory. Deliveries go out through a :class:`~kmsg_webhook.transport.LeanTransport` of the
+    runtime's own; ``resolver`` is a seam its connect-time private-address guard wraps.
+    ``session`` sends them through your aiohttp session instead (proxies; its connector then
+    decides DNS, our URL check still runs before each send), and ``transport`` through any
+    :class:`~kmsg_webhook.transport.Transport`; either is yours to close. ``dispatch=False``
+    makes an intake-only runtime (deliveries are sent by workers elsewhere).
 
     ``field_crypto`` (a :class:`~kmsg_webhook.crypto.FieldCryptoConfig`) protects what is
     stored: endpoint secrets and header values, payloads, phone numbers in payloads (see
@@ -136,6 +143,7 @@ class WebhookRuntimeService:
         delivery_store: DeliveryStore | None = None,
         security: SecurityOptions | None = None,
         session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
         resolver: AbstractResolver | None = None,
         clock: Clock | None = None,
         worker_id: str | None = None,
@@ -167,11 +175,13 @@ class WebhookRuntimeService:
             self._check_url(self.config.operational_webhook.url)
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or new_id("worker")
-        self._given_session = session
+        if session is not None and transport is not None:
+            raise ConfigError("pass session or transport, not both")
+        self._given_transport = AiohttpTransport(session) if session is not None else transport
         self._resolver = resolver
         self._dispatch_enabled = dispatch
         self._rng = rng
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: Transport | None = None
         self._sender: Sender | None = None
         self._dispatcher: Dispatcher | None = None
         self._intake: GroupCommit[_Encoded] | None = None
@@ -195,7 +205,7 @@ class WebhookRuntimeService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Initialise persistence, open the HTTP session and start the dispatcher (idempotent).
+        """Initialise persistence, open the transport and start the dispatcher (idempotent).
 
         A dispatching runtime first checks the store: without field crypto, sealed values are a
         :class:`~kmsg_webhook.errors.MissingKeysError` (the store is closed again), and each
@@ -217,15 +227,8 @@ class WebhookRuntimeService:
                     if self.persistence.close is not None:
                         await self.persistence.close()
                     raise
-            session = self._given_session or self._new_session()
-            self._session = session
-            sender = self._sender = Sender(
-                session,
-                self.config,
-                self.security,
-                self.clock,
-                session_sends_fixed_headers=self._given_session is None,
-            )
+            transport = self._transport = self._given_transport or self._new_transport()
+            sender = self._sender = Sender(transport, self.config, self.security, self.clock)
             self._dispatcher = Dispatcher(
                 self._sealing,
                 sender,
@@ -238,8 +241,13 @@ class WebhookRuntimeService:
             )
             operational = self.config.operational_webhook
             if operational is not None:
+                destination = Target.from_url(
+                    self.security.check(operational.url),
+                    fixed_headers(self.config),
+                    ssl_context=trust_context(self.config.ssl),
+                )
                 self._notifier = OperationalNotifier(
-                    operational, session, self.config.signature_scheme, self.clock
+                    operational, transport, destination, self.config.signature_scheme, self.clock
                 )
                 self._hooks.add(self._notifier.hooks)
                 self._notifier.start()
@@ -289,14 +297,14 @@ class WebhookRuntimeService:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> None:
         """Flush (store what was emitted and, when this runtime dispatches, send what is due),
-        stop the dispatcher (in-flight attempts finish and are recorded), close the HTTP session
+        stop the dispatcher (in-flight attempts finish and are recorded), close the transport
         (if we opened it) and the store. Safe to call twice.
 
         ``drain=False`` skips sending what is due (a worker stopping on SIGTERM with a backlog):
         emitted events are still stored, and claimed but unsent deliveries are given back.
         ``timeout`` (seconds) bounds the graceful part; when it runs out, or when shutdown is
         cancelled, attempts in flight are cancelled and their rows given back (claimable at
-        once), then the session and store close.
+        once), then the transport and store close.
         """
         if self._closed:
             return
@@ -305,8 +313,8 @@ class WebhookRuntimeService:
             if self._started:
                 await self._stop_dispatching(drain=drain, grace_s=timeout)
         finally:
-            if self._given_session is None and self._session is not None:
-                await close_session_gracefully(self._session)
+            if self._given_transport is None and self._transport is not None:
+                await self._transport.aclose()
             if self.persistence.close is not None:
                 await self.persistence.close()
 
@@ -381,26 +389,18 @@ class WebhookRuntimeService:
                 error,
             )
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_transport(self) -> Transport:
         security = self.security
         resolver = GuardedResolver(
             self._resolver,
             allow_private_hosts=security.allow_private_hosts,
             allowed_networks=security.allowed_networks,
         )
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_concurrency,
-            limit_per_host=0,
+        # The dispatcher bounds concurrency; the pool only must not be the tighter limit.
+        return LeanTransport(
             resolver=resolver,
-            ttl_dns_cache=10,  # the guard re-checks every fresh answer
-        )
-        # No cookie jar: a receiver's cookies are never sent back with later deliveries.
-        return aiohttp.ClientSession(
-            connector=connector,
-            headers=fixed_headers(self.config),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            auto_decompress=True,
+            ssl_context=trust_context(self.config.ssl),
+            max_connections_per_origin=self.config.max_concurrency,
         )
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -691,6 +691,61 @@ class WebhookRuntimeService:
                 "is failing or slow); emit it again with the same id, nothing is stored twice"
             ) from None
 
+    async def emit_many(
+        self, events: Iterable[WebhookEvent], *, connection: object | None = None
+    ) -> list[EmitResult]:
+        """Store many events' deliveries in one store write, then return what each stored
+        (in the order given).
+
+        Each event is validated and encoded as :meth:`emit` does, all before anything is
+        written: one invalid event raises :class:`~kmsg_webhook.errors.InvalidBatchError`
+        naming its position, and nothing of the call is stored. Idempotency, the event types
+        outside ``config.enabled_events``, ``emit_timeout_s`` and ``connection`` (your
+        transaction) work as for :meth:`emit`; the write is not batched with other emits.
+        A call's rows go to the store in one call, so keep calls to thousands of events.
+        """
+        if isinstance(events, WebhookEvent) or not isinstance(events, Iterable):
+            raise InvalidArgumentError(
+                f"emit_many() takes an iterable of WebhookEvents, not {type(events).__name__}"
+            )
+        given = list(events)
+        for index, event in enumerate(given):
+            if not isinstance(event, WebhookEvent):
+                raise InvalidArgumentError(
+                    f"emit_many(): events[{index}] is a {type(event).__name__}, not a "
+                    "WebhookEvent (see WebhookEvent.from_wire)"
+                )
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down")
+        enabled = self.config.enabled_events
+        encoded: list[_Encoded] = []
+        for index, event in enumerate(given):
+            if event.type in enabled:
+                try:
+                    encoded.append(self._encode(event))
+                except InvalidEventError as exc:
+                    raise InvalidBatchError(index, event.id, exc) from exc
+        if not self._started:
+            await self.start()
+        written: list[EmitResult] = []
+        if encoded and connection is not None:
+            written = await self._write_events(encoded, connection=connection)
+        elif encoded:
+            try:
+                async with asyncio.timeout(self.emit_timeout_s):
+                    written = await self._write_events(encoded)
+            except TimeoutError:
+                raise EmitTimeoutError(
+                    f"{len(given)} events were not stored within {self.emit_timeout_s:g}s "
+                    "(the store is failing or slow); emit them again with the same ids, "
+                    "nothing is stored twice"
+                ) from None
+        results = iter(written)
+        return [
+            next(results) if event.type in enabled else EmitResult(event.id, 0, 0)
+            for event in given
+        ]
+
     async def emit_sync(self, event: WebhookEvent) -> list[WebhookDelivery]:
         """Store the event's deliveries and make their first attempt now; return them.
 
@@ -733,27 +788,33 @@ class WebhookRuntimeService:
 
     async def _write_events(
         self, events: Sequence[_Encoded], *, connection: object | None = None
-    ) -> None:
+    ) -> list[EmitResult]:
+        """Write the events' deliveries in one store call; what each stored, in order."""
         dispatcher = self._dispatcher
         assert dispatcher is not None  # built by start(), before any write
         now = self.clock.now()
         await self._endpoints.refresh()
         matching = self._endpoints.matching
-        rows = [
-            self._new_delivery(event, endpoint, payload, now)
-            for event, payload in events
-            for endpoint in matching(event)
-        ]
+        rows: list[WebhookDelivery] = []
+        ends: list[int] = []  # events[i]'s rows end at rows[ends[i]]
+        for event, payload in events:
+            rows.extend(
+                self._new_delivery(event, endpoint, payload, now) for endpoint in matching(event)
+            )
+            ends.append(len(rows))
         if not rows:
-            return
+            return [EmitResult(event.id, 0, 0) for event, _ in events]
         insert = self.persistence.delivery_store.insert_many  # seals them on the way in
+        inserted: list[str] = []
 
         async def write(rows: Sequence[WebhookDelivery]) -> list[str]:
-            return await insert(rows, connection=connection)
+            inserted.extend(await insert(rows, connection=connection))
+            return inserted
 
         # The dispatcher decides which rows it sends at once (written leased to it); rows in
         # a caller's transaction may never commit, so they wait for a claim.
         await dispatcher.hand_off(rows, write, leasable=connection is None)
+        return _results(events, ends, rows, None if len(inserted) == len(rows) else set(inserted))
 
     def _new_delivery(
         self, event: WebhookEvent, endpoint: WebhookEndpoint, payload: str, now: datetime
@@ -932,6 +993,24 @@ class WebhookRuntimeService:
             last_success_at=fresh.last_success_at,
             last_triggered_at=fresh.last_triggered_at,
         )
+
+
+def _results(
+    events: Sequence[_Encoded],
+    ends: Sequence[int],
+    rows: Sequence[WebhookDelivery],
+    inserted: set[str] | None,
+) -> list[EmitResult]:
+    """What each event stored: its rows, less those the store already held (``inserted``
+    ``None``: every row was new)."""
+    results = []
+    start = 0
+    for (event, _), end in zip(events, ends, strict=True):
+        count = end - start
+        new = count if inserted is None else sum(row.id in inserted for row in rows[start:end])
+        results.append(EmitResult(event.id, new, count - new))
+        start = end
+    return results
 
 
 def _resolve_persistence(

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
-import aiohttp
-from yarl import URL
-
-from .challenge import WEBHOOK_CHALLENGE, WEBHOOK_CHALLENGE_RESPONSE
+from .challenge import WEBHOOK_CHALLENGE
 from .clock import Clock
 from .config import SecurityOptions, WebhookConfig
 from .errors import EndpointUrlError, InvalidEndpointError, SigningError
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, build_attempt
 from .signing import RESERVED_HEADERS, SignatureScheme, Signer
 from .tls import client_context, trust_context
-from .transport.aiohttp import read_prefix
+from .transport import (
+    InvalidRequestError,
+    Target,
+    Transport,
+    TransportError,
+    TransportTimeoutError,
+)
 
 _PREPARED_CACHE_SIZE = 4096
+#: Why a request is refused before it leaves: retrying cannot help.
+_REFUSALS = (EndpointUrlError, SigningError, InvalidEndpointError, InvalidRequestError)
 #: The response header a receiver steers delivery with (Standard Webhooks proposal, Svix).
 WEBHOOK_DELIVERY = "webhook-delivery"
 
@@ -42,29 +45,25 @@ class AttemptResult:
 
 
 class Sender:
-    """Sends one attempt of a delivery over a shared aiohttp session."""
+    """Sends one attempt of a delivery through the runtime's transport."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         config: WebhookConfig,
         security: SecurityOptions,
         clock: Clock,
-        *,
-        session_sends_fixed_headers: bool = False,
     ) -> None:
-        self._session = session
+        self._transport = transport
         self._config = config
         self._security = security
         self._clock = clock
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
-        # Per request, so a caller's session trusts the same servers ours does.
-        self._ssl: ssl.SSLContext | bool = trust_context(config.ssl) or True
+        self._time_limit = config.timeout_ms / 1000
+        self._max_body_bytes = config.max_response_body_bytes
+        # On every target, so a caller's aiohttp session trusts the same servers ours does.
+        self._trust = trust_context(config.ssl)
         self._prepared: dict[str, _Prepared] = {}
-        # Our own session sends the fixed headers as its defaults: aiohttp merges per-request
-        # headers one by one in Python. A caller's session, whose defaults may change, gets
-        # them with every request.
-        self._fixed = {} if session_sends_fixed_headers else fixed_headers(config)
+        self._fixed = fixed_headers(config)
 
     async def send(self, endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> AttemptResult:
         """POST ``delivery.payload`` to the endpoint's current URL; never raises for I/O."""
@@ -77,7 +76,7 @@ class Sender:
                 prepared = self._prepare(endpoint, started_at)
             body = delivery.payload.encode()
             headers = self._headers(prepared, delivery, body, started_at)
-        except (EndpointUrlError, SigningError, InvalidEndpointError) as exc:
+        except _REFUSALS as exc:
             return _failed(attempt_number, started_at, t0, f"refused: {exc}", refused=True)
         return await self._exchange(prepared, body, headers, attempt_number, started_at, t0)
 
@@ -88,9 +87,9 @@ class Sender:
         t0 = time.perf_counter()
         try:
             prepared = self._prepare(endpoint, started_at)
-        except (EndpointUrlError, SigningError, InvalidEndpointError) as exc:
+        except _REFUSALS as exc:
             return _failed(1, started_at, t0, f"refused: {exc}", refused=True)
-        headers = {**prepared.base, WEBHOOK_CHALLENGE: challenge}
+        headers = {WEBHOOK_CHALLENGE: challenge}
         return await self._exchange(prepared, b"", headers, 1, started_at, t0, challenge=True)
 
     async def _exchange(
@@ -105,70 +104,55 @@ class Sender:
         challenge: bool = False,
     ) -> AttemptResult:
         try:
-            async with self._session.post(
-                prepared.url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeout,
-                ssl=prepared.tls,
-            ) as response:
-                limit = self._config.max_response_body_bytes
-                length = response.content_length
-                if length is not None and length <= limit:
-                    raw = await response.read()  # the usual small answer: one read
-                else:
-                    raw = await read_prefix(response.content, limit)
-                status = response.status
-                attempt = build_attempt(
-                    attempt_number=attempt_number,
-                    started_at=started_at,
-                    latency_ms=(time.perf_counter() - t0) * 1000,
-                    http_status=status,
-                    response_body=raw.decode("utf-8", errors="replace"),
-                    error=None if 200 <= status < 300 else _status_text(response),
-                )
-                answers = response.headers
-                return AttemptResult(
-                    attempt=attempt,
-                    retry_after=answers.get("Retry-After"),
-                    delivery_control=answers.get(WEBHOOK_DELIVERY),
-                    challenge_answer=answers.get(WEBHOOK_CHALLENGE_RESPONSE) if challenge else None,
-                )
-        except aiohttp.ClientConnectorDNSError as exc:
-            if isinstance(exc.os_error, EndpointUrlError):
-                return _failed(
-                    attempt_number, started_at, t0, f"refused: {exc.os_error}", refused=True
-                )
-            return _failed(attempt_number, started_at, t0, f"DNS lookup failed: {exc.os_error}")
-        except TimeoutError:
+            response = await self._transport.post(
+                prepared.target,
+                headers,
+                body,
+                time_limit=self._time_limit,
+                max_body_bytes=self._max_body_bytes,
+            )
+        except (EndpointUrlError, InvalidRequestError) as exc:
+            return _failed(attempt_number, started_at, t0, f"refused: {exc}", refused=True)
+        except TransportTimeoutError:
             result = _failed(
                 attempt_number, started_at, t0, f"timeout after {self._config.timeout_ms} ms"
             )
             result.timed_out = True
             return result
-        except (aiohttp.ClientError, OSError) as exc:
+        except TransportError as exc:
             return _failed(attempt_number, started_at, t0, f"{type(exc).__name__}: {exc}")
+        status = response.status
+        return AttemptResult(
+            attempt=_attempt(
+                attempt_number,
+                started_at,
+                t0,
+                None if 200 <= status < 300 else _status_text(status, response.reason),
+                status,
+                response.body.decode("utf-8", errors="replace"),
+            ),
+            retry_after=response.retry_after,
+            delivery_control=response.webhook_delivery,
+            challenge_answer=response.challenge_response if challenge else None,
+        )
 
     def _headers(
         self, prepared: _Prepared, delivery: WebhookDelivery, body: bytes, now: datetime
     ) -> dict[str, str]:
+        """This attempt's own headers; the target carries the fixed and the endpoint's."""
         timestamp = int(now.timestamp())
         if prepared.signer is None:
-            signed = _unsigned_headers(self._config.signature_scheme, delivery, timestamp)
-        else:
-            signed = prepared.signer.headers(
-                msg_id=delivery.event_id,
-                timestamp=timestamp,
-                body=body,
-                event_type=delivery.event_type.value,
-            )
-        base = prepared.base
-        return {**base, **signed} if base else signed
+            return _unsigned_headers(self._config.signature_scheme, delivery, timestamp)
+        return prepared.signer.headers(
+            msg_id=delivery.event_id,
+            timestamp=timestamp,
+            body=body,
+            event_type=delivery.event_type.value,
+        )
 
     def _prepare(self, endpoint: WebhookEndpoint, now: datetime) -> _Prepared:
-        """Everything about an endpoint's request that does not change per attempt: its URL
-        (checked by the URL guard), fixed headers and signer."""
+        """Everything about an endpoint's request that does not change per attempt: its
+        target (the URL checked by the URL guard, fixed headers, TLS context) and signer."""
         config = self._config
         url = self._security.check(endpoint.url)
         base = dict(self._fixed)
@@ -176,8 +160,10 @@ class Sender:
         for name, value in endpoint.headers.items():
             lowered = name.lower()
             if lowered not in RESERVED_HEADERS and lowered != signature_header:
-                # After ours: aiohttp lets a later header replace an earlier one of the same
-                # name in any case, so an endpoint's own User-Agent wins (tested).
+                # An endpoint's own header replaces ours of the same name in any case, so its
+                # own User-Agent wins (tested).
+                for same in [n for n in base if n.lower() == lowered]:
+                    del base[same]
                 base[name] = value
         signer: Signer | None = None
         if config.enable_security:
@@ -191,10 +177,11 @@ class Sender:
                 )
             signer = Signer(secrets, config.signature_scheme, kmsg_format=config.kmsg_signature)
         expiries = [s.expires_at for s in endpoint.previous_secrets if s.expires_at > now]
-        tls: ssl.SSLContext | bool = self._ssl
+        tls = self._trust
         if endpoint.client_cert is not None and endpoint.client_key is not None:
             tls = client_context(config.ssl, endpoint.client_cert, endpoint.client_key)
-        prepared = _Prepared(endpoint, url, base, signer, min(expiries) if expiries else None, tls)
+        target = Target.from_url(url, base, ssl_context=tls)
+        prepared = _Prepared(endpoint, target, signer, min(expiries) if expiries else None)
         if len(self._prepared) >= _PREPARED_CACHE_SIZE:
             self._prepared.clear()
         self._prepared[endpoint.id] = prepared
@@ -208,31 +195,42 @@ def fixed_headers(config: WebhookConfig) -> dict[str, str]:
 
 @dataclass(slots=True)
 class _Prepared:
-    """An endpoint's checked URL, extra headers, signer and TLS context, valid while the
-    endpoint object is the same (endpoints are immutable: any change makes a new one) and no
-    retired secret has expired."""
+    """An endpoint's target (checked URL, fixed headers, TLS context) and signer, valid while
+    the endpoint object is the same (endpoints are immutable: any change makes a new one) and
+    no retired secret has expired."""
 
     endpoint: WebhookEndpoint
-    url: URL
-    base: dict[str, str]
+    target: Target
     signer: Signer | None
     valid_until: datetime | None
-    tls: ssl.SSLContext | bool
 
     def fits(self, endpoint: WebhookEndpoint, now: datetime) -> bool:
         return self.endpoint is endpoint and (self.valid_until is None or now < self.valid_until)
 
 
-def _failed(
-    attempt_number: int, started_at: datetime, t0: float, error: str, *, refused: bool = False
-) -> AttemptResult:
-    attempt = build_attempt(
+def _attempt(
+    attempt_number: int,
+    started_at: datetime,
+    t0: float,
+    error: str | None,
+    http_status: int | None = None,
+    response_body: str | None = None,
+) -> WebhookAttempt:
+    """The attempt as recorded, ``t0`` (``perf_counter``) to now."""
+    return build_attempt(
         attempt_number=attempt_number,
         started_at=started_at,
         latency_ms=(time.perf_counter() - t0) * 1000,
+        http_status=http_status,
+        response_body=response_body,
         error=error,
     )
-    return AttemptResult(attempt=attempt, refused=refused)
+
+
+def _failed(
+    attempt_number: int, started_at: datetime, t0: float, error: str, *, refused: bool = False
+) -> AttemptResult:
+    return AttemptResult(attempt=_attempt(attempt_number, started_at, t0, error), refused=refused)
 
 
 def _unsigned_headers(
@@ -247,12 +245,5 @@ def _unsigned_headers(
     return {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp)}
 
 
-def _status_text(response: aiohttp.ClientResponse) -> str:
-    reason = response.reason or ""
-    return f"HTTP {response.status}: {reason}".rstrip(": ")
-
-
-async def close_session_gracefully(session: aiohttp.ClientSession) -> None:
-    """Close a session and give the transports a moment to finish closing (aiohttp advice)."""
-    await session.close()
-    await asyncio.sleep(0)
+def _status_text(status: int, reason: str) -> str:
+    return f"HTTP {status}: {reason}".rstrip(": ")

@@ -1,10 +1,11 @@
 """Which servers the sender trusts over https: the system's CAs, or the ones configured.
 
 ``WebhookConfig.ssl`` takes an :class:`ssl.SSLContext` (used as it is) or the path of a CA
-bundle in PEM (trusted instead of the system's). The runtime passes the result with every
-request, so it applies to its own session and to a caller's alike, and the connect-time URL
-guard (the session's resolver) is untouched. Certificate verification cannot be turned off:
-``ssl=False`` or a context with ``CERT_NONE`` is a :class:`~kmsg_webhook.errors.ConfigError`.
+bundle in PEM (trusted instead of the system's). The sender puts the result on every endpoint's
+transport target, so it applies to the runtime's own transport and to a caller's session alike,
+and the connect-time URL guard (the resolver) is untouched. Certificate verification cannot be
+turned off: ``ssl=False`` or a context with ``CERT_NONE`` is a
+:class:`~kmsg_webhook.errors.ConfigError`.
 
 An endpoint may carry a client certificate and key (PEM) for receivers that require mutual
 TLS: its requests then go with a context of its own that trusts the same CAs.
@@ -24,7 +25,7 @@ TLSSetting: TypeAlias = "ssl.SSLContext | str | os.PathLike[str] | None"
 
 
 def trust_context(setting: TLSSetting) -> ssl.SSLContext | None:
-    """The context a setting stands for (``None``: aiohttp's default, the system's CAs);
+    """The context a setting stands for (``None``: the transport's default, the system's CAs);
     raises :class:`ConfigError` for anything that would not verify certificates."""
     if setting is None:
         return None

@@ -38,7 +38,10 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.crypto import is_sealed, stored_view
 from support.crypto_keys import config as crypto_config
+from support.runtime import BOTH_TRANSPORTS
 from support.servers import serve_app
+
+pytestmark = BOTH_TRANSPORTS
 
 LOOPBACK = SecurityOptions(allow_private_hosts=True)
 

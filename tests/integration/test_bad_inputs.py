@@ -33,6 +33,9 @@ from kmsg_webhook import (
     verify,
 )
 from support.crypto_keys import config as crypto_config
+from support.runtime import BOTH_TRANSPORTS
+
+pytestmark = BOTH_TRANSPORTS
 
 HANG_GUARD = 15
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -31,12 +31,16 @@ from kmsg_webhook import (
 )
 from kmsg_webhook.challenge import challenge_response, new_challenge
 from kmsg_webhook.middleware import AiohttpVerifyWebhookMiddleware, VerifyWebhookMiddleware
+from support.runtime import BOTH_TRANSPORTS
 from support.servers import serve_app
 
 HANG_GUARD = 15
 SECRET = generate_secret()
 
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning"),
+    BOTH_TRANSPORTS,
+]
 
 
 def official_receiver(secret: str, seen: list[str] | None = None) -> Any:

@@ -25,6 +25,9 @@ from kmsg_webhook import (
     WebhookDelivery,
     generate_secret,
 )
+from support.runtime import BOTH_TRANSPORTS
+
+pytestmark = BOTH_TRANSPORTS
 
 HANG_GUARD = 15
 

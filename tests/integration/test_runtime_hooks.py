@@ -30,8 +30,10 @@ from kmsg_webhook import (
     WebhookRuntimeService,
     generate_secret,
 )
-from support.runtime import EventFactory, RuntimeFactory, WaitUntil
+from support.runtime import BOTH_TRANSPORTS, EventFactory, RuntimeFactory, WaitUntil
 from support.servers import Receiver
+
+pytestmark = BOTH_TRANSPORTS
 
 
 def respond(*statuses: int) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 import kmsg_webhook
 from kmsg_webhook import (
@@ -31,6 +32,8 @@ from kmsg_webhook import (
     WebhookRuntimeService,
     create_in_memory_persistence,
 )
+from kmsg_webhook.transport import AiohttpTransport, LeanTransport, Target, TransportError
+from kmsg_webhook.urlguard import GuardedResolver
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HANG_GUARD = 15
@@ -63,8 +66,8 @@ async def test_shutdown_sends_what_was_emitted_and_closes(receiver, make_event):
     await runtime.add_endpoint(EndpointInput(url=receiver.url("/hook"), events=["message.sent"]))
     for i in range(5):
         await runtime.emit(make_event(f"evt_{i}"))
-    session = runtime._session  # the runtime's own session (white-box: closed on shutdown)
-    assert session is not None
+    transport = runtime._transport  # the runtime's own transport (white-box: closed on shutdown)
+    assert isinstance(transport, LeanTransport)
 
     await asyncio.wait_for(runtime.shutdown(), HANG_GUARD)
 
@@ -72,7 +75,10 @@ async def test_shutdown_sends_what_was_emitted_and_closes(receiver, make_event):
     assert sorted(d.event_id for d in page.items) == [f"evt_{i}" for i in range(5)]
     assert {d.status for d in page.items} == {DeliveryStatus.SUCCESS}
     assert len(receiver.at("/hook")) == 5
-    assert session.closed
+    with pytest.raises(TransportError, match="closed"):
+        await transport.post(
+            Target.from_url(URL(receiver.url("/hook"))), {}, b"", time_limit=5, max_body_bytes=0
+        )
 
 
 async def test_shutdown_lets_an_in_flight_attempt_finish_and_records_it(receiver, make_event, gate):
@@ -150,6 +156,27 @@ async def test_a_given_session_is_used_and_left_open(receiver, make_event):
             await settle(runtime)
         assert not session.closed
         assert len(receiver.at("/hook")) == 1
+
+
+async def test_a_given_transport_is_used_and_left_open(receiver, make_event):
+    transport = LeanTransport(resolver=GuardedResolver(allow_private_hosts=True))
+    try:
+        async with WebhookRuntimeService(transport=transport, security=LOOPBACK) as runtime:
+            request = await _one_delivery(runtime, receiver, make_event("evt_given"))
+        assert request.all("User-Agent") == [WebhookConfig().user_agent]
+        after = await transport.post(
+            Target.from_url(URL(receiver.url("/after"))), {}, b"{}", time_limit=5, max_body_bytes=64
+        )
+        assert after.status == 200
+    finally:
+        await transport.aclose()
+
+
+async def test_a_session_and_a_transport_together_are_refused():
+    async with aiohttp.ClientSession() as session:
+        transport = AiohttpTransport(session)
+        with pytest.raises(ConfigError, match="not both"):
+            WebhookRuntimeService(session=session, transport=transport)
 
 
 async def test_every_delivery_carries_json_content_type_and_our_user_agent(receiver, make_event):

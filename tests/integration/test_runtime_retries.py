@@ -28,6 +28,9 @@ from kmsg_webhook import (
     WebhookConfig,
     WebhookDelivery,
 )
+from support.runtime import BOTH_TRANSPORTS
+
+pytestmark = BOTH_TRANSPORTS
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HANG_GUARD = 15

@@ -36,6 +36,9 @@ from kmsg_webhook import (
     create_in_memory_persistence,
     verify,
 )
+from support.runtime import BOTH_TRANSPORTS
+
+pytestmark = BOTH_TRANSPORTS
 
 HANG_GUARD = 15
 STRICT = SecurityOptions()  # the default policy: public https only

@@ -1,7 +1,8 @@
 """The transport over an :class:`aiohttp.ClientSession`: for proxies and callers' own sessions.
 
-The session decides DNS (give it a :class:`~kmsg_webhook.urlguard.GuardedResolver`), TLS and
-proxies; this class only maps a POST and its failures onto the transport seam.
+The session decides DNS (give it a :class:`~kmsg_webhook.urlguard.GuardedResolver`), proxies
+and, unless a target carries its own context, TLS; this class only maps a POST and its failures
+onto the transport seam.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class AiohttpTransport:
                 headers={**target.headers, **headers} if target.headers else headers,
                 allow_redirects=False,
                 timeout=self._timeout,
+                ssl=target.ssl_context or True,
             ) as response:
                 length = response.content_length
                 if length is not None and length <= max_body_bytes:
@@ -63,6 +65,7 @@ class AiohttpTransport:
                     reason=response.reason or "",
                     retry_after=response.headers.get("Retry-After"),
                     webhook_delivery=response.headers.get("webhook-delivery"),
+                    challenge_response=response.headers.get("webhook-challenge-response"),
                     body=raw,
                     elapsed=time.perf_counter() - started,
                 )

@@ -10,6 +10,7 @@ guard's connect-time check raises the guard's own
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,7 +30,8 @@ class Target:
 
     ``host`` is the name used for DNS (through the guard), SNI and certificate checks;
     ``head`` is the start of every request to it (request line, ``Host`` and ``headers``),
-    encoded once.
+    encoded once. ``ssl_context`` (https only) replaces the transport's own for this target:
+    an endpoint's client certificate (mutual TLS) or the runtime's trusted CAs.
     """
 
     url: URL
@@ -38,9 +40,19 @@ class Target:
     port: int
     headers: Mapping[str, str]
     head: bytes
+    ssl_context: ssl.SSLContext | None
+    #: Requests with the same origin may share a kept-alive connection: the same scheme,
+    #: host and port, and the same TLS context, so two client certificates never share one.
+    origin: tuple[bool, str, int, ssl.SSLContext | None]
 
     @classmethod
-    def from_url(cls, url: URL, headers: Mapping[str, str] | None = None) -> Target:
+    def from_url(
+        cls,
+        url: URL,
+        headers: Mapping[str, str] | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Target:
         """A target for a URL returned by :func:`~kmsg_webhook.urlguard.validate_endpoint_url`.
 
         ``headers`` (the fixed ones and the endpoint's own) are sent in this order with every
@@ -65,20 +77,20 @@ class Target:
             else:
                 lines.append(f"{name}: {value}\r\n")
         request_line = f"POST {url.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host_header}\r\n"
+        tls = url.scheme == "https"
+        context = ssl_context if tls else None
+        # One trailing dot names the same host; certificates never carry it.
+        name = host[:-1] if host.endswith(".") else host
         return cls(
             url=url,
-            tls=url.scheme == "https",
-            # One trailing dot names the same host; certificates never carry it.
-            host=host[:-1] if host.endswith(".") else host,
+            tls=tls,
+            host=name,
             port=port,
             headers=fixed,
             head=(request_line + "".join(lines)).encode(),
+            ssl_context=context,
+            origin=(tls, name, port, context),
         )
-
-    @property
-    def origin(self) -> tuple[bool, str, int]:
-        """Requests with the same origin may share a kept-alive connection."""
-        return (self.tls, self.host, self.port)
 
 
 def _check_header(name: str, value: str) -> None:
@@ -99,6 +111,8 @@ class TransportResponse:
     retry_after: str | None
     #: The receiver's ``webhook-delivery`` header, verbatim, when present.
     webhook_delivery: str | None
+    #: The ``webhook-challenge-response`` header (endpoint verification), when present.
+    challenge_response: str | None
     #: The body's first ``max_body_bytes`` bytes; the rest was read and dropped.
     body: bytes
     #: Seconds from the call to the end of the answer.

@@ -71,7 +71,7 @@ class LeanTransport:
         self._limit = max_connections_per_origin
         self._expiry = keepalive_expiry
         self._max_header_bytes = max_header_bytes
-        self._pools: dict[tuple[bool, str, int], _Pool] = {}
+        self._pools: dict[tuple[bool, str, int, ssl.SSLContext | None], _Pool] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -146,7 +146,7 @@ class LeanTransport:
             raise
         except OSError as exc:
             raise ConnectError(f"DNS lookup for {target.host!r} failed: {exc}") from exc
-        context = self._tls_context() if target.tls else None
+        context = (target.ssl_context or self._tls_context()) if target.tls else None
         failure: OSError | None = None
         for answer in answers:
             try:
@@ -294,6 +294,9 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[TransportResponse] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._time_limit = 0.0
         self._closed = False
         self.idle_since = 0.0
         self.exchanges = 0
@@ -312,6 +315,7 @@ class _Connection(asyncio.Protocol):
         self._reason = b""
         self._retry_after: str | None = None
         self._webhook_delivery: str | None = None
+        self._challenge_response: str | None = None
         self._body: list[bytes] = []
         self._room = max_body_bytes
 
@@ -333,7 +337,13 @@ class _Connection(asyncio.Protocol):
         self.answered = False
         waiter: asyncio.Future[TransportResponse] = loop.create_future()
         self._waiter = waiter
-        timer = loop.call_at(deadline, self._time_out, time_limit)
+        self._deadline = deadline
+        self._time_limit = time_limit
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
         try:
             self._transport.write(request)
             return await waiter
@@ -342,11 +352,20 @@ class _Connection(asyncio.Protocol):
             self.close()
             raise
         finally:
-            timer.cancel()
             self._waiter = None
 
-    def _time_out(self, time_limit: float) -> None:
-        self._fail(TransportTimeoutError(time_limit))
+    def _check_deadline(self) -> None:
+        """Fail an exchange past its deadline. One timer per connection, armed again for the
+        next exchange's deadline when it fires, not one per request: most answers come long
+        before their deadline, and a timer made and cancelled per request is garbage."""
+        self._timer = None
+        if self._waiter is None or self._closed:
+            return  # idle: the next exchange arms it
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            self._fail(TransportTimeoutError(self._time_limit))
+        else:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
 
     def _fail(self, error: TransportError) -> None:
         """End the exchange with ``error`` and close: the connection's state is unknown."""
@@ -367,6 +386,7 @@ class _Connection(asyncio.Protocol):
                 reason=self._reason.decode("latin-1"),
                 retry_after=self._retry_after,
                 webhook_delivery=self._webhook_delivery,
+                challenge_response=self._challenge_response,
                 body=b"".join(self._body),
                 elapsed=0.0,
             )
@@ -378,6 +398,9 @@ class _Connection(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.close()
         self._pool.forget(self)
@@ -446,6 +469,8 @@ class _Connection(asyncio.Protocol):
             self._framed = True
         elif lowered == b"transfer-encoding":
             self._framed = value.rstrip().lower().endswith(b"chunked")
+        elif lowered == b"webhook-challenge-response":
+            self._challenge_response = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
