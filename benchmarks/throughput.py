@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -252,6 +253,20 @@ def _field_crypto() -> FieldCryptoConfig:
     return FieldCryptoConfig(keys=keys)
 
 
+def bench_config(**changes: Any) -> WebhookConfig:
+    """The runtime settings every benchmark run uses: 64-wide, large batches."""
+    settings: dict[str, Any] = {
+        "max_concurrency": CONCURRENCY,
+        "max_concurrency_per_endpoint": CONCURRENCY,
+        "batch_size": 500,
+        "batch_timeout_ms": 20,
+        "claim_batch_size": 200,
+        "intake_queue_size": 20_000,
+        "timeout_ms": 10_000,
+    }
+    return WebhookConfig(**{**settings, **changes})
+
+
 async def _runtime(
     base: str,
     persistence: WebhookPersistence,
@@ -259,17 +274,8 @@ async def _runtime(
     dispatch: bool = True,
     field_crypto: FieldCryptoConfig | None = None,
 ) -> WebhookRuntimeService:
-    config = WebhookConfig(
-        max_concurrency=CONCURRENCY,
-        max_concurrency_per_endpoint=CONCURRENCY,
-        batch_size=500,
-        batch_timeout_ms=20,
-        claim_batch_size=200,
-        intake_queue_size=20_000,
-        timeout_ms=10_000,
-    )
     runtime = WebhookRuntimeService(
-        config,
+        bench_config(),
         persistence=persistence,
         security=SecurityOptions(allow_private_hosts=True),
         dispatch=dispatch,
