@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kmsg_webhook.crypto.fields import FieldCrypto
 from kmsg_webhook.errors import ConfigError
 from kmsg_webhook.messaging import (
     AlimTalkSendOptions,
@@ -20,6 +22,7 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.jobs import JobResult, JobStatus, SendJob
 from kmsg_webhook.messaging.options_codec import decode_options, encode_options
+from support.crypto_keys import config
 from support.stores import JOBS_TABLE, TRACKING_BACKENDS, TrackingBackend, open_tracking_backend
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -204,3 +207,48 @@ def test_options_of_every_shape_survive_the_round_trip() -> None:
         provider_options={"nested": {"a": [1, 2]}},
     )
     assert decode_options(encode_options(alimtalk)) == alimtalk
+
+
+async def test_a_job_that_does_not_open_is_settled_failed_and_the_rest_are_claimed(
+    backend: TrackingBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Sealed under key C, which the backend's queue lacks (it has key A, or no keys at all).
+    _, foreign = backend.reopen(FieldCrypto(config("C")))
+    await foreign.enqueue([job(1)])
+    await backend.jobs.enqueue([job(2), job(3)])
+    now = T0 + timedelta(minutes=1)
+    lease = now + timedelta(minutes=2)
+    with caplog.at_level(logging.ERROR, "kmsg_webhook.messaging.queue"):
+        first = await backend.jobs.claim(worker_id=W1, now=now, lease_until=lease, limit=2)
+    assert [j.id for j in first] == ["m-002"]  # m-001 sorts first but does not open
+    [logged] = caplog.records
+    assert logged.getMessage().startswith("job m-001 settled failed: ")
+    assert _reason(backend) in logged.getMessage()
+    rest = await backend.jobs.claim(worker_id=W1, now=now, lease_until=lease, limit=2)
+    assert [j.id for j in rest] == ["m-003"]
+    later = lease + timedelta(seconds=1)
+    again = await backend.jobs.claim(worker_id=W2, now=later, lease_until=later, limit=5)
+    assert [j.id for j in again] == ["m-002", "m-003"]  # m-001 is never leased again
+    assert (await backend.jobs.count_by_status())[JobStatus.FAILED] == 1
+    [row] = [r for r in await backend.raw_rows(JOBS_TABLE) if r["id"] == "m-001"]
+    assert (row["status"], row["error_code"], row["lease_owner"]) == (
+        "failed",
+        "CRYPTO_DECRYPT_FAILED",
+        None,
+    )
+    assert row["error_message"].startswith("refused: ")
+    assert _reason(backend) in row["error_message"]
+    assert TEXT not in row["error_message"] and "7777" not in row["error_message"]
+    assert (await foreign.get("m-001")) == dataclasses.replace(
+        job(1),
+        status=JobStatus.FAILED,
+        attempts=1,
+        error_code="CRYPTO_DECRYPT_FAILED",
+        error_message=row["error_message"],
+        completed_at=now,
+    )
+
+
+def _reason(backend: TrackingBackend) -> str:
+    """Why a row sealed under key C does not open for the backend's stores."""
+    return "kC" if "crypto" in backend.name else "no keys were given"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kmsg_webhook.crypto.fields import FieldCrypto
 from kmsg_webhook.errors import ConfigError
 from kmsg_webhook.messaging import (
     ApiAttemptStatus,
@@ -28,6 +30,7 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.tracking_rows import COLUMNS
 from kmsg_webhook.messaging.tracking_sql import tracking_table
+from support.crypto_keys import config
 from support.stores import (
     TRACKING_BACKENDS,
     TRACKING_TABLE,
@@ -320,3 +323,62 @@ async def test_raw_rows_hold_no_plaintext_with_field_crypto(backend: TrackingBac
     else:
         assert all(s in text for s in ("010-5555-0003", FALLBACK_TEXT, "개인 메모"))
     assert await backend.store.get(message.message_id) == message
+
+
+async def test_a_record_that_does_not_open_is_settled_failed_and_the_rest_are_claimed(
+    backend: TrackingBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Sealed under key C, which the backend's store lacks (it has key A, or no keys at all).
+    foreign, _ = backend.reopen(FieldCrypto(config("C")))
+    await foreign.upsert(record(1))
+    delivered = with_failover(4, status=DeliveryStatus.DELIVERED)
+    stuck = dataclasses.replace(
+        delivered,
+        failover=dataclasses.replace(
+            delivered.failover,  # type: ignore[arg-type]
+            attempted=True,
+            status=ApiAttemptStatus.ATTEMPTING,
+        ),
+    )
+    await foreign.upsert(stuck)  # claimable for its fallback, left attempting
+    await backend.store.upsert(record(2))
+    await backend.store.upsert(record(3))
+    now = T0 + timedelta(hours=1)
+    lease = now + timedelta(minutes=2)
+    with caplog.at_level(logging.ERROR, "kmsg_webhook.messaging.tracking"):
+        first = await backend.store.claim_due(worker_id=W1, now=now, lease_until=lease, limit=2)
+    assert [r.message_id for r in first] == ["msg-002"]  # msg-001 sorts first, does not open
+    [logged] = caplog.records
+    assert logged.getMessage().startswith("tracking record msg-001 settled failed: ")
+    later = lease + timedelta(seconds=1)
+    held = later + timedelta(minutes=2)
+    again = await backend.store.claim_due(worker_id=W2, now=later, lease_until=held, limit=9)
+    assert [r.message_id for r in again] == ["msg-002", "msg-003"]  # msg-001 never again
+    assert await backend.store.claim_due(worker_id=W1, now=held, lease_until=held, limit=9) == [
+        await backend.store.get("msg-002"),
+        await backend.store.get("msg-003"),
+    ]
+    rows = {r["message_id"]: r for r in await backend.raw_rows(TRACKING_TABLE)}
+    bad = rows["msg-001"]
+    assert (bad["status"], bad["last_error_code"], bad["lease_owner"]) == (
+        "FAILED",
+        "CRYPTO_DECRYPT_FAILED",
+        None,
+    )
+    reason = "kC" if "crypto" in backend.name else "no keys were given"
+    assert bad["last_error_message"].startswith("refused: ")
+    assert reason in bad["last_error_message"]
+    assert "5555" not in bad["last_error_message"]
+    settled = await foreign.get("msg-001")  # nothing sealed was lost
+    assert settled == dataclasses.replace(
+        record(1),
+        status=DeliveryStatus.FAILED,
+        status_updated_at=now,
+        failed_at=now,
+        last_error=TrackingError("CRYPTO_DECRYPT_FAILED", bad["last_error_message"]),
+    )
+    # Claimed for its fallback: the fallback is given up, the delivery status kept.
+    assert (rows["msg-004"]["status"], rows["msg-004"]["fallback_status"]) == (
+        "DELIVERED",
+        "failed",
+    )

@@ -409,6 +409,8 @@ BACKENDS = {**_PLAIN, **{f"{name}+crypto": _with_crypto(make) for name, make in 
 TRACKING_TABLE = "kmsg_webhook_message_tracking"
 JOBS_TABLE = "kmsg_webhook_message_jobs"
 RawRows = Callable[[str], Awaitable[list[dict[str, Any]]]]
+#: The tracking store and job queue over the same tables, with other field crypto.
+Reopen = Callable[[FieldCrypto | None], tuple[TrackingStore, JobStore]]
 
 
 @dataclass
@@ -420,6 +422,7 @@ class TrackingBackend:
     jobs: JobStore
     raw_rows: RawRows  # a table's rows as stored
     close: Callable[[], Awaitable[None]]
+    reopen: Reopen  # e.g. to write rows sealed under a key the backend's stores lack
 
 
 async def _tracking_memory(crypto: FieldCrypto | None) -> TrackingBackend:
@@ -433,7 +436,13 @@ async def _tracking_memory(crypto: FieldCrypto | None) -> TrackingBackend:
     async def close() -> None:
         await store.close()
 
-    return TrackingBackend("memory", store, jobs, raw, close)
+    def reopen(other: FieldCrypto | None) -> tuple[TrackingStore, JobStore]:
+        # Memory stores share nothing by themselves: the new pair writes into the same rows.
+        tracking, queue = InMemoryTrackingStore(crypto=other), InMemoryJobStore(crypto=other)
+        tracking._rows, queue._rows = store._rows, jobs._rows
+        return tracking, queue
+
+    return TrackingBackend("memory", store, jobs, raw, close, reopen)
 
 
 async def _tracking_sqlite(crypto: FieldCrypto | None) -> TrackingBackend:
@@ -456,7 +465,10 @@ async def _tracking_sqlite(crypto: FieldCrypto | None) -> TrackingBackend:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    return TrackingBackend("sqlite", store, SqlJobStore(db, crypto=crypto), raw, close)
+    def reopen(other: FieldCrypto | None) -> tuple[TrackingStore, JobStore]:
+        return SqlTrackingStore(db, crypto=other), SqlJobStore(db, crypto=other)
+
+    return TrackingBackend("sqlite", store, SqlJobStore(db, crypto=crypto), raw, close, reopen)
 
 
 async def _tracking_postgres(crypto: FieldCrypto | None) -> TrackingBackend:
@@ -478,7 +490,10 @@ async def _tracking_postgres(crypto: FieldCrypto | None) -> TrackingBackend:
         finally:
             await drop_schema(dsn, schema)
 
-    return TrackingBackend("postgres", store, SqlJobStore(db, crypto=crypto), raw, close)
+    def reopen(other: FieldCrypto | None) -> tuple[TrackingStore, JobStore]:
+        return SqlTrackingStore(db, crypto=other), SqlJobStore(db, crypto=other)
+
+    return TrackingBackend("postgres", store, SqlJobStore(db, crypto=crypto), raw, close, reopen)
 
 
 def fresh_messaging_tables() -> dict[str, str]:
@@ -498,7 +513,13 @@ async def _tracking_d1(crypto: FieldCrypto | None) -> TrackingBackend:
     async def raw(table: str) -> list[dict[str, Any]]:
         return (await client.query(f'SELECT * FROM "{tables[table]}"')).rows
 
-    return TrackingBackend("d1", store, jobs, raw, client.close)
+    def reopen(other: FieldCrypto | None) -> tuple[TrackingStore, JobStore]:
+        return (
+            D1TrackingStore(client, table=tables[TRACKING_TABLE], crypto=other),
+            D1JobStore(client, table=tables[JOBS_TABLE], crypto=other),
+        )
+
+    return TrackingBackend("d1", store, jobs, raw, client.close, reopen)
 
 
 _TRACKING: dict[str, Callable[[FieldCrypto | None], Awaitable[TrackingBackend]]] = {

@@ -13,8 +13,9 @@ webhook store URL with :func:`job_store_from_url`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -26,10 +27,11 @@ from ..errors import ConfigError
 from ..stores.rows import to_datetime
 from ..stores.url import D1_SCHEMES, resolve_url, scheme_of
 from .options_codec import decode_options, encode_options
-from .tracking_rows import refuse_sealed
+from .tracking_rows import UNREADABLE_ROW, refuse_sealed, unreadable_code
 from .tracking_store import check_page
 from .types import SendOptions
 
+logger = logging.getLogger("kmsg_webhook.messaging.queue")
 #: The logical table bound into sealed values' associated data.
 JOBS = "jobs"
 
@@ -187,10 +189,41 @@ class JobCodec:
             completed_at=job.completed_at,
         )
 
-    def claimed(self, rows: Iterable[Mapping[str, Any]]) -> list[SendJob]:
-        """Rows a claim returned (in no order), as jobs in claim order: earliest first."""
+    async def claimed(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        worker_id: str,
+        now: datetime,
+        complete: Callable[[Sequence[JobResult]], Awaitable[int]],
+    ) -> list[SendJob]:
+        """Rows a claim returned (in no order), as jobs in claim order: earliest first.
+
+        A row that does not open (a key not configured, a tampered or malformed value) is
+        settled failed through ``complete`` and left out: left pending, it would sort first
+        and every later claim would lease it again instead of the jobs behind it.
+        """
         found = sorted((job_row_from_mapping(r) for r in rows), key=lambda r: (r.run_at, r.id))
-        return [self.from_row(row) for row in found]
+        jobs: list[SendJob] = []
+        refused: list[JobResult] = []
+        for row in found:
+            try:
+                jobs.append(self.from_row(row))
+            except UNREADABLE_ROW as exc:
+                logger.error("job %s settled failed: %s", row.id, exc)
+                refused.append(
+                    JobResult(
+                        row.id,
+                        worker_id,
+                        JobStatus.FAILED,
+                        now,
+                        error_code=unreadable_code(exc),
+                        error_message=f"refused: {exc}",
+                    )
+                )
+        if refused:
+            await complete(refused)
+        return jobs
 
     def from_row(self, row: JobRow) -> SendJob:
         options = row.options
@@ -285,8 +318,10 @@ class InMemoryJobStore:
                 row, lease_owner=worker_id, lease_expires_at=lease_until, attempts=row.attempts + 1
             )
             self._rows[row.id] = leased
-            claimed.append(self._codec.from_row(leased))
-        return claimed
+            claimed.append(leased.values())
+        return await self._codec.claimed(
+            claimed, worker_id=worker_id, now=now, complete=self.complete
+        )
 
     async def complete(self, results: Sequence[JobResult]) -> int:
         applied = 0

@@ -77,7 +77,8 @@ class D1JobStore(D1StoreBase):
             "limit": limit,
             "batch_id": batch_id,
         }
-        return self._codec.claimed(await self.rows(self._claim.bind(params)))
+        rows = await self.rows(self._claim.bind(params))
+        return await self._codec.claimed(rows, worker_id=worker_id, now=now, complete=self.complete)
 
     async def complete(self, results: Sequence[JobResult]) -> int:
         if not results:

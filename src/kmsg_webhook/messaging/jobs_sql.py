@@ -102,7 +102,8 @@ class SqlJobStore(SqlStoreBase):
             "limit": limit,
             "batch_id": batch_id,
         }
-        return self._codec.claimed(await self.claim_rows(self._claim, params))
+        rows = await self.claim_rows(self._claim, params)
+        return await self._codec.claimed(rows, worker_id=worker_id, now=now, complete=self.complete)
 
     async def complete(self, results: Sequence[JobResult]) -> int:
         if not results:

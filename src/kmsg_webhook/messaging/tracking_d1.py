@@ -21,7 +21,7 @@ from ..stores.rows import ceil_millis
 from ..stores.sqlfiles import TRACKING_TABLE
 from .d1_store import D1StoreBase
 from .tracking_records import TrackingRecord
-from .tracking_rows import LEASE_COLUMNS, TrackingCodec, row_from_mapping
+from .tracking_rows import LEASE_COLUMNS, TrackingCodec, TrackingRow, row_from_mapping
 from .tracking_store import (
     ALL_RECORDS,
     TrackingFilter,
@@ -64,12 +64,18 @@ class D1TrackingStore(D1StoreBase):
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit}
-        return self._codec.claimed(await self.rows(self._claim.bind(params)))
+        rows = await self.rows(self._claim.bind(params))
+        return await self._codec.claimed(
+            rows, now=now, save_row=lambda row: self._save_row(row, worker_id, False)
+        )
 
     async def save(
         self, record: TrackingRecord, *, worker_id: str, keep_lease: bool = False
     ) -> bool:
-        values = self._codec.to_row(record).values()
+        return await self._save_row(self._codec.to_row(record), worker_id, keep_lease)
+
+    async def _save_row(self, row: TrackingRow, worker_id: str, keep_lease: bool) -> bool:
+        values = row.values()
         for name in LEASE_COLUMNS:
             values.pop(name)
         params = {**values, "worker_id": worker_id, "keep_lease": keep_lease}

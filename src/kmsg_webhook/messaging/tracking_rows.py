@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,15 +20,20 @@ from typing import Any
 from ..crypto.config import FieldMode
 from ..crypto.envelope import is_sealed
 from ..crypto.fields import FieldCrypto
-from ..errors import ConfigError, MissingKeysError, StoreError
+from ..errors import ConfigError, FieldCryptoError, MissingKeysError, StoreError
 from ..events import parse_timestamp
 from ..phone import mask_phone
 from ..stores.rows import to_datetime
+from .errors import KMsgErrorCode
 from .tracking_records import ApiAttemptStatus, FailoverState, TrackingError, TrackingRecord
 from .types import DeliveryStatus, FailoverOptions, FallbackChannel, MessageType
 
+logger = logging.getLogger("kmsg_webhook.messaging.tracking")
 #: The logical table bound into sealed values' associated data.
 TRACKING = "tracking"
+#: What a stored row that cannot be opened raises (a key not configured, a tampered or
+#: malformed value): a claim settles such a row failed instead of handing it out.
+UNREADABLE_ROW = (FieldCryptoError, StoreError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +160,30 @@ class TrackingCodec:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def claimed(self, rows: Iterable[Mapping[str, Any]]) -> list[TrackingRecord]:
+    async def claimed(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        now: datetime,
+        save_row: Callable[[TrackingRow], Awaitable[bool]],
+    ) -> list[TrackingRecord]:
         """Rows a claim returned (in no order), as records in claim order: earliest check
-        first."""
+        first.
+
+        A row that does not open is settled FAILED through ``save_row`` (its sealed values kept
+        as stored) and left out: left due, every later claim would lease it again first.
+        """
         found = sorted(
             (row_from_mapping(r) for r in rows), key=lambda r: (r.next_check_at, r.message_id)
         )
-        return [self.from_row(row) for row in found]
+        records: list[TrackingRecord] = []
+        for row in found:
+            try:
+                records.append(self.from_row(row))
+            except UNREADABLE_ROW as exc:
+                logger.error("tracking record %s settled failed: %s", row.message_id, exc)
+                await save_row(unreadable_row(row, exc, now))
+        return records
 
     def from_row(self, row: TrackingRow) -> TrackingRecord:
         mid = row.message_id
@@ -227,6 +250,31 @@ class TrackingCodec:
         return self.crypto.open(
             stored, table=TRACKING, column=column, record_id=mid, sealed_mode=sealed_mode
         )
+
+
+def unreadable_code(error: Exception) -> str:
+    """The error code recorded for a row settled because it does not open."""
+    if isinstance(error, FieldCryptoError):
+        return KMsgErrorCode.CRYPTO_DECRYPT_FAILED.value
+    return KMsgErrorCode.UNKNOWN_ERROR.value
+
+
+def unreadable_row(row: TrackingRow, error: Exception, now: datetime) -> TrackingRow:
+    """``row`` settled: FAILED if it was still polled, a fallback left attempting given up
+    (a finished status is kept), the error recorded and the lease dropped."""
+    polled = row.status in (DeliveryStatus.PENDING.value, DeliveryStatus.SENT.value)
+    attempting = row.fallback_status == ApiAttemptStatus.ATTEMPTING.value
+    return dataclasses.replace(
+        row,
+        status=DeliveryStatus.FAILED.value if polled else row.status,
+        status_updated_at=now if polled else row.status_updated_at,
+        failed_at=now if polled else row.failed_at,
+        last_error_code=unreadable_code(error),
+        last_error_message=f"refused: {error}",
+        fallback_status=ApiAttemptStatus.FAILED.value if attempting else row.fallback_status,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
 
 
 def refuse_sealed(stored: str, what: str) -> None:

@@ -22,7 +22,7 @@ from ..stores.sql.tables import Timestamp
 from ..stores.sqlfiles import TRACKING_TABLE
 from .sql_store import SqlStoreBase
 from .tracking_records import TrackingRecord
-from .tracking_rows import LEASE_COLUMNS, TrackingCodec, row_from_mapping
+from .tracking_rows import LEASE_COLUMNS, TrackingCodec, TrackingRow, row_from_mapping
 from .tracking_store import (
     ALL_RECORDS,
     TrackingFilter,
@@ -109,19 +109,25 @@ class SqlTrackingStore(SqlStoreBase):
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit}
-        return self._codec.claimed(await self.claim_rows(self._claim, params))
+        rows = await self.claim_rows(self._claim, params)
+        return await self._codec.claimed(
+            rows, now=now, save_row=lambda row: self._save_row(row, worker_id, False)
+        )
 
     async def save(
         self, record: TrackingRecord, *, worker_id: str, keep_lease: bool = False
     ) -> bool:
+        return await self._save_row(self._codec.to_row(record), worker_id, keep_lease)
+
+    async def _save_row(self, row: TrackingRow, worker_id: str, keep_lease: bool) -> bool:
         t = self._t
-        values = self._codec.to_row(record).values()
+        values = row.values()
         if keep_lease:
             for name in LEASE_COLUMNS:
                 values.pop(name)
         statement = (
             sa.update(t)
-            .where(t.c.message_id == record.message_id, t.c.lease_owner == worker_id)
+            .where(t.c.message_id == row.message_id, t.c.lease_owner == worker_id)
             .values(values)
         )
         return await self.write(statement) > 0

@@ -274,21 +274,25 @@ class InMemoryTrackingStore:
         for row in due[: max(0, limit)]:
             leased = dataclasses.replace(row, lease_owner=worker_id, lease_expires_at=lease_until)
             self._rows[row.message_id] = leased
-            claimed.append(self._codec.from_row(leased))
-        return claimed
+            claimed.append(leased.values())
+        return await self._codec.claimed(
+            claimed, now=now, save_row=lambda row: self._save_row(row, worker_id, False)
+        )
 
     async def save(
         self, record: TrackingRecord, *, worker_id: str, keep_lease: bool = False
     ) -> bool:
-        old = self._rows.get(record.message_id)
+        return await self._save_row(self._codec.to_row(record), worker_id, keep_lease)
+
+    async def _save_row(self, row: TrackingRow, worker_id: str, keep_lease: bool) -> bool:
+        old = self._rows.get(row.message_id)
         if old is None or old.lease_owner != worker_id:
             return False
-        row = self._codec.to_row(record)
         if keep_lease:
             row = dataclasses.replace(
                 row, lease_owner=old.lease_owner, lease_expires_at=old.lease_expires_at
             )
-        self._rows[record.message_id] = row
+        self._rows[row.message_id] = row
         return True
 
     async def release(self, message_ids: Sequence[str], *, worker_id: str) -> None:
