@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from kmsg_webhook.crypto.fields import FieldCrypto
 from kmsg_webhook.messaging import (
     DeliveryTrackingService,
     Fail,
@@ -17,6 +18,7 @@ from kmsg_webhook.messaging import (
     Ok,
 )
 from kmsg_webhook.messaging.jobs import JobStatus
+from support.crypto_keys import config
 from support.fakes.util import FlakySink, ManualClock
 from support.stores import TrackingBackend, open_tracking_backend
 
@@ -102,3 +104,27 @@ async def test_scheduling_needs_a_job_store() -> None:
     assert isinstance(outcome, Fail) and "needs a job store" in outcome.error.message
     many = await kmsg.send([message(1)], scheduled_at=ManualClock().now)
     assert isinstance(many.results[0], Fail)
+
+
+async def test_a_job_sealed_under_another_key_does_not_hold_up_the_queue(
+    backend: TrackingBackend,
+) -> None:
+    clock, provider = ManualClock(), MockProvider()
+    _, foreign_jobs = backend.reopen(FieldCrypto(config("C")))
+    foreign = KMsg([provider], jobs=foreign_jobs, clock=clock)
+    kmsg = KMsg([provider], jobs=backend.jobs, clock=clock)
+    assert kmsg.queue is not None
+    at = clock.now + timedelta(minutes=1)
+    assert isinstance(await foreign.send(message(1), scheduled_at=at), Ok)  # due first
+    clock.advance(seconds=1)
+    assert isinstance(await kmsg.send(message(2), scheduled_at=at), Ok)
+    clock.advance(minutes=5)
+    assert await kmsg.queue.run_once() == 1
+    assert [c.message_id for c in provider.calls] == ["m-2"]
+    assert await kmsg.queue.run_once() == 0
+    clock.advance(hours=1)  # past every lease: the unreadable job is not claimed again
+    assert await kmsg.queue.run_once() == 0
+    refused = await foreign_jobs.get("m-1")
+    assert refused is not None and refused.status is JobStatus.FAILED
+    assert refused.attempts == 1 and (refused.error_message or "").startswith("refused: ")
+    assert provider.calls[0].message_id == "m-2" and len(provider.calls) == 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kmsg_webhook.crypto.fields import FieldCrypto
 from kmsg_webhook.messaging import (
     ApiAttemptStatus,
     ApiFailoverConfig,
@@ -30,6 +31,7 @@ from kmsg_webhook.messaging import (
     TrackableMockProvider,
     TrackingRecord,
 )
+from support.crypto_keys import config
 from support.fakes.util import FlakySink, ManualClock
 from support.stores import TrackingBackend, open_tracking_backend
 
@@ -191,3 +193,27 @@ async def test_a_fallback_already_tracked_is_not_sent_again(backend: TrackingBac
     assert record is not None and record.failover is not None
     assert record.failover.status is ApiAttemptStatus.SENT
     assert record.failover.fallback_provider_id == "other"
+
+
+async def test_a_record_sealed_under_another_key_does_not_hold_up_the_reconciler(
+    backend: TrackingBackend,
+) -> None:
+    clock, sender, provider = ManualClock(), Sender(), TrackableMockProvider()
+    provider.set_delivery_status(
+        "P2", Ok(DeliveryStatusResult("mock", "P2", DeliveryStatus.DELIVERED))
+    )
+    foreign, _ = backend.reopen(FieldCrypto(config("C")))
+    await foreign.upsert(alimtalk(clock))  # due first
+    good = alimtalk(clock, message_id="at2", provider_message_id="P2", failover=None)
+    await backend.store.upsert(dataclasses.replace(good, next_check_at=clock.now + LEASE / 4))
+    clock.advance(minutes=1)
+    reconciler = service(backend, provider, clock, sender, "w1")
+    assert await reconciler.run_once() == 1
+    checked = await backend.store.get("at2")
+    assert checked is not None and checked.status is DeliveryStatus.DELIVERED
+    clock.advance(hours=1)  # past every lease: the unreadable record is not claimed again
+    assert await reconciler.run_once() == 0
+    refused = await foreign.get("at1")
+    assert refused is not None and refused.status is DeliveryStatus.FAILED
+    assert refused.last_error is not None and refused.last_error.message.startswith("refused: ")
+    assert sender.calls == []
