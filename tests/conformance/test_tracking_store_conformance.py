@@ -75,6 +75,15 @@ def with_failover(n: int, **changes: object) -> TrackingRecord:
     return record(n, type=MessageType.ALIMTALK, failover=failover, **changes)
 
 
+def left_attempting(finished: TrackingRecord, *, at: datetime) -> TrackingRecord:
+    """``finished`` with its fallback started at ``at`` and never finished (its sender died)."""
+    assert finished.failover is not None
+    failover = dataclasses.replace(
+        finished.failover, attempted=True, status=ApiAttemptStatus.ATTEMPTING, attempted_at=at
+    )
+    return dataclasses.replace(finished, failover=failover)
+
+
 @pytest.fixture(params=TRACKING_BACKENDS)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TrackingBackend]:
     opened = await open_tracking_backend(request.param)
@@ -146,15 +155,7 @@ async def test_a_fallback_left_attempting_is_claimable_once_its_lease_expires(
     now = T0 + timedelta(hours=1)
     assert await store.claim_due(worker_id=W1, now=now, lease_until=now, limit=5) == []
     await store.upsert(failed)  # reset
-    attempting = dataclasses.replace(
-        failed,
-        failover=dataclasses.replace(
-            failed.failover,  # type: ignore[arg-type]
-            attempted=True,
-            status=ApiAttemptStatus.ATTEMPTING,
-            attempted_at=now,
-        ),
-    )
+    attempting = left_attempting(failed, at=now)
     await store.upsert(attempting)
     lease = now + timedelta(minutes=2)
     claimed = await store.claim_due(worker_id=W1, now=now, lease_until=lease, limit=5)
@@ -331,16 +332,8 @@ async def test_a_record_that_does_not_open_is_settled_failed_and_the_rest_are_cl
     # Sealed under key C, which the backend's store lacks (it has key A, or no keys at all).
     foreign, _ = backend.reopen(FieldCrypto(config("C")))
     await foreign.upsert(record(1))
-    delivered = with_failover(4, status=DeliveryStatus.DELIVERED)
-    stuck = dataclasses.replace(
-        delivered,
-        failover=dataclasses.replace(
-            delivered.failover,  # type: ignore[arg-type]
-            attempted=True,
-            status=ApiAttemptStatus.ATTEMPTING,
-        ),
-    )
-    await foreign.upsert(stuck)  # claimable for its fallback, left attempting
+    stuck = left_attempting(with_failover(4, status=DeliveryStatus.DELIVERED), at=T0)
+    await foreign.upsert(stuck)  # claimable for its fallback
     await backend.store.upsert(record(2))
     await backend.store.upsert(record(3))
     now = T0 + timedelta(hours=1)
