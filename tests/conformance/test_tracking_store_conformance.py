@@ -28,8 +28,9 @@ from kmsg_webhook.messaging import (
     TrackingOrder,
     TrackingRecord,
 )
-from kmsg_webhook.messaging.tracking_rows import COLUMNS
-from kmsg_webhook.messaging.tracking_sql import tracking_table
+from kmsg_webhook.messaging.sql_store import SqlQuery
+from kmsg_webhook.messaging.tracking_rows import COLUMNS, LEASE_COLUMNS
+from kmsg_webhook.stores.sqlfiles import Dialect, queries
 from support.crypto_keys import config
 from support.stores import (
     TRACKING_BACKENDS,
@@ -94,8 +95,10 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TrackingBacke
         await opened.close()
 
 
-def test_the_query_table_matches_the_row_columns() -> None:
-    assert tuple(c.name for c in tracking_table(None).columns) == COLUMNS
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_the_upsert_writes_every_row_column_but_the_lease(dialect: Dialect) -> None:
+    upsert = SqlQuery(queries(dialect, "tracking")["upsert"])
+    assert upsert.parameters == set(COLUMNS) - set(LEASE_COLUMNS)
 
 
 async def test_upsert_then_get_round_trips_every_field(backend: TrackingBackend) -> None:

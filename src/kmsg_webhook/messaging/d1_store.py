@@ -16,10 +16,11 @@ from typing import Any, ClassVar, Self
 
 from ..crypto.fields import FieldCrypto
 from ..stores.d1.client import D1Client, D1Result, D1Statement
-from ..stores.d1.queries import NAMED_PARAMETER, D1Query
+from ..stores.d1.queries import D1Query
 from ..stores.d1.schema import quote_identifier
 from ..stores.d1.url import d1_client_from_url, url_flag
 from ..stores.sqlfiles import migrations, queries, quote, split_statements, without_comments
+from .filtered import FilteredQueries
 
 
 class D1StoreBase:
@@ -61,12 +62,7 @@ class D1StoreBase:
         self._close_client = close_client
         self._ready = False
         self._init_lock = asyncio.Lock()
-        filter_lines = self.named("filter").splitlines()
-        # The filter conditions by the parameter each binds.
-        self._conditions = {
-            m[1]: line for line in filter_lines if (m := NAMED_PARAMETER.search(line))
-        }
-        self._listings: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], D1Query] = {}
+        self._listings = FilteredQueries(self.named, D1Query.of)
         self._prepare(crypto)
 
     def _prepare(self, crypto: FieldCrypto | None) -> None:
@@ -101,16 +97,7 @@ class D1StoreBase:
         """The named listing bound to ``values``: its ``{where}`` holds the family's ``filter``
         conditions whose parameter has a value (not ``None``), its other ``{placeholders}``
         the texts in ``fill``."""
-        used = tuple(p for p in self._conditions if values.get(p) is not None)
-        key = (name, used, tuple(sorted(fill.items())))
-        query = self._listings.get(key)
-        if query is None:
-            conditions = " AND ".join(self._conditions[p] for p in used)
-            sql = self.named(name).replace("{where}", f" WHERE {conditions}" if used else "")
-            for placeholder, text in fill.items():
-                sql = sql.replace(f"{{{placeholder}}}", text)
-            query = self._listings[key] = D1Query.of(sql)
-        return query.bind(values)
+        return self._listings.query(name, values, **fill).bind(values)
 
     async def init(self) -> None:
         if self._ready:

@@ -2,24 +2,20 @@
 
 :class:`SqlTrackingStore` uses a :class:`~kmsg_webhook.stores.sql.base.SqlDatabase` (its pool,
 retries and migrations): records live in ``kmsg_webhook_message_tracking``, created by
-migration 0007. The claim is reviewed SQL (``sql/queries/tracking.<dialect>.sql``); the
-listings, counts and writes are SQLAlchemy Core, one code path for both dialects.
+migration 0007. Every query is reviewed SQL: ``sql/queries/tracking.sqlite.sql`` (the D1
+store's too), with ``tracking.postgresql.sql`` replacing the ones Postgres words differently.
 """
 
 from __future__ import annotations
 
 import builtins
+from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from ..crypto.fields import FieldCrypto
 from ..stores.sql.base import SqlDatabase
-from ..stores.sql.tables import Timestamp
-from ..stores.sqlfiles import TRACKING_TABLE
 from .sql_store import SqlStoreBase
 from .tracking_records import TrackingRecord
 from .tracking_rows import LEASE_COLUMNS, TrackingCodec, TrackingRow, row_from_mapping
@@ -35,81 +31,37 @@ from .tracking_store import (
 from .types import DeliveryStatus
 
 
-def tracking_table(schema: str | None) -> sa.Table:
-    """The tracking table (queries only; the DDL is migration 0007)."""
-    text, stamp = sa.Text, Timestamp
-    return sa.Table(
-        TRACKING_TABLE,
-        sa.MetaData(schema=schema),
-        sa.Column("message_id", text, primary_key=True),
-        sa.Column("provider_id", text, nullable=False),
-        sa.Column("provider_message_id", text),
-        sa.Column("type", text, nullable=False),
-        sa.Column("recipient", text, nullable=False),
-        sa.Column("recipient_hash", text),
-        sa.Column("sender", text),
-        sa.Column("status", text, nullable=False),
-        sa.Column("requested_at", stamp, nullable=False),
-        sa.Column("status_updated_at", stamp, nullable=False),
-        sa.Column("next_check_at", stamp, nullable=False),
-        sa.Column("scheduled_at", stamp),
-        sa.Column("attempt_count", sa.Integer, nullable=False),
-        sa.Column("last_checked_at", stamp),
-        sa.Column("sent_at", stamp),
-        sa.Column("delivered_at", stamp),
-        sa.Column("failed_at", stamp),
-        sa.Column("provider_status_code", text),
-        sa.Column("provider_status_message", text),
-        sa.Column("last_error_code", text),
-        sa.Column("last_error_message", text),
-        sa.Column("template_id", text),
-        sa.Column("correlation_id", text),
-        sa.Column("custom_fields", text),
-        sa.Column("failover", text),
-        sa.Column("fallback_status", text),
-        sa.Column("lease_owner", text),
-        sa.Column("lease_expires_at", stamp),
-    )
-
-
 class SqlTrackingStore(SqlStoreBase):
     """The tracking store of one SQL database; the protocol is ``TrackingStore``.
 
     ``owns_database``: :meth:`close` closes the database too (a store opened by URL).
     """
 
+    family = "tracking"
+
     def __init__(
         self, db: SqlDatabase, *, crypto: FieldCrypto | None = None, owns_database: bool = False
     ) -> None:
         super().__init__(db, owns_database=owns_database)
         self._codec = TrackingCodec(crypto)
-        self._t = tracking_table(db.names.schema)
-        self._claim = self.named_query("tracking", "claim_due")
+        self._claim, self._upsert, self._get, self._save, self._release, self._purge = (
+            self.named(name) for name in ("claim_due", "upsert", "get", "save", "release", "purge")
+        )
 
     async def upsert(self, record: TrackingRecord) -> None:
-        t = self._t
-        values = self._codec.to_row(record).values()
-        for name in LEASE_COLUMNS:
-            values.pop(name)
-        insert = self._db.insert_statement(t).values(values)
-        statement = insert.on_conflict_do_update(
-            index_elements=[t.c.message_id],
-            set_={name: insert.excluded[name] for name in values if name != "message_id"},
-        )
-        await self.write(statement)
+        await self.write([self._upsert.bind(self._codec.to_row(record).values())])
 
     async def get(self, message_id: str) -> TrackingRecord | None:
-        t = self._t
-        found = await self._read(sa.select(t).where(t.c.message_id == message_id))
-        return found[0] if found else None
+        found = await self.read(self._get.bind({"message_id": message_id}))
+        return self._codec.from_row(row_from_mapping(found[0])) if found else None
 
     async def claim_due(
         self, *, worker_id: str, now: datetime, lease_until: datetime, limit: int
-    ) -> list[TrackingRecord]:
+    ) -> builtins.list[TrackingRecord]:
         if limit <= 0:
             return []
         params = {"worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit}
-        rows = await self.claim_rows(self._claim, params)
+        rows = await self.returning([self._claim.bind(params)])
         return await self._codec.claimed(
             rows, now=now, save_row=lambda row: self._save_row(row, worker_id, False)
         )
@@ -120,28 +72,16 @@ class SqlTrackingStore(SqlStoreBase):
         return await self._save_row(self._codec.to_row(record), worker_id, keep_lease)
 
     async def _save_row(self, row: TrackingRow, worker_id: str, keep_lease: bool) -> bool:
-        t = self._t
         values = row.values()
-        if keep_lease:
-            for name in LEASE_COLUMNS:
-                values.pop(name)
-        statement = (
-            sa.update(t)
-            .where(t.c.message_id == row.message_id, t.c.lease_owner == worker_id)
-            .values(values)
-        )
-        return await self.write(statement) > 0
+        for name in LEASE_COLUMNS:
+            values.pop(name)
+        params = {**values, "worker_id": worker_id, "keep_lease": keep_lease}
+        return await self.write([self._save.bind(params)]) > 0
 
     async def release(self, message_ids: Sequence[str], *, worker_id: str) -> None:
-        if not message_ids:
-            return
-        t = self._t
-        statement = (
-            sa.update(t)
-            .where(t.c.message_id.in_(list(message_ids)), t.c.lease_owner == worker_id)
-            .values(lease_owner=None, lease_expires_at=None)
-        )
-        await self.write(statement)
+        if message_ids:
+            params = {"worker_id": worker_id, "message_ids": list(message_ids)}
+            await self.write([self._release.bind(params)])
 
     async def list_records(
         self,
@@ -151,81 +91,53 @@ class SqlTrackingStore(SqlStoreBase):
         offset: int = 0,
         order_by: TrackingOrder = TrackingOrder.REQUESTED_AT,
         descending: bool = True,
-    ) -> list[TrackingRecord]:
+    ) -> builtins.list[TrackingRecord]:
         check_page(limit, offset)
-        t = self._t
-        keys = [t.c[TrackingOrder(order_by).value], t.c.message_id]
-        query = (
-            sa.select(t)
-            .where(*self._conditions(filter))
-            .order_by(*(k.desc() if descending else k.asc() for k in keys))
-            .limit(limit)
-            .offset(offset)
-        )
-        return await self._read(query)
+        direction = "DESC" if descending else "ASC"
+        order = f"{TrackingOrder(order_by).value} {direction}, message_id {direction}"
+        params = {**self._filter(filter), "limit": limit, "offset": offset}
+        rows = await self.read(self.filtered("list_records", params, order=order))
+        return [self._codec.from_row(row_from_mapping(row)) for row in rows]
 
     async def count_records(self, filter: TrackingFilter = ALL_RECORDS) -> int:
-        query = sa.select(sa.func.count()).select_from(self._t).where(*self._conditions(filter))
-
-        async def op(conn: AsyncConnection, attempt: int) -> int:
-            return int((await conn.execute(query)).scalar_one())
-
-        return await self._db.run(op)
+        [row] = await self.read(self.filtered("count_records", self._filter(filter)))
+        return int(row["n"])
 
     async def count_by(
         self, filter: TrackingFilter, by: Sequence[TrackingGroup]
     ) -> dict[tuple[str, ...], int]:
-        columns = [self._t.c[g.value] for g in check_groups(by)]
-        query = (
-            sa.select(*columns, sa.func.count()).where(*self._conditions(filter)).group_by(*columns)
-        )
-
-        async def op(conn: AsyncConnection, attempt: int) -> dict[tuple[str, ...], int]:
-            return {
-                tuple(str(v) for v in row[:-1]): int(row[-1]) for row in await conn.execute(query)
-            }
-
-        return await self._db.run(op)
+        groups = check_groups(by)
+        counts: Counter[tuple[str, ...]] = Counter()
+        for row in await self.read(self.filtered("count_by", self._filter(filter))):
+            counts[tuple(str(row[g.value]) for g in groups)] += int(row["n"])
+        return dict(counts)
 
     async def purge(self, *, statuses: Collection[DeliveryStatus], older_than: datetime) -> int:
         chosen = check_purgeable(statuses)
         if not chosen:
             return 0
-        t = self._t
-        statement = sa.delete(t).where(
-            t.c.status.in_(chosen),
-            t.c.requested_at < self._db.bound(older_than),
-            sa.or_(t.c.fallback_status.is_(None), t.c.fallback_status != "attempting"),
-        )
-        return await self.write(statement)
+        params = {"statuses": chosen, "older_than": self._db.bound(older_than)}
+        return await self.write([self._purge.bind(params)])
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _read(self, query: sa.Select[Any]) -> builtins.list[TrackingRecord]:
-        return [self._codec.from_row(row_from_mapping(r)) for r in await self.read(query)]
-
-    def _conditions(self, f: TrackingFilter) -> builtins.list[sa.ColumnElement[bool]]:
-        t, bound = self._t, self._db.bound
-        conditions: builtins.list[sa.ColumnElement[bool]] = []
-        for column, value in (
-            ("message_id", f.message_id),
-            ("provider_id", f.provider_id),
-            ("provider_message_id", f.provider_message_id),
-            ("type", None if f.type is None else f.type.value),
-        ):
-            if value is not None:
-                conditions.append(t.c[column] == value)
-        if f.statuses:
-            conditions.append(t.c.status.in_([s.value for s in f.statuses]))
+    def _filter(self, f: TrackingFilter) -> dict[str, Any]:
+        """The ``filter`` conditions' parameters (``None`` does not filter; time bounds as the
+        dialect compares them exactly)."""
+        bound = self._db.bound
+        recipient: dict[str, str | None] = {"recipient": None, "recipient_hash": None}
         if f.to is not None:
             column, value = self._codec.recipient_filter(f.to)
-            conditions.append(t.c[column] == value)
-        if f.requested_from is not None:
-            conditions.append(t.c.requested_at >= bound(f.requested_from))
-        if f.requested_before is not None:
-            conditions.append(t.c.requested_at < bound(f.requested_before))
-        if f.updated_from is not None:
-            conditions.append(t.c.status_updated_at >= bound(f.updated_from))
-        if f.updated_before is not None:
-            conditions.append(t.c.status_updated_at < bound(f.updated_before))
-        return conditions
+            recipient[column] = value
+        return {
+            "message_id": f.message_id,
+            "provider_id": f.provider_id,
+            "provider_message_id": f.provider_message_id,
+            "type": None if f.type is None else f.type.value,
+            "statuses": [s.value for s in f.statuses] or None,
+            **recipient,
+            "requested_from": None if f.requested_from is None else bound(f.requested_from),
+            "requested_before": None if f.requested_before is None else bound(f.requested_before),
+            "updated_from": None if f.updated_from is None else bound(f.updated_from),
+            "updated_before": None if f.updated_before is None else bound(f.updated_before),
+        }

@@ -161,9 +161,15 @@ def schema_version(dialect: Dialect) -> int:
 @cache
 def queries(dialect: Dialect, family: str = "") -> dict[str, str]:
     """Named queries (``-- name: x`` headers) from ``queries/<dialect>.sql``, or
-    ``queries/<family>.<dialect>.sql``; the webhook family also has ``queries/shared.sql``, the
-    text both dialects run (a dialect's file overrides a name)."""
-    files = [f"{family}.{dialect}.sql"] if family else ["shared.sql", f"{dialect}.sql"]
+    ``queries/<family>.<dialect>.sql``. Later files override a name: the webhook family starts
+    from ``queries/shared.sql``, the text both dialects run; on Postgres a messaging family
+    starts from its SQLite file (what D1 runs too) and replaces what Postgres words differently."""
+    if not family:
+        files = ["shared.sql", f"{dialect}.sql"]
+    elif dialect == "postgresql":
+        files = [f"{family}.sqlite.sql", f"{family}.postgresql.sql"]
+    else:
+        files = [f"{family}.{dialect}.sql"]
     found: dict[str, str] = {}
     for file in files:
         text = _read("queries", file)

@@ -1,6 +1,7 @@
--- Queries of the PostgreSQL job queue (messaging/jobs_sql.py), run through SQLAlchemy with named
--- parameters. kmsg_webhook_* identifiers are replaced by the configured names when the store loads
--- this file.
+-- The PostgreSQL job queue (messaging/jobs_sql.py) runs jobs.sqlite.sql with the queries here in
+-- place of those of the same name: the ones Postgres words differently (row locks, JSON arrays).
+-- Named parameters; timestamps are timestamptz. kmsg_webhook_* identifiers are replaced by the
+-- configured names when the store loads this file.
 
 -- name: claim_jobs
 -- Lease up to :limit pending jobs due at :now (earliest first) to :worker_id until :lease_until,
@@ -20,3 +21,9 @@ FROM (
     FOR UPDATE SKIP LOCKED) AS due
 WHERE j.id = due.id
 RETURNING j.*;
+
+-- name: filter
+-- jobs.sqlite.sql's filter, with the JSON arrays read by json_array_elements_text.
+batch_id = :batch_id
+status IN (SELECT json_array_elements_text(CAST(:statuses AS json)))
+id IN (SELECT json_array_elements_text(CAST(:job_ids AS json)));

@@ -1,6 +1,7 @@
 -- Queries of the job queue in SQLite's dialect, with named parameters; timestamps are epoch
--- milliseconds. The SQLite store (messaging/jobs_sql.py) runs claim_jobs through SQLAlchemy; the
--- D1 store (messaging/jobs_d1.py) runs every query here, its parameters made positional.
+-- milliseconds. The SQL store (messaging/jobs_sql.py) runs every query here on SQLite, and on
+-- Postgres those its .postgresql.sql does not replace; the D1 store (messaging/jobs_d1.py) runs
+-- every query here, its parameters made positional.
 -- kmsg_webhook_* identifiers are replaced by the configured names when a store loads this file.
 
 -- name: claim_jobs

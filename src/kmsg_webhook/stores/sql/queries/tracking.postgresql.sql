@@ -1,6 +1,8 @@
--- Queries of the PostgreSQL tracking store (messaging/tracking_sql.py), run through SQLAlchemy
--- with named parameters. kmsg_webhook_* identifiers are replaced by the configured (validated,
--- quoted, schema-qualified) names when the store loads this file.
+-- The PostgreSQL tracking store (messaging/tracking_sql.py) runs tracking.sqlite.sql with the
+-- queries here in place of those of the same name: the ones Postgres words differently (row
+-- locks, JSON arrays). Named parameters; timestamps are timestamptz. kmsg_webhook_* identifiers
+-- are replaced by the configured (validated, quoted, schema-qualified) names when the store
+-- loads this file.
 
 -- name: claim_due
 -- Lease up to :limit records the reconciler must look at to :worker_id until :lease_until:
@@ -20,3 +22,31 @@ FROM (
     FOR UPDATE SKIP LOCKED) AS due
 WHERE t.message_id = due.message_id
 RETURNING t.*;
+
+-- name: release
+-- Give back the leases :worker_id holds on the message ids of the JSON array :message_ids.
+UPDATE kmsg_webhook_message_tracking SET lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = :worker_id
+  AND message_id IN (SELECT json_array_elements_text(CAST(:message_ids AS json)));
+
+-- name: filter
+-- tracking.sqlite.sql's filter, with :statuses read by json_array_elements_text.
+message_id = :message_id
+provider_id = :provider_id
+provider_message_id = :provider_message_id
+type = :type
+status IN (SELECT json_array_elements_text(CAST(:statuses AS json)))
+recipient = :recipient
+recipient_hash = :recipient_hash
+requested_at >= :requested_from
+requested_at < :requested_before
+status_updated_at >= :updated_from
+status_updated_at < :updated_before;
+
+-- name: purge
+-- Delete records in the statuses of the JSON array :statuses requested before :older_than,
+-- except those whose fallback is in flight.
+DELETE FROM kmsg_webhook_message_tracking
+WHERE status IN (SELECT json_array_elements_text(CAST(:statuses AS json)))
+  AND requested_at < :older_than
+  AND (fallback_status IS NULL OR fallback_status <> 'attempting');
