@@ -30,6 +30,7 @@ from .tracking_store import (
     check_groups,
     check_page,
     check_purgeable,
+    filter_parameters,
 )
 from .types import DeliveryStatus
 
@@ -124,28 +125,5 @@ class D1TrackingStore(D1StoreBase):
         [result] = await self.run([self._purge.bind(params)])
         return result.changes
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def _filter(self, f: TrackingFilter) -> dict[str, Any]:
-        """The ``filter`` conditions' parameters (``None`` does not filter; time bounds are
-        rounded up to whole milliseconds, so ``ms >= bound`` is exactly ``t >= bound``)."""
-        recipient: dict[str, str | None] = {"recipient": None, "recipient_hash": None}
-        if f.to is not None:
-            column, value = self._codec.recipient_filter(f.to)
-            recipient[column] = value
-        return {
-            "message_id": f.message_id,
-            "provider_id": f.provider_id,
-            "provider_message_id": f.provider_message_id,
-            "type": None if f.type is None else f.type.value,
-            "statuses": [s.value for s in f.statuses] or None,
-            **recipient,
-            "requested_from": _bound(f.requested_from),
-            "requested_before": _bound(f.requested_before),
-            "updated_from": _bound(f.updated_from),
-            "updated_before": _bound(f.updated_before),
-        }
-
-
-def _bound(value: datetime | None) -> int | None:
-    return None if value is None else ceil_millis(value)
+        return filter_parameters(f, self._codec, ceil_millis)

@@ -27,6 +27,7 @@ from .tracking_store import (
     check_groups,
     check_page,
     check_purgeable,
+    filter_parameters,
 )
 from .types import DeliveryStatus
 
@@ -119,25 +120,5 @@ class SqlTrackingStore(SqlStoreBase):
         params = {"statuses": chosen, "older_than": self._db.bound(older_than)}
         return await self.write([self._purge.bind(params)])
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def _filter(self, f: TrackingFilter) -> dict[str, Any]:
-        """The ``filter`` conditions' parameters (``None`` does not filter; time bounds as the
-        dialect compares them exactly)."""
-        bound = self._db.bound
-        recipient: dict[str, str | None] = {"recipient": None, "recipient_hash": None}
-        if f.to is not None:
-            column, value = self._codec.recipient_filter(f.to)
-            recipient[column] = value
-        return {
-            "message_id": f.message_id,
-            "provider_id": f.provider_id,
-            "provider_message_id": f.provider_message_id,
-            "type": None if f.type is None else f.type.value,
-            "statuses": [s.value for s in f.statuses] or None,
-            **recipient,
-            "requested_from": None if f.requested_from is None else bound(f.requested_from),
-            "requested_before": None if f.requested_before is None else bound(f.requested_before),
-            "updated_from": None if f.updated_from is None else bound(f.updated_from),
-            "updated_before": None if f.updated_before is None else bound(f.updated_before),
-        }
+        return filter_parameters(f, self._codec, self._db.bound)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..crypto.config import FieldCryptoConfig
 from ..crypto.fields import FieldCrypto
@@ -407,3 +407,29 @@ def tracking_store_from_url(
 
     db = database_from_url(url, initialize_schema=initialize_schema)
     return SqlTrackingStore(db, crypto=field_crypto, owns_database=True)
+
+
+def filter_parameters(
+    f: TrackingFilter, codec: TrackingCodec, bound: Callable[[datetime], Any]
+) -> dict[str, Any]:
+    """The parameters of the tracking queries' ``filter`` conditions (``None`` does not
+    filter); ``bound`` turns a time bound into what the database compares exactly."""
+    recipient: dict[str, str | None] = {"recipient": None, "recipient_hash": None}
+    if f.to is not None:
+        column, value = codec.recipient_filter(f.to)
+        recipient[column] = value
+    times = {
+        "requested_from": f.requested_from,
+        "requested_before": f.requested_before,
+        "updated_from": f.updated_from,
+        "updated_before": f.updated_before,
+    }
+    return {
+        "message_id": f.message_id,
+        "provider_id": f.provider_id,
+        "provider_message_id": f.provider_message_id,
+        "type": None if f.type is None else f.type.value,
+        "statuses": [s.value for s in f.statuses] or None,
+        **recipient,
+        **{name: None if t is None else bound(t) for name, t in times.items()},
+    }
