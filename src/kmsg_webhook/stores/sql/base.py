@@ -300,7 +300,7 @@ class SqlDatabase(ABC):
 
     def bound(self, value: datetime) -> datetime:
         """A lower or strict upper time bound as the dialect compares it exactly (see SQLite),
-        for the messaging stores' Core queries."""
+        for the messaging stores' filters."""
         return value
 
     def query(self, name: str, where: Where | None = None) -> sa.TextClause:
