@@ -215,3 +215,42 @@ async def test_a_sealed_store_needs_its_keys(sql_store_url: str) -> None:
         "queue", "list", "--status", "sent", "--json", env=KEYS_ENV, store=sql_store_url
     )
     assert [j["to"] for j in jobs.json()["jobs"]] == ["010-****-0001"]
+
+
+async def test_purge_counts_only_what_it_deletes(sql_store_url: str) -> None:
+    """A record whose SMS fallback is still being sent is never purged, so neither the dry run
+    nor the question before a purge counts it."""
+    tracking = tracking_store_from_url(sql_store_url)
+    in_flight = FailoverState(
+        FailoverOptions(enabled=True, fallback_content="문자 안내"),
+        attempted=True,
+        status=ApiAttemptStatus.ATTEMPTING,
+    )
+    try:
+        for mid, failover in (("finished", None), ("falling-back", in_flight)):
+            await tracking.upsert(
+                TrackingRecord(
+                    message_id=mid,
+                    provider_id="solapi",
+                    provider_message_id=f"P-{mid}",
+                    type=MessageType.ALIMTALK,
+                    to="010-1234-5678",
+                    requested_at=LONG_AGO,
+                    status=DeliveryStatus.FAILED,
+                    status_updated_at=LONG_AGO,
+                    next_check_at=LONG_AGO,
+                    failover=failover,
+                )
+            )
+    finally:
+        await tracking.close()
+    args = ("tracking", "purge", "--older-than", "30d")
+    dry = await kmsg(*args, "--dry-run", "--json", store=sql_store_url)
+    assert dry.code == 0, dry.err
+    assert dry.json() == {"would_purge": 1, "dry_run": True}
+    asked = await kmsg(*args, store=sql_store_url)
+    assert asked.code == 5 and "purge 1 tracked message(s)" in asked.err
+    purged = await kmsg(*args, "--yes", "--json", store=sql_store_url)
+    assert purged.json() == {"purged": 1, "dry_run": False}
+    left = await kmsg("tracking", "list", "--json", store=sql_store_url)
+    assert [r["message_id"] for r in left.json()["records"]] == ["falling-back"]

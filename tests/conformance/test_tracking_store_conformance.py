@@ -289,6 +289,9 @@ async def test_purge_by_age_per_status(backend: TrackingBackend) -> None:
         ),
     )
     await store.upsert(attempting)  # a fallback in flight: kept
+    in_flight = await store.list_records(TrackingFilter(fallback_in_flight=True))
+    assert [r.message_id for r in in_flight] == ["msg-006"]
+    assert await store.count_records(TrackingFilter(fallback_in_flight=False)) == 5
     with pytest.raises(ConfigError, match="still being tracked: SENT"):
         await store.purge(statuses=[DeliveryStatus.SENT], older_than=recent)
     cutoff = T0 + timedelta(days=50)
@@ -296,9 +299,10 @@ async def test_purge_by_age_per_status(backend: TrackingBackend) -> None:
     now = T0 + timedelta(days=140)
     # failures-longer: delivered 30 days, the rest a year.
     assert await RetentionPolicy.preset(RetentionPreset.FAILURES_LONGER).apply(store, now=now) == 1
+    ops = RetentionPolicy.preset("ops-logs")
+    assert await ops.count(store, now=now) == 2  # msg-006 is old and failed, but in flight
     left = {r.message_id for r in await store.list_records()}
     assert left == {"msg-002", "msg-003", "msg-005", "msg-006"}
-    ops = RetentionPolicy.preset("ops-logs")
     assert await ops.apply(store, now=now) == 2
     assert {r.message_id for r in await store.list_records()} == {"msg-003", "msg-006"}
 

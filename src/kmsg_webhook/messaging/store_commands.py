@@ -350,11 +350,7 @@ async def _tracking_purge(args: argparse.Namespace, stores: MessagingStores, out
         statuses = [DeliveryStatus(s) for s in args.status or ()] or list(TERMINAL_STATUSES)
         policy = RetentionPolicy(dict.fromkeys(statuses, args.older_than))
     now = datetime.now(UTC)
-    due = 0
-    for status, kept in policy.max_age.items():
-        due += await stores.tracking.count_records(
-            TrackingFilter(statuses=(status,), requested_before=now - kept)
-        )
+    due = await policy.count(stores.tracking, now=now)
     what = ", ".join(
         f"{s.value} older than {_days(a.total_seconds())}" for s, a in policy.max_age.items()
     )

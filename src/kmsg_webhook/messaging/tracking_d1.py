@@ -29,8 +29,8 @@ from .tracking_store import (
     TrackingOrder,
     check_groups,
     check_page,
-    check_purgeable,
     filter_parameters,
+    purgeable,
 )
 from .types import DeliveryStatus
 
@@ -47,10 +47,10 @@ class D1TrackingStore(D1StoreBase):
         self._codec = TrackingCodec(crypto)
         q = {
             name: D1Query.of(self.named(name))
-            for name in ("claim_due", "upsert", "get", "save", "release", "purge")
+            for name in ("claim_due", "upsert", "get", "save", "release")
         }
         self._claim, self._upsert, self._get = q["claim_due"], q["upsert"], q["get"]
-        self._save, self._release, self._purge = q["save"], q["release"], q["purge"]
+        self._save, self._release = q["save"], q["release"]
 
     async def upsert(self, record: TrackingRecord) -> None:
         await self.run([self._upsert.bind(self._codec.to_row(record).values())])
@@ -118,11 +118,10 @@ class D1TrackingStore(D1StoreBase):
         return dict(counts)
 
     async def purge(self, *, statuses: Collection[DeliveryStatus], older_than: datetime) -> int:
-        chosen = check_purgeable(statuses)
-        if not chosen:
+        query = purgeable(statuses, older_than)
+        if query is None:
             return 0
-        params = {"statuses": chosen, "older_than": ceil_millis(older_than)}
-        [result] = await self.run([self._purge.bind(params)])
+        [result] = await self.run([self.filtered("purge", self._filter(query))])
         return result.changes
 
     def _filter(self, f: TrackingFilter) -> dict[str, Any]:

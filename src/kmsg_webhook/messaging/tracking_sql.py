@@ -26,8 +26,8 @@ from .tracking_store import (
     TrackingOrder,
     check_groups,
     check_page,
-    check_purgeable,
     filter_parameters,
+    purgeable,
 )
 from .types import DeliveryStatus
 
@@ -45,8 +45,8 @@ class SqlTrackingStore(SqlStoreBase):
     ) -> None:
         super().__init__(db, owns_database=owns_database)
         self._codec = TrackingCodec(crypto)
-        self._claim, self._upsert, self._get, self._save, self._release, self._purge = (
-            self.named(name) for name in ("claim_due", "upsert", "get", "save", "release", "purge")
+        self._claim, self._upsert, self._get, self._save, self._release = (
+            self.named(name) for name in ("claim_due", "upsert", "get", "save", "release")
         )
 
     async def upsert(self, record: TrackingRecord) -> None:
@@ -114,11 +114,10 @@ class SqlTrackingStore(SqlStoreBase):
         return dict(counts)
 
     async def purge(self, *, statuses: Collection[DeliveryStatus], older_than: datetime) -> int:
-        chosen = check_purgeable(statuses)
-        if not chosen:
+        query = purgeable(statuses, older_than)
+        if query is None:
             return 0
-        params = {"statuses": chosen, "older_than": self._db.bound(older_than)}
-        return await self.write([self._purge.bind(params)])
+        return await self.write([self.filtered("purge", self._filter(query))])
 
     def _filter(self, f: TrackingFilter) -> dict[str, Any]:
         return filter_parameters(f, self._codec, self._db.bound)

@@ -52,7 +52,9 @@ class TrackingOrder(StrEnum):
 @dataclass(frozen=True, slots=True)
 class TrackingFilter:
     """Records matching every given field. ``*_from`` bounds are inclusive, ``*_before``
-    exclusive. ``to`` finds a recipient (by its keyed hash when field crypto hashes it)."""
+    exclusive. ``to`` finds a recipient (by its keyed hash when field crypto hashes it).
+    ``fallback_in_flight``: ``True`` only records whose fallback is being sent (``attempting``),
+    ``False`` every other record."""
 
     message_id: str | None = None
     provider_id: str | None = None
@@ -64,6 +66,7 @@ class TrackingFilter:
     requested_before: datetime | None = None
     updated_from: datetime | None = None
     updated_before: datetime | None = None
+    fallback_in_flight: bool | None = None
 
 
 #: The filter that matches every record.
@@ -149,6 +152,19 @@ def check_purgeable(statuses: Collection[DeliveryStatus]) -> list[str]:
     return [s.value for s in chosen]
 
 
+def purgeable(statuses: Collection[DeliveryStatus], older_than: datetime) -> TrackingFilter | None:
+    """What :meth:`TrackingStore.purge` deletes, as a filter (``None``: nothing, no status
+    given). Counting with it tells exactly what a purge would take."""
+    chosen = check_purgeable(statuses)
+    if not chosen:
+        return None
+    return TrackingFilter(
+        statuses=tuple(DeliveryStatus(s) for s in chosen),
+        requested_before=older_than,
+        fallback_in_flight=False,
+    )
+
+
 # -- retention -------------------------------------------------------------------------------------
 
 
@@ -212,13 +228,26 @@ class RetentionPolicy:
 
     async def apply(self, store: TrackingStore, *, now: datetime) -> int:
         """Purge what the policy no longer keeps; returns how many records went."""
+        purged = 0
+        for statuses, older_than in self._cutoffs(now):
+            purged += await store.purge(statuses=statuses, older_than=older_than)
+        return purged
+
+    async def count(self, store: TrackingStore, *, now: datetime) -> int:
+        """How many records :meth:`apply` would purge at ``now`` (the same conditions)."""
+        due = 0
+        for statuses, older_than in self._cutoffs(now):
+            query = purgeable(statuses, older_than)
+            if query is not None:
+                due += await store.count_records(query)
+        return due
+
+    def _cutoffs(self, now: datetime) -> list[tuple[list[DeliveryStatus], datetime]]:
+        """The statuses kept equally long, with the time before which they go."""
         by_age: dict[timedelta, list[DeliveryStatus]] = {}
         for status, age in self.max_age.items():
             by_age.setdefault(age, []).append(status)
-        purged = 0
-        for age, statuses in sorted(by_age.items()):
-            purged += await store.purge(statuses=statuses, older_than=now - age)
-        return purged
+        return [(statuses, now - age) for age, statuses in sorted(by_age.items())]
 
 
 # -- memory ----------------------------------------------------------------------------------------
@@ -334,14 +363,8 @@ class InMemoryTrackingStore:
         return dict(counts)
 
     async def purge(self, *, statuses: Collection[DeliveryStatus], older_than: datetime) -> int:
-        chosen = set(check_purgeable(statuses))
-        gone = [
-            row.message_id
-            for row in self._rows.values()
-            if row.status in chosen
-            and row.requested_at < older_than
-            and row.fallback_status != _ATTEMPTING
-        ]
+        query = purgeable(statuses, older_than)
+        gone = [] if query is None else [row.message_id for row in self._matching(query)]
         for message_id in gone:
             del self._rows[message_id]
         return len(gone)
@@ -364,6 +387,10 @@ class InMemoryTrackingStore:
                 or (f.requested_before is not None and row.requested_at >= f.requested_before)
                 or (f.updated_from is not None and row.status_updated_at < f.updated_from)
                 or (f.updated_before is not None and row.status_updated_at >= f.updated_before)
+                or (
+                    f.fallback_in_flight is not None
+                    and (row.fallback_status == _ATTEMPTING) != f.fallback_in_flight
+                )
             ):
                 continue
             yield row
@@ -432,4 +459,5 @@ def filter_parameters(
         "statuses": [s.value for s in f.statuses] or None,
         **recipient,
         **{name: None if t is None else bound(t) for name, t in times.items()},
+        "fallback_in_flight": None if f.fallback_in_flight is None else int(f.fallback_in_flight),
     }

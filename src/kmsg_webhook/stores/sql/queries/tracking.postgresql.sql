@@ -41,12 +41,9 @@ recipient_hash = :recipient_hash
 requested_at >= :requested_from
 requested_at < :requested_before
 status_updated_at >= :updated_from
-status_updated_at < :updated_before;
+status_updated_at < :updated_before
+(fallback_status IS NOT DISTINCT FROM 'attempting') = CAST(:fallback_in_flight AS integer)::boolean;
 
 -- name: purge
--- Delete records in the statuses of the JSON array :statuses requested before :older_than,
--- except those whose fallback is in flight.
-DELETE FROM kmsg_webhook_message_tracking
-WHERE status IN (SELECT json_array_elements_text(CAST(:statuses AS json)))
-  AND requested_at < :older_than
-  AND (fallback_status IS NULL OR fallback_status <> 'attempting');
+-- tracking.sqlite.sql's purge: delete the records matching the store's purge filter.
+DELETE FROM kmsg_webhook_message_tracking{where};

@@ -109,7 +109,8 @@ WHERE lease_owner = :worker_id AND message_id IN (SELECT value FROM json_each(:m
 -- One condition per line, for the filter field whose parameter it binds: a listing below holds
 -- {where}, which the store replaces with " WHERE " and the conditions of the fields set, joined
 -- by AND (nothing when none is set), so each listing uses the indexes of what it filters on.
--- :statuses is a JSON array; the *_from bounds are inclusive, the *_before bounds exclusive.
+-- :statuses is a JSON array; the *_from bounds are inclusive, the *_before bounds exclusive;
+-- :fallback_in_flight is 1 (only fallbacks being sent) or 0 (every other record).
 message_id = :message_id
 provider_id = :provider_id
 provider_message_id = :provider_message_id
@@ -120,7 +121,8 @@ recipient_hash = :recipient_hash
 requested_at >= :requested_from
 requested_at < :requested_before
 status_updated_at >= :updated_from
-status_updated_at < :updated_before;
+status_updated_at < :updated_before
+(fallback_status IS 'attempting') = :fallback_in_flight;
 
 -- name: list_records
 -- A page of the records matching a filter; {order} is the sort key then message_id, both in one
@@ -138,9 +140,6 @@ SELECT provider_id, type, status, COUNT(*) AS n FROM kmsg_webhook_message_tracki
 GROUP BY provider_id, type, status;
 
 -- name: purge
--- Delete records in the statuses of the JSON array :statuses requested before :older_than,
--- except those whose fallback is in flight.
-DELETE FROM kmsg_webhook_message_tracking
-WHERE status IN (SELECT value FROM json_each(:statuses))
-  AND requested_at < :older_than
-  AND (fallback_status IS NULL OR fallback_status <> 'attempting');
+-- Delete the records matching a filter (the store's purge filter: finished, old enough, no
+-- fallback in flight), so a count with that filter says what a purge takes.
+DELETE FROM kmsg_webhook_message_tracking{where};
