@@ -32,6 +32,7 @@ from kmsg_webhook.messaging import (
 from kmsg_webhook.messaging.jobs import JobStatus
 from kmsg_webhook.redact import redact_url
 from kmsg_webhook.stores.url import migrate
+from support.cli import kmsg_process
 from support.crypto_keys import KEYS_ENV
 from support.fakes.base import Recorded, Reply
 from support.fakes.solapi import FakeSolapi
@@ -351,3 +352,23 @@ async def test_the_worker_refuses_what_it_cannot_run(
             assert await worker.exit_code() == code, (args, worker.lines)
             assert any(message in line.get("raw", "") for line in worker.lines), worker.lines
     assert solapi.hits("/messages/v4/send") == []  # the refused workers sent nothing
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--first-check-s", "-1"), "argument --first-check-s: must be 0 or more, got -1"),
+        (("--stop-grace=-0.5",), "argument --stop-grace: must be 0 or more, got -0.5"),
+        (("--stop-grace", "inf"), "argument --stop-grace: must be 0 or more, got inf"),
+        (("--rate-limit", "solapi=0"), "argument --rate-limit: takes provider=per_second"),
+        (("--rate-limit", "solapi=-5:2"), "argument --rate-limit: takes provider=per_second"),
+        (("--rate-limit", "solapi=nan"), "argument --rate-limit: takes provider=per_second"),
+        (("--rate-limit", "solapi=5:0"), "argument --rate-limit: takes provider=per_second"),
+    ],
+)
+async def test_bad_worker_numbers_are_usage_errors(args: tuple[str, ...], message: str) -> None:
+    """Refused by argparse before anything opens: exit 2, the usage line, the option named."""
+    refused = await kmsg_process("worker", *args, env={})
+    assert refused.code == 2, refused.err
+    assert refused.err.startswith("usage: ") and message in refused.err
+    assert "Traceback" not in refused.err

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -37,7 +38,8 @@ class RateLimit:
     burst: int | None = None
 
     def __post_init__(self) -> None:
-        if self.per_second <= 0 or (self.burst is not None and self.burst < 1):
+        # Written so NaN and infinity fail too: neither is a rate a bucket can refill at.
+        if not 0 < self.per_second < math.inf or (self.burst is not None and self.burst < 1):
             raise ConfigError("a rate limit needs per_second > 0 and burst >= 1")
 
 

@@ -25,7 +25,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .. import eventloop
-from ..cliargs import policy_args, positive, positive_float, security_options, tcp_port
+from ..cliargs import (
+    non_negative_float,
+    policy_args,
+    positive,
+    positive_float,
+    security_options,
+    tcp_port,
+)
 from ..config import SecurityOptions, WebhookConfig
 from ..errors import ConfigError, WebhookError
 from ..monitor import WorkerMonitor, serve_health
@@ -133,19 +140,20 @@ class WorkerSettings:
     metrics: bool = False
 
 
-def _rate_limits(specs: list[str]) -> dict[str, ProviderLimits]:
-    limits = {}
-    for spec in specs:
-        provider_id, sep, rate = spec.partition("=")
-        per_second, _, burst = rate.partition(":")
-        try:
-            limit = RateLimit(float(per_second), int(burst) if burst else None)
-        except ValueError:
-            limit = None
-        if not sep or not provider_id or limit is None:
-            raise ConfigError(f"--rate-limit takes provider=per_second[:burst], got {spec!r}")
-        limits[provider_id] = ProviderLimits(default=limit)
-    return limits
+def rate_limit(text: str) -> tuple[str, RateLimit]:
+    """A ``--rate-limit`` value: ``PROVIDER=PER_SECOND[:BURST]``, checked as argparse types are
+    (so a bad one exits 2 with the usage line)."""
+    provider_id, sep, rate = text.partition("=")
+    per_second, _, burst = rate.partition(":")
+    try:
+        limit = RateLimit(float(per_second), int(burst) if burst else None)
+    except ValueError:  # a malformed number, or a ConfigError from RateLimit's own check
+        limit = None
+    if not sep or not provider_id or limit is None:
+        raise argparse.ArgumentTypeError(
+            f"takes provider=per_second[:burst] (per_second > 0, burst >= 1), got {text!r}"
+        )
+    return provider_id, limit
 
 
 class MessagingWorker:
@@ -317,7 +325,10 @@ def _settings(args: argparse.Namespace) -> WorkerSettings:
         poll_interval=args.poll_s,
         first_check=timedelta(seconds=args.first_check_s),
         stop_grace=args.stop_grace,
-        resilience=Resilience(_rate_limits(args.rate_limit), breaker),
+        resilience=Resilience(
+            {provider: ProviderLimits(default=limit) for provider, limit in args.rate_limit},
+            breaker,
+        ),
         security=security_options(args),
         metrics=args.metrics_port is not None,
     )
@@ -419,7 +430,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     worker.add_argument(
         "--first-check-s",
-        type=float,
+        type=non_negative_float,
         default=PollingConfig().initial_delay.total_seconds(),
         help="seconds from a send to its first delivery status check (default: 30)",
     )
@@ -434,12 +445,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     worker.add_argument(
         "--stop-grace",
-        type=float,
+        type=non_negative_float,
         default=30.0,
         help="on SIGTERM, seconds for sends and checks in flight to finish (default: 30)",
     )
     worker.add_argument(
         "--rate-limit",
+        type=rate_limit,
         action="append",
         default=[],
         metavar="PROVIDER=PER_SECOND[:BURST]",
