@@ -45,6 +45,22 @@ def job(n: int, *, run_at: datetime) -> SendJob:
     )
 
 
+def record(mid: str, status: DeliveryStatus, at: datetime, **extra: Any) -> TrackingRecord:
+    """An ALIMTALK record to 010-1234-5678, requested, updated and due at ``at``."""
+    return TrackingRecord(
+        message_id=mid,
+        provider_id="solapi",
+        provider_message_id=f"P-{mid}",
+        type=MessageType.ALIMTALK,
+        to="010-1234-5678",
+        requested_at=at,
+        status=status,
+        status_updated_at=at,
+        next_check_at=at,
+        **extra,
+    )
+
+
 async def fill(url: str, crypto: FieldCryptoConfig | None = None) -> None:
     """Jobs ``job-1`` sent, ``job-2`` and ``job-3`` failed, ``job-4`` pending; tracking records
     ``old-delivered`` (long ago), ``fell-back`` (failed, fallback sent) and ``checking``."""
@@ -64,20 +80,6 @@ async def fill(url: str, crypto: FieldCryptoConfig | None = None) -> None:
                 JobResult("job-3", "w", JobStatus.FAILED, now, "solapi", error_code="NETWORK"),
             ]
         )
-
-        def record(mid: str, status: DeliveryStatus, at: datetime, **extra: Any) -> TrackingRecord:
-            return TrackingRecord(
-                message_id=mid,
-                provider_id="solapi",
-                provider_message_id=f"P-{mid}",
-                type=MessageType.ALIMTALK,
-                to="010-1234-5678",
-                requested_at=at,
-                status=status,
-                status_updated_at=at,
-                next_check_at=at,
-                **extra,
-            )
 
         fallback = FailoverState(
             FailoverOptions(enabled=True, fallback_content="문자 안내"),
@@ -228,20 +230,7 @@ async def test_purge_counts_only_what_it_deletes(sql_store_url: str) -> None:
     )
     try:
         for mid, failover in (("finished", None), ("falling-back", in_flight)):
-            await tracking.upsert(
-                TrackingRecord(
-                    message_id=mid,
-                    provider_id="solapi",
-                    provider_message_id=f"P-{mid}",
-                    type=MessageType.ALIMTALK,
-                    to="010-1234-5678",
-                    requested_at=LONG_AGO,
-                    status=DeliveryStatus.FAILED,
-                    status_updated_at=LONG_AGO,
-                    next_check_at=LONG_AGO,
-                    failover=failover,
-                )
-            )
+            await tracking.upsert(record(mid, DeliveryStatus.FAILED, LONG_AGO, failover=failover))
     finally:
         await tracking.close()
     args = ("tracking", "purge", "--older-than", "30d")
