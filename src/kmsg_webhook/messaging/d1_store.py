@@ -116,9 +116,13 @@ class D1StoreBase:
         await self.init()
         return await self._client.batch(statements)
 
-    async def rows(self, statement: D1Statement) -> list[dict[str, Any]]:
+    async def read(self, statement: D1Statement) -> list[dict[str, Any]]:
         [result] = await self.run([statement])
         return result.rows
+
+    async def write(self, statements: Sequence[D1Statement]) -> int:
+        """Run write statements as one batch; the rows they changed."""
+        return sum(result.changes for result in await self.run(statements))
 
 
 def _renamer(default: str, table: str) -> Callable[[str], str]:

@@ -77,7 +77,7 @@ class D1JobStore(D1StoreBase):
             "limit": limit,
             "batch_id": batch_id,
         }
-        rows = await self.rows(self._claim.bind(params))
+        rows = await self.read(self._claim.bind(params))
         return await self._codec.claimed(rows, worker_id=worker_id, now=now, complete=self.complete)
 
     async def complete(self, results: Sequence[JobResult]) -> int:
@@ -90,7 +90,7 @@ class D1JobStore(D1StoreBase):
         return sum(result.changes for result in await self.run(statements))
 
     async def get(self, job_id: str) -> SendJob | None:
-        found = await self.rows(self._get.bind({"id": job_id}))
+        found = await self.read(self._get.bind({"id": job_id}))
         return self._codec.from_row(job_row_from_mapping(found[0])) if found else None
 
     async def list_jobs(
@@ -108,11 +108,11 @@ class D1JobStore(D1StoreBase):
             "limit": limit,
             "offset": offset,
         }
-        rows = await self.rows(self.filtered("list_jobs", params))
+        rows = await self.read(self.filtered("list_jobs", params))
         return [self._codec.from_row(job_row_from_mapping(r)) for r in rows]
 
     async def count_by_status(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
-        rows = await self.rows(self.filtered("count_by_status", {"batch_id": batch_id}))
+        rows = await self.read(self.filtered("count_by_status", {"batch_id": batch_id}))
         return count_statuses({str(r["status"]): int(r["n"]) for r in rows})
 
     async def requeue(
