@@ -13,26 +13,22 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ..crypto.fields import FieldCrypto
+from ..stores.d1.client import D1Statement
 from ..stores.d1.queries import D1Query
 from ..stores.sqlfiles import JOBS_TABLE
 from .d1_store import D1StoreBase
 from .jobs import (
     JobCodec,
-    JobResult,
-    JobStatus,
     SendJob,
     check_jobs,
-    count_statuses,
-    job_row_from_mapping,
-    result_values,
 )
-from .tracking_store import check_page
+from .jobs_queries import JobQueries
 
 #: Jobs stored per batch: a bulk send of any size goes in requests of a bounded size.
 ENQUEUE_BATCH = 500
 
 
-class D1JobStore(D1StoreBase):
+class D1JobStore(D1StoreBase, JobQueries[D1Statement]):
     """The job queue of one D1 database; the protocol is ``JobStore``."""
 
     family = "jobs"
@@ -79,50 +75,3 @@ class D1JobStore(D1StoreBase):
         }
         rows = await self.read(self._claim.bind(params))
         return await self._codec.claimed(rows, worker_id=worker_id, now=now, complete=self.complete)
-
-    async def complete(self, results: Sequence[JobResult]) -> int:
-        if not results:
-            return 0
-        statements = [
-            self._complete.bind({**result_values(r), "job_id": r.job_id, "worker_id": r.worker_id})
-            for r in results
-        ]
-        return sum(result.changes for result in await self.run(statements))
-
-    async def get(self, job_id: str) -> SendJob | None:
-        found = await self.read(self._get.bind({"id": job_id}))
-        return self._codec.from_row(job_row_from_mapping(found[0])) if found else None
-
-    async def list_jobs(
-        self,
-        *,
-        batch_id: str | None = None,
-        statuses: Sequence[JobStatus] = (),
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[SendJob]:
-        check_page(limit, offset)
-        params = {
-            "batch_id": batch_id,
-            "statuses": [JobStatus(s).value for s in statuses] or None,
-            "limit": limit,
-            "offset": offset,
-        }
-        rows = await self.read(self.filtered("list_jobs", params))
-        return [self._codec.from_row(job_row_from_mapping(r)) for r in rows]
-
-    async def count_by_status(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
-        rows = await self.read(self.filtered("count_by_status", {"batch_id": batch_id}))
-        return count_statuses({str(r["status"]): int(r["n"]) for r in rows})
-
-    async def requeue(
-        self, *, run_at: datetime, job_ids: Sequence[str] | None = None, batch_id: str | None = None
-    ) -> int:
-        values = {
-            "run_at": run_at,
-            "statuses": [JobStatus.FAILED.value],
-            "batch_id": batch_id,
-            "job_ids": None if job_ids is None else list(job_ids),
-        }
-        [result] = await self.run([self.filtered("requeue", values)])
-        return result.changes
