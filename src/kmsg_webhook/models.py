@@ -265,15 +265,36 @@ class DeliveryFilter:
     from_hash: str | None = None
 
     def matches(self, delivery: WebhookDelivery) -> bool:
+        return self.matches_fields(
+            delivery.endpoint_id,
+            delivery.event_type,
+            delivery.event_id,
+            delivery.status,
+            delivery.created_at,
+            delivery.to_hash,
+            delivery.from_hash,
+        )
+
+    def matches_fields(
+        self,
+        endpoint_id: str,
+        event_type: WebhookEventType,
+        event_id: str,
+        status: DeliveryStatus,
+        created_at: datetime,
+        to_hash: str | None,
+        from_hash: str | None,
+    ) -> bool:
+        """:meth:`matches` on the fields it reads, for a store that keeps rows as values."""
         return (
-            (self.endpoint_id is None or delivery.endpoint_id == self.endpoint_id)
-            and (self.to_hash is None or delivery.to_hash == self.to_hash)
-            and (self.from_hash is None or delivery.from_hash == self.from_hash)
-            and (self.event_type is None or delivery.event_type == self.event_type)
-            and (self.event_id is None or delivery.event_id == self.event_id)
-            and (not self.statuses or delivery.status in self.statuses)
-            and (self.created_after is None or delivery.created_at >= self.created_after)
-            and (self.created_before is None or delivery.created_at < self.created_before)
+            (self.endpoint_id is None or endpoint_id == self.endpoint_id)
+            and (self.to_hash is None or to_hash == self.to_hash)
+            and (self.from_hash is None or from_hash == self.from_hash)
+            and (self.event_type is None or event_type == self.event_type)
+            and (self.event_id is None or event_id == self.event_id)
+            and (not self.statuses or status in self.statuses)
+            and (self.created_after is None or created_at >= self.created_after)
+            and (self.created_before is None or created_at < self.created_before)
         )
 
 

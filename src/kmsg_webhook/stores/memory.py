@@ -32,7 +32,9 @@ from ..models import (
     WebhookEndpoint,
     evolve_delivery,
 )
+from . import finished_rows
 from .due_index import DueIndex
+from .finished_rows import FinishedRow
 from .protocol import (
     DEFAULT_MAX_STORED_ATTEMPTS,
     WebhookPersistence,
@@ -140,11 +142,17 @@ class InMemoryEndpointStore:
 
 class InMemoryDeliveryStore:
     """Deliveries in a dict plus a due-time index per endpoint, so claiming stays cheap with a
-    deep backlog, and costs nothing per row of the endpoints a claim excludes."""
+    deep backlog, and costs nothing per row of the endpoints a claim excludes.
+
+    A pending delivery is kept as its record, which claims and records read and replace; a
+    finished one as a :mod:`.finished_rows` tuple, which the garbage collector does not walk
+    (most rows are finished ones). The dict keeps insertion order, which is creation order for
+    rows the runtime writes: retention walks it oldest first.
+    """
 
     def __init__(self, *, max_stored_attempts: int = DEFAULT_MAX_STORED_ATTEMPTS) -> None:
         self._max_attempts = max_stored_attempts
-        self._rows: dict[str, WebhookDelivery] = {}
+        self._rows: dict[str, WebhookDelivery | FinishedRow] = {}
         self._keys: set[str] = set()  # endpoint id + event id (a str: the GC skips it)
         self._due = DueIndex()
         self._leased: dict[str, datetime] = {}
@@ -163,13 +171,18 @@ class InMemoryDeliveryStore:
             if key in self._keys or delivery.id in self._rows:
                 continue
             self._keys.add(key)
-            self._rows[delivery.id] = delivery
             inserted.append(delivery.id)
+            if delivery.status.terminal:
+                self._rows[delivery.id] = finished_rows.encode(delivery)
+                if delivery.ordering_key is not None:
+                    self._keyed.add(delivery, pending=False)
+                continue
+            self._rows[delivery.id] = delivery
             if delivery.ordering_key is not None:
-                self._keyed.add(delivery, pending=delivery.status is DeliveryStatus.PENDING)
+                self._keyed.add(delivery, pending=True)
             if delivery.lease_expires_at is not None:
                 self._lease(delivery.id, delivery.lease_expires_at)
-            elif delivery.status is DeliveryStatus.PENDING:
+            else:
                 self._push(delivery)
         return inserted
 
@@ -192,7 +205,7 @@ class InMemoryDeliveryStore:
             row = rows.get(delivery_id)
             if not _claimable(row, due_ts):
                 return False
-            assert row is not None
+            assert isinstance(row, WebhookDelivery)
             if row.ordering_key is not None and not keyed.is_next(row):
                 return False  # pushed again when the deliveries before it have ended
             leased = evolve_delivery(row, lease_owner=worker_id, lease_expires_at=lease_until)
@@ -208,24 +221,26 @@ class InMemoryDeliveryStore:
         applied = 0
         for outcome in outcomes:
             row = self._rows.get(outcome.delivery_id)
-            if row is None or row.lease_owner != outcome.worker_id:
+            if not isinstance(row, WebhookDelivery) or row.lease_owner != outcome.worker_id:
                 continue
             updated = apply_outcome(row, outcome, max_stored_attempts=self._max_attempts)
-            self._rows[row.id] = updated
             self._leased.pop(row.id, None)
             if updated.status is DeliveryStatus.PENDING:
+                self._rows[row.id] = updated
                 self._push(updated)
-            elif updated.ordering_key is not None:
-                following = self._rows.get(self._keyed.finish(updated) or "")
-                if following is not None and following.lease_owner is None:
-                    self._push(following)  # its turn
+            else:
+                self._rows[row.id] = finished_rows.encode(updated)
+                if updated.ordering_key is not None:
+                    following = self._rows.get(self._keyed.finish(updated) or "")
+                    if isinstance(following, WebhookDelivery) and following.lease_owner is None:
+                        self._push(following)  # its turn
             applied += 1
         return applied
 
     async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
         for delivery_id in delivery_ids:
             row = self._rows.get(delivery_id)
-            if row is None or row.lease_owner != worker_id:
+            if not isinstance(row, WebhookDelivery) or row.lease_owner != worker_id:
                 continue
             released = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
             self._rows[delivery_id] = released
@@ -233,20 +248,21 @@ class InMemoryDeliveryStore:
             self._push(released)
 
     async def get(self, delivery_id: str) -> WebhookDelivery | None:
-        return self._rows.get(delivery_id)
+        row = self._rows.get(delivery_id)
+        return None if row is None else _record(row)
 
     async def list(
         self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
     ) -> DeliveryPage:
         rows = sorted(
-            (d for d in self._rows.values() if filter.matches(d)),
-            key=lambda d: (d.created_at, d.id),
+            (row for row in self._rows.values() if _matches(filter, row)),
+            key=_position,
             reverse=True,
         )
         if cursor is not None:
-            position = decode_cursor(cursor)
-            rows = [d for d in rows if is_after_cursor(d, position)]
-        page = rows[: max(0, limit)]
+            after = decode_cursor(cursor)
+            rows = [row for row in rows if is_after_cursor(_position(row), after)]
+        page = [_record(row) for row in rows[: max(0, limit)]]
         more = len(rows) > len(page)
         return DeliveryPage(
             items=tuple(page), next_cursor=encode_cursor(page[-1]) if more and page else None
@@ -258,15 +274,25 @@ class InMemoryDeliveryStore:
         attempts = 0
         latency_sum = 0.0
         latency_n = 0
-        for delivery in self._rows.values():
-            if not filter.matches(delivery):
-                continue
-            statuses[delivery.status] += 1
-            by_type[delivery.event_type.value] += 1
-            attempts += delivery.attempt_count
-            last = delivery.last_attempt
-            if last is not None:
-                latency_sum += last.latency_ms
+        for row in self._rows.values():
+            latency: float | None
+            if isinstance(row, WebhookDelivery):
+                if not filter.matches(row):
+                    continue
+                statuses[row.status] += 1
+                by_type[row.event_type.value] += 1
+                attempts += row.attempt_count
+                last = row.last_attempt
+                latency = None if last is None else last.latency_ms
+            else:
+                if not finished_rows.matches(filter, row):
+                    continue
+                statuses[finished_rows.status(row)] += 1
+                by_type[row[finished_rows.EVENT_TYPE]] += 1
+                attempts += row[finished_rows.ATTEMPT_COUNT]
+                latency = row[finished_rows.LAST_LATENCY_MS]
+            if latency is not None:
+                latency_sum += latency
                 latency_n += 1
         return DeliveryStats(
             total=sum(statuses.values()),
@@ -284,9 +310,9 @@ class InMemoryDeliveryStore:
         oldest: datetime | None = None
         upcoming: datetime | None = None
         for row in self._rows.values():
+            if not isinstance(row, WebhookDelivery) or row.next_attempt_at is None:
+                continue  # finished
             at = row.next_attempt_at
-            if row.status is not DeliveryStatus.PENDING or at is None:
-                continue
             if row.lease_expires_at is not None and row.lease_expires_at > now:
                 leased += 1
             elif at <= now:
@@ -298,18 +324,22 @@ class InMemoryDeliveryStore:
         return QueueStats(due, scheduled, leased, oldest, upcoming)
 
     async def activity(self, *, since: datetime, now: datetime) -> DeliveryActivity:
-        column = {status: i for i, status in enumerate(FINISHED_STATUSES)}
+        column = {status.value: i for i, status in enumerate(FINISHED_STATUSES)}
         minutes: dict[int, builtins.list[int]] = {}
         endpoints: dict[str, builtins.list[int]] = {}
         timed: builtins.list[tuple[datetime, float]] = []
-        for d in self._rows.values():
-            done = d.completed_at
-            if d.status.terminal and done is not None and since <= done <= now:
-                minutes.setdefault(epoch_minute(done), [0, 0, 0])[column[d.status]] += 1
-                endpoints.setdefault(d.endpoint_id, [0, 0, 0])[column[d.status]] += 1
-                last = d.last_attempt
-                if last is not None:
-                    timed.append((done, last.latency_ms))
+        completed_at = finished_rows.COMPLETED_AT
+        for row in self._rows.values():
+            if isinstance(row, WebhookDelivery):
+                continue  # pending
+            done = row[completed_at]
+            if done is not None and since <= done <= now:
+                status = column[row[finished_rows.STATUS]]
+                minutes.setdefault(epoch_minute(done), [0, 0, 0])[status] += 1
+                endpoints.setdefault(row[finished_rows.ENDPOINT_ID], [0, 0, 0])[status] += 1
+                latency = row[finished_rows.LAST_LATENCY_MS]
+                if latency is not None:
+                    timed.append((done, latency))
         newest = heapq.nlargest(LATENCY_SAMPLE, timed, key=lambda pair: pair[0])
         latencies = sorted(latency for _, latency in newest)
         picks = {r: latencies[r - 1] for r in percentile_ranks(len(latencies)).values() if r}
@@ -326,20 +356,20 @@ class InMemoryDeliveryStore:
     ) -> int:
         wanted = set(ids) if ids is not None else None
         count = 0
-        for delivery in list(self._rows.values()):
-            if not delivery.status.terminal or not filter.matches(delivery):
-                continue
-            if wanted is not None and delivery.id not in wanted:
+        for delivery_id, row in list(self._rows.items()):
+            if isinstance(row, WebhookDelivery) or not finished_rows.matches(filter, row):
+                continue  # pending, or not asked for
+            if wanted is not None and delivery_id not in wanted:
                 continue
             queued = dataclasses.replace(
-                delivery,
+                finished_rows.decode(row),
                 status=DeliveryStatus.PENDING,
                 next_attempt_at=now,
                 completed_at=None,
                 lease_owner=None,
                 lease_expires_at=None,
             )
-            self._rows[delivery.id] = queued
+            self._rows[delivery_id] = queued
             if queued.ordering_key is not None:
                 self._keyed.add(queued, pending=True)
             self._push(queued)
@@ -347,9 +377,14 @@ class InMemoryDeliveryStore:
         return count
 
     async def purge(self, *, older_than: datetime) -> int:
-        doomed = [d for d in self._rows.values() if d.status.terminal and d.created_at < older_than]
-        for delivery in doomed:
-            self._forget(delivery)
+        created_at = finished_rows.CREATED_AT
+        doomed = [
+            row
+            for row in self._rows.values()
+            if not isinstance(row, WebhookDelivery) and row[created_at] < older_than
+        ]
+        for row in doomed:
+            self._forget(row)
         return len(doomed)
 
     async def purge_finished(self, cutoffs: RetentionCutoffs, *, limit: int) -> int:
@@ -357,19 +392,22 @@ class InMemoryDeliveryStore:
         if not wanted or limit <= 0:
             return 0
         newest = max(wanted.values())
-        doomed: list[WebhookDelivery] = []
+        doomed: list[FinishedRow] = []
         # Rows sit in insertion order, which is creation order for rows the runtime writes:
         # the walk stops at the first row too young for any cutoff instead of visiting all.
-        for delivery in self._rows.values():
-            if delivery.created_at >= newest:
+        for row in self._rows.values():
+            created_at = _position(row)[0]
+            if created_at >= newest:
                 break
-            cutoff = wanted.get(delivery.status)
-            if cutoff is not None and delivery.created_at < cutoff:
-                doomed.append(delivery)
+            if isinstance(row, WebhookDelivery):
+                continue  # pending
+            cutoff = wanted.get(finished_rows.status(row))
+            if cutoff is not None and created_at < cutoff:
+                doomed.append(row)
                 if len(doomed) >= limit:
                     break
-        for delivery in doomed:
-            self._forget(delivery)
+        for row in doomed:
+            self._forget(row)
         return len(doomed)
 
     async def trim(self, max_rows: int, *, limit: int) -> int:
@@ -378,39 +416,49 @@ class InMemoryDeliveryStore:
         excess = min(len(self._rows) - max_rows, limit)
         if excess <= 0:
             return 0
-        doomed: list[WebhookDelivery] = []
-        for delivery in self._rows.values():
-            if delivery.status.terminal:
-                doomed.append(delivery)
+        doomed: list[FinishedRow] = []
+        for row in self._rows.values():
+            if not isinstance(row, WebhookDelivery):
+                doomed.append(row)
                 if len(doomed) >= excess:
                     break
-        for delivery in doomed:
-            self._forget(delivery)
+        for row in doomed:
+            self._forget(row)
         return len(doomed)
 
     async def scan(
         self, *, after: str | None = None, limit: int = 500
     ) -> builtins.list[WebhookDelivery]:
         ids = sorted(i for i in self._rows if after is None or i > after)
-        return [self._rows[i] for i in ids[: max(0, limit)]]
+        return [_record(self._rows[i]) for i in ids[: max(0, limit)]]
 
     async def rewrite_payloads(self, rewrites: Sequence[PayloadRewrite]) -> int:
         applied = 0
         for rewrite in rewrites:
             row = self._rows.get(rewrite.delivery_id)
-            if row is None or row.payload != rewrite.expected_payload:
+            if row is None:
                 continue
-            self._rows[row.id] = dataclasses.replace(
-                row, payload=rewrite.payload, to_hash=rewrite.to_hash, from_hash=rewrite.from_hash
+            delivery = _record(row)
+            if delivery.payload != rewrite.expected_payload:
+                continue
+            rewritten = dataclasses.replace(
+                delivery,
+                payload=rewrite.payload,
+                to_hash=rewrite.to_hash,
+                from_hash=rewrite.from_hash,
+            )
+            self._rows[delivery.id] = (
+                rewritten if isinstance(row, WebhookDelivery) else finished_rows.encode(rewritten)
             )
             applied += 1
         return applied
 
-    def _forget(self, delivery: WebhookDelivery) -> None:
+    def _forget(self, row: FinishedRow) -> None:
         """Delete a finished row (its (endpoint, event) pair may be written again)."""
-        del self._rows[delivery.id]
-        self._keys.discard(_key(delivery.endpoint_id, delivery.event_id))
-        self._keyed.forget(delivery.id)
+        delivery_id = row[finished_rows.ID]
+        del self._rows[delivery_id]
+        self._keys.discard(_key(row[finished_rows.ENDPOINT_ID], row[finished_rows.EVENT_ID]))
+        self._keyed.forget(delivery_id)
 
     def _push(self, delivery: WebhookDelivery) -> None:
         assert delivery.next_attempt_at is not None
@@ -429,20 +477,37 @@ class InMemoryDeliveryStore:
                 continue  # recorded, released or leased again since
             del self._leased[delivery_id]
             row = self._rows[delivery_id]
+            assert isinstance(row, WebhookDelivery)  # leased, so pending
             released = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
             self._rows[delivery_id] = released
             self._push(released)
 
 
-def _claimable(row: WebhookDelivery | None, due_ts: float) -> bool:
+def _claimable(row: WebhookDelivery | FinishedRow | None, due_ts: float) -> bool:
     """Whether an index entry still stands for a claimable row (rows change, entries stay)."""
     return (
-        row is not None
-        and row.status is DeliveryStatus.PENDING
+        isinstance(row, WebhookDelivery)
         and row.lease_owner is None
         and row.next_attempt_at is not None
         and row.next_attempt_at.timestamp() == due_ts
     )
+
+
+def _record(row: WebhookDelivery | FinishedRow) -> WebhookDelivery:
+    return row if isinstance(row, WebhookDelivery) else finished_rows.decode(row)
+
+
+def _matches(filter: DeliveryFilter, row: WebhookDelivery | FinishedRow) -> bool:
+    if isinstance(row, WebhookDelivery):
+        return filter.matches(row)
+    return finished_rows.matches(filter, row)
+
+
+def _position(row: WebhookDelivery | FinishedRow) -> tuple[datetime, str]:
+    """Where a row sorts in listings: (created_at, id)."""
+    if isinstance(row, WebhookDelivery):
+        return row.created_at, row.id
+    return row[finished_rows.CREATED_AT], row[finished_rows.ID]
 
 
 def _key(endpoint_id: str, event_id: str) -> str:

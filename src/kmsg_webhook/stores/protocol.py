@@ -339,9 +339,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise StoreError(f"invalid delivery cursor: {cursor!r}") from exc
 
 
-def is_after_cursor(delivery: WebhookDelivery, cursor: tuple[datetime, str]) -> bool:
-    """True when ``delivery`` sorts after the cursor position in newest-first order."""
-    return (delivery.created_at, delivery.id) < cursor
+def is_after_cursor(position: tuple[datetime, str], cursor: tuple[datetime, str]) -> bool:
+    """True when a row at ``position`` (its created_at and id) sorts after the cursor in
+    newest-first order."""
+    return position < cursor
 
 
 def epoch_minute(moment: datetime) -> int:

@@ -115,6 +115,25 @@ def attempts_from_json(value: object) -> tuple[WebhookAttempt, ...]:
     return tuple(attempt_from_json(a) for a in loads(value))
 
 
+#: An attempt as the tuple of its fields, in field order.
+AttemptValues = tuple[int, datetime, float, int | None, str | None, str | None]
+
+
+def attempts_to_values(attempts: Sequence[WebhookAttempt]) -> tuple[AttemptValues, ...]:
+    """Attempts as value tuples: what a store that keeps rows in memory holds instead of JSON
+    text (nothing to serialize on the way in nor to parse on the way back)."""
+    return tuple(
+        [
+            (a.attempt_number, a.started_at, a.latency_ms, a.http_status, a.response_body, a.error)
+            for a in attempts
+        ]
+    )
+
+
+def attempts_from_values(values: Sequence[AttemptValues]) -> tuple[WebhookAttempt, ...]:
+    return tuple([build_attempt(*v) for v in values])
+
+
 def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
     return build_attempt(
         attempt_number=int(data["attempt_number"]),
@@ -284,8 +303,8 @@ def delivery_to_row(delivery: WebhookDelivery) -> dict[str, Any]:
 DELIVERY_ROW_COLUMNS = (*DELIVERY_COLUMNS, *ADDED_DELIVERY_COLUMNS)
 
 # Enum members by stored value: a dict lookup per row instead of an Enum call.
-_EVENT_TYPES = {member.value: member for member in WebhookEventType}
-_STATUSES = {member.value: member for member in DeliveryStatus}
+EVENT_TYPES = {member.value: member for member in WebhookEventType}
+STATUSES = {member.value: member for member in DeliveryStatus}
 
 
 def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
@@ -293,10 +312,10 @@ def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
         id=row["id"],
         endpoint_id=row["endpoint_id"],
         event_id=row["event_id"],
-        event_type=_EVENT_TYPES.get(row["event_type"]) or WebhookEventType(row["event_type"]),
+        event_type=EVENT_TYPES.get(row["event_type"]) or WebhookEventType(row["event_type"]),
         url=row["url"],
         payload=row["payload"],
-        status=_STATUSES.get(row["status"]) or DeliveryStatus(row["status"]),
+        status=STATUSES.get(row["status"]) or DeliveryStatus(row["status"]),
         created_at=_required_datetime(row["created_at"]),
         next_attempt_at=to_datetime(row["next_attempt_at"]),
         attempts=attempts_from_json(row["attempts_json"]),
@@ -308,9 +327,14 @@ def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
     )
 
 
-def delivery_values(d: WebhookDelivery, when: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+def delivery_values(
+    d: WebhookDelivery,
+    when: Callable[[datetime | None], Any],
+    attempts_as: Callable[[Sequence[WebhookAttempt]], Any] = attempts_to_text,
+) -> tuple[Any, ...]:
     """A delivery's values in :data:`DELIVERY_ROW_COLUMNS` order, as the raw inserts bind
-    them: attempts as JSON text, timestamps as ``when`` encodes them for the driver."""
+    them: attempts as JSON text (or as ``attempts_as`` gives them), timestamps as ``when``
+    encodes them for the driver."""
     attempts = d.attempts
     return (
         d.id,
@@ -320,7 +344,7 @@ def delivery_values(d: WebhookDelivery, when: Callable[[datetime | None], Any]) 
         d.url,
         d.payload,
         d.status.value,
-        attempts_to_text(attempts),
+        attempts_as(attempts),
         d.attempt_count,
         attempts[-1].latency_ms if attempts else None,
         d.last_error,
@@ -335,8 +359,12 @@ def delivery_values(d: WebhookDelivery, when: Callable[[datetime | None], Any]) 
     )
 
 
-def values_to_delivery(values: Sequence[Any]) -> WebhookDelivery:
-    """A row given as values in :data:`DELIVERY_ROW_COLUMNS` order (no mapping built per row)."""
+def values_to_delivery(
+    values: Sequence[Any],
+    attempts_from: Callable[[Any], tuple[WebhookAttempt, ...]] = attempts_from_json,
+) -> WebhookDelivery:
+    """A row given as values in :data:`DELIVERY_ROW_COLUMNS` order (no mapping built per row);
+    its attempts are JSON text, or what ``attempts_from`` reads."""
     (
         id,
         endpoint_id,
@@ -362,13 +390,13 @@ def values_to_delivery(values: Sequence[Any]) -> WebhookDelivery:
         id=id,
         endpoint_id=endpoint_id,
         event_id=event_id,
-        event_type=_EVENT_TYPES.get(event_type) or WebhookEventType(event_type),
+        event_type=EVENT_TYPES.get(event_type) or WebhookEventType(event_type),
         url=url,
         payload=payload,
-        status=_STATUSES.get(status) or DeliveryStatus(status),
+        status=STATUSES.get(status) or DeliveryStatus(status),
         created_at=_required_datetime(created_at),
         next_attempt_at=to_datetime(next_attempt_at),
-        attempts=attempts_from_json(attempts),
+        attempts=attempts_from(attempts),
         attempt_count=int(attempt_count),
         completed_at=to_datetime(completed_at),
         last_error=last_error,
