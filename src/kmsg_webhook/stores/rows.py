@@ -115,25 +115,6 @@ def attempts_from_json(value: object) -> tuple[WebhookAttempt, ...]:
     return tuple(attempt_from_json(a) for a in loads(value))
 
 
-#: An attempt as the tuple of its fields, in field order.
-AttemptValues = tuple[int, datetime, float, int | None, str | None, str | None]
-
-
-def attempts_to_values(attempts: Sequence[WebhookAttempt]) -> tuple[AttemptValues, ...]:
-    """Attempts as value tuples: what a store that keeps rows in memory holds instead of JSON
-    text (nothing to serialize on the way in nor to parse on the way back)."""
-    return tuple(
-        [
-            (a.attempt_number, a.started_at, a.latency_ms, a.http_status, a.response_body, a.error)
-            for a in attempts
-        ]
-    )
-
-
-def attempts_from_values(values: Sequence[AttemptValues]) -> tuple[WebhookAttempt, ...]:
-    return tuple([build_attempt(*v) for v in values])
-
-
 def attempt_from_json(data: Mapping[str, JsonValue]) -> WebhookAttempt:
     return build_attempt(
         attempt_number=int(data["attempt_number"]),
@@ -360,11 +341,10 @@ def delivery_values(
 
 
 def values_to_delivery(
-    values: Sequence[Any],
-    attempts_from: Callable[[Any], tuple[WebhookAttempt, ...]] = attempts_from_json,
+    values: Sequence[Any], attempts: tuple[WebhookAttempt, ...] | None = None
 ) -> WebhookDelivery:
     """A row given as values in :data:`DELIVERY_ROW_COLUMNS` order (no mapping built per row);
-    its attempts are JSON text, or what ``attempts_from`` reads."""
+    its attempts column is JSON text, unless the caller decoded the ``attempts`` itself."""
     (
         id,
         endpoint_id,
@@ -373,7 +353,7 @@ def values_to_delivery(
         url,
         payload,
         status,
-        attempts,
+        attempts_json,
         attempt_count,
         _,  # last_latency_ms: derived from the attempts
         last_error,
@@ -396,7 +376,7 @@ def values_to_delivery(
         status=STATUSES.get(status) or DeliveryStatus(status),
         created_at=_required_datetime(created_at),
         next_attempt_at=to_datetime(next_attempt_at),
-        attempts=attempts_from(attempts),
+        attempts=attempts_from_json(attempts_json) if attempts is None else attempts,
         attempt_count=int(attempt_count),
         completed_at=to_datetime(completed_at),
         last_error=last_error,
