@@ -278,14 +278,15 @@ class DeliveryFilter:
     def matches_fields(
         self,
         endpoint_id: str,
-        event_type: WebhookEventType,
+        event_type: str,
         event_id: str,
-        status: DeliveryStatus,
+        status: str,
         created_at: datetime,
         to_hash: str | None,
         from_hash: str | None,
     ) -> bool:
-        """:meth:`matches` on the fields it reads, for a store that keeps rows as values."""
+        """:meth:`matches` on the fields it reads, for a store that keeps rows as values: the
+        event type and status may be their stored values (``StrEnum`` members equal those)."""
         return (
             (self.endpoint_id is None or endpoint_id == self.endpoint_id)
             and (self.to_hash is None or to_hash == self.to_hash)

@@ -20,6 +20,9 @@ from support.records import T0, W1, W2, attempt, delivery, outcome
 
 NOW = T0 + timedelta(hours=1)
 LEASE = NOW + timedelta(minutes=5)
+#: The store's own containers (its dicts, sets, lists, indexes), whatever it holds; some are
+#: empty and untracked or not depending on the collections they went through.
+OWN_CONTAINERS = 12
 
 
 def _tracked_in(store: InMemoryDeliveryStore) -> int:
@@ -63,24 +66,21 @@ async def _store_with_finished(count: int) -> InMemoryDeliveryStore:
 
 
 async def test_finished_rows_hold_no_tracked_object() -> None:
-    few = _tracked_in(await _store_with_finished(10))
-    many = _tracked_in(await _store_with_finished(2_000))
-    assert many == few  # nothing per finished row
+    finished = _tracked_in(await _store_with_finished(2_000))
+    assert finished <= OWN_CONTAINERS  # nothing per finished row
 
     store = await _store_with_finished(2_000)
     await store.insert_many([delivery(n) for n in range(5_000, 5_100)])
     gc.collect(0)
-    assert _tracked_in(store) >= many + 100  # pending rows are records, and the count sees them
+    assert _tracked_in(store) >= 100  # pending rows are records, and the count sees them
 
 
 async def test_rows_finished_at_insert_are_untracked_too() -> None:
     store = InMemoryDeliveryStore()
     await store.insert_many([_finished(n, DeliveryStatus.EXHAUSTED) for n in range(10)])
-    gc.collect(0)
-    few = _tracked_in(store)
     await store.insert_many([_finished(n, DeliveryStatus.FAILED) for n in range(10, 1_010)])
     gc.collect(0)
-    assert _tracked_in(store) == few
+    assert _tracked_in(store) <= OWN_CONTAINERS
 
 
 async def test_reads_return_records_equal_to_what_was_written() -> None:
@@ -232,4 +232,4 @@ async def test_payload_rewrites_keep_finished_rows_finished() -> None:
     )  # the second expects the old payload
     assert await store.get(first.id) == dataclasses.replace(first, payload="sealed", to_hash="t")
     gc.collect(0)
-    assert _tracked_in(store) == _tracked_in(await _store_with_finished(2))
+    assert _tracked_in(store) <= OWN_CONTAINERS

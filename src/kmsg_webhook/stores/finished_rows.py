@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ..models import DeliveryFilter, DeliveryStatus, WebhookDelivery, build_attempt
-from .rows import DELIVERY_ROW_COLUMNS, EVENT_TYPES, STATUSES, delivery_values, values_to_delivery
+from .rows import DELIVERY_ROW_COLUMNS, STATUSES, delivery_values, values_to_delivery
 
 #: A finished delivery's values in :data:`~.rows.DELIVERY_ROW_COLUMNS` order.
 FinishedRow = tuple[Any, ...]
@@ -80,9 +80,9 @@ def matches(filter: DeliveryFilter, row: FinishedRow) -> bool:
     """``filter.matches`` of the decoded row, without decoding it."""
     return filter.matches_fields(
         row[ENDPOINT_ID],
-        EVENT_TYPES[row[EVENT_TYPE]],
+        row[EVENT_TYPE],
         row[EVENT_ID],
-        STATUSES[row[STATUS]],
+        row[STATUS],
         row[CREATED_AT],
         row[TO_HASH],
         row[FROM_HASH],

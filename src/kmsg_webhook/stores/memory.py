@@ -254,16 +254,25 @@ class InMemoryDeliveryStore:
     async def list(
         self, filter: DeliveryFilter, *, limit: int = 100, cursor: str | None = None
     ) -> DeliveryPage:
-        rows = sorted(
-            (row for row in self._rows.values() if _matches(filter, row)),
-            key=_position,
-            reverse=True,
-        )
-        if cursor is not None:
-            after = decode_cursor(cursor)
-            rows = [row for row in rows if is_after_cursor(_position(row), after)]
-        page = [_record(row) for row in rows[: max(0, limit)]]
-        more = len(rows) > len(page)
+        after = None if cursor is None else decode_cursor(cursor)
+        listed: builtins.list[tuple[datetime, str, WebhookDelivery | FinishedRow]] = []
+        for row in self._rows.values():
+            entry: tuple[datetime, str, WebhookDelivery | FinishedRow]
+            if isinstance(row, WebhookDelivery):
+                if not filter.matches(row):
+                    continue
+                entry = (row.created_at, row.id, row)
+            elif finished_rows.matches(filter, row):
+                entry = (row[finished_rows.CREATED_AT], row[finished_rows.ID], row)
+            else:
+                continue
+            if after is None or is_after_cursor(entry[:2], after):
+                listed.append(entry)
+        # Newest first by (created_at, id), which is unique. Rows sit in about that order
+        # already (oldest first), which the sort finds and reverses in one pass.
+        listed.sort(reverse=True)
+        page = [_record(row) for _, _, row in listed[: max(0, limit)]]
+        more = len(listed) > len(page)
         return DeliveryPage(
             items=tuple(page), next_cursor=encode_cursor(page[-1]) if more and page else None
         )
@@ -396,7 +405,7 @@ class InMemoryDeliveryStore:
         # Rows sit in insertion order, which is creation order for rows the runtime writes:
         # the walk stops at the first row too young for any cutoff instead of visiting all.
         for row in self._rows.values():
-            created_at = _position(row)[0]
+            created_at = _created_at(row)
             if created_at >= newest:
                 break
             if isinstance(row, WebhookDelivery):
@@ -497,17 +506,11 @@ def _record(row: WebhookDelivery | FinishedRow) -> WebhookDelivery:
     return row if isinstance(row, WebhookDelivery) else finished_rows.decode(row)
 
 
-def _matches(filter: DeliveryFilter, row: WebhookDelivery | FinishedRow) -> bool:
+def _created_at(row: WebhookDelivery | FinishedRow) -> datetime:
     if isinstance(row, WebhookDelivery):
-        return filter.matches(row)
-    return finished_rows.matches(filter, row)
-
-
-def _position(row: WebhookDelivery | FinishedRow) -> tuple[datetime, str]:
-    """Where a row sorts in listings: (created_at, id)."""
-    if isinstance(row, WebhookDelivery):
-        return row.created_at, row.id
-    return row[finished_rows.CREATED_AT], row[finished_rows.ID]
+        return row.created_at
+    created_at: datetime = row[finished_rows.CREATED_AT]
+    return created_at
 
 
 def _key(endpoint_id: str, event_id: str) -> str:

@@ -284,7 +284,7 @@ def delivery_to_row(delivery: WebhookDelivery) -> dict[str, Any]:
 DELIVERY_ROW_COLUMNS = (*DELIVERY_COLUMNS, *ADDED_DELIVERY_COLUMNS)
 
 # Enum members by stored value: a dict lookup per row instead of an Enum call.
-EVENT_TYPES = {member.value: member for member in WebhookEventType}
+_EVENT_TYPES = {member.value: member for member in WebhookEventType}
 STATUSES = {member.value: member for member in DeliveryStatus}
 
 
@@ -293,7 +293,7 @@ def row_to_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
         id=row["id"],
         endpoint_id=row["endpoint_id"],
         event_id=row["event_id"],
-        event_type=EVENT_TYPES.get(row["event_type"]) or WebhookEventType(row["event_type"]),
+        event_type=_EVENT_TYPES.get(row["event_type"]) or WebhookEventType(row["event_type"]),
         url=row["url"],
         payload=row["payload"],
         status=STATUSES.get(row["status"]) or DeliveryStatus(row["status"]),
@@ -370,7 +370,7 @@ def values_to_delivery(
         id=id,
         endpoint_id=endpoint_id,
         event_id=event_id,
-        event_type=EVENT_TYPES.get(event_type) or WebhookEventType(event_type),
+        event_type=_EVENT_TYPES.get(event_type) or WebhookEventType(event_type),
         url=url,
         payload=payload,
         status=STATUSES.get(status) or DeliveryStatus(status),
