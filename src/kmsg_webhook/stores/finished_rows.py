@@ -14,10 +14,11 @@ Readers decode only the rows they return; aggregates read the few columns they n
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
-from ..models import DeliveryFilter, DeliveryStatus, WebhookDelivery, build_attempt
+from ..models import DeliveryFilter, DeliveryStatus, WebhookAttempt, WebhookDelivery, build_attempt
 from .rows import DELIVERY_ROW_COLUMNS, STATUSES, delivery_values, values_to_delivery
 
 #: A finished delivery's values in :data:`~.rows.DELIVERY_ROW_COLUMNS` order.
@@ -30,7 +31,6 @@ EVENT_ID = _COLUMN["event_id"]
 #: The event type's and the status's values (the enum members are tracked objects).
 EVENT_TYPE = _COLUMN["event_type"]
 STATUS = _COLUMN["status"]
-PAYLOAD = _COLUMN["payload"]
 _ATTEMPTS = _COLUMN["attempts_json"]  # how many attempts follow the columns
 ATTEMPT_COUNT = _COLUMN["attempt_count"]
 #: The last attempt's latency, ``None`` when there was none.
@@ -46,7 +46,7 @@ def _as_is(moment: datetime | None) -> datetime | None:
 
 
 _WIDTH = len(DELIVERY_ROW_COLUMNS)
-_ATTEMPT_WIDTH = 6  # the fields of WebhookAttempt
+_ATTEMPT_WIDTH = len(dataclasses.fields(WebhookAttempt))  # encode appends them in field order
 
 
 def encode(delivery: WebhookDelivery) -> FinishedRow:
