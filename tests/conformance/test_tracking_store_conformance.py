@@ -30,6 +30,7 @@ from kmsg_webhook.messaging import (
 )
 from kmsg_webhook.messaging.sql_store import SqlQuery
 from kmsg_webhook.messaging.tracking_rows import COLUMNS, LEASE_COLUMNS
+from kmsg_webhook.stores.sqlbind import POSTGRES, SQLITE
 from kmsg_webhook.stores.sqlfiles import Dialect, queries
 from support.crypto_keys import config
 from support.stores import (
@@ -97,7 +98,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[TrackingBacke
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_the_upsert_writes_every_row_column_but_the_lease(dialect: Dialect) -> None:
-    upsert = SqlQuery(queries(dialect, "tracking")["upsert"])
+    binding = {"sqlite": SQLITE, "postgresql": POSTGRES}[dialect]
+    upsert = SqlQuery(queries(dialect, "tracking")["upsert"], binding)
     assert upsert.parameters == set(COLUMNS) - set(LEASE_COLUMNS)
 
 

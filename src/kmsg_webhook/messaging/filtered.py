@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-from ..stores.d1.queries import NAMED_PARAMETER
+from ..stores.sqlfiles import NAMED_PARAMETER
 
 Q = TypeVar("Q")
 

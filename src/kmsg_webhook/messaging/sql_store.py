@@ -3,8 +3,8 @@ family's named queries (``stores/sql/queries/<family>.<dialect>.sql``) and reads
 with the database's retries.
 
 Every query is reviewed text run through ``sa.text()``. Values bind by name: times as the
-dialect stores them (:class:`Timestamp`), lists as JSON text (read back with ``json_each`` or
-``json_array_elements_text``), the rest as they are.
+dialect stores them (the database's :class:`~kmsg_webhook.stores.sqlbind.Binding`), lists as
+JSON text (read back with ``json_each`` or ``json_array_elements_text``), the rest as they are.
 """
 
 from __future__ import annotations
@@ -16,34 +16,34 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..stores.d1.queries import NAMED_PARAMETER
 from ..stores.rows import dumps
 from ..stores.sql.base import SqlDatabase
-from ..stores.sql.tables import Timestamp
-from ..stores.sqlfiles import queries, render, without_comments
+from ..stores.sqlbind import Binding
+from ..stores.sqlfiles import NAMED_PARAMETER, queries, render, without_comments
 from .filtered import FilteredQueries
 
 
 class SqlQuery:
-    """One named query's text and the parameters it binds."""
+    """One named query's text and the parameters it binds, with times as ``binding`` stamps
+    them."""
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, binding: Binding) -> None:
         self.sql = sql
         self.parameters = frozenset(NAMED_PARAMETER.findall(sql))
+        self._binding = binding
 
     def bind(self, values: Mapping[str, Any]) -> sa.TextClause:
         """The statement with the query's parameters bound from ``values`` (missing: NULL)."""
         return sa.text(self.sql).bindparams(
-            *(_parameter(name, values.get(name)) for name in sorted(self.parameters))
+            *(self._parameter(name, values.get(name)) for name in sorted(self.parameters))
         )
 
-
-def _parameter(name: str, value: Any) -> sa.BindParameter[Any]:
-    if isinstance(value, datetime):
-        return sa.bindparam(name, value, type_=Timestamp())
-    if isinstance(value, list | tuple):
-        return sa.bindparam(name, dumps(list(value)), type_=sa.Text())
-    return sa.bindparam(name, value)
+    def _parameter(self, name: str, value: Any) -> sa.BindParameter[Any]:
+        if isinstance(value, datetime):
+            return sa.bindparam(name, self._binding.stamp(value))
+        if isinstance(value, list | tuple):
+            return sa.bindparam(name, dumps(list(value)), type_=sa.Text())
+        return sa.bindparam(name, value)
 
 
 class SqlStoreBase:
@@ -55,7 +55,7 @@ class SqlStoreBase:
     def __init__(self, db: SqlDatabase, *, owns_database: bool = False) -> None:
         self._db = db
         self._owns = owns_database
-        self._listings = FilteredQueries(self._text, SqlQuery)
+        self._listings = FilteredQueries(self._text, self._query)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._db.display_url!r})"
@@ -73,7 +73,10 @@ class SqlStoreBase:
 
     def named(self, name: str) -> SqlQuery:
         """The family's query ``name``, rendered for the configured names."""
-        return SqlQuery(self._text(name))
+        return self._query(self._text(name))
+
+    def _query(self, sql: str) -> SqlQuery:
+        return SqlQuery(sql, self._db.binding)
 
     def filtered(self, name: str, values: Mapping[str, Any], **fill: str) -> sa.TextClause:
         """The named listing bound to ``values``: its ``{where}`` holds the family's ``filter``

@@ -1,8 +1,8 @@
 """Rows to records and back, for both dialects and both access paths.
 
-Writers produce *plain values*: aware UTC datetimes and JSON-ready Python objects. The SQLAlchemy
-column types (``tables.py``) turn those into what the dialect stores; the raw hot paths use
-:func:`to_millis` and :func:`dumps` themselves. Readers accept every shape a row can arrive in:
+Writers produce *plain values*: aware UTC datetimes and JSON-ready Python objects. The stores
+turn those into what the dialect stores (``sqlbind.Binding`` for named parameters, or
+:func:`to_millis` and :func:`dumps` directly). Readers accept every shape a row can arrive in:
 datetimes or epoch milliseconds, JSON text or already-decoded JSON.
 """
 

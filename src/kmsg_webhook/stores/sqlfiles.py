@@ -158,6 +158,11 @@ def schema_version(dialect: Dialect) -> int:
     return migrations(dialect)[-1].version
 
 
+#: The query families whose SQLite file D1 runs too (the messaging stores'): on Postgres they
+#: start from that file and replace only what Postgres words differently.
+_FROM_SQLITE = frozenset({"jobs", "tracking"})
+
+
 @cache
 def queries(dialect: Dialect, family: str = "") -> dict[str, str]:
     """Named queries (``-- name: x`` headers) from ``queries/<dialect>.sql``, or
@@ -166,7 +171,7 @@ def queries(dialect: Dialect, family: str = "") -> dict[str, str]:
     starts from its SQLite file (what D1 runs too) and replaces what Postgres words differently."""
     if not family:
         files = ["shared.sql", f"{dialect}.sql"]
-    elif dialect == "postgresql":
+    elif dialect == "postgresql" and family in _FROM_SQLITE:
         files = [f"{family}.sqlite.sql", f"{family}.postgresql.sql"]
     else:
         files = [f"{family}.{dialect}.sql"]
@@ -181,6 +186,24 @@ def queries(dialect: Dialect, family: str = "") -> dict[str, str]:
 def without_comments(sql: str) -> str:
     """``sql`` without its ``--`` comment lines (a ``:name`` in one is no parameter)."""
     return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+
+
+#: A ``:name`` parameter (not a ``::`` cast).
+NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def numbered(sql: str, mark: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with its ``:name`` parameters numbered ``<mark>1``, ``<mark>2``... in order of
+    first use, for a driver that binds by position only (asyncpg ``$``, D1 ``?``); and the
+    names, in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"{mark}{names.index(match[1]) + 1}"
+
+    return NAMED_PARAMETER.sub(number, sql), tuple(names)
 
 
 def schema_sql(

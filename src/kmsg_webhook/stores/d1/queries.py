@@ -10,18 +10,14 @@ one JSON-array parameter and expanded with ``json_each``, so they never count ag
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..rows import dumps, to_millis
 from ..sqlbind import Where
-from ..sqlfiles import TableNames, queries, render, without_comments
+from ..sqlfiles import TableNames, numbered, queries, render, without_comments
 from .client import D1Statement, D1Value
-
-#: A ``:name`` parameter (not a ``::`` cast).
-NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +32,8 @@ class D1Query:
     @classmethod
     def of(cls, sql: str) -> D1Query:
         """``sql`` without its comment lines (their ``:words`` bind nothing), numbered."""
-        names: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match[1] not in names:
-                names.append(match[1])
-            return f"?{names.index(match[1]) + 1}"
-
         named = without_comments(sql).strip()
-        return cls(NAMED_PARAMETER.sub(number, named), tuple(names), named)
+        return cls(*numbered(named, "?"), named)
 
     def bind(self, values: Mapping[str, object] | None = None, **named: object) -> D1Statement:
         """The statement with its parameters bound by name from ``values`` and keywords."""

@@ -1,11 +1,12 @@
 """What the SQLite and Postgres backends share: the pool, schema setup, retries, and the stores.
 
 A :class:`SqlDatabase` owns one SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (one
-connection pool) used by both of its stores. Cold and dynamic queries (endpoints, listings with
-filters, stats, requeue, purge) are SQLAlchemy Core, one code path for both dialects. The three
-hot paths (``insert_many``, ``claim``, ``record``) run reviewed SQL from ``queries/<dialect>.sql``
-on the raw driver connection taken from the same pool: one statement per batch (SQLite inserts:
-one per 1000 rows, in one transaction). ``docs/sql-backends.md`` has the measurements.
+connection pool) used by both of its stores. Every statement is reviewed SQL from
+``queries/*.sql``. Cold queries (endpoints, listings with fixed filter fragments, stats,
+requeue, purge) run through ``sa.text()``, mostly the same text for both dialects. The three
+hot paths (``insert_many``, ``claim``, ``record``) and the migrators run on the raw driver
+connection taken from the same pool: one statement per batch (SQLite inserts: one per 1000
+rows, in one transaction). ``docs/sql-backends.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ from ..protocol import (
 )
 from ..rows import (
     SEALED_COLUMNS,
-    delivery_to_row,
     endpoint_to_row,
     row_to_delivery,
     row_to_endpoint,
@@ -75,21 +75,11 @@ from ..sqlfiles import (
 )
 from ..sqlfiles import schema_version as known_version
 from .faults import StoreRetryPolicy, describe, is_missing_database, is_transient
-from .tables import Tables, build_tables
 
 T = TypeVar("T")
 Operation = Callable[[AsyncConnection, int], Awaitable[T]]
 
 DEFAULT_RETRY_TIMEOUT = 30.0
-
-
-def delivery_row(delivery: WebhookDelivery) -> dict[str, Any]:
-    """The codec's column values plus the columns added since (lookup hashes, ordering key)."""
-    row = delivery_to_row(delivery)
-    row["to_hash"] = delivery.to_hash
-    row["from_hash"] = delivery.from_hash
-    row["ordering_key"] = delivery.ordering_key
-    return row
 
 
 def read_delivery(row: Mapping[Any, Any]) -> WebhookDelivery:
@@ -125,16 +115,14 @@ class SqlDatabase(ABC):
             raise ConfigError("retry_timeout must be >= 0")
         self.display_url = display_url
         self.names = names
-        self.tables: Tables = build_tables(names)
         self.initialize_schema = initialize_schema
         self.max_stored_attempts = max_stored_attempts
         self.retry = StoreRetryPolicy(
             timeout=retry_timeout, label=f"{self.dialect} store at {display_url}"
         )
-        self.sql = {
-            name: render(without_comments(text), names)
-            for name, text in queries(self.dialect).items()
-        }
+        self.sql = _rendered(queries(self.dialect), names)
+        #: The migrator's statements (``queries/migrate.<dialect>.sql``).
+        self.migrate_sql = _rendered(queries(self.dialect, "migrate"), names)
         self._engine: AsyncEngine | None = None
         self._ready = False
         self._init_lock = asyncio.Lock()
@@ -317,17 +305,10 @@ class SqlDatabase(ABC):
         self, conn: AsyncConnection, status: DeliveryStatus, before: datetime, limit: int
     ) -> int:
         """Delete up to ``limit`` of the oldest rows of the final ``status`` created before
-        ``before``, in one statement; returns how many went."""
-        t = self.tables.deliveries
-        # The (status, created_at) index finds the oldest rows of the status.
-        oldest = (
-            sa.select(t.c.id)
-            .where(t.c.status == status.value, t.c.created_at < before)
-            .order_by(t.c.created_at, t.c.id)
-            .limit(limit)
-        )
+        ``before``, in one statement (``purge_finished``); returns how many went."""
+        params = {"status": status.value, "before": self.binding.stamp(before), "limit": limit}
         await self.begin_write(conn)
-        count = int((await conn.execute(sa.delete(t).where(t.c.id.in_(oldest)))).rowcount)
+        count = int((await conn.execute(self.query("purge_finished"), params)).rowcount)
         await conn.commit()
         return count
 
@@ -362,10 +343,6 @@ class SqlDatabase(ABC):
     @abstractmethod
     async def begin_write(self, conn: AsyncConnection) -> None:
         """Start a write transaction on ``conn`` (SQLite takes the write lock up front)."""
-
-    @abstractmethod
-    def insert_statement(self, table: sa.Table) -> Any:
-        """The dialect's INSERT ... ON CONFLICT DO NOTHING construct for ``table``."""
 
     @abstractmethod
     async def insert_deliveries(
@@ -413,26 +390,24 @@ class SqlDatabase(ABC):
     async def insert_with_sqlalchemy(
         self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
-        """Insert with SQLAlchemy Core on a caller's :class:`AsyncConnection` (any driver)."""
+        """Insert on a caller's :class:`AsyncConnection` (any driver) in one statement whose
+        one parameter is the batch as a JSON array: ``text()`` gives no rows back from an
+        executemany, and one statement is one round trip whatever the batch size."""
         if conn.dialect.name != self.dialect:
             raise StoreError(
                 f"the {self.dialect} store cannot write on a {conn.dialect.name} connection"
             )
         if not deliveries:
             return set()
-        table = self.tables.deliveries
-        statement = self.insert_statement(table).on_conflict_do_nothing().returning(table.c.id)
-        result = await conn.execute(statement, [delivery_row(d) for d in deliveries])
-        new = set(result.scalars().all())
-        # Rows written already leased (taken at intake) are the writer's to send: no one to wake.
-        due = [
-            d.next_attempt_at
-            for d in deliveries
-            if d.id in new and d.next_attempt_at and d.lease_expires_at is None
-        ]
-        if due:
-            await self.announce_due(conn, min(due))
-        return new
+        return await self.insert_json_batch(conn, deliveries)
+
+    @abstractmethod
+    async def insert_json_batch(
+        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery]
+    ) -> set[str]:
+        """Insert ``deliveries`` through SQLAlchemy as one JSON-array parameter, skipping rows
+        that exist; the ids that are new. New rows not already leased are announced (see
+        :meth:`announce_due`)."""
 
 
 class SqlEndpointStore:
@@ -858,6 +833,11 @@ class SqlDeliveryStore:
             return int(result.rowcount)
 
         return await self._db.run(op)
+
+
+def _rendered(named: Mapping[str, str], names: TableNames) -> dict[str, str]:
+    """Named queries without their comments, for the configured table names."""
+    return {name: render(without_comments(text), names) for name, text in named.items()}
 
 
 async def _delete_finished(

@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -33,6 +32,7 @@ from ..sqlfiles import (
     VERSION_TABLE,
     Migration,
     TableNames,
+    numbered,
     quote,
     render,
 )
@@ -107,6 +107,9 @@ class PostgresDatabase(SqlDatabase):
         # NOTIFY channel of this table pair: a name within Postgres's 63-byte identifier limit.
         digest = hashlib.sha256(f"{names.schema or ''}|{names.scope}".encode()).hexdigest()
         self.channel = f"kmsg_webhook_{digest[:24]}"
+        # asyncpg binds by position: the named statements it runs, numbered.
+        self._insert = numbered(self.sql["insert_deliveries"], "$")
+        self._migrator = {name: numbered(sql, "$") for name, sql in self.migrate_sql.items()}
 
     def persistence(self) -> WebhookPersistence:
         """The two stores with ``init``/``close``, and ``watch`` (``LISTEN`` on the channel
@@ -179,31 +182,25 @@ class PostgresDatabase(SqlDatabase):
     async def begin_write(self, conn: AsyncConnection) -> None:
         """SQLAlchemy begins the transaction with the first statement; nothing to do."""
 
-    def insert_statement(self, table: sa.Table) -> Any:
-        return pg_insert(table)
-
     # -- schema ---------------------------------------------------------------------------------
 
     async def _current_version(self, conn: AsyncConnection) -> int:
         driver = await _driver(conn)
         version_table = self.names.qualified(VERSION_TABLE)
-        if not await driver.fetchval("SELECT to_regclass($1) IS NOT NULL", version_table):
+        if not await _fetchval(driver, self._migrator["table_exists"], name=version_table):
             return 0
-        found = await driver.fetchval(
-            f"SELECT coalesce(max(version), 0) FROM {version_table} WHERE scope = $1",
-            self.names.scope,
-        )
+        found = await _fetchval(driver, self._migrator["schema_version"], scope=self.names.scope)
         return int(found)
 
     async def _existing_tables(self, conn: AsyncConnection) -> list[str]:
         driver = await _driver(conn)
-        tables = (self.names.endpoints, self.names.deliveries)
-        found = [
+        return [
             table
-            for table in tables
-            if await driver.fetchval("SELECT to_regclass($1)", self.names.qualified(table))
+            for table in (self.names.endpoints, self.names.deliveries)
+            if await _fetchval(
+                driver, self._migrator["table_exists"], name=self.names.qualified(table)
+            )
         ]
-        return found
 
     async def _apply_migrations(
         self, conn: AsyncConnection, all_migrations: Sequence[Migration]
@@ -214,12 +211,11 @@ class PostgresDatabase(SqlDatabase):
         # A session lock taken before the transaction begins: a transaction that began before
         # the previous migrator committed would not see its tables (its catalog caches are only
         # refreshed when it starts or locks a table), and would create them again.
-        key = "hashtext('kmsg_webhook:' || coalesce($1, current_schema()))"
-        await driver.execute(f"SELECT pg_advisory_lock({key})", schema)
+        await _fetchval(driver, self._migrator["lock"], schema=schema)
         try:
             return await self._migrate_locked(conn, all_migrations)
         finally:
-            await driver.execute(f"SELECT pg_advisory_unlock({key})", schema)
+            await _fetchval(driver, self._migrator["unlock"], schema=schema)
 
     async def _migrate_locked(
         self, conn: AsyncConnection, all_migrations: Sequence[Migration]
@@ -231,19 +227,20 @@ class PostgresDatabase(SqlDatabase):
             self._check_known(current)
             if current == 0:
                 self._refuse_foreign_tables(await self._existing_tables(conn))
-            if schema is not None and not await driver.fetchval(
-                "SELECT 1 FROM pg_namespace WHERE nspname = $1", schema
+            if schema is not None and not await _fetchval(
+                driver, self._migrator["schema_exists"], schema=schema
             ):
-                await driver.execute(f"CREATE SCHEMA {quote(schema)}")
-            version_table = self.names.qualified(VERSION_TABLE)
+                await driver.execute(
+                    self.migrate_sql["create_schema"].replace("{schema}", quote(schema))
+                )
             for migration in all_migrations[current:]:
                 await driver.execute(render(migration.sql, self.names))
-                await driver.execute(
-                    f"INSERT INTO {version_table} (scope, version, description) "
-                    "VALUES ($1, $2, $3)",
-                    self.names.scope,
-                    migration.version,
-                    migration.description,
+                await _fetchval(
+                    driver,
+                    self._migrator["record_version"],
+                    scope=self.names.scope,
+                    version=migration.version,
+                    description=migration.description,
                 )
         return all_migrations[-1].version
 
@@ -263,21 +260,6 @@ class PostgresDatabase(SqlDatabase):
         self, connection: object, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
         if isinstance(connection, AsyncConnection):
-            if any(d.ordering_key is not None for d in deliveries):
-                # Ordered rows take their place in the store order from the sequence the raw
-                # insert draws on, inside the caller's transaction all the same.
-                driver = (await connection.get_raw_connection()).driver_connection
-                if not isinstance(driver, asyncpg.Connection):
-                    raise StoreError(
-                        "ordered deliveries on a caller's SQLAlchemy connection need the "
-                        "asyncpg driver (postgresql+asyncpg://)"
-                    )
-                # SQLAlchemy opens the driver's transaction with its first statement: make
-                # sure it is open, or the raw insert would commit on its own.
-                await connection.exec_driver_sql("SELECT 1")
-                if not driver.is_in_transaction():
-                    raise StoreError("the SQLAlchemy connection opened no transaction")
-                return await self._insert_raw(driver, deliveries)
             return await self.insert_with_sqlalchemy(connection, deliveries)
         if isinstance(connection, asyncpg.Connection):  # also pool connection proxies
             if not connection.is_in_transaction():
@@ -296,9 +278,15 @@ class PostgresDatabase(SqlDatabase):
     async def _insert_raw(
         self, driver: asyncpg.Connection, deliveries: Sequence[WebhookDelivery]
     ) -> set[str]:
-        return set(
-            await driver.fetchval(self.sql["insert_deliveries"], dumps(deliveries), self.channel)
-        )
+        new = await _fetchval(driver, self._insert, rows=dumps(deliveries), channel=self.channel)
+        return set(new)
+
+    async def insert_json_batch(
+        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery]
+    ) -> set[str]:
+        # The raw path's statement, by name: one row holding the array of new ids.
+        params = {"rows": dumps(deliveries), "channel": self.channel}
+        return set((await conn.execute(self.query("insert_deliveries"), params)).scalar_one())
 
     async def claim_deliveries(
         self,
@@ -344,6 +332,15 @@ class PostgresDatabase(SqlDatabase):
             self.channel,
         )
         return int(applied)
+
+
+async def _fetchval(
+    driver: asyncpg.Connection, statement: tuple[str, tuple[str, ...]], **values: object
+) -> Any:
+    """Run a numbered statement (see :func:`~kmsg_webhook.stores.sqlfiles.numbered`) with its
+    parameters taken from ``values`` by name; its first value (None without a row)."""
+    sql, names = statement
+    return await driver.fetchval(sql, *(values[name] for name in names))
 
 
 async def _driver(conn: AsyncConnection) -> asyncpg.Connection:

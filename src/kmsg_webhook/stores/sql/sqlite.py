@@ -26,7 +26,6 @@ from typing import Any
 import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -63,7 +62,6 @@ STATEMENT_ROWS = 1000
 # step holds the connection for a few milliseconds.
 VACUUM_STEP = 256
 _INCREMENTAL = 2  # PRAGMA auto_vacuum
-_FREE_PAGES = "SELECT * FROM pragma_auto_vacuum(), pragma_freelist_count(), pragma_page_count()"
 # One group per row: the insert binds DELIVERY_ROW_COLUMNS in order (queries/sqlite.sql).
 _ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * len(DELIVERY_ROW_COLUMNS)) + ")"
 # One group per outcome: the record binds these in the order queries/sqlite.sql names.
@@ -152,21 +150,22 @@ class SQLiteDatabase(SqlDatabase):
             pool_reset_on_return=None,
         )
         file_backed = self.path != MEMORY
-        busy_ms = int(self.busy_timeout * 1000)
+        sql = self.sql
+        set_busy_timeout = sql["set_busy_timeout"].replace(
+            "{ms}", str(int(self.busy_timeout * 1000))
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def configure(dbapi_connection: Any, record: Any) -> None:
             # Autocommit at the driver: the store issues BEGIN IMMEDIATE / COMMIT itself.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
-            cursor.execute("PRAGMA page_count")
-            if cursor.fetchone()[0] == 0:
-                # A new, empty file (an existing one keeps its mode until a VACUUM, and setting
-                # it there would wait for the write lock): purges hand freed pages back.
-                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            cursor.execute(set_busy_timeout)
+            cursor.execute(sql["page_count"])
+            if cursor.fetchone()[0] == 0:  # a new, empty file
+                cursor.execute(sql["use_incremental_vacuum"])
             if file_backed:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute(sql["use_wal"])
             cursor.close()
 
         @event.listens_for(engine.sync_engine, "reset")
@@ -223,7 +222,7 @@ class SQLiteDatabase(SqlDatabase):
                 with contextlib.suppress(sqlite3.Error):
                     # A WAL grown while the disk filled up gives its space back once the
                     # database file can take the pages (fails harmlessly while still full).
-                    await driver.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+                    await driver.execute_fetchall(self.sql["checkpoint_truncate"])
                 await driver.execute_fetchall("SELECT 1")
             except Exception:
                 await self._drop(conn)
@@ -268,14 +267,15 @@ class SQLiteDatabase(SqlDatabase):
 
     async def reclaim_space(self, conn: AsyncConnection, *, started: bool) -> bool:
         driver = await _driver(conn)
-        [(mode, free, pages)] = await driver.execute_fetchall(_FREE_PAGES)
+        [(mode, free, pages)] = await driver.execute_fetchall(self.sql["free_pages"])
         # Pages freed by steady deletes are reused by the next inserts: moving pages to shrink
         # the file pays only once a quarter of it is free, and then all of it goes back.
         # (Without auto_vacuum = INCREMENTAL the pragma does nothing; new rows reuse pages.)
         if mode != _INCREMENTAL or not free or (not started and free * 4 < pages):
             return False
-        # Each step of the pragma frees one page, and executescript steps it to the end.
-        await driver.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP:d})")
+        await driver.executescript(
+            self.sql["incremental_vacuum"].replace("{pages}", str(VACUUM_STEP))
+        )
         return bool(free > VACUUM_STEP)
 
     def bound(self, value: datetime) -> datetime:
@@ -285,35 +285,25 @@ class SQLiteDatabase(SqlDatabase):
     async def begin_write(self, conn: AsyncConnection) -> None:
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    def insert_statement(self, table: sa.Table) -> Any:
-        return sqlite_insert(table)
-
     # -- schema ---------------------------------------------------------------------------------
 
     async def _current_version(self, conn: AsyncConnection) -> int:
         driver = await _driver(conn)
-        cursor = await driver.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (VERSION_TABLE,)
-        )
-        if await cursor.fetchone() is None:
+        if not await self._table_exists(driver, VERSION_TABLE):
             return 0
-        cursor = await driver.execute(
-            f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE} WHERE scope = ?",
-            (self.names.scope,),
+        found = await driver.execute_fetchall(
+            self.migrate_sql["schema_version"], {"scope": self.names.scope}
         )
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        return int(next(iter(found))[0])
 
     async def _existing_tables(self, conn: AsyncConnection) -> list[str]:
         driver = await _driver(conn)
-        found = []
-        for table in (self.names.endpoints, self.names.deliveries):
-            cursor = await driver.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-            )
-            if await cursor.fetchone() is not None:
-                found.append(table)
-        return found
+        tables = (self.names.endpoints, self.names.deliveries)
+        return [table for table in tables if await self._table_exists(driver, table)]
+
+    async def _table_exists(self, driver: aiosqlite.Connection, table: str) -> bool:
+        found = await driver.execute_fetchall(self.migrate_sql["table_exists"], {"name": table})
+        return bool(found)
 
     async def _apply_migrations(
         self, conn: AsyncConnection, all_migrations: Sequence[Migration]
@@ -329,8 +319,12 @@ class SQLiteDatabase(SqlDatabase):
                 for statement in split_statements(render(migration.sql, self.names)):
                     await driver.execute(statement)
                 await driver.execute(
-                    f"INSERT INTO {VERSION_TABLE} (scope, version, description) VALUES (?, ?, ?)",
-                    (self.names.scope, migration.version, migration.description),
+                    self.migrate_sql["record_version"],
+                    {
+                        "scope": self.names.scope,
+                        "version": migration.version,
+                        "description": migration.description,
+                    },
                 )
             await driver.commit()
         except BaseException:
@@ -393,6 +387,16 @@ class SQLiteDatabase(SqlDatabase):
                 found = await driver.execute_fetchall(self.sql["inserted_delivery_ids"], params)
                 new.update(r[0] for r in found)
         return new
+
+    async def insert_json_batch(
+        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery]
+    ) -> set[str]:
+        rows = [
+            dict(zip(DELIVERY_ROW_COLUMNS, delivery_values(d, _millis), strict=True))
+            for d in deliveries
+        ]
+        found = await conn.execute(self.query("insert_deliveries_json"), {"rows": dumps(rows)})
+        return set(found.scalars())
 
     async def claim_deliveries(
         self,

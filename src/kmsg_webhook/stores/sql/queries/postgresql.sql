@@ -2,21 +2,23 @@
 -- Each query sits under a "-- name: <name>" header; kmsg_webhook_* identifiers are replaced by
 -- the configured (validated, quoted, schema-qualified) names when the store loads this file.
 -- JSON values are passed as text and cast here, so a caller's own connection works whatever
--- jsonb codec it has installed.
+-- jsonb codec it has installed. insert_deliveries names its parameters: it also runs through
+-- SQLAlchemy on a caller's connection, and the raw path numbers them ($1, $2).
 
 -- name: insert_deliveries
--- Insert a batch given as one JSON array of deliveries (the model's fields by name, as orjson
--- writes a WebhookDelivery; timestamps RFC 3339), in one statement. One JSON parameter, not one
+-- Insert a batch given as one JSON array :rows of deliveries (the model's fields by name, as
+-- orjson writes a WebhookDelivery; timestamps RFC 3339), in one statement, on the store's own
+-- connection or a caller's (asyncpg, or SQLAlchemy with any driver). One JSON parameter, not one
 -- array per column: asyncpg checks every element of an array parameter against
 -- collections.abc classes, which for 18 columns cost the sender about 80 k instructions per
 -- delivery (benchmarks/instructions.py), far more than parsing the JSON costs the server.
 -- (record_outcomes keeps its 8 arrays: as JSON it cost the server more than it saved here.)
 -- Rows whose id or (endpoint_id, event_id) already exists are skipped; the ids of new rows come
 -- back as one array (one value, not a result row per delivery for the driver to build).
--- New rows not already leased are announced on channel $2 with their earliest due time (epoch
--- seconds); a NOTIFY is delivered only when the transaction commits. A row with an ordering key
--- draws its place in the store order from the sequence, in array order (the rows reach the
--- projection in the order json_to_recordset yields them); other rows draw nothing.
+-- New rows not already leased are announced on channel :channel with their earliest due time
+-- (epoch seconds); a NOTIFY is delivered only when the transaction commits. A row with an
+-- ordering key draws its place in the store order from the sequence, in array order (the rows
+-- reach the projection in the order json_to_recordset yields them); other rows draw nothing.
 WITH inserted AS (
 INSERT INTO kmsg_webhook_deliveries (
     id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
@@ -28,7 +30,7 @@ SELECT r.id, r.endpoint_id, r.event_id, r.event_type, r.url, r.payload, r.status
        r.lease_expires_at, r.to_hash, r.from_hash, r.ordering_key,
        CASE WHEN r.ordering_key IS NOT NULL
             THEN nextval('kmsg_webhook_deliveries_ordering_seq') END
-FROM json_to_recordset($1::json)
+FROM json_to_recordset(CAST(:rows AS json))
      AS r(id text, endpoint_id text, event_id text, event_type text, url text, payload text,
           status text, attempts jsonb, attempt_count int4, last_error text,
           created_at timestamptz, next_attempt_at timestamptz, completed_at timestamptz,
@@ -37,7 +39,7 @@ FROM json_to_recordset($1::json)
 ON CONFLICT DO NOTHING
 RETURNING id, next_attempt_at, lease_expires_at)
 SELECT coalesce(array_agg(id), '{}'),
-       (SELECT pg_notify($2, extract(epoch FROM min(n.next_attempt_at))::text)
+       (SELECT pg_notify(:channel, extract(epoch FROM min(n.next_attempt_at))::text)
         FROM inserted AS n WHERE n.lease_expires_at IS NULL HAVING count(*) > 0)
 FROM inserted;
 

@@ -20,6 +20,31 @@ INSERT INTO kmsg_webhook_deliveries (
 VALUES {rows}
 ON CONFLICT DO NOTHING;
 
+-- name: insert_deliveries_json
+-- insert_deliveries on a caller's SQLAlchemy connection: the batch as one JSON array :rows of
+-- objects keyed by column (timestamps epoch milliseconds, attempts JSON text), one statement
+-- whatever its size, returning the ids of the rows it stored (SQLAlchemy gives no rows back
+-- from an executemany). "WHERE true": without it SQLite would read ON CONFLICT as the join
+-- constraint of json_each.
+INSERT INTO kmsg_webhook_deliveries (
+    id, endpoint_id, event_id, event_type, url, payload, status, attempts_json, attempt_count,
+    last_latency_ms, last_error, created_at, next_attempt_at, completed_at, lease_owner,
+    lease_expires_at, to_hash, from_hash, ordering_key)
+SELECT json_extract(value, '$.id'), json_extract(value, '$.endpoint_id'),
+       json_extract(value, '$.event_id'), json_extract(value, '$.event_type'),
+       json_extract(value, '$.url'), json_extract(value, '$.payload'),
+       json_extract(value, '$.status'), json_extract(value, '$.attempts_json'),
+       json_extract(value, '$.attempt_count'), json_extract(value, '$.last_latency_ms'),
+       json_extract(value, '$.last_error'), json_extract(value, '$.created_at'),
+       json_extract(value, '$.next_attempt_at'), json_extract(value, '$.completed_at'),
+       json_extract(value, '$.lease_owner'), json_extract(value, '$.lease_expires_at'),
+       json_extract(value, '$.to_hash'), json_extract(value, '$.from_hash'),
+       json_extract(value, '$.ordering_key')
+FROM json_each(:rows)
+WHERE true
+ON CONFLICT DO NOTHING
+RETURNING id;
+
 -- name: inserted_delivery_ids
 -- The ids the last insert_deliveries statement stored: it ran under the write lock, and SQLite
 -- gives each row it inserts the next rowid, so they are the last :count rowids up to :last.
@@ -209,3 +234,35 @@ FROM (SELECT 'minute' AS kind, completed_at / 60000 AS key, status
       FROM kmsg_webhook_deliveries
       WHERE status <> 'pending' AND completed_at >= :since AND completed_at <= :now)
 GROUP BY kind, key;
+
+-- The connection and its file (SQLite store only). SQLite parses a PRAGMA's value as a literal
+-- and refuses a bound parameter there, so {ms} and {pages} are filled in by the store, with
+-- integers it formats itself.
+
+-- name: set_busy_timeout
+-- How long SQLite waits for another process's write lock, in milliseconds.
+PRAGMA busy_timeout = {ms};
+
+-- name: page_count
+PRAGMA page_count;
+
+-- name: use_incremental_vacuum
+-- For a new, empty file only (an existing one keeps its mode until a VACUUM, and setting it
+-- there would wait for the write lock): purges can hand freed pages back.
+PRAGMA auto_vacuum = INCREMENTAL;
+
+-- name: use_wal
+PRAGMA journal_mode = WAL;
+
+-- name: free_pages
+-- The vacuum mode (2: incremental), the free pages and all pages of the file.
+SELECT * FROM pragma_auto_vacuum(), pragma_freelist_count(), pragma_page_count();
+
+-- name: incremental_vacuum
+-- Hand up to {pages} free pages back to the filesystem. Each step of the pragma frees one page:
+-- run it with executescript, which steps it to the end.
+PRAGMA incremental_vacuum({pages});
+
+-- name: checkpoint_truncate
+-- Copy the WAL into the database file and truncate it.
+PRAGMA wal_checkpoint(TRUNCATE);
