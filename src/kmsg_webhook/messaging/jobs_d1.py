@@ -2,19 +2,22 @@
 
 Jobs live in ``kmsg_webhook_message_jobs`` (or the URL's ``jobs_table``), made by the SQLite
 backend's migration 0008; every query is the SQLite dialect's
-(``stores/sql/queries/jobs.sqlite.sql``). A claim is one statement; an enqueue and a set of
-results each go as one batch (one transaction). A claim whose answer is lost leaves its jobs
+(``stores/sql/queries/jobs.sqlite.sql``). A claim is one statement; an enqueue is one statement
+per request (its jobs as one JSON array, cut to D1's size of a value); a set of results goes as
+one batch (one transaction). A claim whose answer is lost leaves its jobs
 leased until the lease expires; another claim then sends them (at least once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from ..crypto.fields import FieldCrypto
 from ..stores.d1.client import D1Statement
 from ..stores.d1.queries import D1Query
+from ..stores.rows import dumps
+from ..stores.sqlbind import SQLITE
 from ..stores.sqlfiles import JOBS_TABLE
 from .d1_store import D1StoreBase
 from .jobs import (
@@ -24,8 +27,21 @@ from .jobs import (
 )
 from .jobs_queries import JobQueries
 
-#: Jobs stored per batch: a bulk send of any size goes in requests of a bounded size.
-ENQUEUE_BATCH = 500
+
+def _json_arrays(elements: Sequence[str], max_bytes: int) -> Iterator[str]:
+    """The JSON texts ``elements`` joined into as few JSON arrays as keep each within
+    ``max_bytes`` (UTF-8); an element larger than that goes alone (and D1 refuses it)."""
+    batch: list[str] = []
+    size = 2  # the brackets
+    for element in elements:
+        length = len(element.encode()) + 1  # and a comma
+        if batch and size + length > max_bytes:
+            yield "[" + ",".join(batch) + "]"
+            batch, size = [], 2
+        batch.append(element)
+        size += length
+    if batch:
+        yield "[" + ",".join(batch) + "]"
 
 
 class D1JobStore(D1StoreBase, JobQueries[D1Statement]):
@@ -47,12 +63,12 @@ class D1JobStore(D1StoreBase, JobQueries[D1Statement]):
 
     async def enqueue(self, jobs: Sequence[SendJob]) -> list[str]:
         check_jobs(jobs)
+        rows = [dumps(SQLITE.row(self._codec.to_row(job).values())) for job in jobs]
         new: set[str] = set()
-        for start in range(0, len(jobs), ENQUEUE_BATCH):
-            chunk = jobs[start : start + ENQUEUE_BATCH]
-            statements = [self._enqueue.bind(self._codec.to_row(job).values()) for job in chunk]
-            for result in await self.run(statements):
-                new.update(str(row["id"]) for row in result.rows)
+        # A bulk send of any size goes in requests of a bounded size.
+        for batch in _json_arrays(rows, self._client.limits.max_value_bytes):
+            [result] = await self.run([self._enqueue.bind(jobs=batch)])
+            new.update(str(row["id"]) for row in result.rows)
         return [job.id for job in jobs if job.id in new]
 
     async def claim(

@@ -41,8 +41,8 @@ class SqlJobStore(SqlStoreBase, JobQueries[sa.TextClause]):
         check_jobs(jobs)
         if not jobs:
             return []
-        statements = [self._enqueue.bind(self._codec.to_row(job).values()) for job in jobs]
-        new = {str(row["id"]) for row in await self.returning(statements)}
+        rows = self._db.binding.rows(self._codec.to_row(job).values() for job in jobs)
+        new = {str(row["id"]) for row in await self.returning([self._enqueue.bind({"jobs": rows})])}
         return [job.id for job in jobs if job.id in new]
 
     async def claim(

@@ -10,7 +10,7 @@ read with ``json_each``; PostgreSQL binds datetimes and arrays as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,17 @@ class Binding:
 
     def optional(self, value: datetime | None) -> object:
         return None if value is None else self.stamp(value)
+
+    def row(self, row: Mapping[str, object]) -> dict[str, object]:
+        """A row's column values with its times stamped, for :func:`~.rows.dumps` (which
+        writes a datetime the dialect binds as such in RFC 3339)."""
+        return {k: self.stamp(v) if isinstance(v, datetime) else v for k, v in row.items()}
+
+    def rows(self, rows: Iterable[Mapping[str, object]]) -> str:
+        """Rows as one JSON array of objects keyed by column (see :meth:`row`): the one
+        parameter of a batch insert that reads them with ``json_each`` or
+        ``json_to_recordset``."""
+        return dumps([self.row(row) for row in rows])
 
 
 SQLITE = Binding(stamp=to_millis, bound=ceil_millis, values=lambda v: dumps(list(v)))

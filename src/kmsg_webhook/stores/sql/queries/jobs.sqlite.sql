@@ -22,14 +22,21 @@ WHERE id IN (
 RETURNING *;
 
 -- name: enqueue
--- Store one pending job unless its id exists; returns the id when it was new.
+-- Store the pending jobs of :jobs, a JSON array of rows (objects keyed by column, timestamps
+-- epoch milliseconds), in one statement, skipping ids that exist; returns the ids it stored.
+-- "WHERE true": without it SQLite would read ON CONFLICT as the join constraint of json_each.
 INSERT INTO kmsg_webhook_message_jobs (
     id, batch_id, options, status, run_at, created_at, attempts, lease_owner, lease_expires_at,
     provider_id, provider_message_id, error_code, error_message, completed_at)
-VALUES (
-    :id, :batch_id, :options, :status, :run_at, :created_at, :attempts, :lease_owner,
-    :lease_expires_at, :provider_id, :provider_message_id, :error_code, :error_message,
-    :completed_at)
+SELECT json_extract(value, '$.id'), json_extract(value, '$.batch_id'),
+       json_extract(value, '$.options'), json_extract(value, '$.status'),
+       json_extract(value, '$.run_at'), json_extract(value, '$.created_at'),
+       json_extract(value, '$.attempts'), json_extract(value, '$.lease_owner'),
+       json_extract(value, '$.lease_expires_at'), json_extract(value, '$.provider_id'),
+       json_extract(value, '$.provider_message_id'), json_extract(value, '$.error_code'),
+       json_extract(value, '$.error_message'), json_extract(value, '$.completed_at')
+FROM json_each(:jobs)
+WHERE true
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
