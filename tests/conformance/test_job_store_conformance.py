@@ -71,6 +71,20 @@ async def test_enqueue_is_idempotent_by_message_id(backend: TrackingBackend) -> 
         await jobs.enqueue([dataclasses.replace(job(5), status=JobStatus.SENT)])
 
 
+async def test_a_bulk_enqueue_stores_each_new_job_once_and_leaves_stored_ones_alone(
+    backend: TrackingBackend,
+) -> None:
+    jobs = backend.jobs
+    assert await jobs.enqueue([job(1), job(2, batch=None)]) == ["m-001", "m-002"]
+    resent = dataclasses.replace(job(2, batch="b9"), run_at=T0 + timedelta(days=1))
+    bulk = [resent, *(job(n, batch="b2") for n in range(3, 601))]
+    assert await jobs.enqueue(bulk) == [f"m-{n:03d}" for n in range(3, 601)]
+    assert await jobs.get("m-002") == job(2, batch=None)  # as first stored
+    assert await jobs.get("m-600") == job(600, batch="b2")
+    counts = await jobs.count_by_status()
+    assert counts[JobStatus.PENDING] == 600
+
+
 async def test_claims_lease_due_jobs_and_count_attempts(backend: TrackingBackend) -> None:
     jobs = backend.jobs
     later = T0 + timedelta(hours=1)

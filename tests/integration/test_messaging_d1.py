@@ -22,7 +22,7 @@ from kmsg_webhook.messaging import (
 from kmsg_webhook.messaging.jobs import SendJob
 from kmsg_webhook.messaging.jobs_d1 import D1JobStore
 from kmsg_webhook.messaging.tracking_d1 import D1TrackingStore
-from kmsg_webhook.stores.d1 import D1QueryError
+from kmsg_webhook.stores.d1 import D1LimitError, D1Limits, D1QueryError
 from kmsg_webhook.stores.d1.queries import D1Query
 from support.d1 import FakeD1, LocalD1
 from support.stores import JOBS_TABLE, TRACKING_TABLE, fresh_messaging_tables
@@ -82,6 +82,32 @@ async def test_the_stores_open_from_a_d1_store_url_in_the_tables_it_names(
         for table, key in ((TRACKING_TABLE, "message_id"), (JOBS_TABLE, "id")):
             rows = (await client.query(f'SELECT {key} FROM "{tables[table]}"')).rows
             assert len(rows) == 1
+
+
+async def test_a_bulk_enqueue_goes_in_requests_within_d1s_size_of_a_value(
+    local_d1: LocalD1,
+) -> None:
+    tables = fresh_messaging_tables()
+    client = local_d1.client(limits=D1Limits(max_value_bytes=2_000))
+    jobs = D1JobStore(client, table=tables[JOBS_TABLE], close_client=True)
+    try:
+        await jobs.init()
+        before = client.round_trips
+        bulk = [job(n) for n in range(1, 31)]  # a few hundred bytes of JSON each
+        assert await jobs.enqueue(bulk) == [j.id for j in bulk]
+        assert client.round_trips - before > 1
+        assert [await jobs.get(j.id) for j in bulk] == bulk
+        # Stored ones are skipped, whichever request carries them.
+        assert await jobs.enqueue([job(31), *bulk, job(32)]) == ["m-31", "m-32"]
+        huge = dataclasses.replace(
+            job(33),
+            options=SmsSendOptions(to="010-7777-0001", text="안" * 2_000, message_id="m-33"),
+        )
+        with pytest.raises(D1LimitError, match="per value"):
+            await jobs.enqueue([huge])
+        assert await jobs.get("m-33") is None
+    finally:
+        await jobs.close()
 
 
 async def test_without_auto_init_a_missing_table_is_a_query_error(local_d1: LocalD1) -> None:

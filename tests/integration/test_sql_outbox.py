@@ -16,14 +16,20 @@ import aiosqlite
 import asyncpg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from kmsg_webhook import DeliveryFilter, DeliveryStatus, StoreError, create_in_memory_persistence
+from kmsg_webhook import (
+    DeliveryFilter,
+    DeliveryStatus,
+    StoreError,
+    WebhookDelivery,
+    create_in_memory_persistence,
+)
 from kmsg_webhook.stores.sql.base import SqlDatabase
 from kmsg_webhook.stores.sql.listen import PostgresWatch
 from kmsg_webhook.stores.sql.postgres import PostgresDatabase
 from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
-from support.records import T0, W1, delivery, outcome
+from support.records import T0, W1, attempt, delivery, outcome
 from support.stores import server_dsn, temporary_postgres, temporary_sqlite
 
 NOW = T0 + timedelta(seconds=5)
@@ -393,3 +399,129 @@ async def test_memory_store_still_refuses_a_connection() -> None:
         await create_in_memory_persistence().delivery_store.insert_many(
             [delivery(1)], connection=object()
         )
+
+
+# -- the batch on a caller's SQLAlchemy connection -------------------------------------------------
+
+
+def _every_column(n: int) -> WebhookDelivery:
+    """A delivery with every column set: failed after two attempts, lookup hashes, a key."""
+    return dataclasses.replace(
+        delivery(n, key="K"),
+        status=DeliveryStatus.FAILED,
+        attempts=(attempt(1, 503), attempt(2, None, at=T0 + timedelta(seconds=1))),
+        attempt_count=2,
+        completed_at=T0 + timedelta(seconds=2),
+        next_attempt_at=None,
+        last_error="timeout",
+        to_hash="hash-to",
+        from_hash="hash-from",
+    )
+
+
+def _leased(n: int) -> WebhookDelivery:
+    return dataclasses.replace(
+        delivery(n), lease_owner=W1, lease_expires_at=NOW + timedelta(seconds=30)
+    )
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def caller(request: pytest.FixtureRequest) -> AsyncIterator[tuple[SqlDatabase, AsyncEngine]]:
+    """A store, and an engine of the caller's own on the same database."""
+    postgres = request.param == "postgresql"
+    async with temporary_postgres() if postgres else temporary_sqlite() as db:
+        await db.init()
+        if isinstance(db, PostgresDatabase):
+            url = (await server_dsn()).replace("postgresql://", "postgresql+asyncpg://", 1)
+        else:
+            url = f"sqlite+aiosqlite:///{db.path}"
+        engine = create_async_engine(url)
+        try:
+            yield db, engine
+        finally:
+            await engine.dispose()
+
+
+async def _stored_columns(db: SqlDatabase, ids: list[str]) -> list[dict[str, object]]:
+    """The stored rows of ``ids`` (in that order) as the database holds them, but for the
+    columns that name a row (id, event id) or place it (Postgres' ordering sequence)."""
+    table = db.names.qualified(db.names.deliveries)
+    async with db.connect() as conn:
+        rows = {
+            r["id"]: dict(r)
+            for r in (await conn.exec_driver_sql(f"SELECT * FROM {table}")).mappings()
+        }
+    naming = {"id", "event_id", "ordering_seq"}
+    return [{k: v for k, v in rows[i].items() if k not in naming} for i in ids]
+
+
+async def test_a_callers_batch_returns_only_new_ids_and_stores_rows_as_the_store_does(
+    caller: tuple[SqlDatabase, AsyncEngine],
+) -> None:
+    db, engine = caller
+    own = [_every_column(1), _leased(2), delivery(3)]
+    assert await db.delivery_store.insert_many(own) == ["dlv_0001", "dlv_0002", "dlv_0003"]
+    theirs = [
+        dataclasses.replace(d, id=f"dlv_{n:04d}", event_id=f"evt_{n}")
+        for n, d in zip((11, 12, 13), own, strict=True)
+    ]
+    batch = [
+        own[0],  # stored already: the same id
+        *theirs,
+        dataclasses.replace(delivery(14), event_id="evt_13"),  # the same event as theirs[2]
+    ]
+    async with engine.connect() as conn:
+        inserted = await db.delivery_store.insert_many(batch, connection=conn)
+        assert inserted == ["dlv_0011", "dlv_0012", "dlv_0013"]
+        await conn.commit()
+    for written in [*own, *theirs]:
+        assert await db.delivery_store.get(written.id) == written
+    assert await db.delivery_store.get("dlv_0014") is None
+    assert await _stored_columns(db, [d.id for d in theirs]) == await _stored_columns(
+        db, [d.id for d in own]
+    )
+
+
+async def test_a_failed_batch_on_a_callers_connection_writes_none_of_its_rows(
+    caller: tuple[SqlDatabase, AsyncEngine],
+) -> None:
+    db, engine = caller
+    # The second row breaks a NOT NULL constraint: the batch is one statement, so it fails
+    # whole, the first row with it.
+    broken = dataclasses.replace(delivery(2), endpoint_id=None)
+    async with engine.connect() as conn:
+        with pytest.raises(StoreError, match="insert on the caller's connection failed"):
+            await db.delivery_store.insert_many([delivery(1), broken], connection=conn)
+        if db.dialect == "sqlite":
+            await conn.commit()  # SQLite undid the statement; the transaction goes on
+        else:
+            await conn.rollback()  # Postgres refuses the rest of the transaction
+    assert (await db.delivery_store.stats(DeliveryFilter())).total == 0
+
+
+async def test_a_cancelled_batch_on_a_callers_connection_is_cancelled_and_writes_nothing(
+    pg: PostgresDatabase,
+) -> None:
+    dsn = await server_dsn()
+    blocker = await asyncpg.connect(dsn)
+    engine = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        held = blocker.transaction()
+        await held.start()
+        # An uncommitted row with the same id: the batch's insert waits for its outcome.
+        await pg.delivery_store.insert_many([delivery(1)], connection=blocker)
+        async with engine.connect() as conn:
+            batch = [delivery(1), delivery(2)]
+            task = asyncio.create_task(pg.delivery_store.insert_many(batch, connection=conn))
+            await asyncio.sleep(0.3)
+            assert not task.done(), "the insert did not wait for the conflicting row"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await conn.invalidate()
+        await held.rollback()
+    finally:
+        await blocker.close()
+        await engine.dispose()
+    assert await pg.delivery_store.get("dlv_0001") is None
+    assert await pg.delivery_store.get("dlv_0002") is None
