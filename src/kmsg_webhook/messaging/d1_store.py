@@ -124,6 +124,10 @@ class D1StoreBase:
         """Run write statements as one batch; the rows they changed."""
         return sum(result.changes for result in await self.run(statements))
 
+    async def returning(self, statements: Sequence[D1Statement]) -> list[dict[str, Any]]:
+        """Run writes ending in ``RETURNING`` (a claim) as one batch; the rows they return."""
+        return [row for result in await self.run(statements) for row in result.rows]
+
 
 def _renamer(default: str, table: str) -> Callable[[str], str]:
     index = re.compile(rf"\bidx_{default}_(\w+)")

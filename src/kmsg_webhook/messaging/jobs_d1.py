@@ -11,7 +11,6 @@ leased until the lease expires; another claim then sends them (at least once).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 
 from ..crypto.fields import FieldCrypto
 from ..stores.d1.client import D1Statement
@@ -70,24 +69,3 @@ class D1JobStore(D1StoreBase, JobQueries[D1Statement]):
             [result] = await self.run([self._enqueue.bind(jobs=batch)])
             new.update(str(row["id"]) for row in result.rows)
         return [job.id for job in jobs if job.id in new]
-
-    async def claim(
-        self,
-        *,
-        worker_id: str,
-        now: datetime,
-        lease_until: datetime,
-        limit: int,
-        batch_id: str | None = None,
-    ) -> list[SendJob]:
-        if limit <= 0:
-            return []
-        params = {
-            "worker_id": worker_id,
-            "now": now,
-            "lease_until": lease_until,
-            "limit": limit,
-            "batch_id": batch_id,
-        }
-        rows = await self.read(self._claim.bind(params))
-        return await self._codec.claimed(rows, worker_id=worker_id, now=now, complete=self.complete)

@@ -1,7 +1,7 @@
 """The job store's operations over named queries, shared by the SQL and D1 stores.
 
 Both run the same query text (``queries/jobs.<dialect>.sql``); each store supplies how a
-statement runs (``read``, ``write``, ``filtered``), its enqueue and its claim.
+statement runs (``read``, ``write``, ``returning``, ``filtered``) and its enqueue.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ S = TypeVar("S")
 
 
 class JobQueries(Generic[S]):
-    """``JobStore``'s methods other than enqueue and claim, on a store's statement type ``S``.
+    """``JobStore``'s methods other than enqueue, on a store's statement type ``S``.
 
     A store class lists its base (which runs statements) before this one, so its ``read``,
-    ``write`` and ``filtered`` come first in the method order."""
+    ``write``, ``returning`` and ``filtered`` come first in the method order."""
 
     _codec: JobCodec
+    _claim: Bindable[S]
     _complete: Bindable[S]
     _get: Bindable[S]
 
@@ -41,8 +42,32 @@ class JobQueries(Generic[S]):
     async def write(self, statements: Sequence[S]) -> int:
         raise NotImplementedError
 
+    async def returning(self, statements: Sequence[S]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
     def filtered(self, name: str, values: Mapping[str, Any], **fill: str) -> S:
         raise NotImplementedError
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        batch_id: str | None = None,
+    ) -> list[SendJob]:
+        if limit <= 0:
+            return []
+        params = {
+            "worker_id": worker_id,
+            "now": now,
+            "lease_until": lease_until,
+            "limit": limit,
+            "batch_id": batch_id,
+        }
+        rows = await self.returning([self._claim.bind(params)])
+        return await self._codec.claimed(rows, worker_id=worker_id, now=now, complete=self.complete)
 
     async def complete(self, results: Sequence[JobResult]) -> int:
         if not results:

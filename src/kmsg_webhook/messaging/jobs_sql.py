@@ -8,7 +8,6 @@ ones Postgres words differently.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -44,24 +43,3 @@ class SqlJobStore(SqlStoreBase, JobQueries[sa.TextClause]):
         rows = self._db.binding.rows(self._codec.to_row(job).values() for job in jobs)
         new = {str(row["id"]) for row in await self.returning([self._enqueue.bind({"jobs": rows})])}
         return [job.id for job in jobs if job.id in new]
-
-    async def claim(
-        self,
-        *,
-        worker_id: str,
-        now: datetime,
-        lease_until: datetime,
-        limit: int,
-        batch_id: str | None = None,
-    ) -> list[SendJob]:
-        if limit <= 0:
-            return []
-        params = {
-            "worker_id": worker_id,
-            "now": now,
-            "lease_until": lease_until,
-            "limit": limit,
-            "batch_id": batch_id,
-        }
-        rows = await self.returning([self._claim.bind(params)])
-        return await self._codec.claimed(rows, worker_id=worker_id, now=now, complete=self.complete)
