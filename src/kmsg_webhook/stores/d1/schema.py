@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from ...errors import ConfigError
-from ..sqlfiles import TableNames, migrations, queries, render
+from ..sqlfiles import TableNames, migrations, numbered, queries, render, without_comments
 from .client import D1Client, D1Statement
 from .errors import D1QueryError, D1SchemaError
 
@@ -95,11 +95,11 @@ def _built(endpoint_table: str, delivery_table: str) -> _Built:
         names = TableNames(endpoint_table, delivery_table)
         for migration in migrations("sqlite"):
             db.executescript(render(migration.sql, names))
-        tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        introspect = queries("sqlite", "migrate")
+        tables = dict(db.execute(introspect["schema_tables"]))
         indexes = db.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
-            " AND tbl_name IN (?, ?) ORDER BY rowid",
-            (endpoint_table, delivery_table),
+            introspect["schema_indexes"],
+            {"endpoints": endpoint_table, "deliveries": delivery_table},
         ).fetchall()
     finally:
         db.close()
@@ -172,12 +172,11 @@ async def initialize_webhook_schema(
     otherwise a :class:`~kmsg_webhook.stores.d1.errors.D1SchemaError` says so and nothing changes.
     """
     t = D1Tables(endpoint_table_name, delivery_table_name)
+    columns, definition = _probe_sql()
     probe = [
-        D1Statement("SELECT name FROM pragma_table_info(?)", (t.endpoint_table,)),
-        D1Statement("SELECT name FROM pragma_table_info(?)", (t.delivery_table,)),
-        D1Statement(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (t.endpoint_table,)
-        ),
+        D1Statement(columns, (t.endpoint_table,)),
+        D1Statement(columns, (t.delivery_table,)),
+        D1Statement(definition, (t.endpoint_table,)),
     ]
     create = [
         D1Statement(sql)
@@ -232,6 +231,17 @@ async def initialize_webhook_schema(
         await client.batch(
             [D1Statement(sql) for sql in [*upgrade, *rebuilt, *(c.sql for c in create)]]
         )
+
+
+@cache
+def _probe_sql() -> tuple[str, str]:
+    """The column-list and table-definition lookups of ``queries/migrate.sqlite.sql``, with
+    D1's positional parameter."""
+    introspect = queries("sqlite", "migrate")
+    return (
+        numbered(without_comments(introspect["table_columns"]), "?")[0],
+        numbered(without_comments(introspect["table_definition"]), "?")[0],
+    )
 
 
 def _old_status_check(rows: list[dict[str, object]]) -> bool:

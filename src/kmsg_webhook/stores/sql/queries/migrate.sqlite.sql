@@ -15,3 +15,23 @@ SELECT coalesce(max(version), 0) FROM kmsg_webhook_schema_version WHERE scope = 
 -- Record that migration :version (:description) is applied to the table pair :scope.
 INSERT INTO kmsg_webhook_schema_version (scope, version, description)
 VALUES (:scope, :version, :description);
+
+-- name: table_columns
+-- The column names of the table :name (unquoted); no rows when it does not exist. D1's schema
+-- check runs this to tell an older or the original adapter's table from the current one.
+SELECT name FROM pragma_table_info(:name);
+
+-- name: table_definition
+-- The CREATE TABLE text of the table :name, as SQLite keeps it.
+SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name;
+
+-- name: schema_tables
+-- Every table with its CREATE TABLE text (D1 reads the migrated tables back from an in-memory
+-- SQLite this way).
+SELECT name, sql FROM sqlite_master WHERE type = 'table';
+
+-- name: schema_indexes
+-- The CREATE INDEX texts on the tables :endpoints and :deliveries, in the order they were made.
+SELECT sql FROM sqlite_master
+WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN (:endpoints, :deliveries)
+ORDER BY rowid;
