@@ -2,6 +2,7 @@
 the machine's load.
 
     python benchmarks/instructions.py [--deliveries 1000] [--stores memory,sqlite,postgres]
+    python benchmarks/instructions.py --scenario emit_sync [--deliveries 1000]
 
 Wall-clock ratios from ``throughput.py`` move by ±0.05 or more between runs on a shared VM.
 Callgrind counts the instructions the sender process executes (all its threads, so SQLite's
@@ -13,8 +14,12 @@ divided by ``N``, so start-up and imports cancel out.
 Printed per store: instructions per delivery of the runtime end to end, the bare signed POST
 loop's (the limit, as in ``throughput.py``), their ratio (limit / runtime: on a quiet machine
 this is roughly the wall-clock ratio), and how much of the runtime's count is CPython's cyclic
-garbage collector. Needs ``valgrind``; under it Python runs about 50 times slower, so the
-default run takes several minutes.
+garbage collector.
+
+``--scenario emit_sync`` counts ``targets.py``'s emit_sync round instead: 64 callers awaiting
+``emit_sync`` on one endpoint (memory store) against the minimal protocol client's signed POSTs
+(its ratio is runtime / client, as ``targets.py`` prints it). Needs ``valgrind``; under it
+Python runs about 50 times slower, so the default run takes several minutes.
 """
 
 from __future__ import annotations
@@ -30,13 +35,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import targets  # noqa: E402 - the sibling script, for the emit_sync round and its client
 import throughput  # noqa: E402 - the sibling script, for its receiver and runtime set-up
+from transport import Receiver  # noqa: E402
 
 WARM_UP = 300
 
 
 async def _child(mode: str, deliveries: int, base: str) -> None:
     """What runs under callgrind: a warm-up, then ``deliveries`` of ``mode``."""
+    if mode == "client":  # each of targets.py's rounds warms itself up
+        await targets.minimal_client(Receiver(base), deliveries)
+        return
+    if mode == "emit_sync":
+        await targets.runtime_cpu(Receiver(base), deliveries, endpoints=1)
+        return
     await throughput.raw_limit(base, WARM_UP)
     if mode == "raw":
         await throughput.raw_limit(base, deliveries)
@@ -101,6 +114,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1000)
     parser.add_argument("--stores", default="memory,sqlite,postgres")
+    parser.add_argument("--scenario", choices=("throughput", "emit_sync"), default="throughput")
     parser.add_argument("--jobs", type=int, default=2, help="callgrind runs at a time")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "N", "BASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,14 +130,22 @@ async def main() -> None:
     async with throughput.nginx_receiver("auto") as fast:
         if fast is None:
             raise SystemExit("needs nginx as the receiver (Debian: apt-get install nginx-light)")
-        modes = ["raw", *stores]
+        modes = ["client", "emit_sync"] if args.scenario == "emit_sync" else ["raw", *stores]
         results = await asyncio.gather(
             *(_per_delivery(m, args.deliveries, fast, scratch, slots) for m in modes)
         )
     figures = dict(zip(modes, results, strict=True))
-    raw, raw_gc = figures["raw"]
     print(f"instructions per delivery (callgrind; {args.deliveries:,} deliveries, difference of")
     print(f"runs of {2 * args.deliveries:,} and {args.deliveries:,})")
+    if args.scenario == "emit_sync":
+        (client, client_gc), (runtime, runtime_gc) = figures["client"], figures["emit_sync"]
+        print(f"minimal client, signed POST     {client:>10,.0f}  (cyclic GC {client_gc:,.0f})")
+        print(
+            f"runtime, emit_sync (memory)     {runtime:>10,.0f}  x client {runtime / client:.2f}  "
+            f"(cyclic GC {runtime_gc:,.0f})"
+        )
+        return
+    raw, raw_gc = figures["raw"]
     print(f"raw aiohttp signed POST loop  {raw:>10,.0f}  (the limit; cyclic GC {raw_gc:,.0f})")
     for name in stores:
         count, gc_count = figures[name]
