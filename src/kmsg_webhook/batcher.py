@@ -66,6 +66,11 @@ class GroupCommit(Generic[T]):
         """Items submitted and not yet written."""
         return len(self._items) + self._writing
 
+    @property
+    def closed(self) -> bool:
+        """:meth:`close` was called: new items are refused."""
+        return self._closed
+
     def submit(self, item: T) -> Awaitable[None]:
         """Queue ``item``; await the result to wait until it is written.
 

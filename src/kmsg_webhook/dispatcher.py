@@ -72,6 +72,9 @@ class _Settled:
     timed_out: bool = False
     #: An ordered delivery ended: once recorded, the next of its key is claimable.
     frees_key: bool = False
+    #: Held by this worker (claimed or taken at intake); ``False`` for an attempt its
+    #: emit_sync caller made, whose record frees no room.
+    held: bool = True
 
 
 class Dispatcher:
@@ -334,29 +337,37 @@ class Dispatcher:
         if left_due:
             self.wake()
 
+    def lease_for_sending(self, now: datetime) -> datetime:
+        """The lease of new rows their caller sends at once through :meth:`send_now`."""
+        return self._new_lease(now)
+
     async def send_now(
         self, rows: Sequence[WebhookDelivery], write: WriteRows
     ) -> list[WebhookDelivery]:
-        """Write new rows (as :meth:`hand_off` takes them) leased to this worker, attempt each
-        once, record, and return them as recorded (emit_sync). Ordered rows wait their turn in
-        the store and are returned pending; rows the store already had are left out."""
-        lease_until = self._new_lease(self._clock.now())
-        written = [
-            row
-            if row.ordering_key is not None
-            else evolve_delivery(row, lease_owner=self.worker_id, lease_expires_at=lease_until)
-            for row in rows
-        ]
-        inserted = set(await write(written))
-        now_rows = [r for r in written if r.id in inserted and r.lease_owner is not None]
-        waiting = [r for r in written if r.id in inserted and r.lease_owner is None]
+        """Write new rows (as :meth:`hand_off` takes them, but those to send now already
+        leased to this worker until :meth:`lease_for_sending`), attempt each leased one once,
+        record them (with the other outcomes waiting for the recorder) and return them as
+        recorded (emit_sync). Unleased rows (ordered ones) wait their turn in the store and
+        are returned pending; rows the store already had are left out."""
+        inserted = set(await write(rows))
+        now_rows = [r for r in rows if r.id in inserted and r.lease_owner is not None]
+        waiting = [r for r in rows if r.id in inserted and r.lease_owner is None]
         if waiting:
             self.wake()
         if len(now_rows) == 1:  # emit_sync to one endpoint: no task and gather for one send
             results = [await self._attempt(now_rows[0])]
         else:
             results = await asyncio.gather(*(self._attempt(d) for d in now_rows))
-        await self._write_results(results)
+        for result in results:
+            result.held = False
+        recorder = self._recorder
+        if recorder.closed:  # stopped meanwhile: nothing else is recorded, write these alone
+            await self._write_results(results)
+        elif len(results) == 1:
+            await recorder.submit(results[0])
+        else:
+            # With the outcomes of other callers and workers: one record, one health check.
+            await asyncio.gather(*(recorder.submit(r) for r in results))
         sent = [
             apply_outcome(d, r.outcome, max_stored_attempts=len(d.attempts) + 1)
             for d, r in zip(now_rows, results, strict=True)
@@ -691,8 +702,11 @@ class Dispatcher:
     def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
         """Recorded (or abandoned): there is room for as many more claimed deliveries."""
         held = self._held_due
+        freed = 0
         for result in results:
-            held.pop(result.outcome.delivery_id, None)
+            if result.held:
+                held.pop(result.outcome.delivery_id, None)
+                freed += 1
         if error is not None:
             logger.error(
                 "recording %d deliveries failed (%s); their leases will expire and they will "
@@ -700,8 +714,8 @@ class Dispatcher:
                 len(results),
                 error,
             )
-        self._outstanding -= len(results)
-        self._recording -= len(results)
+        self._outstanding -= freed
+        self._recording -= freed
         self._changed.set()
         if self._keys_ending:
             ended = sum(r.frees_key for r in results)

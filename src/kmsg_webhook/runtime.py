@@ -763,10 +763,14 @@ class WebhookRuntimeService:
         event, payload = self._encode(event)
         await self.start()
         assert self._dispatcher is not None
+        endpoints = await self._matching(event)
         now = self.clock.now()
+        # Written leased to the dispatcher (built so: no copy per row), which sends them in
+        # this task without a claim; ordered rows wait their turn in the store.
+        lease_until = self._dispatcher.lease_for_sending(now)
         rows = [
-            self._new_delivery(event, endpoint, payload, now)
-            for endpoint in await self._matching(event)
+            self._new_delivery(event, endpoint, payload, now, lease_until=lease_until)
+            for endpoint in endpoints
         ]
         # Sealed on the way in; the rows as built (plaintext, in memory) are what is sent.
         return await self._dispatcher.send_now(rows, self.persistence.delivery_store.insert_many)
@@ -817,9 +821,19 @@ class WebhookRuntimeService:
         return _results(events, ends, rows, None if len(inserted) == len(rows) else set(inserted))
 
     def _new_delivery(
-        self, event: WebhookEvent, endpoint: WebhookEndpoint, payload: str, now: datetime
+        self,
+        event: WebhookEvent,
+        endpoint: WebhookEndpoint,
+        payload: str,
+        now: datetime,
+        *,
+        lease_until: datetime | None = None,
     ) -> WebhookDelivery:
-        """A new outbox row, due now, not leased, its payload as sent (plaintext)."""
+        """A new outbox row, due now, its payload as sent (plaintext); leased to this
+        runtime's worker until ``lease_until`` when given, unless it is ordered."""
+        ordering_key = event.ordering_key if endpoint.ordered else None
+        if ordering_key is not None:
+            lease_until = None
         return build_delivery(
             id=new_id("dlv"),
             endpoint_id=endpoint.id,
@@ -830,7 +844,9 @@ class WebhookRuntimeService:
             status=DeliveryStatus.PENDING,
             created_at=now,
             next_attempt_at=now,
-            ordering_key=event.ordering_key if endpoint.ordered else None,
+            ordering_key=ordering_key,
+            lease_owner=None if lease_until is None else self.worker_id,
+            lease_expires_at=lease_until,
         )
 
     # -- deliveries --------------------------------------------------------------------------
