@@ -360,14 +360,16 @@ class Dispatcher:
             results = await asyncio.gather(*(self._attempt(d) for d in now_rows))
         for result in results:
             result.held = False
+        # Recorded with the outcomes of other callers and workers: one record and one health
+        # check per batch. Shielded: the attempts were made, so they are recorded even if the
+        # caller stops waiting (a withdrawn outcome would leave its row to be sent again).
         recorder = self._recorder
         if recorder.closed:  # stopped meanwhile: nothing else is recorded, write these alone
             await self._write_results(results)
         elif len(results) == 1:
-            await recorder.submit(results[0])
+            await asyncio.shield(recorder.submit(results[0]))
         else:
-            # With the outcomes of other callers and workers: one record, one health check.
-            await asyncio.gather(*(recorder.submit(r) for r in results))
+            await asyncio.shield(asyncio.gather(*(recorder.submit(r) for r in results)))
         sent = [
             apply_outcome(d, r.outcome, max_stored_attempts=len(d.attempts) + 1)
             for d, r in zip(now_rows, results, strict=True)

@@ -169,7 +169,8 @@ class EndpointCache:
 
     async def refresh(self) -> None:
         """Re-read the endpoints if the cached list is older than the TTL."""
-        await self._refresh_if_stale()
+        if time.monotonic() - self._loaded_at >= self._ttl_s:  # no await while fresh (per event)
+            await self._refresh_if_stale()
 
     def matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
         """The endpoints that receive ``event`` (same rule as :meth:`WebhookEndpoint.matches`).

@@ -761,9 +761,11 @@ class WebhookRuntimeService:
         if event.type not in self.config.enabled_events:
             return []
         event, payload = self._encode(event)
-        await self.start()
+        if not self._started:
+            await self.start()
         assert self._dispatcher is not None
-        endpoints = await self._matching(event)
+        await self._endpoints.refresh()
+        endpoints = self._endpoints.matching(event)
         now = self.clock.now()
         # Written leased to the dispatcher (built so: no copy per row), which sends them in
         # this task without a claim; ordered rows wait their turn in the store.
@@ -774,10 +776,6 @@ class WebhookRuntimeService:
         ]
         # Sealed on the way in; the rows as built (plaintext, in memory) are what is sent.
         return await self._dispatcher.send_now(rows, self.persistence.delivery_store.insert_many)
-
-    async def _matching(self, event: WebhookEvent) -> list[WebhookEndpoint]:
-        await self._endpoints.refresh()
-        return self._endpoints.matching(event)
 
     def _encode(self, event: WebhookEvent) -> _Encoded:
         """The event as it is sent (field crypto may mask numbers) and its body; raises

@@ -35,13 +35,27 @@ HANG_GUARD = 15
 
 
 class WatchedDeliveryStore:
-    """Wraps a delivery store: records every ``insert_many`` call and can hold it on a gate."""
+    """Wraps a delivery store: notes every ``insert_many`` and ``record`` call; can hold either
+    on a gate, and fail records."""
 
     def __init__(self, inner: DeliveryStore) -> None:
         self.inner = inner
         self.insert_calls: list[list[WebhookDelivery]] = []
         self.entered = asyncio.Event()
         self.hold: asyncio.Event | None = None
+        self.record_sizes: list[int] = []
+        self.recording = asyncio.Event()
+        self.hold_records: asyncio.Event | None = None
+        self.record_error: Exception | None = None
+
+    async def record(self, outcomes: Sequence[Any]) -> int:
+        self.record_sizes.append(len(outcomes))
+        self.recording.set()
+        if self.hold_records is not None:
+            await self.hold_records.wait()
+        if self.record_error is not None:
+            raise self.record_error
+        return await self.inner.record(outcomes)
 
     async def insert_many(
         self, deliveries: Sequence[WebhookDelivery], *, connection: object | None = None
@@ -381,3 +395,83 @@ async def test_emit_sync_stores_sends_now_and_returns_the_recorded_deliveries(
     assert len(receiver.at("/ok")) == 1
     assert len(receiver.at("/down")) == 1
     assert len(await all_deliveries(runtime)) == 2
+
+
+async def test_concurrent_emit_sync_callers_share_their_record_round_trips(
+    receiver, make_runtime, make_event, wait_until
+):
+    persistence = create_in_memory_persistence()
+    store = WatchedDeliveryStore(persistence.delivery_store)
+    store.hold_records = asyncio.Event()
+    runtime = await make_runtime(
+        WebhookConfig(jitter=False, max_concurrency_per_endpoint=10),
+        persistence=persistence,
+        delivery_store=store,
+    )
+    await runtime.add_endpoint(EndpointInput(url=receiver.url("/a"), events=["message.sent"]))
+    callers = [asyncio.create_task(runtime.emit_sync(make_event(f"evt_{i}"))) for i in range(10)]
+    await wait_until(lambda: len(receiver.at("/a")) == 10, what="all ten attempts sent")
+    await wait_until(store.recording.is_set, what="the first record under way")
+    assert not any(caller.done() for caller in callers)  # each waits for its record
+
+    store.hold_records.set()
+    returned = await asyncio.wait_for(asyncio.gather(*callers), HANG_GUARD)
+
+    assert [d.status for rows in returned for d in rows] == [DeliveryStatus.SUCCESS] * 10
+    # The first record took what was there when it started; the others waited for one more.
+    assert sum(store.record_sizes) == 10
+    assert len(store.record_sizes) <= 2
+    for rows in returned:
+        assert await runtime.get_delivery(rows[0].id) == rows[0]
+
+
+async def test_emit_sync_raises_when_its_record_fails_and_the_row_stays_leased(
+    receiver, make_runtime, make_event
+):
+    persistence = create_in_memory_persistence()
+    store = WatchedDeliveryStore(persistence.delivery_store)
+    store.record_error = StoreError("the database went away")
+    runtime = await make_runtime(persistence=persistence, delivery_store=store)
+    await runtime.add_endpoint(EndpointInput(url=receiver.url("/a"), events=["message.sent"]))
+
+    with pytest.raises(StoreError, match="went away"):
+        await asyncio.wait_for(runtime.emit_sync(make_event("evt_lost_record")), HANG_GUARD)
+
+    assert len(receiver.at("/a")) == 1
+    [row] = await all_deliveries(runtime)
+    # Unrecorded: pending under this worker's lease, sent again when the lease runs out.
+    assert row.status is DeliveryStatus.PENDING
+    assert row.attempt_count == 0
+    assert row.lease_owner == runtime.worker_id
+
+
+async def test_an_emit_sync_caller_cancelled_while_its_record_waits_still_gets_it_recorded(
+    receiver, make_runtime, make_event, wait_until
+):
+    persistence = create_in_memory_persistence()
+    store = WatchedDeliveryStore(persistence.delivery_store)
+    store.hold_records = asyncio.Event()
+    runtime = await make_runtime(persistence=persistence, delivery_store=store)
+    await runtime.add_endpoint(EndpointInput(url=receiver.url("/a"), events=["message.sent"]))
+    first = asyncio.create_task(runtime.emit_sync(make_event("evt_first")))
+    await wait_until(store.recording.is_set, what="the first record under way")
+    # The second outcome queues behind the record in progress; its caller gives up there.
+    second = asyncio.create_task(runtime.emit_sync(make_event("evt_gave_up")))
+    await wait_until(lambda: len(receiver.at("/a")) == 2, what="the second attempt sent")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    store.hold_records.set()
+    await asyncio.wait_for(first, HANG_GUARD)
+
+    async def both_recorded() -> bool:
+        rows = await all_deliveries(runtime)
+        return [d.status for d in rows] == [DeliveryStatus.SUCCESS] * 2
+
+    await wait_until(both_recorded, what="both attempts recorded")
+    await settle(runtime)
+    assert store.record_sizes == [1, 1]
+    assert all(d.lease_owner is None for d in await all_deliveries(runtime))
+    assert len(receiver.at("/a")) == 2  # each sent once: no row was left to be sent again
