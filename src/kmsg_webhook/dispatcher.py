@@ -72,9 +72,9 @@ class _Settled:
     timed_out: bool = False
     #: An ordered delivery ended: once recorded, the next of its key is claimable.
     frees_key: bool = False
-    #: Held by this worker (claimed or taken at intake); ``False`` for an attempt its
-    #: emit_sync caller made, whose record frees no room.
-    held: bool = True
+    #: Set for an attempt its emit_sync caller made (not held by the workers, so its record
+    #: frees no room): resolved once the outcome is recorded.
+    recorded: asyncio.Future[None] | None = None
 
 
 class Dispatcher:
@@ -358,18 +358,24 @@ class Dispatcher:
             results = [await self._attempt(now_rows[0])]
         else:
             results = await asyncio.gather(*(self._attempt(d) for d in now_rows))
-        for result in results:
-            result.held = False
-        # Recorded with the outcomes of other callers and workers: one record and one health
-        # check per batch. Shielded: the attempts were made, so they are recorded even if the
-        # caller stops waiting (a withdrawn outcome would leave its row to be sent again).
         recorder = self._recorder
         if recorder.closed:  # stopped meanwhile: nothing else is recorded, write these alone
             await self._write_results(results)
-        elif len(results) == 1:
-            await asyncio.shield(recorder.submit(results[0]))
         else:
-            await asyncio.shield(asyncio.gather(*(recorder.submit(r) for r in results)))
+            # Recorded with the outcomes of other callers and workers: one record and one
+            # health check per batch. Queued, not submitted: the attempts were made, so they
+            # are recorded even if the caller stops waiting (a withdrawn outcome would leave
+            # its row to be sent again).
+            loop = asyncio.get_running_loop()
+            waiters: list[asyncio.Future[None]] = []
+            for result in results:
+                result.recorded = waiter = loop.create_future()
+                waiters.append(waiter)
+                recorder.enqueue(result)
+            if len(waiters) == 1:
+                await waiters[0]
+            else:
+                await asyncio.gather(*waiters)
         sent = [
             apply_outcome(d, r.outcome, max_stored_attempts=len(d.attempts) + 1)
             for d, r in zip(now_rows, results, strict=True)
@@ -706,9 +712,15 @@ class Dispatcher:
         held = self._held_due
         freed = 0
         for result in results:
-            if result.held:
+            waiter = result.recorded
+            if waiter is None:
                 held.pop(result.outcome.delivery_id, None)
                 freed += 1
+            elif not waiter.done():  # its emit_sync caller may have stopped waiting
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
         if error is not None:
             logger.error(
                 "recording %d deliveries failed (%s); their leases will expire and they will "
