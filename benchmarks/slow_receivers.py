@@ -273,7 +273,14 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 async def run_sql(
-    base: str, url: str, endpoints: int, slow: int, events: int, *, control: bool
+    base: str,
+    url: str,
+    endpoints: int,
+    slow: int,
+    events: int,
+    *,
+    control: bool,
+    profile: Path | None = None,
 ) -> Figures:
     await _get(base, "/reset", post=True)
     intake = WebhookRuntimeService(
@@ -294,6 +301,27 @@ async def run_sql(
     )
     try:
         await asyncio.sleep(1.5)  # started and idle
+        spy = None
+        if profile is not None:
+            # Collapsed stacks of the worker while it sends (py-spy samples from outside, so
+            # the worker's own CPU figure includes no profiler).
+            spy = subprocess.Popen(  # noqa: ASYNC220
+                [
+                    "py-spy",
+                    "record",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "50",
+                    "--nonblocking",
+                    "-o",
+                    str(profile),
+                    "-p",
+                    str(worker.pid),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         cpu0 = _proc_cpu_s(worker.pid)
         start = time.time()
         emit_p99_ms = await _emit_all(intake, endpoints, events)
@@ -301,6 +329,9 @@ async def run_sql(
         emit_s = time.time() - start
         stats = await _wait_healthy(base, healthy, 300)
         cpu_s = _proc_cpu_s(worker.pid) - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -365,6 +396,11 @@ async def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="control/scenario pairs, alternating (medians)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="directory: write py-spy collapsed stacks of each SQL worker run there",
+    )
     args = parser.parse_args()
     print(
         f"{args.endpoints} endpoints ({args.slow} slow: answer after {SLOW_DELAY_S:.0f} s, "
@@ -383,7 +419,15 @@ async def main() -> None:
                             figures = await run_memory(*run, control=control)
                         else:
                             url = _store_url(store, Path(tmp))
-                            figures = await run_sql(run[0], url, *run[1:], control=control)
+                            label = "control" if control else "slow"
+                            profile = (
+                                None
+                                if args.profile is None
+                                else args.profile / f"{store}-{args.endpoints}-{label}.txt"
+                            )
+                            figures = await run_sql(
+                                run[0], url, *run[1:], control=control, profile=profile
+                            )
                         _print("control" if control else f"{args.slow} slow", figures)
                         pair.append(figures)
                     pairs.append((pair[0], pair[1]))

@@ -84,8 +84,8 @@ class Dispatcher:
     round-robin order, so an endpoint holds at most its current limit of workers (see
     :class:`~kmsg_webhook.pacing.Pacing`: 1 while it times out) and the rest keep serving
     everyone else. A claimer keeps the queues topped up, claiming ahead in batches; what it
-    claims beyond an endpoint's share goes straight back, and the due rows of a resting
-    endpoint are put back until its rest ends, without an attempt.
+    claims beyond an endpoint's share goes straight back. A resting endpoint's rows are left
+    out of every claim, so they stay in the store untouched until its rest ends.
 
     ``sealing`` is field crypto (or its absence) at the store boundary: rows are claimed as
     stored and opened by it, endpoints are cached as stored and opened by it for the attempt.
@@ -263,9 +263,11 @@ class Dispatcher:
                 )
 
     async def drain(self, *, due_by: datetime | None = None) -> None:
-        """Send every delivery due at ``due_by`` (default: now) and return once each is recorded
-        (sent, or put back by its endpoint's rest). Retries scheduled meanwhile, and rows that
-        became due later, are left to the background loop. Needs :meth:`start`.
+        """Send every delivery due at ``due_by`` (default: now) and return once each is recorded,
+        except those of endpoints resting after timeouts: claims leave them alone, so they count
+        as settled and stay pending in the store until the rest ends. Retries scheduled
+        meanwhile, and rows that became due later, are left to the background loop. Needs
+        :meth:`start`.
 
         Cancelling it stops waiting at once: a claim in progress still completes and its rows
         are sent by the workers.
@@ -302,10 +304,11 @@ class Dispatcher:
         """Write new rows (``rows``: due now, unleased, plaintext, as the runtime built them)
         and queue those this worker can send at once, without a claim.
 
-        A row to an endpoint resting after timeouts is written due when the rest ends. Rows
-        within the room a claim would keep (not ordered ones, whose turn the store knows, and
-        none while an older backlog waits in the store) are written leased to this worker;
-        the rest are left to the claimer, which is woken. ``leasable=False`` (rows in a
+        A row to an endpoint resting after timeouts is written like any other and left to the
+        store: claims leave it alone until the rest ends. Rows within the room a claim would
+        keep (not ordered ones, whose turn the store knows, and none while an older backlog
+        waits in the store) are written leased to this worker; the rest are left to the
+        claimer, which is woken. ``leasable=False`` (rows in a
         caller's transaction, which may never commit) leases none. Should this process die
         between the write and the send, the leases expire and any worker claims the rows, as
         after a crash mid-send.
@@ -318,9 +321,10 @@ class Dispatcher:
         left_due = False
         for row in rows:
             endpoint_id = row.endpoint_id
-            due_at = resting(endpoint_id, now)
-            if due_at is not None:
-                row = evolve_delivery(row, next_attempt_at=due_at)
+            if resting(endpoint_id, now) is not None:
+                # No claim takes it before the rest ends (nothing to wake the claimer for);
+                # new rows after the rest wait behind it, as behind any row left to the store.
+                self._stored_endpoints[endpoint_id] = self._claim_round
             elif lease_until is not None and row.ordering_key is None and self._take(endpoint_id):
                 row = evolve_delivery(row, lease_owner=self.worker_id, lease_expires_at=lease_until)
                 taken.append(row)
@@ -333,7 +337,11 @@ class Dispatcher:
             self._adopt(taken, ())  # gives their room back
             raise
         if taken:
-            self._adopt(taken, None if len(inserted) == len(written) else set(inserted))
+            resting_now = self._adopt(
+                taken, None if len(inserted) == len(written) else set(inserted)
+            )
+            if resting_now:
+                await self._release(resting_now)
         if left_due:
             self.wake()
 
@@ -418,11 +426,15 @@ class Dispatcher:
         self._outstanding += 1
         return True
 
-    def _adopt(self, taken: Sequence[WebhookDelivery], inserted: Collection[str] | None) -> None:
+    def _adopt(
+        self, taken: Sequence[WebhookDelivery], inserted: Collection[str] | None
+    ) -> list[str]:
         """Queue the taken rows the store accepted (``inserted``: their ids; ``None``: all of
         them); the room kept for the rest (duplicates, or all when the write failed) is given
-        back."""
+        back. Returns the ids of accepted rows whose endpoint started resting during the write:
+        leased to this worker, they are for the caller to release."""
         kept = 0
+        resting: list[str] = []
         taking = self._taking
         for delivery in taken:
             endpoint_id = delivery.endpoint_id
@@ -434,9 +446,9 @@ class Dispatcher:
             if inserted is not None and delivery.id not in inserted:
                 self._outstanding -= 1
                 continue
-            until = self._pacing.resting_until(endpoint_id, delivery.created_at)
-            if until is not None:
-                self._put_back(delivery, until)
+            if self._pacing.resting_until(endpoint_id, delivery.created_at) is not None:
+                self._outstanding -= 1
+                resting.append(delivery.id)
                 continue
             self._queue(delivery)
             kept += 1
@@ -444,6 +456,7 @@ class Dispatcher:
         if kept < len(taken):
             self._changed.set()
         self._wake_workers(kept)
+        return resting
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -494,8 +507,8 @@ class Dispatcher:
         most: int | None = None,
     ) -> int:
         """Claim up to ``most`` rows due now (or at ``due_by``) into the ready queues, leaving
-        the ``full`` endpoints' rows alone; returns how many were kept (or put back until their
-        endpoint's rest ends)."""
+        the ``full`` endpoints' rows alone, and those of resting endpoints; returns how many
+        were kept."""
         config = self._config
         want = min(self._room(), config.claim_batch_size, most or config.claim_batch_size)
         if want <= 0:
@@ -503,6 +516,9 @@ class Dispatcher:
         if full is None:
             full = self._full()
         now = self._clock.now()
+        # A resting endpoint's rows stay in the store as they are (no write per row per rest);
+        # the claim's exclusion reads none of them.
+        left_alone = full | self._pacing.resting(now)
         self._claim_round += 1
         round_started = self._claim_round
         self._claims_running += 1
@@ -512,7 +528,7 @@ class Dispatcher:
                 now=now if due_by is None else min(now, due_by),
                 lease_until=self._new_lease(now),
                 limit=want,
-                exclude_endpoints=full,
+                exclude_endpoints=left_alone,
             )
         finally:
             self._claims_running -= 1
@@ -527,11 +543,12 @@ class Dispatcher:
                 # the endpoints it left alone (which may also hold rows of an older backlog).
                 stored = self._stored_endpoints
                 for endpoint_id in [
-                    e for e, n in stored.items() if n < round_started and e not in full
+                    e for e, n in stored.items() if n < round_started and e not in left_alone
                 ]:
                     del stored[endpoint_id]
                 if backlog_before:
-                    stored.update(dict.fromkeys(full, round_started))
+                    stored.update(dict.fromkeys(left_alone, round_started))
+            # (Not the resting ones: the timer set when the rest began wakes the claimer.)
             self._starved = full if len(claimed) < want else set()
         overflow: list[str] = []
         queued = 0
@@ -540,16 +557,13 @@ class Dispatcher:
         for delivery, error in refused:
             self._outstanding += 1
             self._refuse(delivery, error)
+        resting = self._pacing.resting_until
         for delivery in claimed:
             endpoint_id = delivery.endpoint_id
-            until = self._pacing.resting_until(endpoint_id, now)
-            if until is not None:
-                self._outstanding += 1
-                self._put_back(delivery, until)
-                continue
             # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
             # in the store (claimable by other workers) instead of aging here under a lease.
-            if self._held(endpoint_id) >= 2 * limit(endpoint_id):
+            # An endpoint that started resting while the claim ran gets its rows back as well.
+            if self._held(endpoint_id) >= 2 * limit(endpoint_id) or resting(endpoint_id, now):
                 overflow.append(delivery.id)
                 continue
             self._queue(delivery)
@@ -559,24 +573,19 @@ class Dispatcher:
         # Wake the workers first: the rows are queued even if the release below fails.
         self._wake_workers(queued)
         if overflow:
-            await self._store.release(overflow, worker_id=self.worker_id)
+            await self._release(overflow)
         return len(claimed) + len(refused) - len(overflow)
 
-    def _put_back(self, delivery: WebhookDelivery, until: datetime) -> None:
-        """Record a held row as due again at ``until``, without an attempt (its endpoint rests)."""
-        outcome = AttemptOutcome(
-            delivery_id=delivery.id,
-            worker_id=self.worker_id,
-            attempt=None,
-            status=DeliveryStatus.PENDING,
-            next_attempt_at=until,
-            completed_at=None,
-            error=f"endpoint resting after timeouts until {until.isoformat()}",
-        )
-        self._held_due.setdefault(delivery.id, delivery.next_attempt_at or until)
-        settled = _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
-        self._recorder.enqueue(settled)
-        self._recording += 1
+    async def _release(self, delivery_ids: Sequence[str]) -> None:
+        """Give back rows leased to this worker and not held (no longer counted in
+        ``_outstanding``): pending, unleased and due as they were."""
+        try:
+            await self._store.release(delivery_ids, worker_id=self.worker_id)
+        except Exception:
+            logger.exception(
+                "releasing %d claimed deliveries failed; their leases will expire",
+                len(delivery_ids),
+            )
 
     def _refuse(self, delivery: WebhookDelivery, error: FieldCryptoError) -> None:
         """Settle a claimed row ``failed`` without a request: its payload does not open."""
@@ -658,7 +667,7 @@ class Dispatcher:
                 self._held_due.pop(delivery.id, None)
                 self._changed.set()
             else:
-                self._pace(endpoint_id, settled)
+                await self._pace(endpoint_id, settled)
             left = active[endpoint_id] - 1
             if left:
                 active[endpoint_id] = left
@@ -674,9 +683,10 @@ class Dispatcher:
                 if len(runnable) > 1:  # this worker takes one; another may take the next
                     self._wake_workers(1)
 
-    def _pace(self, endpoint_id: str, settled: _Settled) -> None:
+    async def _pace(self, endpoint_id: str, settled: _Settled) -> None:
         """Feed an attempt's result to the endpoint's limit; when the endpoint starts a rest,
-        its queued rows are put back until the rest ends."""
+        its queued rows go back to the store as they were, and the claimer wakes when the
+        rest ends."""
         attempt = settled.outcome.attempt
         if attempt is None or settled.refused:
             return
@@ -697,6 +707,8 @@ class Dispatcher:
             endpoint_id,
             until.isoformat(),
         )
+        if not self._stopping:
+            self.due_at(until)  # the probe
         queue = self._ready.pop(endpoint_id, None)
         if not queue:
             return
@@ -704,8 +716,14 @@ class Dispatcher:
         if endpoint_id in self._queued:
             self._queued.discard(endpoint_id)
             self._runnable.remove(endpoint_id)
-        for delivery in queue:
-            self._put_back(delivery, until)
+        ids = [delivery.id for delivery in queue]
+        # Held until released: a stop meanwhile gives them back with the rest.
+        await self._release(ids)
+        held = self._held_due
+        for delivery_id in ids:
+            held.pop(delivery_id, None)
+        self._outstanding -= len(ids)
+        self._changed.set()
 
     def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
         """Recorded (or abandoned): there is room for as many more claimed deliveries."""

@@ -9,9 +9,9 @@ endpoint's limit adapts like TCP's congestion window (AIMD):
 - a ``429``/``503`` answer halves it (the receiver says it is overloaded);
 - an attempt that gets no HTTP answer (a timeout or a network error) drops it to 1;
 - after :data:`STALLS_BEFORE_REST` timeouts in a row (no answer within ``timeout_ms``; an
-  answer of any kind ends the series) the endpoint *rests*: its due deliveries are put back
-  for the length of the rest without an attempt (their attempt counts are untouched) and one
-  attempt probes it when the rest ends. A fast network error (connection refused) holds no
+  answer of any kind ends the series) the endpoint *rests*: claims leave its rows in the store,
+  untouched, for the length of the rest, and one attempt probes it when the rest ends (at
+  limit 1). A fast network error (connection refused) holds no
   slot for long, so it does not make an endpoint rest. Rests start at
   ``max(timeout_ms, retry_delay_ms)`` and grow by ``backoff_multiplier`` up to
   ``max_delay_ms``; any success ends the series.
@@ -48,6 +48,9 @@ class Pacing:
         self._fast_ms = config.timeout_ms / 4
         self._config = config
         self._lanes: dict[str, _Lane] = {}
+        # Resting endpoint → when its rest ends: a claim finds the resting endpoints without a
+        # walk over every endpoint this process has sent to.
+        self._resting: dict[str, datetime] = {}
 
     def limit(self, endpoint_id: str) -> int:
         """How many attempts to ``endpoint_id`` may be in flight now."""
@@ -60,9 +63,19 @@ class Pacing:
         if lane is None or lane.resting_until is None:
             return None
         if lane.resting_until <= now:
-            lane.resting_until = None  # the rest is over: one probe (limit 1) goes out
+            self._end_rest(endpoint_id, lane)
             return None
         return lane.resting_until
+
+    def resting(self, now: datetime) -> set[str]:
+        """The endpoints resting at ``now``: a claim leaves their rows alone."""
+        for endpoint_id in [e for e, until in self._resting.items() if until <= now]:
+            self._end_rest(endpoint_id, self._lanes[endpoint_id])
+        return set(self._resting)
+
+    def _end_rest(self, endpoint_id: str, lane: _Lane) -> None:
+        lane.resting_until = None  # the rest is over: one probe (limit 1) goes out
+        del self._resting[endpoint_id]
 
     def observe(
         self,
@@ -91,6 +104,7 @@ class Pacing:
                 return False
             lane.rests += 1
             lane.resting_until = now + timedelta(milliseconds=rest_ms)
+            self._resting[endpoint_id] = lane.resting_until
             return True
         lane.stalls = 0
         if http_status in _OVERLOADED:

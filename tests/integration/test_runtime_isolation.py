@@ -89,12 +89,12 @@ async def test_timing_out_endpoints_hold_one_slot_each_then_rest(
     for endpoint_id in slow_ids:
         rows = await _rows(runtime, endpoint_id=endpoint_id)
         assert {d.status for d in rows} == {DeliveryStatus.PENDING}
-        # Two attempts timed out, then the endpoint rested: its other rows were put back
-        # without an attempt, their attempt counts untouched.
+        # Two attempts timed out, then the endpoint rested: its other rows were left in the
+        # store as they were (no attempt, no error, no lease).
         assert sum(d.attempt_count for d in rows) == 2
-        put_back = [d for d in rows if d.attempt_count == 0]
-        assert put_back
-        assert all("resting" in (d.last_error or "") for d in put_back)
+        left = [d for d in rows if d.attempt_count == 0]
+        assert left
+        assert {(d.last_error, d.lease_owner) for d in left} == {(None, None)}
 
 
 async def test_flush_does_not_wait_for_retries_that_fall_due_meanwhile(

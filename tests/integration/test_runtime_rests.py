@@ -1,0 +1,178 @@
+"""An endpoint resting after timeouts costs its store nothing: claims leave its due rows alone,
+so they stay pending and untouched (no lease, no attempt, no error written) until the rest ends;
+``flush`` does not wait for them, and a stopped worker leaves them claimable by any other.
+
+Run over the memory store and, through their URLs, SQLite and Postgres (the worker's claim is
+the store's own SQL, with the resting endpoints in its exclusion list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from kmsg_webhook import (
+    DeliveryFilter,
+    DeliveryStatus,
+    EndpointInput,
+    SecurityOptions,
+    WebhookConfig,
+    WebhookDelivery,
+    WebhookRuntimeService,
+    create_in_memory_persistence,
+)
+from support.stores import drop_schema, new_schema, server_dsn
+
+HANG_GUARD = 15
+#: How long a flush may take while an endpoint rests: it waits for no receiver here, so this
+#: only absorbs a busy machine.
+PROMPT = 5
+LOOPBACK = SecurityOptions(allow_private_hosts=True)
+#: Attempts time out after 300 ms; the rest (max(timeout_ms, retry_delay_ms)) outlasts the
+#: test, and so do the retries of the timed-out attempts. A short poll, so that a claim that
+#: would take the resting rows has many chances to.
+RESTING = WebhookConfig(
+    jitter=False, timeout_ms=300, retry_delay_ms=60_000, poll_interval_ms=50, max_concurrency=8
+)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str | None]:
+    """A store URL (``None``: a memory store of the runtime's own)."""
+    if request.param == "memory":
+        yield None
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'outbox.db'}"
+    else:
+        dsn = await server_dsn()
+        schema = new_schema()
+        try:
+            yield f"{dsn}?schema={schema}"
+        finally:
+            await drop_schema(dsn, schema)
+
+
+def _runtime(url: str | None, config: WebhookConfig = RESTING) -> WebhookRuntimeService:
+    persistence: Any = url if url is not None else create_in_memory_persistence()
+    return WebhookRuntimeService(config, persistence=persistence, security=LOOPBACK)
+
+
+async def _rows(runtime: WebhookRuntimeService, endpoint_id: str) -> list[WebhookDelivery]:
+    page = await runtime.list_deliveries(DeliveryFilter(endpoint_id=endpoint_id), limit=1000)
+    return list(page.items)
+
+
+def _untouched(rows: list[WebhookDelivery]) -> list[WebhookDelivery]:
+    """Rows no worker has leased or attempted, due now, with nothing written about them."""
+    now = datetime.now(UTC)
+    return [
+        d
+        for d in rows
+        if d.status is DeliveryStatus.PENDING
+        and d.attempt_count == 0
+        and d.last_error is None
+        and d.lease_owner is None
+        and d.next_attempt_at is not None
+        and d.next_attempt_at <= now
+    ]
+
+
+async def test_a_resting_endpoints_rows_stay_in_the_store_untouched_and_flush_returns(
+    store_url, receiver, make_event, gate, wait_until
+):
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+
+    async def hanging(request: web.Request, n: int) -> web.StreamResponse:
+        arrivals.append(loop.time())
+        await gate.wait()
+        return web.json_response({})
+
+    runtime = _runtime(store_url)
+    await runtime.start()
+    try:
+        slow = await runtime.add_endpoint(
+            EndpointInput(url=receiver.on("/slow", hanging), events=["message.failed"])
+        )
+        healthy = await runtime.add_endpoint(
+            EndpointInput(url=receiver.url("/healthy"), events=["message.sent"])
+        )
+        for i in range(3):
+            await runtime.emit(make_event(f"before_{i}", type="message.failed"))
+        # Two attempts time out, one after the other: the endpoint rests.
+        await wait_until(lambda: len(arrivals) == 2, what="two attempts to the slow endpoint")
+        await asyncio.sleep(0.4)  # the second has timed out
+        for i in range(4):
+            await runtime.emit(make_event(f"resting_{i}", type="message.failed"))
+        for i in range(10):
+            await runtime.emit(make_event(f"ok_{i}"))
+        # Every row was due when flush was called; the resting endpoint's count as settled.
+        await asyncio.wait_for(runtime.flush(), PROMPT)
+        assert [d.status for d in await _rows(runtime, healthy.id)] == [DeliveryStatus.SUCCESS] * 10
+
+        # Many polls later, still nobody has claimed the resting endpoint's rows.
+        await asyncio.sleep(0.5)
+        assert len(arrivals) == 2
+        rows = await _rows(runtime, slow.id)
+        assert len(rows) == 7
+        timed_out = [d for d in rows if d.attempt_count == 1]
+        assert len(timed_out) == 2
+        assert all(d.lease_owner is None and d.last_error for d in timed_out)
+        assert len(_untouched(rows)) == 5
+    finally:
+        # Stopping leaves them as they are: no lease to wait out.
+        await asyncio.wait_for(runtime.shutdown(timeout=1), PROMPT)
+
+    if store_url is None:
+        return
+    # Another worker (a process that has not seen the timeouts) claims them at once.
+    gate.set()
+    async with _runtime(store_url) as worker:
+        await asyncio.wait_for(worker.flush(), HANG_GUARD)
+        rows = await _rows(worker, slow.id)
+        assert sorted(d.status.value for d in rows) == ["pending"] * 2 + ["success"] * 5
+        assert all(d.attempt_count == 1 for d in rows)
+
+
+async def test_when_the_rest_ends_one_probe_goes_out_then_the_rows_flow(
+    store_url, receiver, make_event, gate, wait_until
+):
+    # The endpoint hangs for its first two requests, then answers at once. The rest lasts
+    # max(timeout_ms, retry_delay_ms) = 1 s, as does the retry of each timed-out attempt.
+    config = WebhookConfig(jitter=False, timeout_ms=300, retry_delay_ms=1_000, poll_interval_ms=50)
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+
+    async def stalls_twice(request: web.Request, n: int) -> web.StreamResponse:
+        arrivals.append(loop.time())
+        if n <= 2:
+            await gate.wait()
+        return web.json_response({})
+
+    async with _runtime(store_url, config) as runtime:
+        slow = await runtime.add_endpoint(
+            EndpointInput(url=receiver.on("/slow", stalls_twice), events=["message.failed"])
+        )
+        for i in range(6):
+            await runtime.emit(make_event(f"evt_{i}", type="message.failed"))
+        await wait_until(lambda: len(arrivals) >= 3, within=HANG_GUARD, what="the probe")
+        # Nothing went out while it rested: the probe came a rest after the second timeout.
+        assert arrivals[2] - arrivals[1] >= 0.3 + 1.0 - 0.1
+        await wait_until(
+            lambda: _all_sent(runtime, slow.id), within=HANG_GUARD, what="every row delivered"
+        )
+        rows = await _rows(runtime, slow.id)
+        # The rest cost no row an attempt: four were sent once, the two that timed out twice.
+        assert sorted(d.attempt_count for d in rows) == [1, 1, 1, 1, 2, 2]
+        assert len(arrivals) == 8
+
+
+async def _all_sent(runtime: WebhookRuntimeService, endpoint_id: str) -> bool:
+    rows = await _rows(runtime, endpoint_id)
+    return len(rows) == 6 and all(d.status is DeliveryStatus.SUCCESS for d in rows)
