@@ -34,6 +34,7 @@ from kmsg_webhook import (
     WebhookPersistence,
 )
 from kmsg_webhook.crypto import stored_view
+from kmsg_webhook.stores.sql.base import WALK_MOST
 from support.records import T0, W1, W2, attempt, delivery, endpoint, outcome
 
 
@@ -282,6 +283,32 @@ async def test_a_claim_around_excluded_endpoints_takes_the_oldest_due_of_the_oth
     assert await claim(persistence, W1, now, exclude_endpoints={"ep_busy"}) == []
     mine = await claim(persistence, W1, now)
     assert [d.id for d in mine] == [d.id for d in busy]
+
+
+async def test_a_claim_behind_a_backlog_beyond_the_walk_takes_the_same_rows(
+    persistence: WebhookPersistence,
+) -> None:
+    # More due rows than a SQL claim walks (WALK_MOST): the SQL stores go per endpoint here,
+    # and lease what the walk would have.
+    store = persistence.delivery_store
+    busy = [
+        delivery(n, endpoint_id="ep_busy", event_id=f"evt_b{n}") for n in range(1, WALK_MOST + 1)
+    ]
+    for start in range(0, len(busy), 500):
+        await store.insert_many(busy[start : start + 500])
+    others = [
+        delivery(WALK_MOST + n, endpoint_id=f"ep_{n % 3}", due=T0 + timedelta(seconds=1 + n))
+        for n in range(1, 7)
+    ]
+    await store.insert_many(others)
+    now = T0 + timedelta(seconds=20)
+    got = await claim(persistence, W1, now, limit=4, exclude_endpoints={"ep_busy", "ep_gone"})
+    assert [d.id for d in got] == [d.id for d in others[:4]]
+    rest = await claim(persistence, W1, now, exclude_endpoints={"ep_busy"})
+    assert [d.id for d in rest] == [d.id for d in others[4:]]
+    assert await claim(persistence, W1, now, exclude_endpoints={"ep_busy"}) == []
+    mine = await claim(persistence, W2, now, limit=3)
+    assert [d.id for d in mine] == [d.id for d in busy[:3]]
 
 
 async def test_pre_leased_insert_is_not_claimable_until_expiry(

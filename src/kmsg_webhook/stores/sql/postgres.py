@@ -36,7 +36,7 @@ from ..sqlfiles import (
     quote,
     render,
 )
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
+from .base import DEFAULT_RETRY_TIMEOUT, WALK_MOST, SqlDatabase
 from .listen import PostgresWatch
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
@@ -304,8 +304,13 @@ class PostgresDatabase(SqlDatabase):
         if retried:
             found = await driver.fetch(self.sql["leased_deliveries"], worker_id, lease_until)
         if len(found) < limit:
+            query = "claim_deliveries"
+            if exclude:
+                due = await driver.fetchval(self.sql["count_due_deliveries"], now, WALK_MOST)
+                if due >= WALK_MOST:
+                    query = "claim_deliveries_around"
             found += await driver.fetch(
-                self.sql["claim_deliveries_around" if exclude else "claim_deliveries"],
+                self.sql[query],
                 worker_id,
                 lease_until,
                 now,

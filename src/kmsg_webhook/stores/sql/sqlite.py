@@ -51,7 +51,7 @@ from ..sqlfiles import (
     render,
     split_statements,
 )
-from .base import DEFAULT_RETRY_TIMEOUT, SqlDatabase
+from .base import DEFAULT_RETRY_TIMEOUT, WALK_MOST, SqlDatabase
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING (3.35) and UPDATE ... FROM (3.33)
 MEMORY = ":memory:"
@@ -422,7 +422,12 @@ class SQLiteDatabase(SqlDatabase):
             rows = list(await driver.execute_fetchall(self.sql["leased_deliveries"], params))
         if len(rows) < limit:
             params["limit"] = limit - len(rows)
-            query = "claim_deliveries_around" if exclude else "claim_deliveries"
+            query = "claim_deliveries"
+            if exclude:
+                due = {"now": params["now"], "most": WALK_MOST}
+                [(count,)] = await driver.execute_fetchall(self.sql["count_due_deliveries"], due)
+                if count >= WALK_MOST:
+                    query = "claim_deliveries_around"
             rows += await driver.execute_fetchall(self.sql[query], params)
         return [values_to_delivery(row) for row in rows]
 

@@ -105,6 +105,17 @@ WHERE rowid IN (
     ORDER BY created_at, id
     LIMIT :limit);
 
+-- name: count_due_deliveries
+-- How far claim_deliveries would walk the due index: the pending rows due at :now (leased or
+-- not: the walk passes both), counted up to :most. Read from the due index alone. A claim that
+-- leaves endpoints alone walks below :most and goes per endpoint (claim_deliveries_around)
+-- from there on.
+SELECT count(*) FROM (
+    SELECT 1
+    FROM kmsg_webhook_deliveries INDEXED BY idx_kmsg_webhook_deliveries_due
+    WHERE status = 'pending' AND next_attempt_at <= :now
+    LIMIT :most);
+
 -- name: claim_deliveries_around
 -- claim_deliveries when :exclude is not empty, without reading the excluded endpoints' rows:
 -- the endpoints with pending rows are found one index step each (a skip scan of the endpoint
