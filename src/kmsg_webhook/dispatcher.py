@@ -869,10 +869,14 @@ class Dispatcher:
     async def _write_results(self, results: Sequence[_Settled]) -> None:
         await self._store.record([r.outcome for r in results])
         if not self._stopping:
+            now = self._clock.now()
+            resting = self._pacing.resting_until
             for r in results:
                 at = r.outcome.next_attempt_at
                 if at is not None and r.outcome.status is DeliveryStatus.PENDING:
-                    self.due_at(at)
+                    until = resting(r.endpoint_id, now)
+                    if until is None or at > until:  # (the rest's end wakes the claimer)
+                        self.due_at(at)
         self._report(results)
         await self._update_health(results)
 

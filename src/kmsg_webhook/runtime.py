@@ -272,8 +272,10 @@ class WebhookRuntimeService:
     # with its own error, and shutdown's timeout cancels in-flight sends instead of raising.
     async def flush(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Store everything emitted so far and send every delivery that is due now: first
-        attempts, and retries due by now. Returns once each is recorded (or put back because
-        its endpoint rests after timeouts); retries scheduled for later stay scheduled.
+        attempts, and retries due by now. Returns once each is recorded, except those of
+        endpoints resting after timeouts: they stay pending in the store, untouched, until the
+        rest ends (a flush does not wait for a rest). Retries scheduled for later stay
+        scheduled.
 
         ``timeout`` (seconds) bounds the wait: :class:`~kmsg_webhook.errors.FlushTimeoutError`
         when it runs out. Then, as when a flush is cancelled, nothing is lost: the background
