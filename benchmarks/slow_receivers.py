@@ -380,6 +380,11 @@ def _ratios(pairs: list[tuple[Figures, Figures]]) -> None:
     print(f"  {label:<10} " + ", ".join(parts))
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: ratios of a shared machine need them beside."""
+    return " ".join(f"{n:.2f}" for n in os.getloadavg())
+
+
 def _total(f: Figures) -> float:
     """From the first emit until flush returned (memory) or the emits were stored (SQL)."""
     return f.emit_s + (f.flush_s or 0.0)
@@ -404,7 +409,8 @@ async def main() -> None:
     args = parser.parse_args()
     print(
         f"{args.endpoints} endpoints ({args.slow} slow: answer after {SLOW_DELAY_S:.0f} s, "
-        f"timeout {TIMEOUT_MS} ms), {args.events} events, one per endpoint in turn"
+        f"timeout {TIMEOUT_MS} ms), {args.events} events, one per endpoint in turn; "
+        f"{os.cpu_count()} cores, load {_load()}"
     )
     with tempfile.TemporaryDirectory(prefix="kmsg-slow-") as tmp:
         async with receiver() as base:
@@ -429,6 +435,7 @@ async def main() -> None:
                                 run[0], url, *run[1:], control=control, profile=profile
                             )
                         _print("control" if control else f"{args.slow} slow", figures)
+                        print(f"  {'':<10} load after the run {_load()}")
                         pair.append(figures)
                     pairs.append((pair[0], pair[1]))
                 _ratios(pairs)
