@@ -308,10 +308,9 @@ class Dispatcher:
         store: claims leave it alone until the rest ends. Rows within the room a claim would
         keep (not ordered ones, whose turn the store knows, and none while an older backlog
         waits in the store) are written leased to this worker; the rest are left to the
-        claimer, which is woken. ``leasable=False`` (rows in a
-        caller's transaction, which may never commit) leases none. Should this process die
-        between the write and the send, the leases expire and any worker claims the rows, as
-        after a crash mid-send.
+        claimer, which is woken. ``leasable=False`` (rows in a caller's transaction, which may
+        never commit) leases none. Should this process die between the write and the send, the
+        leases expire and any worker claims the rows, as after a crash mid-send.
         """
         now = self._clock.now()
         lease_until = self._intake_lease(now) if leasable else None
@@ -717,12 +716,12 @@ class Dispatcher:
             self._queued.discard(endpoint_id)
             self._runnable.remove(endpoint_id)
         ids = [delivery.id for delivery in queue]
-        # Held until released: a stop meanwhile gives them back with the rest.
+        # Held until released: a stop meanwhile gives them back with the rest (and counts
+        # them out itself).
         await self._release(ids)
         held = self._held_due
-        for delivery_id in ids:
-            held.pop(delivery_id, None)
-        self._outstanding -= len(ids)
+        released = [i for i in ids if held.pop(i, None) is not None]
+        self._outstanding -= len(released)
         self._changed.set()
 
     def _recorded(self, results: Sequence[_Settled], error: BaseException | None) -> None:
