@@ -7,9 +7,16 @@ alone (``exclude_endpoints``, as the dispatcher excludes saturated endpoints); 2
 are due after them. Each measurement claims 100 of the other rows and gives them back, and is
 reported as the median time per claim and as the ratio to the smallest backlog. For SQLite and
 Postgres it also times, in the same run, ``claim_deliveries`` (one walk of the due index that
-filters the excluded rows out, rolled back each time) next to the store's claim, which leaves
-them alone with ``claim_deliveries_around``; then both plans at the largest backlog (EXPLAIN
-QUERY PLAN; EXPLAIN ANALYZE, whose buffer counts show how many rows each touched).
+filters the excluded rows out, rolled back each time) next to the store's claim (which walks
+too while fewer than ``WALK_MOST`` rows are due, and beyond goes per endpoint with
+``claim_deliveries_around``, reading none of the excluded rows); then both plans at the
+largest backlog (EXPLAIN QUERY PLAN; EXPLAIN ANALYZE, whose buffer counts show how many rows
+each touched).
+
+Then the other side of that choice: 1,000 endpoints with 10 due rows each (interleaved in due
+order), 100 of them left alone, and the two statements timed against each other for claims of
+10 and 100 rows. The per-endpoint claim steps through every endpoint with pending rows and
+reads up to the claim's limit from each, so here it costs more than the walk.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from kmsg_webhook.stores.sql.sqlite import SQLiteDatabase
 PG_DSN = os.environ.get("KMSG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BLOCKED = [f"ep_blocked_{n}" for n in range(20)]
+SPREAD_ENDPOINTS = 1_000
+SPREAD_ROWS = 10
 
 
 def _row(n: int, endpoint_id: str, due: datetime) -> WebhookDelivery:
@@ -91,27 +100,38 @@ async def _others(store: DeliveryStore) -> None:
     await store.insert_many([_row(10**7 + n, f"ep_ok_{n % 50}", later) for n in range(200)])
 
 
-def _sqlite_walk_cost(path: Path, sql: str, rounds: int = 15) -> float:
+def _sqlite_walk_cost(
+    path: Path, sql: str, exclude: list[str] = BLOCKED, limit: int = 100, rounds: int = 15
+) -> float:
+    """Median time of one claim statement (rolled back each time)."""
     now = T0 + timedelta(days=1)
     params = {
         "worker_id": "w",
         "lease_until": to_millis(now + timedelta(minutes=1)),
         "now": to_millis(now),
-        "exclude": json.dumps(BLOCKED),
-        "limit": 100,
+        "exclude": json.dumps(exclude),
+        "limit": limit,
     }
     times = []
     with sqlite3.connect(path, isolation_level=None) as conn:
         for _ in range(rounds):
             conn.execute("BEGIN IMMEDIATE")
             t = time.perf_counter()
-            assert len(conn.execute(sql, params).fetchall()) == 100
+            assert len(conn.execute(sql, params).fetchall()) == limit
             times.append(time.perf_counter() - t)
             conn.execute("ROLLBACK")
     return statistics.median(times)
 
 
-async def _postgres_walk_cost(dsn: str, schema: str, sql: str, rounds: int = 15) -> float:
+async def _postgres_walk_cost(
+    dsn: str,
+    schema: str,
+    sql: str,
+    exclude: list[str] = BLOCKED,
+    limit: int = 100,
+    rounds: int = 15,
+) -> float:
+    """Median time of one claim statement (rolled back each time)."""
     now = T0 + timedelta(days=1)
     conn = await asyncpg.connect(dsn)
     times = []
@@ -121,10 +141,10 @@ async def _postgres_walk_cost(dsn: str, schema: str, sql: str, rounds: int = 15)
             tx = conn.transaction()
             await tx.start()
             t = time.perf_counter()
-            rows = await conn.fetch(sql, "w", now + timedelta(minutes=1), now, BLOCKED, 100)
+            rows = await conn.fetch(sql, "w", now + timedelta(minutes=1), now, exclude, limit)
             times.append(time.perf_counter() - t)
             await tx.rollback()
-            assert len(rows) == 100
+            assert len(rows) == limit
     finally:
         await conn.close()
     return statistics.median(times)
@@ -214,6 +234,52 @@ async def run(store_name: str, sizes: list[int], tmp: Path) -> None:
             await conn.close()
 
 
+async def run_spread(store_name: str, tmp: Path) -> None:
+    """Many endpoints with a few due rows each, a tenth of them left alone: the two plans of a
+    claim that leaves endpoints alone, statement against statement."""
+    endpoints = [f"ep_spread_{n:04d}" for n in range(SPREAD_ENDPOINTS)]
+    left_alone = endpoints[::10]
+    rows = [
+        _row(n, endpoints[n % SPREAD_ENDPOINTS], T0 + timedelta(microseconds=n))
+        for n in range(SPREAD_ENDPOINTS * SPREAD_ROWS)
+    ]
+    print(
+        f"{store_name}, {SPREAD_ENDPOINTS} endpoints with {SPREAD_ROWS} due rows each, "
+        f"{len(left_alone)} of them left alone:"
+    )
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    db: SQLiteDatabase | PostgresDatabase
+    if store_name == "sqlite":
+        db = SQLiteDatabase(str(tmp / "spread.db"))
+    else:
+        db = PostgresDatabase(PG_DSN, schema=schema)
+    await db.init()
+    try:
+        for start in range(0, len(rows), 1000):
+            await db.delivery_store.insert_many(rows[start : start + 1000])
+        for limit in (10, 100):
+            costs = []
+            for name in ("claim_deliveries", "claim_deliveries_around"):
+                if isinstance(db, SQLiteDatabase):
+                    cost = _sqlite_walk_cost(tmp / "spread.db", db.sql[name], left_alone, limit)
+                else:
+                    cost = await _postgres_walk_cost(
+                        PG_DSN, schema, db.sql[name], left_alone, limit
+                    )
+                costs.append(cost)
+            walk, around = costs
+            print(
+                f"  claim {limit:>3}: due-index walk {walk * 1000:7.2f} ms   per endpoint "
+                f"{around * 1000:7.2f} ms   per endpoint/walk {around / walk:6.1f}x"
+            )
+    finally:
+        await db.close()
+        if store_name == "postgres":
+            conn = await asyncpg.connect(PG_DSN)
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--blocked", default="1000,10000,100000")
@@ -223,6 +289,9 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kmsg-claims-") as tmp:
         for name in args.stores.split(","):
             await run(name, sizes, Path(tmp))
+        for name in args.stores.split(","):
+            if name != "memory":
+                await run_spread(name, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -80,12 +80,12 @@ T = TypeVar("T")
 Operation = Callable[[AsyncConnection, int], Awaitable[T]]
 
 DEFAULT_RETRY_TIMEOUT = 30.0
-#: A claim that leaves endpoints alone walks the due index (claim_deliveries) while fewer
-#: pending rows than this are due, and goes per endpoint (claim_deliveries_around) beyond.
-#: The walk passes every due row, excluded or not (about a microsecond each in SQLite); the
-#: per-endpoint claim steps through every endpoint with pending rows and reads up to the claim's
-#: limit of rows from each: cheaper behind a large excluded backlog, dearer when many endpoints
-#: have pending rows (8-70 ms in SQLite with 1,000 of them, where walking 2,000 rows takes 2).
+#: A claim that leaves endpoints alone walks the due index (claim_deliveries) while those
+#: endpoints have fewer due rows than this, and goes per endpoint (claim_deliveries_around)
+#: beyond. The walk passes each excluded due row (about a microsecond each in SQLite); the
+#: per-endpoint claim steps through every endpoint with pending rows and reads up to the
+#: claim's limit of rows from each: cheaper behind a large excluded backlog, dearer when many
+#: endpoints have pending rows (benchmarks/claim_plans.py times both).
 WALK_MOST = 2_000
 
 

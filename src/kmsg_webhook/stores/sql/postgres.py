@@ -306,7 +306,7 @@ class PostgresDatabase(SqlDatabase):
         if len(found) < limit:
             query = "claim_deliveries"
             if exclude:
-                due = await driver.fetchval(self.sql["count_due_deliveries"], now, WALK_MOST)
+                due = await driver.fetchval(self.sql["count_excluded_due"], now, WALK_MOST, exclude)
                 if due >= WALK_MOST:
                     query = "claim_deliveries_around"
             found += await driver.fetch(

@@ -424,8 +424,8 @@ class SQLiteDatabase(SqlDatabase):
             params["limit"] = limit - len(rows)
             query = "claim_deliveries"
             if exclude:
-                due = {"now": params["now"], "most": WALK_MOST}
-                [(count,)] = await driver.execute_fetchall(self.sql["count_due_deliveries"], due)
+                due = {"now": params["now"], "exclude": params["exclude"], "most": WALK_MOST}
+                [(count,)] = await driver.execute_fetchall(self.sql["count_excluded_due"], due)
                 if count >= WALK_MOST:
                     query = "claim_deliveries_around"
             rows += await driver.execute_fetchall(self.sql[query], params)

@@ -88,13 +88,13 @@ RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.url, d.payload, d.sta
           d.next_attempt_at, d.completed_at, d.lease_owner, d.lease_expires_at, d.to_hash,
           d.from_hash, d.ordering_key;
 
--- name: count_due_deliveries
--- How far claim_deliveries would walk the due index: the pending rows due at $1 (leased or
--- not: the walk passes both), counted up to $2. A claim that leaves endpoints alone walks below
--- $2 and goes per endpoint (claim_deliveries_around) from there on.
+-- name: count_excluded_due
+-- How many rows claim_deliveries would walk past: the pending rows of the $3 endpoints due at
+-- $1, counted up to $2 from the endpoint due index. A claim that leaves endpoints alone walks
+-- below $2 and goes per endpoint (claim_deliveries_around) from there on.
 SELECT count(*) FROM (
     SELECT 1 FROM kmsg_webhook_deliveries
-    WHERE status = 'pending' AND next_attempt_at <= $1
+    WHERE status = 'pending' AND endpoint_id = ANY ($3::text[]) AND next_attempt_at <= $1
     LIMIT $2) AS due;
 
 -- name: claim_deliveries_around

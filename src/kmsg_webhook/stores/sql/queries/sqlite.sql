@@ -105,15 +105,17 @@ WHERE rowid IN (
     ORDER BY created_at, id
     LIMIT :limit);
 
--- name: count_due_deliveries
--- How far claim_deliveries would walk the due index: the pending rows due at :now (leased or
--- not: the walk passes both), counted up to :most. Read from the due index alone. A claim that
--- leaves endpoints alone walks below :most and goes per endpoint (claim_deliveries_around)
--- from there on.
+-- name: count_excluded_due
+-- How many rows claim_deliveries would walk past: the pending rows of the :exclude endpoints
+-- due at :now, counted up to :most from the endpoint due index (a range per endpoint). A
+-- claim that leaves endpoints alone walks below :most and goes per endpoint
+-- (claim_deliveries_around) from there on.
 SELECT count(*) FROM (
     SELECT 1
-    FROM kmsg_webhook_deliveries INDEXED BY idx_kmsg_webhook_deliveries_due
-    WHERE status = 'pending' AND next_attempt_at <= :now
+    FROM kmsg_webhook_deliveries INDEXED BY idx_kmsg_webhook_deliveries_endpoint_due
+    WHERE status = 'pending'
+      AND endpoint_id IN (SELECT value FROM json_each(:exclude))
+      AND next_attempt_at <= :now
     LIMIT :most);
 
 -- name: claim_deliveries_around
