@@ -708,6 +708,8 @@ class Dispatcher:
         )
         if not self._stopping:
             self.due_at(until)  # the probe
+        # Its room says nothing now: claims leave it out until the rest ends.
+        self._starved.discard(endpoint_id)
         queue = self._ready.pop(endpoint_id, None)
         if not queue:
             return
