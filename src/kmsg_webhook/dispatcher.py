@@ -121,9 +121,9 @@ class Dispatcher:
         self._queued: set[str] = set()  # the same endpoints, for O(1) membership
         self._active: dict[str, int] = {}  # attempts being sent, per endpoint
         self._pacing = Pacing(config)
-        # Every row held (queued, being sent, or waiting for its record) → when it was due:
-        # what a flush waits for, and what is given back when stopping.
-        self._held_due: dict[str, datetime] = {}
+        # Every row held (queued, being sent, or waiting for its record) → when it was due and
+        # its endpoint: what a flush waits for, and what is given back when stopping.
+        self._held_due: dict[str, tuple[datetime, str]] = {}
         self._outstanding = 0  # claimed (or taken at intake) and not yet recorded
         self._recording = 0  # of those, sent and waiting for the recorder
         self._claims_running = 0
@@ -264,8 +264,9 @@ class Dispatcher:
 
     async def drain(self, *, due_by: datetime | None = None) -> None:
         """Send every delivery due at ``due_by`` (default: now) and return once each is recorded,
-        except those of endpoints resting after timeouts: claims leave them alone, so they count
-        as settled and stay pending in the store until the rest ends. Retries scheduled
+        except those of endpoints resting after timeouts when it is called: they count as
+        settled and stay pending in the store until the rest ends (and are not waited for when
+        it ends meanwhile: its probe may take ``timeout_ms``). Retries scheduled
         meanwhile, and rows that became due later, are left to the background loop. Needs
         :meth:`start`.
 
@@ -273,18 +274,19 @@ class Dispatcher:
         are sent by the workers.
         """
         cutoff = self._clock.now() if due_by is None else due_by
+        resting = self._pacing.resting(self._clock.now())
         while True:
             if self._room() > 0:
                 freed = self._keys_freed
                 full = self._full()
-                if await asyncio.shield(self._claim(due_by=cutoff, full=full)):
+                if await asyncio.shield(self._claim(due_by=cutoff, full=full | resting)):
                     continue
                 # Nothing due elsewhere; one row of a saturated endpoint says whether they
                 # still have some (it is queued or given back like any claimed row).
-                left = bool(full) and bool(
-                    await asyncio.shield(self._claim(due_by=cutoff, full=set(), most=1))
+                left = bool(full - resting) and bool(
+                    await asyncio.shield(self._claim(due_by=cutoff, full=set(resting), most=1))
                 )
-                if not left and not self._claims_running and not self._holds_due(cutoff):
+                if not left and not self._claims_running and not self._holds_due(cutoff, resting):
                     if freed != self._keys_freed:
                         continue  # an ordered delivery ended during the claim: its key's next
                     return
@@ -293,8 +295,12 @@ class Dispatcher:
             self._changed.clear()
             await self._changed.wait()
 
-    def _holds_due(self, cutoff: datetime) -> bool:
-        return any(due <= cutoff for due in self._held_due.values())
+    def _holds_due(self, cutoff: datetime, skip: Collection[str]) -> bool:
+        """Whether a row due by ``cutoff`` is held, of an endpoint not in ``skip``."""
+        return any(
+            due <= cutoff and endpoint_id not in skip
+            for due, endpoint_id in self._held_due.values()
+        )
 
     # -- new rows from intake -----------------------------------------------------------------
 
@@ -591,7 +597,9 @@ class Dispatcher:
         logger.error("delivery %s not sent: %s", delivery.id, error)
         now = self._clock.now()
         outcome = unreadable_outcome(delivery.id, self.worker_id, error, now)
-        self._held_due.setdefault(delivery.id, delivery.next_attempt_at or now)
+        self._held_due.setdefault(
+            delivery.id, (delivery.next_attempt_at or now, delivery.endpoint_id)
+        )
         settled = _Settled(outcome, delivery.endpoint_id, False, False, None, delivery)
         self._recorder.enqueue(settled)
         self._recording += 1
@@ -603,7 +611,10 @@ class Dispatcher:
         if queue is None:
             queue = self._ready[endpoint_id] = deque()
         queue.append(delivery)
-        self._held_due[delivery.id] = delivery.next_attempt_at or self._clock.now()
+        self._held_due[delivery.id] = (
+            delivery.next_attempt_at or self._clock.now(),
+            delivery.endpoint_id,
+        )
         self._mark_runnable(endpoint_id)
 
     def _held(self, endpoint_id: str) -> int:
