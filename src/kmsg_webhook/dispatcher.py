@@ -264,9 +264,11 @@ class Dispatcher:
 
     async def drain(self, *, due_by: datetime | None = None) -> None:
         """Send every delivery due at ``due_by`` (default: now) and return once each is recorded,
-        except those of endpoints resting after timeouts when it is called: they count as
-        settled and stay pending in the store until the rest ends (and are not waited for when
-        it ends meanwhile: its probe may take ``timeout_ms``). Retries scheduled
+        except those of endpoints timing out when it is called (resting, or their last attempt
+        got no answer): they count as settled; a resting endpoint's stay pending in the store
+        until the rest ends, and an attempt in flight to one of them (a probe, or one sent
+        before the rest began) is recorded by the background loop, not waited for: it may take
+        ``timeout_ms``. Retries scheduled
         meanwhile, and rows that became due later, are left to the background loop. Needs
         :meth:`start`.
 
@@ -274,7 +276,7 @@ class Dispatcher:
         are sent by the workers.
         """
         cutoff = self._clock.now() if due_by is None else due_by
-        resting = self._pacing.resting(self._clock.now())
+        resting = self._pacing.stalling(self._clock.now())
         while True:
             if self._room() > 0:
                 freed = self._keys_freed

@@ -73,6 +73,12 @@ class Pacing:
             self._end_rest(endpoint_id, self._lanes[endpoint_id])
         return set(self._resting)
 
+    def stalling(self, now: datetime) -> set[str]:
+        """The endpoints resting at ``now`` and those whose last attempt got no answer within
+        ``timeout_ms`` (an attempt to them in flight will likely take that long): a flush does
+        not wait for them."""
+        return self.resting(now) | {e for e, lane in self._lanes.items() if lane.stalls}
+
     def _end_rest(self, endpoint_id: str, lane: _Lane) -> None:
         lane.resting_until = None  # the rest is over: one probe (limit 1) goes out
         del self._resting[endpoint_id]

@@ -177,6 +177,40 @@ async def test_when_the_rest_ends_one_probe_goes_out_then_the_rows_flow(
         assert len(arrivals) == 8
 
 
+async def test_flush_does_not_wait_for_an_attempt_in_flight_to_an_endpoint_timing_out(
+    receiver, make_event, gate, wait_until
+):
+    # One attempt has timed out (not yet a rest); the next one to the same endpoint is in
+    # flight and would take timeout_ms. A flush waits for the healthy rows only: it returns
+    # with that attempt still unrecorded, which the background loop records later.
+    config = WebhookConfig(jitter=False, timeout_ms=4_000, retry_delay_ms=60_000)
+    arrivals: list[str] = []
+
+    async def hanging(request: web.Request, n: int) -> web.StreamResponse:
+        arrivals.append(request.headers["webhook-id"])
+        await gate.wait()
+        return web.json_response({})
+
+    async with _runtime(None, config) as runtime:
+        slow = await runtime.add_endpoint(
+            EndpointInput(url=receiver.on("/slow", hanging), events=["message.failed"])
+        )
+        healthy = await runtime.add_endpoint(
+            EndpointInput(url=receiver.url("/healthy"), events=["message.sent"])
+        )
+        for i in range(2):
+            await runtime.emit(make_event(f"slow_{i}", type="message.failed"))
+        await wait_until(
+            lambda: _attempted(runtime, slow.id, 1), within=HANG_GUARD, what="a timed-out attempt"
+        )
+        await wait_until(lambda: len(arrivals) == 2, what="the second attempt in flight")
+        for i in range(5):
+            await runtime.emit(make_event(f"ok_{i}"))
+        await asyncio.wait_for(runtime.flush(), HANG_GUARD)
+        assert [d.status for d in await _rows(runtime, healthy.id)] == [DeliveryStatus.SUCCESS] * 5
+        assert await _attempted(runtime, slow.id, 1)  # the one in flight is not recorded yet
+
+
 async def _attempted(runtime: WebhookRuntimeService, endpoint_id: str, count: int) -> bool:
     rows = await _rows(runtime, endpoint_id)
     return sum(d.attempt_count for d in rows) == count
