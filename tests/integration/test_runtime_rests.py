@@ -27,7 +27,7 @@ from kmsg_webhook import (
     WebhookRuntimeService,
     create_in_memory_persistence,
 )
-from support.stores import drop_schema, new_schema, server_dsn
+from support.stores import temporary_store_url
 
 HANG_GUARD = 15
 #: How long a flush may take while an endpoint rests: it waits for no receiver here, so this
@@ -50,12 +50,8 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     elif request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'outbox.db'}"
     else:
-        dsn = await server_dsn()
-        schema = new_schema()
-        try:
-            yield f"{dsn}?schema={schema}"
-        finally:
-            await drop_schema(dsn, schema)
+        async with temporary_store_url() as url:
+            yield url
 
 
 def _runtime(url: str | None, config: WebhookConfig = RESTING) -> WebhookRuntimeService:
