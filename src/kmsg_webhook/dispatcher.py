@@ -264,11 +264,12 @@ class Dispatcher:
 
     async def drain(self, *, due_by: datetime | None = None) -> None:
         """Send every delivery due at ``due_by`` (default: now) and return once each is recorded,
-        except those of endpoints timing out when it is called (resting, or their last attempt
-        got no answer): they count as settled; a resting endpoint's stay pending in the store
-        until the rest ends, and an attempt in flight to one of them (a probe, or one sent
-        before the rest began) is recorded by the background loop, not waited for: it may take
-        ``timeout_ms``. Retries scheduled
+        except those of endpoints resting after timeouts when it is called: they count as
+        settled and stay pending in the store until the rest ends (and are not waited for when
+        it ends meanwhile: its probe may take ``timeout_ms``). Nor does it wait for the rows
+        this worker already holds, when it is called, for an endpoint whose last attempt got no
+        answer (a probe in flight, or rows queued behind one): the background loop records
+        them. Retries scheduled
         meanwhile, and rows that became due later, are left to the background loop. Needs
         :meth:`start`.
 
@@ -276,7 +277,10 @@ class Dispatcher:
         are sent by the workers.
         """
         cutoff = self._clock.now() if due_by is None else due_by
-        resting = self._pacing.stalling(self._clock.now())
+        now = self._clock.now()
+        resting = self._pacing.resting(now)
+        stalling = self._pacing.stalling(now)
+        waived = {i for i, (_, endpoint_id) in self._held_due.items() if endpoint_id in stalling}
         while True:
             if self._room() > 0:
                 freed = self._keys_freed
@@ -288,7 +292,11 @@ class Dispatcher:
                 left = bool(full - resting) and bool(
                     await asyncio.shield(self._claim(due_by=cutoff, full=set(resting), most=1))
                 )
-                if not left and not self._claims_running and not self._holds_due(cutoff, resting):
+                if (
+                    not left
+                    and not self._claims_running
+                    and not self._holds_due(cutoff, resting, waived)
+                ):
                     if freed != self._keys_freed:
                         continue  # an ordered delivery ended during the claim: its key's next
                     return
@@ -297,11 +305,12 @@ class Dispatcher:
             self._changed.clear()
             await self._changed.wait()
 
-    def _holds_due(self, cutoff: datetime, skip: Collection[str]) -> bool:
-        """Whether a row due by ``cutoff`` is held, of an endpoint not in ``skip``."""
+    def _holds_due(self, cutoff: datetime, skip: Collection[str], waived: Collection[str]) -> bool:
+        """Whether a row due by ``cutoff`` is held, of an endpoint not in ``skip`` and not
+        itself in ``waived``."""
         return any(
-            due <= cutoff and endpoint_id not in skip
-            for due, endpoint_id in self._held_due.values()
+            due <= cutoff and endpoint_id not in skip and delivery_id not in waived
+            for delivery_id, (due, endpoint_id) in self._held_due.items()
         )
 
     # -- new rows from intake -----------------------------------------------------------------

@@ -76,7 +76,7 @@ class Pacing:
     def stalling(self, now: datetime) -> set[str]:
         """The endpoints resting at ``now`` and those whose last attempt got no answer within
         ``timeout_ms`` (an attempt to them in flight will likely take that long): a flush does
-        not wait for them."""
+        not wait for what it finds held for them."""
         return self.resting(now) | {e for e, lane in self._lanes.items() if lane.stalls}
 
     def _end_rest(self, endpoint_id: str, lane: _Lane) -> None:
