@@ -269,15 +269,14 @@ class Dispatcher:
         it ends meanwhile: its probe may take ``timeout_ms``). Nor does it wait for the rows
         this worker already holds, when it is called, for an endpoint whose last attempt got no
         answer (a probe in flight, or rows queued behind one): the background loop records
-        them. Retries scheduled
-        meanwhile, and rows that became due later, are left to the background loop. Needs
-        :meth:`start`.
+        them. Retries scheduled meanwhile, and rows that became due later, are left to the
+        background loop. Needs :meth:`start`.
 
         Cancelling it stops waiting at once: a claim in progress still completes and its rows
         are sent by the workers.
         """
-        cutoff = self._clock.now() if due_by is None else due_by
         now = self._clock.now()
+        cutoff = now if due_by is None else due_by
         resting = self._pacing.resting(now)
         stalling = self._pacing.stalling(now)
         waived = {i for i, (_, endpoint_id) in self._held_due.items() if endpoint_id in stalling}

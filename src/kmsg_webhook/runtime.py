@@ -274,8 +274,9 @@ class WebhookRuntimeService:
         """Store everything emitted so far and send every delivery that is due now: first
         attempts, and retries due by now. Returns once each is recorded, except those of
         endpoints resting after timeouts: they stay pending in the store, untouched, until the
-        rest ends (a flush does not wait for a rest). Retries scheduled for later stay
-        scheduled.
+        rest ends (a flush does not wait for a rest). Nor does it wait for an attempt already
+        in flight, when it is called, to an endpoint whose last attempt timed out: the
+        background loop records it. Retries scheduled for later stay scheduled.
 
         ``timeout`` (seconds) bounds the wait: :class:`~kmsg_webhook.errors.FlushTimeoutError`
         when it runs out. Then, as when a flush is cancelled, nothing is lost: the background
