@@ -5,7 +5,9 @@
 tick, so callers of the same tick share it), when ``max_batch`` items wait, or when the oldest
 waiting item is ``max_wait_s`` old. A submit cancelled before its batch starts is dropped
 (never written). At most ``max_pending`` submitted items wait or are being
-written; further callers wait for room (backpressure instead of unbounded memory).
+written; further callers wait for room (backpressure instead of unbounded memory). An item
+enqueued to *linger* starts no write of its own for a while: it rides with the next write
+that starts sooner, so items that trickle in one by one (nobody waiting on them) share writes.
 
 It runs for every event and every attempt, so it keeps per-item costs down: items, their
 waiters and arrival times sit in parallel lists (no tuple or closure per item), and room is a
@@ -56,6 +58,9 @@ class GroupCommit(Generic[T]):
         self._writes: set[asyncio.Task[None]] = set()
         self._writing = 0
         self._timer: asyncio.TimerHandle | None = None
+        # Enqueued to linger: written with the next batch, or when the timer fires.
+        self._lingering: list[T] = []
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._tick_scheduled = False
         self._closed = False
         self._idle = asyncio.Event()
@@ -64,7 +69,7 @@ class GroupCommit(Generic[T]):
     @property
     def pending(self) -> int:
         """Items submitted and not yet written."""
-        return len(self._items) + self._writing
+        return len(self._items) + len(self._lingering) + self._writing
 
     @property
     def closed(self) -> bool:
@@ -104,14 +109,28 @@ class GroupCommit(Generic[T]):
                 raise RuntimeClosedError("the runtime is shut down")
         await self._admit(item)
 
-    def enqueue(self, item: T) -> None:
+    def enqueue(self, item: T, *, linger_s: float = 0.0) -> None:
         """Queue ``item`` without waiting; ``on_written`` hears of it once it is written.
 
-        For callers that bound their own backlog (no backpressure is applied here).
+        For callers that bound their own backlog (no backpressure is applied here). With
+        ``linger_s``, the item is written with the next batch that starts within that time,
+        or on its own after it.
         """
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down")
-        self._append(item, None)
+        if linger_s <= 0:
+            self._append(item, None)
+            return
+        self._lingering.append(item)
+        if self._linger_timer is None:
+            loop = asyncio.get_running_loop()
+            self._linger_timer = loop.call_later(linger_s, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self._linger_timer = None
+        lingering, self._lingering = self._lingering, []
+        for item in lingering:
+            self._append(item, None)
 
     def _append(self, item: T, future: asyncio.Future[None] | None) -> None:
         items = self._items
@@ -139,6 +158,9 @@ class GroupCommit(Generic[T]):
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is written."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._end_linger()
         while self._items or self._writes:
             self._flush_now()
             await self._idle.wait()
@@ -191,6 +213,15 @@ class GroupCommit(Generic[T]):
         n = self._max_batch
         items, futures = self._items[:n], self._futures[:n]
         del self._items[:n], self._futures[:n], self._arrived[:n]
+        lingering = self._lingering
+        if lingering and len(items) < n:  # they ride along
+            riding = lingering[: n - len(items)]
+            del lingering[: len(riding)]
+            items += riding
+            futures += [None] * len(riding)
+            if not lingering and self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import heapq
 import logging
+import math
 import random
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -51,6 +52,11 @@ logger = logging.getLogger("kmsg_webhook.dispatcher")
 _GONE_REASON = "410 Gone: the receiver asked to stop deliveries"
 _DISABLE_REASON = "the receiver asked to stop deliveries (webhook-delivery: disable)"
 _LEASE_STEP = timedelta(milliseconds=1)
+#: The claimer's timer for rows falling due (retries, ends of rests) fires on this grid, so
+#: that many endpoints' due times share one claim instead of costing one each.
+_DUE_TICK_S = 0.25
+#: How long the outcome of an attempt that timed out may wait to share a record write.
+_TIMEOUT_RECORD_LINGER_S = 0.25
 #: Writes new rows (as built: plaintext) and returns the ids of those that were new.
 WriteRows = Callable[[Sequence[WebhookDelivery]], Awaitable[Collection[str]]]
 
@@ -207,11 +213,12 @@ class Dispatcher:
             self._due_timer = None
         if not self._due:
             return
+        loop = asyncio.get_running_loop()
         delay = (self._due[0] - self._clock.now()).total_seconds()
-        # A millisecond late, so the row is due by the store's clock too.
-        self._due_timer = asyncio.get_running_loop().call_later(
-            max(0.0, delay) + 0.001, self._due_now
-        )
+        # Late by up to a tick (and at least a millisecond, so the row is due by the store's
+        # clock too).
+        when = math.ceil((loop.time() + max(0.0, delay) + 0.001) / _DUE_TICK_S) * _DUE_TICK_S
+        self._due_timer = loop.call_at(when, self._due_now)
 
     def _due_now(self) -> None:
         self._due_timer = None
@@ -433,7 +440,7 @@ class Dispatcher:
         if (
             self._room() <= 0
             or endpoint_id in self._stored_endpoints
-            or taking + self._held(endpoint_id) >= 2 * self._pacing.limit(endpoint_id)
+            or taking + self._held(endpoint_id) >= self._pacing.holding(endpoint_id)
         ):
             self._stored_endpoints[endpoint_id] = self._claim_round
             return False
@@ -567,7 +574,7 @@ class Dispatcher:
             self._starved = full if len(claimed) < want else set()
         overflow: list[str] = []
         queued = 0
-        limit = self._pacing.limit
+        holding = self._pacing.holding
         claimed, refused = self._sealing.open_claimed(claimed)
         for delivery, error in refused:
             self._outstanding += 1
@@ -578,7 +585,7 @@ class Dispatcher:
             # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
             # in the store (claimable by other workers) instead of aging here under a lease.
             # An endpoint that started resting while the claim ran gets its rows back as well.
-            if self._held(endpoint_id) >= 2 * limit(endpoint_id) or resting(endpoint_id, now):
+            if self._held(endpoint_id) >= holding(endpoint_id) or resting(endpoint_id, now):
                 overflow.append(delivery.id)
                 continue
             self._queue(delivery)
@@ -678,7 +685,9 @@ class Dispatcher:
             self._mark_runnable(endpoint_id)  # round robin: back of the line
             try:
                 settled = await self._attempt(delivery)
-                self._recorder.enqueue(settled)
+                # Timeouts trickle in one at a time: each rides with other outcomes' record.
+                linger_s = _TIMEOUT_RECORD_LINGER_S if settled.timed_out else 0.0
+                self._recorder.enqueue(settled, linger_s=linger_s)
                 self._recording += 1
             except Exception:
                 # The lease expires and another claim retries the delivery: nothing is lost.

@@ -57,6 +57,15 @@ class Pacing:
         lane = self._lanes.get(endpoint_id)
         return 1 if lane is None else lane.limit
 
+    def holding(self, endpoint_id: str) -> int:
+        """How many rows a worker may hold for ``endpoint_id`` (queued plus in flight): two
+        rounds of its limit, so its next round is at hand; only its limit while its last
+        attempt got no answer, so no row waits behind a probe that may start a rest."""
+        lane = self._lanes.get(endpoint_id)
+        if lane is None:
+            return 2
+        return lane.limit if lane.stalls else 2 * lane.limit
+
     def resting_until(self, endpoint_id: str, now: datetime) -> datetime | None:
         """When the endpoint's rest ends, or ``None`` when it is not resting."""
         lane = self._lanes.get(endpoint_id)

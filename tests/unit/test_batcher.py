@@ -203,3 +203,54 @@ async def test_a_write_whose_items_were_all_withdrawn_leaves_the_batcher_idle() 
     await asyncio.wait_for(first, 5)
     await asyncio.wait_for(batcher.drain(), 5)
     assert writer.batches == [[1]]
+
+
+async def test_a_lingering_item_rides_with_the_next_write() -> None:
+    writer = Writer()
+    batcher = commit(writer)
+    batcher.enqueue(1, linger_s=60)
+    batcher.enqueue(2, linger_s=60)
+    await asyncio.sleep(0.05)
+    assert writer.batches == []  # no write of their own yet
+    assert batcher.pending == 2
+    await asyncio.wait_for(batcher.submit(3), 5)
+    assert writer.batches == [[3, 1, 2]]
+    assert batcher.pending == 0
+
+
+async def test_a_lingering_item_alone_is_written_when_its_time_is_up() -> None:
+    writer = Writer()
+    written: list[list[int]] = []
+    batcher = commit(writer, on_written=lambda items, error: written.append(list(items)))
+    batcher.enqueue(1, linger_s=0.05)
+    await asyncio.sleep(0)
+    assert writer.batches == []
+    for _ in range(500):  # the machine may be busy: wait for the write, not a set time
+        if writer.batches:
+            break
+        await asyncio.sleep(0.01)
+    assert writer.batches == [[1]]
+    assert written == [[1]]
+
+
+async def test_drain_and_close_write_lingering_items_at_once() -> None:
+    writer = Writer()
+    batcher = commit(writer)
+    batcher.enqueue(1, linger_s=60)
+    await asyncio.wait_for(batcher.drain(), 5)
+    assert writer.batches == [[1]]
+    batcher.enqueue(2, linger_s=60)
+    await asyncio.wait_for(batcher.close(), 5)
+    assert writer.batches == [[1], [2]]
+
+
+async def test_lingering_items_fill_a_batch_only_up_to_max_batch() -> None:
+    writer = Writer()
+    batcher = commit(writer, max_batch=3)
+    for n in range(5):
+        batcher.enqueue(n, linger_s=60)
+    await asyncio.wait_for(batcher.submit(10), 5)
+    assert writer.batches == [[10, 0, 1]]
+    assert batcher.pending == 3  # still lingering
+    await asyncio.wait_for(batcher.drain(), 5)
+    assert writer.batches[-1] == [2, 3, 4]

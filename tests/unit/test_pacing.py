@@ -110,3 +110,16 @@ def test_a_fast_network_error_drops_the_limit_but_starts_no_rest() -> None:
         assert pacing.observe("ep", http_status=None, latency_ms=1, now=T0) is False
     assert pacing.limit("ep") == 1
     assert pacing.resting_until("ep", T0) is None
+
+
+def test_a_worker_holds_two_rounds_of_a_limit_but_nothing_behind_a_probe() -> None:
+    pacing = Pacing(CONFIG)
+    assert pacing.holding("new") == 2
+    for _ in range(3):
+        pacing.observe("ep", http_status=204, latency_ms=10, now=T0)
+    assert pacing.holding("ep") == 2 * pacing.limit("ep") == 8
+    # No answer: the next attempt is a probe; no row waits behind it.
+    pacing.observe("ep", http_status=None, latency_ms=2_000, timed_out=True, now=T0)
+    assert pacing.holding("ep") == 1
+    pacing.observe("ep", http_status=204, latency_ms=10, now=T0)  # answered again
+    assert pacing.holding("ep") == 4
