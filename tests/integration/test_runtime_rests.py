@@ -9,6 +9,7 @@ the store's own SQL, with the resting endpoints in its exclusion list).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -205,6 +206,38 @@ async def test_flush_does_not_wait_for_an_attempt_in_flight_to_an_endpoint_timin
         await asyncio.wait_for(runtime.flush(), HANG_GUARD)
         assert [d.status for d in await _rows(runtime, healthy.id)] == [DeliveryStatus.SUCCESS] * 5
         assert await _attempted(runtime, slow.id, 1)  # the one in flight is not recorded yet
+
+
+async def test_no_row_waits_behind_a_probe_to_an_endpoint_timing_out(
+    store_url, receiver, make_event, gate, wait_until
+):
+    # When a rest ends, the worker holds only the probe for that endpoint (its limit, 1), not
+    # a second row queued behind it: if the probe stalls too, the new rest gives nothing back.
+    # Attempts time out after 1 s (the probe is still in flight when the rows are read); the
+    # rest lasts max(timeout_ms, retry_delay_ms) = 1 s.
+    config = dataclasses.replace(RESTING, timeout_ms=1_000, retry_delay_ms=1_000)
+    arrivals: list[str] = []
+
+    async def hanging(request: web.Request, n: int) -> web.StreamResponse:
+        arrivals.append(request.headers["webhook-id"])
+        await gate.wait()
+        return web.json_response({})
+
+    runtime = _runtime(store_url, config)
+    await runtime.start()
+    try:
+        slow = await runtime.add_endpoint(
+            EndpointInput(url=receiver.on("/slow", hanging), events=["message.failed"])
+        )
+        for i in range(6):
+            await runtime.emit(make_event(f"slow_{i}", type="message.failed"))
+        await wait_until(lambda: len(arrivals) == 3, within=HANG_GUARD, what="the probe")
+        await asyncio.sleep(0.3)  # several polls (50 ms): a claim would have taken a row by now
+        rows = await _rows(runtime, slow.id)
+        leased = [d for d in rows if d.status is DeliveryStatus.PENDING and d.lease_owner]
+        assert [d.event_id for d in leased] == [arrivals[2]]
+    finally:
+        await asyncio.wait_for(runtime.shutdown(timeout=1), PROMPT)
 
 
 async def _attempted(runtime: WebhookRuntimeService, endpoint_id: str, count: int) -> bool:
