@@ -22,8 +22,10 @@
 
 2. **A single producer**: ``await emit(e)`` in a loop, one event at a time (intake only:
    nothing is sent), ÷ the driver itself inserting one row per committed transaction into a
-   table of the same shape (aiosqlite on a WAL file; asyncpg in autocommit). Rates, rounds
-   alternating.
+   table of the same shape (aiosqlite on a WAL file; asyncpg in autocommit). Each round
+   alternates the two sides in ten slices; printed are the rates, the CPU per row or event
+   (this process, SQLite's thread included, a Postgres server not), and the median ratio
+   with each round's.
 
 Absolute figures depend on the machine and its load; compare the ratios, and say the load.
 """
@@ -37,7 +39,8 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -225,8 +228,15 @@ def _row(n: int) -> tuple[object, ...]:
     )
 
 
-async def driver_rate(store: str, total: int) -> float:
-    """Rows/s the driver inserts, one row per committed transaction."""
+Insert = Callable[[int, int], Awaitable[None]]
+#: Each round alternates the two sides this many times (a slow patch of the shared machine,
+#: an fsync that stalls, lands on both sides alike instead of on one round of one side).
+SLICES = 10
+
+
+@asynccontextmanager
+async def driver_inserts(store: str) -> AsyncIterator[Insert]:
+    """``insert(first, count)``: the driver inserts rows one per committed transaction."""
     insert = "INSERT INTO rows VALUES ({})"
     if store == "sqlite":
         path = Path(_store_url("sqlite").removeprefix("sqlite:///"))
@@ -234,26 +244,33 @@ async def driver_rate(store: str, total: int) -> float:
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute(_TABLE)
             sql = insert.format(", ".join("?" * 10))
-            started = time.perf_counter()
-            for n in range(total):
-                await db.execute(sql, _row(n))
-            return total / (time.perf_counter() - started)
+
+            async def lite(first: int, count: int) -> None:
+                for n in range(first, first + count):
+                    await db.execute(sql, _row(n))
+
+            yield lite
+        return
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(POSTGRES_DSN)
     try:
         await conn.execute(f"CREATE SCHEMA {schema}; SET search_path = {schema}; {_TABLE}")
         sql = insert.format(", ".join(f"${i}" for i in range(1, 11)))
-        started = time.perf_counter()
-        for n in range(total):
-            await conn.execute(sql, *_row(n))
-        return total / (time.perf_counter() - started)
+
+        async def pg(first: int, count: int) -> None:
+            for n in range(first, first + count):
+                await conn.execute(sql, *_row(n))
+
+        yield pg
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()
 
 
-async def emit_loop_rate(store: str, total: int) -> float:
-    """Events/s of one caller awaiting ``emit`` in a loop (intake only, one endpoint)."""
+@asynccontextmanager
+async def emit_loop(store: str) -> AsyncIterator[Insert]:
+    """``insert(first, count)``: one caller awaits ``emit`` per event (intake only, one
+    endpoint)."""
     runtime = WebhookRuntimeService(
         persistence=persistence_from_url(_store_url(store)), dispatch=False
     )
@@ -262,26 +279,50 @@ async def emit_loop_rate(store: str, total: int) -> float:
         await runtime.add_endpoint(
             EndpointInput(url="https://hooks.example.com/in", events=["message.sent"])
         )
-        started = time.perf_counter()
-        for n in range(total):
-            await runtime.emit(_event(n))
-        return total / (time.perf_counter() - started)
+
+        async def emit(first: int, count: int) -> None:
+            for n in range(first, first + count):
+                await runtime.emit(_event(n))
+
+        yield emit
     finally:
         await runtime.shutdown()
 
 
+async def _timed(insert: Insert, first: int, count: int) -> tuple[float, float]:
+    """Wall and CPU seconds of ``insert(first, count)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    await insert(first, count)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 async def single_producer(stores: list[str], total: int, rounds: int) -> None:
+    size = max(1, total // SLICES)
     for store in stores:
-        driver: list[float] = []
-        emits: list[float] = []
-        for _ in range(rounds):
-            driver.append(await driver_rate(store, total))
-            emits.append(await emit_loop_rate(store, total))
-        ratios = [e / d for e, d in zip(emits, driver, strict=True)]
+        rates: dict[str, list[float]] = {"driver": [], "emit": []}
+        cpu: dict[str, list[float]] = {"driver": [], "emit": []}
+        async with driver_inserts(store) as driver, emit_loop(store) as emit:
+            await driver(0, size)  # warm-up: statements prepared, files and caches made
+            await emit(0, size)
+            first = size
+            for _ in range(rounds):
+                spent = {"driver": [0.0, 0.0], "emit": [0.0, 0.0]}
+                for _ in range(SLICES):
+                    for name, insert in (("driver", driver), ("emit", emit)):
+                        wall, used = await _timed(insert, first, size)
+                        spent[name][0] += wall
+                        spent[name][1] += used
+                    first += size
+                for name, (wall, used) in spent.items():
+                    rates[name].append(size * SLICES / wall)
+                    cpu[name].append(used / (size * SLICES) * 1e6)
+        ratios = [e / d for e, d in zip(rates["emit"], rates["driver"], strict=True)]
         print(
-            f"  {store:8} driver {statistics.median(driver):7,.0f} rows/s, emit loop "
-            f"{statistics.median(emits):7,.0f} events/s, x driver {statistics.median(ratios):.2f} "
-            f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+            f"  {store:8} driver {statistics.median(rates['driver']):7,.0f} rows/s "
+            f"({statistics.median(cpu['driver']):.0f} µs CPU each), emit loop "
+            f"{statistics.median(rates['emit']):7,.0f} events/s "
+            f"({statistics.median(cpu['emit']):.0f} µs CPU each), x driver "
+            f"{statistics.median(ratios):.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
         )
 
 
