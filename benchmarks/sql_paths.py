@@ -318,8 +318,8 @@ async def json_insert(db: SqlDatabase, deliveries: list[WebhookDelivery]) -> Non
 
 
 async def raw_insert(db: SqlDatabase, deliveries: list[WebhookDelivery]) -> None:
-    async with db.connect() as conn:
-        await db.insert_deliveries(conn, deliveries, retried=False)
+    async with db.driver() as driver:
+        await db.insert_deliveries(driver, deliveries, retried=False)
 
 
 async def raw_claim(db: SqlDatabase, now: datetime) -> list[WebhookDelivery]:
@@ -336,8 +336,8 @@ async def raw_claim(db: SqlDatabase, now: datetime) -> list[WebhookDelivery]:
 
 
 async def raw_record(db: SqlDatabase, outcomes: list[AttemptOutcome]) -> None:
-    async with db.connect() as conn:
-        await db.record_outcomes(conn, outcomes)
+    async with db.driver() as driver:
+        await db.record_outcomes(driver, outcomes)
 
 
 # -- set-up between measurements -------------------------------------------------------------------

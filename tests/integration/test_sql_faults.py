@@ -479,8 +479,8 @@ async def test_an_insert_retried_after_a_lost_commit_reports_its_rows(dialect: s
     maker = temporary_sqlite if dialect == "sqlite" else temporary_postgres
     async with maker() as db:
         await db.delivery_store.insert_many(rows[:1])  # the "lost" attempt wrote this one
-        async with db.connect() as conn:
-            new = await db.insert_deliveries(conn, rows, retried=True)
+        async with db.driver() as driver:
+            new = await db.insert_deliveries(driver, rows, retried=True)
         assert new == {"dlv_0001", "dlv_0002"}
         first_try_only = await db.delivery_store.insert_many([delivery(9, event_id="evt_1")])
         assert first_try_only == []  # a genuine duplicate is still skipped

@@ -78,6 +78,9 @@ from .faults import StoreRetryPolicy, describe, is_missing_database, is_transien
 
 T = TypeVar("T")
 Operation = Callable[[AsyncConnection, int], Awaitable[T]]
+#: An operation on the driver's own connection (an ``asyncpg.Connection``, an
+#: ``aiosqlite.Connection``): the hot paths run their named SQL on nothing else.
+DriverOperation = Callable[[Any, int], Awaitable[T]]
 
 DEFAULT_RETRY_TIMEOUT = 30.0
 #: A claim that leaves endpoints alone walks the due index (claim_deliveries) while those
@@ -270,16 +273,36 @@ class SqlDatabase(ABC):
                         await conn.invalidate()
                 raise
 
+    @asynccontextmanager
+    async def driver(self, *, shared: bool = False) -> AsyncIterator[Any]:
+        """The driver's own connection, for operations that run nothing through SQLAlchemy
+        (the hot paths); held as :meth:`connect` holds its connection."""
+        async with self.connect(shared=shared) as conn:
+            yield (await conn.get_raw_connection()).driver_connection
+
     async def run(self, operation: Operation[T], *, single_statement: bool = False) -> T:
         """Run ``operation(connection, attempt_number)``, retrying on transient failures.
 
         ``single_statement``: the operation's first attempt is one autocommit statement (see
         :meth:`connect`); a retry may need a transaction, so it always runs alone.
         """
+        return await self._retried(
+            partial(self._on_connection, operation, single_statement=single_statement)
+        )
+
+    async def run_on_driver(
+        self, operation: DriverOperation[T], *, single_statement: bool = False
+    ) -> T:
+        """:meth:`run` for ``operation(driver_connection, attempt_number)`` (see
+        :meth:`driver`)."""
+        return await self._retried(
+            partial(self._on_driver, operation, single_statement=single_statement)
+        )
+
+    async def _retried(self, attempt: Callable[[int], Awaitable[T]]) -> T:
         await self.init()
         try:
-            run = partial(self._on_connection, operation, single_statement=single_statement)
-            return await self.retry.call(run)
+            return await self.retry.call(attempt)
         except WebhookError:
             raise
         except Exception as exc:
@@ -292,6 +315,12 @@ class SqlDatabase(ABC):
     ) -> T:
         async with self.connect(shared=single_statement and attempt == 1) as conn:
             return await operation(conn, attempt)
+
+    async def _on_driver(
+        self, operation: DriverOperation[T], attempt: int, *, single_statement: bool = False
+    ) -> T:
+        async with self.driver(shared=single_statement and attempt == 1) as driver:
+            return await operation(driver, attempt)
 
     def bound(self, value: datetime) -> datetime:
         """A lower or strict upper time bound as the dialect compares it exactly (see SQLite),
@@ -353,9 +382,10 @@ class SqlDatabase(ABC):
 
     @abstractmethod
     async def insert_deliveries(
-        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery], *, retried: bool
+        self, driver: Any, deliveries: Sequence[WebhookDelivery], *, retried: bool
     ) -> set[str]:
-        """Insert on our own connection; the ids that are new (with ``retried``: that exist)."""
+        """Insert on our own (driver) connection; the ids that are new (with ``retried``: that
+        exist)."""
 
     @abstractmethod
     async def insert_on_caller_connection(
@@ -380,9 +410,8 @@ class SqlDatabase(ABC):
         ``lease_until``): its answer may have been lost after it committed."""
 
     @abstractmethod
-    async def record_outcomes(
-        self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
-    ) -> int: ...
+    async def record_outcomes(self, driver: Any, outcomes: Sequence[AttemptOutcome]) -> int:
+        """Apply ``outcomes`` on our own (driver) connection; how many applied."""
 
     async def announce_due(self, conn: AsyncConnection, at: datetime) -> None:
         """Tell other processes, when ``conn``'s transaction commits, that rows are due at
@@ -581,10 +610,10 @@ class SqlDeliveryStore:
             return []
         else:
 
-            async def op(conn: AsyncConnection, attempt: int) -> set[str]:
-                return await self._db.insert_deliveries(conn, deliveries, retried=attempt > 1)
+            async def op(driver: Any, attempt: int) -> set[str]:
+                return await self._db.insert_deliveries(driver, deliveries, retried=attempt > 1)
 
-            new = await self._db.run(
+            new = await self._db.run_on_driver(
                 op, single_statement=self._db.single_statement(len(deliveries))
             )
         ordered: list[str] = []
@@ -627,10 +656,12 @@ class SqlDeliveryStore:
         if not outcomes:
             return 0
 
-        async def op(conn: AsyncConnection, attempt: int) -> int:
-            return await self._db.record_outcomes(conn, outcomes)
+        async def op(driver: Any, attempt: int) -> int:
+            return await self._db.record_outcomes(driver, outcomes)
 
-        return await self._db.run(op, single_statement=self._db.single_statement(len(outcomes)))
+        return await self._db.run_on_driver(
+            op, single_statement=self._db.single_statement(len(outcomes))
+        )
 
     async def release(self, delivery_ids: Sequence[str], *, worker_id: str) -> None:
         if not delivery_ids:

@@ -339,9 +339,8 @@ class SQLiteDatabase(SqlDatabase):
     # of four (BEGIN, execute, fetch, COMMIT).
 
     async def insert_deliveries(
-        self, conn: AsyncConnection, deliveries: Sequence[WebhookDelivery], *, retried: bool
+        self, driver: aiosqlite.Connection, deliveries: Sequence[WebhookDelivery], *, retried: bool
     ) -> set[str]:
-        driver = await _driver(conn)
         if len(deliveries) <= STATEMENT_ROWS and not retried:
             return await self._insert_raw(driver, deliveries)
         async with _write_transaction(driver):
@@ -432,9 +431,8 @@ class SQLiteDatabase(SqlDatabase):
         return [values_to_delivery(row) for row in rows]
 
     async def record_outcomes(
-        self, conn: AsyncConnection, outcomes: Sequence[AttemptOutcome]
+        self, driver: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]
     ) -> int:
-        driver = await _driver(conn)
         if len(outcomes) <= STATEMENT_ROWS:
             return await self._record_raw(driver, outcomes)
         async with _write_transaction(driver):
