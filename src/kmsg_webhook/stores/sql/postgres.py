@@ -39,7 +39,7 @@ from ..sqlfiles import (
     quote,
     render,
 )
-from .base import DEFAULT_RETRY_TIMEOUT, WALK_MOST, SqlDatabase
+from .base import DEFAULT_RETRY_TIMEOUT, WALK_MOST, DriverOperation, SqlDatabase, T
 from .listen import PostgresWatch
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
@@ -209,6 +209,12 @@ class PostgresDatabase(SqlDatabase):
         # A healthy connection goes back to the pool without a round trip (the hot paths
         # leave no transaction open): nothing to shield.
         await greenlet_spawn(pooled.close)
+
+    async def _on_driver(
+        self, operation: DriverOperation[T], attempt: int, *, single_statement: bool = False
+    ) -> T:
+        async with self.driver() as driver:  # every operation has a connection of its own
+            return await operation(driver, attempt)
 
     # -- schema ---------------------------------------------------------------------------------
 
