@@ -153,7 +153,7 @@ async def main() -> None:
             f"runtime [{name:8}]           {count:>10,.0f}  ratio {raw / count:.3f}  "
             f"(cyclic GC {gc_count:,.0f})"
         )
-    throughput._stop_local_d1()
+    throughput.stop_local_d1()
 
 
 if __name__ == "__main__":
