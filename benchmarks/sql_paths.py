@@ -323,9 +323,9 @@ async def raw_insert(db: SqlDatabase, deliveries: list[WebhookDelivery]) -> None
 
 
 async def raw_claim(db: SqlDatabase, now: datetime) -> list[WebhookDelivery]:
-    async with db.connect() as conn:
+    async with db.driver() as driver:
         return await db.claim_deliveries(
-            conn,
+            driver,
             worker_id=WORKER,
             now=now,
             lease_until=now + LEASE,

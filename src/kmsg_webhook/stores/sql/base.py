@@ -400,7 +400,7 @@ class SqlDatabase(ABC):
     @abstractmethod
     async def claim_deliveries(
         self,
-        conn: AsyncConnection,
+        driver: Any,
         *,
         worker_id: str,
         now: datetime,
@@ -409,7 +409,8 @@ class SqlDatabase(ABC):
         exclude: list[str],
         retried: bool,
     ) -> list[WebhookDelivery]:
-        """Lease up to ``limit`` due rows until ``lease_until``. With ``retried``, first the
+        """Lease up to ``limit`` due rows until ``lease_until``, on our own (driver)
+        connection. With ``retried``, first the
         rows an earlier attempt of this claim leased (``worker_id`` until exactly
         ``lease_until``): its answer may have been lost after it committed."""
 
@@ -640,9 +641,9 @@ class SqlDeliveryStore:
             return []
         exclude = sorted(exclude_endpoints)
 
-        async def op(conn: AsyncConnection, attempt: int) -> list[WebhookDelivery]:
+        async def op(driver: Any, attempt: int) -> list[WebhookDelivery]:
             return await self._db.claim_deliveries(
-                conn,
+                driver,
                 worker_id=worker_id,
                 now=now,
                 lease_until=lease_until,
@@ -651,7 +652,7 @@ class SqlDeliveryStore:
                 retried=attempt > 1,
             )
 
-        claimed = await self._db.run(op, single_statement=True)
+        claimed = await self._db.run_on_driver(op, single_statement=True)
         # RETURNING has no order: give the rows oldest due first, as claimed.
         claimed.sort(key=lambda d: (d.next_attempt_at or now, d.id))
         return claimed

@@ -323,7 +323,7 @@ class PostgresDatabase(SqlDatabase):
 
     async def claim_deliveries(
         self,
-        conn: AsyncConnection,
+        driver: asyncpg.Connection,
         *,
         worker_id: str,
         now: datetime,
@@ -332,7 +332,6 @@ class PostgresDatabase(SqlDatabase):
         exclude: list[str],
         retried: bool,
     ) -> list[WebhookDelivery]:
-        driver = await _driver(conn)
         found = []
         if retried:
             found = await driver.fetch(self.sql["leased_deliveries"], worker_id, lease_until)

@@ -399,7 +399,7 @@ class SQLiteDatabase(SqlDatabase):
 
     async def claim_deliveries(
         self,
-        conn: AsyncConnection,
+        driver: aiosqlite.Connection,
         *,
         worker_id: str,
         now: datetime,
@@ -408,7 +408,6 @@ class SQLiteDatabase(SqlDatabase):
         exclude: list[str],
         retried: bool,
     ) -> list[WebhookDelivery]:
-        driver = await _driver(conn)
         params = {
             "worker_id": worker_id,
             "lease_until": to_millis(lease_until),
