@@ -497,9 +497,10 @@ class Dispatcher:
                 logger.exception("claiming deliveries failed; retrying in %.1fs", poll_s)
                 await self._wait(self._wake, poll_s)
                 continue
-            if claimed or self._stopping or self._has_room(self._starved):
+            if (claimed and self._backlog) or self._stopping or self._has_room(self._starved):
                 continue  # (the sends of a left-out endpoint may have finished meanwhile)
-            await self._wait(self._wake, poll_s)  # nothing due: poll, or a wake-up
+            # A short claim took every row due: wait for more (a wake-up, or the next poll).
+            await self._wait(self._wake, poll_s)
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout_s: float) -> None:
