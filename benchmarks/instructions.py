@@ -18,7 +18,8 @@ garbage collector.
 
 ``--scenario emit_sync`` counts ``targets.py``'s emit_sync round instead: 64 callers awaiting
 ``emit_sync`` on one endpoint (memory store) against the minimal protocol client's signed POSTs
-(its ratio is runtime / client, as ``targets.py`` prints it). Needs ``valgrind``; under it
+(its ratio is runtime / client, as ``targets.py`` prints it); ``--scenario fan_out`` its
+fan-out round (64 callers ``emit`` events matching 10 endpoints, then ``flush``). Needs ``valgrind``; under it
 Python runs about 50 times slower, so the default run takes several minutes.
 """
 
@@ -47,8 +48,9 @@ async def _child(mode: str, deliveries: int, base: str) -> None:
     if mode == "client":  # each of targets.py's rounds warms itself up
         await targets.minimal_client(Receiver(base), deliveries)
         return
-    if mode == "emit_sync":
-        await targets.runtime_cpu(Receiver(base), deliveries, endpoints=1)
+    if mode in ("emit_sync", "fan_out"):
+        endpoints = 1 if mode == "emit_sync" else targets.FAN_OUT
+        await targets.runtime_cpu(Receiver(base), deliveries, endpoints=endpoints)
         return
     await throughput.raw_limit(base, WARM_UP)
     if mode == "raw":
@@ -114,7 +116,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1000)
     parser.add_argument("--stores", default="memory,sqlite,postgres")
-    parser.add_argument("--scenario", choices=("throughput", "emit_sync"), default="throughput")
+    parser.add_argument("--scenario", choices=("throughput", "emit_sync", "fan_out"), default="throughput")
     parser.add_argument("--jobs", type=int, default=2, help="callgrind runs at a time")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "N", "BASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,18 +132,19 @@ async def main() -> None:
     async with throughput.nginx_receiver("auto") as fast:
         if fast is None:
             raise SystemExit("needs nginx as the receiver (Debian: apt-get install nginx-light)")
-        modes = ["client", "emit_sync"] if args.scenario == "emit_sync" else ["raw", *stores]
+        sender = args.scenario != "throughput"
+        modes = ["client", args.scenario] if sender else ["raw", *stores]
         results = await asyncio.gather(
             *(_per_delivery(m, args.deliveries, fast, scratch, slots) for m in modes)
         )
     figures = dict(zip(modes, results, strict=True))
     print(f"instructions per delivery (callgrind; {args.deliveries:,} deliveries, difference of")
     print(f"runs of {2 * args.deliveries:,} and {args.deliveries:,})")
-    if args.scenario == "emit_sync":
-        (client, client_gc), (runtime, runtime_gc) = figures["client"], figures["emit_sync"]
+    if sender:
+        (client, client_gc), (runtime, runtime_gc) = figures["client"], figures[args.scenario]
         print(f"minimal client, signed POST     {client:>10,.0f}  (cyclic GC {client_gc:,.0f})")
         print(
-            f"runtime, emit_sync (memory)     {runtime:>10,.0f}  x client {runtime / client:.2f}  "
+            f"runtime, {args.scenario:9} (memory)   {runtime:>10,.0f}  x client {runtime / client:.2f}  "
             f"(cyclic GC {runtime_gc:,.0f})"
         )
         return
