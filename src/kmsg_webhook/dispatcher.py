@@ -147,6 +147,7 @@ class Dispatcher:
         # The last lease handed out (claim or intake); each is at least 1 ms later, so a
         # retried claim knows the rows its lost first attempt leased by their lease alone.
         self._last_lease = datetime.min.replace(tzinfo=UTC)
+        self._lease = timedelta(milliseconds=config.effective_lease_ms)
         # Below this much room, a claimer with queued work waits instead of making a small
         # claim (each claim is a store round trip).
         self._claim_threshold = max(1, config.claim_batch_size // 2)
@@ -426,10 +427,7 @@ class Dispatcher:
     def _new_lease(self, now: datetime) -> datetime:
         """A lease ending ``effective_lease_ms`` after ``now``, and 1 ms (the coarsest store's
         precision) after any lease this worker handed out before."""
-        until = max(
-            now + timedelta(milliseconds=self._config.effective_lease_ms),
-            self._last_lease + _LEASE_STEP,
-        )
+        until = max(now + self._lease, self._last_lease + _LEASE_STEP)
         self._last_lease = until
         return until
 

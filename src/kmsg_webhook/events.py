@@ -165,7 +165,16 @@ def _non_finite(value: object, path: str) -> tuple[str, float] | None:
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z`` (JavaScript ``Date.toJSON()`` form)."""
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-    return utc.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" → "Z"
+    # Formatted by hand: isoformat's keyword argument alone costs more than this (every event).
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond // 1000,
+    )
 
 
 def parse_timestamp(value: object) -> datetime:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from .errors import FieldCryptoError, InvalidEndpointError
 from .events import WebhookEvent, WebhookEventType
@@ -548,58 +548,126 @@ class RuntimeStats:
 # -- building records on the hot paths --------------------------------------------------------
 #
 # A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``, about five
-# times the cost of a plain slot store, and a delivery builds several records. The hot paths
-# therefore build records through a factory per record type: a mutable twin of the record class
-# with the same fields, hence the same slots in the same order, whose ``__init__`` ends by
-# giving the instance the record's class, which Python allows between identical layouts. What
-# comes out is an ordinary frozen instance (equal, hashable, immutable). For the type checker a
-# factory is the record class itself, so calls are checked against the record's own signature.
-# This section is the only code that knows the trick.
+# times the cost of a plain slot store, and a delivery builds several records. Calling any class
+# with keywords costs as much again: CPython packs them into a dict for ``__init__`` and unpacks
+# it. The hot paths therefore build records through a plain function per record type, which
+# takes the same arguments as the record's constructor (same names, order and defaults: a test
+# checks). It fills a mutable twin of the record class (same fields, hence the same slots in the
+# same order) and then gives the instance the record's class, which Python allows between
+# identical layouts. What comes out is an ordinary frozen instance (equal, hashable,
+# immutable). This section is the only code that knows the trick.
 
-_R = TypeVar("_R")
 
-
-def _factory_of(cls: type[_R]) -> type[_R]:
-    """A mutable slots twin of ``cls`` (same fields and defaults) whose instances turn into
-    ``cls`` instances as their ``__init__`` ends (``cls`` has no ``__post_init__``: the twin's
-    would replace it)."""
-    if "__post_init__" in vars(cls):
-        raise TypeError(f"{cls.__name__} has a __post_init__, which its factory would skip")
-    fields = []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        spec: dict[str, Any] = {}
-        if f.default is not dataclasses.MISSING:
-            spec["default"] = f.default
-        if f.default_factory is not dataclasses.MISSING:
-            spec["default_factory"] = f.default_factory
-        fields.append((f.name, f.type, field(**spec)))
-
-    def become_record(self: Any) -> None:
-        self.__class__ = cls
-
-    twin: type[_R] = dataclasses.make_dataclass(
-        f"{cls.__name__}Factory",
-        fields,
-        namespace={"__post_init__": become_record},
+def _twin_of(cls: type) -> type:
+    """A class with ``cls``'s slots, mutable, that nothing constructs: builders fill it."""
+    twin: type = dataclasses.make_dataclass(
+        f"{cls.__name__}Twin",
+        [f.name for f in dataclasses.fields(cls)],
         slots=True,
+        init=False,
+        repr=False,
         eq=False,
         match_args=False,
     )
     return twin
 
 
-if TYPE_CHECKING:
-    build_delivery = WebhookDelivery
-    build_attempt = WebhookAttempt
-    build_outcome = AttemptOutcome
-else:
-    build_delivery = _factory_of(WebhookDelivery)
-    build_attempt = _factory_of(WebhookAttempt)
-    build_outcome = _factory_of(AttemptOutcome)
+_DeliveryTwin = _twin_of(WebhookDelivery)
+_AttemptTwin = _twin_of(WebhookAttempt)
+_OutcomeTwin = _twin_of(AttemptOutcome)
+_new_twin = object.__new__
+
+
+def build_delivery(
+    id: str,
+    endpoint_id: str,
+    event_id: str,
+    event_type: WebhookEventType,
+    url: str,
+    payload: str,
+    status: DeliveryStatus,
+    created_at: datetime,
+    next_attempt_at: datetime | None,
+    attempts: tuple[WebhookAttempt, ...] = (),
+    attempt_count: int = 0,
+    completed_at: datetime | None = None,
+    last_error: str | None = None,
+    lease_owner: str | None = None,
+    lease_expires_at: datetime | None = None,
+    to_hash: str | None = None,
+    from_hash: str | None = None,
+    ordering_key: str | None = None,
+) -> WebhookDelivery:
+    """``WebhookDelivery(...)`` for the hot paths."""
+    new: Any = _new_twin(_DeliveryTwin)
+    new.id = id
+    new.endpoint_id = endpoint_id
+    new.event_id = event_id
+    new.event_type = event_type
+    new.url = url
+    new.payload = payload
+    new.status = status
+    new.created_at = created_at
+    new.next_attempt_at = next_attempt_at
+    new.attempts = attempts
+    new.attempt_count = attempt_count
+    new.completed_at = completed_at
+    new.last_error = last_error
+    new.lease_owner = lease_owner
+    new.lease_expires_at = lease_expires_at
+    new.to_hash = to_hash
+    new.from_hash = from_hash
+    new.ordering_key = ordering_key
+    new.__class__ = WebhookDelivery
+    built: WebhookDelivery = new
+    return built
+
+
+def build_attempt(
+    attempt_number: int,
+    started_at: datetime,
+    latency_ms: float,
+    http_status: int | None = None,
+    response_body: str | None = None,
+    error: str | None = None,
+) -> WebhookAttempt:
+    """``WebhookAttempt(...)`` for the hot paths."""
+    new: Any = _new_twin(_AttemptTwin)
+    new.attempt_number = attempt_number
+    new.started_at = started_at
+    new.latency_ms = latency_ms
+    new.http_status = http_status
+    new.response_body = response_body
+    new.error = error
+    new.__class__ = WebhookAttempt
+    built: WebhookAttempt = new
+    return built
+
+
+def build_outcome(
+    delivery_id: str,
+    worker_id: str,
+    attempt: WebhookAttempt | None,
+    status: DeliveryStatus,
+    next_attempt_at: datetime | None,
+    completed_at: datetime | None,
+    error: str | None = None,
+) -> AttemptOutcome:
+    """``AttemptOutcome(...)`` for the hot paths."""
+    new: Any = _new_twin(_OutcomeTwin)
+    new.delivery_id = delivery_id
+    new.worker_id = worker_id
+    new.attempt = attempt
+    new.status = status
+    new.next_attempt_at = next_attempt_at
+    new.completed_at = completed_at
+    new.error = error
+    new.__class__ = AttemptOutcome
+    built: AttemptOutcome = new
+    return built
 
 
 _DELIVERY_FIELDS = frozenset(f.name for f in dataclasses.fields(WebhookDelivery))
-_new_twin = object.__new__
 
 
 def evolve_delivery(delivery: WebhookDelivery, **changes: Any) -> WebhookDelivery:
@@ -609,7 +677,7 @@ def evolve_delivery(delivery: WebhookDelivery, **changes: Any) -> WebhookDeliver
     """
     if not changes.keys() <= _DELIVERY_FIELDS:
         raise TypeError(f"not WebhookDelivery fields: {sorted(changes.keys() - _DELIVERY_FIELDS)}")
-    new: Any = _new_twin(build_delivery)  # no __init__ nor cast(): this runs for every delivery
+    new: Any = _new_twin(_DeliveryTwin)  # no __init__ nor cast(): this runs for every delivery
     new.id = delivery.id
     new.endpoint_id = delivery.endpoint_id
     new.event_id = delivery.event_id
