@@ -854,18 +854,18 @@ class Dispatcher:
             next_attempt_at=next_at,
             completed_at=None if status is DeliveryStatus.PENDING else now,
         )
-        return _Settled(
+        # A message the receiver aborted is its choice, not a sign of a failing endpoint.
+        final_failure = not aborted and status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED)
+        return _Settled(  # positional: keywords make a class call twice as dear (every attempt)
             outcome,
             endpoint.id,
-            success=verdict.success,
-            # A message the receiver aborted is its choice, not a sign of a failing endpoint.
-            final_failure=not aborted
-            and status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED),
-            disable_reason=disable_reason,
-            delivery=delivery,
-            refused=result.refused,
-            timed_out=result.timed_out,
-            frees_key=frees_key,
+            verdict.success,
+            final_failure,
+            disable_reason,
+            delivery,
+            result.refused,
+            result.timed_out,
+            frees_key,
         )
 
     def _max_retries(self, endpoint: WebhookEndpoint) -> int:

@@ -165,8 +165,8 @@ def _non_finite(value: object, path: str) -> tuple[str, float] | None:
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z`` (JavaScript ``Date.toJSON()`` form)."""
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-    # Formatted by hand: isoformat's keyword argument alone costs more than this (every event).
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+    # By hand, for every event: half of isoformat(timespec=...) and of an f-string's cost.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
         utc.year,
         utc.month,
         utc.day,

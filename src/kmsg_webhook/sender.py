@@ -122,18 +122,23 @@ class Sender:
         except TransportError as exc:
             return _failed(attempt_number, started_at, t0, f"{type(exc).__name__}: {exc}")
         status = response.status
+        attempt = _attempt(
+            attempt_number,
+            started_at,
+            t0,
+            None if 200 <= status < 300 else _status_text(status, response.reason),
+            status,
+            response.body.decode("utf-8", errors="replace"),
+        )
+        # Positional (attempt, refused, retry_after, timed_out, delivery_control,
+        # challenge_answer): keywords make a class call twice as dear (every attempt).
         return AttemptResult(
-            attempt=_attempt(
-                attempt_number,
-                started_at,
-                t0,
-                None if 200 <= status < 300 else _status_text(status, response.reason),
-                status,
-                response.body.decode("utf-8", errors="replace"),
-            ),
-            retry_after=response.retry_after,
-            delivery_control=response.webhook_delivery,
-            challenge_answer=response.challenge_response if challenge else None,
+            attempt,
+            False,
+            response.retry_after,
+            False,
+            response.webhook_delivery,
+            response.challenge_response if challenge else None,
         )
 
     def _headers(
