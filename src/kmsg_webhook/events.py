@@ -258,7 +258,7 @@ class WebhookEvent:
         """The wire mapping (see the module docstring for field names)."""
         return {
             "id": self.id,
-            "type": self.type.value,
+            "type": str(self.type),  # its value, without Enum.value's descriptor calls
             "timestamp": format_timestamp(self.timestamp),
             "data": self.data,
             "metadata": self.metadata.to_wire(),

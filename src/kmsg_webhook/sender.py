@@ -142,7 +142,7 @@ class Sender:
             msg_id=delivery.event_id,
             timestamp=timestamp,
             body=body,
-            event_type=delivery.event_type.value,
+            event_type=str(delivery.event_type),  # a StrEnum's value, without Enum.value
         )
 
     def _prepare(self, endpoint: WebhookEndpoint, now: datetime) -> _Prepared:

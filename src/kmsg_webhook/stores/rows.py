@@ -317,14 +317,15 @@ def delivery_values(
     them: attempts as JSON text (or as ``attempts_as`` gives them), timestamps as ``when``
     encodes them for the driver."""
     attempts = d.attempts
+    # str() of a StrEnum member is its value, without Enum.value's descriptor calls.
     return (
         d.id,
         d.endpoint_id,
         d.event_id,
-        d.event_type.value,
+        str(d.event_type),
         d.url,
         d.payload,
-        d.status.value,
+        str(d.status),
         attempts_as(attempts),
         d.attempt_count,
         attempts[-1].latency_ms if attempts else None,
