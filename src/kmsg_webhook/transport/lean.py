@@ -100,9 +100,12 @@ class LeanTransport:
                 connection = await self._open(pool, target, deadline, time_limit)
             reused = connection.exchanges > 0
             try:
+                # The answer's future, awaited here: no coroutine per exchange.
                 response = await connection.exchange(request, deadline, time_limit, max_body_bytes)
-            except ProtocolError:
-                if reused and not connection.answered:
+            except BaseException as exc:
+                # Cancelled, timed out or failed: where the answer stands is unknown.
+                connection.close()
+                if isinstance(exc, ProtocolError) and reused and not connection.answered:
                     # A kept-alive connection the server had closed: a fresh one may succeed.
                     continue
                 raise
@@ -285,7 +288,7 @@ class _Connection(asyncio.Protocol):
     """One kept-alive connection: writes a request, parses its answer with llhttp.
 
     The parser calls back the ``on_*`` methods; the exchange ends when the answer is complete
-    (or the connection fails), resolving ``_waiter``.
+    (or the connection fails), resolving ``_waiter``, which is ``None`` while idle.
     """
 
     def __init__(self, pool: _Pool, max_header_bytes: int) -> None:
@@ -325,10 +328,12 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange ----------------------------------------------------------------------
 
-    async def exchange(
+    def exchange(
         self, request: bytes, deadline: float, time_limit: float, max_body_bytes: int
-    ) -> TransportResponse:
-        """Write ``request`` and wait for its complete answer (or a failure)."""
+    ) -> asyncio.Future[TransportResponse]:
+        """Write ``request``; the future resolves with its complete answer (or fails). The
+        caller closes the connection if this raises, or it stops waiting, or the exchange
+        fails."""
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         self._reset(max_body_bytes)
@@ -344,15 +349,8 @@ class _Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
             self._timer = loop.call_at(deadline, self._check_deadline)
-        try:
-            self._transport.write(request)
-            return await waiter
-        except BaseException:
-            # Cancelled, timed out or failed: where the answer stands is unknown.
-            self.close()
-            raise
-        finally:
-            self._waiter = None
+        self._transport.write(request)
+        return waiter
 
     def _check_deadline(self) -> None:
         """Fail an exchange past its deadline. One timer per connection, armed again for the
@@ -375,11 +373,12 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def _finish(self) -> None:
-        """The answer is complete: resolve the exchange."""
+        """The answer is complete: resolve the exchange; the connection is idle again."""
         waiter = self._waiter
         self._complete = True
         if waiter is None or waiter.done():
             return
+        self._waiter = None
         # Positional (status, reason, retry_after, webhook_delivery, challenge_response, body,
         # elapsed): keywords make a class call twice as dear, and this runs for every answer.
         waiter.set_result(
