@@ -306,6 +306,20 @@ def test_kmsg_headers_satisfy_a_hand_written_receiver(secret: str) -> None:
     assert headers["X-Webhook-Signature"] == headers["X-Webhook-Signature"].lower()
 
 
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 200])
+def test_signatures_are_hmac_sha256_for_keys_shorter_and_longer_than_a_block(
+    length: int,
+) -> None:
+    # The signer keys SHA-256 states itself (RFC 2104): a key longer than the 64-byte block
+    # is hashed first, a shorter one padded.
+    secret = "k" * (length - 1) + "!"
+    signer = Signer([secret], SignatureScheme.KMSG)
+    headers = signer.headers(
+        msg_id="evt_1", timestamp=1700000000, body=BODY, event_type="message.sent"
+    )
+    assert _kmsg_receiver_accepts(secret, headers, BODY)
+
+
 def test_kmsg_several_secrets_are_space_separated() -> None:
     signer = Signer(["one", "two"], SignatureScheme.KMSG)
     value = signer.headers(msg_id="e", timestamp=1, body=b"{}", event_type="message.sent")[
