@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from kmsg_webhook import DeliveryStatus, EventMetadata, WebhookEventType
-from kmsg_webhook.events import _METADATA_KEYS
+from kmsg_webhook.events import _METADATA_KEYS, format_timestamp
 from kmsg_webhook.models import (
     AttemptOutcome,
     WebhookAttempt,
@@ -163,3 +163,22 @@ def test_event_metadata_wire_names_every_field_once() -> None:
         f.name for f in dataclasses.fields(EventMetadata)
     ]
     assert EventMetadata().to_wire() == {}
+
+
+@pytest.mark.parametrize(
+    ("moment", "wire"),
+    [
+        (datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "2026-01-02T03:04:05.000Z"),
+        (datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), "2026-12-31T23:59:59.999Z"),
+        (datetime(5, 1, 2, 3, 4, 5, 1_500, tzinfo=UTC), "0005-01-02T03:04:05.001Z"),
+        # Another zone is converted to UTC.
+        (
+            datetime(2026, 1, 1, 8, 0, tzinfo=timezone(timedelta(hours=9))),
+            "2025-12-31T23:00:00.000Z",
+        ),
+    ],
+)
+def test_event_timestamps_go_out_as_javascript_writes_them(moment: datetime, wire: str) -> None:
+    assert format_timestamp(moment) == wire
+    js = moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert wire == js  # Date.toJSON(): milliseconds, "Z"
