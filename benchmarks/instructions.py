@@ -19,8 +19,9 @@ garbage collector.
 ``--scenario emit_sync`` counts ``targets.py``'s emit_sync round instead: 64 callers awaiting
 ``emit_sync`` on one endpoint (memory store) against the minimal protocol client's signed POSTs
 (its ratio is runtime / client, as ``targets.py`` prints it); ``--scenario fan_out`` its
-fan-out round (64 callers ``emit`` events matching 10 endpoints, then ``flush``). Needs ``valgrind``; under it
-Python runs about 50 times slower, so the default run takes several minutes.
+fan-out round (64 callers ``emit`` events matching 10 endpoints, then ``flush``). Needs
+``valgrind``; under it Python runs about 50 times slower, so the default run takes several
+minutes.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1000)
     parser.add_argument("--stores", default="memory,sqlite,postgres")
-    parser.add_argument("--scenario", choices=("throughput", "emit_sync", "fan_out"), default="throughput")
+    parser.add_argument(
+        "--scenario", choices=("throughput", "emit_sync", "fan_out"), default="throughput"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="callgrind runs at a time")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "N", "BASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,8 +147,8 @@ async def main() -> None:
         (client, client_gc), (runtime, runtime_gc) = figures["client"], figures[args.scenario]
         print(f"minimal client, signed POST     {client:>10,.0f}  (cyclic GC {client_gc:,.0f})")
         print(
-            f"runtime, {args.scenario:9} (memory)   {runtime:>10,.0f}  x client {runtime / client:.2f}  "
-            f"(cyclic GC {runtime_gc:,.0f})"
+            f"runtime, {args.scenario:9} (memory)   {runtime:>10,.0f}  "
+            f"x client {runtime / client:.2f}  (cyclic GC {runtime_gc:,.0f})"
         )
         return
     raw, raw_gc = figures["raw"]
