@@ -856,16 +856,16 @@ class Dispatcher:
         )
         # A message the receiver aborted is its choice, not a sign of a failing endpoint.
         final_failure = not aborted and status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED)
-        return _Settled(  # positional: keywords make a class call twice as dear (every attempt)
+        return _Settled(
             outcome,
             endpoint.id,
-            verdict.success,
-            final_failure,
-            disable_reason,
-            delivery,
-            result.refused,
-            result.timed_out,
-            frees_key,
+            success=verdict.success,
+            final_failure=final_failure,
+            disable_reason=disable_reason,
+            delivery=delivery,
+            refused=result.refused,
+            timed_out=result.timed_out,
+            frees_key=frees_key,
         )
 
     def _max_retries(self, endpoint: WebhookEndpoint) -> int:

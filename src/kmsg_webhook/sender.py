@@ -234,9 +234,11 @@ def _answered(
         status,
         response.body.decode("utf-8", errors="replace"),
     )
-    # Positional (attempt, refused, retry_after, timed_out, delivery_control): keywords make a
-    # class call twice as dear (every attempt).
-    return AttemptResult(attempt, False, response.retry_after, False, response.webhook_delivery)
+    return AttemptResult(
+        attempt=attempt,
+        retry_after=response.retry_after,
+        delivery_control=response.webhook_delivery,
+    )
 
 
 def _failed(

@@ -379,17 +379,15 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         self._waiter = None
-        # Positional (status, reason, retry_after, webhook_delivery, challenge_response, body,
-        # elapsed): keywords make a class call twice as dear, and this runs for every answer.
         waiter.set_result(
             TransportResponse(
-                self._status,
-                self._reason.decode("latin-1"),
-                self._retry_after,
-                self._webhook_delivery,
-                self._challenge_response,
-                b"".join(self._body),
-                0.0,
+                status=self._status,
+                reason=self._reason.decode("latin-1"),
+                retry_after=self._retry_after,
+                webhook_delivery=self._webhook_delivery,
+                challenge_response=self._challenge_response,
+                body=b"".join(self._body),
+                elapsed=0.0,
             )
         )
 
