@@ -586,6 +586,9 @@ class Dispatcher:
             # An endpoint that started resting while the claim ran gets its rows back as well.
             if self._held(endpoint_id) >= holding(endpoint_id) or resting(endpoint_id, now):
                 overflow.append(delivery.id)
+                if not resting(endpoint_id, now):
+                    # Its rows are back in the store: claim again when it has room.
+                    self._starved.add(endpoint_id)
                 continue
             self._queue(delivery)
             queued += 1
