@@ -581,14 +581,17 @@ class Dispatcher:
         resting = self._pacing.resting_until
         for delivery in claimed:
             endpoint_id = delivery.endpoint_id
-            # Hold at most two rounds of an endpoint's share: a slow endpoint's backlog stays
-            # in the store (claimable by other workers) instead of aging here under a lease.
-            # An endpoint that started resting while the claim ran gets its rows back as well.
-            if self._held(endpoint_id) >= holding(endpoint_id) or resting(endpoint_id, now):
+            # An endpoint that started resting while the claim ran gets its rows back (its
+            # rest's end wakes the claimer).
+            if resting(endpoint_id, now) is not None:
                 overflow.append(delivery.id)
-                if not resting(endpoint_id, now):
-                    # Its rows are back in the store: claim again when it has room.
-                    self._starved.add(endpoint_id)
+                continue
+            # Hold at most an endpoint's share (Pacing.holding): a slow endpoint's backlog
+            # stays in the store (claimable by other workers) instead of aging here under a
+            # lease; the claimer claims it again when the endpoint has room.
+            if self._held(endpoint_id) >= holding(endpoint_id):
+                overflow.append(delivery.id)
+                self._starved.add(endpoint_id)
                 continue
             self._queue(delivery)
             queued += 1

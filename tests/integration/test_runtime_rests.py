@@ -28,6 +28,7 @@ from kmsg_webhook import (
     WebhookRuntimeService,
     create_in_memory_persistence,
 )
+from support.servers import Behaviour
 from support.stores import temporary_store_url
 
 HANG_GUARD = 15
@@ -80,23 +81,27 @@ def _untouched(rows: list[WebhookDelivery]) -> list[WebhookDelivery]:
     ]
 
 
-async def test_a_resting_endpoints_rows_stay_in_the_store_untouched_and_flush_returns(
-    store_url, receiver, make_event, gate, wait_until
-):
-    loop = asyncio.get_running_loop()
-    arrivals: list[float] = []
+def _hanging(gate: asyncio.Event, arrivals: list[str]) -> Behaviour:
+    """A receiver that notes each request's ``webhook-id`` in ``arrivals``, then answers only
+    once ``gate`` opens (after its attempts have timed out)."""
 
     async def hanging(request: web.Request, n: int) -> web.StreamResponse:
-        arrivals.append(loop.time())
+        arrivals.append(request.headers["webhook-id"])
         await gate.wait()
         return web.json_response({})
 
+    return hanging
+
+
+async def test_a_resting_endpoints_rows_stay_in_the_store_untouched_and_flush_returns(
+    store_url, receiver, make_event, gate, wait_until
+):
+    arrivals: list[str] = []
     runtime = _runtime(store_url)
     await runtime.start()
     try:
-        slow = await runtime.add_endpoint(
-            EndpointInput(url=receiver.on("/slow", hanging), events=["message.failed"])
-        )
+        url = receiver.on("/slow", _hanging(gate, arrivals))
+        slow = await runtime.add_endpoint(EndpointInput(url=url, events=["message.failed"]))
         healthy = await runtime.add_endpoint(
             EndpointInput(url=receiver.url("/healthy"), events=["message.sent"])
         )
@@ -182,16 +187,9 @@ async def test_flush_does_not_wait_for_an_attempt_in_flight_to_an_endpoint_timin
     # with that attempt still unrecorded, which the background loop records later.
     config = WebhookConfig(jitter=False, timeout_ms=4_000, retry_delay_ms=60_000)
     arrivals: list[str] = []
-
-    async def hanging(request: web.Request, n: int) -> web.StreamResponse:
-        arrivals.append(request.headers["webhook-id"])
-        await gate.wait()
-        return web.json_response({})
-
     async with _runtime(None, config) as runtime:
-        slow = await runtime.add_endpoint(
-            EndpointInput(url=receiver.on("/slow", hanging), events=["message.failed"])
-        )
+        url = receiver.on("/slow", _hanging(gate, arrivals))
+        slow = await runtime.add_endpoint(EndpointInput(url=url, events=["message.failed"]))
         healthy = await runtime.add_endpoint(
             EndpointInput(url=receiver.url("/healthy"), events=["message.sent"])
         )
@@ -217,18 +215,11 @@ async def test_no_row_waits_behind_a_probe_to_an_endpoint_timing_out(
     # rest lasts max(timeout_ms, retry_delay_ms) = 1 s.
     config = dataclasses.replace(RESTING, timeout_ms=1_000, retry_delay_ms=1_000)
     arrivals: list[str] = []
-
-    async def hanging(request: web.Request, n: int) -> web.StreamResponse:
-        arrivals.append(request.headers["webhook-id"])
-        await gate.wait()
-        return web.json_response({})
-
     runtime = _runtime(store_url, config)
     await runtime.start()
     try:
-        slow = await runtime.add_endpoint(
-            EndpointInput(url=receiver.on("/slow", hanging), events=["message.failed"])
-        )
+        url = receiver.on("/slow", _hanging(gate, arrivals))
+        slow = await runtime.add_endpoint(EndpointInput(url=url, events=["message.failed"]))
         for i in range(6):
             await runtime.emit(make_event(f"slow_{i}", type="message.failed"))
         await wait_until(lambda: len(arrivals) == 3, within=HANG_GUARD, what="the probe")

@@ -11,6 +11,7 @@ import sqlite3
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -217,11 +218,12 @@ async def locked_pg() -> AsyncIterator[tuple[PostgresDatabase, str]]:
         yield db, await server_dsn()
 
 
-async def _kill_while_waiting_on_a_lock(
-    db: PostgresDatabase, dsn: str, operation: Awaitable[R]
-) -> R:
-    """Run ``operation`` while another session holds the delivery table locked; terminate the
-    store's backend while the operation waits, then release the lock. Returns its result."""
+@asynccontextmanager
+async def _table_locked(
+    db: PostgresDatabase, dsn: str
+) -> AsyncIterator[asyncpg.transaction.Transaction]:
+    """Another session holding the delivery table locked (ACCESS EXCLUSIVE) until its
+    transaction, yielded, is rolled back (at the latest when the block ends)."""
     blocker = await asyncpg.connect(dsn)
     try:
         tx = blocker.transaction()
@@ -229,24 +231,42 @@ async def _kill_while_waiting_on_a_lock(
         await blocker.execute(
             f"LOCK TABLE {db.names.qualified(db.names.deliveries)} IN ACCESS EXCLUSIVE MODE"
         )
-        task = asyncio.ensure_future(operation)
+        yield tx
+    finally:
+        await blocker.close()
+
+
+async def _waiting_on_the_lock(db: PostgresDatabase, dsn: str, what: str, *, cancel: bool) -> None:
+    """Wait until a statement of the store's waits on a lock (with ``cancel``: and cancel it)."""
+    counted = "count(pg_cancel_backend(pid))" if cancel else "count(*)"
+    observer = await asyncpg.connect(dsn)
+    try:
         for _ in range(200):
-            waiting = await blocker.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+            found = await observer.fetchval(
+                f"SELECT {counted} FROM pg_stat_activity WHERE application_name = $1 "
                 "AND wait_event_type = 'Lock'",
                 db.application_name,
             )
-            if waiting:
-                break
+            if found:
+                return
             await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the operation never waited on the lock")
+        raise AssertionError(f"{what} never waited on the lock")
+    finally:
+        await observer.close()
+
+
+async def _kill_while_waiting_on_a_lock(
+    db: PostgresDatabase, dsn: str, operation: Awaitable[R]
+) -> R:
+    """Run ``operation`` while another session holds the delivery table locked; terminate the
+    store's backend while the operation waits, then release the lock. Returns its result."""
+    async with _table_locked(db, dsn) as lock:
+        task = asyncio.ensure_future(operation)
+        await _waiting_on_the_lock(db, dsn, "the operation", cancel=False)
         assert await terminate_backends(dsn, db.application_name) >= 1
         await asyncio.sleep(0.1)
-        await tx.rollback()
+        await lock.rollback()
         return await asyncio.wait_for(task, 20)
-    finally:
-        await blocker.close()
 
 
 async def test_postgres_statement_cancelled_inside_a_transaction_leaves_every_connection_usable(
@@ -260,30 +280,13 @@ async def test_postgres_statement_cancelled_inside_a_transaction_leaves_every_co
     await db.delivery_store.claim(
         worker_id=W1, now=NOW, lease_until=NOW + timedelta(seconds=30), limit=10
     )
-    blocker = await asyncpg.connect(dsn)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        table = db.names.qualified(db.names.deliveries)
-        await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    async with _table_locked(db, dsn) as lock:
         # release() is BEGIN; UPDATE; COMMIT on a pooled connection: it waits on the lock.
         task = asyncio.ensure_future(db.delivery_store.release(["dlv_0001"], worker_id=W1))
-        for _ in range(200):
-            cancelled = await blocker.fetchval(
-                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                db.application_name,
-            )
-            if cancelled:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the release never waited on the lock")
+        await _waiting_on_the_lock(db, dsn, "the release", cancel=True)
         with pytest.raises(StoreError, match="canceling statement due to user request"):
             await asyncio.wait_for(task, 20)
-        await tx.rollback()
-    finally:
-        await blocker.close()
+        await lock.rollback()
     # Twice the pool's size at once: every pooled connection is used, none is stuck.
     found = await asyncio.gather(*(db.delivery_store.get("dlv_0001") for _ in range(8)))
     assert all(d is not None and d.lease_owner == W1 for d in found)  # nothing half-applied
@@ -299,24 +302,9 @@ async def test_postgres_insert_cancelled_mid_flight_gives_its_connection_back(
     whose caller is cancelled while the statement waits on a lock returns its connection to
     the pool, usable: afterwards twice the pool's size of writes at once all go through."""
     db, dsn = locked_pg
-    blocker = await asyncpg.connect(dsn)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        table = db.names.qualified(db.names.deliveries)
-        await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    async with _table_locked(db, dsn) as lock:
         task = asyncio.ensure_future(db.delivery_store.insert_many([delivery(1)]))
-        for _ in range(200):
-            waiting = await blocker.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-                "AND wait_event_type = 'Lock'",
-                db.application_name,
-            )
-            if waiting:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the insert never waited on the lock")
+        await _waiting_on_the_lock(db, dsn, "the insert", cancel=False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             task.cancel()
@@ -325,9 +313,7 @@ async def test_postgres_insert_cancelled_mid_flight_gives_its_connection_back(
             gc.collect()
         # Not left for the collector to terminate ("non-checked-in connection").
         assert not [w for w in caught if issubclass(w.category, sqlalchemy.exc.SAWarning)]
-        await tx.rollback()
-    finally:
-        await blocker.close()
+        await lock.rollback()
     rows = [delivery(n) for n in range(2, 10)]
     inserted = await asyncio.gather(*(db.delivery_store.insert_many([row]) for row in rows))
     assert inserted == [[row.id] for row in rows]
