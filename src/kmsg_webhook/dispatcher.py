@@ -262,13 +262,7 @@ class Dispatcher:
         self._held_due.clear()
         if leftovers:
             self._outstanding -= len(leftovers)
-            try:
-                await self._store.release(leftovers, worker_id=self.worker_id)
-            except Exception:
-                logger.exception(
-                    "releasing %d claimed deliveries failed; their leases will expire",
-                    len(leftovers),
-                )
+            await self._release(leftovers)
 
     async def drain(self, *, due_by: datetime | None = None) -> None:
         """Send every delivery due at ``due_by`` (default: now) and return once each is recorded,
