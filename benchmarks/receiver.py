@@ -1,8 +1,9 @@
 """A fast benchmark receiver: answers 200, counts, and records emit→receipt latency.
 
 Each request body is a webhook event whose ``data.sent_at`` (epoch seconds, float) was set when
-the event was emitted; the receiver keeps ``now - sent_at``. ``GET /stats`` returns the count
-and latency percentiles; ``POST /reset`` clears them. Run: ``python receiver.py PORT``.
+the event was emitted; the receiver keeps ``now - sent_at``. ``GET /stats`` returns the count,
+latency percentiles and the maximum; ``POST /reset`` clears them. Run: ``python receiver.py
+PORT``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ async def stats(request: web.Request) -> web.Response:
     def pct(p: float) -> float | None:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else None
 
-    return web.json_response({"count": count, "p50_ms": pct(0.50), "p99_ms": pct(0.99)})
+    return web.json_response(
+        {"count": count, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+    )
 
 
 async def reset(request: web.Request) -> web.Response:

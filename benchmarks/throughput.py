@@ -13,7 +13,8 @@ Reported:
   HMAC signature per request, with the same concurrency the runtime uses;
 * the runtime end to end per store: ``emit`` → outbox → claim → signed POST → record;
   deliveries/s and **the ratio** to the raw limit (the figure to compare run to run);
-* p50/p99 emit→receipt latency with events emitted at half the measured runtime capacity;
+* p50/p99/max emit→receipt latency with events emitted at half the measured runtime capacity
+  (after a warm-up at that rate, see ``latency_at``);
 * peak RSS of this process;
 * with ``--crypto``: for memory and SQLite (among ``--stores``), the runtime with field crypto
   off and on (``FieldCryptoConfig`` defaults: payload encrypted, ``to``/``from`` hashed),
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -189,13 +191,34 @@ gc.callbacks.append(_time_gc)
 
 @contextmanager
 def sender_cpu(into: dict[str, list[float]], key: str, total: int) -> Iterator[None]:
-    """This process's CPU time (and, for the runtime, cyclic GC time) per delivery, in µs:
-    steadier than wall time on a shared machine."""
-    cpu, gc_before = time.process_time(), _gc_seconds[0]
+    """This process's CPU time per delivery, in µs (steadier than wall time on a shared
+    machine); for the runtime also the cyclic GC's time, the CPU of this process's other
+    threads (SQLite's engine runs on aiosqlite's) and a local PostgreSQL server's CPU."""
+    cpu, loop_cpu, gc_before = time.process_time(), time.thread_time(), _gc_seconds[0]
+    server_before = postgres_server_cpu()
     yield
-    into[key].append((time.process_time() - cpu) / total * 1e6)
+    spent = time.process_time() - cpu
+    into[key].append(spent / total * 1e6)
     if key == "runtime":
         into["gc"].append((_gc_seconds[0] - gc_before) / total * 1e6)
+        into["threads"].append((spent - (time.thread_time() - loop_cpu)) / total * 1e6)
+        into["server"].append((postgres_server_cpu() - server_before) / total * 1e6)
+
+
+def postgres_server_cpu() -> float:
+    """CPU seconds used so far by this machine's PostgreSQL processes (all of them, and their
+    exited children), read from ``/proc``; 0 where it cannot be read."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        name, fields = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if name.startswith("postgres"):
+            # utime, stime, cutime, cstime: fields 14-17 of proc(5), 12-15 after the name.
+            total += sum(int(f) for f in fields.split()[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def raw_limit(base: str, total: int) -> float:
@@ -335,26 +358,42 @@ async def runtime_throughput(
 async def latency_at(
     base: str, persistence: WebhookPersistence, rate: float, seconds: float
 ) -> None:
-    """Emit open-loop at ``rate`` events/s; the receiver measures emit→receipt."""
+    """Emit open-loop at ``rate`` events/s; the receiver measures emit→receipt.
+
+    A warm-up of ``LATENCY_WARM_UP_S`` at the same rate comes first and is not counted: a
+    runtime just started on a store just created opens its connections, prepares its
+    statements and fills the new tables' caches on its first events, which a running
+    service did long ago: counted, that start-up alone decides a short run's p99.
+    """
     runtime = await _runtime(base, persistence)
     try:
+        await _emit_at(runtime, rate, LATENCY_WARM_UP_S, first=9_000_000)
         await receiver_stats(base, reset=True)
-        total = int(rate * seconds)
-        started = time.perf_counter()
-        tasks = []
-        for n in range(total):
-            delay = started + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(runtime.emit(_event(10_000_000 + n))))
-        await asyncio.gather(*tasks)
-        await runtime.flush()
+        await _emit_at(runtime, rate, seconds, first=10_000_000)
         pending = (
             await runtime.stats(DeliveryFilter(statuses=(DeliveryStatus.PENDING,)))
         ).deliveries
         assert pending.total == 0
     finally:
         await runtime.shutdown()
+
+
+LATENCY_WARM_UP_S = 0.5
+
+
+async def _emit_at(runtime: WebhookRuntimeService, rate: float, seconds: float, first: int) -> None:
+    """Emit ``rate`` events/s for ``seconds`` without waiting for one before the next, then
+    wait for them all to be delivered."""
+    total = int(rate * seconds)
+    started = time.perf_counter()
+    tasks = []
+    for n in range(total):
+        delay = started + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(runtime.emit(_event(first + n))))
+    await asyncio.gather(*tasks)
+    await runtime.flush()
 
 
 POSTGRES_DSN = os.environ.get(
@@ -379,6 +418,10 @@ def _store_url(name: str) -> str:
             f"&endpoint_table=ep_{tag}&delivery_table=dlv_{tag}"
         )
     raise SystemExit(f"unknown store {name!r} (memory, sqlite, postgres, d1)")
+
+
+def _is_local(dsn: str) -> bool:
+    return urllib.parse.urlsplit(dsn).hostname in ("127.0.0.1", "localhost", "::1", None)
 
 
 def _persistence(name: str) -> WebhookPersistence:
@@ -543,7 +586,13 @@ async def main() -> None:
             # Alternate raw and runtime rounds so background load hits both alike; the median
             # of the per-round ratios is the figure to compare across runs.
             limits, rates = [], []
-            cpu: dict[str, list[float]] = {"raw": [], "runtime": [], "gc": []}
+            cpu: dict[str, list[float]] = {
+                "raw": [],
+                "runtime": [],
+                "gc": [],
+                "threads": [],
+                "server": [],
+            }
             for _ in range(args.rounds):
                 with sender_cpu(cpu, "raw", args.deliveries):
                     limits.append(await raw_limit(base, args.deliveries))
@@ -563,8 +612,14 @@ async def main() -> None:
             raw_us, runtime_us = statistics.median(cpu["raw"]), statistics.median(cpu["runtime"])
             print(
                 f"  sender CPU per delivery: raw {raw_us:.0f} µs, runtime {runtime_us:.0f} µs "
-                f"(of which cyclic GC {statistics.median(cpu['gc']):.0f} µs)"
+                f"(of which cyclic GC {statistics.median(cpu['gc']):.0f} µs, other threads "
+                f"{statistics.median(cpu['threads']):.0f} µs)"
             )
+            if name == "postgres" and _is_local(POSTGRES_DSN):
+                print(
+                    "  PostgreSQL server CPU per delivery (its processes on this machine): "
+                    f"{statistics.median(cpu['server']):.0f} µs"
+                )
             if name != "memory":
                 rows = await intake_rate(base, name, args.deliveries)
                 print(f"  intake (group commit, no sends): {rows:10,.0f} rows/s")
@@ -572,7 +627,8 @@ async def main() -> None:
             lat = await receiver_stats(recorder, reset=True)
             print(
                 f"  latency at half capacity ({rate / 2:,.0f}/s): "
-                f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms"
+                f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
+                f"max {lat['max_ms']:.1f} ms"
             )
         if args.crypto or args.crypto_only:
             for name in [s for s in ("memory", "sqlite") if s in stores]:
