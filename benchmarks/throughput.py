@@ -194,14 +194,14 @@ def sender_cpu(into: dict[str, list[float]], key: str, total: int) -> Iterator[N
     """This process's CPU time per delivery, in µs (steadier than wall time on a shared
     machine); for the runtime also the cyclic GC's time, the CPU of this process's other
     threads (SQLite's engine runs on aiosqlite's) and a local PostgreSQL server's CPU."""
+    server_before = postgres_server_cpu()  # read outside this process's measured time
     cpu, loop_cpu, gc_before = time.process_time(), time.thread_time(), _gc_seconds[0]
-    server_before = postgres_server_cpu()
     yield
-    spent = time.process_time() - cpu
+    spent, loop_spent = time.process_time() - cpu, time.thread_time() - loop_cpu
     into[key].append(spent / total * 1e6)
     if key == "runtime":
         into["gc"].append((_gc_seconds[0] - gc_before) / total * 1e6)
-        into["threads"].append((spent - (time.thread_time() - loop_cpu)) / total * 1e6)
+        into["threads"].append((spent - loop_spent) / total * 1e6)
         into["server"].append((postgres_server_cpu() - server_before) / total * 1e6)
 
 
@@ -355,6 +355,9 @@ async def runtime_throughput(
         await runtime.shutdown()
 
 
+LATENCY_WARM_UP_S = 0.5
+
+
 async def latency_at(
     base: str, persistence: WebhookPersistence, rate: float, seconds: float
 ) -> None:
@@ -376,9 +379,6 @@ async def latency_at(
         assert pending.total == 0
     finally:
         await runtime.shutdown()
-
-
-LATENCY_WARM_UP_S = 0.5
 
 
 async def _emit_at(runtime: WebhookRuntimeService, rate: float, seconds: float, first: int) -> None:
