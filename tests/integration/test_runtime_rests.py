@@ -25,10 +25,11 @@ from kmsg_webhook import (
     SecurityOptions,
     WebhookConfig,
     WebhookDelivery,
+    WebhookEndpoint,
     WebhookRuntimeService,
     create_in_memory_persistence,
 )
-from support.servers import Behaviour
+from support.servers import Behaviour, Receiver
 from support.stores import temporary_store_url
 
 HANG_GUARD = 15
@@ -93,6 +94,19 @@ def _hanging(gate: asyncio.Event, arrivals: list[str]) -> Behaviour:
     return hanging
 
 
+async def _hanging_and_healthy(
+    runtime: WebhookRuntimeService, receiver: Receiver, gate: asyncio.Event, arrivals: list[str]
+) -> tuple[WebhookEndpoint, WebhookEndpoint]:
+    """An endpoint for ``message.failed`` that hangs until ``gate``, and a healthy one for
+    ``message.sent``."""
+    url = receiver.on("/slow", _hanging(gate, arrivals))
+    slow = await runtime.add_endpoint(EndpointInput(url=url, events=["message.failed"]))
+    healthy = await runtime.add_endpoint(
+        EndpointInput(url=receiver.url("/healthy"), events=["message.sent"])
+    )
+    return slow, healthy
+
+
 async def test_a_resting_endpoints_rows_stay_in_the_store_untouched_and_flush_returns(
     store_url, receiver, make_event, gate, wait_until
 ):
@@ -100,11 +114,7 @@ async def test_a_resting_endpoints_rows_stay_in_the_store_untouched_and_flush_re
     runtime = _runtime(store_url)
     await runtime.start()
     try:
-        url = receiver.on("/slow", _hanging(gate, arrivals))
-        slow = await runtime.add_endpoint(EndpointInput(url=url, events=["message.failed"]))
-        healthy = await runtime.add_endpoint(
-            EndpointInput(url=receiver.url("/healthy"), events=["message.sent"])
-        )
+        slow, healthy = await _hanging_and_healthy(runtime, receiver, gate, arrivals)
         for i in range(3):
             await runtime.emit(make_event(f"before_{i}", type="message.failed"))
         # Two attempts time out, one after the other: the endpoint rests (from the second
@@ -188,11 +198,7 @@ async def test_flush_does_not_wait_for_an_attempt_in_flight_to_an_endpoint_timin
     config = WebhookConfig(jitter=False, timeout_ms=4_000, retry_delay_ms=60_000)
     arrivals: list[str] = []
     async with _runtime(None, config) as runtime:
-        url = receiver.on("/slow", _hanging(gate, arrivals))
-        slow = await runtime.add_endpoint(EndpointInput(url=url, events=["message.failed"]))
-        healthy = await runtime.add_endpoint(
-            EndpointInput(url=receiver.url("/healthy"), events=["message.sent"])
-        )
+        slow, healthy = await _hanging_and_healthy(runtime, receiver, gate, arrivals)
         for i in range(2):
             await runtime.emit(make_event(f"slow_{i}", type="message.failed"))
         await wait_until(

@@ -278,11 +278,7 @@ class SqlDatabase(ABC):
         """The driver's own connection, for operations that run nothing through SQLAlchemy
         (the hot paths); held as :meth:`connect` holds its connection."""
         async with self.connect(shared=shared) as conn:
-            yield await self.driver_of(conn)
-
-    async def driver_of(self, conn: AsyncConnection) -> Any:
-        """The driver's own connection under ``conn``."""
-        return (await conn.get_raw_connection()).driver_connection
+            yield (await conn.get_raw_connection()).driver_connection
 
     async def run(self, operation: Operation[T], *, single_statement: bool = False) -> T:
         """Run ``operation(connection, attempt_number)``, retrying on transient failures.
@@ -323,8 +319,8 @@ class SqlDatabase(ABC):
     async def _on_driver(
         self, operation: DriverOperation[T], attempt: int, *, single_statement: bool = False
     ) -> T:
-        async with self.connect(shared=single_statement and attempt == 1) as conn:
-            return await operation(await self.driver_of(conn), attempt)
+        async with self.driver(shared=single_statement and attempt == 1) as driver:
+            return await operation(driver, attempt)
 
     def bound(self, value: datetime) -> datetime:
         """A lower or strict upper time bound as the dialect compares it exactly (see SQLite),

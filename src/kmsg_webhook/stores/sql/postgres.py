@@ -39,7 +39,7 @@ from ..sqlfiles import (
     quote,
     render,
 )
-from .base import DEFAULT_RETRY_TIMEOUT, WALK_MOST, DriverOperation, SqlDatabase, T
+from .base import DEFAULT_RETRY_TIMEOUT, WALK_MOST, SqlDatabase
 from .listen import PostgresWatch
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
@@ -191,7 +191,8 @@ class PostgresDatabase(SqlDatabase):
         SQLAlchemy connection around it: the hot paths run only named SQL on the driver, and
         the wrapper's set-up and shielded close cost about a fifth of the instructions of one
         producer's ``emit`` (``docs/performance.md``). A transient failure invalidates the
-        connection, as :meth:`connect` does."""
+        connection, as :meth:`connect` does. ``shared`` changes nothing: every operation has a
+        pooled connection of its own."""
         engine = self._engine
         if engine is None:
             raise self.closed_error()
@@ -209,12 +210,6 @@ class PostgresDatabase(SqlDatabase):
         # A healthy connection goes back to the pool without a round trip (the hot paths
         # leave no transaction open): nothing to shield.
         await greenlet_spawn(pooled.close)
-
-    async def _on_driver(
-        self, operation: DriverOperation[T], attempt: int, *, single_statement: bool = False
-    ) -> T:
-        async with self.driver() as driver:  # every operation has a connection of its own
-            return await operation(driver, attempt)
 
     # -- schema ---------------------------------------------------------------------------------
 
